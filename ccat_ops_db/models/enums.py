@@ -1,0 +1,125 @@
+"""Named PostgreSQL enums of the ops DB; their values are the public contract."""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import Enum as SAEnum
+
+
+class RunStatus(enum.StrEnum):
+    """Lifecycle of an ExecutedReductionStep (DESIGN section 2)."""
+
+    PENDING = "PENDING"
+    STAGING_DATA = "STAGING_DATA"
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    COLLECTING_RESULTS = "COLLECTING_RESULTS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+IN_FLIGHT_STATUSES: tuple[RunStatus, ...] = (
+    RunStatus.PENDING,
+    RunStatus.STAGING_DATA,
+    RunStatus.SUBMITTED,
+    RunStatus.RUNNING,
+    RunStatus.COLLECTING_RESULTS,
+)
+"""Statuses of a run that still holds its (step, sub-group): at most one such run each."""
+
+
+class RunReason(enum.StrEnum):
+    """Why a run was created: the gap reason of DESIGN 3.2, or a person's force."""
+
+    NEW = "new"
+    INPUTS_CHANGED = "inputs_changed"
+    VERSION_CHANGED = "version_changed"
+    CONFIG_CHANGED = "config_changed"
+    FORCED = "forced"
+
+
+class TriggerType(enum.StrEnum):
+    """How a pipeline is started."""
+
+    CONTINUOUS = "CONTINUOUS"
+    CRON = "CRON"
+    MANUAL = "MANUAL"
+
+
+class DataProductType(enum.StrEnum):
+    """Class of a product, from the output sub-directory it was written to."""
+
+    SCIENCE = "SCIENCE"
+    INTERMEDIATE = "INTERMEDIATE"
+    QA_METRIC = "QA_METRIC"
+    PLOT = "PLOT"
+    STATISTICS = "STATISTICS"
+    LOG = "LOG"
+
+
+class LocationType(enum.StrEnum):
+    """Role of a DataLocation in the data flow."""
+
+    SOURCE = "SOURCE"
+    BUFFER = "BUFFER"
+    LONG_TERM_ARCHIVE = "LONG_TERM_ARCHIVE"
+    PROCESSING = "PROCESSING"
+
+
+class StorageType(enum.StrEnum):
+    """Storage technology of a DataLocation."""
+
+    DISK = "disk"
+    S3 = "s3"
+    TAPE = "tape"
+
+
+class Backend(enum.StrEnum):
+    """Execution backend of a processing location (DESIGN section 5)."""
+
+    SLURM = "slurm"
+    KUBERNETES = "kubernetes"
+    LOCAL = "local"
+
+
+class Runtime(enum.StrEnum):
+    """Container runtime of a processing location."""
+
+    APPTAINER = "apptainer"
+    HOST = "host"
+
+
+class VersionPolicy(enum.StrEnum):
+    """Which software versions a step's results stay valid under (DESIGN 3.3)."""
+
+    COMPATIBLE = "compatible"
+    EXACT = "exact"
+
+
+class PackageState(enum.StrEnum):
+    """Where a raw data package is in its life from telescope to archive."""
+
+    REGISTERED = "REGISTERED"
+    ARCHIVED = "ARCHIVED"
+    DELETED = "DELETED"
+
+
+class StagingStatus(enum.StrEnum):
+    """State of a StagingJob that brings a package to a processing location."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
+    """Return a named PostgreSQL enum type storing the members' values."""
+    return SAEnum(
+        enum_cls,
+        name=name,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )

@@ -1,0 +1,100 @@
+"""Runs of reduction steps (ExecutedReductionStep) and the exact inputs each consumed."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
+from ccat_ops_db.models.enums import IN_FLIGHT_STATUSES, RunReason, RunStatus, pg_enum
+
+_IN_FLIGHT_SQL = ", ".join(f"'{s.value}'" for s in IN_FLIGHT_STATUSES)
+
+
+class ExecutedReductionStep(Base):
+    """One run of a reduction step for one sub-group, from PENDING to a final status."""
+
+    __tablename__ = "executed_reduction_step"
+    __table_args__ = (
+        Index(
+            "uq_executed_reduction_step_one_in_flight",
+            "reduction_step_id",
+            "sub_group_key",
+            unique=True,
+            postgresql_where=text(f"status IN ({_IN_FLIGHT_SQL})"),
+        ),
+        Index("ix_executed_reduction_step_step_key", "reduction_step_id", "sub_group_key"),
+        CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+        CheckConstraint(
+            "processing_time_s IS NULL OR processing_time_s >= 0",
+            name="processing_time_non_negative",
+        ),
+        CheckConstraint(
+            "peak_memory_gb IS NULL OR peak_memory_gb >= 0", name="peak_memory_non_negative"
+        ),
+        CheckConstraint("cpu_hours IS NULL OR cpu_hours >= 0", name="cpu_hours_non_negative"),
+    )
+
+    id: Mapped[IntPK]
+    reduction_step_id: Mapped[int] = mapped_column(ForeignKey("reduction_step.id"))
+    reduction_software_version_id: Mapped[int] = mapped_column(
+        ForeignKey("reduction_software_version.id"), index=True
+    )
+    status: Mapped[RunStatus] = mapped_column(
+        pg_enum(RunStatus, "run_status"), default=RunStatus.PENDING, index=True
+    )
+    sub_group_key: Mapped[str] = mapped_column(String, default="")
+    reason: Mapped[RunReason] = mapped_column(pg_enum(RunReason, "run_reason"))
+    input_fingerprint: Mapped[str] = mapped_column(String(128))
+    config_fingerprint: Mapped[str] = mapped_column(String(128))
+    hpc_job_id: Mapped[str | None] = mapped_column(String(200))
+    execution_command: Mapped[str | None] = mapped_column(String)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    processing_time_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_gb: Mapped[float | None] = mapped_column(Float)
+    cpu_hours: Mapped[float | None] = mapped_column(Float)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(String)
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class ExecutedReductionStepInput(Base):
+    """One input of a run: a raw data package or an upstream product, with its checksum."""
+
+    __tablename__ = "executed_reduction_step_input"
+    __table_args__ = (
+        UniqueConstraint("executed_reduction_step_id", "raw_data_package_id"),
+        UniqueConstraint("executed_reduction_step_id", "data_product_id"),
+        CheckConstraint(
+            "(raw_data_package_id IS NULL) <> (data_product_id IS NULL)",
+            name="exactly_one_input",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        ForeignKey("executed_reduction_step.id", ondelete="CASCADE"), index=True
+    )
+    raw_data_package_id: Mapped[int | None] = mapped_column(
+        ForeignKey("raw_data_package.id"), index=True
+    )
+    data_product_id: Mapped[int | None] = mapped_column(
+        ForeignKey("data_product.id"), index=True
+    )
+    checksum: Mapped[str] = mapped_column(String(128))

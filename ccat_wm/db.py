@@ -1,0 +1,64 @@
+"""Connections to the ops DB: URL resolution (external or embedded), engines, sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ccat_wm.embedded_pg import ensure_embedded_server
+from ccat_wm.errors import ConfigurationError
+from ccat_wm.settings import Settings
+
+_ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def normalize_db_url(raw: str) -> URL:
+    """Turn a plain `postgresql://` URL as users write it into a psycopg 3 SQLAlchemy URL."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(
+            "CCAT_OPS_DB_URL is not a valid database URL; "
+            "expected e.g. postgresql://user@host:5432/ccat_ops"
+        ) from None
+    if url.drivername not in _ACCEPTED_SCHEMES:
+        raise ConfigurationError(
+            f"CCAT_OPS_DB_URL has scheme {url.drivername!r}; expected postgresql:// "
+            "(the psycopg 3 driver is implied)"
+        )
+    return url.set(drivername="postgresql+psycopg")
+
+
+def display_url(url: URL) -> str:
+    """Render a URL for messages, with any password masked."""
+    return url.render_as_string(hide_password=True)
+
+
+def resolve_db_url(settings: Settings) -> URL:
+    """Return the ops DB URL: `CCAT_OPS_DB_URL`, or the embedded server (started if needed)."""
+    raw = settings.ops_db_url or ensure_embedded_server(settings.home)
+    return normalize_db_url(raw)
+
+
+@lru_cache(maxsize=8)
+def _engine_for(url_string: str) -> Engine:
+    return create_engine(url_string, pool_pre_ping=True)
+
+
+def get_engine(url: URL) -> Engine:
+    """Return a process-wide engine for `url` (one pool per URL)."""
+    return _engine_for(url.render_as_string(hide_password=False))
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any error."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with factory() as session, session.begin():
+        yield session

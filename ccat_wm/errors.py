@@ -1,0 +1,38 @@
+"""The one error hierarchy of the workflow manager.
+
+Every message names the object, the bad value, what was expected and, where there is
+one, a next step. Messages never contain environment values or passwords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CcatWmError(Exception):
+    """Base of every error the workflow manager reports to a user."""
+
+
+class ConfigurationError(CcatWmError):
+    """Settings or a processing location are unusable as given."""
+
+
+class DatabaseError(CcatWmError):
+    """The ops DB cannot be reached, started or migrated."""
+
+
+class SpecError(CcatWmError):
+    """A pipeline spec file is invalid; carries every problem found, each with its place."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        """Keep all problems; the message lists them one per line."""
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = (
+            f"{count} problem{'s' if count != 1 else ''} in the pipeline spec; nothing was written"
+        )
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class SimulationError(CcatWmError):
+    """A simulation request cannot be served (bad option or missing archive location)."""

@@ -1,0 +1,51 @@
+"""Settings from the environment, validated once at start (DESIGN section 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.local/share/ccat-wm")
+
+
+class Settings(BaseSettings):
+    """Environment settings; names are the ones the CCAT deployment already uses."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    ops_db_url: str | None = Field(default=None, alias="CCAT_OPS_DB_URL")
+    """Plain `postgresql://` URL of the ops DB; unset means the embedded server."""
+    home: Path = Field(default=DEFAULT_HOME, alias="CCAT_WM_HOME")
+    """Directory for the embedded PostgreSQL, the default archive and pipeline runs."""
+    pipeline_base_dir: Path | None = Field(default=None, alias="PIPELINE_BASE_DIR")
+    """Root of run directories on the host; default `<home>/pipelines`."""
+    sif_cache_dir: Path | None = Field(default=None, alias="SIF_CACHE_DIR")
+    """Default Apptainer image cache of processing locations that do not set one."""
+    slurm_partition: str | None = Field(default=None, alias="SLURM_PARTITION")
+    """Default SLURM partition of slurm locations that do not set one."""
+    slurm_account: str | None = Field(default=None, alias="SLURM_ACCOUNT")
+    """Default SLURM account of slurm locations that do not set one."""
+    k8s_namespace: str | None = Field(default=None, alias="K8S_NAMESPACE")
+    """Default Kubernetes namespace of kubernetes locations that do not set one."""
+
+    @field_validator("ops_db_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("home", "pipeline_base_dir", "sif_cache_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where run directories live on the host."""
+        return self.pipeline_base_dir or self.home / "pipelines"
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings from the current environment."""
+    return Settings()

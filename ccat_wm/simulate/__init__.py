@@ -1,0 +1,1 @@
+"""Synthetic CHAI-like observations for demos, tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""Pipeline specs (YAML): loading with line numbers, validation, and applying to the ops DB."""

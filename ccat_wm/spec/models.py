@@ -1,0 +1,351 @@
+"""Pydantic models of the pipeline spec file (DESIGN section 6).
+
+These check everything one object can check on its own; references between objects
+and against the ops DB are checked in `ccat_wm.spec.validate`. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from ccat_ops_db.models import Backend, LocationType, Runtime, StorageType, VersionPolicy
+from ccat_wm.selection.dimensions import DIMENSIONS
+from ccat_wm.selection.tables import (
+    FILTER_OPERATORS,
+    FILTER_TABLES,
+    LIST_OPERATORS,
+    column_names,
+    is_json_column,
+)
+from ccat_wm.spec.versions import DIGEST, parse_major
+
+_JSON_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*)*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_cron(expr: str) -> str:
+    if not croniter.is_valid(expr):
+        raise ValueError(f"invalid cron expression {expr!r}; expected five fields like '0 4 * * *'")
+    return expr
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {name!r}; expected an IANA name like UTC or Europe/Berlin"
+        ) from None
+    return name
+
+
+def _check_dimension(name: str) -> str:
+    if name not in DIMENSIONS:
+        raise ValueError(
+            f"unknown group_by dimension {name!r}; expected one of {', '.join(DIMENSIONS)}"
+        )
+    return name
+
+
+def _check_tag(tag: str) -> str:
+    parse_major(tag)
+    return tag
+
+
+def _check_digest(digest: str) -> str:
+    if not DIGEST.match(digest):
+        raise ValueError(f"invalid image digest {digest!r}; expected sha256: and 64 hex digits")
+    return digest
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+CronExpr = Annotated[str, AfterValidator(_check_cron)]
+Timezone = Annotated[str, AfterValidator(_check_timezone)]
+DimensionName = Annotated[str, AfterValidator(_check_dimension)]
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class SiteSpec(_Strict):
+    """A site; locations may also name a site that is not declared here."""
+
+    name: Identifier
+    description: str = ""
+
+
+class InstrumentSpec(_Strict):
+    """An instrument with its modules."""
+
+    name: Identifier
+    description: str = ""
+    modules: list[Identifier] = Field(default_factory=list)
+
+
+class LocationSettingsSpec(_Strict):
+    """Backend settings of a processing location; unset ones fall back to the environment."""
+
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    k8s_namespace: str | None = None
+    k8s_volumes: dict[str, str] = Field(default_factory=dict)
+    sif_cache_dir: str | None = None
+
+
+class LocationSpec(_Strict):
+    """A DataLocation; a PROCESSING one names its backend and runtime."""
+
+    name: Identifier
+    site: Identifier
+    location_type: LocationType
+    storage_type: StorageType = StorageType.DISK
+    path: str = Field(min_length=1)
+    backend: Backend | None = None
+    runtime: Runtime | None = None
+    settings: LocationSettingsSpec = Field(default_factory=LocationSettingsSpec)
+
+    @model_validator(mode="after")
+    def _backend_matches_type(self) -> LocationSpec:
+        if self.location_type is LocationType.PROCESSING and self.backend is None:
+            raise ValueError(
+                f"processing location {self.name!r} has no backend; "
+                f"expected backend: one of {', '.join(b.value for b in Backend)}"
+            )
+        if self.location_type is not LocationType.PROCESSING and (
+            self.backend is not None or self.runtime is not None
+        ):
+            raise ValueError(
+                f"location {self.name!r} is {self.location_type.value}; "
+                "only PROCESSING locations take a backend or runtime"
+            )
+        return self
+
+    @property
+    def effective_runtime(self) -> Runtime | None:
+        """The runtime, defaulting to `host` for local and `apptainer` for cluster backends."""
+        if self.runtime is not None or self.backend is None:
+            return self.runtime
+        return Runtime.HOST if self.backend is Backend.LOCAL else Runtime.APPTAINER
+
+
+class VersionSpec(_Strict):
+    """A released version of a reduction software."""
+
+    tag: Annotated[str, AfterValidator(_check_tag)]
+    digest: Annotated[str, AfterValidator(_check_digest)] | None = None
+    is_latest: bool = False
+
+
+class SoftwareSpec(_Strict):
+    """A reduction software and its versions; exactly one listed version is the latest."""
+
+    name: Identifier
+    ghcr_url: str = ""
+    github_repo_url: str = ""
+    description: str = ""
+    versions: list[VersionSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _versions_consistent(self) -> SoftwareSpec:
+        tags = [v.tag for v in self.versions]
+        duplicates = sorted({t for t in tags if tags.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate version tag(s) {', '.join(duplicates)}")
+        latest = [v.tag for v in self.versions if v.is_latest]
+        if self.versions and len(latest) != 1:
+            raise ValueError(
+                f"software {self.name!r} must mark exactly one version is_latest: true "
+                f"(found {len(latest)}); it is the version new runs use"
+            )
+        return self
+
+
+class FilterRuleSpec(_Strict):
+    """One rule of a data grouping; all rules are ANDed."""
+
+    table: str
+    column: str
+    operator: str
+    value: Any
+    json_path: str | None = None
+
+    @model_validator(mode="after")
+    def _known_table_column_operator(self) -> FilterRuleSpec:
+        if self.table not in FILTER_TABLES:
+            raise ValueError(
+                f"unknown table {self.table!r}; expected one of {', '.join(FILTER_TABLES)}"
+            )
+        columns = column_names(self.table)
+        if self.column not in columns:
+            raise ValueError(
+                f"unknown column {self.column!r} of table {self.table}; "
+                f"expected one of {', '.join(columns)}"
+            )
+        if self.operator not in FILTER_OPERATORS:
+            raise ValueError(
+                f"unknown operator {self.operator!r}; expected one of {', '.join(FILTER_OPERATORS)}"
+            )
+        self._check_json_path()
+        self._check_value()
+        return self
+
+    def _check_json_path(self) -> None:
+        json_column = is_json_column(self.table, self.column)
+        if self.json_path is not None and not json_column:
+            raise ValueError(
+                f"json_path given for {self.table}.{self.column}, which is not a JSON column"
+            )
+        if json_column and self.json_path is None:
+            raise ValueError(
+                f"{self.table}.{self.column} is a JSON column; expected a json_path "
+                "such as observation.frequency_ghz"
+            )
+        if self.json_path is not None and not _JSON_PATH.match(self.json_path):
+            raise ValueError(
+                f"bad json_path {self.json_path!r}; expected dotted keys like "
+                "observation.frequency_ghz"
+            )
+
+    def _check_value(self) -> None:
+        is_list = isinstance(self.value, list)
+        if self.operator in LIST_OPERATORS and not is_list:
+            raise ValueError(f"operator {self.operator!r} expects a list value")
+        if self.operator not in LIST_OPERATORS and (is_list or isinstance(self.value, dict)):
+            raise ValueError(f"operator {self.operator!r} expects a single value, not a list")
+        if self.operator == "like" and not isinstance(self.value, str):
+            raise ValueError("operator 'like' expects a string pattern")
+
+
+class DataGroupingSpec(_Strict):
+    """A named selection of raw data."""
+
+    name: Identifier
+    filter_rules: list[FilterRuleSpec] = Field(default_factory=list)
+    instrument_module: str | None = Field(
+        default=None, pattern=r"^[^/\s]+/[^/\s]+$", description="INSTRUMENT/MODULE"
+    )
+
+
+class ResourcesSpec(_Strict):
+    """Resources one run of a step needs."""
+
+    cpu: float = Field(default=1, ge=0)
+    memory_gb: float = Field(default=1, ge=0)
+    time_hours: float = Field(default=1, ge=0)
+    gpu: int = Field(default=0, ge=0)
+
+
+class ConfigSpec(_Strict):
+    """A step config: parameters, environment, command template and resources."""
+
+    name: Identifier
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+    command: list[str] = Field(min_length=1)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _placeholders_have_parameters(self) -> ConfigSpec:
+        problems = []
+        for index, arg in enumerate(self.command):
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
+            except ValueError as exc:
+                problems.append(f"command[{index}] {arg!r} is not a valid template: {exc}")
+                continue
+            problems.extend(
+                f"command[{index}] placeholder {{{field}}} has no parameter {field!r} in "
+                f"config {self.name!r}; expected one of: {', '.join(self.parameters) or 'none'}"
+                for field in fields
+                if field not in self.parameters
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ContinuousTrigger(_Strict):
+    """Evaluate on every trigger tick."""
+
+    type: Literal["CONTINUOUS"]
+
+
+class CronTrigger(_Strict):
+    """Evaluate at cron ticks in a timezone."""
+
+    type: Literal["CRON"]
+    cron: CronExpr
+    timezone: Timezone = "UTC"
+
+
+class ManualTrigger(_Strict):
+    """Evaluate only when a person asks."""
+
+    type: Literal["MANUAL"]
+
+
+Trigger = Annotated[ContinuousTrigger | CronTrigger | ManualTrigger, Field(discriminator="type")]
+
+
+class StepSpec(_Strict):
+    """A reduction step."""
+
+    name: Identifier
+    software: Identifier
+    depends_on: list[Identifier] = Field(default_factory=list)
+    group_by: list[DimensionName] = Field(default_factory=list)
+    cooldown_seconds: NonNegative = 0
+    max_wait_seconds: NonNegative | None = None
+    schedule: CronExpr | None = None
+    max_concurrent_runs: int = Field(default=1, ge=1)
+    max_retries: NonNegative = 0
+    version_policy: VersionPolicy = VersionPolicy.COMPATIBLE
+    pinned_version: str | None = None
+    config: ConfigSpec
+
+    @model_validator(mode="after")
+    def _pin_matches_policy(self) -> StepSpec:
+        if self.version_policy is VersionPolicy.EXACT and self.pinned_version is None:
+            raise ValueError(
+                f"step {self.name!r} has version_policy exact but no pinned_version; "
+                "expected pinned_version: <tag>"
+            )
+        if self.version_policy is VersionPolicy.COMPATIBLE and self.pinned_version is not None:
+            raise ValueError(
+                f"step {self.name!r} pins {self.pinned_version!r} under version_policy "
+                "compatible; a pin only applies with version_policy: exact"
+            )
+        duplicates = sorted({d for d in self.group_by if self.group_by.count(d) > 1})
+        if duplicates:
+            raise ValueError(f"group_by repeats {', '.join(duplicates)}")
+        return self
+
+
+class PipelineSpec(_Strict):
+    """A pipeline: steps over one grouping at one processing location."""
+
+    name: Identifier
+    data_grouping: Identifier
+    processing_location: Identifier
+    trigger: Trigger = Field(default_factory=lambda: ContinuousTrigger(type="CONTINUOUS"))
+    priority: int = 0
+    enabled: bool = True
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class SpecFile(_Strict):
+    """One YAML spec file."""
+
+    sites: list[SiteSpec] = Field(default_factory=list)
+    instruments: list[InstrumentSpec] = Field(default_factory=list)
+    locations: list[LocationSpec] = Field(default_factory=list)
+    software: list[SoftwareSpec] = Field(default_factory=list)
+    data_groupings: list[DataGroupingSpec] = Field(default_factory=list)
+    pipelines: list[PipelineSpec] = Field(default_factory=list)

@@ -1,0 +1,229 @@
+"""Checks across objects and files, and against what the ops DB already holds.
+
+Runs after every file passed its pydantic models, and before anything is written. A
+reference may point at an object in any of the files being applied or in the DB.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ccat_ops_db.models import LocationType
+from ccat_wm.errors import SpecError
+from ccat_wm.selection.dimensions import finer_dimensions
+from ccat_wm.spec.loader import LoadedSpec, Loc
+from ccat_wm.spec.models import ConfigSpec, PipelineSpec, StepSpec
+
+
+@dataclass
+class DbCatalog:
+    """Names the ops DB already holds, for resolving references (loaded by `apply`)."""
+
+    sites: set[str] = field(default_factory=set)
+    locations: dict[str, LocationType] = field(default_factory=dict)
+    software_versions: dict[str, dict[str, bool]] = field(default_factory=dict)
+    """Software name -> version tag -> is_latest."""
+    groupings: set[str] = field(default_factory=set)
+    instrument_modules: set[str] = field(default_factory=set)
+    """`INSTRUMENT/MODULE` names."""
+    step_run_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(pipeline, step) -> number of runs, for the steps that exist."""
+
+
+def topological_order(steps: Sequence[StepSpec]) -> list[str]:
+    """Return step names upstream first, file order among independent steps.
+
+    Raises ValueError naming a cycle when there is one.
+    """
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    by_name = {s.name: s for s in steps}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*path[path.index(name) :], name]
+            raise ValueError(f"depends_on forms a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for upstream in by_name[name].depends_on:
+            if upstream in by_name:
+                visit(upstream, [*path, name])
+        state[name] = 2
+        order.append(name)
+
+    for step in steps:
+        visit(step.name, [])
+    return order
+
+
+class _Checker:
+    """Collects problems with their places across all loaded files."""
+
+    def __init__(self, loaded: Sequence[LoadedSpec], db: DbCatalog) -> None:
+        self.loaded = loaded
+        self.db = db
+        self.problems: list[str] = []
+
+    def add(self, spec: LoadedSpec, loc: Loc, message: str) -> None:
+        self.problems.append(f"{spec.where(loc)}: {message}")
+
+    def each(self, section: str) -> Iterable[tuple[LoadedSpec, int, object]]:
+        for spec in self.loaded:
+            for index, item in enumerate(getattr(spec.spec, section)):
+                yield spec, index, item
+
+    def check_duplicates(self) -> None:
+        for section in ("sites", "instruments", "locations", "software", "data_groupings",
+                        "pipelines"):  # fmt: skip
+            counts = Counter(getattr(item, "name") for _, _, item in self.each(section))
+            for spec, index, item in self.each(section):
+                name = getattr(item, "name")
+                if counts[name] > 1:
+                    self.add(
+                        spec, (section, index, "name"), f"duplicate name {name!r} in {section}"
+                    )
+        for spec, index, pipeline in self.each("pipelines"):
+            assert isinstance(pipeline, PipelineSpec)
+            steps = Counter(s.name for s in pipeline.steps)
+            for s_index, step in enumerate(pipeline.steps):
+                if steps[step.name] > 1:
+                    loc = ("pipelines", index, "steps", s_index, "name")
+                    self.add(spec, loc, f"duplicate step name {step.name!r} in {pipeline.name!r}")
+
+    def check_configs(self) -> None:
+        first: dict[str, ConfigSpec] = {}
+        for spec, index, pipeline in self.each("pipelines"):
+            assert isinstance(pipeline, PipelineSpec)
+            for s_index, step in enumerate(pipeline.steps):
+                seen = first.setdefault(step.config.name, step.config)
+                if seen != step.config:
+                    loc = ("pipelines", index, "steps", s_index, "config", "name")
+                    self.add(
+                        spec,
+                        loc,
+                        f"config name {step.config.name!r} is used with different contents; "
+                        "give each distinct config its own name",
+                    )
+
+    def known_modules(self) -> set[str]:
+        names = set(self.db.instrument_modules)
+        for _, _, inst in self.each("instruments"):
+            names.update(f"{inst.name}/{m}" for m in getattr(inst, "modules"))
+        return names
+
+    def check_groupings(self) -> None:
+        modules = self.known_modules()
+        for spec, index, grouping in self.each("data_groupings"):
+            module = getattr(grouping, "instrument_module")
+            if module is not None and module not in modules:
+                self.add(
+                    spec,
+                    ("data_groupings", index, "instrument_module"),
+                    f"unknown instrument module {module!r}; known: "
+                    f"{', '.join(sorted(modules)) or 'none'} (declare it under instruments)",
+                )
+
+    def software_versions(self) -> dict[str, dict[str, bool]]:
+        merged = {name: dict(tags) for name, tags in self.db.software_versions.items()}
+        for _, _, sw in self.each("software"):
+            tags = merged.setdefault(getattr(sw, "name"), {})
+            versions = getattr(sw, "versions")
+            if versions:
+                for tag in tags:
+                    tags[tag] = False
+            for v in versions:
+                tags[v.tag] = v.is_latest
+        return merged
+
+    def check_pipelines(self) -> None:
+        locations = dict(self.db.locations)
+        for _, _, loc_spec in self.each("locations"):
+            locations[getattr(loc_spec, "name")] = getattr(loc_spec, "location_type")
+        groupings = self.db.groupings | {
+            getattr(g, "name") for _, _, g in self.each("data_groupings")
+        }
+        software = self.software_versions()
+        for spec, index, pipeline in self.each("pipelines"):
+            assert isinstance(pipeline, PipelineSpec)
+            base: Loc = ("pipelines", index)
+            if pipeline.data_grouping not in groupings:
+                self.add(spec, (*base, "data_grouping"),
+                         f"unknown data grouping {pipeline.data_grouping!r}; known: "
+                         f"{', '.join(sorted(groupings)) or 'none'}")  # fmt: skip
+            kind = locations.get(pipeline.processing_location)
+            if kind is None:
+                self.add(spec, (*base, "processing_location"),
+                         f"unknown location {pipeline.processing_location!r}; known: "
+                         f"{', '.join(sorted(locations)) or 'none'}")  # fmt: skip
+            elif kind is not LocationType.PROCESSING:
+                self.add(spec, (*base, "processing_location"),
+                         f"location {pipeline.processing_location!r} is {kind.value}; "
+                         "expected a PROCESSING location")  # fmt: skip
+            self.check_steps(spec, base, pipeline, software)
+            self.check_removed_steps(spec, base, pipeline)
+
+    def check_steps(
+        self,
+        spec: LoadedSpec,
+        base: Loc,
+        pipeline: PipelineSpec,
+        software: dict[str, dict[str, bool]],
+    ) -> None:
+        names = {s.name for s in pipeline.steps}
+        by_name = {s.name: s for s in pipeline.steps}
+        for s_index, step in enumerate(pipeline.steps):
+            loc: Loc = (*base, "steps", s_index)
+            tags = software.get(step.software)
+            if tags is None:
+                self.add(spec, (*loc, "software"),
+                         f"unknown software {step.software!r}; known: "
+                         f"{', '.join(sorted(software)) or 'none'}")  # fmt: skip
+            elif step.pinned_version is not None and step.pinned_version not in tags:
+                self.add(spec, (*loc, "pinned_version"),
+                         f"unknown version {step.pinned_version!r} of software {step.software!r}; "
+                         f"known: {', '.join(sorted(tags)) or 'none'}")  # fmt: skip
+            elif step.pinned_version is None and not any(tags.values()):
+                self.add(spec, (*loc, "software"),
+                         f"software {step.software!r} has no version marked is_latest; "
+                         "declare one, or pin a version with version_policy: exact")  # fmt: skip
+            for d_index, upstream in enumerate(step.depends_on):
+                if upstream == step.name or upstream not in names:
+                    what = "itself" if upstream == step.name else f"unknown step {upstream!r}"
+                    self.add(spec, (*loc, "depends_on", d_index),
+                             f"step {step.name!r} depends on {what}; expected one of the "
+                             f"pipeline's other steps: {', '.join(sorted(names - {step.name}))}")  # fmt: skip
+                    continue
+                finer = finer_dimensions(by_name[upstream].group_by, step.group_by)
+                if finer:
+                    self.add(spec, (*loc, "group_by"),
+                             f"group_by {step.group_by} is finer than upstream step "
+                             f"{upstream!r} (group_by {by_name[upstream].group_by}): "
+                             f"{', '.join(finer)} not determined by it; a downstream step may "
+                             "only group by dimensions its upstream grouping determines")  # fmt: skip
+        try:
+            topological_order(pipeline.steps)
+        except ValueError as exc:
+            self.add(spec, (*base, "steps"), str(exc))
+
+    def check_removed_steps(self, spec: LoadedSpec, base: Loc, pipeline: PipelineSpec) -> None:
+        kept = {s.name for s in pipeline.steps}
+        for (p_name, s_name), runs in sorted(self.db.step_run_counts.items()):
+            if p_name == pipeline.name and s_name not in kept and runs > 0:
+                self.add(spec, (*base, "steps"),
+                         f"step {s_name!r} of pipeline {p_name!r} is missing from the file but "
+                         f"has {runs} run(s) in the ops DB; keep it (runs are history) or "
+                         "disable the pipeline")  # fmt: skip
+
+
+def validate_bundle(loaded: Sequence[LoadedSpec], db: DbCatalog) -> None:
+    """Raise SpecError listing every cross-object problem; return quietly when none."""
+    checker = _Checker(loaded, db)
+    checker.check_duplicates()
+    checker.check_configs()
+    checker.check_groupings()
+    checker.check_pipelines()
+    if checker.problems:
+        raise SpecError(checker.problems)
