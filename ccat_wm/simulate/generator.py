@@ -80,7 +80,9 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _raw_counts(rng: np.random.Generator, centre_ghz: float, line_ghz: float, n_dumps: int) -> dict[str, np.ndarray]:
+def _raw_counts(
+    rng: np.random.Generator, centre_ghz: float, line_ghz: float, n_dumps: int
+) -> dict[str, np.ndarray]:
     channels = np.arange(N_CHANNELS)
     frequency = centre_ghz + (channels - N_CHANNELS / 2) * CHANNEL_WIDTH_GHZ
     gain = 1000.0 * (1.0 + 0.1 * np.sin(channels / 9.0 + rng.uniform(0, 6.28)))
@@ -107,7 +109,12 @@ def _raw_counts(rng: np.random.Generator, centre_ghz: float, line_ghz: float, n_
 
 
 def simulate_scan(
-    seed: int, number: int, start: dt.datetime, sources: list[str], lines: list[str], positions: dict[str, tuple[float, float]]
+    seed: int,
+    number: int,
+    start: dt.datetime,
+    sources: list[str],
+    lines: list[str],
+    positions: dict[str, tuple[float, float]],
 ) -> SimulatedScan:
     """Generate scan `number` deterministically from (`seed`, `number`)."""
     rng = np.random.default_rng([seed, number])

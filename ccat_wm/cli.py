@@ -1,0 +1,179 @@
+"""The `ccat-wm` command line: thin commands over the functions the tasks use too.
+
+Every command exits 0 on success and non-zero with a one-line cause on stderr
+otherwise (a rejected spec lists its problems on the following lines).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import migrate
+from ccat_wm import demo as demo_module
+from ccat_wm.db import display_url, get_engine, resolve_db_url
+from ccat_wm.embedded_pg import stop_embedded_server
+from ccat_wm.errors import CcatWmError, DatabaseError
+from ccat_wm.settings import Settings, load_settings
+from ccat_wm.simulate.catalog import DEFAULT_LINES, DEFAULT_PROGRAM, DEFAULT_SOURCES
+from ccat_wm.simulate.register import SimulationRequest, register_simulation
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _engine(settings: Settings, *, require_schema: bool = True) -> Engine:
+    engine = get_engine(resolve_db_url(settings))
+    if require_schema:
+        check_schema(engine)
+    return engine
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse to work on an ops DB that is not at the current schema."""
+    try:
+        current = migrate.current_revision(engine)
+    except Exception as exc:
+        raise DatabaseError(
+            f"cannot reach the ops DB at {display_url(engine.url)}: {type(exc).__name__}; "
+            "check CCAT_OPS_DB_URL"
+        ) from None
+    heads = migrate.head_revisions()
+    if current not in heads:
+        raise DatabaseError(
+            f"the ops DB is at schema revision {current or 'none (empty)'}, expected "
+            f"{', '.join(heads)}; run `ccat-wm db upgrade`"
+        )
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """CCAT workflow manager: decide what needs (re)processing, run it, record provenance."""
+
+
+@cli.group()
+def db() -> None:
+    """Manage the ops DB (CCAT_OPS_DB_URL, or the embedded server when unset)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the ops DB to the current schema."""
+    engine = _engine(load_settings(), require_schema=False)
+    migrate.upgrade(engine)
+    click.echo(f"ops DB at {display_url(engine.url)} is at revision {migrate.current_revision(engine)}")
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print the ops DB URL in use (password masked); starts the embedded server if needed."""
+    click.echo(display_url(resolve_db_url(load_settings())))
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server (no effect with CCAT_OPS_DB_URL set)."""
+    settings = load_settings()
+    if settings.ops_db_url:
+        click.echo("CCAT_OPS_DB_URL is set; there is no embedded server to stop")
+        return
+    stopped = stop_embedded_server(settings.home)
+    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and print what would change; write nothing.")
+@click.option("--user", default=None, help="Author recorded on new pipelines (default: login name).")
+def apply(files: tuple[Path, ...], dry_run: bool, user: str | None) -> None:
+    """Create or update sites, locations, software, groupings and pipelines from YAML."""
+    loaded = load_spec_files(files)
+    engine = _engine(load_settings())
+    with Session(engine) as session:
+        changes = apply_specs(session, loaded, user=user or getpass.getuser())
+        if dry_run:
+            session.rollback()
+        else:
+            session.commit()
+    for change in changes:
+        click.echo(change.render())
+    verb = "would change" if dry_run else "changed"
+    click.echo(f"{len(changes)} object(s) {verb}" if changes else "no changes")
+
+
+@cli.command()
+@click.option("--scans", type=int, required=True, help="Number of new scans.")
+@click.option("--sources", default=",".join(DEFAULT_SOURCES), show_default=True, help="Comma-separated source names.")
+@click.option("--lines", default=",".join(DEFAULT_LINES), show_default=True, help="Comma-separated line names.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible data (default: random, printed).")
+@click.option("--program", default=DEFAULT_PROGRAM, show_default=True, help="Observing program.")
+@click.option("--location", default=None, help="Archive location (default: the only LONG_TERM_ARCHIVE one).")
+@click.option("--start", type=click.DateTime(), default=None, help="UTC start of the first scan.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def simulate(
+    scans: int, sources: str, lines: str, seed: int | None, program: str, location: str | None,
+    start: dt.datetime | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Register synthetic CHAI observations with real small files in an archive location."""
+    request = SimulationRequest(
+        scans=scans,
+        seed=seed if seed is not None else secrets.randbelow(2**31),
+        sources=_split(sources),
+        lines=_split(lines),
+        program=program,
+        location=location,
+        start=start.replace(tzinfo=dt.UTC) if start else None,
+    )
+    engine = _engine(load_settings())
+
+    def progress(done: int, total: int) -> None:
+        if not as_json and (done == total or done % max(1, total // 10) == 0):
+            click.echo(f"simulated {done}/{total} scans", err=True)
+
+    with Session(engine) as session, session.begin():
+        result = register_simulation(session, request, progress)
+    if as_json:
+        click.echo(json.dumps({**asdict(result), "seed": request.seed}))
+        return
+    click.echo(
+        f"registered {len(result.scan_names)} scans ({result.scan_names[0]} .. {result.scan_names[-1]}), "
+        f"{result.package_count} raw data packages, {result.total_bytes} bytes in archive "
+        f"{result.archive!r} (seed {request.seed})"
+    )
+
+
+@cli.command()
+def demo() -> None:
+    """The walk-through on the embedded defaults: schema, example pipeline, simulated scans."""
+    demo_module.run_demo(load_settings(), click.echo)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning our errors into a one-line cause and exit code 1."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CcatWmError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
