@@ -119,7 +119,7 @@ def _ids(
         session.execute(pg_insert(table).on_conflict_do_nothing(), list(rows))  # type: ignore[arg-type]
     keys = [r[key] for r in rows]
     result = session.execute(select(table.c[key], table.c.id).where(table.c[key].in_(keys)))  # type: ignore[attr-defined]
-    return {k: i for k, i in result.tuples()}
+    return {k: i for k, i in result.all()}
 
 
 def _dimension_ids(session: Session, request: SimulationRequest) -> dict[str, dict[str, int]]:
@@ -138,7 +138,7 @@ def _dimension_ids(session: Session, request: SimulationRequest) -> dict[str, di
             select(m.InstrumentModule.name, m.InstrumentModule.id).where(
                 m.InstrumentModule.instrument_id == instrument
             )
-        ).tuples().all()
+        ).all()
     )
     sources = _ids(
         session,
@@ -256,7 +256,7 @@ def _insert_rows(
                 m.ExecutedObsUnit.name, m.ExecutedObsUnit.id
             ),
             scan_rows,
-        ).tuples().all()
+        ).all()
     )
     package_rows = [
         {
@@ -277,7 +277,7 @@ def _insert_rows(
                 m.RawDataPackage.name, m.RawDataPackage.id
             ),
             package_rows,
-        ).tuples().all()
+        ).all()
     )
     now = dt.datetime.now(dt.UTC)
     copy_rows = [

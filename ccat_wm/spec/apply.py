@@ -190,15 +190,19 @@ class _Writer:
             return
         latest = next(v.tag for v in spec.versions if v.is_latest)
         # Clear the old latest first: a partial unique index allows one latest per software.
-        self.session.execute(
-            m.ReductionSoftwareVersion.__table__.update()
-            .where(
+        stale = self.session.scalars(
+            select(m.ReductionSoftwareVersion).where(
                 m.ReductionSoftwareVersion.reduction_software_id == sw.id,
                 m.ReductionSoftwareVersion.is_latest,
                 m.ReductionSoftwareVersion.tag != latest,
             )
-            .values(is_latest=False)
-        )
+        ).all()
+        for old in stale:
+            old.is_latest = False
+            self.changes.append(
+                Change("update", "software version", f"{spec.name}:{old.tag}", ("is_latest: True -> False",))
+            )
+        self.session.flush()
         for v in sorted(spec.versions, key=lambda v: v.is_latest):
             self.sync(
                 m.ReductionSoftwareVersion,
@@ -326,7 +330,7 @@ class _Writer:
                 select(dep.c.reduction_step_id, dep.c.depends_on_step_id).where(
                     dep.c.reduction_step_id.in_(step_ids.values())
                 )
-            ).tuples()
+            ).all()
         )
         wanted = {(step_ids[s.name], step_ids[u]) for s in spec.steps for u in s.depends_on}
         for step_id, upstream_id in sorted(existing - wanted):

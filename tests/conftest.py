@@ -1,0 +1,87 @@
+"""Shared fixtures: a private test database on the real PostgreSQL, clean per test.
+
+With CCAT_OPS_DB_URL set (as in CI), each test session creates its own database on
+that server and drops it at the end. Without it, the session starts the embedded
+server under a temporary CCAT_WM_HOME, exactly as a newcomer's CLI would.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL
+
+from ccat_ops_db import migrate
+from ccat_ops_db.models import Base
+from ccat_wm.db import normalize_db_url
+from ccat_wm.embedded_pg import ensure_embedded_server
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _libpq(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> URL:
+    """URL of the PostgreSQL server the tests use (its maintenance database)."""
+    raw = os.environ.get("CCAT_OPS_DB_URL")
+    if not raw:
+        raw = ensure_embedded_server(tmp_path_factory.mktemp("embedded-home"))
+    return normalize_db_url(raw)
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url: URL) -> Iterator[object]:
+    """Factory: create a fresh, empty database on the test server; all dropped at the end."""
+    created: list[str] = []
+
+    def make() -> URL:
+        name = f"ccat_wm_test_{os.getpid()}_{secrets.token_hex(3)}"
+        with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return server_url.set(database=name)
+
+    yield make
+    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+        for name in created:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def migrated_url(make_database: object) -> URL:
+    """A database migrated to head, shared by the DB tests of the session."""
+    url: URL = make_database()  # type: ignore[operator]
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(migrated_url: URL) -> Iterator[Engine]:
+    """An engine on the migrated test database, emptied before each test."""
+    eng = create_engine(migrated_url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with eng.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def cli_env(migrated_url: URL, tmp_path: Path) -> dict[str, str]:
+    """Environment for running `ccat-wm` against the test database."""
+    env = dict(os.environ)
+    env["CCAT_OPS_DB_URL"] = _libpq(migrated_url)
+    env["CCAT_WM_HOME"] = str(tmp_path / "home")
+    return env

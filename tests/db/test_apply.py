@@ -1,0 +1,157 @@
+"""`ccat-wm apply`: create, update in place, idempotence, dry-run, files referring to each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.spec.apply import Change, apply_specs
+from ccat_wm.spec.loader import load_spec_files
+from tests.helpers import demo_spec_data, locations_data, run_cli, snapshot, write_yaml
+
+
+def add_run(engine: Engine, pipeline: str, step: str, status: m.RunStatus = m.RunStatus.COMPLETED, key: str = "") -> int:
+    """Insert a run of `pipeline.step` with the software's latest version; return its id."""
+    with Session(engine) as session, session.begin():
+        step_row = session.scalars(
+            select(m.ReductionStep).join(m.Pipeline).where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
+        ).one()
+        version = session.scalars(
+            select(m.ReductionSoftwareVersion).where(
+                m.ReductionSoftwareVersion.reduction_software_id == step_row.reduction_software_id,
+                m.ReductionSoftwareVersion.is_latest,
+            )
+        ).one()
+        run = m.ExecutedReductionStep(
+            reduction_step_id=step_row.id,
+            reduction_software_version_id=version.id,
+            status=status,
+            sub_group_key=key,
+            reason=m.RunReason.NEW,
+            input_fingerprint="f" * 64,
+            config_fingerprint="c" * 64,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _apply(engine: Engine, *paths: Path) -> list[Change]:
+    with Session(engine) as session:
+        changes = apply_specs(session, load_spec_files(list(paths)), user="tester")
+        session.commit()
+    return changes
+
+
+def test_apply_creates_every_object(engine: Engine, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    changes = _apply(engine, path)
+    kinds = {(c.action, c.kind) for c in changes}
+    assert ("create", "pipeline") in kinds and ("create", "step") in kinds
+    with Session(engine) as session:
+        pipeline = session.scalars(select(m.Pipeline)).one()
+        assert pipeline.name == "chai-demo" and pipeline.priority == 10
+        assert pipeline.trigger_type is m.TriggerType.CONTINUOUS
+        steps = session.scalars(select(m.ReductionStep).order_by(m.ReductionStep.step_order)).all()
+        assert [s.name for s in steps] == ["calibrate", "baseline", "grid"]
+        assert steps[2].group_by == ["source", "line"] and steps[2].max_wait_seconds == 86400
+        deps = session.execute(select(m.reduction_step_dependency)).all()
+        assert sorted(deps) == sorted([(steps[1].id, steps[0].id), (steps[2].id, steps[1].id)])
+        config = session.get(m.ReductionStepConfig, steps[0].reduction_step_config_id)
+        assert config is not None and config.command_template == ["chai-calibrate", "--mode", "{calibration_mode}"]
+        assert config.resource_requirements == {"cpu": 1.0, "memory_gb": 1.0, "time_hours": 0.5, "gpu": 0}
+        local = session.scalars(select(m.DataLocation).where(m.DataLocation.name == "local")).one()
+        assert local.backend is m.Backend.LOCAL and local.runtime is m.Runtime.HOST
+        user = session.get(m.User, pipeline.created_by_user_id)
+        assert user is not None and user.username == "tester"
+
+
+def test_applying_the_same_file_twice_changes_nothing(engine: Engine, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    _apply(engine, path)
+    before = snapshot(engine)
+    assert _apply(engine, path) == []
+    assert snapshot(engine) == before
+
+
+def test_edited_file_updates_rows_in_place_and_keeps_history(engine: Engine, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    _apply(engine, path)
+    run_id = add_run(engine, "chai-demo", "calibrate", key="executed_obs_unit=scan-000001")
+    with Session(engine) as session:
+        ids_before = dict(session.execute(select(m.ReductionStep.name, m.ReductionStep.id)).all())
+        pipeline_id = session.scalars(select(m.Pipeline.id)).one()
+
+    spec = {**locations_data(tmp_path), **demo_spec_data()}
+    spec["pipelines"][0]["priority"] = 20
+    spec["pipelines"][0]["steps"][0]["config"]["parameters"] = {"calibration_mode": "sky_hot"}
+    spec["software"][0]["versions"].append({"tag": "2.0.0", "is_latest": True})
+    spec["software"][0]["versions"][0]["is_latest"] = False
+    spec["pipelines"][0]["steps"][2]["depends_on"] = ["calibrate", "baseline"]
+    changes = _apply(engine, write_yaml(path, spec))
+
+    rendered = [c.render() for c in changes]
+    assert "~ pipeline chai-demo (priority: 10 -> 20)" in rendered
+    assert any(r.startswith("~ config chai-demo-hot-cold (config_parameters:") for r in rendered)
+    assert "+ software version chai-calibration:2.0.0" in rendered
+    assert "~ software version chai-calibration:1.4.0 (is_latest: True -> False)" in rendered
+    assert "~ step chai-demo.grid (depends_on: ['baseline'] -> ['baseline', 'calibrate'])" in rendered
+    with Session(engine) as session:
+        assert dict(session.execute(select(m.ReductionStep.name, m.ReductionStep.id)).all()) == ids_before
+        assert session.scalars(select(m.Pipeline.id)).one() == pipeline_id
+        run = session.get(m.ExecutedReductionStep, run_id)
+        assert run is not None and run.reduction_step_id == ids_before["calibrate"]
+        latest = session.scalars(
+            select(m.ReductionSoftwareVersion.tag).where(m.ReductionSoftwareVersion.is_latest)
+            .join(m.ReductionSoftware).where(m.ReductionSoftware.name == "chai-calibration")
+        ).one()
+        assert latest == "2.0.0"
+
+
+def test_a_step_without_runs_removed_from_the_file_is_deleted(engine: Engine, tmp_path: Path) -> None:
+    spec = {**locations_data(tmp_path), **demo_spec_data()}
+    path = write_yaml(tmp_path / "spec.yaml", spec)
+    _apply(engine, path)
+    spec["pipelines"][0]["steps"].pop()
+    changes = _apply(engine, write_yaml(path, spec))
+    assert Change("delete", "step", "chai-demo.grid") in changes
+    with Session(engine) as session:
+        assert session.scalars(select(m.ReductionStep.name).order_by(m.ReductionStep.step_order)).all() == ["calibrate", "baseline"]
+
+
+def test_files_may_refer_to_each_other_and_to_the_db(engine: Engine, tmp_path: Path) -> None:
+    locations = write_yaml(tmp_path / "locations.yaml", locations_data(tmp_path))
+    spec = demo_spec_data()
+    pipelines_only = {"pipelines": spec.pop("pipelines")}
+    rest = write_yaml(tmp_path / "software.yaml", spec)
+    _apply(engine, locations, rest)  # two files at once
+    changes = _apply(engine, write_yaml(tmp_path / "pipelines.yaml", pipelines_only))  # refers to the DB
+    assert Change("create", "pipeline", "chai-demo") in changes
+
+
+def test_cli_dry_run_prints_changes_and_writes_nothing(engine: Engine, cli_env: dict[str, str], tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    before = snapshot(engine)
+    result = run_cli(cli_env, "apply", "--dry-run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "+ pipeline chai-demo" in result.stdout
+    assert "object(s) would change" in result.stdout
+    assert snapshot(engine) == before
+    result = run_cli(cli_env, "apply", str(path))
+    assert result.returncode == 0 and "object(s) changed" in result.stdout
+    assert run_cli(cli_env, "apply", str(path)).stdout.strip() == "no changes"
+
+
+def test_cli_rejects_bad_file_with_cause_on_stderr(engine: Engine, cli_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("pipelines: [{name: p}]\nfoo: 1\n")
+    result = run_cli(cli_env, "apply", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    first, *rest = result.stderr.splitlines()
+    assert first == "error: 4 problems in the pipeline spec; nothing was written"
+    assert any("foo: unknown key 'foo'" in line for line in rest)
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,57 @@
+"""Helpers shared by tests: spec files on disk and table snapshots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import Engine, select
+
+from ccat_ops_db.models import Base
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SPEC = REPO / "examples" / "specs" / "chai-demo.yaml"
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    """Write `data` as YAML to `path` and return the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def demo_spec_data() -> dict[str, Any]:
+    """The example pipeline spec as a dict, to be edited by tests."""
+    data: dict[str, Any] = yaml.safe_load(DEMO_SPEC.read_text())
+    return data
+
+
+def locations_data(root: Path) -> dict[str, Any]:
+    """An archive and a local processing location under `root`."""
+    return {
+        "locations": [
+            {"name": "archive", "site": "test", "location_type": "LONG_TERM_ARCHIVE", "path": str(root / "archive")},
+            {"name": "local", "site": "test", "location_type": "PROCESSING", "backend": "local", "path": str(root / "runs")},
+        ]
+    }
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, ordered, for before/after comparisons."""
+    out = {}
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            rows = conn.execute(select(table).order_by(*table.primary_key.columns)).all()
+            out[table.name] = [tuple(r) for r in rows]
+    return out
+
+
+CCAT_WM = str(Path(sys.executable).with_name("ccat-wm"))
+"""The installed `ccat-wm` of the interpreter running the tests."""
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `ccat-wm ARGS` as a user would; never raises on a non-zero exit."""
+    return subprocess.run([CCAT_WM, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
