@@ -77,7 +77,9 @@ def db_upgrade() -> None:
     """Migrate the ops DB to the current schema."""
     engine = _engine(load_settings(), require_schema=False)
     migrate.upgrade(engine)
-    click.echo(f"ops DB at {display_url(engine.url)} is at revision {migrate.current_revision(engine)}")
+    click.echo(
+        f"ops DB at {display_url(engine.url)} is at revision {migrate.current_revision(engine)}"
+    )
 
 
 @db.command("url")
@@ -99,8 +101,12 @@ def db_stop() -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Validate and print what would change; write nothing.")
-@click.option("--user", default=None, help="Author recorded on new pipelines (default: login name).")
+@click.option(
+    "--dry-run", is_flag=True, help="Validate and print what would change; write nothing."
+)
+@click.option(
+    "--user", default=None, help="Author recorded on new pipelines (default: login name)."
+)
 def apply(files: tuple[Path, ...], dry_run: bool, user: str | None) -> None:
     """Create or update sites, locations, software, groupings and pipelines from YAML."""
     loaded = load_spec_files(files)
@@ -119,17 +125,38 @@ def apply(files: tuple[Path, ...], dry_run: bool, user: str | None) -> None:
 
 @cli.command()
 @click.option("--scans", type=int, required=True, help="Number of new scans.")
-@click.option("--sources", default=",".join(DEFAULT_SOURCES), show_default=True, help="Comma-separated source names.")
-@click.option("--lines", default=",".join(DEFAULT_LINES), show_default=True, help="Comma-separated line names.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible data (default: random, printed).")
+@click.option(
+    "--sources",
+    default=",".join(DEFAULT_SOURCES),
+    show_default=True,
+    help="Comma-separated source names.",
+)
+@click.option(
+    "--lines",
+    default=",".join(DEFAULT_LINES),
+    show_default=True,
+    help="Comma-separated line names.",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed for reproducible data (default: random, printed)."
+)
 @click.option("--program", default=DEFAULT_PROGRAM, show_default=True, help="Observing program.")
-@click.option("--location", default=None, help="Archive location (default: the only LONG_TERM_ARCHIVE one).")
+@click.option(
+    "--location", default=None, help="Archive location (default: the only LONG_TERM_ARCHIVE one)."
+)
 @click.option("--start", type=click.DateTime(), default=None, help="UTC start of the first scan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def simulate(
-    scans: int, sources: str, lines: str, seed: int | None, program: str, location: str | None,
-    start: dt.datetime | None, as_json: bool,
-) -> None:  # fmt: skip
+    *,
+    scans: int,
+    sources: str,
+    lines: str,
+    seed: int | None,
+    program: str,
+    location: str | None,
+    start: dt.datetime | None,
+    as_json: bool,
+) -> None:
     """Register synthetic CHAI observations with real small files in an archive location."""
     request = SimulationRequest(
         scans=scans,
@@ -152,7 +179,8 @@ def simulate(
         click.echo(json.dumps({**asdict(result), "seed": request.seed}))
         return
     click.echo(
-        f"registered {len(result.scan_names)} scans ({result.scan_names[0]} .. {result.scan_names[-1]}), "
+        f"registered {len(result.scan_names)} scans "
+        f"({result.scan_names[0]} .. {result.scan_names[-1]}), "
         f"{result.package_count} raw data packages, {result.total_bytes} bytes in archive "
         f"{result.archive!r} (seed {request.seed})"
     )
@@ -160,7 +188,7 @@ def simulate(
 
 @cli.command()
 def demo() -> None:
-    """The walk-through on the embedded defaults: schema, example pipeline, simulated scans."""
+    """Run the walk-through on the embedded defaults: schema, example pipeline, simulated scans."""
     demo_module.run_demo(load_settings(), click.echo)
 
 

@@ -78,12 +78,19 @@ def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
             echo(f"[3/4] {existing} scans already registered; not simulating more")
         else:
             request = SimulationRequest(scans=DEMO_SCANS, seed=DEMO_SEED)
-            result = register_simulation(
-                session, request, lambda done, total: echo(f"      simulated {done}/{total} scans") if done % 8 == 0 else None
-            )
-            echo(f"[3/4] simulated {len(result.scan_names)} scans, {result.package_count} raw data packages")
+            result = register_simulation(session, request, _progress(echo))
+            scans, packages = len(result.scan_names), result.package_count
+            echo(f"[3/4] simulated {scans} scans, {packages} raw data packages")
     with Session(engine) as session:
         _summary(session, settings, echo)
+
+
+def _progress(echo: Callable[[str], object]) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if done % 8 == 0 or done == total:
+            echo(f"      simulated {done}/{total} scans")
+
+    return report
 
 
 def _summary(session: Session, settings: Settings, echo: Callable[[str], object]) -> None:
@@ -93,7 +100,9 @@ def _summary(session: Session, settings: Settings, echo: Callable[[str], object]
     echo(f"[4/4] ops DB holds {scans} scans and {packages} raw data packages ({size} bytes)")
     echo(f"      archive: {settings.home / 'archive'}")
     rows = session.execute(
-        select(m.Pipeline.name, m.Pipeline.trigger_type, m.ReductionStep.name, m.ReductionStep.group_by)
+        select(
+            m.Pipeline.name, m.Pipeline.trigger_type, m.ReductionStep.name, m.ReductionStep.group_by
+        )
         .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
         .order_by(m.Pipeline.name, m.ReductionStep.step_order)
     ).all()

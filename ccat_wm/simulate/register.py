@@ -11,10 +11,10 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -110,15 +110,19 @@ def _archive(session: Session, name: str | None) -> m.DataLocation:
     return found[0]
 
 
+def _table(model: type[m.Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
 def _ids(
     session: Session, model: type[m.Base], rows: Sequence[dict[str, Any]], key: str
 ) -> dict[str, int]:
     """Insert rows that are missing (by unique `key`), return key -> id for all of them."""
-    table = model.__table__
+    table = _table(model)
     if rows:
-        session.execute(pg_insert(table).on_conflict_do_nothing(), list(rows))  # type: ignore[arg-type]
+        session.execute(pg_insert(table).on_conflict_do_nothing(), list(rows))
     keys = [r[key] for r in rows]
-    result = session.execute(select(table.c[key], table.c.id).where(table.c[key].in_(keys)))  # type: ignore[attr-defined]
+    result = session.execute(select(table.c[key], table.c.id).where(table.c[key].in_(keys)))
     return {k: i for k, i in result.all()}
 
 
@@ -132,7 +136,7 @@ def _dimension_ids(session: Session, request: SimulationRequest) -> dict[str, di
     module_rows = [
         {"instrument_id": instrument, "name": mod.name, "description": ""} for mod in MODULES
     ]
-    session.execute(pg_insert(m.InstrumentModule.__table__).on_conflict_do_nothing(), module_rows)
+    session.execute(pg_insert(_table(m.InstrumentModule)).on_conflict_do_nothing(), module_rows)
     modules = dict(
         session.execute(
             select(m.InstrumentModule.name, m.InstrumentModule.id).where(
@@ -211,10 +215,10 @@ def register_simulation(
             scan = simulate_scan(
                 request.seed,
                 first + offset,
-                start,
-                list(request.sources),
-                list(request.lines),
-                positions,
+                start=start,
+                sources=list(request.sources),
+                lines=list(request.lines),
+                positions=positions,
             )
             start = scan.end_time + GAP_BETWEEN_SCANS
             for package in scan.packages:
@@ -225,7 +229,9 @@ def register_simulation(
             scans.append(scan)
             if progress is not None:
                 progress(offset + 1, request.scans)
-        total = _insert_rows(session, request, archive, ids, scans, root)
+        total = _insert_rows(
+            session, request=request, archive=archive, ids=ids, scans=scans, root=root
+        )
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -235,6 +241,7 @@ def register_simulation(
 
 def _insert_rows(
     session: Session,
+    *,
     request: SimulationRequest,
     archive: m.DataLocation,
     ids: dict[str, dict[str, int]],
@@ -252,7 +259,7 @@ def _insert_rows(
     ]
     scan_ids = dict(
         session.execute(
-            insert(m.ExecutedObsUnit.__table__).returning(
+            insert(_table(m.ExecutedObsUnit)).returning(
                 m.ExecutedObsUnit.name, m.ExecutedObsUnit.id
             ),
             scan_rows,
@@ -273,9 +280,7 @@ def _insert_rows(
     ]
     package_ids = dict(
         session.execute(
-            insert(m.RawDataPackage.__table__).returning(
-                m.RawDataPackage.name, m.RawDataPackage.id
-            ),
+            insert(_table(m.RawDataPackage)).returning(m.RawDataPackage.name, m.RawDataPackage.id),
             package_rows,
         ).all()
     )
@@ -290,5 +295,5 @@ def _insert_rows(
         for s in scans
         for p in s.packages
     ]
-    session.execute(insert(m.RawDataPackageCopy.__table__), copy_rows)
-    return sum(row["size"] for row in package_rows)
+    session.execute(insert(_table(m.RawDataPackageCopy)), copy_rows)
+    return sum(len(p.content) for s in scans for p in s.packages)

@@ -200,7 +200,12 @@ class _Writer:
         for old in stale:
             old.is_latest = False
             self.changes.append(
-                Change("update", "software version", f"{spec.name}:{old.tag}", ("is_latest: True -> False",))
+                Change(
+                    "update",
+                    "software version",
+                    f"{spec.name}:{old.tag}",
+                    ("is_latest: True -> False",),
+                )
             )
         self.session.flush()
         for v in sorted(spec.versions, key=lambda v: v.is_latest):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ccat_ops_db.models import LocationType
 from ccat_wm.errors import SpecError
@@ -70,17 +71,23 @@ class _Checker:
     def add(self, spec: LoadedSpec, loc: Loc, message: str) -> None:
         self.problems.append(f"{spec.where(loc)}: {message}")
 
-    def each(self, section: str) -> Iterable[tuple[LoadedSpec, int, object]]:
+    def each(self, section: str) -> Iterable[tuple[LoadedSpec, int, Any]]:
         for spec in self.loaded:
             for index, item in enumerate(getattr(spec.spec, section)):
                 yield spec, index, item
 
     def check_duplicates(self) -> None:
-        for section in ("sites", "instruments", "locations", "software", "data_groupings",
-                        "pipelines"):  # fmt: skip
-            counts = Counter(getattr(item, "name") for _, _, item in self.each(section))
+        for section in (
+            "sites",
+            "instruments",
+            "locations",
+            "software",
+            "data_groupings",
+            "pipelines",
+        ):
+            counts = Counter(item.name for _, _, item in self.each(section))
             for spec, index, item in self.each(section):
-                name = getattr(item, "name")
+                name = item.name
                 if counts[name] > 1:
                     self.add(
                         spec, (section, index, "name"), f"duplicate name {name!r} in {section}"
@@ -111,13 +118,13 @@ class _Checker:
     def known_modules(self) -> set[str]:
         names = set(self.db.instrument_modules)
         for _, _, inst in self.each("instruments"):
-            names.update(f"{inst.name}/{m}" for m in getattr(inst, "modules"))
+            names.update(f"{inst.name}/{m}" for m in inst.modules)
         return names
 
     def check_groupings(self) -> None:
         modules = self.known_modules()
         for spec, index, grouping in self.each("data_groupings"):
-            module = getattr(grouping, "instrument_module")
+            module = grouping.instrument_module
             if module is not None and module not in modules:
                 self.add(
                     spec,
@@ -129,8 +136,8 @@ class _Checker:
     def software_versions(self) -> dict[str, dict[str, bool]]:
         merged = {name: dict(tags) for name, tags in self.db.software_versions.items()}
         for _, _, sw in self.each("software"):
-            tags = merged.setdefault(getattr(sw, "name"), {})
-            versions = getattr(sw, "versions")
+            tags = merged.setdefault(sw.name, {})
+            versions = sw.versions
             if versions:
                 for tag in tags:
                     tags[tag] = False
@@ -141,27 +148,34 @@ class _Checker:
     def check_pipelines(self) -> None:
         locations = dict(self.db.locations)
         for _, _, loc_spec in self.each("locations"):
-            locations[getattr(loc_spec, "name")] = getattr(loc_spec, "location_type")
-        groupings = self.db.groupings | {
-            getattr(g, "name") for _, _, g in self.each("data_groupings")
-        }
+            locations[loc_spec.name] = loc_spec.location_type
+        groupings = self.db.groupings | {g.name for _, _, g in self.each("data_groupings")}
         software = self.software_versions()
         for spec, index, pipeline in self.each("pipelines"):
             assert isinstance(pipeline, PipelineSpec)
             base: Loc = ("pipelines", index)
             if pipeline.data_grouping not in groupings:
-                self.add(spec, (*base, "data_grouping"),
-                         f"unknown data grouping {pipeline.data_grouping!r}; known: "
-                         f"{', '.join(sorted(groupings)) or 'none'}")  # fmt: skip
+                self.add(
+                    spec,
+                    (*base, "data_grouping"),
+                    f"unknown data grouping {pipeline.data_grouping!r}; known: "
+                    f"{', '.join(sorted(groupings)) or 'none'}",
+                )
             kind = locations.get(pipeline.processing_location)
             if kind is None:
-                self.add(spec, (*base, "processing_location"),
-                         f"unknown location {pipeline.processing_location!r}; known: "
-                         f"{', '.join(sorted(locations)) or 'none'}")  # fmt: skip
+                self.add(
+                    spec,
+                    (*base, "processing_location"),
+                    f"unknown location {pipeline.processing_location!r}; known: "
+                    f"{', '.join(sorted(locations)) or 'none'}",
+                )
             elif kind is not LocationType.PROCESSING:
-                self.add(spec, (*base, "processing_location"),
-                         f"location {pipeline.processing_location!r} is {kind.value}; "
-                         "expected a PROCESSING location")  # fmt: skip
+                self.add(
+                    spec,
+                    (*base, "processing_location"),
+                    f"location {pipeline.processing_location!r} is {kind.value}; "
+                    "expected a PROCESSING location",
+                )
             self.check_steps(spec, base, pipeline, software)
             self.check_removed_steps(spec, base, pipeline)
 
@@ -178,31 +192,46 @@ class _Checker:
             loc: Loc = (*base, "steps", s_index)
             tags = software.get(step.software)
             if tags is None:
-                self.add(spec, (*loc, "software"),
-                         f"unknown software {step.software!r}; known: "
-                         f"{', '.join(sorted(software)) or 'none'}")  # fmt: skip
+                self.add(
+                    spec,
+                    (*loc, "software"),
+                    f"unknown software {step.software!r}; known: "
+                    f"{', '.join(sorted(software)) or 'none'}",
+                )
             elif step.pinned_version is not None and step.pinned_version not in tags:
-                self.add(spec, (*loc, "pinned_version"),
-                         f"unknown version {step.pinned_version!r} of software {step.software!r}; "
-                         f"known: {', '.join(sorted(tags)) or 'none'}")  # fmt: skip
+                self.add(
+                    spec,
+                    (*loc, "pinned_version"),
+                    f"unknown version {step.pinned_version!r} of software {step.software!r}; "
+                    f"known: {', '.join(sorted(tags)) or 'none'}",
+                )
             elif step.pinned_version is None and not any(tags.values()):
-                self.add(spec, (*loc, "software"),
-                         f"software {step.software!r} has no version marked is_latest; "
-                         "declare one, or pin a version with version_policy: exact")  # fmt: skip
+                self.add(
+                    spec,
+                    (*loc, "software"),
+                    f"software {step.software!r} has no version marked is_latest; "
+                    "declare one, or pin a version with version_policy: exact",
+                )
             for d_index, upstream in enumerate(step.depends_on):
                 if upstream == step.name or upstream not in names:
                     what = "itself" if upstream == step.name else f"unknown step {upstream!r}"
-                    self.add(spec, (*loc, "depends_on", d_index),
-                             f"step {step.name!r} depends on {what}; expected one of the "
-                             f"pipeline's other steps: {', '.join(sorted(names - {step.name}))}")  # fmt: skip
+                    self.add(
+                        spec,
+                        (*loc, "depends_on", d_index),
+                        f"step {step.name!r} depends on {what}; expected one of the "
+                        f"pipeline's other steps: {', '.join(sorted(names - {step.name}))}",
+                    )
                     continue
                 finer = finer_dimensions(by_name[upstream].group_by, step.group_by)
                 if finer:
-                    self.add(spec, (*loc, "group_by"),
-                             f"group_by {step.group_by} is finer than upstream step "
-                             f"{upstream!r} (group_by {by_name[upstream].group_by}): "
-                             f"{', '.join(finer)} not determined by it; a downstream step may "
-                             "only group by dimensions its upstream grouping determines")  # fmt: skip
+                    self.add(
+                        spec,
+                        (*loc, "group_by"),
+                        f"group_by {step.group_by} is finer than upstream step "
+                        f"{upstream!r} (group_by {by_name[upstream].group_by}): "
+                        f"{', '.join(finer)} not determined by it; a downstream step may "
+                        "only group by dimensions its upstream grouping determines",
+                    )
         try:
             topological_order(pipeline.steps)
         except ValueError as exc:
@@ -212,10 +241,13 @@ class _Checker:
         kept = {s.name for s in pipeline.steps}
         for (p_name, s_name), runs in sorted(self.db.step_run_counts.items()):
             if p_name == pipeline.name and s_name not in kept and runs > 0:
-                self.add(spec, (*base, "steps"),
-                         f"step {s_name!r} of pipeline {p_name!r} is missing from the file but "
-                         f"has {runs} run(s) in the ops DB; keep it (runs are history) or "
-                         "disable the pipeline")  # fmt: skip
+                self.add(
+                    spec,
+                    (*base, "steps"),
+                    f"step {s_name!r} of pipeline {p_name!r} is missing from the file but "
+                    f"has {runs} run(s) in the ops DB; keep it (runs are history) or "
+                    "disable the pipeline",
+                )
 
 
 def validate_bundle(loaded: Sequence[LoadedSpec], db: DbCatalog) -> None:

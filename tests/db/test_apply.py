@@ -13,11 +13,19 @@ from ccat_wm.spec.loader import load_spec_files
 from tests.helpers import demo_spec_data, locations_data, run_cli, snapshot, write_yaml
 
 
-def add_run(engine: Engine, pipeline: str, step: str, status: m.RunStatus = m.RunStatus.COMPLETED, key: str = "") -> int:
+def add_run(
+    engine: Engine,
+    pipeline: str,
+    step: str,
+    status: m.RunStatus = m.RunStatus.COMPLETED,
+    key: str = "",
+) -> int:
     """Insert a run of `pipeline.step` with the software's latest version; return its id."""
     with Session(engine) as session, session.begin():
         step_row = session.scalars(
-            select(m.ReductionStep).join(m.Pipeline).where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
+            select(m.ReductionStep)
+            .join(m.Pipeline)
+            .where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
         ).one()
         version = session.scalars(
             select(m.ReductionSoftwareVersion).where(
@@ -61,8 +69,17 @@ def test_apply_creates_every_object(engine: Engine, tmp_path: Path) -> None:
         deps = session.execute(select(m.reduction_step_dependency)).all()
         assert sorted(deps) == sorted([(steps[1].id, steps[0].id), (steps[2].id, steps[1].id)])
         config = session.get(m.ReductionStepConfig, steps[0].reduction_step_config_id)
-        assert config is not None and config.command_template == ["chai-calibrate", "--mode", "{calibration_mode}"]
-        assert config.resource_requirements == {"cpu": 1.0, "memory_gb": 1.0, "time_hours": 0.5, "gpu": 0}
+        assert config is not None and config.command_template == [
+            "chai-calibrate",
+            "--mode",
+            "{calibration_mode}",
+        ]
+        assert config.resource_requirements == {
+            "cpu": 1.0,
+            "memory_gb": 1.0,
+            "time_hours": 0.5,
+            "gpu": 0,
+        }
         local = session.scalars(select(m.DataLocation).where(m.DataLocation.name == "local")).one()
         assert local.backend is m.Backend.LOCAL and local.runtime is m.Runtime.HOST
         user = session.get(m.User, pipeline.created_by_user_id)
@@ -77,7 +94,9 @@ def test_applying_the_same_file_twice_changes_nothing(engine: Engine, tmp_path: 
     assert snapshot(engine) == before
 
 
-def test_edited_file_updates_rows_in_place_and_keeps_history(engine: Engine, tmp_path: Path) -> None:
+def test_edited_file_updates_rows_in_place_and_keeps_history(
+    engine: Engine, tmp_path: Path
+) -> None:
     path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
     _apply(engine, path)
     run_id = add_run(engine, "chai-demo", "calibrate", key="executed_obs_unit=scan-000001")
@@ -98,20 +117,29 @@ def test_edited_file_updates_rows_in_place_and_keeps_history(engine: Engine, tmp
     assert any(r.startswith("~ config chai-demo-hot-cold (config_parameters:") for r in rendered)
     assert "+ software version chai-calibration:2.0.0" in rendered
     assert "~ software version chai-calibration:1.4.0 (is_latest: True -> False)" in rendered
-    assert "~ step chai-demo.grid (depends_on: ['baseline'] -> ['baseline', 'calibrate'])" in rendered
+    assert (
+        "~ step chai-demo.grid (depends_on: ['baseline'] -> ['baseline', 'calibrate'])" in rendered
+    )
     with Session(engine) as session:
-        assert dict(session.execute(select(m.ReductionStep.name, m.ReductionStep.id)).all()) == ids_before
+        assert (
+            dict(session.execute(select(m.ReductionStep.name, m.ReductionStep.id)).all())
+            == ids_before
+        )
         assert session.scalars(select(m.Pipeline.id)).one() == pipeline_id
         run = session.get(m.ExecutedReductionStep, run_id)
         assert run is not None and run.reduction_step_id == ids_before["calibrate"]
         latest = session.scalars(
-            select(m.ReductionSoftwareVersion.tag).where(m.ReductionSoftwareVersion.is_latest)
-            .join(m.ReductionSoftware).where(m.ReductionSoftware.name == "chai-calibration")
+            select(m.ReductionSoftwareVersion.tag)
+            .where(m.ReductionSoftwareVersion.is_latest)
+            .join(m.ReductionSoftware)
+            .where(m.ReductionSoftware.name == "chai-calibration")
         ).one()
         assert latest == "2.0.0"
 
 
-def test_a_step_without_runs_removed_from_the_file_is_deleted(engine: Engine, tmp_path: Path) -> None:
+def test_a_step_without_runs_removed_from_the_file_is_deleted(
+    engine: Engine, tmp_path: Path
+) -> None:
     spec = {**locations_data(tmp_path), **demo_spec_data()}
     path = write_yaml(tmp_path / "spec.yaml", spec)
     _apply(engine, path)
@@ -119,7 +147,9 @@ def test_a_step_without_runs_removed_from_the_file_is_deleted(engine: Engine, tm
     changes = _apply(engine, write_yaml(path, spec))
     assert Change("delete", "step", "chai-demo.grid") in changes
     with Session(engine) as session:
-        assert session.scalars(select(m.ReductionStep.name).order_by(m.ReductionStep.step_order)).all() == ["calibrate", "baseline"]
+        assert session.scalars(
+            select(m.ReductionStep.name).order_by(m.ReductionStep.step_order)
+        ).all() == ["calibrate", "baseline"]
 
 
 def test_files_may_refer_to_each_other_and_to_the_db(engine: Engine, tmp_path: Path) -> None:
@@ -128,11 +158,15 @@ def test_files_may_refer_to_each_other_and_to_the_db(engine: Engine, tmp_path: P
     pipelines_only = {"pipelines": spec.pop("pipelines")}
     rest = write_yaml(tmp_path / "software.yaml", spec)
     _apply(engine, locations, rest)  # two files at once
-    changes = _apply(engine, write_yaml(tmp_path / "pipelines.yaml", pipelines_only))  # refers to the DB
+    changes = _apply(
+        engine, write_yaml(tmp_path / "pipelines.yaml", pipelines_only)
+    )  # refers to the DB
     assert Change("create", "pipeline", "chai-demo") in changes
 
 
-def test_cli_dry_run_prints_changes_and_writes_nothing(engine: Engine, cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_cli_dry_run_prints_changes_and_writes_nothing(
+    engine: Engine, cli_env: dict[str, str], tmp_path: Path
+) -> None:
     path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
     before = snapshot(engine)
     result = run_cli(cli_env, "apply", "--dry-run", str(path))
@@ -145,7 +179,9 @@ def test_cli_dry_run_prints_changes_and_writes_nothing(engine: Engine, cli_env: 
     assert run_cli(cli_env, "apply", str(path)).stdout.strip() == "no changes"
 
 
-def test_cli_rejects_bad_file_with_cause_on_stderr(engine: Engine, cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_cli_rejects_bad_file_with_cause_on_stderr(
+    engine: Engine, cli_env: dict[str, str], tmp_path: Path
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("pipelines: [{name: p}]\nfoo: 1\n")
     result = run_cli(cli_env, "apply", str(path))

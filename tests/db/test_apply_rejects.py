@@ -81,40 +81,192 @@ def _rule(**rule: Any) -> Callable[[Spec], None]:
 P = ("pipelines", 0)
 S0 = (*P, "steps", 0)
 CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
-    ("unknown key", _set((*S0, "cooldown"), 5), ["pipelines[0].steps[0].cooldown", "unknown key 'cooldown'"]),
-    ("missing key", _delete((*P, "steps", 1, "software")), ["pipelines[0].steps[1].software", "missing required key 'software'"]),
-    ("unknown software", _set((*S0, "software"), "chai-calibrashun"), ["pipelines[0].steps[0].software", "unknown software 'chai-calibrashun'"]),
-    ("unknown pinned version", _pin("9.9.9"), ["pipelines[0].steps[0].pinned_version", "unknown version '9.9.9' of software 'chai-calibration'"]),
-    ("exact without pin", _pin(None), ["pipelines[0].steps[0]", "version_policy exact but no pinned_version"]),
-    ("unknown grouping", _set((*P, "data_grouping"), "nope"), ["pipelines[0].data_grouping", "unknown data grouping 'nope'"]),
-    ("unknown location", _set((*P, "processing_location"), "ramses"), ["pipelines[0].processing_location", "unknown location 'ramses'"]),
-    ("archive as processing location", _set((*P, "processing_location"), "archive"), ["pipelines[0].processing_location", "expected a PROCESSING location"]),
-    ("cycle", _cycle, ["pipelines[0].steps", "depends_on forms a cycle: calibrate -> grid -> baseline -> calibrate"]),
-    ("unknown dependency", _set((*P, "steps", 2, "depends_on"), ["basline"]), ["pipelines[0].steps[2].depends_on[0]", "unknown step 'basline'"]),
-    ("unknown dimension", _set((*S0, "group_by"), ["scan"]), ["pipelines[0].steps[0].group_by[0]", "unknown group_by dimension 'scan'"]),
-    ("finer than upstream", _coarser_upstream, ["pipelines[0].steps[2].group_by", "finer than upstream step 'baseline'", "source, line not determined"]),
-    ("invalid cron", _set((*P, "trigger"), {"type": "CRON", "cron": "0 25 * * *"}), ["pipelines[0].trigger.cron", "invalid cron expression '0 25 * * *'"]),
-    ("invalid timezone", _set((*P, "trigger"), {"type": "CRON", "cron": "0 4 * * *", "timezone": "Mars/Olympus"}), ["pipelines[0].trigger.timezone", "unknown timezone 'Mars/Olympus'"]),
-    ("invalid step schedule", _set((*S0, "schedule"), "every day"), ["pipelines[0].steps[0].schedule", "invalid cron expression 'every day'"]),
-    ("unknown trigger type", _set((*P, "trigger"), {"type": "HOURLY"}), ["pipelines[0].trigger", "'HOURLY'"]),
-    ("negative cooldown", _set((*S0, "cooldown_seconds"), -1), ["pipelines[0].steps[0].cooldown_seconds", "greater than or equal to 0, got -1"]),
-    ("negative retries", _set((*S0, "max_retries"), -2), ["pipelines[0].steps[0].max_retries", "greater than or equal to 0, got -2"]),
-    ("negative resources", _set((*S0, "config", "resources", "memory_gb"), -16), ["pipelines[0].steps[0].config.resources.memory_gb", "greater than or equal to 0, got -16"]),
-    ("zero concurrency", _set((*S0, "max_concurrent_runs"), 0), ["pipelines[0].steps[0].max_concurrent_runs", "greater than or equal to 1, got 0"]),
-    ("placeholder without parameter", _set((*S0, "config", "command"), ["chai-calibrate", "--mode", "{mode}"]), ["pipelines[0].steps[0].config", "command[2] placeholder {mode} has no parameter 'mode'"]),
-    ("unknown filter table", _rule(table="Sauce"), ["data_groupings[0].filter_rules[0]", "unknown table 'Sauce'"]),
-    ("unknown filter column", _rule(column="nmae"), ["data_groupings[0].filter_rules[0]", "unknown column 'nmae' of table Source"]),
-    ("unknown filter operator", _rule(operator="gte "), ["data_groupings[0].filter_rules[0]", "unknown operator 'gte '"]),
-    ("bad json_path", _rule(table="RawDataPackage", column="metadata", json_path="observation..frequency", operator="gt", value=1), ["data_groupings[0].filter_rules[0]", "bad json_path 'observation..frequency'"]),
-    ("json_path on a plain column", _rule(json_path="a.b"), ["data_groupings[0].filter_rules[0]", "not a JSON column"]),
-    ("in without a list", _rule(operator="in"), ["data_groupings[0].filter_rules[0]", "operator 'in' expects a list"]),
-    ("unknown instrument module", _set(("data_groupings", 0, "instrument_module"), "CHAI/XFA"), ["data_groupings[0].instrument_module", "unknown instrument module 'CHAI/XFA'"]),
-    ("processing location without backend", _delete(("locations", 1, "backend")), ["locations[1]", "processing location 'local' has no backend"]),
-    ("backend on an archive", _set(("locations", 0, "backend"), "slurm"), ["locations[0]", "only PROCESSING locations take a backend"]),
-    ("duplicate pipeline", _duplicate_pipeline, ["pipelines[1].name", "duplicate name 'chai-demo' in pipelines"]),
-    ("duplicate step", _duplicate_step, ["pipelines[0].steps[2].name", "duplicate step name 'baseline'"]),
-    ("bad digest", _set(("software", 0, "versions", 0, "digest"), "sha256:xyz"), ["software[0].versions[0].digest", "invalid image digest 'sha256:xyz'"]),
-    ("bad version tag", _set(("software", 0, "versions", 0, "tag"), "latest"), ["software[0].versions[0].tag", "not a semantic version"]),
+    (
+        "unknown key",
+        _set((*S0, "cooldown"), 5),
+        ["pipelines[0].steps[0].cooldown", "unknown key 'cooldown'"],
+    ),
+    (
+        "missing key",
+        _delete((*P, "steps", 1, "software")),
+        ["pipelines[0].steps[1].software", "missing required key 'software'"],
+    ),
+    (
+        "unknown software",
+        _set((*S0, "software"), "chai-calibrashun"),
+        ["pipelines[0].steps[0].software", "unknown software 'chai-calibrashun'"],
+    ),
+    (
+        "unknown pinned version",
+        _pin("9.9.9"),
+        [
+            "pipelines[0].steps[0].pinned_version",
+            "unknown version '9.9.9' of software 'chai-calibration'",
+        ],
+    ),
+    (
+        "exact without pin",
+        _pin(None),
+        ["pipelines[0].steps[0]", "version_policy exact but no pinned_version"],
+    ),
+    (
+        "unknown grouping",
+        _set((*P, "data_grouping"), "nope"),
+        ["pipelines[0].data_grouping", "unknown data grouping 'nope'"],
+    ),
+    (
+        "unknown location",
+        _set((*P, "processing_location"), "ramses"),
+        ["pipelines[0].processing_location", "unknown location 'ramses'"],
+    ),
+    (
+        "archive as processing location",
+        _set((*P, "processing_location"), "archive"),
+        ["pipelines[0].processing_location", "expected a PROCESSING location"],
+    ),
+    (
+        "cycle",
+        _cycle,
+        [
+            "pipelines[0].steps",
+            "depends_on forms a cycle: calibrate -> grid -> baseline -> calibrate",
+        ],
+    ),
+    (
+        "unknown dependency",
+        _set((*P, "steps", 2, "depends_on"), ["basline"]),
+        ["pipelines[0].steps[2].depends_on[0]", "unknown step 'basline'"],
+    ),
+    (
+        "unknown dimension",
+        _set((*S0, "group_by"), ["scan"]),
+        ["pipelines[0].steps[0].group_by[0]", "unknown group_by dimension 'scan'"],
+    ),
+    (
+        "finer than upstream",
+        _coarser_upstream,
+        [
+            "pipelines[0].steps[2].group_by",
+            "finer than upstream step 'baseline'",
+            "source, line not determined",
+        ],
+    ),
+    (
+        "invalid cron",
+        _set((*P, "trigger"), {"type": "CRON", "cron": "0 25 * * *"}),
+        ["pipelines[0].trigger.cron", "invalid cron expression '0 25 * * *'"],
+    ),
+    (
+        "invalid timezone",
+        _set((*P, "trigger"), {"type": "CRON", "cron": "0 4 * * *", "timezone": "Mars/Olympus"}),
+        ["pipelines[0].trigger.timezone", "unknown timezone 'Mars/Olympus'"],
+    ),
+    (
+        "invalid step schedule",
+        _set((*S0, "schedule"), "every day"),
+        ["pipelines[0].steps[0].schedule", "invalid cron expression 'every day'"],
+    ),
+    (
+        "unknown trigger type",
+        _set((*P, "trigger"), {"type": "HOURLY"}),
+        ["pipelines[0].trigger", "'HOURLY'"],
+    ),
+    (
+        "negative cooldown",
+        _set((*S0, "cooldown_seconds"), -1),
+        ["pipelines[0].steps[0].cooldown_seconds", "greater than or equal to 0, got -1"],
+    ),
+    (
+        "negative retries",
+        _set((*S0, "max_retries"), -2),
+        ["pipelines[0].steps[0].max_retries", "greater than or equal to 0, got -2"],
+    ),
+    (
+        "negative resources",
+        _set((*S0, "config", "resources", "memory_gb"), -16),
+        ["pipelines[0].steps[0].config.resources.memory_gb", "greater than or equal to 0, got -16"],
+    ),
+    (
+        "zero concurrency",
+        _set((*S0, "max_concurrent_runs"), 0),
+        ["pipelines[0].steps[0].max_concurrent_runs", "greater than or equal to 1, got 0"],
+    ),
+    (
+        "placeholder without parameter",
+        _set((*S0, "config", "command"), ["chai-calibrate", "--mode", "{mode}"]),
+        ["pipelines[0].steps[0].config", "command[2] placeholder {mode} has no parameter 'mode'"],
+    ),
+    (
+        "unknown filter table",
+        _rule(table="Sauce"),
+        ["data_groupings[0].filter_rules[0]", "unknown table 'Sauce'"],
+    ),
+    (
+        "unknown filter column",
+        _rule(column="nmae"),
+        ["data_groupings[0].filter_rules[0]", "unknown column 'nmae' of table Source"],
+    ),
+    (
+        "unknown filter operator",
+        _rule(operator="gte "),
+        ["data_groupings[0].filter_rules[0]", "unknown operator 'gte '"],
+    ),
+    (
+        "bad json_path",
+        _rule(
+            table="RawDataPackage",
+            column="metadata",
+            json_path="observation..frequency",
+            operator="gt",
+            value=1,
+        ),
+        ["data_groupings[0].filter_rules[0]", "bad json_path 'observation..frequency'"],
+    ),
+    (
+        "json_path on a plain column",
+        _rule(json_path="a.b"),
+        ["data_groupings[0].filter_rules[0]", "not a JSON column"],
+    ),
+    (
+        "in without a list",
+        _rule(operator="in"),
+        ["data_groupings[0].filter_rules[0]", "operator 'in' expects a list"],
+    ),
+    (
+        "unknown instrument module",
+        _set(("data_groupings", 0, "instrument_module"), "CHAI/XFA"),
+        ["data_groupings[0].instrument_module", "unknown instrument module 'CHAI/XFA'"],
+    ),
+    (
+        "processing location without backend",
+        _delete(("locations", 1, "backend")),
+        ["locations[1]", "processing location 'local' has no backend"],
+    ),
+    (
+        "backend on an archive",
+        _set(("locations", 0, "backend"), "slurm"),
+        ["locations[0]", "only PROCESSING locations take a backend"],
+    ),
+    (
+        "duplicate pipeline",
+        _duplicate_pipeline,
+        ["pipelines[1].name", "duplicate name 'chai-demo' in pipelines"],
+    ),
+    (
+        "duplicate step",
+        _duplicate_step,
+        ["pipelines[0].steps[2].name", "duplicate step name 'baseline'"],
+    ),
+    (
+        "bad digest",
+        _set(("software", 0, "versions", 0, "digest"), "sha256:xyz"),
+        ["software[0].versions[0].digest", "invalid image digest 'sha256:xyz'"],
+    ),
+    (
+        "bad version tag",
+        _set(("software", 0, "versions", 0, "tag"), "latest"),
+        ["software[0].versions[0].tag", "not a semantic version"],
+    ),
 ]
 
 
@@ -162,7 +314,10 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 def test_yaml_that_does_not_parse_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("pipelines:\n  - name: a\n    steps: [x, y\n  - name: b\n")
-    with pytest.raises(SpecError, match=r"broken.yaml: line 4, column 9: YAML does not parse: expected .,. or .\]., but got .:."):
+    with pytest.raises(
+        SpecError,
+        match=r"broken.yaml: line 4, column 9: YAML does not parse: expected .,. or .\]., but got .:.",
+    ):
         load_spec_files([path])
 
 
@@ -181,7 +336,10 @@ def test_problem_names_the_line_in_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(SpecError) as info:
         load_spec_files([path])
-    assert f"{path}:8: pipelines[0].steps[0].group_by[1]: unknown group_by dimension 'sourse'" in str(info.value)
+    assert (
+        f"{path}:8: pipelines[0].steps[0].group_by[1]: unknown group_by dimension 'sourse'"
+        in str(info.value)
+    )
 
 
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
@@ -199,6 +357,12 @@ def test_removing_a_step_with_runs_is_refused(baseline: Engine, tmp_path: Path) 
     spec["pipelines"][0]["steps"].pop()
     path = write_yaml(tmp_path / "fewer.yaml", spec)
     before = snapshot(baseline)
-    with pytest.raises(SpecError, match=r"step 'grid' of pipeline 'chai-demo' is missing from the file but has 1 run"), Session(baseline) as session:
+    with (
+        pytest.raises(
+            SpecError,
+            match=r"step 'grid' of pipeline 'chai-demo' is missing from the file but has 1 run",
+        ),
+        Session(baseline) as session,
+    ):
         apply_specs(session, load_spec_files([path]), user="tester")
     assert snapshot(baseline) == before

@@ -1,0 +1,4 @@
+"""Execution backends (local, SLURM, Kubernetes) and container runtimes.
+
+Sees neither Prefect nor the DB: it gets plain dataclasses.
+"""

@@ -1,0 +1,99 @@
+"""Database constraints that make bad states impossible, whatever code writes the rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+from tests.db.test_apply import add_run
+from tests.helpers import demo_spec_data, locations_data, write_yaml
+
+
+@pytest.fixture
+def demo(engine: Engine, tmp_path: Path) -> Engine:
+    path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([path]), user="tester")
+    return engine
+
+
+KEY = "executed_obs_unit=scan-000001"
+
+
+def test_one_in_flight_run_per_step_and_sub_group(demo: Engine) -> None:
+    add_run(demo, "chai-demo", "calibrate", m.RunStatus.COMPLETED, KEY)
+    add_run(demo, "chai-demo", "calibrate", m.RunStatus.FAILED, KEY)
+    add_run(demo, "chai-demo", "calibrate", m.RunStatus.RUNNING, KEY)
+    add_run(demo, "chai-demo", "calibrate", m.RunStatus.PENDING, "executed_obs_unit=scan-000002")
+    with pytest.raises(IntegrityError, match="uq_executed_reduction_step_one_in_flight"):
+        add_run(demo, "chai-demo", "calibrate", m.RunStatus.PENDING, KEY)
+
+
+@pytest.mark.parametrize(
+    ("sql", "constraint"),
+    [
+        ("UPDATE executed_reduction_step SET retry_count = -1", "retry_count_non_negative"),
+        ("UPDATE executed_reduction_step SET cpu_hours = -0.5", "cpu_hours_non_negative"),
+        ("UPDATE executed_reduction_step SET peak_memory_gb = -1", "peak_memory_non_negative"),
+        (
+            "UPDATE executed_reduction_step SET processing_time_s = -3",
+            "processing_time_non_negative",
+        ),
+        ("UPDATE reduction_step SET cooldown_seconds = -1", "cooldown_non_negative"),
+        ("UPDATE reduction_step SET max_retries = -1", "max_retries_non_negative"),
+        ("UPDATE reduction_step SET max_concurrent_runs = 0", "max_concurrent_runs_positive"),
+        (
+            "UPDATE reduction_step SET version_policy = 'exact', pinned_version_id = NULL",
+            "exact_needs_pin",
+        ),
+        (
+            "UPDATE reduction_step_config SET resource_requirements = '{\"memory_gb\": -2}'",
+            "memory_gb_non_negative",
+        ),
+        ("UPDATE raw_data_package SET size = -1", "size_non_negative"),
+        (
+            "UPDATE data_location SET backend = NULL WHERE location_type = 'PROCESSING'",
+            "processing_has_backend",
+        ),
+        (
+            "UPDATE data_location SET backend = 'slurm', runtime = 'host' WHERE location_type = 'LONG_TERM_ARCHIVE'",
+            "backend_only_for_processing",
+        ),
+        ("UPDATE reduction_software_version SET is_latest = true", "one_latest"),
+        ("UPDATE reduction_step SET name = 'grid'", "uq_reduction_step_pipeline_id"),
+        (
+            "INSERT INTO pipeline (name, data_grouping_id, processing_location_id, trigger_type, trigger_config, enabled, priority) SELECT name, data_grouping_id, processing_location_id, trigger_type, trigger_config, enabled, priority FROM pipeline",
+            "uq_pipeline_name",
+        ),
+        (
+            "INSERT INTO reduction_step_dependency SELECT id, id FROM reduction_step LIMIT 1",
+            "no_self_dependency",
+        ),
+        (
+            "UPDATE executed_reduction_step SET reduction_step_id = 999999",
+            "fk_executed_reduction_step_reduction_step_id_reduction_step",
+        ),
+    ],
+)
+def test_bad_rows_are_rejected_by_the_database(demo: Engine, sql: str, constraint: str) -> None:
+    add_run(demo, "chai-demo", "calibrate", m.RunStatus.COMPLETED, KEY)
+    from ccat_wm.simulate.register import SimulationRequest, register_simulation
+
+    with Session(demo) as session, session.begin():
+        register_simulation(session, SimulationRequest(scans=1, seed=3))
+        # A second version so that "one latest per software" has something to violate.
+        sw_id = session.scalars(
+            select(m.ReductionSoftware.id).where(m.ReductionSoftware.name == "chai-calibration")
+        ).one()
+        session.add(
+            m.ReductionSoftwareVersion(reduction_software_id=sw_id, tag="1.5.0", is_latest=False)
+        )
+    with pytest.raises(IntegrityError, match=constraint), demo.begin() as conn:
+        conn.execute(text(sql))

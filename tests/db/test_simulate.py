@@ -1,0 +1,206 @@
+"""`ccat-wm simulate`: real files with checksums and metadata, deterministic, repeatable."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import migrate
+from ccat_ops_db import models as m
+from ccat_wm.errors import SimulationError
+from ccat_wm.simulate.register import SimulationRequest, register_simulation
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+from tests.helpers import locations_data, run_cli, snapshot, write_yaml
+
+
+def _with_archive(engine: Engine, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    path = write_yaml(root / "locations.yaml", locations_data(root))
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([path]), user="tester")
+
+
+def _simulate(engine: Engine, **kwargs: object) -> None:
+    with Session(engine) as session, session.begin():
+        register_simulation(session, SimulationRequest(**kwargs))  # type: ignore[arg-type]
+
+
+def test_packages_are_real_files_with_size_checksum_metadata_and_copy(
+    engine: Engine, tmp_path: Path
+) -> None:
+    _with_archive(engine, tmp_path)
+    _simulate(engine, scans=4, seed=7, sources=("NGC253", "Sgr B2/core"), lines=("CO43",))
+    with Session(engine) as session:
+        rows = session.execute(
+            select(m.RawDataPackage, m.RawDataPackageCopy, m.InstrumentModule.name)
+            .join(
+                m.RawDataPackageCopy,
+                m.RawDataPackageCopy.raw_data_package_id == m.RawDataPackage.id,
+            )
+            .join(
+                m.InstrumentModule, m.InstrumentModule.id == m.RawDataPackage.instrument_module_id
+            )
+        ).all()
+        scans = session.scalars(select(m.ExecutedObsUnit).order_by(m.ExecutedObsUnit.id)).all()
+        assert [s.name for s in scans] == [f"scan-00000{i}" for i in range(1, 5)]
+        assert all(s.end_time > s.start_time for s in scans)
+        assert all(b.start_time > a.end_time for a, b in itertools.pairwise(scans))
+    assert len(rows) == 8  # one package per scan and module
+    assert {module for _, _, module in rows} == {"LFA", "HFA"}
+    for package, copy, module in rows:
+        path = Path(copy.path)
+        assert path.is_relative_to(tmp_path / "archive")
+        content = path.read_bytes()
+        assert package.size == len(content)
+        assert package.checksum == hashlib.sha256(content).hexdigest()
+        obs = package.metadata_["observation"]
+        assert obs["source"] in ("NGC253", "Sgr B2/core") and obs["frequency_ghz"] > 400
+        assert package.metadata_["instrument"]["module"] == module
+        data = np.load(io.BytesIO(content))
+        assert set(data.files) == {
+            "counts",
+            "phase",
+            "frequency_ghz",
+            "time_s",
+            "t_hot_k",
+            "t_cold_k",
+        }
+        assert {0, 1, 2} <= set(data["phase"].tolist())
+        assert data["counts"].shape == (obs["duration_s"] / 5, 128)
+
+
+def test_raw_counts_calibrate_to_a_line_above_the_sky(engine: Engine, tmp_path: Path) -> None:
+    _with_archive(engine, tmp_path)
+    _simulate(engine, scans=1, seed=11, sources=("NGC253",), lines=("CO43",))
+    with Session(engine) as session:
+        path = session.scalars(select(m.RawDataPackageCopy.path)).first()
+    assert path is not None
+    data = np.load(path)
+    counts, phase = data["counts"].astype(float), data["phase"]
+    hot, cold, sky = (counts[phase == p].mean(axis=0) for p in (1, 2, 0))
+    t_sky = data["t_hot_k"] - (data["t_hot_k"] - data["t_cold_k"]) * (hot - sky) / (hot - cold)
+    assert 20 < np.median(t_sky) < 40  # atmosphere
+    assert t_sky.max() - np.median(t_sky) > 1.0  # the line
+
+
+def test_same_seed_gives_identical_data_on_fresh_databases(
+    make_database: Callable[[], URL], tmp_path: Path
+) -> None:
+    results = []
+    for name in ("a", "b"):
+        engine = create_engine(make_database())
+        migrate.upgrade(engine)
+        _with_archive(engine, tmp_path / name)
+        _simulate(engine, scans=3, seed=42)
+        with Session(engine) as session:
+            results.append(
+                session.execute(
+                    select(
+                        m.RawDataPackage.name,
+                        m.RawDataPackage.checksum,
+                        m.RawDataPackage.size,
+                        m.RawDataPackage.metadata_,
+                    ).order_by(m.RawDataPackage.name)
+                ).all()
+            )
+        engine.dispose()
+    assert results[0] == results[1]
+    assert len(results[0]) == 6
+
+
+def test_repeated_calls_add_new_scans(engine: Engine, tmp_path: Path) -> None:
+    _with_archive(engine, tmp_path)
+    _simulate(engine, scans=2, seed=1)
+    _simulate(engine, scans=3, seed=1)
+    with Session(engine) as session:
+        names = session.scalars(
+            select(m.ExecutedObsUnit.name).order_by(m.ExecutedObsUnit.name)
+        ).all()
+        assert names == [f"scan-00000{i}" for i in range(1, 6)]
+        assert session.query(m.RawDataPackage).count() == 10
+        assert session.query(m.ObsUnit).count() == 4  # 2 sources x 2 lines, reused
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "message"),
+    [
+        ({"scans": 0, "seed": 1}, "--scans must be at least 1, got 0"),
+        (
+            {"scans": 1, "seed": 1, "lines": ("CO99",)},
+            "unknown line(s) CO99; the simulator knows CO43",
+        ),
+        (
+            {"scans": 1, "seed": 1, "location": "local"},
+            "--location 'local' is not a LONG_TERM_ARCHIVE location",
+        ),
+    ],
+)
+def test_bad_requests_write_nothing(
+    engine: Engine, tmp_path: Path, request_kwargs: dict[str, object], message: str
+) -> None:
+    _with_archive(engine, tmp_path)
+    before = snapshot(engine)
+    with pytest.raises(SimulationError) as info:
+        _simulate(engine, **request_kwargs)
+    assert message in str(info.value)
+    assert snapshot(engine) == before
+    assert not (tmp_path / "archive").exists()
+
+
+def test_no_archive_location_is_a_clear_error(engine: Engine) -> None:
+    with pytest.raises(
+        SimulationError,
+        match="found no LONG_TERM_ARCHIVE locations; declare one with `ccat-wm apply`",
+    ):
+        _simulate(engine, scans=1, seed=1)
+
+
+def test_failed_transaction_removes_written_files(engine: Engine, tmp_path: Path) -> None:
+    _with_archive(engine, tmp_path)
+    # A scan name that collides makes the INSERT fail after the files were written.
+    _simulate(engine, scans=1, seed=1)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE executed_obs_unit SET name = 'scan-000002'")
+    files_before = sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
+    with pytest.raises(Exception, match="uq_executed_obs_unit_name"):
+        _simulate(engine, scans=1, seed=1)
+    assert sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file()) == files_before
+
+
+def test_cli_simulate_prints_progress_and_json(
+    engine: Engine, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    _with_archive(engine, tmp_path)
+    result = run_cli(
+        cli_env,
+        "simulate",
+        "--scans",
+        "20",
+        "--seed",
+        "5",
+        "--sources",
+        "NGC253,M83",
+        "--lines",
+        "CO43,CO76",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "simulated 2/20 scans" in result.stderr and "simulated 20/20 scans" in result.stderr
+    assert "registered 20 scans (scan-000001 .. scan-000020), 40 raw data packages" in result.stdout
+    result = run_cli(cli_env, "simulate", "--scans", "1", "--seed", "5", "--json")
+    payload = json.loads(result.stdout)
+    assert (
+        payload["scan_names"] == ["scan-000021"]
+        and payload["package_count"] == 2
+        and payload["seed"] == 5
+    )

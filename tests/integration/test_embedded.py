@@ -1,0 +1,70 @@
+"""The newcomer's path: no settings at all, the embedded PostgreSQL from pip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+
+
+@pytest.mark.embedded
+def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CCAT_OPS_DB_URL", "PIPELINE_BASE_DIR")}
+    env["CCAT_WM_HOME"] = str(tmp_path / "home")
+    try:
+        first = run_cli(env, "demo")
+        assert first.returncode == 0, first.stderr
+        assert "[3/4] simulated 24 scans, 48 raw data packages" in first.stdout
+        assert "pipeline chai-demo (CONTINUOUS): step grid per source, line" in first.stdout
+        assert (tmp_path / "home" / "postgres" / "PG_VERSION").exists()
+        assert len(list((tmp_path / "home" / "archive").rglob("*.npz"))) == 48
+
+        second = run_cli(env, "demo")
+        assert second.returncode == 0, second.stderr
+        assert "[2/4] applied chai-demo.yaml: 0 change(s)" in second.stdout
+        assert "24 scans already registered; not simulating more" in second.stdout
+
+        url = run_cli(env, "db", "url")
+        assert url.stdout.startswith("postgresql+psycopg://") and str(
+            tmp_path
+        ) in url.stdout.replace("%2F", "/")
+    finally:
+        stopped = run_cli(env, "db", "stop")
+    assert stopped.returncode == 0 and "embedded server stopped" in stopped.stdout
+    assert not (tmp_path / "home" / "postgres" / "postmaster.pid").exists()
+
+
+@pytest.mark.embedded
+def test_commands_refuse_an_unmigrated_db(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CCAT_OPS_DB_URL"}
+    env["CCAT_WM_HOME"] = str(tmp_path / "home")
+    try:
+        result = run_cli(env, "simulate", "--scans", "1")
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            "error: the ops DB is at schema revision none (empty), expected 0001; run `ccat-wm db upgrade`"
+        )
+    finally:
+        run_cli(env, "db", "stop")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["db"],
+        ["db", "upgrade"],
+        ["db", "url"],
+        ["db", "stop"],
+        ["apply"],
+        ["simulate"],
+        ["demo"],
+    ],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_cli(dict(os.environ), *command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: ccat-wm")
