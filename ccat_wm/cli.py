@@ -107,7 +107,8 @@ def db_stop() -> None:
 @click.option(
     "--user", default=None, help="Author recorded on new pipelines (default: login name)."
 )
-def apply(files: tuple[Path, ...], dry_run: bool, user: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+def apply(files: tuple[Path, ...], dry_run: bool, user: str | None, as_json: bool) -> None:
     """Create or update sites, locations, software, groupings and pipelines from YAML."""
     loaded = load_spec_files(files)
     engine = _engine(load_settings())
@@ -117,6 +118,10 @@ def apply(files: tuple[Path, ...], dry_run: bool, user: str | None) -> None:
             session.rollback()
         else:
             session.commit()
+    if as_json:
+        payload = {"dry_run": dry_run, "changes": [asdict(c) for c in changes]}
+        click.echo(json.dumps(payload, indent=2))
+        return
     for change in changes:
         click.echo(change.render())
     verb = "would change" if dry_run else "changed"

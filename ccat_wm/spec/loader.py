@@ -141,18 +141,24 @@ def _clean_loc(loc: Sequence[str | int], data: Any) -> Loc:
     return tuple(out)
 
 
-def _describe(error: Any, loc: Loc) -> str:
+def _describe(error: Any, loc: Loc, raw_loc: Loc) -> str:
     kind = error["type"]
     if kind == "missing":
         return f"missing required key {loc[-1]!r}"
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
+        model = _model_at(raw_loc[:-1])
         expected = f"; expected one of: {', '.join(model.model_fields)}" if model else ""
         return f"unknown key {loc[-1]!r}{expected}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "value_error":
         return message
     return f"{message}, got {error.get('input')!r}"
+
+
+def _line_of(problem: str) -> int:
+    """Sort key: the line number in `file:line: ...`, problems without one first."""
+    parts = problem.split(":", 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
 
 
 def load_spec_file(path: Path) -> LoadedSpec:
@@ -172,8 +178,8 @@ def load_spec_file(path: Path) -> LoadedSpec:
         loaded = LoadedSpec(path, SpecFile(), lines)
         for error in exc.errors():
             loc = _clean_loc(error["loc"], data)
-            problems.append(f"{loaded.where(loc)}: {_describe(error, loc)}")
-        raise SpecError(problems) from None
+            problems.append(f"{loaded.where(loc)}: {_describe(error, loc, tuple(error['loc']))}")
+        raise SpecError(sorted(problems, key=_line_of)) from None
     if problems:
         raise SpecError(problems)
     return LoadedSpec(path, spec, lines)

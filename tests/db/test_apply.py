@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import Engine, select
@@ -177,6 +178,20 @@ def test_cli_dry_run_prints_changes_and_writes_nothing(
     result = run_cli(cli_env, "apply", str(path))
     assert result.returncode == 0 and "object(s) changed" in result.stdout
     assert run_cli(cli_env, "apply", str(path)).stdout.strip() == "no changes"
+    spec = {**locations_data(tmp_path), **demo_spec_data()}
+    spec["pipelines"][0]["enabled"] = False
+    result = run_cli(cli_env, "apply", "--dry-run", "--json", str(write_yaml(path, spec)))
+    assert json.loads(result.stdout) == {
+        "dry_run": True,
+        "changes": [
+            {
+                "action": "update",
+                "kind": "pipeline",
+                "name": "chai-demo",
+                "details": ["enabled: True -> False"],
+            }
+        ],
+    }
 
 
 def test_cli_rejects_bad_file_with_cause_on_stderr(
