@@ -10,7 +10,7 @@ The caller owns the transaction: commit to apply, roll back for `--dry-run`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -376,20 +376,17 @@ def apply_specs(session: Session, loaded: Sequence[LoadedSpec], *, user: str) ->
     validate_bundle(loaded, load_catalog(session))
     writer = _Writer(session, user)
     writer.sites(loaded)
-    for f in loaded:
-        for inst in f.spec.instruments:
-            writer.instrument(inst)
-    for f in loaded:
-        for loc in f.spec.locations:
-            writer.location(loc)
-    for f in loaded:
-        for sw in f.spec.software:
-            writer.software(sw)
-    for f in loaded:
-        for grouping in f.spec.data_groupings:
-            writer.grouping(grouping)
-    for f in loaded:
-        for pipeline in f.spec.pipelines:
-            writer.pipeline(pipeline)
+    # Order matters: each section refers only to sections written before it.
+    sections: list[tuple[str, Callable[[Any], None]]] = [
+        ("instruments", writer.instrument),
+        ("locations", writer.location),
+        ("software", writer.software),
+        ("data_groupings", writer.grouping),
+        ("pipelines", writer.pipeline),
+    ]
+    for section, write in sections:
+        for f in loaded:
+            for item in getattr(f.spec, section):
+                write(item)
     session.flush()
     return writer.changes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, select
@@ -206,3 +207,33 @@ def test_cli_rejects_bad_file_with_cause_on_stderr(
     assert first == "error: 4 problems in the pipeline spec; nothing was written"
     assert any("foo: unknown key 'foo'" in line for line in rest)
     assert "Traceback" not in result.stderr
+
+
+def test_concurrent_applies_of_the_same_file_both_succeed_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Without the advisory lock, the second insert of each name would fail on a unique key."""
+    path = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    results: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def worker() -> None:
+        try:
+            with Session(engine) as session:
+                barrier.wait()
+                results.append(len(apply_specs(session, load_spec_files([path]), user="tester")))
+                session.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(results)[0] == 0 and sorted(results)[1] > 0
+    with Session(engine) as session:
+        assert session.query(m.Pipeline).count() == 1
+        assert session.query(m.ReductionStep).count() == 3

@@ -68,3 +68,23 @@ def test_downgrade_to_base_and_back_with_data(make_database: MakeDb, tmp_path: P
         result = register_simulation(session, SimulationRequest(scans=2, seed=1))
     assert result.scan_names == ("scan-000001", "scan-000002")
     engine.dispose()
+
+
+def test_run_status_is_a_named_enum_with_the_eight_statuses(migrated_url: URL) -> None:
+    engine = create_engine(migrated_url)
+    with engine.connect() as conn:
+        labels = (
+            conn.execute(
+                text(
+                    "SELECT enumlabel FROM pg_enum JOIN pg_type ON pg_type.oid = enumtypid "
+                    "WHERE typname = 'run_status' ORDER BY enumsortorder"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    assert labels == [
+        "PENDING", "STAGING_DATA", "SUBMITTED", "RUNNING",
+        "COLLECTING_RESULTS", "COMPLETED", "FAILED", "CANCELLED",
+    ]  # fmt: skip
