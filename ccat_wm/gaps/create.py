@@ -1,0 +1,177 @@
+"""Turn eligible gaps into PENDING runs that record their reason and exact input set.
+
+Idempotent and safe under concurrency, enforced by the database: runs are inserted with
+`ON CONFLICT DO NOTHING` against the partial unique index that allows one in-flight run
+per (step, sub-group), in a fixed order so that concurrent evaluators cannot deadlock.
+The input rows are then inserted set-based, and the run's input fingerprint is
+recomputed from the rows actually recorded, so fingerprint and input set always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, String, TextClause, case, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
+from ccat_wm.selection.query import item_hash, key_expression, selection
+
+RUN = m.ExecutedReductionStep
+INPUT = m.ExecutedReductionStepInput
+_REASONS = {
+    GapReason.NEW: m.RunReason.NEW,
+    GapReason.INPUTS_CHANGED: m.RunReason.INPUTS_CHANGED,
+    GapReason.VERSION_CHANGED: m.RunReason.VERSION_CHANGED,
+    GapReason.CONFIG_CHANGED: m.RunReason.CONFIG_CHANGED,
+    GapReason.FORCED: m.RunReason.FORCED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRun:
+    """A PENDING run this call created."""
+
+    id: int
+    step: str
+    sub_group_key: str
+    reason: m.RunReason
+
+
+def _in_flight_index_where() -> TextClause:
+    statuses = ", ".join(f"'{s.value}'" for s in m.IN_FLIGHT_STATUSES)
+    return text(f"status IN ({statuses})")
+
+
+def create_runs(
+    session: Session, snapshot: PipelineSnapshot, gaps: Sequence[Gap]
+) -> list[CreatedRun]:
+    """Create a PENDING run for every eligible gap that has none in flight; return them.
+
+    Does not commit. A gap that another evaluator created a run for meanwhile is skipped.
+    """
+    created: list[CreatedRun] = []
+    order = {s.name: i for i, s in enumerate(snapshot.steps)}
+    due = sorted(
+        (g for g in gaps if g.eligible and g.reason in _REASONS),
+        key=lambda g: (order[g.step], g.sub_group_key),
+    )
+    for step in snapshot.steps:
+        step_gaps = [g for g in due if g.step == step.name]
+        if not step_gaps or step.run_version is None:
+            continue
+        rows = [
+            {
+                "reduction_step_id": step.id,
+                "reduction_software_version_id": step.run_version.id,
+                "status": m.RunStatus.PENDING,
+                "sub_group_key": g.sub_group_key,
+                "reason": _REASONS[g.reason],
+                "input_fingerprint": g.input_fingerprint,
+                "config_fingerprint": step.config_fingerprint,
+            }
+            for g in step_gaps
+        ]
+        statement = (
+            insert(RUN)
+            .on_conflict_do_nothing(
+                index_elements=["reduction_step_id", "sub_group_key"],
+                index_where=_in_flight_index_where(),
+            )
+            .returning(RUN.id, RUN.sub_group_key)
+        )
+        new = {key: run_id for run_id, key in session.execute(statement, rows)}
+        if not new:
+            continue
+        if step.upstream:
+            _record_product_inputs(session, step_gaps, new)
+        else:
+            _record_package_inputs(session, snapshot, step.group_by, new)
+        _refresh_fingerprints(session, list(new.values()))
+        created.extend(
+            CreatedRun(new[g.sub_group_key], step.name, g.sub_group_key, _REASONS[g.reason])
+            for g in step_gaps
+            if g.sub_group_key in new
+        )
+    return created
+
+
+def _record_package_inputs(
+    session: Session, snapshot: PipelineSnapshot, group_by: Sequence[str], new: dict[str, int]
+) -> None:
+    grouping = session.get_one(m.DataGrouping, _grouping_id(session, snapshot.pipeline.id))
+    sel = selection(grouping.filter_rules, grouping.instrument_module_id, group_by)
+    runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values()))).subquery()
+    source = (
+        select(runs.c.id, m.RawDataPackage.id, m.RawDataPackage.checksum)
+        .select_from(sel.from_clause.join(runs, runs.c.sub_group_key == key_expression(group_by)))
+        .where(sel.where)
+    )
+    session.execute(
+        insert(INPUT).from_select(
+            ["executed_reduction_step_id", "raw_data_package_id", "checksum"], source
+        )
+    )
+
+
+def _grouping_id(session: Session, pipeline_id: int) -> int:
+    return session.scalars(
+        select(m.Pipeline.data_grouping_id).where(m.Pipeline.id == pipeline_id)
+    ).one()
+
+
+def _record_product_inputs(session: Session, gaps: Sequence[Gap], new: dict[str, int]) -> None:
+    pairs = [
+        (new[g.sub_group_key], up) for g in gaps if g.sub_group_key in new for up in g.upstream_runs
+    ]
+    if not pairs:
+        return
+    run_ids = literal([p[0] for p in pairs], ARRAY(BigInteger))
+    upstream_ids = literal([p[1] for p in pairs], ARRAY(BigInteger))
+    mapping = select(
+        func.unnest(run_ids).label("run_id"), func.unnest(upstream_ids).label("upstream_id")
+    ).subquery()
+    product = m.DataProduct
+    source = (
+        select(mapping.c.run_id, product.id, product.checksum)
+        .join(product, product.executed_reduction_step_id == mapping.c.upstream_id)
+        .where(product.data_product_type != m.DataProductType.LOG)
+    )
+    session.execute(
+        insert(INPUT).from_select(
+            ["executed_reduction_step_id", "data_product_id", "checksum"], source
+        )
+    )
+
+
+def _refresh_fingerprints(session: Session, run_ids: list[int]) -> None:
+    digest = case(
+        (
+            INPUT.raw_data_package_id.is_not(None),
+            item_hash("r", INPUT.raw_data_package_id, INPUT.checksum),
+        ),
+        else_=item_hash("p", INPUT.data_product_id, INPUT.checksum),
+    )
+    agg = (
+        select(
+            INPUT.executed_reduction_step_id.label("run_id"),
+            func.count().label("n"),
+            func.sum(digest).label("hash_sum"),
+        )
+        .where(INPUT.executed_reduction_step_id.in_(run_ids))
+        .group_by(INPUT.executed_reduction_step_id)
+        .subquery()
+    )
+    fingerprint = (
+        literal("v1:", String)
+        + func.cast(agg.c.n, String)
+        + ":"
+        + func.cast(agg.c.hash_sum, String)
+    )
+    session.execute(
+        update(RUN).where(RUN.id == agg.c.run_id).values(input_fingerprint=fingerprint),
+        execution_options={"synchronize_session": False},
+    )

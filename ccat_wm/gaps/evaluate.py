@@ -1,0 +1,206 @@
+"""The gap rules of DESIGN 3.2: a pure function of a snapshot and `now`.
+
+Choices where the design is silent (also in the README):
+- A `failed` (step, sub-group) does not block downstream readiness: the downstream
+  step proceeds with the products that exist, so one bad scan cannot hold back a map.
+- A not-ready downstream gap has no `eligible_at` yet: it depends on upstream runs.
+- MANUAL pipelines are never due on their own; `manual=True` (a person asked) makes every
+  ready gap due at once, ignoring cooldown, maximum wait and schedules.
+- CRON pipelines' gaps are due at the first pipeline tick after their quiet period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ccat_ops_db.models import TriggerType, VersionPolicy
+from ccat_wm.gaps.cron import tick_at_or_after
+from ccat_wm.gaps.model import (
+    CurrentRun,
+    Gap,
+    GapReason,
+    InputAggregate,
+    PipelineSnapshot,
+    SetDigest,
+    StepInfo,
+    StepRuns,
+)
+from ccat_wm.selection.dimensions import sub_group_key
+
+
+@dataclass
+class _SubGroup:
+    """Inputs of one (step, sub-group) being assembled."""
+
+    digest: SetDigest = field(default_factory=SetDigest)
+    last_change: dt.datetime | None = None
+    oldest_unprocessed: dt.datetime | None = None
+    members: set[tuple[str, str]] = field(default_factory=set)
+    """(upstream step, upstream key) pairs inside this sub-group."""
+
+    def add(self, digest: SetDigest, changed: dt.datetime, unprocessed: dt.datetime | None) -> None:
+        self.digest = self.digest + digest
+        self.last_change = changed if self.last_change is None else max(self.last_change, changed)
+        if unprocessed is not None:
+            old = self.oldest_unprocessed
+            self.oldest_unprocessed = unprocessed if old is None else min(old, unprocessed)
+
+
+def _key(step: StepInfo, dims: dict[str, str]) -> str:
+    return sub_group_key({d: dims[d] for d in step.group_by})
+
+
+def _root_inputs(snapshot: PipelineSnapshot, step: StepInfo) -> dict[str, _SubGroup]:
+    out: dict[str, _SubGroup] = defaultdict(_SubGroup)
+    for group in snapshot.groups:
+        agg: InputAggregate = group.inputs[step.name]
+        out[_key(step, group.dims)].add(agg.digest, agg.last_change, agg.oldest_unprocessed)
+    return out
+
+
+def _downstream_inputs(
+    snapshot: PipelineSnapshot, step: StepInfo, by_name: dict[str, StepInfo]
+) -> dict[str, _SubGroup]:
+    out: dict[str, _SubGroup] = defaultdict(_SubGroup)
+    for group in snapshot.groups:
+        sub = out[_key(step, group.dims)]
+        for name in step.upstream:
+            sub.members.add((name, _key(by_name[name], group.dims)))
+    current = snapshot.runs[step.name].current
+    for key, sub in out.items():
+        seen_at = current[key].created_at if key in current else None
+        for name, up_key in sub.members:
+            run = snapshot.runs[name].current.get(up_key)
+            if run is not None:
+                fresh = seen_at is None or run.finished_at > seen_at
+                sub.add(run.products, run.finished_at, run.finished_at if fresh else None)
+    return out
+
+
+def _version_valid(step: StepInfo, run: CurrentRun) -> bool:
+    if step.run_version is None:
+        return True
+    if step.version_policy is VersionPolicy.EXACT:
+        return run.version_id == step.run_version.id
+    return run.version_major == step.run_version.major
+
+
+def _reason(
+    step: StepInfo, run: CurrentRun | None, sub: _SubGroup, ready: bool
+) -> GapReason | None:
+    if run is None:
+        return GapReason.NEW if sub.digest.count or not ready else None
+    if not ready:
+        return GapReason.INPUTS_CHANGED
+    if not _version_valid(step, run):
+        return GapReason.VERSION_CHANGED
+    if run.config_fingerprint != step.config_fingerprint:
+        return GapReason.CONFIG_CHANGED
+    if run.input_fingerprint != sub.digest.fingerprint:
+        return GapReason.INPUTS_CHANGED
+    return None
+
+
+def _has_failed(step: StepInfo, runs: StepRuns, key: str, fingerprint: str) -> bool:
+    version = step.run_version.id if step.run_version else None
+    failures = sum(
+        record.failures
+        for record in runs.failures.get(key, ())
+        if record.input_fingerprint == fingerprint
+        and record.config_fingerprint == step.config_fingerprint
+        and record.version_id == version
+    )
+    return failures >= step.max_retries + 1
+
+
+def _eligible_at(
+    snapshot: PipelineSnapshot, step: StepInfo, sub: _SubGroup, now: dt.datetime, manual: bool
+) -> dt.datetime | None:
+    pipeline = snapshot.pipeline
+    if manual:
+        return now
+    if pipeline.trigger_type is TriggerType.MANUAL:
+        return None
+    base = (sub.last_change or now) + dt.timedelta(seconds=step.cooldown_seconds)
+    if step.max_wait_seconds is not None and sub.oldest_unprocessed is not None:
+        base = min(base, sub.oldest_unprocessed + dt.timedelta(seconds=step.max_wait_seconds))
+    if step.schedule:
+        base = tick_at_or_after(step.schedule, pipeline.timezone, base)
+    if pipeline.trigger_type is TriggerType.CRON and pipeline.cron:
+        base = tick_at_or_after(pipeline.cron, pipeline.timezone, base)
+    return base
+
+
+def evaluate(
+    snapshot: PipelineSnapshot, now: dt.datetime, *, manual: bool = False, force: bool = False
+) -> list[Gap]:
+    """Return every gap (and every `failed` sub-group) of the pipeline at `now`.
+
+    `manual`: a person asked, so ready gaps are due now. `force`: every sub-group with
+    inputs is a gap (reason `forced` where no other applies), failed ones included.
+    """
+    if not snapshot.pipeline.enabled:
+        return []
+    by_name = {s.name: s for s in snapshot.steps}
+    unsettled: dict[str, set[str]] = {}
+    gaps: list[Gap] = []
+    for step in snapshot.steps:
+        runs = snapshot.runs[step.name]
+        subs = (
+            _downstream_inputs(snapshot, step, by_name)
+            if step.upstream
+            else _root_inputs(snapshot, step)
+        )
+        blocked = unsettled.setdefault(step.name, set(runs.in_flight))
+        for key in sorted(subs):
+            if key in runs.in_flight:
+                continue
+            sub = subs[key]
+            ready = not any(k in unsettled[name] for name, k in sub.members)
+            reason = _reason(step, runs.current.get(key), sub, ready)
+            if reason is None and force and sub.digest.count:
+                reason = GapReason.FORCED
+            if reason is None:
+                continue
+            fingerprint = sub.digest.fingerprint
+            if ready and not force and _has_failed(step, runs, key, fingerprint):
+                gaps.append(
+                    Gap(
+                        snapshot.pipeline.name,
+                        step.name,
+                        key,
+                        GapReason.FAILED,
+                        True,
+                        None,
+                        False,
+                        sub.digest.count,
+                        fingerprint,
+                    )
+                )
+                continue
+            blocked.add(key)
+            eligible_at = _eligible_at(snapshot, step, sub, now, manual) if ready else None
+            upstream_runs = tuple(
+                sorted(
+                    run.id
+                    for name, k in sub.members
+                    if (run := snapshot.runs[name].current.get(k)) is not None
+                )
+            )
+            gaps.append(
+                Gap(
+                    pipeline=snapshot.pipeline.name,
+                    step=step.name,
+                    sub_group_key=key,
+                    reason=reason,
+                    ready=ready,
+                    eligible_at=eligible_at,
+                    eligible=ready and eligible_at is not None and eligible_at <= now,
+                    inputs=sub.digest.count,
+                    input_fingerprint=fingerprint,
+                    upstream_runs=upstream_runs,
+                )
+            )
+    return gaps

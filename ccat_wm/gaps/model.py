@@ -1,0 +1,178 @@
+"""Plain data of gap evaluation: the snapshot it reads and the gaps it reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+
+from ccat_ops_db.models import TriggerType, VersionPolicy
+
+
+class GapReason(enum.StrEnum):
+    """Why a (step, sub-group) needs a run; `failed` is the state that stops retrying."""
+
+    NEW = "new"
+    VERSION_CHANGED = "version_changed"
+    CONFIG_CHANGED = "config_changed"
+    INPUTS_CHANGED = "inputs_changed"
+    FORCED = "forced"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SetDigest:
+    """Additive digest of an input set: count and sum of 64-bit item hashes.
+
+    The digest of a union of disjoint sets is the sum of their digests, so sub-group
+    fingerprints are composed from finer aggregates without re-reading the inputs.
+    """
+
+    count: int = 0
+    """Number of inputs."""
+    hash_sum: int = 0
+    """Sum of the inputs' `hashtextextended` values (exact, no overflow)."""
+
+    def __add__(self, other: SetDigest) -> SetDigest:
+        """Digest of the union of two disjoint sets."""
+        return SetDigest(self.count + other.count, self.hash_sum + other.hash_sum)
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint stored on runs: `v1:<count>:<sum>`."""
+        return f"v1:{self.count}:{self.hash_sum}"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRef:
+    """A software version as gap evaluation needs it."""
+
+    id: int
+    """ReductionSoftwareVersion id."""
+    tag: str
+    """Version tag."""
+    major: int
+    """Major version number parsed from the tag."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """A step's settings, in the pipeline's topological order."""
+
+    id: int
+    name: str
+    group_by: tuple[str, ...]
+    upstream: tuple[str, ...]
+    """Names of the steps this one depends on."""
+    cooldown_seconds: int
+    max_wait_seconds: int | None
+    schedule: str | None
+    max_retries: int
+    version_policy: VersionPolicy
+    run_version: VersionRef | None
+    """The version new runs use: the pin under `exact`, the latest under `compatible`."""
+    config_fingerprint: str
+    """Fingerprint of parameters, environment, command and image repository."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineInfo:
+    """A pipeline's trigger settings."""
+
+    id: int
+    name: str
+    enabled: bool
+    trigger_type: TriggerType
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class InputAggregate:
+    """Inputs of one fine-grained group (root inputs) or one upstream current run."""
+
+    digest: SetDigest
+    last_change: dt.datetime
+    """When the newest input appeared (package ingest, upstream run completion)."""
+    oldest_unprocessed: dt.datetime | None
+    """When the oldest input that the consuming step's current run has not seen appeared."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRun:
+    """The latest COMPLETED run of a (step, sub-group)."""
+
+    id: int
+    version_id: int
+    version_major: int
+    config_fingerprint: str
+    input_fingerprint: str
+    created_at: dt.datetime
+    finished_at: dt.datetime
+    products: SetDigest
+    """Digest of its products that downstream steps consume (every type but LOG)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """Failures of a (step, sub-group) since its current run, on one input/config/version."""
+
+    input_fingerprint: str
+    config_fingerprint: str
+    version_id: int
+    failures: int
+    """Failed attempts: the sum of `retry_count + 1` over the FAILED runs."""
+
+
+@dataclass
+class StepRuns:
+    """Run state of one step, by sub-group key."""
+
+    current: dict[str, CurrentRun] = field(default_factory=dict)
+    in_flight: set[str] = field(default_factory=set)
+    failures: dict[str, list[FailureRecord]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FineGroup:
+    """Selected packages sharing every dimension value the pipeline's steps group by."""
+
+    dims: dict[str, str]
+    """Dimension name -> value (name) for every dimension any step uses."""
+    inputs: dict[str, InputAggregate]
+    """Root step name -> the group's packages, seen against that step's current runs."""
+
+
+@dataclass
+class PipelineSnapshot:
+    """Everything gap evaluation reads about one pipeline."""
+
+    pipeline: PipelineInfo
+    steps: list[StepInfo]
+    groups: list[FineGroup]
+    runs: dict[str, StepRuns]
+    history_cpu_hours: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Step name -> (median CPU-hours, number of measured runs) of its COMPLETED runs."""
+    configured_cpu_hours: dict[str, float] = field(default_factory=dict)
+    """Step name -> cpu x time_hours of its configured resources."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A (step, sub-group) that needs a run, or is `failed`."""
+
+    pipeline: str
+    step: str
+    sub_group_key: str
+    reason: GapReason
+    ready: bool
+    """Every upstream sub-group inside it is settled (no gap, nothing in flight)."""
+    eligible_at: dt.datetime | None
+    """When it fires (cooldown, maximum wait, schedules); None: only when a person asks."""
+    eligible: bool
+    """Ready and due at the evaluation's `now`: a run is created for it."""
+    inputs: int
+    """Number of inputs in its current input set."""
+    input_fingerprint: str
+    upstream_runs: tuple[int, ...] = ()
+    """For downstream steps: the current upstream runs whose products are its inputs."""

@@ -1,0 +1,284 @@
+"""Load a pipeline's snapshot with a fixed, small number of set-based queries.
+
+Per pipeline: a handful of queries for its settings; per root step one aggregate over
+the selected packages (one row per finest group, never one per package); per step one
+query for current runs (with their product digests) and one for runs in flight and
+failures. Nothing here issues a query per sub-group or per package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.gaps.model import (
+    CurrentRun,
+    FailureRecord,
+    FineGroup,
+    InputAggregate,
+    PipelineInfo,
+    PipelineSnapshot,
+    SetDigest,
+    StepInfo,
+    StepRuns,
+    VersionRef,
+)
+from ccat_wm.selection.query import dimension_column, item_hash, key_expression, selection
+from ccat_wm.spec.versions import parse_major
+
+RUN = m.ExecutedReductionStep
+PRODUCT = m.DataProduct
+PACKAGE = m.RawDataPackage
+
+
+def config_fingerprint(config: m.ReductionStepConfig, software: m.ReductionSoftware) -> str:
+    """Fingerprint of what a step's results depend on besides inputs and version.
+
+    Parameters, environment, command template and image repository; not resources
+    (more memory does not change a result) and not the version (own reason).
+    """
+    payload = {
+        "parameters": config.config_parameters,
+        "environment": config.environment_variables,
+        "command": config.command_template,
+        "image": software.ghcr_url or software.name,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _version_ref(version: m.ReductionSoftwareVersion | None) -> VersionRef | None:
+    if version is None:
+        return None
+    return VersionRef(version.id, version.tag, parse_major(version.tag))
+
+
+def load_steps(session: Session, pipeline_id: int) -> list[StepInfo]:
+    """Load the pipeline's steps in topological order (`step_order`), with their versions."""
+    steps = session.scalars(
+        select(m.ReductionStep)
+        .where(m.ReductionStep.pipeline_id == pipeline_id)
+        .order_by(m.ReductionStep.step_order)
+    ).all()
+    step_ids = [s.id for s in steps]
+    names = {s.id: s.name for s in steps}
+    deps: dict[int, list[str]] = {}
+    dep = m.reduction_step_dependency
+    for step_id, upstream_id in session.execute(
+        select(dep.c.reduction_step_id, dep.c.depends_on_step_id).where(
+            dep.c.reduction_step_id.in_(step_ids)
+        )
+    ):
+        deps.setdefault(step_id, []).append(names[upstream_id])
+    configs = {
+        c.id: c
+        for c in session.scalars(
+            select(m.ReductionStepConfig).where(
+                m.ReductionStepConfig.id.in_([s.reduction_step_config_id for s in steps])
+            )
+        )
+    }
+    software_ids = {s.reduction_software_id for s in steps}
+    software = {
+        sw.id: sw
+        for sw in session.scalars(
+            select(m.ReductionSoftware).where(m.ReductionSoftware.id.in_(software_ids))
+        )
+    }
+    versions = session.scalars(
+        select(m.ReductionSoftwareVersion).where(
+            m.ReductionSoftwareVersion.reduction_software_id.in_(software_ids)
+        )
+    ).all()
+    by_id = {v.id: v for v in versions}
+    latest = {v.reduction_software_id: v for v in versions if v.is_latest}
+    out = []
+    for s in steps:
+        pinned = by_id.get(s.pinned_version_id) if s.pinned_version_id is not None else None
+        run_version = (
+            pinned
+            if s.version_policy is m.VersionPolicy.EXACT
+            else latest.get(s.reduction_software_id)
+        )
+        out.append(
+            StepInfo(
+                id=s.id,
+                name=s.name,
+                group_by=tuple(s.group_by),
+                upstream=tuple(sorted(deps.get(s.id, []))),
+                cooldown_seconds=s.cooldown_seconds,
+                max_wait_seconds=s.max_wait_seconds,
+                schedule=s.schedule,
+                max_retries=s.max_retries,
+                version_policy=s.version_policy,
+                run_version=_version_ref(run_version),
+                config_fingerprint=config_fingerprint(
+                    configs[s.reduction_step_config_id], software[s.reduction_software_id]
+                ),
+            )
+        )
+    return out
+
+
+def _current_runs_cte(step_id: int) -> Any:
+    return (
+        select(RUN.id, RUN.sub_group_key, RUN.created_at)
+        .where(RUN.reduction_step_id == step_id, RUN.status == m.RunStatus.COMPLETED)
+        .order_by(RUN.sub_group_key, RUN.id.desc())
+        .distinct(RUN.sub_group_key)
+        .cte(f"current_runs_{step_id}")
+    )
+
+
+def load_groups(
+    session: Session, grouping: m.DataGrouping, steps: list[StepInfo]
+) -> list[FineGroup]:
+    """One aggregate query per root step over the selected packages, by finest group."""
+    dims = sorted({d for s in steps for d in s.group_by})
+    sel = selection(grouping.filter_rules, grouping.instrument_module_id, dims)
+    dim_cols = [dimension_column(d).label(f"dim_{d}") for d in dims]
+    package_hash = item_hash("r", PACKAGE.id, PACKAGE.checksum)
+    groups: dict[tuple[str, ...], FineGroup] = {}
+    for step in (s for s in steps if not s.upstream):
+        current = _current_runs_cte(step.id)
+        unseen = or_(current.c.created_at.is_(None), PACKAGE.created_at > current.c.created_at)
+        query = (
+            select(
+                *dim_cols,
+                func.count().label("n"),
+                func.sum(package_hash).label("hash_sum"),
+                func.max(PACKAGE.created_at).label("last_change"),
+                func.min(PACKAGE.created_at).filter(unseen).label("oldest_unprocessed"),
+            )
+            .select_from(
+                sel.from_clause.outerjoin(
+                    current, current.c.sub_group_key == key_expression(step.group_by)
+                )
+            )
+            .where(sel.where)
+            .group_by(*dim_cols)
+        )
+        for row in session.execute(query):
+            values = tuple(row[: len(dims)])
+            group = groups.get(values)
+            if group is None:
+                group = groups[values] = FineGroup(dict(zip(dims, values, strict=True)), {})
+            group.inputs[step.name] = InputAggregate(
+                SetDigest(row.n, int(row.hash_sum)), row.last_change, row.oldest_unprocessed
+            )
+    return list(groups.values())
+
+
+def _current_query(step: StepInfo, current: Any, with_products: bool) -> Any:
+    version = m.ReductionSoftwareVersion
+    query = (
+        select(
+            RUN.id,
+            RUN.sub_group_key,
+            RUN.reduction_software_version_id,
+            version.tag,
+            RUN.config_fingerprint,
+            RUN.input_fingerprint,
+            RUN.created_at,
+            func.coalesce(RUN.finished_at, RUN.updated_at).label("finished_at"),
+        )
+        .join(current, current.c.id == RUN.id)
+        .join(version, version.id == RUN.reduction_software_version_id)
+    )
+    if not with_products:
+        return query.add_columns(literal(0).label("n"), literal(0).label("hash_sum"))
+    agg = (
+        select(
+            PRODUCT.executed_reduction_step_id.label("run_id"),
+            func.count().label("n"),
+            func.sum(item_hash("p", PRODUCT.id, PRODUCT.checksum)).label("hash_sum"),
+        )
+        .join(current, current.c.id == PRODUCT.executed_reduction_step_id)
+        .where(PRODUCT.data_product_type != m.DataProductType.LOG)
+        .group_by(PRODUCT.executed_reduction_step_id)
+        .subquery()
+    )
+    return query.outerjoin(agg, agg.c.run_id == RUN.id).add_columns(
+        func.coalesce(agg.c.n, 0).label("n"), func.coalesce(agg.c.hash_sum, 0).label("hash_sum")
+    )
+
+
+def _failures_query(step: StepInfo, current: Any) -> Any:
+    in_flight = [s.value for s in m.IN_FLIGHT_STATUSES]
+    keys = (
+        RUN.sub_group_key,
+        RUN.status,
+        RUN.input_fingerprint,
+        RUN.config_fingerprint,
+        RUN.reduction_software_version_id,
+    )
+    since_current = RUN.id > func.coalesce(current.c.id, 0)
+    return (
+        select(*keys, func.sum(RUN.retry_count + 1).label("failures"))
+        .outerjoin(current, current.c.sub_group_key == RUN.sub_group_key)
+        .where(
+            RUN.reduction_step_id == step.id,
+            or_(RUN.status.in_(in_flight), and_(RUN.status == m.RunStatus.FAILED, since_current)),
+        )
+        .group_by(*keys)
+    )
+
+
+def load_runs(session: Session, step: StepInfo, with_products: bool) -> StepRuns:
+    """Load a step's runs: current ones, in flight, and failures since the current one.
+
+    Two queries; current runs carry their product digests when `with_products`.
+    """
+    current = _current_runs_cte(step.id)
+    runs = StepRuns()
+    majors: dict[str, int] = {}
+    for row in session.execute(_current_query(step, current, with_products)):
+        runs.current[row.sub_group_key] = CurrentRun(
+            id=row.id,
+            version_id=row.reduction_software_version_id,
+            version_major=majors.setdefault(row.tag, parse_major(row.tag)),
+            config_fingerprint=row.config_fingerprint,
+            input_fingerprint=row.input_fingerprint,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            products=SetDigest(int(row.n), int(row.hash_sum)),
+        )
+    for fail in session.execute(_failures_query(step, current)):
+        if fail.status is m.RunStatus.FAILED:
+            record = FailureRecord(
+                fail.input_fingerprint,
+                fail.config_fingerprint,
+                fail.reduction_software_version_id,
+                int(fail.failures),
+            )
+            runs.failures.setdefault(fail.sub_group_key, []).append(record)
+        else:
+            runs.in_flight.add(fail.sub_group_key)
+    return runs
+
+
+def pipeline_info(pipeline: m.Pipeline) -> PipelineInfo:
+    """Trigger settings of a pipeline row."""
+    config = pipeline.trigger_config or {}
+    return PipelineInfo(
+        pipeline.id, pipeline.name, pipeline.enabled, pipeline.trigger_type,
+        config.get("cron"), config.get("timezone", "UTC"),
+    )  # fmt: skip
+
+
+def load_snapshot(session: Session, pipeline: m.Pipeline) -> PipelineSnapshot:
+    """Everything `evaluate` needs about `pipeline`, read in one transaction."""
+    grouping = session.get_one(m.DataGrouping, pipeline.data_grouping_id)
+    steps = load_steps(session, pipeline.id)
+    consumed = {u for s in steps for u in s.upstream}
+    return PipelineSnapshot(
+        pipeline=pipeline_info(pipeline),
+        steps=steps,
+        groups=load_groups(session, grouping, steps),
+        runs={s.name: load_runs(session, s, s.name in consumed) for s in steps},
+    )

@@ -1,0 +1,138 @@
+"""Filter rules to SQL over the join graph, and SQL for dimension values and sub-group keys.
+
+`selection(rules, module_id, dims)` returns the joined tables and WHERE clauses that
+select a grouping's raw data packages, with every table that the rules or the
+dimensions need joined once, in join-graph order from RawDataPackage.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    SQLColumnExpression,
+    String,
+    and_,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from ccat_wm.selection.dimensions import DIMENSIONS
+from ccat_wm.selection.tables import FILTER_TABLES, JOIN_GRAPH, ROOT_TABLE, join_path
+
+FINGERPRINT_SEED = 0
+"""Seed of `hashtextextended`, part of the fingerprint format: never change it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The FROM clause and WHERE clauses selecting a grouping's packages."""
+
+    from_clause: FromClause
+    """RawDataPackage joined with every table that rules or dimensions need."""
+    where: ColumnElement[bool]
+    """All rules ANDed (true when there are none)."""
+
+
+def _json_value(value: Any) -> ColumnElement[Any]:
+    return cast(literal(value, type_=JSONB), JSONB)
+
+
+def rule_clause(rule: dict[str, Any]) -> ColumnElement[bool]:
+    """Turn one validated filter rule into a SQL condition.
+
+    JSON values are compared as JSONB (numbers numerically, strings as strings); `like`
+    compares the text value. `neq` and `not_in` also match rows where the value is
+    missing (NULL), as a person reading "not equal" expects.
+    """
+    column = FILTER_TABLES[rule["table"]].c[rule["column"]]
+    op, value = rule["operator"], rule["value"]
+    path = rule.get("json_path")
+    target: ColumnElement[Any]
+    if path is not None:
+        keys = tuple(path.split("."))
+        if op == "like":
+            return column[keys].astext.like(value)  # type: ignore[no-any-return]
+        target = column[keys]
+        values = [_json_value(v) for v in value] if isinstance(value, list) else _json_value(value)
+    else:
+        target = column
+        values = value
+    if op == "like":
+        return cast(target, String).like(values)
+    return _COMPARISONS[op](target, values)
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "eq": operator.eq,
+    "neq": lambda target, value: target.is_distinct_from(value),
+    "in": lambda target, values: target.in_(values) if values else false(),
+    "not_in": lambda target, values: (
+        or_(target.is_(None), not_(target.in_(values))) if values else ~false()
+    ),
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+def needed_tables(rules: Sequence[dict[str, Any]], dims: Sequence[str]) -> list[str]:
+    """Return the tables to join, in an order where each parent precedes its children."""
+    wanted = {ROOT_TABLE}
+    for table in [r["table"] for r in rules] + [DIMENSIONS[d].table for d in dims]:
+        wanted.update(join_path(table))
+    return sorted(wanted, key=lambda t: (len(join_path(t)), t))
+
+
+def selection(
+    rules: Sequence[dict[str, Any]], instrument_module_id: int | None, dims: Sequence[str]
+) -> Selection:
+    """Build the FROM and WHERE that select a grouping's packages with dimensions `dims`."""
+    tables = needed_tables(rules, dims)
+    from_clause: FromClause = FILTER_TABLES[ROOT_TABLE]
+    for name in tables[1:]:
+        edge = JOIN_GRAPH[name]
+        parent, child = FILTER_TABLES[edge.parent], FILTER_TABLES[name]
+        from_clause = from_clause.join(child, parent.c[edge.parent_column] == child.c[edge.column])
+    clauses = [rule_clause(r) for r in rules]
+    if instrument_module_id is not None:
+        clauses.append(FILTER_TABLES[ROOT_TABLE].c.instrument_module_id == instrument_module_id)
+    return Selection(from_clause, and_(true_if_empty(), *clauses))
+
+
+def true_if_empty() -> ColumnElement[bool]:
+    """Return a neutral first element for AND chains."""
+    return literal(True)
+
+
+def dimension_column(dim: str) -> ColumnElement[str]:
+    """Return the SQL value of a dimension: the `name` of its table's row."""
+    column: ColumnElement[str] = FILTER_TABLES[DIMENSIONS[dim].table].c.name
+    return column
+
+
+def key_expression(dims: Sequence[str]) -> ColumnElement[str]:
+    """Return SQL for `sub_group_key`: sorted `dim=value` pairs joined by `|` ('' for all)."""
+    if not dims:
+        return literal("", type_=String)
+    parts = [literal(f"{d}=", type_=String) + dimension_column(d) for d in sorted(dims)]
+    return func.concat_ws("|", *parts)
+
+
+def item_hash(
+    kind: str, id_column: SQLColumnExpression[Any], checksum: SQLColumnExpression[Any]
+) -> ColumnElement[int]:
+    """Return the per-input 64-bit hash over kind, id and checksum; summed into set fingerprints."""
+    text_value = literal(kind, type_=String) + cast(id_column, String) + ":" + checksum
+    return func.hashtextextended(text_value, FINGERPRINT_SEED)
