@@ -25,6 +25,8 @@ from ccat_wm import demo as demo_module
 from ccat_wm.db import display_url, get_engine, resolve_db_url
 from ccat_wm.embedded_pg import stop_embedded_server
 from ccat_wm.errors import CcatWmError, DatabaseError
+from ccat_wm.gaps.plan import make_plan
+from ccat_wm.render import render_plan_json, render_plan_table
 from ccat_wm.settings import Settings, load_settings
 from ccat_wm.simulate.catalog import DEFAULT_LINES, DEFAULT_PROGRAM, DEFAULT_SOURCES
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
@@ -189,6 +191,18 @@ def simulate(
         f"{result.package_count} raw data packages, {result.total_bytes} bytes in archive "
         f"{result.archive!r} (seed {request.seed})"
     )
+
+
+@cli.command()
+@click.argument("pipeline", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--at", type=click.DateTime(), default=None, help="Evaluate as of this UTC time.")
+def plan(pipeline: str | None, as_json: bool, at: dt.datetime | None) -> None:
+    """Show what needs (re)processing, why and when, with blast radius and cost; writes nothing."""
+    now = at.replace(tzinfo=dt.UTC) if at else dt.datetime.now(dt.UTC)
+    with Session(_engine(load_settings())) as session, session.begin():
+        result = make_plan(session, now, pipeline)
+    click.echo(render_plan_json(result) if as_json else render_plan_table(result))
 
 
 @cli.command()
