@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -130,7 +131,7 @@ def _current_runs_cte(step_id: int) -> Any:
         select(RUN.id, RUN.sub_group_key, RUN.created_at)
         .where(RUN.reduction_step_id == step_id, RUN.status == m.RunStatus.COMPLETED)
         .order_by(RUN.sub_group_key, RUN.id.desc())
-        .distinct(RUN.sub_group_key)
+        .ext(distinct_on(RUN.sub_group_key))
         .cte(f"current_runs_{step_id}")
     )
 
