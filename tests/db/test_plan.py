@@ -1,0 +1,104 @@
+"""`ccat-wm plan`: side-effect free, set-based, with blast radius and cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine, event, select, update
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.gaps.snapshot import load_snapshot
+from tests.gapkit import PIPELINE, GapKit
+from tests.helpers import run_cli, snapshot
+
+
+def _statements_to_load(engine: Engine) -> int:
+    count = 0
+
+    def counter(*_: object) -> None:
+        nonlocal count
+        count += 1
+
+    event.listen(engine, "before_cursor_execute", counter)
+    try:
+        with Session(engine) as session:
+            pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == PIPELINE)).one()
+            load_snapshot(session, pipeline)
+    finally:
+        event.remove(engine, "before_cursor_execute", counter)
+    return count
+
+
+def test_snapshot_query_count_does_not_grow_with_data(engine: Engine, tmp_path: Path) -> None:
+    kit = GapKit(engine, tmp_path)
+    kit.simulate(2)
+    kit.wave()
+    small = _statements_to_load(engine)
+    kit.simulate(30, sources=("NGC253", "M83", "Orion-KL"), lines=("CO43", "CI10"), seed=3)
+    kit.wave()
+    assert _statements_to_load(engine) == small
+    assert small == 14  # 7 for settings, 1 aggregate for the root step, 2 per step for runs
+
+
+def test_plan_is_side_effect_free_and_reports_blast_radius_and_cost(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    kit = GapKit(engine, tmp_path)
+    kit.simulate(3, sources=("NGC253", "M83"), seed=2)
+    before = snapshot(engine)
+    result = run_cli(cli_env, "plan", "--json")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(engine) == before
+    plan = json.loads(result.stdout)
+    steps = {c["step"]: c for c in plan["blast_radius"]}
+    calib = [g for g in plan["gaps"] if g["step"] == "calibrate"]
+    assert steps["calibrate"]["runs"] == len(calib) == 3
+    assert steps["summary"]["runs"] == 1
+    assert steps["calibrate"]["basis"] == "configured resources"
+    assert steps["calibrate"]["cpu_hours"] == 3 * 2 * 0.5  # cpu 2 x 0.5 h each
+    assert set(calib[0]) >= {
+        "pipeline",
+        "step",
+        "sub_group_key",
+        "reason",
+        "ready",
+        "eligible_at",
+        "inputs",
+    }
+
+    kit.wave()
+    with Session(engine) as session, session.begin():
+        session.execute(update(m.ExecutedReductionStep).values(cpu_hours=0.1))
+    kit.simulate(1, seed=6)
+    result = run_cli(cli_env, "plan", PIPELINE)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "pipeline",
+        "step",
+        "sub_group_key",
+        "reason",
+        "ready",
+        "eligible_at",
+        "inputs",
+    ]
+    assert any(
+        line.split()[:5] == [PIPELINE, "calibrate", "executed_obs_unit=scan-000004", "new", "yes"]
+        for line in lines
+    )
+    assert any(line.split()[:3] == [PIPELINE, "summary", "all"] for line in lines)
+    assert any(
+        "history (median of 3 runs)" in line and line.split()[1] == "calibrate" for line in lines
+    )
+    assert lines[-1] == "total: 3 runs, 0.3 CPU-hours"
+
+
+def test_plan_of_an_unknown_pipeline_is_a_clear_error(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    GapKit(engine, tmp_path)
+    result = run_cli(cli_env, "plan", "nope")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: unknown pipeline 'nope'; known: gaps"
