@@ -28,7 +28,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from ccat_wm.selection.dimensions import DIMENSIONS
-from ccat_wm.selection.tables import FILTER_TABLES, JOIN_GRAPH, ROOT_TABLE, join_path
+from ccat_wm.selection.tables import (
+    FILTER_TABLES,
+    JOIN_GRAPH,
+    ROOT_TABLE,
+    coerce_value,
+    join_path,
+)
 
 FINGERPRINT_SEED = 0
 """Seed of `hashtextextended`, part of the fingerprint format: never change it."""
@@ -67,7 +73,12 @@ def rule_clause(rule: dict[str, Any]) -> ColumnElement[bool]:
         values = [_json_value(v) for v in value] if isinstance(value, list) else _json_value(value)
     else:
         target = column
-        values = value
+        coerce = coerce_value
+        table, name = rule["table"], rule["column"]
+        if isinstance(value, list):
+            values = [coerce(table, name, v) for v in value]
+        else:
+            values = coerce(table, name, value)
     if op == "like":
         return cast(target, String).like(values)
     return _COMPARISONS[op](target, values)

@@ -7,8 +7,9 @@ Adding a joinable table is a data change here: one `JoinEdge` and one entry in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import JSON
@@ -80,3 +81,17 @@ def column_names(table: str) -> list[str]:
 def is_json_column(table: str, column: str) -> bool:
     """Tell whether `column` of `table` holds JSON (and so accepts a `json_path`)."""
     return isinstance(FILTER_TABLES[table].columns[column].type, JSON | JSONB)
+
+
+def coerce_value(table: str, column: str, value: Any) -> Any:
+    """Convert a rule value to the column's Python type (ISO strings to datetimes, ...).
+
+    Raises ValueError naming the column and the expected type when it does not fit.
+    """
+    python_type = FILTER_TABLES[table].columns[column].type.python_type
+    try:
+        return TypeAdapter(python_type).validate_python(value)
+    except ValidationError:
+        raise ValueError(
+            f"value {value!r} does not fit {table}.{column}; expected {python_type.__name__}"
+        ) from None

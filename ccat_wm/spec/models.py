@@ -20,6 +20,7 @@ from ccat_wm.selection.tables import (
     FILTER_OPERATORS,
     FILTER_TABLES,
     LIST_OPERATORS,
+    coerce_value,
     column_names,
     is_json_column,
 )
@@ -215,6 +216,9 @@ class FilterRuleSpec(_Strict):
 
     def _check_value(self) -> None:
         is_list = isinstance(self.value, list)
+        if self.json_path is None and self.operator != "like":
+            for item in self.value if is_list else [self.value]:
+                coerce_value(self.table, self.column, item)
         if self.operator in LIST_OPERATORS and not is_list:
             raise ValueError(f"operator {self.operator!r} expects a list value")
         if self.operator not in LIST_OPERATORS and (is_list or isinstance(self.value, dict)):
