@@ -228,6 +228,11 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         ["data_groupings[0].filter_rules[0]", "not a JSON column"],
     ),
     (
+        "value of the wrong type",
+        _rule(column="ra_deg", operator="gt", value="north"),
+        ["data_groupings[0].filter_rules[0]", "value 'north' does not fit Source.ra_deg; expected float"],
+    ),
+    (
         "in without a list",
         _rule(operator="in"),
         ["data_groupings[0].filter_rules[0]", "operator 'in' expects a list"],
