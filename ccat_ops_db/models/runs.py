@@ -36,6 +36,19 @@ class ExecutedReductionStep(Base):
             postgresql_where=text(f"status IN ({_IN_FLIGHT_SQL})"),
         ),
         Index("ix_executed_reduction_step_step_key", "reduction_step_id", "sub_group_key"),
+        Index(
+            "ix_executed_reduction_step_completed",
+            "reduction_step_id",
+            "sub_group_key",
+            text("id DESC"),
+            postgresql_where=text("status = 'COMPLETED'"),
+        ),
+        Index(
+            "ix_executed_reduction_step_not_completed",
+            "reduction_step_id",
+            "status",
+            postgresql_where=text("status <> 'COMPLETED'"),
+        ),
         CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
         CheckConstraint(
             "processing_time_s IS NULL OR processing_time_s >= 0",

@@ -21,61 +21,73 @@ from ccat_wm.gaps.model import (
     CurrentRun,
     Gap,
     GapReason,
-    InputAggregate,
     PipelineSnapshot,
     SetDigest,
     StepInfo,
     StepRuns,
 )
-from ccat_wm.selection.dimensions import sub_group_key
 
 
-@dataclass
+@dataclass(slots=True)
 class _SubGroup:
-    """Inputs of one (step, sub-group) being assembled."""
+    """Inputs of one (step, sub-group) being assembled (plain ints: this runs per scan)."""
 
-    digest: SetDigest = field(default_factory=SetDigest)
+    count: int = 0
+    hash_sum: int = 0
     last_change: dt.datetime | None = None
     oldest_unprocessed: dt.datetime | None = None
-    members: set[tuple[str, str]] = field(default_factory=set)
-    """(upstream step, upstream key) pairs inside this sub-group."""
+    members: set[tuple[int, str]] = field(default_factory=set)
+    """(upstream step index, upstream key) pairs inside this sub-group."""
 
-    def add(self, digest: SetDigest, changed: dt.datetime, unprocessed: dt.datetime | None) -> None:
-        self.digest = self.digest + digest
-        self.last_change = changed if self.last_change is None else max(self.last_change, changed)
-        if unprocessed is not None:
-            old = self.oldest_unprocessed
-            self.oldest_unprocessed = unprocessed if old is None else min(old, unprocessed)
+    def add(
+        self, count: int, hash_sum: int, changed: dt.datetime, unprocessed: dt.datetime | None
+    ) -> None:
+        self.count += count
+        self.hash_sum += hash_sum
+        if self.last_change is None or changed > self.last_change:
+            self.last_change = changed
+        if unprocessed is not None and (
+            self.oldest_unprocessed is None or unprocessed < self.oldest_unprocessed
+        ):
+            self.oldest_unprocessed = unprocessed
+
+    @property
+    def digest(self) -> SetDigest:
+        return SetDigest(self.count, self.hash_sum)
 
 
-def _key(step: StepInfo, dims: dict[str, str]) -> str:
-    return sub_group_key({d: dims[d] for d in step.group_by})
-
-
-def _root_inputs(snapshot: PipelineSnapshot, step: StepInfo) -> dict[str, _SubGroup]:
+def _root_inputs(snapshot: PipelineSnapshot, index: int) -> dict[str, _SubGroup]:
     out: dict[str, _SubGroup] = defaultdict(_SubGroup)
     for group in snapshot.groups:
-        agg: InputAggregate = group.inputs[step.name]
-        out[_key(step, group.dims)].add(agg.digest, agg.last_change, agg.oldest_unprocessed)
+        out[group.keys[index]].add(
+            group.packages, group.hash_sum, group.last_change, group.unprocessed[index]
+        )
     return out
 
 
 def _downstream_inputs(
-    snapshot: PipelineSnapshot, step: StepInfo, by_name: dict[str, StepInfo]
+    snapshot: PipelineSnapshot, index: int, upstream: list[int]
 ) -> dict[str, _SubGroup]:
     out: dict[str, _SubGroup] = defaultdict(_SubGroup)
     for group in snapshot.groups:
-        sub = out[_key(step, group.dims)]
-        for name in step.upstream:
-            sub.members.add((name, _key(by_name[name], group.dims)))
+        members = out[group.keys[index]].members
+        for up in upstream:
+            members.add((up, group.keys[up]))
+    step = snapshot.steps[index]
     current = snapshot.runs[step.name].current
+    upstream_runs = [snapshot.runs[s.name].current for s in snapshot.steps]
     for key, sub in out.items():
         seen_at = current[key].created_at if key in current else None
-        for name, up_key in sub.members:
-            run = snapshot.runs[name].current.get(up_key)
+        for up, up_key in sub.members:
+            run = upstream_runs[up].get(up_key)
             if run is not None:
                 fresh = seen_at is None or run.finished_at > seen_at
-                sub.add(run.products, run.finished_at, run.finished_at if fresh else None)
+                sub.add(
+                    run.product_count,
+                    run.product_hash_sum,
+                    run.finished_at,
+                    run.finished_at if fresh else None,
+                )
     return out
 
 
@@ -143,22 +155,23 @@ def evaluate(
     """
     if not snapshot.pipeline.enabled:
         return []
-    by_name = {s.name: s for s in snapshot.steps}
+    index = {s.name: i for i, s in enumerate(snapshot.steps)}
+    names = [s.name for s in snapshot.steps]
     unsettled: dict[str, set[str]] = {}
     gaps: list[Gap] = []
-    for step in snapshot.steps:
+    for position, step in enumerate(snapshot.steps):
         runs = snapshot.runs[step.name]
         subs = (
-            _downstream_inputs(snapshot, step, by_name)
+            _downstream_inputs(snapshot, position, [index[u] for u in step.upstream])
             if step.upstream
-            else _root_inputs(snapshot, step)
+            else _root_inputs(snapshot, position)
         )
         blocked = unsettled.setdefault(step.name, set(runs.in_flight))
         for key in sorted(subs):
             if key in runs.in_flight:
                 continue
             sub = subs[key]
-            ready = not any(k in unsettled[name] for name, k in sub.members)
+            ready = not any(k in unsettled[names[up]] for up, k in sub.members)
             reason = _reason(step, runs.current.get(key), sub, ready)
             if reason is None and force and sub.digest.count:
                 reason = GapReason.FORCED
@@ -185,8 +198,8 @@ def evaluate(
             upstream_runs = tuple(
                 sorted(
                     run.id
-                    for name, k in sub.members
-                    if (run := snapshot.runs[name].current.get(k)) is not None
+                    for up, k in sub.members
+                    if (run := snapshot.runs[names[up]].current.get(k)) is not None
                 )
             )
             gaps.append(

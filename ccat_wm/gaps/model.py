@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ccat_ops_db.models import TriggerType, VersionPolicy
 
@@ -87,20 +88,8 @@ class PipelineInfo:
     timezone: str = "UTC"
 
 
-@dataclass(frozen=True, slots=True)
-class InputAggregate:
-    """Inputs of one fine-grained group (root inputs) or one upstream current run."""
-
-    digest: SetDigest
-    last_change: dt.datetime
-    """When the newest input appeared (package ingest, upstream run completion)."""
-    oldest_unprocessed: dt.datetime | None
-    """When the oldest input that the consuming step's current run has not seen appeared."""
-
-
-@dataclass(frozen=True, slots=True)
-class CurrentRun:
-    """The latest COMPLETED run of a (step, sub-group)."""
+class CurrentRun(NamedTuple):
+    """The latest COMPLETED run of a (step, sub-group) (a NamedTuple: one per scan)."""
 
     id: int
     version_id: int
@@ -109,8 +98,10 @@ class CurrentRun:
     input_fingerprint: str
     created_at: dt.datetime
     finished_at: dt.datetime
-    products: SetDigest
-    """Digest of its products that downstream steps consume (every type but LOG)."""
+    product_count: int
+    """Number of its products that downstream steps consume (every type but LOG)."""
+    product_hash_sum: int
+    """Sum of those products' item hashes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +124,25 @@ class StepRuns:
     failures: dict[str, list[FailureRecord]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class FineGroup:
-    """Selected packages sharing every dimension value the pipeline's steps group by."""
+class FineGroup(NamedTuple):
+    """Selected packages that share the sub-group of every step (a row of the root aggregate).
 
-    dims: dict[str, str]
-    """Dimension name -> value (name) for every dimension any step uses."""
-    inputs: dict[str, InputAggregate]
-    """Root step name -> the group's packages, seen against that step's current runs."""
+    A NamedTuple: there is one per scan, so creating them must be cheap.
+    """
+
+    keys: tuple[str, ...]
+    """`sub_group_key` of each step, in `PipelineSnapshot.steps` order."""
+    packages: int
+    """Number of packages."""
+    hash_sum: int
+    """Sum of their item hashes (see SetDigest)."""
+    last_change: dt.datetime
+    """Ingest time of the newest package."""
+    unprocessed: tuple[dt.datetime | None, ...]
+    """Per step: ingest time of the oldest package the root step's current run has not seen.
+
+    Only filled for root steps with `max_wait_seconds` (the only use); None elsewhere.
+    """
 
 
 @dataclass

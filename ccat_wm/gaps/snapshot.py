@@ -8,28 +8,30 @@ failures. Nothing here issues a query per sub-group or per package.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, String, and_, cast, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import distinct_on
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
 from ccat_wm.gaps.model import (
     CurrentRun,
     FailureRecord,
     FineGroup,
-    InputAggregate,
     PipelineInfo,
     PipelineSnapshot,
-    SetDigest,
     StepInfo,
     StepRuns,
     VersionRef,
 )
-from ccat_wm.selection.query import dimension_column, item_hash, key_expression, selection
+from ccat_wm.selection.dimensions import DIMENSIONS
+from ccat_wm.selection.query import Selection, item_hash, key_expression, selection
+from ccat_wm.selection.tables import FILTER_TABLES
 from ccat_wm.spec.versions import parse_major
 
 RUN = m.ExecutedReductionStep
@@ -136,43 +138,69 @@ def _current_runs_cte(step_id: int) -> Any:
     )
 
 
+def _dimension_ids(dims: list[str]) -> list[ColumnElement[Any]]:
+    return [FILTER_TABLES[DIMENSIONS[d].table].c.id for d in dims]
+
+
 def load_groups(
     session: Session, grouping: m.DataGrouping, steps: list[StepInfo]
 ) -> list[FineGroup]:
-    """One aggregate query per root step over the selected packages, by finest group."""
+    """Aggregate the selected packages by finest group.
+
+    One query, plus one per root step with a maximum wait (for the oldest package its
+    current run has not seen). Groups are formed by the dimension tables' primary keys
+    and each step's `sub_group_key` is computed per group in SQL, not per package.
+    """
     dims = sorted({d for s in steps for d in s.group_by})
     sel = selection(grouping.filter_rules, grouping.instrument_module_id, dims)
-    dim_cols = [dimension_column(d).label(f"dim_{d}") for d in dims]
-    package_hash = item_hash("r", PACKAGE.id, PACKAGE.checksum)
-    groups: dict[tuple[str, ...], FineGroup] = {}
-    for step in (s for s in steps if not s.upstream):
-        current = _current_runs_cte(step.id)
-        unseen = or_(current.c.created_at.is_(None), PACKAGE.created_at > current.c.created_at)
-        query = (
-            select(
-                *dim_cols,
-                func.count().label("n"),
-                func.sum(package_hash).label("hash_sum"),
-                func.max(PACKAGE.created_at).label("last_change"),
-                func.min(PACKAGE.created_at).filter(unseen).label("oldest_unprocessed"),
-            )
-            .select_from(
-                sel.from_clause.outerjoin(
-                    current, current.c.sub_group_key == key_expression(step.group_by)
-                )
-            )
-            .where(sel.where)
-            .group_by(*dim_cols)
+    ids = _dimension_ids(dims)
+    keys = [key_expression(s.group_by).label(f"key_{i}") for i, s in enumerate(steps)]
+    query = (
+        select(
+            *keys,
+            func.count().label("n"),
+            cast(func.sum(item_hash("r", PACKAGE.id, PACKAGE.checksum)), String).label("hash_sum"),
+            func.max(PACKAGE.created_at).label("last_change"),
         )
-        for row in session.execute(query):
-            values = tuple(row[: len(dims)])
-            group = groups.get(values)
-            if group is None:
-                group = groups[values] = FineGroup(dict(zip(dims, values, strict=True)), {})
-            group.inputs[step.name] = InputAggregate(
-                SetDigest(row.n, int(row.hash_sum)), row.last_change, row.oldest_unprocessed
+        .select_from(sel.from_clause)
+        .where(sel.where)
+        .group_by(*ids)
+        .having(func.count() > 0)
+    )
+    unprocessed = {
+        i: _unprocessed(session, sel, ids, keys, step)
+        for i, step in enumerate(steps)
+        if not step.upstream and step.max_wait_seconds is not None
+    }
+    groups = []
+    width = len(steps)
+    for row in session.execute(query):
+        values: tuple[Any, ...] = tuple(row)
+        group_keys = values[:width]
+        oldest = tuple(
+            unprocessed[i].get(group_keys) if i in unprocessed else None for i in range(width)
+        )
+        packages, hash_sum, last_change = values[width:]
+        groups.append(FineGroup(group_keys, int(packages), int(hash_sum), last_change, oldest))
+    return groups
+
+
+def _unprocessed(
+    session: Session, sel: Selection, ids: list[ColumnElement[Any]], keys: list[Any], step: StepInfo
+) -> dict[tuple[str, ...], dt.datetime | None]:
+    current = _current_runs_cte(step.id)
+    unseen = or_(current.c.created_at.is_(None), PACKAGE.created_at > current.c.created_at)
+    query = (
+        select(*keys, func.min(PACKAGE.created_at).filter(unseen))
+        .select_from(
+            sel.from_clause.outerjoin(
+                current, current.c.sub_group_key == key_expression(step.group_by)
             )
-    return list(groups.values())
+        )
+        .where(sel.where)
+        .group_by(*ids)
+    )
+    return {tuple(row[:-1]): row[-1] for row in session.execute(query)}
 
 
 def _current_query(step: StepInfo, current: Any, with_products: bool) -> Any:
@@ -205,12 +233,28 @@ def _current_query(step: StepInfo, current: Any, with_products: bool) -> Any:
         .subquery()
     )
     return query.outerjoin(agg, agg.c.run_id == RUN.id).add_columns(
-        func.coalesce(agg.c.n, 0).label("n"), func.coalesce(agg.c.hash_sum, 0).label("hash_sum")
+        func.coalesce(agg.c.n, 0).label("n"),
+        cast(func.coalesce(agg.c.hash_sum, 0), String).label("hash_sum"),
     )
 
 
-def _failures_query(step: StepInfo, current: Any) -> Any:
+def _failures_query(step: StepInfo) -> Any:
+    """Select runs in flight, and FAILED runs newer than the sub-group's current run, aggregated.
+
+    The newest COMPLETED run is found per failed run through the partial index
+    `ix_executed_reduction_step_completed`, so this stays cheap with a long history.
+    """
     in_flight = [s.value for s in m.IN_FLIGHT_STATUSES]
+    newer = aliased(RUN)
+    latest_completed = (
+        select(func.max(newer.id))
+        .where(
+            newer.reduction_step_id == RUN.reduction_step_id,
+            newer.sub_group_key == RUN.sub_group_key,
+            newer.status == m.RunStatus.COMPLETED,
+        )
+        .scalar_subquery()
+    )
     keys = (
         RUN.sub_group_key,
         RUN.status,
@@ -218,14 +262,12 @@ def _failures_query(step: StepInfo, current: Any) -> Any:
         RUN.config_fingerprint,
         RUN.reduction_software_version_id,
     )
-    since_current = RUN.id > func.coalesce(current.c.id, 0)
+    failed_since = and_(
+        RUN.status == m.RunStatus.FAILED, RUN.id > func.coalesce(latest_completed, 0)
+    )
     return (
         select(*keys, func.sum(RUN.retry_count + 1).label("failures"))
-        .outerjoin(current, current.c.sub_group_key == RUN.sub_group_key)
-        .where(
-            RUN.reduction_step_id == step.id,
-            or_(RUN.status.in_(in_flight), and_(RUN.status == m.RunStatus.FAILED, since_current)),
-        )
+        .where(RUN.reduction_step_id == step.id, or_(RUN.status.in_(in_flight), failed_since))
         .group_by(*keys)
     )
 
@@ -237,19 +279,22 @@ def load_runs(session: Session, step: StepInfo, with_products: bool) -> StepRuns
     """
     current = _current_runs_cte(step.id)
     runs = StepRuns()
-    majors: dict[str, int] = {}
     for row in session.execute(_current_query(step, current, with_products)):
-        runs.current[row.sub_group_key] = CurrentRun(
-            id=row.id,
-            version_id=row.reduction_software_version_id,
-            version_major=majors.setdefault(row.tag, parse_major(row.tag)),
-            config_fingerprint=row.config_fingerprint,
-            input_fingerprint=row.input_fingerprint,
-            created_at=row.created_at,
-            finished_at=row.finished_at,
-            products=SetDigest(int(row.n), int(row.hash_sum)),
+        (run_id, key, version_id, tag, config_fp, input_fp, created, finished, count, hash_sum) = (
+            row
         )
-    for fail in session.execute(_failures_query(step, current)):
+        runs.current[key] = CurrentRun(
+            run_id,
+            version_id,
+            _major(tag),
+            config_fp,
+            input_fp,
+            created,
+            finished,
+            int(count),
+            int(hash_sum),
+        )
+    for fail in session.execute(_failures_query(step)):
         if fail.status is m.RunStatus.FAILED:
             record = FailureRecord(
                 fail.input_fingerprint,
@@ -261,6 +306,11 @@ def load_runs(session: Session, step: StepInfo, with_products: bool) -> StepRuns
         else:
             runs.in_flight.add(fail.sub_group_key)
     return runs
+
+
+@lru_cache(maxsize=1024)
+def _major(tag: str) -> int:
+    return parse_major(tag)
 
 
 def pipeline_info(pipeline: m.Pipeline) -> PipelineInfo:

@@ -230,7 +230,10 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
     (
         "value of the wrong type",
         _rule(column="ra_deg", operator="gt", value="north"),
-        ["data_groupings[0].filter_rules[0]", "value 'north' does not fit Source.ra_deg; expected float"],
+        [
+            "data_groupings[0].filter_rules[0]",
+            "value 'north' does not fit Source.ra_deg; expected float",
+        ],
     ),
     (
         "in without a list",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ccat_ops_db import migrate
 from tests.helpers import run_cli
 
 
@@ -44,8 +45,9 @@ def test_commands_refuse_an_unmigrated_db(tmp_path: Path) -> None:
     try:
         result = run_cli(env, "simulate", "--scans", "1")
         assert result.returncode == 1
+        head = migrate.head_revisions()[0]
         assert result.stderr.strip() == (
-            "error: the ops DB is at schema revision none (empty), expected 0001; run `ccat-wm db upgrade`"
+            f"error: the ops DB is at schema revision none (empty), expected {head}; run `ccat-wm db upgrade`"
         )
     finally:
         run_cli(env, "db", "stop")

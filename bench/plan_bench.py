@@ -1,0 +1,247 @@
+"""Benchmark of `plan` against a hand-written lower bound, at 10k, 100k and 1M packages.
+
+    python bench/plan_bench.py [--sizes 10000,100000,1000000] [--repeat 5]
+
+Builds a synthetic ops DB per size (about 5 packages per scan, 50 sources, 4 lines,
+one three-step pipeline per scan -> per source+line -> all, a completed history for
+90 % of the scans), then times `make_plan` for the pipeline and one hand-written SQL
+query that computes only the root step's gaps (the lower bound), alternating them,
+and prints medians and their ratio. Uses the server of CCAT_OPS_DB_URL (or the embedded
+one) and a throwaway database per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import migrate
+from ccat_ops_db import models as m
+from ccat_wm.db import normalize_db_url
+from ccat_wm.embedded_pg import ensure_embedded_server
+from ccat_wm.gaps.evaluate import evaluate
+from ccat_wm.gaps.plan import make_plan
+from ccat_wm.gaps.snapshot import load_snapshot, load_steps
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+
+SPEC = """
+locations:
+  - {name: local, site: bench, location_type: PROCESSING, backend: local, path: /tmp/bench}
+software:
+  - {name: calib, versions: [{tag: "1.0.0", is_latest: true}]}
+  - {name: grid, versions: [{tag: "1.0.0", is_latest: true}]}
+  - {name: summary, versions: [{tag: "1.0.0", is_latest: true}]}
+data_groupings:
+  - name: bench
+    filter_rules: [{table: ObservingProgram, column: name, operator: eq, value: bench-survey}]
+pipelines:
+  - name: bench
+    data_grouping: bench
+    processing_location: local
+    steps:
+      - {name: calibrate, software: calib, group_by: [executed_obs_unit], config: {name: c1, command: [c]}}
+      - {name: grid, software: grid, depends_on: [calibrate], group_by: [source, line], config: {name: c2, command: [g]}}
+      - {name: summary, software: summary, depends_on: [grid], group_by: [], config: {name: c3, command: [s]}}
+"""
+
+LOAD_OBSERVATIONS = """
+INSERT INTO instrument (name, description) VALUES ('BENCH', '');
+INSERT INTO instrument_module (instrument_id, name, description)
+  SELECT i.id, 'M' || g, '' FROM instrument i, generate_series(1, 5) g;
+INSERT INTO observing_program (name, description) VALUES ('bench-survey', '');
+INSERT INTO source (name) SELECT 'SRC' || g FROM generate_series(1, 50) g;
+INSERT INTO line (name, rest_frequency_ghz) SELECT 'L' || g, 400 + g FROM generate_series(1, 4) g;
+INSERT INTO obs_unit (name, source_id, line_id, observing_program_id)
+  SELECT 'OU-' || s.id || '-' || l.id, s.id, l.id, p.id FROM source s, line l, observing_program p;
+INSERT INTO executed_obs_unit (name, obs_unit_id, start_time, end_time)
+  SELECT 'scan-' || lpad(g::text, 7, '0'), (SELECT min(id) FROM obs_unit) + (g * 7919) % 200,
+         timestamptz '2026-01-01' + g * interval '5 min', timestamptz '2026-01-01' + g * interval '5 min' + interval '4 min'
+  FROM generate_series(1, :scans) g;
+INSERT INTO raw_data_package (name, executed_obs_unit_id, instrument_module_id, size, checksum, metadata, state, created_at)
+  SELECT e.name || '-' || im.name, e.id, im.id, 1000000, md5(e.id || '-' || im.id),
+         jsonb_build_object('observation', jsonb_build_object('frequency_ghz', 461.04)), 'ARCHIVED',
+         now() - interval '2 days'
+  FROM executed_obs_unit e CROSS JOIN instrument_module im;
+"""
+
+LOAD_HISTORY = """
+INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason,
+    input_fingerprint, config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
+  SELECT :calibrate, :v1, 'COMPLETED', 'executed_obs_unit=' || e.name, 'new',
+         'v1:' || count(*) || ':' || sum(hashtextextended('r' || p.id || ':' || p.checksum, 0)), :f1, 0, 0.1,
+         now() - interval '1 day', now() - interval '1 day'
+  FROM executed_obs_unit e JOIN raw_data_package p ON p.executed_obs_unit_id = e.id
+  WHERE e.id <= :cutoff GROUP BY e.id, e.name;
+INSERT INTO data_product (executed_reduction_step_id, data_product_type, file_path, file_size, checksum, metadata)
+  SELECT id, 'INTERMEDIATE', '/bench/' || id, 10, md5(id::text), '{}' FROM executed_reduction_step;
+INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason,
+    input_fingerprint, config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
+  SELECT :grid, :v2, 'COMPLETED', 'line=' || l.name || '|source=' || s.name, 'new',
+         'v1:' || count(*) || ':' || sum(hashtextextended('p' || dp.id || ':' || dp.checksum, 0)), :f2, 0, 1.0,
+         now() - interval '20 hours', now() - interval '20 hours'
+  FROM data_product dp
+  JOIN executed_reduction_step r ON r.id = dp.executed_reduction_step_id
+  JOIN executed_obs_unit e ON r.sub_group_key = 'executed_obs_unit=' || e.name
+  JOIN obs_unit ou ON ou.id = e.obs_unit_id JOIN source s ON s.id = ou.source_id JOIN line l ON l.id = ou.line_id
+  GROUP BY s.name, l.name;
+INSERT INTO data_product (executed_reduction_step_id, data_product_type, file_path, file_size, checksum, metadata)
+  SELECT id, 'SCIENCE', '/bench/' || id, 10, md5(id::text), '{}' FROM executed_reduction_step WHERE reduction_step_id = :grid;
+INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason,
+    input_fingerprint, config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
+  SELECT :summary, :v3, 'COMPLETED', '', 'new',
+         'v1:' || count(*) || ':' || sum(hashtextextended('p' || dp.id || ':' || dp.checksum, 0)), :f3, 0, 2.0,
+         now() - interval '10 hours', now() - interval '10 hours'
+  FROM data_product dp JOIN executed_reduction_step r ON r.id = dp.executed_reduction_step_id
+  WHERE r.reduction_step_id = :grid;
+"""
+
+LOWER_BOUND = """
+WITH sel AS (
+  SELECT p.id, p.checksum, e.name AS scan
+  FROM raw_data_package p
+  JOIN executed_obs_unit e ON e.id = p.executed_obs_unit_id
+  JOIN obs_unit ou ON ou.id = e.obs_unit_id
+  JOIN observing_program op ON op.id = ou.observing_program_id
+  WHERE op.name = 'bench-survey'),
+agg AS (
+  SELECT scan, 'v1:' || count(*) || ':' || sum(hashtextextended('r' || id || ':' || checksum, 0)) AS fp
+  FROM sel GROUP BY scan),
+cur AS (
+  SELECT DISTINCT ON (sub_group_key) sub_group_key, input_fingerprint
+  FROM executed_reduction_step WHERE reduction_step_id = :calibrate AND status = 'COMPLETED'
+  ORDER BY sub_group_key, id DESC)
+SELECT agg.scan, agg.fp FROM agg LEFT JOIN cur ON cur.sub_group_key = 'executed_obs_unit=' || agg.scan
+WHERE cur.input_fingerprint IS DISTINCT FROM agg.fp
+"""
+
+
+def _server_url() -> str:
+    raw = os.environ.get("CCAT_OPS_DB_URL")
+    if raw:
+        return raw
+    return ensure_embedded_server(
+        Path(os.environ.get("CCAT_WM_HOME", "~/.local/share/ccat-wm")).expanduser()
+    )
+
+
+def _libpq(url: str, database: str | None = None) -> str:
+    parsed = normalize_db_url(url).set(drivername="postgresql")
+    if database:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _run_script(engine: Engine, script: str, params: dict[str, object]) -> None:
+    with engine.begin() as conn:
+        for statement in (s.strip() for s in script.split(";")):
+            if statement:
+                used = {k: v for k, v in params.items() if f":{k}" in statement}
+                conn.execute(text(statement), used)
+
+
+def build(engine: Engine, packages: int) -> tuple[int, float]:
+    """Load the synthetic ops DB; return (calibrate step id, load seconds)."""
+    started = time.perf_counter()
+    migrate.upgrade(engine)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "bench.yaml"
+        spec.write_text(SPEC)
+        with Session(engine) as session, session.begin():
+            apply_specs(session, load_spec_files([spec]), user="bench")
+    scans = packages // 5
+    _run_script(engine, LOAD_OBSERVATIONS, {"scans": scans})
+    with Session(engine) as session:
+        pipeline_id = session.scalar(text("SELECT id FROM pipeline WHERE name = 'bench'"))
+        steps = {s.name: s for s in load_steps(session, int(pipeline_id or 0))}
+    params: dict[str, object] = {"cutoff": int(scans * 0.9)}
+    for index, name in enumerate(("calibrate", "grid", "summary"), start=1):
+        step = steps[name]
+        assert step.run_version is not None
+        params.update(
+            {name: step.id, f"v{index}": step.run_version.id, f"f{index}": step.config_fingerprint}
+        )
+    _run_script(engine, LOAD_HISTORY, params)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    return steps["calibrate"].id, time.perf_counter() - started
+
+
+def time_plan(engine: Engine) -> tuple[float, float, int]:
+    """Seconds for a whole plan, seconds for the snapshot alone, number of gaps."""
+    now = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    with Session(engine) as session, session.begin():
+        plan = make_plan(session, now, "bench")
+    total = time.perf_counter() - started
+    started = time.perf_counter()
+    with Session(engine) as session, session.begin():
+        pipeline = session.get_one(m.Pipeline, 1)
+        snapshot = load_snapshot(session, pipeline)
+    loaded = time.perf_counter() - started
+    evaluate(snapshot, now)
+    return total, loaded, len(plan.gaps)
+
+
+def time_lower_bound(engine: Engine, calibrate_id: int) -> tuple[float, int]:
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        rows = conn.execute(text(LOWER_BOUND), {"calibrate": calibrate_id}).all()
+    return time.perf_counter() - started, len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    server = _server_url()
+    print(
+        f"{'packages':>9} {'load s':>7} {'gaps':>6} {'root gaps':>9} {'plan s':>7} {'snapshot s':>10} {'lower bound s':>13} {'ratio':>6}"
+    )
+    for size in (int(s) for s in args.sizes.split(",")):
+        name = f"ccat_wm_bench_{size}"
+        with psycopg.connect(_libpq(server), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        engine = create_engine(normalize_db_url(_libpq(server, name)))
+        try:
+            calibrate_id, load_s = build(engine, size)
+            plans, snaps, lows = [], [], []
+            time_plan(engine)  # warm caches once, as a long-running service would be
+            for _ in range(args.repeat):
+                plan_s, snap_s, gaps = time_plan(engine)
+                low_s, root_gaps = time_lower_bound(engine, calibrate_id)
+                plans.append(plan_s)
+                snaps.append(snap_s)
+                lows.append(low_s)
+            plan_med, low_med = statistics.median(plans), statistics.median(lows)
+            print(
+                f"{size:>9} {load_s:>7.1f} {gaps:>6} {root_gaps:>9} {plan_med:>7.3f} "
+                f"{statistics.median(snaps):>10.3f} {low_med:>13.3f} {plan_med / low_med:>6.2f}",
+                flush=True,
+            )
+        finally:
+            engine.dispose()
+            with psycopg.connect(_libpq(server), autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+if __name__ == "__main__":
+    main()
