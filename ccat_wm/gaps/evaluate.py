@@ -22,7 +22,6 @@ from ccat_wm.gaps.model import (
     Gap,
     GapReason,
     PipelineSnapshot,
-    SetDigest,
     StepInfo,
     StepRuns,
 )
@@ -50,10 +49,6 @@ class _SubGroup:
             self.oldest_unprocessed is None or unprocessed < self.oldest_unprocessed
         ):
             self.oldest_unprocessed = unprocessed
-
-    @property
-    def digest(self) -> SetDigest:
-        return SetDigest(self.count, self.hash_sum)
 
 
 def _root_inputs(snapshot: PipelineSnapshot, index: int) -> dict[str, _SubGroup]:
@@ -91,6 +86,10 @@ def _downstream_inputs(
     return out
 
 
+def _fingerprint(count: int, hash_sum: int) -> str:
+    return f"v1:{count}:{hash_sum}"  # = SetDigest(count, hash_sum).fingerprint, without the object
+
+
 def _version_valid(step: StepInfo, run: CurrentRun) -> bool:
     if step.run_version is None:
         return True
@@ -103,14 +102,14 @@ def _reason(
     step: StepInfo, run: CurrentRun | None, sub: _SubGroup, ready: bool
 ) -> GapReason | None:
     if run is None:
-        return GapReason.NEW if sub.digest.count or not ready else None
+        return GapReason.NEW if sub.count or not ready else None
     if not ready:
         return GapReason.INPUTS_CHANGED
     if not _version_valid(step, run):
         return GapReason.VERSION_CHANGED
     if run.config_fingerprint != step.config_fingerprint:
         return GapReason.CONFIG_CHANGED
-    if run.input_fingerprint != sub.digest.fingerprint:
+    if run.input_fingerprint != _fingerprint(sub.count, sub.hash_sum):
         return GapReason.INPUTS_CHANGED
     return None
 
@@ -145,6 +144,74 @@ def _eligible_at(
     return base
 
 
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every step's evaluation shares."""
+
+    snapshot: PipelineSnapshot
+    now: dt.datetime
+    manual: bool
+    force: bool
+    names: list[str]
+    unsettled: dict[str, set[str]]
+    """Step -> keys with a gap or a run in flight: they hold back downstream readiness."""
+
+
+def _gap(
+    ctx: _Context, step: StepInfo, key: str, sub: _SubGroup, *, reason: GapReason, ready: bool
+) -> Gap:
+    fingerprint = _fingerprint(sub.count, sub.hash_sum)
+    runs = ctx.snapshot.runs
+    if ready and not ctx.force and _has_failed(step, runs[step.name], key, fingerprint):
+        return Gap(
+            ctx.snapshot.pipeline.name,
+            step.name,
+            key,
+            GapReason.FAILED,
+            True,
+            None,
+            False,
+            sub.count,
+            fingerprint,
+        )
+    ctx.unsettled[step.name].add(key)
+    eligible_at = _eligible_at(ctx.snapshot, step, sub, ctx.now, ctx.manual) if ready else None
+    upstream_runs = sorted(
+        run.id for up, k in sub.members if (run := runs[ctx.names[up]].current.get(k)) is not None
+    )
+    return Gap(
+        pipeline=ctx.snapshot.pipeline.name,
+        step=step.name,
+        sub_group_key=key,
+        reason=reason,
+        ready=ready,
+        eligible_at=eligible_at,
+        eligible=ready and eligible_at is not None and eligible_at <= ctx.now,
+        inputs=sub.count,
+        input_fingerprint=fingerprint,
+        upstream_runs=tuple(upstream_runs),
+    )
+
+
+def _step_gaps(ctx: _Context, position: int, subs: dict[str, _SubGroup]) -> list[Gap]:
+    step = ctx.snapshot.steps[position]
+    runs = ctx.snapshot.runs[step.name]
+    current, in_flight, unsettled, names = runs.current, runs.in_flight, ctx.unsettled, ctx.names
+    ctx.unsettled[step.name] = set(in_flight)
+    gaps = []
+    for key in sorted(subs):
+        if key in in_flight:
+            continue
+        sub = subs[key]
+        ready = not sub.members or not any(k in unsettled[names[up]] for up, k in sub.members)
+        reason = _reason(step, current.get(key), sub, ready)
+        if reason is None and ctx.force and sub.count:
+            reason = GapReason.FORCED
+        if reason is not None:
+            gaps.append(_gap(ctx, step, key, sub, reason=reason, ready=ready))
+    return gaps
+
+
 def evaluate(
     snapshot: PipelineSnapshot, now: dt.datetime, *, manual: bool = False, force: bool = False
 ) -> list[Gap]:
@@ -155,65 +222,15 @@ def evaluate(
     """
     if not snapshot.pipeline.enabled:
         return []
-    index = {s.name: i for i, s in enumerate(snapshot.steps)}
     names = [s.name for s in snapshot.steps]
-    unsettled: dict[str, set[str]] = {}
+    index = {name: i for i, name in enumerate(names)}
+    ctx = _Context(snapshot, now, manual, force, names, {})
     gaps: list[Gap] = []
     for position, step in enumerate(snapshot.steps):
-        runs = snapshot.runs[step.name]
         subs = (
             _downstream_inputs(snapshot, position, [index[u] for u in step.upstream])
             if step.upstream
             else _root_inputs(snapshot, position)
         )
-        blocked = unsettled.setdefault(step.name, set(runs.in_flight))
-        for key in sorted(subs):
-            if key in runs.in_flight:
-                continue
-            sub = subs[key]
-            ready = not any(k in unsettled[names[up]] for up, k in sub.members)
-            reason = _reason(step, runs.current.get(key), sub, ready)
-            if reason is None and force and sub.digest.count:
-                reason = GapReason.FORCED
-            if reason is None:
-                continue
-            fingerprint = sub.digest.fingerprint
-            if ready and not force and _has_failed(step, runs, key, fingerprint):
-                gaps.append(
-                    Gap(
-                        snapshot.pipeline.name,
-                        step.name,
-                        key,
-                        GapReason.FAILED,
-                        True,
-                        None,
-                        False,
-                        sub.digest.count,
-                        fingerprint,
-                    )
-                )
-                continue
-            blocked.add(key)
-            eligible_at = _eligible_at(snapshot, step, sub, now, manual) if ready else None
-            upstream_runs = tuple(
-                sorted(
-                    run.id
-                    for up, k in sub.members
-                    if (run := snapshot.runs[names[up]].current.get(k)) is not None
-                )
-            )
-            gaps.append(
-                Gap(
-                    pipeline=snapshot.pipeline.name,
-                    step=step.name,
-                    sub_group_key=key,
-                    reason=reason,
-                    ready=ready,
-                    eligible_at=eligible_at,
-                    eligible=ready and eligible_at is not None and eligible_at <= now,
-                    inputs=sub.digest.count,
-                    input_fingerprint=fingerprint,
-                    upstream_runs=upstream_runs,
-                )
-            )
+        gaps.extend(_step_gaps(ctx, position, subs))
     return gaps

@@ -30,7 +30,14 @@ from ccat_wm.gaps.model import (
     VersionRef,
 )
 from ccat_wm.selection.dimensions import DIMENSIONS
-from ccat_wm.selection.query import Selection, item_hash, key_expression, selection
+from ccat_wm.selection.query import (
+    Selection,
+    dimension_joins,
+    item_hash,
+    key_expression,
+    package_foreign_keys,
+    selection,
+)
 from ccat_wm.selection.tables import FILTER_TABLES
 from ccat_wm.spec.versions import parse_major
 
@@ -155,18 +162,23 @@ def load_groups(
     sel = selection(grouping.filter_rules, grouping.instrument_module_id, dims)
     ids = _dimension_ids(dims)
     keys = [key_expression(s.group_by).label(f"key_{i}") for i, s in enumerate(steps)]
-    query = (
+    foreign_keys = [PACKAGE.__table__.c[fk] for fk in package_foreign_keys(dims)]
+    packages = (
         select(
-            *keys,
+            *foreign_keys,
             func.count().label("n"),
-            cast(func.sum(item_hash("r", PACKAGE.id, PACKAGE.checksum)), String).label("hash_sum"),
+            func.sum(item_hash("r", PACKAGE.id, PACKAGE.checksum)).label("hash_sum"),
             func.max(PACKAGE.created_at).label("last_change"),
         )
         .select_from(sel.from_clause)
         .where(sel.where)
-        .group_by(*ids)
+        .group_by(*foreign_keys)
         .having(func.count() > 0)
+        .subquery("packages")
     )
+    query = select(
+        *keys, packages.c.n, cast(packages.c.hash_sum, String), packages.c.last_change
+    ).select_from(dimension_joins(packages, dims))
     unprocessed = {
         i: _unprocessed(session, sel, ids, keys, step)
         for i, step in enumerate(steps)
@@ -174,7 +186,7 @@ def load_groups(
     }
     groups = []
     width = len(steps)
-    for row in session.execute(query):
+    for row in session.connection().execute(query):
         values: tuple[Any, ...] = tuple(row)
         group_keys = values[:width]
         oldest = tuple(
@@ -203,24 +215,29 @@ def _unprocessed(
     return {tuple(row[:-1]): row[-1] for row in session.execute(query)}
 
 
-def _current_query(step: StepInfo, current: Any, with_products: bool) -> Any:
-    version = m.ReductionSoftwareVersion
-    query = (
+def _current_query(step: StepInfo, with_products: bool) -> Any:
+    """Select current runs with every column evaluation needs, in one DISTINCT ON pass."""
+    current = (
         select(
             RUN.id,
             RUN.sub_group_key,
             RUN.reduction_software_version_id,
-            version.tag,
             RUN.config_fingerprint,
             RUN.input_fingerprint,
             RUN.created_at,
             func.coalesce(RUN.finished_at, RUN.updated_at).label("finished_at"),
         )
-        .join(current, current.c.id == RUN.id)
-        .join(version, version.id == RUN.reduction_software_version_id)
+        .where(RUN.reduction_step_id == step.id, RUN.status == m.RunStatus.COMPLETED)
+        .order_by(RUN.sub_group_key, RUN.id.desc())
+        .ext(distinct_on(RUN.sub_group_key))
+        .cte(f"current_{step.id}")
+    )
+    version = m.ReductionSoftwareVersion
+    query = select(*current.c, version.tag).join(
+        version, version.id == current.c.reduction_software_version_id
     )
     if not with_products:
-        return query.add_columns(literal(0).label("n"), literal(0).label("hash_sum"))
+        return query.add_columns(literal(0).label("n"), literal("0").label("hash_sum"))
     agg = (
         select(
             PRODUCT.executed_reduction_step_id.label("run_id"),
@@ -230,9 +247,9 @@ def _current_query(step: StepInfo, current: Any, with_products: bool) -> Any:
         .join(current, current.c.id == PRODUCT.executed_reduction_step_id)
         .where(PRODUCT.data_product_type != m.DataProductType.LOG)
         .group_by(PRODUCT.executed_reduction_step_id)
-        .subquery()
+        .cte(f"products_{step.id}")
     )
-    return query.outerjoin(agg, agg.c.run_id == RUN.id).add_columns(
+    return query.outerjoin(agg, agg.c.run_id == current.c.id).add_columns(
         func.coalesce(agg.c.n, 0).label("n"),
         cast(func.coalesce(agg.c.hash_sum, 0), String).label("hash_sum"),
     )
@@ -277,10 +294,9 @@ def load_runs(session: Session, step: StepInfo, with_products: bool) -> StepRuns
 
     Two queries; current runs carry their product digests when `with_products`.
     """
-    current = _current_runs_cte(step.id)
     runs = StepRuns()
-    for row in session.execute(_current_query(step, current, with_products)):
-        (run_id, key, version_id, tag, config_fp, input_fp, created, finished, count, hash_sum) = (
+    for row in session.connection().execute(_current_query(step, with_products)):
+        (run_id, key, version_id, config_fp, input_fp, created, finished, tag, count, hash_sum) = (
             row
         )
         runs.current[key] = CurrentRun(
@@ -294,7 +310,7 @@ def load_runs(session: Session, step: StepInfo, with_products: bool) -> StepRuns
             int(count),
             int(hash_sum),
         )
-    for fail in session.execute(_failures_query(step)):
+    for fail in session.connection().execute(_failures_query(step)):
         if fail.status is m.RunStatus.FAILED:
             record = FailureRecord(
                 fail.input_fingerprint,

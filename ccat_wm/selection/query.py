@@ -17,6 +17,7 @@ from sqlalchemy import (
     FromClause,
     SQLColumnExpression,
     String,
+    Subquery,
     and_,
     cast,
     false,
@@ -120,6 +121,30 @@ def selection(
     if instrument_module_id is not None:
         clauses.append(FILTER_TABLES[ROOT_TABLE].c.instrument_module_id == instrument_module_id)
     return Selection(from_clause, and_(true_if_empty(), *clauses))
+
+
+def package_foreign_keys(dims: Sequence[str]) -> list[str]:
+    """Return the RawDataPackage columns that determine `dims` (its scan and/or module)."""
+    return sorted({JOIN_GRAPH[join_path(DIMENSIONS[d].table)[1]].parent_column for d in dims})
+
+
+def dimension_joins(base: Subquery, dims: Sequence[str]) -> FromClause:
+    """Join the dimension tables of `dims` onto `base`, which carries package foreign keys.
+
+    Lets a query aggregate packages by their foreign keys first and look names up per
+    group afterwards, instead of joining names onto every package.
+    """
+    from_clause: FromClause = base
+    for name in needed_tables([], dims)[1:]:
+        edge = JOIN_GRAPH[name]
+        child = FILTER_TABLES[name]
+        parent_column = (
+            base.c[edge.parent_column]
+            if edge.parent == ROOT_TABLE
+            else FILTER_TABLES[edge.parent].c[edge.parent_column]
+        )
+        from_clause = from_clause.join(child, parent_column == child.c[edge.column])
+    return from_clause
 
 
 def true_if_empty() -> ColumnElement[bool]:
