@@ -126,9 +126,14 @@ class GapKit:
                 )
 
     def gaps(self, now: dt.datetime | None = None, **kwargs: Any) -> list[Gap]:
+        """Evaluate at `now`; the pruned (set-based) and the full snapshot must agree."""
+        now = now or self.later()
         with Session(self.engine) as session:
             pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == PIPELINE)).one()
-            return evaluate(load_snapshot(session, pipeline), now or self.later(), **kwargs)
+            full = evaluate(load_snapshot(session, pipeline, prune=False), now, **kwargs)
+            if not kwargs.get("force"):
+                assert evaluate(load_snapshot(session, pipeline), now, **kwargs) == full
+            return full
 
     def later(self, seconds: float = 1) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
@@ -136,7 +141,7 @@ class GapKit:
     def create(self, now: dt.datetime | None = None, **kwargs: Any) -> list[CreatedRun]:
         with Session(self.engine) as session, session.begin():
             pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == PIPELINE)).one()
-            snapshot = load_snapshot(session, pipeline)
+            snapshot = load_snapshot(session, pipeline, prune=not kwargs.get("force"))
             return create_runs(session, snapshot, evaluate(snapshot, now or self.later(), **kwargs))
 
     def finish(

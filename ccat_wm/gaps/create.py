@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, String, TextClause, case, func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy import String, TextClause, case, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
+from ccat_wm.gaps.pipeline_query import current_runs_cte, fine_cte, key_column
 from ccat_wm.selection.query import item_hash, key_expression, selection
 
 RUN = m.ExecutedReductionStep
@@ -87,7 +88,7 @@ def create_runs(
         if not new:
             continue
         if step.upstream:
-            _record_product_inputs(session, step_gaps, new)
+            _record_product_inputs(session, snapshot, order[step.name], new)
         else:
             _record_package_inputs(session, snapshot, step.group_by, new)
         _refresh_fingerprints(session, list(new.values()))
@@ -123,28 +124,39 @@ def _grouping_id(session: Session, pipeline_id: int) -> int:
     ).one()
 
 
-def _record_product_inputs(session: Session, gaps: Sequence[Gap], new: dict[str, int]) -> None:
-    pairs = [
-        (new[g.sub_group_key], up) for g in gaps if g.sub_group_key in new for up in g.upstream_runs
-    ]
-    if not pairs:
-        return
-    run_ids = literal([p[0] for p in pairs], ARRAY(BigInteger))
-    upstream_ids = literal([p[1] for p in pairs], ARRAY(BigInteger))
-    mapping = select(
-        func.unnest(run_ids).label("run_id"), func.unnest(upstream_ids).label("upstream_id")
-    ).subquery()
+def _record_product_inputs(
+    session: Session, snapshot: PipelineSnapshot, position: int, new: dict[str, int]
+) -> None:
+    """Record the products of the current upstream runs inside each new run's sub-group."""
+    grouping = session.get_one(m.DataGrouping, _grouping_id(session, snapshot.pipeline.id))
+    steps = snapshot.steps
+    fine = fine_cte(grouping, steps)
+    runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values()))).subquery()
     product = m.DataProduct
-    source = (
-        select(mapping.c.run_id, product.id, product.checksum)
-        .join(product, product.executed_reduction_step_id == mapping.c.upstream_id)
-        .where(product.data_product_type != m.DataProductType.LOG)
-    )
-    session.execute(
-        insert(INPUT).from_select(
-            ["executed_reduction_step_id", "data_product_id", "checksum"], source
+    names = [s.name for s in steps]
+    for upstream in (names.index(u) for u in steps[position].upstream):
+        pairs = (
+            select(
+                fine.c[key_column(upstream)].label("uk"), fine.c[key_column(position)].label("dk")
+            )
+            .distinct()
+            .subquery()
         )
-    )
+        current = current_runs_cte(steps[upstream])
+        source = (
+            select(runs.c.id, product.id, product.checksum)
+            .select_from(
+                pairs.join(runs, runs.c.sub_group_key == pairs.c.dk)
+                .join(current, current.c.sub_group_key == pairs.c.uk)
+                .join(product, product.executed_reduction_step_id == current.c.id)
+            )
+            .where(product.data_product_type != m.DataProductType.LOG)
+        )
+        session.execute(
+            insert(INPUT).from_select(
+                ["executed_reduction_step_id", "data_product_id", "checksum"], source
+            )
+        )
 
 
 def _refresh_fingerprints(session: Session, run_ids: list[int]) -> None:

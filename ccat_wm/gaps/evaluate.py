@@ -21,6 +21,7 @@ from ccat_wm.gaps.model import (
     CurrentRun,
     Gap,
     GapReason,
+    GroupRow,
     PipelineSnapshot,
     StepInfo,
     StepRuns,
@@ -29,60 +30,33 @@ from ccat_wm.gaps.model import (
 
 @dataclass(slots=True)
 class _SubGroup:
-    """Inputs of one (step, sub-group) being assembled (plain ints: this runs per scan)."""
+    """Inputs of one (step, sub-group), summed over its rows."""
 
     count: int = 0
     hash_sum: int = 0
     last_change: dt.datetime | None = None
     oldest_unprocessed: dt.datetime | None = None
-    members: set[tuple[int, str]] = field(default_factory=set)
-    """(upstream step index, upstream key) pairs inside this sub-group."""
+    rows: list[GroupRow] = field(default_factory=list)
 
-    def add(
-        self, count: int, hash_sum: int, changed: dt.datetime, unprocessed: dt.datetime | None
-    ) -> None:
-        self.count += count
-        self.hash_sum += hash_sum
-        if self.last_change is None or changed > self.last_change:
-            self.last_change = changed
-        if unprocessed is not None and (
-            self.oldest_unprocessed is None or unprocessed < self.oldest_unprocessed
+    def add(self, row: GroupRow) -> None:
+        self.count += row.inputs
+        self.hash_sum += row.hash_sum
+        self.rows.append(row)
+        if row.last_change is not None and (
+            self.last_change is None or row.last_change > self.last_change
         ):
-            self.oldest_unprocessed = unprocessed
+            self.last_change = row.last_change
+        unseen = row.oldest_unprocessed
+        if unseen is not None and (
+            self.oldest_unprocessed is None or unseen < self.oldest_unprocessed
+        ):
+            self.oldest_unprocessed = unseen
 
 
-def _root_inputs(snapshot: PipelineSnapshot, index: int) -> dict[str, _SubGroup]:
+def _sub_groups(rows: list[GroupRow]) -> dict[str, _SubGroup]:
     out: dict[str, _SubGroup] = defaultdict(_SubGroup)
-    for group in snapshot.groups:
-        out[group.keys[index]].add(
-            group.packages, group.hash_sum, group.last_change, group.unprocessed[index]
-        )
-    return out
-
-
-def _downstream_inputs(
-    snapshot: PipelineSnapshot, index: int, upstream: list[int]
-) -> dict[str, _SubGroup]:
-    out: dict[str, _SubGroup] = defaultdict(_SubGroup)
-    for group in snapshot.groups:
-        members = out[group.keys[index]].members
-        for up in upstream:
-            members.add((up, group.keys[up]))
-    step = snapshot.steps[index]
-    current = snapshot.runs[step.name].current
-    upstream_runs = [snapshot.runs[s.name].current for s in snapshot.steps]
-    for key, sub in out.items():
-        seen_at = current[key].created_at if key in current else None
-        for up, up_key in sub.members:
-            run = upstream_runs[up].get(up_key)
-            if run is not None:
-                fresh = seen_at is None or run.finished_at > seen_at
-                sub.add(
-                    run.product_count,
-                    run.product_hash_sum,
-                    run.finished_at,
-                    run.finished_at if fresh else None,
-                )
+    for row in rows:
+        out[row.key].add(row)
     return out
 
 
@@ -152,33 +126,23 @@ class _Context:
     now: dt.datetime
     manual: bool
     force: bool
-    names: list[str]
-    unsettled: dict[str, set[str]]
-    """Step -> keys with a gap or a run in flight: they hold back downstream readiness."""
+    blocked: list[set[str]]
+    """Per step: keys with an unsettled upstream sub-group inside (not ready)."""
+    downstream: list[list[int]]
+    """Per step: indices of the steps that depend on it directly."""
 
 
 def _gap(
     ctx: _Context, step: StepInfo, key: str, sub: _SubGroup, *, reason: GapReason, ready: bool
 ) -> Gap:
     fingerprint = _fingerprint(sub.count, sub.hash_sum)
-    runs = ctx.snapshot.runs
-    if ready and not ctx.force and _has_failed(step, runs[step.name], key, fingerprint):
+    runs = ctx.snapshot.runs[step.name]
+    if ready and not ctx.force and _has_failed(step, runs, key, fingerprint):
         return Gap(
-            ctx.snapshot.pipeline.name,
-            step.name,
-            key,
-            GapReason.FAILED,
-            True,
-            None,
-            False,
-            sub.count,
-            fingerprint,
-        )
-    ctx.unsettled[step.name].add(key)
+            ctx.snapshot.pipeline.name, step.name, key, GapReason.FAILED,
+            True, None, False, sub.count, fingerprint,
+        )  # fmt: skip
     eligible_at = _eligible_at(ctx.snapshot, step, sub, ctx.now, ctx.manual) if ready else None
-    upstream_runs = sorted(
-        run.id for up, k in sub.members if (run := runs[ctx.names[up]].current.get(k)) is not None
-    )
     return Gap(
         pipeline=ctx.snapshot.pipeline.name,
         step=step.name,
@@ -189,26 +153,39 @@ def _gap(
         eligible=ready and eligible_at is not None and eligible_at <= ctx.now,
         inputs=sub.count,
         input_fingerprint=fingerprint,
-        upstream_runs=tuple(upstream_runs),
     )
 
 
-def _step_gaps(ctx: _Context, position: int, subs: dict[str, _SubGroup]) -> list[Gap]:
+def _hold_back(ctx: _Context, position: int, sub: _SubGroup) -> None:
+    """Mark the downstream sub-groups containing this unsettled one as not ready."""
+    for row in sub.rows:
+        for down in ctx.downstream[position]:
+            key = row.keys[down]
+            if key is not None:
+                ctx.blocked[down].add(key)
+
+
+def _step_gaps(ctx: _Context, position: int) -> list[Gap]:
     step = ctx.snapshot.steps[position]
     runs = ctx.snapshot.runs[step.name]
-    current, in_flight, unsettled, names = runs.current, runs.in_flight, ctx.unsettled, ctx.names
-    ctx.unsettled[step.name] = set(in_flight)
+    blocked = ctx.blocked[position]
+    subs = _sub_groups(ctx.snapshot.rows[position])
     gaps = []
     for key in sorted(subs):
-        if key in in_flight:
-            continue
         sub = subs[key]
-        ready = not sub.members or not any(k in unsettled[names[up]] for up, k in sub.members)
-        reason = _reason(step, current.get(key), sub, ready)
+        if key in runs.in_flight:
+            _hold_back(ctx, position, sub)
+            continue
+        ready = key not in blocked
+        reason = _reason(step, runs.current.get(key), sub, ready)
         if reason is None and ctx.force and sub.count:
             reason = GapReason.FORCED
-        if reason is not None:
-            gaps.append(_gap(ctx, step, key, sub, reason=reason, ready=ready))
+        if reason is None:
+            continue
+        gap = _gap(ctx, step, key, sub, reason=reason, ready=ready)
+        gaps.append(gap)
+        if gap.reason is not GapReason.FAILED:
+            _hold_back(ctx, position, sub)
     return gaps
 
 
@@ -218,19 +195,17 @@ def evaluate(
     """Return every gap (and every `failed` sub-group) of the pipeline at `now`.
 
     `manual`: a person asked, so ready gaps are due now. `force`: every sub-group with
-    inputs is a gap (reason `forced` where no other applies), failed ones included.
+    inputs is a gap (reason `forced` where no other applies), failed ones included; it
+    needs a snapshot loaded with `prune=False`.
     """
     if not snapshot.pipeline.enabled:
         return []
+    if force and snapshot.pruned:
+        raise ValueError("force needs a full snapshot: load_snapshot(..., prune=False)")
     names = [s.name for s in snapshot.steps]
-    index = {name: i for i, name in enumerate(names)}
-    ctx = _Context(snapshot, now, manual, force, names, {})
+    downstream = [[i for i, s in enumerate(snapshot.steps) if name in s.upstream] for name in names]
+    ctx = _Context(snapshot, now, manual, force, [set() for _ in names], downstream)
     gaps: list[Gap] = []
-    for position, step in enumerate(snapshot.steps):
-        subs = (
-            _downstream_inputs(snapshot, position, [index[u] for u in step.upstream])
-            if step.upstream
-            else _root_inputs(snapshot, position)
-        )
-        gaps.extend(_step_gaps(ctx, position, subs))
+    for position in range(len(names)):
+        gaps.extend(_step_gaps(ctx, position))
     return gaps

@@ -74,6 +74,8 @@ class StepInfo:
     """The version new runs use: the pin under `exact`, the latest under `compatible`."""
     config_fingerprint: str
     """Fingerprint of parameters, environment, command and image repository."""
+    valid_version_ids: tuple[int, ...] = ()
+    """Versions whose results count under the policy (same major as `run_version`, or the pin)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +100,6 @@ class CurrentRun(NamedTuple):
     input_fingerprint: str
     created_at: dt.datetime
     finished_at: dt.datetime
-    product_count: int
-    """Number of its products that downstream steps consume (every type but LOG)."""
-    product_hash_sum: int
-    """Sum of those products' item hashes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,39 +122,47 @@ class StepRuns:
     failures: dict[str, list[FailureRecord]] = field(default_factory=dict)
 
 
-class FineGroup(NamedTuple):
-    """Selected packages that share the sub-group of every step (a row of the root aggregate).
+class GroupRow(NamedTuple):
+    """One sub-group of one step with its inputs, as the pipeline query returns it.
 
-    A NamedTuple: there is one per scan, so creating them must be cheap.
+    Root steps: one row per finest group of selected packages (several rows may share a
+    key when the pipeline has several roots). Downstream steps: one row per key, with the
+    digest of the products of the current upstream runs inside it.
     """
 
-    keys: tuple[str, ...]
-    """`sub_group_key` of each step, in `PipelineSnapshot.steps` order."""
-    packages: int
-    """Number of packages."""
+    step: int
+    """Index of the step in `PipelineSnapshot.steps`."""
+    key: str
+    """The step's `sub_group_key`."""
+    keys: tuple[str | None, ...]
+    """Keys of the sub-groups of other steps this row falls in (None where not determined)."""
+    inputs: int
+    """Number of inputs."""
     hash_sum: int
-    """Sum of their item hashes (see SetDigest)."""
-    last_change: dt.datetime
-    """Ingest time of the newest package."""
-    unprocessed: tuple[dt.datetime | None, ...]
-    """Per step: ingest time of the oldest package the root step's current run has not seen.
-
-    Only filled for root steps with `max_wait_seconds` (the only use); None elsewhere.
-    """
+    """Sum of the inputs' item hashes (see SetDigest)."""
+    last_change: dt.datetime | None
+    """When the newest input appeared (package ingest, upstream run completion)."""
+    oldest_unprocessed: dt.datetime | None
+    """When the oldest input the step's current run has not seen appeared (if known)."""
 
 
 @dataclass
 class PipelineSnapshot:
-    """Everything gap evaluation reads about one pipeline."""
+    """Everything gap evaluation reads about one pipeline.
+
+    When `pruned`, root steps' rows hold only the sub-groups that may have a gap (no
+    current run, a different input set, version or config, or a run in flight): the
+    settled majority never leaves the database. `evaluate(force=True)` needs a full one.
+    """
 
     pipeline: PipelineInfo
     steps: list[StepInfo]
-    groups: list[FineGroup]
+    rows: list[list[GroupRow]]
+    """Per step (same order as `steps`)."""
     runs: dict[str, StepRuns]
-    history_cpu_hours: dict[str, tuple[float, int]] = field(default_factory=dict)
-    """Step name -> (median CPU-hours, number of measured runs) of its COMPLETED runs."""
-    configured_cpu_hours: dict[str, float] = field(default_factory=dict)
-    """Step name -> cpu x time_hours of its configured resources."""
+    """Per step name. For root steps of a pruned snapshot, current runs of the returned rows."""
+    version_majors: dict[int, int] = field(default_factory=dict)
+    pruned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,5 +182,3 @@ class Gap:
     inputs: int
     """Number of inputs in its current input set."""
     input_fingerprint: str
-    upstream_runs: tuple[int, ...] = ()
-    """For downstream steps: the current upstream runs whose products are its inputs."""

@@ -1,0 +1,275 @@
+"""The SQL that reads a pipeline's inputs in one statement, leaving settled ones out.
+
+`fine_cte` aggregates the selected packages by their scan and module and names the
+sub-group of every step per group. `groups_statement` then returns, in one UNION ALL:
+
+- for each root step, the finest groups whose root sub-group may have a gap (no
+  current run, or a different input set, config or version, or a run in flight), with
+  the current run's columns; all groups when not pruning;
+- for each downstream step, one row per sub-group with the digest of the products of
+  the current upstream runs inside it, the newest and the oldest unseen completion.
+
+Fingerprints are computed with the same item hash as everywhere else, so comparing
+them in SQL is the same comparison `evaluate` makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    CompoundSelect,
+    DateTime,
+    Select,
+    String,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.sql.selectable import CTE
+
+from ccat_ops_db import models as m
+from ccat_wm.gaps.model import StepInfo
+from ccat_wm.selection.dimensions import closure
+from ccat_wm.selection.query import (
+    dimension_joins,
+    item_hash,
+    key_expression,
+    package_foreign_keys,
+    selection,
+)
+
+RUN = m.ExecutedReductionStep
+PRODUCT = m.DataProduct
+PACKAGE = m.RawDataPackage
+
+
+def key_column(index: int) -> str:
+    """Name of the column holding step `index`'s key in the fine CTE."""
+    return f"k{index}"
+
+
+def fine_cte(grouping: m.DataGrouping, steps: Sequence[StepInfo]) -> CTE:
+    """Aggregate the selected packages per scan and module, with every step's key."""
+    dims = sorted({d for s in steps for d in s.group_by})
+    sel = selection(grouping.filter_rules, grouping.instrument_module_id, dims)
+    foreign_keys = [PACKAGE.__table__.c[fk] for fk in package_foreign_keys(dims)]
+    packages = (
+        select(
+            *foreign_keys,
+            func.count().label("n"),
+            func.sum(item_hash("r", PACKAGE.id, PACKAGE.checksum)).label("h"),
+            func.max(PACKAGE.created_at).label("last_change"),
+        )
+        .select_from(sel.from_clause)
+        .where(sel.where)
+        .group_by(*foreign_keys)
+        .having(func.count() > 0)
+        .subquery("packages")
+    )
+    keys = [key_expression(s.group_by).label(key_column(i)) for i, s in enumerate(steps)]
+    return (
+        select(*keys, packages.c.n, packages.c.h, packages.c.last_change)
+        .select_from(dimension_joins(packages, dims))
+        .cte("fine")
+        .prefix_with("MATERIALIZED")
+    )
+
+
+def current_runs_cte(step: StepInfo) -> CTE:
+    """Select the step's current runs: its latest COMPLETED run per key."""
+    return (
+        select(
+            RUN.id,
+            RUN.sub_group_key,
+            RUN.reduction_software_version_id,
+            RUN.config_fingerprint,
+            RUN.input_fingerprint,
+            RUN.created_at,
+            func.coalesce(RUN.finished_at, RUN.updated_at).label("finished_at"),
+        )
+        .where(RUN.reduction_step_id == step.id, RUN.status == m.RunStatus.COMPLETED)
+        .order_by(RUN.sub_group_key, RUN.id.desc())
+        .ext(distinct_on(RUN.sub_group_key))
+        .cte(f"current_{step.id}")
+    )
+
+
+def _with_products(step: StepInfo, current: CTE) -> CTE:
+    """Add to the current runs the digest of their products (every type but LOG)."""
+    products = (
+        select(
+            PRODUCT.executed_reduction_step_id.label("run_id"),
+            func.count().label("pn"),
+            func.sum(item_hash("p", PRODUCT.id, PRODUCT.checksum)).label("ph"),
+        )
+        .join(current, current.c.id == PRODUCT.executed_reduction_step_id)
+        .where(PRODUCT.data_product_type != m.DataProductType.LOG)
+        .group_by(PRODUCT.executed_reduction_step_id)
+        .cte(f"products_{step.id}")
+    )
+    return (
+        select(*current.c, products.c.pn, products.c.ph)
+        .select_from(current.outerjoin(products, products.c.run_id == current.c.id))
+        .cte(f"current_products_{step.id}")
+    )
+
+
+_RUN_COLUMNS = (
+    ("cur_id", BigInteger),
+    ("cur_version_id", BigInteger),
+    ("cur_config", String),
+    ("cur_input", String),
+    ("cur_created", DateTime(timezone=True)),
+    ("cur_finished", DateTime(timezone=True)),
+)
+
+
+class _Ctes:
+    """Each step's current-runs CTE, built once per statement (CTE names must be unique)."""
+
+    def __init__(self) -> None:
+        self._plain: dict[int, CTE] = {}
+        self._with_products: dict[int, CTE] = {}
+
+    def plain(self, step: StepInfo) -> CTE:
+        if step.id not in self._plain:
+            self._plain[step.id] = current_runs_cte(step)
+        return self._plain[step.id]
+
+    def with_products(self, step: StepInfo) -> CTE:
+        if step.id not in self._with_products:
+            self._with_products[step.id] = _with_products(step, self.plain(step))
+        return self._with_products[step.id]
+
+
+def _root_part(
+    fine: CTE,
+    steps: Sequence[StepInfo],
+    index: int,
+    ctes: _Ctes,
+    *,
+    in_flight: Sequence[str],
+    prune: bool,
+) -> Select[Any]:
+    step = steps[index]
+    key = fine.c[key_column(index)]
+    current = ctes.plain(step)
+    all_dims = {d for s in steps for d in s.group_by}
+    count: ColumnElement[Any]
+    hash_sum: ColumnElement[Any]
+    if all_dims <= closure(step.group_by):  # each fine group is one root sub-group
+        count, hash_sum = fine.c.n, fine.c.h
+    else:  # several fine groups per root sub-group: compare over the whole sub-group
+        count = func.sum(fine.c.n).over(partition_by=key)
+        hash_sum = func.sum(fine.c.h).over(partition_by=key)
+    query = select(
+        literal(index).label("step"),
+        key.label("key"),
+        *[fine.c[key_column(i)] for i in range(len(steps))],
+        fine.c.n,
+        cast(fine.c.h, String).label("h"),
+        fine.c.last_change,
+        cast(null(), DateTime(timezone=True)).label("oldest_unprocessed"),
+        current.c.id.label("cur_id"),
+        current.c.reduction_software_version_id.label("cur_version_id"),
+        current.c.config_fingerprint.label("cur_config"),
+        current.c.input_fingerprint.label("cur_input"),
+        current.c.created_at.label("cur_created"),
+        current.c.finished_at.label("cur_finished"),
+        count.label("root_n"),
+        hash_sum.label("root_h"),
+    ).select_from(fine.outerjoin(current, current.c.sub_group_key == key))
+    inner = query.subquery(f"root_{index}")
+    fingerprint = literal("v1:") + cast(inner.c.root_n, String) + ":" + cast(inner.c.root_h, String)
+    may_have_gap = or_(
+        inner.c.cur_id.is_(None),
+        inner.c.cur_input != fingerprint,
+        inner.c.cur_config != step.config_fingerprint,
+        inner.c.cur_version_id.not_in(step.valid_version_ids or [-1]),
+        inner.c.key.in_(list(in_flight)) if in_flight else literal(False),
+    )
+    columns = [c for c in inner.c if c.name not in ("root_n", "root_h")]
+    return select(*columns).where(may_have_gap if prune else true())
+
+
+def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ctes) -> Select[Any]:
+    step = steps[index]
+    names = [s.name for s in steps]
+    determined = [i for i, s in enumerate(steps) if set(s.group_by) <= closure(step.group_by)]
+    members = []
+    for upstream in (names.index(u) for u in step.upstream):
+        pairs = (
+            select(
+                fine.c[key_column(upstream)].label("uk"),
+                *[fine.c[key_column(i)] for i in determined],
+            )
+            .distinct()
+            .subquery()
+        )
+        current = ctes.with_products(steps[upstream])
+        members.append(
+            select(
+                pairs.c[key_column(index)].label("dk"),
+                *[pairs.c[key_column(i)] for i in determined],
+                current.c.pn,
+                current.c.ph,
+                current.c.finished_at,
+            ).select_from(pairs.outerjoin(current, current.c.sub_group_key == pairs.c.uk))
+        )
+    union = (
+        union_all(*members).subquery(f"members_{index}")
+        if len(members) > 1
+        else members[0].subquery(f"members_{index}")
+    )
+    own = ctes.plain(step)
+    unseen = or_(own.c.created_at.is_(None), union.c.finished_at > own.c.created_at)
+    keys = [
+        func.min(union.c[key_column(i)]).label(key_column(i))
+        if i in determined
+        else null().label(key_column(i))
+        for i in range(len(steps))
+    ]
+    typed_nulls = [cast(null(), kind).label(name) for name, kind in _RUN_COLUMNS]
+    return (
+        select(
+            literal(index).label("step"),
+            union.c.dk.label("key"),
+            *keys,
+            func.coalesce(func.sum(union.c.pn), 0).label("n"),
+            cast(func.coalesce(func.sum(union.c.ph), 0), String).label("h"),
+            func.max(union.c.finished_at).label("last_change"),
+            func.min(union.c.finished_at).filter(unseen).label("oldest_unprocessed"),
+            *typed_nulls,
+        )
+        .select_from(union.outerjoin(own, own.c.sub_group_key == union.c.dk))
+        .group_by(union.c.dk, own.c.created_at)
+    )
+
+
+def groups_statement(
+    grouping: m.DataGrouping,
+    steps: Sequence[StepInfo],
+    in_flight: dict[str, set[str]],
+    *,
+    prune: bool,
+) -> CompoundSelect[Any] | Select[Any]:
+    """One statement returning every step's rows (see the module docstring)."""
+    fine = fine_cte(grouping, steps)
+    ctes = _Ctes()
+    parts = [
+        _root_part(fine, steps, i, ctes, in_flight=sorted(in_flight.get(s.name, ())), prune=prune)
+        if not s.upstream
+        else _downstream_part(fine, steps, i, ctes)
+        for i, s in enumerate(steps)
+    ]
+    return union_all(*parts) if len(parts) > 1 else parts[0]

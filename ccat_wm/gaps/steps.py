@@ -1,0 +1,143 @@
+"""A pipeline's settings as gap evaluation reads them: steps, versions, configs, trigger."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.gaps.model import PipelineInfo, StepInfo, VersionRef
+from ccat_wm.spec.versions import parse_major
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """Steps in topological order and the major version of every version they may have run."""
+
+    steps: list[StepInfo]
+    version_majors: dict[int, int]
+    """ReductionSoftwareVersion id -> major version, for the steps' software."""
+
+
+def config_fingerprint(config: m.ReductionStepConfig, software: m.ReductionSoftware) -> str:
+    """Fingerprint of what a step's results depend on besides inputs and version.
+
+    Parameters, environment, command template and image repository; not resources
+    (more memory does not change a result) and not the version (own reason).
+    """
+    payload = {
+        "parameters": config.config_parameters,
+        "environment": config.environment_variables,
+        "command": config.command_template,
+        "image": software.ghcr_url or software.name,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _version_ref(version: m.ReductionSoftwareVersion | None) -> VersionRef | None:
+    if version is None:
+        return None
+    return VersionRef(version.id, version.tag, parse_major(version.tag))
+
+
+def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
+    """Load the pipeline's steps in topological order (`step_order`), with their versions."""
+    steps = session.scalars(
+        select(m.ReductionStep)
+        .where(m.ReductionStep.pipeline_id == pipeline_id)
+        .order_by(m.ReductionStep.step_order)
+    ).all()
+    step_ids = [s.id for s in steps]
+    names = {s.id: s.name for s in steps}
+    deps: dict[int, list[str]] = {}
+    dep = m.reduction_step_dependency
+    for step_id, upstream_id in session.execute(
+        select(dep.c.reduction_step_id, dep.c.depends_on_step_id).where(
+            dep.c.reduction_step_id.in_(step_ids)
+        )
+    ):
+        deps.setdefault(step_id, []).append(names[upstream_id])
+    configs = {
+        c.id: c
+        for c in session.scalars(
+            select(m.ReductionStepConfig).where(
+                m.ReductionStepConfig.id.in_([s.reduction_step_config_id for s in steps])
+            )
+        )
+    }
+    software_ids = {s.reduction_software_id for s in steps}
+    software = {
+        sw.id: sw
+        for sw in session.scalars(
+            select(m.ReductionSoftware).where(m.ReductionSoftware.id.in_(software_ids))
+        )
+    }
+    versions = session.scalars(
+        select(m.ReductionSoftwareVersion).where(
+            m.ReductionSoftwareVersion.reduction_software_id.in_(software_ids)
+        )
+    ).all()
+    by_id = {v.id: v for v in versions}
+    latest = {v.reduction_software_id: v for v in versions if v.is_latest}
+    out = []
+    for s in steps:
+        pinned = by_id.get(s.pinned_version_id) if s.pinned_version_id is not None else None
+        run_version = (
+            pinned
+            if s.version_policy is m.VersionPolicy.EXACT
+            else latest.get(s.reduction_software_id)
+        )
+        out.append(
+            StepInfo(
+                id=s.id,
+                name=s.name,
+                group_by=tuple(s.group_by),
+                upstream=tuple(sorted(deps.get(s.id, []))),
+                cooldown_seconds=s.cooldown_seconds,
+                max_wait_seconds=s.max_wait_seconds,
+                schedule=s.schedule,
+                max_retries=s.max_retries,
+                version_policy=s.version_policy,
+                run_version=_version_ref(run_version),
+                config_fingerprint=config_fingerprint(
+                    configs[s.reduction_step_config_id], software[s.reduction_software_id]
+                ),
+                valid_version_ids=_valid_versions(s, run_version, versions),
+            )
+        )
+    return PipelineSettings(out, {v.id: parse_major(v.tag) for v in versions})
+
+
+def _valid_versions(
+    step: m.ReductionStep,
+    run_version: m.ReductionSoftwareVersion | None,
+    versions: Sequence[m.ReductionSoftwareVersion],
+) -> tuple[int, ...]:
+    """Versions whose results stay valid: the pin under `exact`, the latest major otherwise."""
+    if run_version is None:
+        return ()
+    if step.version_policy is m.VersionPolicy.EXACT:
+        return (run_version.id,)
+    major = parse_major(run_version.tag)
+    return tuple(
+        sorted(
+            v.id
+            for v in versions
+            if v.reduction_software_id == step.reduction_software_id and parse_major(v.tag) == major
+        )
+    )
+
+
+def pipeline_info(pipeline: m.Pipeline) -> PipelineInfo:
+    """Trigger settings of a pipeline row."""
+    config = pipeline.trigger_config or {}
+    return PipelineInfo(
+        pipeline.id, pipeline.name, pipeline.enabled, pipeline.trigger_type,
+        config.get("cron"), config.get("timezone", "UTC"),
+    )  # fmt: skip
