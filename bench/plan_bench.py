@@ -31,7 +31,8 @@ from ccat_wm.db import normalize_db_url
 from ccat_wm.embedded_pg import ensure_embedded_server
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.plan import make_plan
-from ccat_wm.gaps.snapshot import load_snapshot, load_steps
+from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.gaps.steps import load_steps
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 
@@ -163,7 +164,7 @@ def build(engine: Engine, packages: int) -> tuple[int, float]:
     _run_script(engine, LOAD_OBSERVATIONS, {"scans": scans})
     with Session(engine) as session:
         pipeline_id = session.scalar(text("SELECT id FROM pipeline WHERE name = 'bench'"))
-        steps = {s.name: s for s in load_steps(session, int(pipeline_id or 0))}
+        steps = {s.name: s for s in load_steps(session, int(pipeline_id or 0)).steps}
     params: dict[str, object] = {"cutoff": int(scans * 0.9)}
     for index, name in enumerate(("calibrate", "grid", "summary"), start=1):
         step = steps[name]
