@@ -79,17 +79,18 @@ INSERT INTO raw_data_package (name, executed_obs_unit_id, instrument_module_id, 
 LOAD_HISTORY = """
 INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason,
     input_fingerprint, config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
-  SELECT :calibrate, :v1, 'COMPLETED', 'executed_obs_unit=' || e.name, 'new',
-         'v1:' || count(*) || ':' || sum(hashtextextended('r' || p.id || ':' || p.checksum, 0)), :f1, 0, 0.1,
+  SELECT :calibrate, :v1, 'COLLECTING_RESULTS', 'executed_obs_unit=' || e.name, 'new',
+         'v1:' || count(*) || ':' || sum(ccat_item_hash('r', p.id, p.checksum)), :f1, 0, 0.1,
          now() - interval '1 day', now() - interval '1 day'
   FROM executed_obs_unit e JOIN raw_data_package p ON p.executed_obs_unit_id = e.id
   WHERE e.id <= :cutoff GROUP BY e.id, e.name;
 INSERT INTO data_product (executed_reduction_step_id, data_product_type, file_path, file_size, checksum, metadata)
   SELECT id, 'INTERMEDIATE', '/bench/' || id, 10, md5(id::text), '{}' FROM executed_reduction_step;
+UPDATE executed_reduction_step SET status = 'COMPLETED' WHERE reduction_step_id = :calibrate;
 INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason,
     input_fingerprint, config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
-  SELECT :grid, :v2, 'COMPLETED', 'line=' || l.name || '|source=' || s.name, 'new',
-         'v1:' || count(*) || ':' || sum(hashtextextended('p' || dp.id || ':' || dp.checksum, 0)), :f2, 0, 1.0,
+  SELECT :grid, :v2, 'COLLECTING_RESULTS', 'line=' || l.name || '|source=' || s.name, 'new',
+         'v1:' || count(*) || ':' || sum(ccat_item_hash('p', dp.id, dp.checksum)), :f2, 0, 1.0,
          now() - interval '20 hours', now() - interval '20 hours'
   FROM data_product dp
   JOIN executed_reduction_step r ON r.id = dp.executed_reduction_step_id
@@ -98,10 +99,11 @@ INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_versi
   GROUP BY s.name, l.name;
 INSERT INTO data_product (executed_reduction_step_id, data_product_type, file_path, file_size, checksum, metadata)
   SELECT id, 'SCIENCE', '/bench/' || id, 10, md5(id::text), '{}' FROM executed_reduction_step WHERE reduction_step_id = :grid;
+UPDATE executed_reduction_step SET status = 'COMPLETED' WHERE reduction_step_id = :grid;
 INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason,
     input_fingerprint, config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
   SELECT :summary, :v3, 'COMPLETED', '', 'new',
-         'v1:' || count(*) || ':' || sum(hashtextextended('p' || dp.id || ':' || dp.checksum, 0)), :f3, 0, 2.0,
+         'v1:' || count(*) || ':' || sum(ccat_item_hash('p', dp.id, dp.checksum)), :f3, 0, 2.0,
          now() - interval '10 hours', now() - interval '10 hours'
   FROM data_product dp JOIN executed_reduction_step r ON r.id = dp.executed_reduction_step_id
   WHERE r.reduction_step_id = :grid;

@@ -153,13 +153,6 @@ class GapKit:
         """End runs with `status`; completed runs get one INTERMEDIATE product and a LOG."""
         ids = [r.id for r in runs]
         with Session(self.engine) as session, session.begin():
-            session.execute(
-                update(m.ExecutedReductionStep)
-                .where(m.ExecutedReductionStep.id.in_(ids))
-                .values(
-                    status=status, retry_count=retry_count, finished_at=func.now(), cpu_hours=0.25
-                )
-            )
             if status is m.RunStatus.COMPLETED and ids:
                 rows = [
                     {
@@ -174,6 +167,14 @@ class GapKit:
                     for kind in (m.DataProductType.INTERMEDIATE, m.DataProductType.LOG)
                 ]
                 session.execute(insert(m.DataProduct.__table__), rows)
+            # After the products, as result collection does: the digest is taken now.
+            session.execute(
+                update(m.ExecutedReductionStep)
+                .where(m.ExecutedReductionStep.id.in_(ids))
+                .values(
+                    status=status, retry_count=retry_count, finished_at=func.now(), cpu_hours=0.25
+                )
+            )
 
     def wave(self) -> int:
         """Run and complete everything that becomes eligible, step after step; return run count."""

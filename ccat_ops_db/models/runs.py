@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
@@ -11,8 +12,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,11 +40,11 @@ class ExecutedReductionStep(Base):
         ),
         Index("ix_executed_reduction_step_step_key", "reduction_step_id", "sub_group_key"),
         Index(
-            "ix_executed_reduction_step_completed",
+            "uq_executed_reduction_step_one_current",
             "reduction_step_id",
             "sub_group_key",
-            text("id DESC"),
-            postgresql_where=text("status = 'COMPLETED'"),
+            unique=True,
+            postgresql_where=text("is_current"),
         ),
         Index(
             "ix_executed_reduction_step_not_completed",
@@ -50,6 +53,10 @@ class ExecutedReductionStep(Base):
             postgresql_where=text("status <> 'COMPLETED'"),
         ),
         CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+        CheckConstraint("NOT is_current OR status = 'COMPLETED'", name="current_is_completed"),
+        CheckConstraint(
+            "status <> 'COMPLETED' OR product_count IS NOT NULL", name="completed_has_digest"
+        ),
         CheckConstraint(
             "processing_time_s IS NULL OR processing_time_s >= 0",
             name="processing_time_non_negative",
@@ -79,6 +86,12 @@ class ExecutedReductionStep(Base):
     peak_memory_gb: Mapped[float | None] = mapped_column(Float)
     cpu_hours: Mapped[float | None] = mapped_column(Float)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    is_current: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """The sub-group's latest COMPLETED run; maintained by a trigger (migration 0002)."""
+    product_count: Mapped[int | None] = mapped_column(Integer)
+    """Products downstream steps consume (all but LOG), counted by the trigger at COMPLETED."""
+    product_hash_sum: Mapped[Decimal | None] = mapped_column(Numeric)
+    """Sum of those products' item hashes, set with `product_count`."""
     failure_reason: Mapped[str | None] = mapped_column(String)
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[CreatedAt]

@@ -1,7 +1,9 @@
 """The SQL that reads a pipeline's inputs in one statement, leaving settled ones out.
 
-`fine_cte` aggregates the selected packages by their scan and module and names the
-sub-group of every step per group. `groups_statement` then returns, in one UNION ALL:
+Current runs and their product digests are kept by the database (migration 0002), so
+reading them is an index scan. `fine_cte` aggregates the selected packages by their
+scan and module and names the sub-group of every step per group. `groups_statement`
+then returns, in one UNION ALL:
 
 - for each root step, the finest groups whose root sub-group may have a gap (no
   current run, or a different input set, config or version, or a run in flight), with
@@ -34,7 +36,6 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.sql.selectable import CTE
 
 from ccat_ops_db import models as m
@@ -86,7 +87,7 @@ def fine_cte(grouping: m.DataGrouping, steps: Sequence[StepInfo]) -> CTE:
 
 
 def current_runs_cte(step: StepInfo) -> CTE:
-    """Select the step's current runs: its latest COMPLETED run per key."""
+    """Select the step's current runs (one per key, kept by the database), with digests."""
     return (
         select(
             RUN.id,
@@ -96,31 +97,11 @@ def current_runs_cte(step: StepInfo) -> CTE:
             RUN.input_fingerprint,
             RUN.created_at,
             func.coalesce(RUN.finished_at, RUN.updated_at).label("finished_at"),
+            RUN.product_count.label("pn"),
+            RUN.product_hash_sum.label("ph"),
         )
-        .where(RUN.reduction_step_id == step.id, RUN.status == m.RunStatus.COMPLETED)
-        .order_by(RUN.sub_group_key, RUN.id.desc())
-        .ext(distinct_on(RUN.sub_group_key))
+        .where(RUN.reduction_step_id == step.id, RUN.is_current)
         .cte(f"current_{step.id}")
-    )
-
-
-def _with_products(step: StepInfo, current: CTE) -> CTE:
-    """Add to the current runs the digest of their products (every type but LOG)."""
-    products = (
-        select(
-            PRODUCT.executed_reduction_step_id.label("run_id"),
-            func.count().label("pn"),
-            func.sum(item_hash("p", PRODUCT.id, PRODUCT.checksum)).label("ph"),
-        )
-        .join(current, current.c.id == PRODUCT.executed_reduction_step_id)
-        .where(PRODUCT.data_product_type != m.DataProductType.LOG)
-        .group_by(PRODUCT.executed_reduction_step_id)
-        .cte(f"products_{step.id}")
-    )
-    return (
-        select(*current.c, products.c.pn, products.c.ph)
-        .select_from(current.outerjoin(products, products.c.run_id == current.c.id))
-        .cte(f"current_products_{step.id}")
     )
 
 
@@ -138,18 +119,12 @@ class _Ctes:
     """Each step's current-runs CTE, built once per statement (CTE names must be unique)."""
 
     def __init__(self) -> None:
-        self._plain: dict[int, CTE] = {}
-        self._with_products: dict[int, CTE] = {}
+        self._current: dict[int, CTE] = {}
 
-    def plain(self, step: StepInfo) -> CTE:
-        if step.id not in self._plain:
-            self._plain[step.id] = current_runs_cte(step)
-        return self._plain[step.id]
-
-    def with_products(self, step: StepInfo) -> CTE:
-        if step.id not in self._with_products:
-            self._with_products[step.id] = _with_products(step, self.plain(step))
-        return self._with_products[step.id]
+    def current(self, step: StepInfo) -> CTE:
+        if step.id not in self._current:
+            self._current[step.id] = current_runs_cte(step)
+        return self._current[step.id]
 
 
 def _root_part(
@@ -163,7 +138,7 @@ def _root_part(
 ) -> Select[Any]:
     step = steps[index]
     key = fine.c[key_column(index)]
-    current = ctes.plain(step)
+    current = ctes.current(step)
     all_dims = {d for s in steps for d in s.group_by}
     count: ColumnElement[Any]
     hash_sum: ColumnElement[Any]
@@ -216,7 +191,7 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
             .distinct()
             .subquery()
         )
-        current = ctes.with_products(steps[upstream])
+        current = ctes.current(steps[upstream])
         members.append(
             select(
                 pairs.c[key_column(index)].label("dk"),
@@ -231,7 +206,7 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
         if len(members) > 1
         else members[0].subquery(f"members_{index}")
     )
-    own = ctes.plain(step)
+    own = ctes.current(step)
     unseen = or_(own.c.created_at.is_(None), union.c.finished_at > own.c.created_at)
     keys = [
         func.min(union.c[key_column(i)]).label(key_column(i))

@@ -14,7 +14,6 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, text
-from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -39,17 +38,18 @@ PACKAGE = m.RawDataPackage
 def _failures_query(step: StepInfo) -> Any:
     """Select runs in flight, and FAILED runs newer than the sub-group's current run.
 
-    The newest COMPLETED run is found per failed run through the partial index
-    `ix_executed_reduction_step_completed`, so this stays cheap with a long history.
+    The current run is found per failed run through the partial unique index on
+    `is_current`, and the rows through the index on runs that are not COMPLETED, so this
+    stays cheap with a long history.
     """
     in_flight = [s.value for s in m.IN_FLIGHT_STATUSES]
-    newer = aliased(RUN)
+    current = aliased(RUN)
     latest_completed = (
-        select(func.max(newer.id))
+        select(current.id)
         .where(
-            newer.reduction_step_id == RUN.reduction_step_id,
-            newer.sub_group_key == RUN.sub_group_key,
-            newer.status == m.RunStatus.COMPLETED,
+            current.reduction_step_id == RUN.reduction_step_id,
+            current.sub_group_key == RUN.sub_group_key,
+            current.is_current,
         )
         .scalar_subquery()
     )
@@ -91,20 +91,15 @@ def load_current_runs(
     session: Session, step: StepInfo, majors: dict[int, int]
 ) -> dict[str, CurrentRun]:
     """Load every current run of a step (used for downstream steps: one per sub-group)."""
-    query = (
-        select(
-            RUN.id,
-            RUN.sub_group_key,
-            RUN.reduction_software_version_id,
-            RUN.config_fingerprint,
-            RUN.input_fingerprint,
-            RUN.created_at,
-            func.coalesce(RUN.finished_at, RUN.updated_at),
-        )
-        .where(RUN.reduction_step_id == step.id, RUN.status == m.RunStatus.COMPLETED)
-        .order_by(RUN.sub_group_key, RUN.id.desc())
-        .ext(distinct_on(RUN.sub_group_key))
-    )
+    query = select(
+        RUN.id,
+        RUN.sub_group_key,
+        RUN.reduction_software_version_id,
+        RUN.config_fingerprint,
+        RUN.input_fingerprint,
+        RUN.created_at,
+        func.coalesce(RUN.finished_at, RUN.updated_at),
+    ).where(RUN.reduction_step_id == step.id, RUN.is_current)
     current = {}
     for (
         run_id,
@@ -129,9 +124,8 @@ def _unprocessed(
     ids: list[ColumnElement[Any]] = [FILTER_TABLES[DIMENSIONS[d].table].c.id for d in dims]
     keys = [key_expression(s.group_by) for s in steps]
     current = (
-        select(RUN.sub_group_key, func.max(RUN.created_at).label("created_at"))
-        .where(RUN.reduction_step_id == step.id, RUN.status == m.RunStatus.COMPLETED)
-        .group_by(RUN.sub_group_key)
+        select(RUN.sub_group_key, RUN.created_at)
+        .where(RUN.reduction_step_id == step.id, RUN.is_current)
         .subquery()
     )
     unseen = or_(current.c.created_at.is_(None), PACKAGE.created_at > current.c.created_at)

@@ -37,9 +37,6 @@ from ccat_wm.selection.tables import (
     join_path,
 )
 
-FINGERPRINT_SEED = 0
-"""Seed of `hashtextextended`, part of the fingerprint format: never change it."""
-
 
 @dataclass(frozen=True, slots=True)
 class Selection:
@@ -169,6 +166,9 @@ def key_expression(dims: Sequence[str]) -> ColumnElement[str]:
 def item_hash(
     kind: str, id_column: SQLColumnExpression[Any], checksum: SQLColumnExpression[Any]
 ) -> ColumnElement[int]:
-    """Return the per-input 64-bit hash over kind, id and checksum; summed into set fingerprints."""
-    text_value = literal(kind, type_=String) + cast(id_column, String) + ":" + checksum
-    return func.hashtextextended(text_value, FINGERPRINT_SEED)
+    """Return the per-input 64-bit hash over kind, id and checksum (summed into fingerprints).
+
+    `ccat_item_hash` is defined by migration 0002 and used by its trigger too, so the
+    product digests the database keeps and the fingerprints computed here agree.
+    """
+    return func.ccat_item_hash(kind, id_column, checksum)

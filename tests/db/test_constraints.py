@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -95,5 +95,67 @@ def test_bad_rows_are_rejected_by_the_database(demo: Engine, sql: str, constrain
         session.add(
             m.ReductionSoftwareVersion(reduction_software_id=sw_id, tag="1.5.0", is_latest=False)
         )
+    with pytest.raises(IntegrityError, match=constraint), demo.begin() as conn:
+        conn.execute(text(sql))
+
+
+def test_the_database_keeps_one_current_run_with_its_product_digest(demo: Engine) -> None:
+    first = add_run(demo, "chai-demo", "calibrate", m.RunStatus.COMPLETED, KEY)
+    pending = add_run(demo, "chai-demo", "calibrate", m.RunStatus.COLLECTING_RESULTS, KEY)
+    with Session(demo) as session, session.begin():
+        for kind, checksum in (
+            (m.DataProductType.INTERMEDIATE, "a" * 64),
+            (m.DataProductType.LOG, "b" * 64),
+        ):
+            session.add(
+                m.DataProduct(
+                    executed_reduction_step_id=pending,
+                    data_product_type=kind,
+                    file_path=f"/p/{kind}",
+                    file_size=1,
+                    checksum=checksum,
+                )
+            )
+        session.flush()
+        session.execute(
+            update(m.ExecutedReductionStep)
+            .where(m.ExecutedReductionStep.id == pending)
+            .values(status=m.RunStatus.COMPLETED)
+        )
+    with Session(demo) as session:
+        old, new = (
+            session.get_one(m.ExecutedReductionStep, first),
+            session.get_one(m.ExecutedReductionStep, pending),
+        )
+        assert (old.is_current, new.is_current) == (False, True)
+        assert (
+            old.product_count == 0 and new.product_count == 1
+        )  # the LOG is not an input downstream
+        expected = session.scalar(
+            text(
+                "SELECT ccat_item_hash('p', id, checksum) FROM data_product WHERE data_product_type = 'INTERMEDIATE'"
+            )
+        )
+        assert new.product_hash_sum == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "constraint"),
+    [
+        ("UPDATE executed_reduction_step SET status = 'FAILED'", "current_is_completed"),
+        (
+            "UPDATE executed_reduction_step SET is_current = false, product_count = NULL",
+            "completed_has_digest",
+        ),
+        (
+            "INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status, sub_group_key, reason, input_fingerprint, config_fingerprint, retry_count, is_current) SELECT reduction_step_id, reduction_software_version_id, 'FAILED', sub_group_key, reason, input_fingerprint, config_fingerprint, 0, true FROM executed_reduction_step",
+            "current_is_completed",
+        ),
+    ],
+)
+def test_current_runs_are_completed_and_carry_a_digest(
+    demo: Engine, sql: str, constraint: str
+) -> None:
+    add_run(demo, "chai-demo", "calibrate", m.RunStatus.COMPLETED, KEY)
     with pytest.raises(IntegrityError, match=constraint), demo.begin() as conn:
         conn.execute(text(sql))
