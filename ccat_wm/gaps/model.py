@@ -74,6 +74,8 @@ class StepInfo:
     """The version new runs use: the pin under `exact`, the latest under `compatible`."""
     config_fingerprint: str
     """Fingerprint of parameters, environment, command and image repository."""
+    configured_cpu_hours: float = 0.0
+    """cpu x time_hours of the config's resources: the cost estimate without history."""
     valid_version_ids: tuple[int, ...] = ()
     """Versions whose results count under the policy (same major as `run_version`, or the pin)."""
 

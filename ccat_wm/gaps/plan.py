@@ -3,8 +3,8 @@
 Side-effect free: the snapshot is read in a READ ONLY transaction. The cost of a wave
 per step is the number of runs it would make (downstream sub-groups included, since
 they appear as not-ready gaps) times the median CPU-hours of the step's measured
-COMPLETED runs, or, without history, times its configured `cpu x time_hours` (an upper
-bound: the resources a run may use).
+current runs (a sample of up to 1,000), or, without history, times its configured
+`cpu x time_hours` (an upper bound: the resources a run may use).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.gaps.evaluate import evaluate
-from ccat_wm.gaps.model import Gap, GapReason
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot, StepInfo
 from ccat_wm.gaps.snapshot import load_snapshot
 
 
@@ -52,42 +52,41 @@ class Plan:
         return sum(c.cpu_hours for c in self.costs)
 
 
-def _step_costs(session: Session, pipeline: m.Pipeline, gaps: list[Gap]) -> list[StepCost]:
+HISTORY_SAMPLE = 1000
+"""At most this many current runs per step are read for the median CPU-hours."""
+
+
+def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, int]]:
+    """Median CPU-hours of up to HISTORY_SAMPLE measured current runs per step."""
     run = m.ExecutedReductionStep
-    history = {
-        step_id: (float(median), int(n))
-        for step_id, median, n in session.execute(
-            select(
-                run.reduction_step_id,
-                func.percentile_cont(0.5).within_group(run.cpu_hours),
-                func.count(),
-            )
-            .join(m.ReductionStep, m.ReductionStep.id == run.reduction_step_id)
-            .where(
-                m.ReductionStep.pipeline_id == pipeline.id,
-                run.status == m.RunStatus.COMPLETED,
-                run.cpu_hours.is_not(None),
-            )
-            .group_by(run.reduction_step_id)
+    out = {}
+    for step in steps:
+        sample = (
+            select(run.cpu_hours.label("cpu_hours"))
+            .where(run.reduction_step_id == step.id, run.is_current, run.cpu_hours.is_not(None))
+            .limit(HISTORY_SAMPLE)
+            .subquery()
         )
-    }
+        median, count = session.execute(
+            select(func.percentile_cont(0.5).within_group(sample.c.cpu_hours), func.count())
+        ).one()
+        if count:
+            out[step.id] = (float(median), int(count))
+    return out
+
+
+def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -> list[StepCost]:
+    history = _history(session, snapshot.steps)
     counts = Counter(g.step for g in gaps if g.reason is not GapReason.FAILED)
-    steps = session.execute(
-        select(
-            m.ReductionStep.id, m.ReductionStep.name, m.ReductionStepConfig.resource_requirements
-        )
-        .join(m.ReductionStepConfig)
-        .where(m.ReductionStep.pipeline_id == pipeline.id)
-        .order_by(m.ReductionStep.step_order)
-    ).all()
     costs = []
-    for step_id, name, resources in steps:
-        if step_id in history:
-            each, basis = history[step_id][0], f"history (median of {history[step_id][1]} runs)"
+    for step in snapshot.steps:
+        if step.id in history:
+            each, measured = history[step.id]
+            basis = f"history (median of {measured} runs)"
         else:
-            each = float(resources.get("cpu", 1)) * float(resources.get("time_hours", 1))
-            basis = "configured resources"
-        costs.append(StepCost(pipeline.name, name, counts[name], each, each * counts[name], basis))
+            each, basis = step.configured_cpu_hours, "configured resources"
+        runs = counts[step.name]
+        costs.append(StepCost(snapshot.pipeline.name, step.name, runs, each, each * runs, basis))
     return costs
 
 
@@ -108,7 +107,8 @@ def make_plan(session: Session, now: dt.datetime, pipeline_name: str | None = No
     for pipeline in pipelines:
         if not pipeline.enabled:
             continue
-        pipeline_gaps = evaluate(load_snapshot(session, pipeline), now)
+        snapshot = load_snapshot(session, pipeline)
+        pipeline_gaps = evaluate(snapshot, now)
         gaps.extend(pipeline_gaps)
-        costs.extend(_step_costs(session, pipeline, pipeline_gaps))
+        costs.extend(_step_costs(session, snapshot, pipeline_gaps))
     return Plan(now, gaps, costs)

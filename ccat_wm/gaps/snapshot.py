@@ -1,9 +1,9 @@
 """Load a pipeline's snapshot with a fixed, small number of set-based queries.
 
-Per pipeline: a handful of queries for its settings, one statement for every step's
-inputs (`pipeline_query.groups_statement`), one per root step with a maximum wait;
-per step one query for runs in flight and failures, and per downstream step one for
-its current runs. Nothing here issues a query per sub-group or per package, and by
+Per pipeline: a handful of queries for its settings, one for the runs in flight and
+the failures of all steps, one for the current runs of the downstream steps, one
+statement for every step's inputs (`pipeline_query.groups_statement`), and one per
+root step with a maximum wait. Nothing here issues a query per sub-group or per package, and by
 default the settled root sub-groups (the vast majority in steady state) are not even
 sent to Python.
 """
@@ -35,7 +35,7 @@ RUN = m.ExecutedReductionStep
 PACKAGE = m.RawDataPackage
 
 
-def _failures_query(step: StepInfo) -> Any:
+def _failures_query(step_ids: list[int]) -> Any:
     """Select runs in flight, and FAILED runs newer than the sub-group's current run.
 
     The current run is found per failed run through the partial unique index on
@@ -54,6 +54,7 @@ def _failures_query(step: StepInfo) -> Any:
         .scalar_subquery()
     )
     keys = (
+        RUN.reduction_step_id,
         RUN.sub_group_key,
         RUN.status,
         RUN.input_fingerprint,
@@ -65,15 +66,17 @@ def _failures_query(step: StepInfo) -> Any:
     )
     return (
         select(*keys, func.sum(RUN.retry_count + 1).label("failures"))
-        .where(RUN.reduction_step_id == step.id, or_(RUN.status.in_(in_flight), failed_since))
+        .where(RUN.reduction_step_id.in_(step_ids), or_(RUN.status.in_(in_flight), failed_since))
         .group_by(*keys)
     )
 
 
-def load_run_states(session: Session, step: StepInfo) -> StepRuns:
-    """Load a step's runs in flight and its failures since the current run (one query)."""
-    runs = StepRuns()
-    for fail in session.connection().execute(_failures_query(step)):
+def load_run_states(session: Session, steps: list[StepInfo]) -> dict[str, StepRuns]:
+    """Load the steps' runs in flight and failures since their current runs (one query)."""
+    names = {s.id: s.name for s in steps}
+    runs = {s.name: StepRuns() for s in steps}
+    for fail in session.connection().execute(_failures_query(list(names))):
+        state = runs[names[fail.reduction_step_id]]
         if fail.status is m.RunStatus.FAILED:
             record = FailureRecord(
                 fail.input_fingerprint,
@@ -81,17 +84,21 @@ def load_run_states(session: Session, step: StepInfo) -> StepRuns:
                 fail.reduction_software_version_id,
                 int(fail.failures),
             )
-            runs.failures.setdefault(fail.sub_group_key, []).append(record)
+            state.failures.setdefault(fail.sub_group_key, []).append(record)
         else:
-            runs.in_flight.add(fail.sub_group_key)
+            state.in_flight.add(fail.sub_group_key)
     return runs
 
 
 def load_current_runs(
-    session: Session, step: StepInfo, majors: dict[int, int]
-) -> dict[str, CurrentRun]:
-    """Load every current run of a step (used for downstream steps: one per sub-group)."""
+    session: Session, steps: list[StepInfo], majors: dict[int, int], runs: dict[str, StepRuns]
+) -> None:
+    """Load every current run of the given steps into `runs` (for downstream steps: few)."""
+    if not steps:
+        return
+    names = {s.id: s.name for s in steps}
     query = select(
+        RUN.reduction_step_id,
         RUN.id,
         RUN.sub_group_key,
         RUN.reduction_software_version_id,
@@ -99,21 +106,12 @@ def load_current_runs(
         RUN.input_fingerprint,
         RUN.created_at,
         func.coalesce(RUN.finished_at, RUN.updated_at),
-    ).where(RUN.reduction_step_id == step.id, RUN.is_current)
-    current = {}
-    for (
-        run_id,
-        key,
-        version_id,
-        config_fp,
-        input_fp,
-        created,
-        finished,
-    ) in session.connection().execute(query):
-        current[key] = CurrentRun(
+    ).where(RUN.reduction_step_id.in_(list(names)), RUN.is_current)
+    for row in session.connection().execute(query):
+        step_id, run_id, key, version_id, config_fp, input_fp, created, finished = row
+        runs[names[step_id]].current[key] = CurrentRun(
             run_id, version_id, majors[version_id], config_fp, input_fp, created, finished
         )
-    return current
 
 
 def _unprocessed(
@@ -159,10 +157,8 @@ def load_snapshot(
     grouping = session.get_one(m.DataGrouping, pipeline.data_grouping_id)
     settings = load_steps(session, pipeline.id)
     steps, majors = settings.steps, settings.version_majors
-    runs = {s.name: load_run_states(session, s) for s in steps}
-    for step in steps:
-        if step.upstream:
-            runs[step.name].current = load_current_runs(session, step, majors)
+    runs = load_run_states(session, steps)
+    load_current_runs(session, [s for s in steps if s.upstream], majors, runs)
     in_flight = {name: state.in_flight for name, state in runs.items()}
     sel = selection(
         grouping.filter_rules,

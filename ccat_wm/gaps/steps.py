@@ -108,10 +108,16 @@ def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
                 config_fingerprint=config_fingerprint(
                     configs[s.reduction_step_config_id], software[s.reduction_software_id]
                 ),
+                configured_cpu_hours=_cpu_hours(configs[s.reduction_step_config_id]),
                 valid_version_ids=_valid_versions(s, run_version, versions),
             )
         )
     return PipelineSettings(out, {v.id: parse_major(v.tag) for v in versions})
+
+
+def _cpu_hours(config: m.ReductionStepConfig) -> float:
+    resources = config.resource_requirements
+    return float(resources.get("cpu", 1)) * float(resources.get("time_hours", 1))
 
 
 def _valid_versions(
