@@ -17,7 +17,9 @@ them in SQL is the same comparison `evaluate` makes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -27,6 +29,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     String,
+    bindparam,
     cast,
     func,
     literal,
@@ -133,7 +136,6 @@ def _root_part(
     index: int,
     ctes: _Ctes,
     *,
-    in_flight: Sequence[str],
     prune: bool,
 ) -> Select[Any]:
     step = steps[index]
@@ -171,7 +173,7 @@ def _root_part(
         inner.c.cur_input != fingerprint,
         inner.c.cur_config != step.config_fingerprint,
         inner.c.cur_version_id.not_in(step.valid_version_ids or [-1]),
-        inner.c.key.in_(list(in_flight)) if in_flight else literal(False),
+        inner.c.key.in_(bindparam(in_flight_param(index), expanding=True)),
     )
     columns = [c for c in inner.c if c.name not in ("root_n", "root_h")]
     return select(*columns).where(may_have_gap if prune else true())
@@ -231,20 +233,52 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
     )
 
 
+def in_flight_param(index: int) -> str:
+    """Name of the bound parameter listing root step `index`'s keys with a run in flight."""
+    return f"in_flight_{index}"
+
+
+@lru_cache(maxsize=64)
+def _cached_statement(
+    rules_json: str,
+    instrument_module_id: int | None,
+    steps: tuple[StepInfo, ...],
+    prune: bool,
+) -> CompoundSelect[Any] | Select[Any]:
+    grouping = m.DataGrouping(
+        filter_rules=json.loads(rules_json), instrument_module_id=instrument_module_id
+    )
+    fine = fine_cte(grouping, steps)
+    ctes = _Ctes()
+    parts = [
+        _root_part(fine, steps, i, ctes, prune=prune)
+        if not s.upstream
+        else _downstream_part(fine, steps, i, ctes)
+        for i, s in enumerate(steps)
+    ]
+    return union_all(*parts) if len(parts) > 1 else parts[0]
+
+
 def groups_statement(
     grouping: m.DataGrouping,
     steps: Sequence[StepInfo],
     in_flight: dict[str, set[str]],
     *,
     prune: bool,
-) -> CompoundSelect[Any] | Select[Any]:
-    """One statement returning every step's rows (see the module docstring)."""
-    fine = fine_cte(grouping, steps)
-    ctes = _Ctes()
-    parts = [
-        _root_part(fine, steps, i, ctes, in_flight=sorted(in_flight.get(s.name, ())), prune=prune)
-        if not s.upstream
-        else _downstream_part(fine, steps, i, ctes)
+) -> tuple[CompoundSelect[Any] | Select[Any], dict[str, list[str]]]:
+    """Return the statement for every step's rows (module docstring) and its parameters.
+
+    Statements are built once per pipeline definition and reused.
+    """
+    statement = _cached_statement(
+        json.dumps(grouping.filter_rules, sort_keys=True),
+        grouping.instrument_module_id,
+        tuple(steps),
+        prune,
+    )
+    params = {
+        in_flight_param(i): sorted(in_flight.get(s.name, ()))
         for i, s in enumerate(steps)
-    ]
-    return union_all(*parts) if len(parts) > 1 else parts[0]
+        if not s.upstream
+    }
+    return statement, params

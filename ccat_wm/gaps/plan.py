@@ -13,7 +13,8 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import BigInteger, func, literal, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -57,22 +58,34 @@ HISTORY_SAMPLE = 1000
 
 
 def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, int]]:
-    """Median CPU-hours of up to HISTORY_SAMPLE measured current runs per step."""
+    """Median CPU-hours of up to HISTORY_SAMPLE measured current runs per step (one query)."""
     run = m.ExecutedReductionStep
-    out = {}
-    for step in steps:
-        sample = (
-            select(run.cpu_hours.label("cpu_hours"))
-            .where(run.reduction_step_id == step.id, run.is_current, run.cpu_hours.is_not(None))
-            .limit(HISTORY_SAMPLE)
-            .subquery()
+    step_ids = (
+        func.unnest(literal([s.id for s in steps], ARRAY(BigInteger)))
+        .table_valued("id")
+        .render_derived(name="steps")
+    )
+    sample = (
+        select(run.cpu_hours)
+        .where(run.reduction_step_id == step_ids.c.id, run.is_current, run.cpu_hours.is_not(None))
+        .limit(HISTORY_SAMPLE)
+        .subquery()
+        .lateral("sample")
+    )
+    query = (
+        select(
+            step_ids.c.id,
+            func.percentile_cont(0.5).within_group(sample.c.cpu_hours),
+            func.count(sample.c.cpu_hours),
         )
-        median, count = session.execute(
-            select(func.percentile_cont(0.5).within_group(sample.c.cpu_hours), func.count())
-        ).one()
-        if count:
-            out[step.id] = (float(median), int(count))
-    return out
+        .select_from(step_ids.join(sample, true()))
+        .group_by(step_ids.c.id)
+    )
+    return {
+        int(step_id): (float(median), int(count))
+        for step_id, median, count in session.execute(query)
+        if count
+    }
 
 
 def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -> list[StepCost]:

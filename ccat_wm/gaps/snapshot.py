@@ -172,8 +172,8 @@ def load_snapshot(
     }
     rows: list[list[GroupRow]] = [[] for _ in steps]
     width = len(steps)
-    statement = groups_statement(grouping, steps, in_flight, prune=prune)
-    for row in session.connection().execute(statement):
+    statement, params = groups_statement(grouping, steps, in_flight, prune=prune)
+    for row in session.connection().execute(statement, params):
         values: tuple[Any, ...] = tuple(row)
         index, key = values[0], values[1]
         keys = values[2 : 2 + width]
