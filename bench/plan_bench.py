@@ -1,6 +1,6 @@
 """Benchmark of `plan` against a hand-written lower bound, at 10k, 100k and 1M packages.
 
-    python bench/plan_bench.py [--sizes 10000,100000,1000000] [--repeat 5]
+    python bench/plan_bench.py [--sizes 10000,100000,1000000] [--repeat 11]
 
 Builds a synthetic ops DB per size (about 5 packages per scan, 50 sources, 4 lines,
 one three-step pipeline per scan -> per source+line -> all, a completed history for
@@ -208,7 +208,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=11)
     args = parser.parse_args()
     server = _server_url()
     print(
