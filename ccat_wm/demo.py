@@ -1,13 +1,14 @@
 """`ccat-wm demo`: the whole chain on the embedded defaults.
 
-For now the foundation's walk-through: migrate the ops DB, declare a demo archive and
-a local processing location under CCAT_WM_HOME, apply the example CHAI pipeline and
+For now the walk-through of what exists: migrate the ops DB, declare a demo archive and
+a local processing location under CCAT_WM_HOME, apply the example CHAI pipeline,
 simulate scans into the archive (only the first time, so that running it again changes
-nothing), then print what is there.
+nothing), then print what is there and what the plan would run.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import migrate
 from ccat_ops_db import models as m
 from ccat_wm.db import display_url, get_engine, resolve_db_url
+from ccat_wm.gaps.plan import make_plan
 from ccat_wm.settings import Settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
@@ -109,3 +111,8 @@ def _summary(session: Session, settings: Settings, echo: Callable[[str], object]
     for pipeline, trigger, step, group_by in rows:
         grouping = ", ".join(group_by) or "all"
         echo(f"      pipeline {pipeline} ({trigger.value}): step {step} per {grouping}")
+    session.rollback()
+    with session.begin():
+        plan = make_plan(session, dt.datetime.now(dt.UTC))
+    waves = ", ".join(f"{c.step}: {c.runs}" for c in plan.costs)
+    echo(f"      plan: {len(plan.gaps)} gaps ({waves}); see `ccat-wm plan`")

