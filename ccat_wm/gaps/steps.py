@@ -48,36 +48,29 @@ def _version_ref(version: m.ReductionSoftwareVersion | None) -> VersionRef | Non
 
 def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
     """Load the pipeline's steps in topological order (`step_order`), with their versions."""
-    steps = session.scalars(
-        select(m.ReductionStep)
+    rows = session.execute(
+        select(m.ReductionStep, m.ReductionStepConfig, m.ReductionSoftware)
+        .join(
+            m.ReductionStepConfig,
+            m.ReductionStepConfig.id == m.ReductionStep.reduction_step_config_id,
+        )
+        .join(m.ReductionSoftware, m.ReductionSoftware.id == m.ReductionStep.reduction_software_id)
         .where(m.ReductionStep.pipeline_id == pipeline_id)
         .order_by(m.ReductionStep.step_order)
     ).all()
-    step_ids = [s.id for s in steps]
+    steps = [row[0] for row in rows]
+    configs = {row[1].id: row[1] for row in rows}
+    software = {row[2].id: row[2] for row in rows}
+    software_ids = set(software)
     names = {s.id: s.name for s in steps}
     deps: dict[int, list[str]] = {}
     dep = m.reduction_step_dependency
     for step_id, upstream_id in session.execute(
         select(dep.c.reduction_step_id, dep.c.depends_on_step_id).where(
-            dep.c.reduction_step_id.in_(step_ids)
+            dep.c.reduction_step_id.in_(list(names))
         )
     ):
         deps.setdefault(step_id, []).append(names[upstream_id])
-    configs = {
-        c.id: c
-        for c in session.scalars(
-            select(m.ReductionStepConfig).where(
-                m.ReductionStepConfig.id.in_([s.reduction_step_config_id for s in steps])
-            )
-        )
-    }
-    software_ids = {s.reduction_software_id for s in steps}
-    software = {
-        sw.id: sw
-        for sw in session.scalars(
-            select(m.ReductionSoftware).where(m.ReductionSoftware.id.in_(software_ids))
-        )
-    }
     versions = session.scalars(
         select(m.ReductionSoftwareVersion).where(
             m.ReductionSoftwareVersion.reduction_software_id.in_(software_ids)
