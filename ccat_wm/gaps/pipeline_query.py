@@ -39,7 +39,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.sql.selectable import CTE
+from sqlalchemy.sql.selectable import CTE, Subquery
 
 from ccat_ops_db import models as m
 from ccat_wm.gaps.model import StepInfo
@@ -179,12 +179,13 @@ def _root_part(
     return select(*columns).where(may_have_gap if prune else true())
 
 
-def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ctes) -> Select[Any]:
-    step = steps[index]
+def _members(
+    fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ctes, determined: list[int]
+) -> Subquery:
+    """Upstream sub-groups inside each of step `index`'s, with their current runs."""
     names = [s.name for s in steps]
-    determined = [i for i, s in enumerate(steps) if set(s.group_by) <= closure(step.group_by)]
     members = []
-    for upstream in (names.index(u) for u in step.upstream):
+    for upstream in (names.index(u) for u in steps[index].upstream):
         pairs = (
             select(
                 fine.c[key_column(upstream)].label("uk"),
@@ -203,11 +204,14 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
                 current.c.finished_at,
             ).select_from(pairs.outerjoin(current, current.c.sub_group_key == pairs.c.uk))
         )
-    union = (
-        union_all(*members).subquery(f"members_{index}")
-        if len(members) > 1
-        else members[0].subquery(f"members_{index}")
-    )
+    union = union_all(*members) if len(members) > 1 else members[0]
+    return union.subquery(f"members_{index}")
+
+
+def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ctes) -> Select[Any]:
+    step = steps[index]
+    determined = [i for i, s in enumerate(steps) if set(s.group_by) <= closure(step.group_by)]
+    union = _members(fine, steps, index, ctes, determined)
     own = ctes.current(step)
     unseen = or_(own.c.created_at.is_(None), union.c.finished_at > own.c.created_at)
     keys = [
