@@ -3,7 +3,7 @@
 Side-effect free: the snapshot is read in a READ ONLY transaction. The cost of a wave
 per step is the number of runs it would make (downstream sub-groups included, since
 they appear as not-ready gaps) times the median CPU-hours of the step's measured
-current runs (a sample of up to 1,000), or, without history, times its configured
+current runs (a sample of up to 200), or, without history, times its configured
 `cpu x time_hours` (an upper bound: the resources a run may use).
 """
 
@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import BigInteger, func, literal, select, text, true
+from sqlalchemy import BigInteger, bindparam, func, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -53,15 +55,15 @@ class Plan:
         return sum(c.cpu_hours for c in self.costs)
 
 
-HISTORY_SAMPLE = 1000
+HISTORY_SAMPLE = 200
 """At most this many current runs per step are read for the median CPU-hours."""
 
 
-def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, int]]:
-    """Median CPU-hours of up to HISTORY_SAMPLE measured current runs per step (one query)."""
+@lru_cache(maxsize=1)
+def _history_query() -> Any:
     run = m.ExecutedReductionStep
     step_ids = (
-        func.unnest(literal([s.id for s in steps], ARRAY(BigInteger)))
+        func.unnest(bindparam("step_ids", type_=ARRAY(BigInteger)))
         .table_valued("id")
         .render_derived(name="steps")
     )
@@ -72,7 +74,7 @@ def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, 
         .subquery()
         .lateral("sample")
     )
-    query = (
+    return (
         select(
             step_ids.c.id,
             func.percentile_cont(0.5).within_group(sample.c.cpu_hours),
@@ -81,11 +83,12 @@ def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, 
         .select_from(step_ids.join(sample, true()))
         .group_by(step_ids.c.id)
     )
-    return {
-        int(step_id): (float(median), int(count))
-        for step_id, median, count in session.execute(query)
-        if count
-    }
+
+
+def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, int]]:
+    """Median CPU-hours of up to HISTORY_SAMPLE measured current runs per step (one query)."""
+    rows = session.connection().execute(_history_query(), {"step_ids": [s.id for s in steps]})
+    return {int(step_id): (float(median), int(count)) for step_id, median, count in rows if count}
 
 
 def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -> list[StepCost]:

@@ -11,9 +11,10 @@ sent to Python.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -35,7 +36,8 @@ RUN = m.ExecutedReductionStep
 PACKAGE = m.RawDataPackage
 
 
-def _failures_query(step_ids: list[int]) -> Any:
+@lru_cache(maxsize=1)
+def _failures_query() -> Any:
     """Select runs in flight, and FAILED runs newer than the sub-group's current run.
 
     The current run is found per failed run through the partial unique index on
@@ -66,7 +68,11 @@ def _failures_query(step_ids: list[int]) -> Any:
     )
     return (
         select(*keys, func.sum(RUN.retry_count + 1).label("failures"))
-        .where(RUN.reduction_step_id.in_(step_ids), or_(RUN.status.in_(in_flight), failed_since))
+        .where(
+            RUN.reduction_step_id.in_(bindparam("step_ids", expanding=True)),
+            RUN.status != m.RunStatus.COMPLETED,  # lets PostgreSQL use the partial index
+            or_(RUN.status.in_(in_flight), failed_since),
+        )
         .group_by(*keys)
     )
 
@@ -75,7 +81,8 @@ def load_run_states(session: Session, steps: list[StepInfo]) -> dict[str, StepRu
     """Load the steps' runs in flight and failures since their current runs (one query)."""
     names = {s.id: s.name for s in steps}
     runs = {s.name: StepRuns() for s in steps}
-    for fail in session.connection().execute(_failures_query(list(names))):
+    params = {"step_ids": list(names)}
+    for fail in session.connection().execute(_failures_query(), params):
         state = runs[names[fail.reduction_step_id]]
         if fail.status is m.RunStatus.FAILED:
             record = FailureRecord(
@@ -97,7 +104,17 @@ def load_current_runs(
     if not steps:
         return
     names = {s.id: s.name for s in steps}
-    query = select(
+    query = _current_runs_query()
+    for row in session.connection().execute(query, {"step_ids": list(names)}):
+        step_id, run_id, key, version_id, config_fp, input_fp, created, finished = row
+        runs[names[step_id]].current[key] = CurrentRun(
+            run_id, version_id, majors[version_id], config_fp, input_fp, created, finished
+        )
+
+
+@lru_cache(maxsize=1)
+def _current_runs_query() -> Any:
+    return select(
         RUN.reduction_step_id,
         RUN.id,
         RUN.sub_group_key,
@@ -106,12 +123,7 @@ def load_current_runs(
         RUN.input_fingerprint,
         RUN.created_at,
         func.coalesce(RUN.finished_at, RUN.updated_at),
-    ).where(RUN.reduction_step_id.in_(list(names)), RUN.is_current)
-    for row in session.connection().execute(query):
-        step_id, run_id, key, version_id, config_fp, input_fp, created, finished = row
-        runs[names[step_id]].current[key] = CurrentRun(
-            run_id, version_id, majors[version_id], config_fp, input_fp, created, finished
-        )
+    ).where(RUN.reduction_step_id.in_(bindparam("step_ids", expanding=True)), RUN.is_current)
 
 
 def _unprocessed(

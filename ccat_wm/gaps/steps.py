@@ -6,8 +6,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -46,36 +48,43 @@ def _version_ref(version: m.ReductionSoftwareVersion | None) -> VersionRef | Non
     return VersionRef(version.id, version.tag, parse_major(version.tag))
 
 
-def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
-    """Load the pipeline's steps in topological order (`step_order`), with their versions."""
-    rows = session.execute(
+@lru_cache(maxsize=1)
+def _settings_queries() -> tuple[Any, Any, Any]:
+    """Statements of `load_steps`, built once (their construction costs more than running them)."""
+    dep = m.reduction_step_dependency
+    steps = (
         select(m.ReductionStep, m.ReductionStepConfig, m.ReductionSoftware)
         .join(
             m.ReductionStepConfig,
             m.ReductionStepConfig.id == m.ReductionStep.reduction_step_config_id,
         )
         .join(m.ReductionSoftware, m.ReductionSoftware.id == m.ReductionStep.reduction_software_id)
-        .where(m.ReductionStep.pipeline_id == pipeline_id)
+        .where(m.ReductionStep.pipeline_id == bindparam("pipeline_id"))
         .order_by(m.ReductionStep.step_order)
-    ).all()
+    )
+    deps = select(dep.c.reduction_step_id, dep.c.depends_on_step_id).where(
+        dep.c.reduction_step_id.in_(bindparam("step_ids", expanding=True))
+    )
+    versions = select(m.ReductionSoftwareVersion).where(
+        m.ReductionSoftwareVersion.reduction_software_id.in_(
+            bindparam("software_ids", expanding=True)
+        )
+    )
+    return steps, deps, versions
+
+
+def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
+    """Load the pipeline's steps in topological order (`step_order`), with their versions."""
+    steps_query, deps_query, versions_query = _settings_queries()
+    rows = session.execute(steps_query, {"pipeline_id": pipeline_id}).all()
     steps = [row[0] for row in rows]
     configs = {row[1].id: row[1] for row in rows}
     software = {row[2].id: row[2] for row in rows}
-    software_ids = set(software)
     names = {s.id: s.name for s in steps}
     deps: dict[int, list[str]] = {}
-    dep = m.reduction_step_dependency
-    for step_id, upstream_id in session.execute(
-        select(dep.c.reduction_step_id, dep.c.depends_on_step_id).where(
-            dep.c.reduction_step_id.in_(list(names))
-        )
-    ):
+    for step_id, upstream_id in session.execute(deps_query, {"step_ids": list(names)}):
         deps.setdefault(step_id, []).append(names[upstream_id])
-    versions = session.scalars(
-        select(m.ReductionSoftwareVersion).where(
-            m.ReductionSoftwareVersion.reduction_software_id.in_(software_ids)
-        )
-    ).all()
+    versions = session.scalars(versions_query, {"software_ids": list(software)}).all()
     by_id = {v.id: v for v in versions}
     latest = {v.reduction_software_id: v for v in versions if v.is_latest}
     out = []
