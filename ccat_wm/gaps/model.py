@@ -162,7 +162,7 @@ class PipelineSnapshot:
     rows: list[list[GroupRow]]
     """Per step (same order as `steps`)."""
     runs: dict[str, StepRuns]
-    """Per step name. For root steps of a pruned snapshot, current runs of the returned rows."""
+    """Per step name; current runs only of the sub-groups in `rows`."""
     version_majors: dict[int, int] = field(default_factory=dict)
     pruned: bool = False
 

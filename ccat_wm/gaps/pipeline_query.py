@@ -9,7 +9,8 @@ then returns, in one UNION ALL:
   current run, or a different input set, config or version, or a run in flight), with
   the current run's columns; all groups when not pruning;
 - for each downstream step, one row per sub-group with the digest of the products of
-  the current upstream runs inside it, the newest and the oldest unseen completion.
+  the current upstream runs inside it, the newest and the oldest unseen completion,
+  and its own current run's columns.
 
 Fingerprints are computed with the same item hash as everywhere else, so comparing
 them in SQL is the same comparison `evaluate` makes.
@@ -65,7 +66,8 @@ def key_column(index: int) -> str:
 def fine_cte(grouping: m.DataGrouping, steps: Sequence[StepInfo]) -> CTE:
     """Aggregate the selected packages per scan and module, with every step's key."""
     dims = sorted({d for s in steps for d in s.group_by})
-    sel = selection(grouping.filter_rules, grouping.instrument_module_id, dims)
+    # Only the tables the rules need: names are joined per group afterwards.
+    sel = selection(grouping.filter_rules, grouping.instrument_module_id, [])
     foreign_keys = [PACKAGE.__table__.c[fk] for fk in package_foreign_keys(dims)]
     packages = (
         select(
@@ -220,7 +222,14 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
         else null().label(key_column(i))
         for i in range(len(steps))
     ]
-    typed_nulls = [cast(null(), kind).label(name) for name, kind in _RUN_COLUMNS]
+    own_columns = [
+        own.c.id,
+        own.c.reduction_software_version_id,
+        own.c.config_fingerprint,
+        own.c.input_fingerprint,
+        own.c.created_at,
+        own.c.finished_at,
+    ]
     return (
         select(
             literal(index).label("step"),
@@ -230,10 +239,13 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
             cast(func.coalesce(func.sum(union.c.ph), 0), String).label("h"),
             func.max(union.c.finished_at).label("last_change"),
             func.min(union.c.finished_at).filter(unseen).label("oldest_unprocessed"),
-            *typed_nulls,
+            *[
+                column.label(name)
+                for column, (name, _) in zip(own_columns, _RUN_COLUMNS, strict=True)
+            ],
         )
         .select_from(union.outerjoin(own, own.c.sub_group_key == union.c.dk))
-        .group_by(union.c.dk, own.c.created_at)
+        .group_by(union.c.dk, *own_columns)
     )
 
 

@@ -1,11 +1,10 @@
 """Load a pipeline's snapshot with a fixed, small number of set-based queries.
 
 Per pipeline: a handful of queries for its settings, one for the runs in flight and
-the failures of all steps, one for the current runs of the downstream steps, one
-statement for every step's inputs (`pipeline_query.groups_statement`), and one per
-root step with a maximum wait. Nothing here issues a query per sub-group or per package, and by
-default the settled root sub-groups (the vast majority in steady state) are not even
-sent to Python.
+the failures of all steps, one statement for every step's inputs and current runs
+(`pipeline_query.groups_statement`), and one per root step with a maximum wait.
+Nothing here issues a query per sub-group or per package, and by default the settled
+root sub-groups (the vast majority in steady state) are not even sent to Python.
 """
 
 from __future__ import annotations
@@ -97,35 +96,6 @@ def load_run_states(session: Session, steps: list[StepInfo]) -> dict[str, StepRu
     return runs
 
 
-def load_current_runs(
-    session: Session, steps: list[StepInfo], majors: dict[int, int], runs: dict[str, StepRuns]
-) -> None:
-    """Load every current run of the given steps into `runs` (for downstream steps: few)."""
-    if not steps:
-        return
-    names = {s.id: s.name for s in steps}
-    query = _current_runs_query()
-    for row in session.connection().execute(query, {"step_ids": list(names)}):
-        step_id, run_id, key, version_id, config_fp, input_fp, created, finished = row
-        runs[names[step_id]].current[key] = CurrentRun(
-            run_id, version_id, majors[version_id], config_fp, input_fp, created, finished
-        )
-
-
-@lru_cache(maxsize=1)
-def _current_runs_query() -> Any:
-    return select(
-        RUN.reduction_step_id,
-        RUN.id,
-        RUN.sub_group_key,
-        RUN.reduction_software_version_id,
-        RUN.config_fingerprint,
-        RUN.input_fingerprint,
-        RUN.created_at,
-        func.coalesce(RUN.finished_at, RUN.updated_at),
-    ).where(RUN.reduction_step_id.in_(bindparam("step_ids", expanding=True)), RUN.is_current)
-
-
 def _unprocessed(
     session: Session, sel: Selection, steps: list[StepInfo], step: StepInfo
 ) -> dict[tuple[str, ...], dt.datetime | None]:
@@ -170,7 +140,6 @@ def load_snapshot(
     settings = load_steps(session, pipeline.id)
     steps, majors = settings.steps, settings.version_majors
     runs = load_run_states(session, steps)
-    load_current_runs(session, [s for s in steps if s.upstream], majors, runs)
     in_flight = {name: state.in_flight for name, state in runs.items()}
     sel = selection(
         grouping.filter_rules,
