@@ -14,6 +14,10 @@ from tests.gapkit import PIPELINE, GapKit
 from tests.helpers import run_cli, snapshot
 
 
+PLAN_COLUMNS = ("pipeline", "step", "sub_group_key", "reason", "ready", "eligible_at", "inputs")
+"""The columns of a gap the issue fixes for `ccat-wm plan`."""
+
+
 def _statements_to_load(engine: Engine) -> int:
     count = 0
 
@@ -60,15 +64,7 @@ def test_plan_is_side_effect_free_and_reports_blast_radius_and_cost(
     assert steps["summary"]["runs"] == 1
     assert steps["calibrate"]["basis"] == "configured resources"
     assert steps["calibrate"]["cpu_hours"] == 3 * 2 * 0.5  # cpu 2 x 0.5 h each
-    assert set(calib[0]) >= {
-        "pipeline",
-        "step",
-        "sub_group_key",
-        "reason",
-        "ready",
-        "eligible_at",
-        "inputs",
-    }
+    assert set(calib[0]) >= set(PLAN_COLUMNS)
 
     kit.wave()
     with Session(engine) as session, session.begin():
@@ -77,15 +73,7 @@ def test_plan_is_side_effect_free_and_reports_blast_radius_and_cost(
     result = run_cli(cli_env, "plan", PIPELINE)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == [
-        "pipeline",
-        "step",
-        "sub_group_key",
-        "reason",
-        "ready",
-        "eligible_at",
-        "inputs",
-    ]
+    assert tuple(lines[0].split()) == PLAN_COLUMNS
     assert any(
         line.split()[:5] == [PIPELINE, "calibrate", "executed_obs_unit=scan-000004", "new", "yes"]
         for line in lines
