@@ -13,7 +13,6 @@ from ccat_wm.gaps.snapshot import load_snapshot
 from tests.gapkit import PIPELINE, GapKit
 from tests.helpers import run_cli, snapshot
 
-
 PLAN_COLUMNS = ("pipeline", "step", "sub_group_key", "reason", "ready", "eligible_at", "inputs")
 """The columns of a gap the issue fixes for `ccat-wm plan`."""
 
