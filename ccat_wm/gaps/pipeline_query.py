@@ -50,6 +50,7 @@ from ccat_wm.selection.query import (
     item_hash,
     key_expression,
     package_foreign_keys,
+    package_key_dimensions,
     selection,
 )
 
@@ -143,10 +144,10 @@ def _root_part(
     step = steps[index]
     key = fine.c[key_column(index)]
     current = ctes.current(step)
-    all_dims = {d for s in steps for d in s.group_by}
+    all_dims = sorted({d for s in steps for d in s.group_by})
     count: ColumnElement[Any]
     hash_sum: ColumnElement[Any]
-    if all_dims <= closure(step.group_by):  # each fine group is one root sub-group
+    if package_key_dimensions(all_dims) <= closure(step.group_by):  # fine group = sub-group
         count, hash_sum = fine.c.n, fine.c.h
     else:  # several fine groups per root sub-group: compare over the whole sub-group
         count = func.sum(fine.c.n).over(partition_by=key)

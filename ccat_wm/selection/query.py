@@ -122,7 +122,21 @@ def selection(
 
 def package_foreign_keys(dims: Sequence[str]) -> list[str]:
     """Return the RawDataPackage columns that determine `dims` (its scan and/or module)."""
-    return sorted({JOIN_GRAPH[join_path(DIMENSIONS[d].table)[1]].parent_column for d in dims})
+    return sorted({JOIN_GRAPH[_first_hop(d)].parent_column for d in dims})
+
+
+def package_key_dimensions(dims: Sequence[str]) -> set[str]:
+    """Return the dimensions of those columns (`executed_obs_unit`, `instrument_module`).
+
+    Grouping packages by `package_foreign_keys(dims)` is grouping them by these.
+    """
+    tables = {_first_hop(d) for d in dims}
+    return {name for name, dim in DIMENSIONS.items() if dim.table in tables}
+
+
+def _first_hop(dim: str) -> str:
+    """Return the table joined directly to RawDataPackage on the way to `dim`'s table."""
+    return join_path(DIMENSIONS[dim].table)[1]
 
 
 def dimension_joins(base: Subquery, dims: Sequence[str]) -> FromClause:

@@ -91,3 +91,32 @@ def test_plan_of_an_unknown_pipeline_is_a_clear_error(
     result = run_cli(cli_env, "plan", "nope")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: unknown pipeline 'nope'; known: gaps"
+
+
+def test_settled_root_sub_groups_stay_in_the_database(engine: Engine, tmp_path: Path) -> None:
+    """Also when a root sub-group spans several scans (per source+line), the pruned
+    snapshot holds only sub-groups that may have a gap, and agrees with the full one."""
+    kit = GapKit(engine, tmp_path)
+    spec = kit.edited()
+    kit.step(spec, "calibrate")["group_by"] = ["source", "line"]
+    kit.step(spec, "grid")["group_by"] = ["source"]
+    kit.apply(spec)
+    kit.simulate(3, sources=("NGC253",), lines=("CO43",), seed=4)
+    kit.simulate(3, sources=("M83",), lines=("CO43",), seed=4)
+    kit.wave()
+
+    def root_rows(prune: bool) -> int:
+        with Session(engine) as session:
+            pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == PIPELINE)).one()
+            return len(load_snapshot(session, pipeline, prune=prune).rows[0])
+
+    assert root_rows(prune=True) == 0
+    assert root_rows(prune=False) == 6  # one fine group per scan
+    kit.simulate(1, sources=("M83",), lines=("CO43",), seed=5)
+    gaps = kit.gaps()  # asserts pruned == full
+    assert next((g.step, g.sub_group_key, g.reason.value) for g in gaps) == (
+        "calibrate",
+        "line=CO43|source=M83",
+        "inputs_changed",
+    )
+    assert 0 < root_rows(prune=True) < root_rows(prune=False)
