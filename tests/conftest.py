@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from ccat_ops_db import migrate
 from ccat_ops_db.models import Base
 from ccat_wm.db import normalize_db_url
-from ccat_wm.embedded_pg import ensure_embedded_server
+from ccat_wm.embedded_pg import ensure_embedded_server, stop_embedded_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,12 +31,15 @@ def _libpq(url: URL) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> URL:
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     """URL of the PostgreSQL server the tests use (its maintenance database)."""
     raw = os.environ.get("CCAT_OPS_DB_URL")
-    if not raw:
-        raw = ensure_embedded_server(tmp_path_factory.mktemp("embedded-home"))
-    return normalize_db_url(raw)
+    if raw:
+        yield normalize_db_url(raw)
+        return
+    home = tmp_path_factory.mktemp("embedded-home")
+    yield normalize_db_url(ensure_embedded_server(home))
+    stop_embedded_server(home)
 
 
 @pytest.fixture(scope="session")
