@@ -366,3 +366,57 @@ def test_created_runs_record_reason_version_config_and_exact_inputs(kit: GapKit)
         ).all()
         assert [p.name for p in packages] == ["scan-000001-CHAI-HFA", "scan-000001-CHAI-LFA"]
     assert run.input_fingerprint.startswith("v1:2:")
+
+
+@pytest.mark.parametrize(
+    ("calibrate", "grid", "summary", "expected_keys"),
+    [
+        (
+            ["instrument_module"],
+            ["instrument"],
+            [],
+            {"instrument_module=HFA", "instrument_module=LFA"},
+        ),
+        (
+            ["executed_obs_unit", "instrument_module"],
+            ["source", "instrument_module"],
+            ["instrument"],
+            {
+                f"executed_obs_unit=scan-00000{i}|instrument_module={m}"
+                for i in (1, 2)
+                for m in ("HFA", "LFA")
+            },
+        ),
+        ([], [], [], {""}),
+    ],
+    ids=["per-module", "per-scan-and-module", "all-data-only"],
+)
+def test_other_groupings_evaluate_the_same_pruned_and_full(
+    kit: GapKit, calibrate: list[str], grid: list[str], summary: list[str], expected_keys: set[str]
+) -> None:
+    spec = kit.edited()
+    for name, group_by in (("calibrate", calibrate), ("grid", grid), ("summary", summary)):
+        kit.step(spec, name)["group_by"] = group_by
+    kit.apply(spec)
+    kit.simulate(2)
+    assert {g.sub_group_key for g in kit.gaps() if g.step == "calibrate"} == expected_keys
+    assert kit.wave() > 0
+    assert kit.gaps() == []
+    kit.simulate(1)
+    assert kit.gaps()  # new data: gaps again, and pruned == full (asserted by the kit)
+
+
+def test_a_grouping_that_selects_nothing_has_no_gaps(kit: GapKit) -> None:
+    spec = kit.edited()
+    spec["data_groupings"][0]["filter_rules"] = [
+        {"table": "Source", "column": "name", "operator": "eq", "value": "nowhere"}
+    ]
+    kit.apply(spec)
+    kit.simulate(2)
+    assert kit.gaps() == []
+    for group_by in ([], ["instrument_module"]):
+        spec = kit.edited()
+        for step in spec["pipelines"][0]["steps"]:
+            step["group_by"] = group_by
+        kit.apply(spec)
+        assert kit.gaps() == []
