@@ -63,6 +63,7 @@ def test_commands_refuse_an_unmigrated_db(tmp_path: Path) -> None:
         ["db", "stop"],
         ["apply"],
         ["simulate"],
+        ["plan"],
         ["demo"],
     ],
 )
