@@ -178,7 +178,7 @@ def build(engine: Engine, packages: int) -> tuple[StepInfo, float]:
     _run_script(engine, LOAD_OBSERVATIONS, {"scans": scans})
     with Session(engine) as session:
         pipeline_id = session.scalar(text("SELECT id FROM pipeline WHERE name = 'bench'"))
-        steps = {s.name: s for s in load_steps(session, int(pipeline_id or 0)).steps}
+        steps = {s.name: s for s in load_steps(session, int(pipeline_id or 0))}
     params: dict[str, object] = {"cutoff": int(scans * 0.9)}
     for index, name in enumerate(("calibrate", "grid", "summary"), start=1):
         step = steps[name]

@@ -11,10 +11,8 @@ import getpass
 import json
 import secrets
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
@@ -32,8 +30,6 @@ from ccat_wm.simulate.catalog import DEFAULT_LINES, DEFAULT_PROGRAM, DEFAULT_SOU
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _engine(settings: Settings, *, require_schema: bool = True) -> Engine:

@@ -19,7 +19,6 @@ NAMING_CONVENTION = {
 
 IntPK = Annotated[int, mapped_column(BigInteger, primary_key=True)]
 Name = Annotated[str, mapped_column(String(200), nullable=False)]
-Json = Annotated[dict[str, Any], mapped_column(JSONB, nullable=False, default=dict)]
 CreatedAt = Annotated[
     dt.datetime,
     mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import String, TextClause, case, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import Subquery
 
 from ccat_ops_db import models as m
-from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot, StepInfo
 from ccat_wm.gaps.pipeline_query import current_runs_cte, fine_cte, key_column
 from ccat_wm.selection.query import item_hash, key_expression, selection
 
@@ -60,6 +61,9 @@ def create_runs(
         (g for g in gaps if g.eligible and g.reason in _REASONS),
         key=lambda g: (order[g.step], g.sub_group_key),
     )
+    if not due:
+        return created
+    grouping = session.get_one(m.DataGrouping, snapshot.pipeline.data_grouping_id)
     for step in snapshot.steps:
         step_gaps = [g for g in due if g.step == step.name]
         if not step_gaps or step.run_version is None:
@@ -87,10 +91,13 @@ def create_runs(
         new = {key: run_id for run_id, key in session.execute(statement, rows)}
         if not new:
             continue
+        new_runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values())))
         if step.upstream:
-            _record_product_inputs(session, snapshot, order[step.name], new)
+            _record_product_inputs(
+                session, grouping, snapshot.steps, order[step.name], new_runs.subquery()
+            )
         else:
-            _record_package_inputs(session, snapshot, step.group_by, new)
+            _record_package_inputs(session, grouping, step.group_by, new_runs.subquery())
         _refresh_fingerprints(session, list(new.values()))
         created.extend(
             CreatedRun(new[g.sub_group_key], step.name, g.sub_group_key, _REASONS[g.reason])
@@ -101,11 +108,10 @@ def create_runs(
 
 
 def _record_package_inputs(
-    session: Session, snapshot: PipelineSnapshot, group_by: Sequence[str], new: dict[str, int]
+    session: Session, grouping: m.DataGrouping, group_by: Sequence[str], runs: Subquery
 ) -> None:
-    grouping = session.get_one(m.DataGrouping, _grouping_id(session, snapshot.pipeline.id))
+    """Record the selected packages inside each new run's sub-group."""
     sel = selection(grouping.filter_rules, grouping.instrument_module_id, group_by)
-    runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values()))).subquery()
     source = (
         select(runs.c.id, m.RawDataPackage.id, m.RawDataPackage.checksum)
         .select_from(sel.from_clause.join(runs, runs.c.sub_group_key == key_expression(group_by)))
@@ -118,20 +124,15 @@ def _record_package_inputs(
     )
 
 
-def _grouping_id(session: Session, pipeline_id: int) -> int:
-    return session.scalars(
-        select(m.Pipeline.data_grouping_id).where(m.Pipeline.id == pipeline_id)
-    ).one()
-
-
 def _record_product_inputs(
-    session: Session, snapshot: PipelineSnapshot, position: int, new: dict[str, int]
+    session: Session,
+    grouping: m.DataGrouping,
+    steps: Sequence[StepInfo],
+    position: int,
+    runs: Subquery,
 ) -> None:
     """Record the products of the current upstream runs inside each new run's sub-group."""
-    grouping = session.get_one(m.DataGrouping, _grouping_id(session, snapshot.pipeline.id))
-    steps = snapshot.steps
     fine = fine_cte(grouping, steps)
-    runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values()))).subquery()
     product = m.DataProduct
     names = [s.name for s in steps]
     for upstream in (names.index(u) for u in steps[position].upstream):

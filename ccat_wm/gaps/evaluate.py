@@ -15,7 +15,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ccat_ops_db.models import TriggerType, VersionPolicy
+from ccat_ops_db.models import TriggerType
 from ccat_wm.gaps.cron import tick_at_or_after
 from ccat_wm.gaps.model import (
     CurrentRun,
@@ -25,6 +25,7 @@ from ccat_wm.gaps.model import (
     PipelineSnapshot,
     StepInfo,
     StepRuns,
+    fingerprint,
 )
 
 
@@ -60,16 +61,9 @@ def _sub_groups(rows: list[GroupRow]) -> dict[str, _SubGroup]:
     return out
 
 
-def _fingerprint(count: int, hash_sum: int) -> str:
-    return f"v1:{count}:{hash_sum}"  # = SetDigest(count, hash_sum).fingerprint, without the object
-
-
 def _version_valid(step: StepInfo, run: CurrentRun) -> bool:
-    if step.run_version is None:
-        return True
-    if step.version_policy is VersionPolicy.EXACT:
-        return run.version_id == step.run_version.id
-    return run.version_major == step.run_version.major
+    """Tell whether the policy accepts the run's version (the rule the database prunes by)."""
+    return step.run_version is None or run.version_id in step.valid_version_ids
 
 
 def _reason(
@@ -83,7 +77,7 @@ def _reason(
         return GapReason.VERSION_CHANGED
     if run.config_fingerprint != step.config_fingerprint:
         return GapReason.CONFIG_CHANGED
-    if run.input_fingerprint != _fingerprint(sub.count, sub.hash_sum):
+    if run.input_fingerprint != fingerprint(sub.count, sub.hash_sum):
         return GapReason.INPUTS_CHANGED
     return None
 
@@ -135,12 +129,12 @@ class _Context:
 def _gap(
     ctx: _Context, step: StepInfo, key: str, sub: _SubGroup, *, reason: GapReason, ready: bool
 ) -> Gap:
-    fingerprint = _fingerprint(sub.count, sub.hash_sum)
+    input_fp = fingerprint(sub.count, sub.hash_sum)
     runs = ctx.snapshot.runs[step.name]
-    if ready and not ctx.force and _has_failed(step, runs, key, fingerprint):
+    if ready and not ctx.force and _has_failed(step, runs, key, input_fp):
         return Gap(
             ctx.snapshot.pipeline.name, step.name, key, GapReason.FAILED,
-            True, None, False, sub.count, fingerprint,
+            True, None, False, sub.count, input_fp,
         )  # fmt: skip
     eligible_at = _eligible_at(ctx.snapshot, step, sub, ctx.now, ctx.manual) if ready else None
     return Gap(
@@ -152,7 +146,7 @@ def _gap(
         eligible_at=eligible_at,
         eligible=ready and eligible_at is not None and eligible_at <= ctx.now,
         inputs=sub.count,
-        input_fingerprint=fingerprint,
+        input_fingerprint=input_fp,
     )
 
 

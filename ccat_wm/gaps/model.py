@@ -34,14 +34,15 @@ class SetDigest:
     hash_sum: int = 0
     """Sum of the inputs' `hashtextextended` values (exact, no overflow)."""
 
-    def __add__(self, other: SetDigest) -> SetDigest:
-        """Digest of the union of two disjoint sets."""
-        return SetDigest(self.count + other.count, self.hash_sum + other.hash_sum)
-
     @property
     def fingerprint(self) -> str:
         """The fingerprint stored on runs: `v1:<count>:<sum>`."""
-        return f"v1:{self.count}:{self.hash_sum}"
+        return fingerprint(self.count, self.hash_sum)
+
+
+def fingerprint(count: int, hash_sum: int) -> str:
+    """Return the fingerprint of an input set from its digest (the format stored on runs)."""
+    return f"v1:{count}:{hash_sum}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +53,6 @@ class VersionRef:
     """ReductionSoftwareVersion id."""
     tag: str
     """Version tag."""
-    major: int
-    """Major version number parsed from the tag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +87,7 @@ class PipelineInfo:
     name: str
     enabled: bool
     trigger_type: TriggerType
+    data_grouping_id: int = 0
     cron: str | None = None
     timezone: str = "UTC"
 
@@ -97,7 +97,6 @@ class CurrentRun(NamedTuple):
 
     id: int
     version_id: int
-    version_major: int
     config_fingerprint: str
     input_fingerprint: str
     created_at: dt.datetime
@@ -163,7 +162,6 @@ class PipelineSnapshot:
     """Per step (same order as `steps`)."""
     runs: dict[str, StepRuns]
     """Per step name; current runs only of the sub-groups in `rows`."""
-    version_majors: dict[int, int] = field(default_factory=dict)
     pruned: bool = False
 
 

@@ -24,7 +24,6 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     CompoundSelect,
     DateTime,
@@ -112,13 +111,14 @@ def current_runs_cte(step: StepInfo) -> CTE:
 
 
 _RUN_COLUMNS = (
-    ("cur_id", BigInteger),
-    ("cur_version_id", BigInteger),
-    ("cur_config", String),
-    ("cur_input", String),
-    ("cur_created", DateTime(timezone=True)),
-    ("cur_finished", DateTime(timezone=True)),
+    "cur_id",
+    "cur_version_id",
+    "cur_config",
+    "cur_input",
+    "cur_created",
+    "cur_finished",
 )
+"""Labels of the current run's columns in every part of the statement."""
 
 
 class _Ctes:
@@ -240,10 +240,7 @@ def _downstream_part(fine: CTE, steps: Sequence[StepInfo], index: int, ctes: _Ct
             cast(func.coalesce(func.sum(union.c.ph), 0), String).label("h"),
             func.max(union.c.finished_at).label("last_change"),
             func.min(union.c.finished_at).filter(unseen).label("oldest_unprocessed"),
-            *[
-                column.label(name)
-                for column, (name, _) in zip(own_columns, _RUN_COLUMNS, strict=True)
-            ],
+            *[column.label(name) for column, name in zip(own_columns, _RUN_COLUMNS, strict=True)],
         )
         .select_from(union.outerjoin(own, own.c.sub_group_key == union.c.dk))
         .group_by(union.c.dk, *own_columns)

@@ -25,7 +25,7 @@ from ccat_wm.gaps.model import (
     StepInfo,
     StepRuns,
 )
-from ccat_wm.gaps.pipeline_query import groups_statement
+from ccat_wm.gaps.pipeline_query import current_runs_cte, groups_statement
 from ccat_wm.gaps.steps import load_steps, pipeline_info
 from ccat_wm.selection.dimensions import DIMENSIONS
 from ccat_wm.selection.query import Selection, key_expression, selection
@@ -103,11 +103,7 @@ def _unprocessed(
     dims = sorted({d for s in steps for d in s.group_by})
     ids: list[ColumnElement[Any]] = [FILTER_TABLES[DIMENSIONS[d].table].c.id for d in dims]
     keys = [key_expression(s.group_by) for s in steps]
-    current = (
-        select(RUN.sub_group_key, RUN.created_at)
-        .where(RUN.reduction_step_id == step.id, RUN.is_current)
-        .subquery()
-    )
+    current = current_runs_cte(step)
     unseen = or_(current.c.created_at.is_(None), PACKAGE.created_at > current.c.created_at)
     query = (
         select(*keys, func.min(PACKAGE.created_at).filter(unseen))
@@ -137,8 +133,7 @@ def load_snapshot(
     # estimates through the CTEs are far too high) to save milliseconds: never worth it.
     session.execute(text("SET LOCAL jit = off"))
     grouping = session.get_one(m.DataGrouping, pipeline.data_grouping_id)
-    settings = load_steps(session, pipeline.id)
-    steps, majors = settings.steps, settings.version_majors
+    steps = load_steps(session, pipeline.id)
     runs = load_run_states(session, steps)
     in_flight = {name: state.in_flight for name, state in runs.items()}
     sel = selection(
@@ -164,9 +159,9 @@ def load_snapshot(
             oldest = unprocessed[index].get(keys)
         if run_id is not None:
             runs[steps[index].name].current[key] = CurrentRun(
-                run_id, version_id, majors[version_id], config_fp, input_fp, created, finished
+                run_id, version_id, config_fp, input_fp, created, finished
             )
         rows[index].append(
             GroupRow(index, key, keys, int(count), int(hash_sum), last_change, oldest)
         )
-    return PipelineSnapshot(pipeline_info(pipeline), steps, rows, runs, majors, pruned=prune)
+    return PipelineSnapshot(pipeline_info(pipeline), steps, rows, runs, pruned=prune)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -15,15 +14,6 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.gaps.model import PipelineInfo, StepInfo, VersionRef
 from ccat_wm.spec.versions import parse_major
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineSettings:
-    """Steps in topological order and the major version of every version they may have run."""
-
-    steps: list[StepInfo]
-    version_majors: dict[int, int]
-    """ReductionSoftwareVersion id -> major version, for the steps' software."""
 
 
 def config_fingerprint(config: m.ReductionStepConfig, software: m.ReductionSoftware) -> str:
@@ -45,7 +35,7 @@ def config_fingerprint(config: m.ReductionStepConfig, software: m.ReductionSoftw
 def _version_ref(version: m.ReductionSoftwareVersion | None) -> VersionRef | None:
     if version is None:
         return None
-    return VersionRef(version.id, version.tag, parse_major(version.tag))
+    return VersionRef(version.id, version.tag)
 
 
 @lru_cache(maxsize=1)
@@ -73,7 +63,7 @@ def _settings_queries() -> tuple[Any, Any, Any]:
     return steps, deps, versions
 
 
-def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
+def load_steps(session: Session, pipeline_id: int) -> list[StepInfo]:
     """Load the pipeline's steps in topological order (`step_order`), with their versions."""
     steps_query, deps_query, versions_query = _settings_queries()
     rows = session.execute(steps_query, {"pipeline_id": pipeline_id}).all()
@@ -114,7 +104,7 @@ def load_steps(session: Session, pipeline_id: int) -> PipelineSettings:
                 valid_version_ids=_valid_versions(s, run_version, versions),
             )
         )
-    return PipelineSettings(out, {v.id: parse_major(v.tag) for v in versions})
+    return out
 
 
 def _cpu_hours(config: m.ReductionStepConfig) -> float:
@@ -147,5 +137,5 @@ def pipeline_info(pipeline: m.Pipeline) -> PipelineInfo:
     config = pipeline.trigger_config or {}
     return PipelineInfo(
         pipeline.id, pipeline.name, pipeline.enabled, pipeline.trigger_type,
-        config.get("cron"), config.get("timezone", "UTC"),
+        pipeline.data_grouping_id, config.get("cron"), config.get("timezone", "UTC"),
     )  # fmt: skip

@@ -25,6 +25,7 @@ from sqlalchemy import (
     literal,
     not_,
     or_,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -117,7 +118,7 @@ def selection(
     clauses = [rule_clause(r) for r in rules]
     if instrument_module_id is not None:
         clauses.append(FILTER_TABLES[ROOT_TABLE].c.instrument_module_id == instrument_module_id)
-    return Selection(from_clause, and_(true_if_empty(), *clauses))
+    return Selection(from_clause, and_(true(), *clauses))
 
 
 def package_foreign_keys(dims: Sequence[str]) -> list[str]:
@@ -156,11 +157,6 @@ def dimension_joins(base: Subquery, dims: Sequence[str]) -> FromClause:
         )
         from_clause = from_clause.join(child, parent_column == child.c[edge.column])
     return from_clause
-
-
-def true_if_empty() -> ColumnElement[bool]:
-    """Return a neutral first element for AND chains."""
-    return literal(True)
 
 
 def dimension_column(dim: str) -> ColumnElement[str]:

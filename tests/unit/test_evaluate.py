@@ -19,7 +19,7 @@ from ccat_wm.gaps.model import (
 )
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-V1 = VersionRef(1, "1.0.0", 1)
+V1 = VersionRef(1, "1.0.0")
 
 
 def _step(
@@ -50,10 +50,10 @@ def _snapshot(**kw: object) -> PipelineSnapshot:
         ],
         [GroupRow(1, grid_key, (None, grid_key), 1, 5, T0, None)],
     ]
-    done = CurrentRun(7, 1, 1, "cfg", SetDigest(2, 10).fingerprint, T0, T0)
+    done = CurrentRun(7, 1, "cfg", SetDigest(2, 10).fingerprint, T0, T0)
     runs = {"calibrate": StepRuns(current={"executed_obs_unit=s1": done}), "grid": StepRuns()}
     info = PipelineInfo(1, "p", True, TriggerType.CONTINUOUS)
-    return PipelineSnapshot(info, steps, rows, runs, {1: 1}, pruned=False)
+    return PipelineSnapshot(info, steps, rows, runs, pruned=False)
 
 
 def test_only_the_new_scan_is_a_ready_gap_and_the_map_waits_for_it() -> None:
