@@ -83,8 +83,12 @@ def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
             result = register_simulation(session, request, _progress(echo))
             scans, packages = len(result.scan_names), result.package_count
             echo(f"[3/4] simulated {scans} scans, {packages} raw data packages")
+    with Session(engine) as session, session.begin():
+        plan = make_plan(session, dt.datetime.now(dt.UTC))  # its own read-only transaction
     with Session(engine) as session:
         _summary(session, settings, echo)
+    waves = ", ".join(f"{c.step}: {c.runs}" for c in plan.costs)
+    echo(f"      plan: {len(plan.gaps)} gaps ({waves}); see `ccat-wm plan`")
 
 
 def _progress(echo: Callable[[str], object]) -> Callable[[int, int], None]:
@@ -111,8 +115,3 @@ def _summary(session: Session, settings: Settings, echo: Callable[[str], object]
     for pipeline, trigger, step, group_by in rows:
         grouping = ", ".join(group_by) or "all"
         echo(f"      pipeline {pipeline} ({trigger.value}): step {step} per {grouping}")
-    session.rollback()
-    with session.begin():
-        plan = make_plan(session, dt.datetime.now(dt.UTC))
-    waves = ", ".join(f"{c.step}: {c.runs}" for c in plan.costs)
-    echo(f"      plan: {len(plan.gaps)} gaps ({waves}); see `ccat-wm plan`")
