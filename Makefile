@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo lint test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml examples/chai-software/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e examples/chai-software
 	touch $@
 
 install: $(VENV)/.installed

@@ -34,7 +34,11 @@ from ccat_ops_db.models.pipeline import (
     reduction_step_dependency,
 )
 from ccat_ops_db.models.products import DataProduct, data_product_lineage
-from ccat_ops_db.models.runs import ExecutedReductionStep, ExecutedReductionStepInput
+from ccat_ops_db.models.runs import (
+    ExecutedReductionStep,
+    ExecutedReductionStepInput,
+    RunStatusChange,
+)
 from ccat_ops_db.models.software import ReductionSoftware, ReductionSoftwareVersion
 from ccat_ops_db.models.users import User
 
@@ -49,6 +53,7 @@ __all__ = [
     "ExecutedObsUnit",
     "ExecutedReductionStep",
     "ExecutedReductionStepInput",
+    "RunStatusChange",
     "Instrument",
     "InstrumentModule",
     "Line",

@@ -122,3 +122,17 @@ class ExecutedReductionStepInput(Base):
     )
     data_product_id: Mapped[int | None] = mapped_column(ForeignKey("data_product.id"), index=True)
     checksum: Mapped[str] = mapped_column(String(128))
+
+
+class RunStatusChange(Base):
+    """One status a run entered, and when; written by a trigger (migration 0003)."""
+
+    __tablename__ = "run_status_change"
+
+    id: Mapped[IntPK]
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        ForeignKey("executed_reduction_step.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[RunStatus] = mapped_column(pg_enum(RunStatus, "run_status"))
+    retry_count: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[dt.datetime]

@@ -1,0 +1,1 @@
+"""Executing runs: lifecycle, run directories, staging, manifest, commands and results."""

@@ -1,0 +1,152 @@
+"""The manifest and the job of one run (DESIGN section 4): what the software is told.
+
+The command template is rendered argument by argument: `{name}` placeholders are
+replaced by the config parameter's value and nothing else is interpreted, so a value
+such as `$(touch /tmp/pwned)` or `; rm -rf` reaches the program as one literal
+argument. The runtime wraps the rendered command (apptainer or host), the result is an
+argument list, and `shlex.join` of it is stored as the run's `execution_command`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import string
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ccat_wm.errors import ConfigurationError
+from ccat_wm.execution.context import RunContext
+from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.staging import StagedInput
+from ccat_wm.settings import Settings
+from infra.backends import JobSpec, Resources
+from infra.runtimes import (
+    CONTAINER_ROOT,
+    ContainerJob,
+    ImageRef,
+    apptainer_command,
+    host_command,
+)
+
+SIF_CACHE = ".sif-cache"
+
+
+def render_command(template: Sequence[str], parameters: Mapping[str, Any]) -> list[str]:
+    """Replace `{name}` placeholders in each argument by the parameter's value."""
+    argv = []
+    for index, arg in enumerate(template):
+        parts = []
+        for literal, field, spec, conversion in string.Formatter().parse(arg):
+            parts.append(literal)
+            if field is None:
+                continue
+            if field not in parameters:
+                raise ConfigurationError(
+                    f"command[{index}] {arg!r} uses {{{field}}}, which is not a config "
+                    f"parameter; known parameters: {', '.join(sorted(parameters)) or 'none'}"
+                )
+            value = parameters[field]
+            value = repr(value) if conversion == "r" else value
+            parts.append(format(value, spec or ""))
+        argv.append("".join(parts))
+    return argv
+
+
+def seen_path(path: Path, layout: RunLayout, runtime: str) -> str:
+    """A host path under the run's root as the software sees it (container or host)."""
+    if runtime == "apptainer":
+        return str(CONTAINER_ROOT / path.relative_to(layout.root))
+    return str(path)
+
+
+def build_manifest(ctx: RunContext, staged: Sequence[StagedInput]) -> dict[str, Any]:
+    """The run's `config/manifest.json` content."""
+    layout, runtime = ctx.layout, ctx.location.runtime
+    inputs = []
+    for item in staged:
+        entry: dict[str, Any] = {
+            "path": seen_path(item.host_path, layout, runtime),
+            "kind": item.kind,
+            "checksum": item.checksum,
+            "name": item.name,
+            "metadata": item.metadata,
+        }
+        if item.kind == "product":
+            entry |= {"data_product_type": item.data_product_type, "step": item.step}
+        inputs.append(entry)
+    return {
+        "run_id": ctx.run_id,
+        "pipeline": ctx.pipeline,
+        "step": ctx.step,
+        "sub_group_key": ctx.sub_group_key,
+        "software": {"name": ctx.software, "version": ctx.version_tag, "digest": ctx.digest},
+        "parameters": ctx.parameters,
+        "output_dir": seen_path(layout.output, layout, runtime),
+        "inputs": inputs,
+    }
+
+
+def write_manifest(layout: RunLayout, manifest: Mapping[str, Any]) -> None:
+    """Write the manifest atomically."""
+    tmp = layout.manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(layout.manifest)
+
+
+def resources(ctx: RunContext) -> Resources:
+    """The step config's resource requirements."""
+    req = ctx.resources
+    return Resources(
+        cpu=int(req.get("cpu", 1)),
+        memory_gb=float(req.get("memory_gb", 1.0)),
+        time_hours=float(req.get("time_hours", 1.0)),
+        gpu=int(req.get("gpu", 0)),
+    )
+
+
+def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
+    """The location's Apptainer image cache (its setting, SIF_CACHE_DIR, or under its path)."""
+    configured = ctx.location.settings.get("sif_cache_dir")
+    if configured:
+        return Path(configured)
+    return settings.sif_cache_dir or ctx.location.path / SIF_CACHE
+
+
+def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
+    """The backend job of one attempt: the wrapped command, its environment and log file."""
+    layout = ctx.layout
+    job = ContainerJob(
+        command=tuple(render_command(ctx.command_template, ctx.parameters)),
+        host_root=layout.root,
+        output_dir=layout.output_rel,
+        env=ctx.environment,
+        image=ImageRef(ctx.repository, ctx.digest, ctx.version_tag),
+        gpu=resources(ctx).gpu,
+    )
+    if ctx.location.runtime == "apptainer":
+        argv, env = apptainer_command(job, sif_cache_dir(ctx, settings))
+    elif ctx.location.runtime == "host":
+        argv, env = host_command(job)
+        # Programs installed next to this interpreter (the examples) are found first.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    else:
+        raise ConfigurationError(
+            f"location {ctx.location.name!r} has runtime {ctx.location.runtime!r}; "
+            "expected apptainer or host"
+        )
+    return JobSpec(
+        name=f"ccat-run-{ctx.run_id}-{ctx.step}",
+        argv=tuple(argv),
+        env=env,
+        cwd=layout.root,
+        log_path=layout.attempt_log(attempt),
+        resources=resources(ctx),
+    )
+
+
+def display_command(spec: JobSpec) -> str:
+    """The command as stored in `execution_command` (for reading, never for running)."""
+    return shlex.join(spec.argv)

@@ -1,0 +1,87 @@
+"""Where a run's files live on the host (DESIGN section 4).
+
+A run's workflow directory is `<base>/<pipeline>/<sub-group dir>/run-<id>/`, holding the
+contract's `input/`, `workspace/<step>/`, `output/`, `config/manifest.json` and `logs/`.
+One directory per run (rather than per sub-group) keeps every registered product where
+it was written: a reprocessing run never overwrites the files of the run it replaces,
+so old products and their provenance stay intact until someone deletes them on purpose.
+
+The sub-group directory is the key in a filesystem-safe, reversible form: every byte
+outside `A-Z a-z 0-9 . _ - = ,` is percent-encoded (so `/`, spaces, `+`, `|` and `:` never
+appear), and the empty all-data key is `all`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+ALL_DIR = "all"
+_SAFE = "=,-._"
+OUTPUT_CLASSES = ("science", "qa", "plots", "statistics", "logs")
+"""The sub-directories of `$WORKFLOW_OUTPUT_DIR` the contract declares."""
+
+
+def key_to_dirname(key: str) -> str:
+    """Filesystem-safe, reversible directory name of a sub-group key."""
+    return quote(key, safe=_SAFE) if key else ALL_DIR
+
+
+def dirname_to_key(name: str) -> str:
+    """Inverse of `key_to_dirname`."""
+    return "" if name == ALL_DIR else unquote(name)
+
+
+@dataclass(frozen=True, slots=True)
+class RunLayout:
+    """The host directories of one run."""
+
+    root: Path
+    step: str
+    is_final: bool
+    """The step has no downstream step: it writes to `output/`."""
+
+    @classmethod
+    def for_run(
+        cls, base: Path, pipeline: str, key: str, run_id: int, step: str, *, is_final: bool
+    ) -> RunLayout:
+        """The layout of run `run_id` under the processing location's base directory."""
+        root = base / key_to_dirname(pipeline) / key_to_dirname(key) / f"run-{run_id}"
+        return cls(root, step, is_final)
+
+    @property
+    def output_rel(self) -> str:
+        """`$WORKFLOW_OUTPUT_DIR` relative to the root."""
+        return "output" if self.is_final else f"workspace/{self.step}"
+
+    @property
+    def output(self) -> Path:
+        """`$WORKFLOW_OUTPUT_DIR` on the host."""
+        return self.root / self.output_rel
+
+    @property
+    def input(self) -> Path:
+        """Staged raw data."""
+        return self.root / "input"
+
+    @property
+    def manifest(self) -> Path:
+        """`config/manifest.json` on the host."""
+        return self.root / "config" / "manifest.json"
+
+    @property
+    def logs(self) -> Path:
+        """The run's own log directory (captured job output of every attempt)."""
+        return self.root / "logs"
+
+    def attempt_log(self, attempt: int) -> Path:
+        """Captured stdout and stderr of one attempt (0 = the first)."""
+        return self.logs / f"{self.step}-attempt-{attempt}.log"
+
+    def create(self) -> None:
+        """Create the contract's directories (and the output classes) if missing."""
+        for sub in ("input", "workspace", "output", "config", "logs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for cls_dir in OUTPUT_CLASSES:
+            (self.output / cls_dir).mkdir(parents=True, exist_ok=True)

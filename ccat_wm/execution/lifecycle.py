@@ -1,0 +1,94 @@
+"""Run status transitions as data (DESIGN section 2), and the one function that applies them.
+
+`transition()` updates `WHERE status IN (allowed sources)` and raises when no row
+matched, so two processes can never both move a run (no double submission), and a
+person's cancel wins over a task that is about to move the run on.
+
+Beyond the design's table, a run may also fail while STAGING_DATA (an input cannot be
+staged) or SUBMITTED (the backend lost or rejected the job): both are failures a retry
+can cure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from ccat_ops_db.models import ExecutedReductionStep, RunStatus
+from ccat_wm.errors import CcatWmError
+
+S = RunStatus
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    S.STAGING_DATA: frozenset({S.PENDING}),
+    S.SUBMITTED: frozenset({S.STAGING_DATA}),
+    S.RUNNING: frozenset({S.SUBMITTED}),
+    S.COLLECTING_RESULTS: frozenset({S.RUNNING}),
+    S.COMPLETED: frozenset({S.COLLECTING_RESULTS}),
+    S.FAILED: frozenset({S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS}),
+    S.PENDING: frozenset({S.FAILED}),
+    S.CANCELLED: frozenset({S.PENDING, S.STAGING_DATA, S.SUBMITTED, S.RUNNING}),
+}
+"""For each target status, the statuses a run may move to it from."""
+CANCELLABLE = TRANSITIONS[S.CANCELLED]
+FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
+
+
+class TransitionError(CcatWmError):
+    """A run was not in a status it may move from (someone else moved it first)."""
+
+    def __init__(self, run_id: int, current: RunStatus | None, target: RunStatus) -> None:
+        """Name the run, its actual status and the refused target."""
+        self.run_id, self.current, self.target = run_id, current, target
+        if current is None:
+            message = f"run {run_id} does not exist"
+        else:
+            allowed = ", ".join(sorted(TRANSITIONS[target]))
+            message = (
+                f"run {run_id} is {current}; it can move to {target} only from {allowed}"
+            )
+        super().__init__(message)
+
+
+def transition(
+    session: Session,
+    run_id: int,
+    target: RunStatus,
+    *,
+    expected: RunStatus | None = None,
+    **values: Any,
+) -> None:
+    """Move run `run_id` to `target` (and set `values`) if its status allows it, else raise.
+
+    `expected` narrows the allowed source statuses to one. Does not commit.
+    """
+    sources = TRANSITIONS[target]
+    if expected is not None:
+        sources = sources & {expected}
+    run = ExecutedReductionStep
+    changes: dict[str, Any] = {"status": target, **values}
+    if target is S.STAGING_DATA:
+        changes.setdefault("started_at", func.coalesce(run.started_at, func.now()))
+    if target in FINAL:
+        changes.setdefault("finished_at", func.now())
+    if target is S.PENDING:
+        changes.setdefault("retry_count", run.retry_count + 1)
+        changes.setdefault("finished_at", None)
+    matched = session.execute(
+        update(run)
+        .where(run.id == run_id, run.status.in_(sources))
+        .values(changes)
+        .returning(run.id),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if matched is None:
+        current = session.scalar(select(run.status).where(run.id == run_id))
+        raise TransitionError(run_id, current, target)
+
+
+def current_status(session: Session, run_id: int) -> RunStatus | None:
+    """Return the run's status as the DB has it now."""
+    return session.scalar(
+        select(ExecutedReductionStep.status).where(ExecutedReductionStep.id == run_id)
+    )

@@ -1,0 +1,131 @@
+"""What a flow run did, for its Prefect artifacts and for `ccat-wm status`.
+
+Plain rows rendered by the CLI (table and `--json`) and by the flow's artifacts alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.selection.dimensions import display_key
+
+RUN = m.ExecutedReductionStep
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run as `ccat-wm status` and the flow's run table show it."""
+
+    id: int
+    pipeline: str
+    step: str
+    sub_group_key: str
+    status: str
+    reason: str
+    retry_count: int
+    hpc_job_id: str | None
+    processing_time_s: float | None
+    peak_memory_gb: float | None
+    cpu_hours: float | None
+    failure_reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def _runs_query() -> Select[Any]:
+    return (
+        select(
+            RUN.id,
+            m.Pipeline.name,
+            m.ReductionStep.name,
+            RUN.sub_group_key,
+            RUN.status,
+            RUN.reason,
+            RUN.retry_count,
+            RUN.hpc_job_id,
+            RUN.processing_time_s,
+            RUN.peak_memory_gb,
+            RUN.cpu_hours,
+            RUN.failure_reason,
+        )
+        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+    )
+
+
+def _row(values: Any) -> RunRow:
+    (rid, pipeline, step, key, status, reason, retries, job, wall, mem, cpu, why) = values
+    return RunRow(
+        rid, pipeline, step, key, status.value, reason.value, retries, job, wall, mem, cpu, why
+    )
+
+
+def run_rows(
+    session: Session,
+    *,
+    pipeline: str | None = None,
+    flow_run: str | None = None,
+    limit: int | None = None,
+) -> list[RunRow]:
+    """Runs, newest first: of one pipeline, of one flow run, or all."""
+    query = _runs_query().order_by(RUN.id.desc())
+    if pipeline is not None:
+        query = query.where(m.Pipeline.name == pipeline)
+    if flow_run is not None:
+        query = query.where(RUN.prefect_flow_run_id == flow_run)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_row(r) for r in session.execute(query)]
+
+
+def run_table(rows: list[RunRow]) -> list[dict[str, Any]]:
+    """The flow run's table artifact: step, sub-group, status, job id and metrics."""
+    return [
+        {
+            "run": r.id,
+            "step": r.step,
+            "sub_group": display_key(r.sub_group_key),
+            "status": r.status,
+            "retries": r.retry_count,
+            "job_id": r.hpc_job_id or "",
+            "wall_s": round(r.processing_time_s, 2) if r.processing_time_s is not None else "",
+            "peak_mem_gb": round(r.peak_memory_gb, 4) if r.peak_memory_gb is not None else "",
+            "cpu_hours": round(r.cpu_hours, 6) if r.cpu_hours is not None else "",
+        }
+        for r in sorted(rows, key=lambda r: r.id)
+    ]
+
+
+def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> str:
+    """Markdown summary of the products of a flow run's runs: counts by type, science files."""
+    product = m.DataProduct
+    in_run = product.executed_reduction_step_id == RUN.id
+    counts = session.execute(
+        select(product.data_product_type, func.count(), func.coalesce(func.sum(product.file_size), 0))
+        .join(RUN, in_run)
+        .where(RUN.prefect_flow_run_id == flow_run)
+        .group_by(product.data_product_type)
+        .order_by(product.data_product_type)
+    ).all()
+    science = session.scalars(
+        select(product.file_path)
+        .join(RUN, in_run)
+        .where(RUN.prefect_flow_run_id == flow_run, product.data_product_type == m.DataProductType.SCIENCE)
+        .order_by(product.file_path)
+        .limit(listed)
+    ).all()
+    lines = ["# Products of this flow run", "", "| type | files | bytes |", "|---|---:|---:|"]
+    lines += [f"| {kind.value} | {n} | {size} |" for kind, n, size in counts]
+    if not counts:
+        lines.append("| (none) | 0 | 0 |")
+    if science:
+        lines += ["", "## Science products", ""]
+        lines += [f"- `{path}`" for path in science]
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""One run from PENDING to a final status (DESIGN section 2), written to the ops DB as it goes.
+
+Each step commits its own short transaction: PENDING -> STAGING_DATA (stage inputs,
+write the manifest, build the command) -> SUBMITTED (job id and command stored with the
+status) -> RUNNING -> COLLECTING_RESULTS (exit code and metrics) -> COMPLETED (products
+and lineage in the same transaction) or FAILED (logs kept as LOG products), then
+FAILED -> PENDING while `retry_count < max_retries`. Every move goes through
+`transition()`, so a person's cancel (CANCELLED) wins over the next move and the job is
+stopped. The ops DB is read for a cancel on every polling cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from ccat_ops_db.models import DataProductType, RunStatus
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.collect import (
+    ContractViolationError,
+    OutputFile,
+    checksum_outputs,
+    preserve_failed_logs,
+    register_products,
+    reset_output,
+    scan_outputs,
+)
+from ccat_wm.execution.context import RunContext, load_run_context
+from ccat_wm.execution.launch import (
+    build_job,
+    build_manifest,
+    display_command,
+    sif_cache_dir,
+    write_manifest,
+)
+from ccat_wm.execution.lifecycle import TransitionError, current_status, transition
+from ccat_wm.execution.staging import stage_inputs
+from ccat_wm.settings import Settings
+from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState, get_backend
+from infra.runtimes import ImageRef, apptainer_pull_command, sif_path
+
+S = RunStatus
+LOG = logging.getLogger(__name__)
+UNKNOWN_GRACE_S = 60.0
+"""A job the backend does not know for this long is failed (it may lag behind at first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How one run ended in this execution."""
+
+    run_id: int
+    status: RunStatus
+    retry_count: int
+    message: str = ""
+
+
+def backend_for(ctx: RunContext) -> Backend:
+    """The backend of the run's processing location (job state under its path)."""
+    return get_backend(ctx.location.backend, ctx.location.path / ".jobs", ctx.location.settings)
+
+
+class RunExecutor:
+    """Executes runs against one ops DB with the given settings."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        poll_max_s: float = 2.0,
+    ) -> None:
+        """`poll_max_s` caps the polling interval (it starts at a few milliseconds)."""
+        self.engine = engine
+        self.settings = settings
+        self.poll_max_s = poll_max_s
+
+    def session(self) -> Session:
+        """A new session on the ops DB."""
+        return Session(self.engine)
+
+    def execute(self, run_id: int) -> RunOutcome:
+        """Run `run_id` through its attempts until COMPLETED, CANCELLED or out of retries."""
+        while True:
+            outcome = self.attempt(run_id)
+            if outcome.status is not S.FAILED:
+                return outcome
+            with self.session() as session, session.begin():
+                ctx = load_run_context(session, run_id)
+                if ctx.retry_count >= ctx.max_retries:
+                    return outcome
+                try:
+                    self._move(session, run_id, S.PENDING, expected=S.FAILED)
+                except TransitionError:
+                    return outcome
+            LOG.info("run %s failed (%s); retry %s of %s", run_id, outcome.message,
+                     ctx.retry_count + 1, ctx.max_retries)  # fmt: skip
+
+    def attempt(self, run_id: int) -> RunOutcome:
+        """One attempt of a PENDING run."""
+        with self.session() as session, session.begin():
+            try:
+                self._move(session, run_id, S.STAGING_DATA, expected=S.PENDING)
+            except TransitionError as exc:
+                return RunOutcome(run_id, exc.current or S.CANCELLED, 0, str(exc))
+            ctx = load_run_context(session, run_id)
+        attempt = ctx.retry_count
+        try:
+            spec, backend = self._prepare(ctx, attempt)
+            job_id = backend.submit(spec)
+        except (CcatWmError, BackendError, OSError, ValueError) as exc:
+            return self._fail(ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA)
+        try:
+            with self.session() as session, session.begin():
+                self._move(
+                    session, run_id, S.SUBMITTED, expected=S.STAGING_DATA,
+                    hpc_job_id=job_id, execution_command=display_command(spec),
+                )  # fmt: skip
+        except TransitionError as exc:
+            backend.cancel(job_id)
+            return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
+        info = self._watch(run_id, backend, job_id)
+        if info is None:
+            return RunOutcome(run_id, S.CANCELLED, attempt, "cancelled")
+        return self._collect(ctx, attempt, info)
+
+    def _prepare(self, ctx: RunContext, attempt: int) -> tuple[JobSpec, Backend]:
+        layout = ctx.layout
+        layout.create()
+        reset_output(layout)
+        staged = stage_inputs(self.session, ctx)
+        write_manifest(layout, build_manifest(ctx, staged))
+        spec = build_job(ctx, self.settings, attempt)
+        if ctx.location.runtime == "apptainer":
+            self._ensure_image(ctx)
+        return spec, backend_for(ctx)
+
+    def _ensure_image(self, ctx: RunContext) -> None:
+        """Pull the image into the SIF cache unless it is there (pinned by digest)."""
+        cache = sif_cache_dir(ctx, self.settings)
+        image = ImageRef(ctx.repository, ctx.digest, ctx.version_tag)
+        if sif_path(image, cache).exists():
+            return
+        cache.mkdir(parents=True, exist_ok=True)
+        argv = apptainer_pull_command(image, cache)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise BackendError(
+                f"`{' '.join(argv[:2])}` of {image.reference} failed: {result.stderr.strip()[-500:]}"
+            )
+
+    def _watch(self, run_id: int, backend: Backend, job_id: str) -> JobInfo | None:
+        """Poll until the job ends and move the run to COLLECTING_RESULTS; None if cancelled."""
+        interval, marked_running, unknown_since = 0.002, False, None
+        try:
+            while True:
+                info = backend.status(job_id)
+                with self.session() as session:
+                    if current_status(session, run_id) is S.CANCELLED:
+                        backend.cancel(job_id)
+                        return None
+                if info.state is JobState.RUNNING and not marked_running:
+                    self._move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
+                    marked_running = True
+                if info.state is JobState.UNKNOWN:
+                    unknown_since = unknown_since or time.monotonic()
+                    if time.monotonic() - unknown_since > UNKNOWN_GRACE_S:
+                        info = JobInfo(JobState.FAILED, reason=f"backend lost the job: {info.reason}")
+                if info.state.finished:
+                    break
+                time.sleep(interval)
+                interval = min(interval * 2, self.poll_max_s)
+            if not marked_running:
+                self._move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
+            self._move_now(
+                run_id, S.COLLECTING_RESULTS, expected=S.RUNNING,
+                exit_code=info.exit_code, processing_time_s=info.wall_time_s,
+                cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
+            )  # fmt: skip
+        except TransitionError as exc:
+            if exc.current is S.CANCELLED:
+                backend.cancel(job_id)
+                return None
+            raise
+        return info
+
+    def _collect(self, ctx: RunContext, attempt: int, info: JobInfo) -> RunOutcome:
+        layout = ctx.layout
+        log = layout.attempt_log(attempt)
+        captured = [OutputFile(log, DataProductType.LOG)] if log.exists() else []
+        if info.state is not JobState.COMPLETED:
+            reason = info.reason or f"exit code {info.exit_code}"
+            return self._fail(ctx, attempt, reason, captured=captured)
+        try:
+            outputs = scan_outputs(layout)
+        except ContractViolationError as exc:
+            return self._fail(ctx, attempt, str(exc), captured=captured)
+        records = checksum_outputs([*outputs, *captured])
+        with self.session() as session, session.begin():
+            register_products(session, ctx.run_id, records)
+            self._move(session, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
+        for record in records:
+            _make_read_only(record.path)
+        return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
+
+    def _fail(
+        self,
+        ctx: RunContext,
+        attempt: int,
+        reason: str,
+        *,
+        expected: RunStatus = S.COLLECTING_RESULTS,
+        captured: list[OutputFile] | None = None,
+    ) -> RunOutcome:
+        """Keep the attempt's logs as LOG products and mark the run FAILED with `reason`."""
+        logs = [*(captured or []), *preserve_failed_logs(ctx.layout, attempt)]
+        records = checksum_outputs(logs)
+        try:
+            with self.session() as session, session.begin():
+                register_products(session, ctx.run_id, records)
+                self._move(
+                    session, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason
+                )
+        except TransitionError as exc:
+            return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
+        LOG.warning("run %s (%s[%s]) failed: %s", ctx.run_id, ctx.step, ctx.sub_group_key, reason)
+        return RunOutcome(ctx.run_id, S.FAILED, attempt, reason)
+
+    def _move(
+        self,
+        session: Session,
+        run_id: int,
+        target: RunStatus,
+        *,
+        expected: RunStatus,
+        **values: object,
+    ) -> None:
+        transition(session, run_id, target, expected=expected, **values)
+
+    def _move_now(self, run_id: int, target: RunStatus, *, expected: RunStatus, **values: object) -> None:
+        with self.session() as session, session.begin():
+            self._move(session, run_id, target, expected=expected, **values)
+
+
+def _make_read_only(path: Path) -> None:
+    """Registered products are immutable: drop write permission (hard links share it)."""
+    mode = path.stat().st_mode
+    os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

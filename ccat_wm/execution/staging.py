@@ -1,0 +1,211 @@
+"""Staging: make every input of a run readable at its processing location (DESIGN 2, 4).
+
+Raw data packages are staged once per processing location into its `.staging/` cache:
+from a disk copy (hard link when on the same filesystem, else a copy), checksum
+verified, and recorded as a RawDataPackageCopy of the location. A package with no disk
+copy gets a StagingJob row that an external transfer system serves; the run waits for
+it up to a timeout. Each run then sees its inputs through hard links in its own
+`input/` (raw data) and `workspace/<upstream step>/run-<id>/` (upstream products), so
+the paths in its manifest are stable and the directories can be bound into a container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.checksums import sha256_file
+from ccat_wm.execution.context import ProductInput, RawInput, RunContext
+
+DEFAULT_STAGING_TIMEOUT_S = 3600.0
+"""How long a run waits for an external StagingJob unless the location sets one."""
+STAGING_CACHE = ".staging"
+
+
+class StagingError(CcatWmError):
+    """An input could not be made available at the processing location."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedInput:
+    """An input as the run sees it on the host."""
+
+    host_path: Path
+    kind: str
+    """`raw` or `product`."""
+    name: str
+    checksum: str
+    data_product_type: str | None = None
+    step: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+SessionFactory = Callable[[], Session]
+
+
+def stage_inputs(
+    new_session: SessionFactory, ctx: RunContext, *, poll_s: float = 1.0
+) -> list[StagedInput]:
+    """Stage every raw input and link every upstream product into the run's directories."""
+    layout = ctx.layout
+    staged = []
+    location_copies = _location_copies(new_session, ctx)
+    for raw in ctx.raw_inputs:
+        source = location_copies.get(raw.package_id)
+        if source is None or not source.exists():
+            source = _stage_package(new_session, ctx, raw, poll_s=poll_s)
+        target = layout.input / source.name
+        _link_or_copy(source, target)
+        staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
+    for product in ctx.product_inputs:
+        target = layout.root / "workspace" / product.step / f"run-{product.run_id}"
+        target = target / _relative_to_run(product)
+        _link_or_copy(product.path, target)
+        staged.append(
+            StagedInput(
+                target, "product", product.path.name, product.checksum,
+                product.data_product_type, product.step, product.metadata,
+            )
+        )  # fmt: skip
+    return staged
+
+
+def _relative_to_run(product: ProductInput) -> Path:
+    """The product's path below its run's output directory."""
+    parts = product.path.parts
+    marker = f"run-{product.run_id}"
+    if marker in parts:
+        below = parts[parts.index(marker) + 1 :]
+        drop = 2 if below[:1] == ("workspace",) else 1
+        return Path(*below[drop:])
+    return Path(product.path.name)
+
+
+def _location_copies(new_session: SessionFactory, ctx: RunContext) -> dict[int, Path]:
+    copy = m.RawDataPackageCopy
+    ids = [r.package_id for r in ctx.raw_inputs]
+    with new_session() as session:
+        rows = session.execute(
+            select(copy.raw_data_package_id, copy.path).where(
+                copy.raw_data_package_id.in_(ids), copy.data_location_id == ctx.location.id
+            )
+        ).all()
+    return {package_id: Path(path) for package_id, path in rows}
+
+
+def _stage_package(
+    new_session: SessionFactory, ctx: RunContext, raw: RawInput, *, poll_s: float
+) -> Path:
+    """Bring one package into the location's staging cache and record the copy."""
+    cache = ctx.location.path / STAGING_CACHE
+    copy, location = m.RawDataPackageCopy, m.DataLocation
+    with new_session() as session:
+        disk_copies = session.execute(
+            select(copy.path)
+            .join(location, location.id == copy.data_location_id)
+            .where(
+                copy.raw_data_package_id == raw.package_id,
+                location.storage_type == m.StorageType.DISK,
+                location.id != ctx.location.id,
+            )
+            .order_by(copy.id)
+        ).scalars()
+        source = next((Path(p) for p in disk_copies if Path(p).exists()), None)
+    if source is not None:
+        target = cache / source.name
+        _link_or_copy(source, target)
+    else:
+        target = _wait_for_staging_job(new_session, ctx, raw, cache / raw.name, poll_s=poll_s)
+    actual = sha256_file(target)
+    if actual != raw.checksum:
+        target.unlink(missing_ok=True)
+        raise StagingError(
+            f"checksum mismatch staging package {raw.name!r} from {source or target}: "
+            f"expected {raw.checksum}, got {actual}; the copy was removed"
+        )
+    with new_session() as session, session.begin():
+        session.execute(
+            insert(copy)
+            .values(
+                raw_data_package_id=raw.package_id,
+                data_location_id=ctx.location.id,
+                path=str(target),
+                verified_at=dt.datetime.now(dt.UTC),
+            )
+            .on_conflict_do_update(
+                index_elements=[copy.raw_data_package_id, copy.data_location_id],
+                set_={"path": str(target), "verified_at": dt.datetime.now(dt.UTC)},
+            )
+        )
+    return target
+
+
+def _wait_for_staging_job(
+    new_session: SessionFactory, ctx: RunContext, raw: RawInput, target: Path, *, poll_s: float
+) -> Path:
+    """Create (or join) a StagingJob for the package and wait until it is served."""
+    job = m.StagingJob
+    open_states = (m.StagingStatus.PENDING, m.StagingStatus.RUNNING)
+    with new_session() as session, session.begin():
+        job_id = session.scalar(
+            select(job.id).where(
+                job.raw_data_package_id == raw.package_id,
+                job.destination_location_id == ctx.location.id,
+                job.status.in_(open_states),
+            )
+        )
+        if job_id is None:
+            row = job(
+                raw_data_package_id=raw.package_id,
+                destination_location_id=ctx.location.id,
+                executed_reduction_step_id=ctx.run_id,
+                destination_path=str(target),
+            )
+            session.add(row)
+            session.flush()
+            job_id = row.id
+    timeout = float(ctx.location.settings.get("staging_timeout_s", DEFAULT_STAGING_TIMEOUT_S))
+    deadline = time.monotonic() + timeout
+    while True:
+        with new_session() as session:
+            status, path, error = session.execute(
+                select(job.status, job.destination_path, job.error_message).where(job.id == job_id)
+            ).one()
+        if status is m.StagingStatus.COMPLETED:
+            return Path(path)
+        if status is m.StagingStatus.FAILED:
+            raise StagingError(f"staging job {job_id} for package {raw.name!r} failed: {error}")
+        if time.monotonic() >= deadline:
+            raise StagingError(
+                f"staging job {job_id} for package {raw.name!r} did not complete within "
+                f"{timeout:g} s (location {ctx.location.name!r}, setting staging_timeout_s)"
+            )
+        time.sleep(poll_s)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target` (copy across filesystems); replace a stale target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target):
+        return
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.replace(target)

@@ -1,0 +1,194 @@
+"""What one pipeline flow run executes: its wave of runs and the follow-ups they unlock.
+
+`prepare_wave` evaluates the pipeline, creates PENDING runs for the eligible gaps, claims
+the pipeline's unclaimed PENDING runs for the flow run (so two flow runs never execute
+the same run), and lists the downstream sub-groups that become ready as these runs
+finish, each with the wave items inside it. A follow-up waits only for those items, not
+for its whole upstream step; when they are done, `claim_follow_up` evaluates that one
+sub-group again and creates, claims and returns its run if it is now due.
+
+`sub_groups` restricts a flow run to runs whose key is listed (any step).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.errors import CcatWmError
+from ccat_wm.gaps.create import create_runs
+from ccat_wm.gaps.evaluate import evaluate
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
+from ccat_wm.gaps.snapshot import load_snapshot
+
+RUN = m.ExecutedReductionStep
+
+
+@dataclass(frozen=True, slots=True)
+class WaveItem:
+    """One sub-group a flow run executes: a claimed run, or a follow-up created later."""
+
+    step: str
+    sub_group_key: str
+    run_id: int | None
+    """None for a follow-up: its run is created when its upstream items are done."""
+    upstream: tuple[int, ...] = ()
+    """Indices (in the wave) of the items it waits for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """Items in an order where every item comes after those it waits for."""
+
+    pipeline: str
+    items: tuple[WaveItem, ...]
+    step_limits: dict[str, int]
+    """`max_concurrent_runs` per step."""
+
+
+def _pipeline(session: Session, name: str) -> m.Pipeline:
+    pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == name)).first()
+    if pipeline is None:
+        known = session.scalars(select(m.Pipeline.name).order_by(m.Pipeline.name)).all()
+        raise CcatWmError(f"unknown pipeline {name!r}; known: {', '.join(known) or 'none'}")
+    return pipeline
+
+
+def _evaluate(
+    session: Session, name: str, now: dt.datetime, *, manual: bool, force: bool
+) -> tuple[PipelineSnapshot, list[Gap]]:
+    pipeline = _pipeline(session, name)
+    snapshot = load_snapshot(session, pipeline, prune=not force)
+    return snapshot, evaluate(snapshot, now, manual=manual, force=force)
+
+
+def prepare_wave(
+    session: Session,
+    pipeline: str,
+    now: dt.datetime,
+    *,
+    claim_as: str,
+    sub_groups: Sequence[str] | None = None,
+    manual: bool = False,
+    force: bool = False,
+) -> Wave:
+    """Create runs for due gaps, claim the pending ones and plan their follow-ups. No commit."""
+    wanted = set(sub_groups) if sub_groups is not None else None
+    snapshot, gaps = _evaluate(session, pipeline, now, manual=manual, force=force)
+    gaps = [g for g in gaps if wanted is None or g.sub_group_key in wanted]
+    create_runs(session, snapshot, [g for g in gaps if g.eligible])
+    steps = {s.name: s for s in snapshot.steps}
+    step_ids = {s.id: s.name for s in snapshot.steps}
+    claim = (
+        update(RUN)
+        .where(
+            RUN.reduction_step_id.in_(list(step_ids)),
+            RUN.status == m.RunStatus.PENDING,
+            RUN.prefect_flow_run_id.is_(None),
+        )
+        .values(prefect_flow_run_id=claim_as)
+        .returning(RUN.id, RUN.reduction_step_id, RUN.sub_group_key)
+    )
+    if wanted is not None:
+        claim = claim.where(RUN.sub_group_key.in_(sorted(wanted)))
+    claimed = session.execute(claim, execution_options={"synchronize_session": False}).all()
+    order = {s.name: i for i, s in enumerate(snapshot.steps)}
+    items: list[WaveItem] = [
+        WaveItem(step_ids[step_id], key, run_id)
+        for run_id, step_id, key in sorted(
+            claimed, key=lambda r: (order[step_ids[r[1]]], r[2], r[0])
+        )
+    ]
+    index = {(i.step, i.sub_group_key): n for n, i in enumerate(items)}
+    waiting = sorted(
+        (g for g in gaps if not g.ready and g.reason is not GapReason.FAILED),
+        key=lambda g: (order[g.step], g.sub_group_key),
+    )
+    inside = _containment(snapshot)
+    for gap in waiting:
+        if (gap.step, gap.sub_group_key) in index:
+            continue
+        upstream = sorted(
+            {
+                index[(up, up_key)]
+                for up in steps[gap.step].upstream
+                for up_key in inside.get((up, gap.step, gap.sub_group_key), ())
+                if (up, up_key) in index
+            }
+        )
+        if upstream:
+            index[(gap.step, gap.sub_group_key)] = len(items)
+            items.append(WaveItem(gap.step, gap.sub_group_key, None, tuple(upstream)))
+    limits = {s.name: _step_limit(session, s.id) for s in snapshot.steps}
+    return Wave(pipeline, tuple(items), limits)
+
+
+def _step_limit(session: Session, step_id: int) -> int:
+    limit = session.scalar(
+        select(m.ReductionStep.max_concurrent_runs).where(m.ReductionStep.id == step_id)
+    )
+    return max(1, limit or 1)
+
+
+def _containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:
+    """(upstream step, downstream step, downstream key) -> upstream keys inside it."""
+    names = [s.name for s in snapshot.steps]
+    out: dict[tuple[str, str, str], set[str]] = {}
+    for d, step in enumerate(snapshot.steps):
+        for up in step.upstream:
+            u = names.index(up)
+            for rows in snapshot.rows:
+                for row in rows:
+                    down_key, up_key = row.keys[d], row.keys[u]
+                    if down_key is not None and up_key is not None:
+                        out.setdefault((up, step.name, down_key), set()).add(up_key)
+    return out
+
+
+def claim_follow_up(
+    session: Session,
+    pipeline: str,
+    step: str,
+    key: str,
+    now: dt.datetime,
+    *,
+    claim_as: str,
+    manual: bool = False,
+    force: bool = False,
+) -> int | None:
+    """Create (if due) and claim the run of one sub-group; None when it is not due. No commit."""
+    run_id = _claim(session, pipeline, step, key, claim_as)
+    if run_id is not None:
+        return run_id
+    snapshot, gaps = _evaluate(session, pipeline, now, manual=manual, force=force)
+    due = [g for g in gaps if g.step == step and g.sub_group_key == key and g.eligible]
+    if not due:
+        return None
+    create_runs(session, snapshot, due)
+    return _claim(session, pipeline, step, key, claim_as)
+
+
+def _claim(session: Session, pipeline: str, step: str, key: str, claim_as: str) -> int | None:
+    step_id = (
+        select(m.ReductionStep.id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
+        .scalar_subquery()
+    )
+    return session.scalar(
+        update(RUN)
+        .where(
+            RUN.reduction_step_id == step_id,
+            RUN.sub_group_key == key,
+            RUN.status == m.RunStatus.PENDING,
+            (RUN.prefect_flow_run_id.is_(None)) | (RUN.prefect_flow_run_id == claim_as),
+        )
+        .values(prefect_flow_run_id=claim_as)
+        .returning(RUN.id),
+        execution_options={"synchronize_session": False},
+    )

@@ -1,0 +1,51 @@
+"""The container contract as the reduction programs see it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """The manifest and the output directory of this run."""
+
+    manifest: dict[str, Any]
+    output: Path
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        """The manifest's inputs."""
+        return list(self.manifest["inputs"])
+
+    def write_json(self, kind: str, name: str, data: dict[str, Any]) -> Path:
+        """Write `data` as `<kind>/<name>` (e.g. qa/rms.json)."""
+        path = self.output / kind / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True))
+        return path
+
+    def log(self, message: str) -> None:
+        """Append a line to logs/<step>.log and echo it to stdout."""
+        path = self.output / "logs" / f"{self.manifest['step']}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(message + "\n")
+        print(message, flush=True)
+
+
+def sidecar(path: Path, metadata: dict[str, Any]) -> None:
+    """Write `<file>.meta.json` next to a product."""
+    path.with_name(path.name + ".meta.json").write_text(json.dumps(metadata, sort_keys=True))
+
+
+def job() -> Job:
+    """Read the contract's environment and the manifest."""
+    manifest = json.loads(Path(os.environ["WORKFLOW_MANIFEST"]).read_text())
+    output = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
+    for kind in ("science", "qa", "plots", "statistics", "logs"):
+        (output / kind).mkdir(parents=True, exist_ok=True)
+    return Job(manifest, output)

@@ -1,0 +1,113 @@
+"""The backend interface every execution backend implements, and the records it exchanges.
+
+Records crossing this boundary are frozen dataclasses with units in their field names;
+the interface is an abstract base class, so a backend missing a method fails when it is
+instantiated, not when the method is first called.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked (submit, cancel, read logs)."""
+
+
+class JobState(enum.StrEnum):
+    """State of a backend job as the workflow manager needs it."""
+
+    PENDING = "PENDING"
+    """Accepted, not started (queued)."""
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    """Finished with exit code 0."""
+    FAILED = "FAILED"
+    """Finished otherwise (non-zero exit, signal, out of memory, time limit, node failure)."""
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    """The backend does not (or not yet) know the job."""
+
+    @property
+    def finished(self) -> bool:
+        """True for states a job never leaves."""
+        return self in {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Resources a job asks for; informational for the local backend."""
+
+    cpu: int = 1
+    """CPU cores."""
+    memory_gb: float = 1.0
+    """Memory in GiB."""
+    time_hours: float = 1.0
+    """Wall-time limit in hours."""
+    gpu: int = 0
+    """Number of GPUs."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything a backend needs to start one run's job."""
+
+    name: str
+    """Job name; carries the run id so an operator can find the run from the job."""
+    argv: tuple[str, ...]
+    """The command as an argument list (never a shell string)."""
+    env: Mapping[str, str]
+    """The complete environment of the job."""
+    cwd: Path
+    """Working directory."""
+    log_path: Path
+    """File that receives the job's stdout and stderr."""
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What a backend knows about a job."""
+
+    state: JobState
+    exit_code: int | None = None
+    """Exit code once finished; negative: killed by that signal."""
+    wall_time_s: float | None = None
+    """Elapsed wall-clock seconds (so far, while running)."""
+    cpu_hours: float | None = None
+    """User plus system CPU time of the whole process tree, in hours."""
+    peak_memory_gb: float | None = None
+    """Peak resident memory of the whole process tree, in GiB."""
+    reason: str | None = None
+    """Why it failed, in the backend's words (e.g. OUT_OF_MEMORY, exit code 3)."""
+
+
+class Backend(ABC):
+    """Submit, watch, cancel and read the logs of jobs at one processing location."""
+
+    name: str = ""
+    """Registry key: the `backend` value of a processing location."""
+
+    @abstractmethod
+    def submit(self, spec: JobSpec) -> str:
+        """Start the job; return the backend's job id."""
+
+    @abstractmethod
+    def status(self, job_id: str) -> JobInfo:
+        """Return what the backend knows about one job."""
+
+    def status_many(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Return the state of many jobs; backends override this with one batched query."""
+        return {job_id: self.status(job_id) for job_id in job_ids}
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job; a job that already finished is left alone."""
+
+    @abstractmethod
+    def logs(self, job_id: str) -> str:
+        """Return the job's captured output so far."""

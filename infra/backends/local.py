@@ -1,0 +1,243 @@
+"""The local backend: a run's job is a subprocess of this machine.
+
+The job starts in its own session (process group), so that cancelling it stops the whole
+process tree. A monitor thread in the submitting process samples the resident memory of
+the tree (the job and all its descendants) and reaps the job with `wait4`, whose resource
+usage covers every waited-for descendant (CPU-hours). Peak memory is the larger of the
+sampled tree sum and the largest single process's high-water mark (`VmHWM`). The outcome is also
+written to a state file under the location's job-state directory, so that another
+process (`ccat-wm cancel`, a restarted flow) can read it; job ids are process ids.
+
+Limits, by design of a single machine: descendants that detach from the tree (daemonize)
+are not sampled, and a job whose supervising process died is reported UNKNOWN once it
+ends, since its exit code could not be reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState
+
+GIB = 1024**3
+CANCEL_GRACE_S = 5.0
+"""Seconds between SIGTERM and SIGKILL when a job is cancelled."""
+MAX_SAMPLE_INTERVAL_S = 0.05
+"""Longest pause between two memory samples of a running job."""
+
+
+@dataclass(slots=True)
+class _Record:
+    """The state file's content."""
+
+    pid: int
+    create_time: float
+    started: float
+    log_path: str
+    state: str = JobState.RUNNING.value
+    exit_code: int | None = None
+    wall_time_s: float | None = None
+    cpu_hours: float | None = None
+    peak_memory_gb: float | None = None
+    reason: str | None = None
+
+    def info(self) -> JobInfo:
+        return JobInfo(
+            JobState(self.state),
+            self.exit_code,
+            self.wall_time_s,
+            self.cpu_hours,
+            self.peak_memory_gb,
+            self.reason,
+        )
+
+
+_LIVE: dict[str, _Record] = {}
+"""Jobs submitted by this process, by job id (shared by every LocalBackend instance)."""
+_LIVE_LOCK = threading.Lock()
+
+
+class LocalBackend(Backend):
+    """Runs jobs as local subprocesses; see the module docstring."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        """Keep job state files under `state_dir`."""
+        self.state_dir = state_dir
+
+    def submit(self, spec: JobSpec) -> str:
+        """Start the job in a new session, with its output in `spec.log_path`."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with spec.log_path.open("ab") as log:
+            try:
+                process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
+                    list(spec.argv),
+                    cwd=spec.cwd,
+                    env=dict(spec.env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BackendError(f"cannot start {spec.argv[0]!r} for job {spec.name}: {exc}")
+        job_id = str(process.pid)
+        try:
+            create_time = psutil.Process(process.pid).create_time()
+        except psutil.Error:  # already gone: keep a placeholder, reaping still works
+            create_time = 0.0
+        record = _Record(process.pid, create_time, time.time(), str(spec.log_path))
+        with _LIVE_LOCK:
+            _LIVE[job_id] = record
+        self._write(record)
+        threading.Thread(
+            target=self._monitor, args=(process, record), name=f"local-job-{job_id}", daemon=True
+        ).start()
+        return job_id
+
+    def status(self, job_id: str) -> JobInfo:
+        """Return the job's state from this process's monitor or from its state file."""
+        with _LIVE_LOCK:
+            live = _LIVE.get(job_id)
+        if live is not None:
+            if live.state == JobState.RUNNING.value:
+                return JobInfo(JobState.RUNNING, wall_time_s=time.time() - live.started)
+            return live.info()
+        record = self._read(job_id)
+        if record is None:
+            return JobInfo(JobState.UNKNOWN, reason=f"no local job {job_id}")
+        if record.state != JobState.RUNNING.value:
+            return record.info()
+        if _alive(record):
+            return JobInfo(JobState.RUNNING, wall_time_s=time.time() - record.started)
+        return JobInfo(
+            JobState.UNKNOWN, reason="process ended while no supervising process was watching it"
+        )
+
+    def cancel(self, job_id: str) -> None:
+        """SIGTERM the job's process group, SIGKILL it after a grace period."""
+        with _LIVE_LOCK:
+            record = _LIVE.get(job_id)
+        record = record or self._read(job_id)
+        if record is None or record.state != JobState.RUNNING.value or not _alive(record):
+            return
+        _signal_group(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while time.monotonic() < deadline and _alive(record):
+            time.sleep(0.05)
+        if _alive(record):
+            _signal_group(record.pid, signal.SIGKILL)
+        if job_id not in _LIVE:  # nobody reaps it here: record the cancellation ourselves
+            record.state = JobState.CANCELLED.value
+            record.reason = "cancelled"
+            self._write(record)
+
+    def logs(self, job_id: str) -> str:
+        """Return the job's captured stdout and stderr."""
+        with _LIVE_LOCK:
+            record = _LIVE.get(job_id)
+        record = record or self._read(job_id)
+        if record is None:
+            raise BackendError(f"no local job {job_id}")
+        path = Path(record.log_path)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _monitor(self, process: subprocess.Popen[bytes], record: _Record) -> None:
+        """Sample the tree's memory until the job ends, then record its outcome."""
+        start = time.monotonic()
+        peak_rss = 0
+        interval = 0.001
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            total, high_water = _tree_memory(process.pid)
+            peak_rss = max(peak_rss, total, high_water)
+            time.sleep(interval)
+            interval = min(interval * 2, MAX_SAMPLE_INTERVAL_S)
+        wall = time.monotonic() - start
+        code = os.waitstatus_to_exitcode(status)
+        process.returncode = code
+        record.exit_code = code
+        record.wall_time_s = wall
+        record.cpu_hours = (usage.ru_utime + usage.ru_stime) / 3600.0
+        record.peak_memory_gb = peak_rss / GIB
+        if code == 0:
+            record.state = JobState.COMPLETED.value
+        else:
+            record.state = JobState.FAILED.value
+            record.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        self._write(record)
+
+    def _path(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}.json"
+
+    def _write(self, record: _Record) -> None:
+        path = self._path(str(record.pid))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(record)))
+        tmp.replace(path)
+
+    def _read(self, job_id: str) -> _Record | None:
+        try:
+            data: dict[str, Any] = json.loads(self._path(job_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return _Record(**data)
+
+
+def _alive(record: _Record) -> bool:
+    """True while the job's own process exists (and is not a reused pid)."""
+    try:
+        process = psutil.Process(record.pid)
+        if record.create_time and abs(process.create_time() - record.create_time) > 0.01:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """Resident bytes of a process tree now, and the largest peak (VmHWM) of one member.
+
+    The high-water mark is per address space, so it starts afresh at `exec` and does not
+    count the forked copy of the submitting process (unlike `ru_maxrss`).
+    """
+    try:
+        members = [psutil.Process(pid)]
+        members += members[0].children(recursive=True)
+    except psutil.Error:
+        return 0, 0
+    total = high_water = 0
+    for member in members:
+        with contextlib.suppress(psutil.Error, OSError, ValueError):
+            total += member.memory_info().rss
+            high_water = max(high_water, _vm_hwm(member.pid))
+    return total, high_water
+
+
+def _vm_hwm(pid: int) -> int:
+    """Peak resident bytes of one process (Linux /proc), 0 where unavailable."""
+    with Path(f"/proc/{pid}/status").open() as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

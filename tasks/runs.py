@@ -1,0 +1,119 @@
+"""Prefect tasks of a pipeline flow: thin wrappers around `ccat_wm.execution`.
+
+Tasks take ids and plain values, never ORM objects or sessions; none is cached (they
+write to the ops DB). A sub-group's run holds one slot of its step's global concurrency
+limit (`ccat-step:<pipeline>:<step>`, created by `ensure_concurrency_limits`, acquired
+strictly so that a missing limit is an error) for its whole execution; the slot is a
+lease, so a task whose process dies gives it back when the lease expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.states import Cancelled, State
+
+from ccat_wm.db import get_engine, resolve_db_url
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.report import products_markdown, run_rows, run_table
+from ccat_wm.execution.runner import RunExecutor, RunOutcome
+from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
+from ccat_wm.settings import load_settings
+from ccat_ops_db.models import RunStatus
+
+LEASE_S = 120.0
+"""Lease of a concurrency slot; renewed while the task lives, freed this long after a crash."""
+
+
+class RunFailedError(CcatWmError):
+    """A sub-group's run ended FAILED after its retries (fails the task run in Prefect)."""
+
+
+def limit_name(pipeline: str, step: str) -> str:
+    """Name of a step's global concurrency limit."""
+    return f"ccat-step:{pipeline}:{step}"
+
+
+@lru_cache(maxsize=1)
+def executor() -> RunExecutor:
+    """The process's run executor (one engine per process)."""
+    settings = load_settings()
+    return RunExecutor(get_engine(resolve_db_url(settings)), settings)
+
+
+@task(name="prepare-wave", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def prepare_wave_task(
+    pipeline: str, sub_groups: list[str] | None, manual: bool, force: bool, claim_as: str
+) -> Wave:
+    """Create runs for due gaps and claim this flow run's wave."""
+    with executor().session() as session, session.begin():
+        wave = prepare_wave(
+            session, pipeline, dt.datetime.now(dt.UTC), claim_as=claim_as,
+            sub_groups=sub_groups, manual=manual, force=force,
+        )  # fmt: skip
+    follow_ups = sum(1 for i in wave.items if i.run_id is None)
+    get_run_logger().info(
+        "%s: %s run(s) to execute, %s follow-up(s) waiting for them",
+        pipeline, len(wave.items) - follow_ups, follow_ups,
+    )  # fmt: skip
+    return wave
+
+
+@task(name="ensure-concurrency-limits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def ensure_concurrency_limits(pipeline: str, limits: dict[str, int]) -> None:
+    """Create or update one global concurrency limit per step (`max_concurrent_runs`)."""
+    with get_client(sync_client=True) as client:
+        for step, limit in limits.items():
+            client.upsert_global_concurrency_limit_by_name(limit_name(pipeline, step), limit)
+
+
+@task(cache_policy=NO_CACHE)
+def run_sub_group(
+    pipeline: str,
+    step: str,
+    sub_group_key: str,
+    run_id: int | None,
+    claim_as: str,
+    manual: bool = False,
+    force: bool = False,
+) -> RunOutcome | State[Any]:
+    """Execute one sub-group's run (creating it first for a follow-up) under its step's limit."""
+    logger = get_run_logger()
+    if run_id is None:
+        with executor().session() as session, session.begin():
+            run_id = claim_follow_up(
+                session, pipeline, step, sub_group_key, dt.datetime.now(dt.UTC),
+                claim_as=claim_as, manual=manual, force=force,
+            )  # fmt: skip
+        if run_id is None:
+            logger.info("not due after its upstream runs; nothing to run")
+            return RunOutcome(0, RunStatus.PENDING, 0, "not due")
+    with concurrency(limit_name(pipeline, step), occupy=1, strict=True, lease_duration=LEASE_S):
+        logger.info("run %s started", run_id)
+        outcome = executor().execute(run_id)
+    if outcome.status is RunStatus.FAILED:
+        raise RunFailedError(f"run {run_id} failed after {outcome.retry_count} retries: {outcome.message}")
+    if outcome.status is RunStatus.CANCELLED:
+        return Cancelled(message=f"run {run_id} was cancelled")
+    logger.info("run %s %s", run_id, outcome.status.value)
+    return outcome
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(pipeline: str, claim_as: str) -> None:
+    """Publish the flow run's table of runs and a markdown summary of its products."""
+    with executor().session() as session:
+        rows = run_rows(session, flow_run=claim_as)
+        markdown = products_markdown(session, claim_as)
+    key = "".join(c if c.isalnum() else "-" for c in pipeline.lower())
+    create_table_artifact(
+        table=run_table(rows), key=f"{key}-runs", description=f"Runs of {pipeline} in this flow run"
+    )
+    create_markdown_artifact(markdown=markdown, key=f"{key}-products", description="Products")
