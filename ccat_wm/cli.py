@@ -23,8 +23,12 @@ from ccat_wm import demo as demo_module
 from ccat_wm.db import display_url, get_engine, resolve_db_url
 from ccat_wm.embedded_pg import stop_embedded_server
 from ccat_wm.errors import CcatWmError, DatabaseError
+from ccat_wm.execution.control import cancel_run, product_lineage
+from ccat_wm.execution.report import run_rows
+from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
-from ccat_wm.render import render_plan_json, render_plan_table
+from ccat_wm.render import render_lineage, render_plan_json, render_plan_table, render_runs_table
+from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
 from ccat_wm.settings import Settings, load_settings
 from ccat_wm.simulate.catalog import DEFAULT_LINES, DEFAULT_PROGRAM, DEFAULT_SOURCES
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
@@ -202,8 +206,69 @@ def plan(pipeline: str | None, as_json: bool, at: dt.datetime | None) -> None:
 
 
 @cli.command()
+@click.argument("pipeline")
+@click.option(
+    "--sub-group",
+    "sub_groups",
+    multiple=True,
+    help="Run only this sub-group key (repeatable; `all` for the all-data sub-group).",
+)
+@click.option("--force", is_flag=True, help="Run every sub-group, also those with a current run.")
+def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
+    """Run a pipeline now (a manual run): every ready gap, or the given sub-groups."""
+    from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only for commands that run flows
+
+    engine = _engine(load_settings())
+    keys = [("" if k == ALL_KEY_DISPLAY else k) for k in sub_groups] or None
+    result = run_pipeline(engine, pipeline, sub_groups=keys, force=force)
+    click.echo(render_runs_table(result.runs) if result.runs else "no gaps: nothing to run")
+    click.echo(f"flow run {result.flow_run_id}: {result.state}")
+    if result.failed:
+        raise CcatWmError(
+            f"pipeline {pipeline!r} flow run {result.flow_run_id} ended {result.state}: "
+            f"{result.message}; see `ccat-wm status {pipeline}`"
+        )
+
+
+@cli.command()
+@click.argument("pipeline", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
+def status(pipeline: str | None, as_json: bool, limit: int) -> None:
+    """List runs, newest first: status, reason, retries, job id and metrics."""
+    with Session(_engine(load_settings())) as session:
+        if pipeline is not None:
+            pipeline_by_name(session, pipeline)
+        rows = run_rows(session, pipeline=pipeline, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        click.echo(render_runs_table(rows))
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+def cancel(run_id: int) -> None:
+    """Cancel a run that has not finished, and stop its backend job."""
+    with Session(_engine(load_settings())) as session:
+        result = cancel_run(session, run_id)
+    job = f"; job {result.hpc_job_id} stopped" if result.job_cancelled else ""
+    click.echo(f"run {run_id} cancelled (was {result.previous_status}){job}")
+
+
+@cli.command()
+@click.argument("product")
+@click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
+def lineage(product: str, as_json: bool) -> None:
+    """Show a product's provenance (by id or file path): runs, software, configs, raw data."""
+    with Session(_engine(load_settings())) as session:
+        result = product_lineage(session, product)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_lineage(result))
+
+
+@cli.command()
 def demo() -> None:
-    """Run the walk-through on the embedded defaults: schema, example pipeline, simulated scans."""
+    """Run the example pipeline end to end on the embedded defaults (again: nothing to do)."""
     demo_module.run_demo(load_settings(), click.echo)
 
 

@@ -1,9 +1,10 @@
 """`ccat-wm demo`: the whole chain on the embedded defaults.
 
-For now the walk-through of what exists: migrate the ops DB, declare a demo archive and
-a local processing location under CCAT_WM_HOME, apply the example CHAI pipeline,
-simulate scans into the archive (only the first time, so that running it again changes
-nothing), then print what is there and what the plan would run.
+Migrate the ops DB, declare a demo archive and a local processing location (host
+runtime) under CCAT_WM_HOME, apply the example CHAI pipeline, simulate scans into the
+archive (only the first time), run the pipeline's flow on Prefect (the ephemeral server
+unless PREFECT_API_URL is set) and print what it produced, with the path of the map.
+Running it again finds no gaps and runs nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import migrate
 from ccat_ops_db import models as m
 from ccat_wm.db import display_url, get_engine, resolve_db_url
+from ccat_wm.errors import CcatWmError
 from ccat_wm.gaps.plan import make_plan
 from ccat_wm.settings import Settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
@@ -30,6 +32,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "specs"
 DEMO_SPEC = EXAMPLES_DIR / "chai-demo.yaml"
 DEMO_SCANS = 24
 DEMO_SEED = 253
+DEMO_PIPELINE = "chai-demo"
 
 
 def demo_locations_file(settings: Settings) -> Path:
@@ -65,30 +68,45 @@ def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
     """Run the walk-through, reporting each stage through `echo`."""
     url = resolve_db_url(settings)
     engine = get_engine(url)
-    echo(f"[1/4] ops DB: {display_url(url)}")
+    echo(f"[1/5] ops DB: {display_url(url)}")
     migrate.upgrade(engine)
     echo(f"      schema at revision {migrate.current_revision(engine)}")
     files = load_spec_files([demo_locations_file(settings), DEMO_SPEC])
     with Session(engine) as session, session.begin():
         changes = apply_specs(session, files, user=getpass.getuser())
-    echo(f"[2/4] applied {DEMO_SPEC.name}: {len(changes)} change(s)")
+    echo(f"[2/5] applied {DEMO_SPEC.name}: {len(changes)} change(s)")
     for change in changes:
         echo(f"      {change.render()}")
     with Session(engine) as session, session.begin():
         existing = session.scalar(select(func.count()).select_from(m.ExecutedObsUnit)) or 0
         if existing:
-            echo(f"[3/4] {existing} scans already registered; not simulating more")
+            echo(f"[3/5] {existing} scans already registered; not simulating more")
         else:
             request = SimulationRequest(scans=DEMO_SCANS, seed=DEMO_SEED)
             result = register_simulation(session, request, _progress(echo))
             scans, packages = len(result.scan_names), result.package_count
-            echo(f"[3/4] simulated {scans} scans, {packages} raw data packages")
+            echo(f"[3/5] simulated {scans} scans, {packages} raw data packages")
     with Session(engine) as session, session.begin():
-        plan = make_plan(session, dt.datetime.now(dt.UTC))  # its own read-only transaction
+        plan = make_plan(session, dt.datetime.now(dt.UTC), DEMO_PIPELINE, manual=True)
+    due = [g for g in plan.gaps if g.eligible]
     with Session(engine) as session:
-        _summary(session, settings, echo)
-    waves = ", ".join(f"{c.step}: {c.runs}" for c in plan.costs)
-    echo(f"      plan: {len(plan.gaps)} gaps ({waves}); see `ccat-wm plan`")
+        pending = _pending_runs(session)
+    if not due and not pending:
+        echo("[4/5] no gaps: everything is up to date, nothing to run")
+    else:
+        echo(f"[4/5] running {DEMO_PIPELINE}: {len(due)} sub-group(s) due now, more as they finish")
+        echo("      (Prefect logs each task run below; the first flow run starts Prefect's server)")
+        from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only when a flow runs
+
+        outcome = run_pipeline(engine, DEMO_PIPELINE)
+        echo(f"      flow run {outcome.flow_run_id}: {outcome.state} ({len(outcome.runs)} runs)")
+        if outcome.failed:
+            raise CcatWmError(
+                f"the demo pipeline ended {outcome.state}: {outcome.message}; "
+                f"see `ccat-wm status {DEMO_PIPELINE}`"
+            )
+    with Session(engine) as session:
+        _summary(session, echo)
 
 
 def _progress(echo: Callable[[str], object]) -> Callable[[int, int], None]:
@@ -99,19 +117,40 @@ def _progress(echo: Callable[[str], object]) -> Callable[[int, int], None]:
     return report
 
 
-def _summary(session: Session, settings: Settings, echo: Callable[[str], object]) -> None:
-    scans = session.scalar(select(func.count()).select_from(m.ExecutedObsUnit))
-    packages = session.scalar(select(func.count()).select_from(m.RawDataPackage))
-    size = session.scalar(select(func.coalesce(func.sum(m.RawDataPackage.size), 0)))
-    echo(f"[4/4] ops DB holds {scans} scans and {packages} raw data packages ({size} bytes)")
-    echo(f"      archive: {settings.home / 'archive'}")
-    rows = session.execute(
-        select(
-            m.Pipeline.name, m.Pipeline.trigger_type, m.ReductionStep.name, m.ReductionStep.group_by
+def _pending_runs(session: Session) -> int:
+    run = m.ExecutedReductionStep
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(run)
+            .join(m.ReductionStep, m.ReductionStep.id == run.reduction_step_id)
+            .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+            .where(m.Pipeline.name == DEMO_PIPELINE, run.status == m.RunStatus.PENDING)
         )
-        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
-        .order_by(m.Pipeline.name, m.ReductionStep.step_order)
+        or 0
+    )
+
+
+def _summary(session: Session, echo: Callable[[str], object]) -> None:
+    run, product = m.ExecutedReductionStep, m.DataProduct
+    statuses = session.execute(
+        select(run.status, func.count()).group_by(run.status).order_by(run.status)
     ).all()
-    for pipeline, trigger, step, group_by in rows:
-        grouping = ", ".join(group_by) or "all"
-        echo(f"      pipeline {pipeline} ({trigger.value}): step {step} per {grouping}")
+    kinds = session.execute(
+        select(product.data_product_type, func.count())
+        .group_by(product.data_product_type)
+        .order_by(product.data_product_type)
+    ).all()
+    echo("[5/5] runs: " + (", ".join(f"{n} {s.value}" for s, n in statuses) or "none"))
+    echo("      products: " + (", ".join(f"{n} {k.value}" for k, n in kinds) or "none"))
+    maps = session.scalars(
+        select(product.file_path)
+        .where(
+            product.data_product_type.in_([m.DataProductType.PLOT, m.DataProductType.SCIENCE]),
+            product.file_path.like("%.moment0.png") | product.file_path.like("%.cube.fits"),
+        )
+        .order_by(product.id.desc())
+    ).all()
+    for path in sorted(maps):
+        echo(f"      map: {path}")
+    echo("      next: `ccat-wm status`, `ccat-wm lineage <product id or path>`")

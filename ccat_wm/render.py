@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ccat_wm.execution.control import Lineage
+from ccat_wm.execution.report import RunRow
 from ccat_wm.gaps.plan import Plan
 from ccat_wm.selection.dimensions import display_key
 
@@ -85,3 +87,66 @@ def render_plan_json(plan: Plan) -> str:
         "total_cpu_hours": plan.total_cpu_hours,
     }
     return json.dumps(payload, indent=2)
+
+
+def _cell(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_runs_table(rows: Sequence[RunRow]) -> str:
+    """`ccat-wm status` as a table: one line per run, newest first."""
+    if not rows:
+        return "no runs"
+    header = (
+        "id", "pipeline", "step", "sub_group_key", "status", "reason", "retries",
+        "hpc_job_id", "time_s", "peak_gb", "cpu_h",
+    )  # fmt: skip
+    body = [
+        (
+            str(r.id),
+            r.pipeline,
+            r.step,
+            display_key(r.sub_group_key),
+            r.status,
+            r.reason,
+            str(r.retry_count),
+            _cell(r.hpc_job_id),
+            _cell(r.processing_time_s, 2),
+            _cell(r.peak_memory_gb, 3),
+            _cell(r.cpu_hours, 5),
+        )
+        for r in rows
+    ]
+    text = table(header, body)
+    failures = [
+        f"  run {r.id}: {r.failure_reason}"
+        for r in rows
+        if r.status == "FAILED" and r.failure_reason
+    ]
+    return "\n".join([text, *(["failures:", *failures] if failures else [])])
+
+
+def render_lineage(lineage: Lineage) -> str:
+    """`ccat-wm lineage` as text: the product, the runs that made it, the raw data."""
+    lines = [
+        f"product {lineage.product_id} ({lineage.data_product_type}, {lineage.file_size} bytes)",
+        f"  path      {lineage.file_path}",
+        f"  sha256    {lineage.checksum}",
+        f"runs ({len(lineage.runs)}), most downstream first:",
+    ]
+    for run in lineage.runs:
+        lines.append(
+            f"  run {run.run_id}: {run.pipeline} / {run.step}[{display_key(run.sub_group_key)}] "
+            f"{run.status}"
+        )
+        lines.append(f"    software {run.software} {run.version} ({run.digest or 'no digest'})")
+        lines.append(f"    config   {run.config} {json.dumps(run.parameters, sort_keys=True)}")
+        if run.execution_command:
+            lines.append(f"    command  {run.execution_command}")
+    lines.append(f"raw data packages ({len(lineage.raw_data_packages)}):")
+    lines += [f"  {p['name']}  sha256 {p['checksum']}" for p in lineage.raw_data_packages]
+    return "\n".join(lines)

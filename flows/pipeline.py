@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import Flow, flow
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Failed, State
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
@@ -36,6 +37,11 @@ BOOKKEEPING_TASKS = 3
 _SETTINGS = load_settings()
 
 
+def _bounded_runner() -> Any:
+    """Return a thread pool of `CCAT_WM_FLOW_WORKERS` threads (Prefect's default is unbounded)."""
+    return ThreadPoolTaskRunner(max_workers=_SETTINGS.flow_workers)
+
+
 def task_run_name(step: str, key: str) -> str:
     """`<step>[<sub_group_key>]`, as the Prefect UI shows a sub-group's task run."""
     return f"{step}[{display_key(key)}]"
@@ -48,12 +54,20 @@ def _run_items(
     futures: list[PrefectFuture[Any]] = []
     for item in items:
         waits = [allow_failure(futures[i]) for i in item.upstream if i < len(futures)]
-        named = run_sub_group.with_options(task_run_name=task_run_name(item.step, item.sub_group_key))
+        named = run_sub_group.with_options(
+            task_run_name=task_run_name(item.step, item.sub_group_key)
+        )
         futures.append(
-            named.submit(
-                pipeline, item.step, item.sub_group_key, item.run_id, claim_as, manual, force,
+            named.submit(  # type: ignore[call-overload]
+                pipeline,
+                item.step,
+                item.sub_group_key,
+                item.run_id,
+                claim_as=claim_as,
+                manual=manual,
+                force=force,
                 wait_for=waits,
-            )  # fmt: skip
+            )
         )
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     for future in futures:
@@ -70,7 +84,7 @@ def _run_items(
 
 @flow(
     name="ccat-pipeline-chunk",
-    task_runner=ThreadPoolTaskRunner(max_workers=_SETTINGS.flow_workers),
+    task_runner=_bounded_runner(),
 )
 def pipeline_chunk(
     pipeline: str, items: list[dict[str, Any]], claim_as: str, manual: bool, force: bool
@@ -91,9 +105,11 @@ def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
         out.append(
             [
                 WaveItem(
-                    i.step, i.sub_group_key, i.run_id,
+                    i.step,
+                    i.sub_group_key,
+                    i.run_id,
                     tuple(u - start for u in i.upstream if u >= start),
-                )  # fmt: skip
+                )
                 for i in chunk
             ]
         )
@@ -102,7 +118,7 @@ def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
 
 @flow(
     name="ccat-pipeline",
-    task_runner=ThreadPoolTaskRunner(max_workers=_SETTINGS.flow_workers),
+    task_runner=_bounded_runner(),
     flow_run_name="{pipeline}",
 )
 def pipeline_flow(
@@ -148,5 +164,5 @@ def _as_dict(item: WaveItem) -> dict[str, Any]:
 
 
 def flow_for(pipeline: str) -> Flow[..., Any]:
-    """The pipeline's flow: `pipeline_flow` under the pipeline's name."""
+    """Return the pipeline's flow: `pipeline_flow` under the pipeline's name."""
     return pipeline_flow.with_options(name=pipeline)

@@ -77,7 +77,7 @@ class ContainerJob:
 
 
 def contract_env(root: Path, output_dir: str) -> dict[str, str]:
-    """The contract's variables for a workflow directory at `root`."""
+    """Return the contract's variables for a workflow directory at `root`."""
     return {
         "WORKFLOW_DIR": str(root),
         "WORKFLOW_OUTPUT_DIR": str(root / output_dir),

@@ -17,16 +17,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 from prefect.concurrency.sync import concurrency
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled
 
+from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.report import products_markdown, run_rows, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.settings import load_settings
-from ccat_ops_db.models import RunStatus
 
 LEASE_S = 120.0
 """Lease of a concurrency slot; renewed while the task lives, freed this long after a crash."""
@@ -43,7 +44,7 @@ def limit_name(pipeline: str, step: str) -> str:
 
 @lru_cache(maxsize=1)
 def executor() -> RunExecutor:
-    """The process's run executor (one engine per process)."""
+    """Return the process's run executor (one engine per process)."""
     settings = load_settings()
     return RunExecutor(get_engine(resolve_db_url(settings)), settings)
 
@@ -80,6 +81,7 @@ def run_sub_group(
     step: str,
     sub_group_key: str,
     run_id: int | None,
+    *,
     claim_as: str,
     manual: bool = False,
     force: bool = False,
@@ -99,7 +101,9 @@ def run_sub_group(
         logger.info("run %s started", run_id)
         outcome = executor().execute(run_id)
     if outcome.status is RunStatus.FAILED:
-        raise RunFailedError(f"run {run_id} failed after {outcome.retry_count} retries: {outcome.message}")
+        raise RunFailedError(
+            f"run {run_id} failed after {outcome.retry_count} retries: {outcome.message}"
+        )
     if outcome.status is RunStatus.CANCELLED:
         return Cancelled(message=f"run {run_id} was cancelled")
     logger.info("run %s %s", run_id, outcome.status.value)

@@ -86,7 +86,7 @@ def scan_outputs(layout: RunLayout) -> list[OutputFile]:
             kind = CLASSES[entry.name]
             if kind is T.SCIENCE and not layout.is_final:
                 kind = T.INTERMEDIATE
-            _walk(entry, kind, real_root, files, sidecars, problems)
+            _walk(entry, kind, real_root, files=files, sidecars=sidecars, problems=problems)
         elif entry.is_file() and not layout.is_final:
             _add(entry, T.INTERMEDIATE, files, sidecars)
         else:
@@ -96,6 +96,16 @@ def scan_outputs(layout: RunLayout) -> list[OutputFile]:
                 f"{entry}: {what} {str(rel)!r} is outside the declared output directories "
                 f"({allowed}{'' if layout.is_final else ' or top-level intermediates'})"
             )
+    outputs = _attach_sidecars(files, sidecars, problems)
+    if problems:
+        raise ContractViolationError(problems)
+    return outputs
+
+
+def _attach_sidecars(
+    files: list[tuple[Path, m.DataProductType]], sidecars: dict[Path, Path], problems: list[str]
+) -> list[OutputFile]:
+    """Pair files with their sidecars; malformed and orphaned sidecars are problems."""
     outputs = []
     known = {path for path, _ in files}
     for sidecar, target in sidecars.items():
@@ -118,8 +128,6 @@ def scan_outputs(layout: RunLayout) -> list[OutputFile]:
                 continue
             metadata = parsed
         outputs.append(OutputFile(path, kind, metadata))
-    if problems:
-        raise ContractViolationError(problems)
     return outputs
 
 
@@ -134,6 +142,7 @@ def _walk(
     directory: Path,
     kind: m.DataProductType,
     real_root: Path,
+    *,
     files: list[tuple[Path, m.DataProductType]],
     sidecars: dict[Path, Path],
     problems: list[str],
@@ -240,6 +249,4 @@ def _record_lineage(session: Session, run_id: int, product_ids: list[int]) -> No
         .join(packages, true())
         .where(product.id.in_(product_ids))
     )
-    session.execute(
-        insert(lineage).from_select(["data_product_id", "raw_data_package_id"], source)
-    )
+    session.execute(insert(lineage).from_select(["data_product_id", "raw_data_package_id"], source))

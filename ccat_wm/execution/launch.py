@@ -56,14 +56,14 @@ def render_command(template: Sequence[str], parameters: Mapping[str, Any]) -> li
 
 
 def seen_path(path: Path, layout: RunLayout, runtime: str) -> str:
-    """A host path under the run's root as the software sees it (container or host)."""
+    """Return a host path under the run's root as the software sees it (container or host)."""
     if runtime == "apptainer":
         return str(CONTAINER_ROOT / path.relative_to(layout.root))
     return str(path)
 
 
 def build_manifest(ctx: RunContext, staged: Sequence[StagedInput]) -> dict[str, Any]:
-    """The run's `config/manifest.json` content."""
+    """Return the run's `config/manifest.json` content."""
     layout, runtime = ctx.layout, ctx.location.runtime
     inputs = []
     for item in staged:
@@ -97,7 +97,7 @@ def write_manifest(layout: RunLayout, manifest: Mapping[str, Any]) -> None:
 
 
 def resources(ctx: RunContext) -> Resources:
-    """The step config's resource requirements."""
+    """Return the step config's resource requirements."""
     req = ctx.resources
     return Resources(
         cpu=int(req.get("cpu", 1)),
@@ -108,7 +108,7 @@ def resources(ctx: RunContext) -> Resources:
 
 
 def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
-    """The location's Apptainer image cache (its setting, SIF_CACHE_DIR, or under its path)."""
+    """Return the location's image cache (its setting, SIF_CACHE_DIR, or under its path)."""
     configured = ctx.location.settings.get("sif_cache_dir")
     if configured:
         return Path(configured)
@@ -116,7 +116,7 @@ def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
 
 
 def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
-    """The backend job of one attempt: the wrapped command, its environment and log file."""
+    """Return the backend job of one attempt: wrapped command, environment and log file."""
     layout = ctx.layout
     job = ContainerJob(
         command=tuple(render_command(ctx.command_template, ctx.parameters)),
@@ -148,5 +148,5 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
 
 
 def display_command(spec: JobSpec) -> str:
-    """The command as stored in `execution_command` (for reading, never for running)."""
+    """Return the command as stored in `execution_command` (for reading, never running)."""
     return shlex.join(spec.argv)

@@ -46,7 +46,7 @@ class RunLayout:
     def for_run(
         cls, base: Path, pipeline: str, key: str, run_id: int, step: str, *, is_final: bool
     ) -> RunLayout:
-        """The layout of run `run_id` under the processing location's base directory."""
+        """Return the layout of run `run_id` under the processing location's base directory."""
         root = base / key_to_dirname(pipeline) / key_to_dirname(key) / f"run-{run_id}"
         return cls(root, step, is_final)
 
@@ -76,7 +76,7 @@ class RunLayout:
         return self.root / "logs"
 
     def attempt_log(self, attempt: int) -> Path:
-        """Captured stdout and stderr of one attempt (0 = the first)."""
+        """Return the file of one attempt's captured stdout and stderr (0 = the first)."""
         return self.logs / f"{self.step}-attempt-{attempt}.log"
 
     def create(self) -> None:

@@ -45,9 +45,7 @@ class TransitionError(CcatWmError):
             message = f"run {run_id} does not exist"
         else:
             allowed = ", ".join(sorted(TRANSITIONS[target]))
-            message = (
-                f"run {run_id} is {current}; it can move to {target} only from {allowed}"
-            )
+            message = f"run {run_id} is {current}; it can move to {target} only from {allowed}"
         super().__init__(message)
 
 

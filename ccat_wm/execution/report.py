@@ -39,8 +39,8 @@ class RunRow:
         return asdict(self)
 
 
-def _runs_query() -> Select[Any]:
-    return (
+def _runs_query() -> Select[*tuple[Any, ...]]:
+    query: Select[*tuple[Any, ...]] = (
         select(
             RUN.id,
             m.Pipeline.name,
@@ -58,6 +58,7 @@ def _runs_query() -> Select[Any]:
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
     )
+    return query
 
 
 def _row(values: Any) -> RunRow:
@@ -74,7 +75,7 @@ def run_rows(
     flow_run: str | None = None,
     limit: int | None = None,
 ) -> list[RunRow]:
-    """Runs, newest first: of one pipeline, of one flow run, or all."""
+    """Return runs, newest first: of one pipeline, of one flow run, or all."""
     query = _runs_query().order_by(RUN.id.desc())
     if pipeline is not None:
         query = query.where(m.Pipeline.name == pipeline)
@@ -86,7 +87,7 @@ def run_rows(
 
 
 def run_table(rows: list[RunRow]) -> list[dict[str, Any]]:
-    """The flow run's table artifact: step, sub-group, status, job id and metrics."""
+    """Return the flow run's table artifact: step, sub-group, status, job id, metrics."""
     return [
         {
             "run": r.id,
@@ -108,7 +109,9 @@ def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> s
     product = m.DataProduct
     in_run = product.executed_reduction_step_id == RUN.id
     counts = session.execute(
-        select(product.data_product_type, func.count(), func.coalesce(func.sum(product.file_size), 0))
+        select(
+            product.data_product_type, func.count(), func.coalesce(func.sum(product.file_size), 0)
+        )
         .join(RUN, in_run)
         .where(RUN.prefect_flow_run_id == flow_run)
         .group_by(product.data_product_type)
@@ -117,7 +120,10 @@ def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> s
     science = session.scalars(
         select(product.file_path)
         .join(RUN, in_run)
-        .where(RUN.prefect_flow_run_id == flow_run, product.data_product_type == m.DataProductType.SCIENCE)
+        .where(
+            RUN.prefect_flow_run_id == flow_run,
+            product.data_product_type == m.DataProductType.SCIENCE,
+        )
         .order_by(product.file_path)
         .limit(listed)
     ).all()

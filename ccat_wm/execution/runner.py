@@ -64,7 +64,7 @@ class RunOutcome:
 
 
 def backend_for(ctx: RunContext) -> Backend:
-    """The backend of the run's processing location (job state under its path)."""
+    """Return the backend of the run's processing location (job state under its path)."""
     return get_backend(ctx.location.backend, ctx.location.path / ".jobs", ctx.location.settings)
 
 
@@ -84,7 +84,7 @@ class RunExecutor:
         self.poll_max_s = poll_max_s
 
     def session(self) -> Session:
-        """A new session on the ops DB."""
+        """Return a new session on the ops DB."""
         return Session(self.engine)
 
     def execute(self, run_id: int) -> RunOutcome:
@@ -154,7 +154,7 @@ class RunExecutor:
         result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             raise BackendError(
-                f"`{' '.join(argv[:2])}` of {image.reference} failed: {result.stderr.strip()[-500:]}"
+                f"`apptainer pull` of {image.reference} failed: {result.stderr.strip()[-500:]}"
             )
 
     def _watch(self, run_id: int, backend: Backend, job_id: str) -> JobInfo | None:
@@ -173,7 +173,9 @@ class RunExecutor:
                 if info.state is JobState.UNKNOWN:
                     unknown_since = unknown_since or time.monotonic()
                     if time.monotonic() - unknown_since > UNKNOWN_GRACE_S:
-                        info = JobInfo(JobState.FAILED, reason=f"backend lost the job: {info.reason}")
+                        info = JobInfo(
+                            JobState.FAILED, reason=f"backend lost the job: {info.reason}"
+                        )
                 if info.state.finished:
                     break
                 time.sleep(interval)
@@ -226,9 +228,7 @@ class RunExecutor:
         try:
             with self.session() as session, session.begin():
                 register_products(session, ctx.run_id, records)
-                self._move(
-                    session, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason
-                )
+                self._move(session, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason)
         except TransitionError as exc:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         LOG.warning("run %s (%s[%s]) failed: %s", ctx.run_id, ctx.step, ctx.sub_group_key, reason)
@@ -245,12 +245,14 @@ class RunExecutor:
     ) -> None:
         transition(session, run_id, target, expected=expected, **values)
 
-    def _move_now(self, run_id: int, target: RunStatus, *, expected: RunStatus, **values: object) -> None:
+    def _move_now(
+        self, run_id: int, target: RunStatus, *, expected: RunStatus, **values: object
+    ) -> None:
         with self.session() as session, session.begin():
             self._move(session, run_id, target, expected=expected, **values)
 
 
 def _make_read_only(path: Path) -> None:
-    """Registered products are immutable: drop write permission (hard links share it)."""
+    """Drop write permission: registered products are immutable (hard links share it)."""
     mode = path.stat().st_mode
     os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

@@ -84,7 +84,7 @@ def stage_inputs(
 
 
 def _relative_to_run(product: ProductInput) -> Path:
-    """The product's path below its run's output directory."""
+    """Return the product's path below its run's output directory."""
     parts = product.path.parts
     marker = f"run-{product.run_id}"
     if marker in parts:

@@ -51,7 +51,8 @@ class Wave:
     """`max_concurrent_runs` per step."""
 
 
-def _pipeline(session: Session, name: str) -> m.Pipeline:
+def pipeline_by_name(session: Session, name: str) -> m.Pipeline:
+    """Return the pipeline called `name`; an unknown name is an error listing the known ones."""
     pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == name)).first()
     if pipeline is None:
         known = session.scalars(select(m.Pipeline.name).order_by(m.Pipeline.name)).all()
@@ -62,7 +63,7 @@ def _pipeline(session: Session, name: str) -> m.Pipeline:
 def _evaluate(
     session: Session, name: str, now: dt.datetime, *, manual: bool, force: bool
 ) -> tuple[PipelineSnapshot, list[Gap]]:
-    pipeline = _pipeline(session, name)
+    pipeline = pipeline_by_name(session, name)
     snapshot = load_snapshot(session, pipeline, prune=not force)
     return snapshot, evaluate(snapshot, now, manual=manual, force=force)
 

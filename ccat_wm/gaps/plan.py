@@ -106,8 +106,13 @@ def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -
     return costs
 
 
-def make_plan(session: Session, now: dt.datetime, pipeline_name: str | None = None) -> Plan:
-    """Evaluate the enabled pipelines (or one) at `now` without writing anything."""
+def make_plan(
+    session: Session, now: dt.datetime, pipeline_name: str | None = None, *, manual: bool = False
+) -> Plan:
+    """Evaluate the enabled pipelines (or one) at `now` without writing anything.
+
+    `manual`: as a person's run would (every ready gap due now).
+    """
     session.execute(text("SET TRANSACTION READ ONLY"))
     query = select(m.Pipeline).order_by(m.Pipeline.priority.desc(), m.Pipeline.name)
     if pipeline_name is not None:
@@ -124,7 +129,7 @@ def make_plan(session: Session, now: dt.datetime, pipeline_name: str | None = No
         if not pipeline.enabled:
             continue
         snapshot = load_snapshot(session, pipeline)
-        pipeline_gaps = evaluate(snapshot, now)
+        pipeline_gaps = evaluate(snapshot, now, manual=manual)
         gaps.extend(pipeline_gaps)
         costs.extend(_step_costs(session, snapshot, pipeline_gaps))
     return Plan(now, gaps, costs)

@@ -93,7 +93,9 @@ class LocalBackend(Backend):
                     start_new_session=True,
                 )
             except OSError as exc:
-                raise BackendError(f"cannot start {spec.argv[0]!r} for job {spec.name}: {exc}")
+                raise BackendError(
+                    f"cannot start {spec.argv[0]!r} for job {spec.name}: {exc}"
+                ) from exc
         job_id = str(process.pid)
         try:
             create_time = psutil.Process(process.pid).create_time()
@@ -200,7 +202,7 @@ class LocalBackend(Backend):
 
 
 def _alive(record: _Record) -> bool:
-    """True while the job's own process exists (and is not a reused pid)."""
+    """Tell whether the job's own process still exists (and is not a reused pid)."""
     try:
         process = psutil.Process(record.pid)
         if record.create_time and abs(process.create_time() - record.create_time) > 0.01:

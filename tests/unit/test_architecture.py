@@ -14,6 +14,8 @@ FORBIDDEN = {
     "infra": {"prefect", "ccat_ops_db", "sqlalchemy", "flows", "tasks", "deployments"},
     "ccat_wm": {"prefect", "flows", "tasks", "deployments"},
 }
+TOP_LAYER = {"ccat_wm/cli.py", "ccat_wm/demo.py"}
+"""The CLI layer sits above the flows it starts (CLI -> driver -> backend)."""
 
 
 def _imports(path: Path) -> set[str]:
@@ -32,7 +34,7 @@ def test_package_imports_only_what_it_may(package: str) -> None:
     offenders = {
         str(path.relative_to(REPO)): sorted(_imports(path) & FORBIDDEN[package])
         for path in (REPO / package).rglob("*.py")
-        if _imports(path) & FORBIDDEN[package]
+        if _imports(path) & FORBIDDEN[package] and str(path.relative_to(REPO)) not in TOP_LAYER
     }
     assert offenders == {}
 

@@ -50,7 +50,9 @@ def upgrade() -> None:
             sa.ForeignKey(
                 "executed_reduction_step.id",
                 ondelete="CASCADE",
-                name=op.f("fk_run_status_change_executed_reduction_step_id_executed_reduction_step"),
+                name=op.f(
+                    "fk_run_status_change_executed_reduction_step_id_executed_reduction_step"
+                ),
             ),
             nullable=False,
         ),

@@ -32,7 +32,9 @@ def raster_offset(scan: str) -> tuple[int, int]:
     return number % RASTER - RASTER // 2, (number // RASTER) % RASTER - RASTER // 2
 
 
-def grid(spectra: list[tuple[dict[str, Any], np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def grid(
+    spectra: list[tuple[dict[str, Any], np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (cube [chan, y, x], frequency axis) from (metadata, frequency, spectrum)."""
     frequency = spectra[0][1]
     cube = np.zeros((len(frequency), RASTER, RASTER))
@@ -54,7 +56,9 @@ def write_png(path: Path, image: np.ndarray) -> None:
     scaled = np.zeros(image.shape, dtype=np.uint8)
     if hi > lo:
         scaled[finite] = ((image[finite] - lo) / (hi - lo) * 255).astype(np.uint8)
-    picture = Image.fromarray(scaled[::-1], mode="L").resize((RASTER * 40, RASTER * 40), Image.NEAREST)
+    picture = Image.fromarray(scaled[::-1], mode="L").resize(
+        (RASTER * 40, RASTER * 40), Image.NEAREST
+    )
     picture.save(path)
 
 
@@ -95,8 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{source}_{line}".replace(" ", "_").replace("/", "_")
     cube_path = run.output / "science" / f"{stem}.cube.fits"
     fits.PrimaryHDU(cube.astype(np.float32), header=header).writeto(cube_path, overwrite=True)
-    sidecar(cube_path, {"source": source, "line": line, "spectra": len(spectra),
-                        "pixel_arcsec": args.pixel_arcsec, "shape": list(cube.shape)})
+    sidecar(
+        cube_path,
+        {
+            "source": source,
+            "line": line,
+            "spectra": len(spectra),
+            "pixel_arcsec": args.pixel_arcsec,
+            "shape": list(cube.shape),
+        },
+    )
     map_path = run.output / "plots" / f"{stem}.moment0.png"
     write_png(map_path, moment0)
     sidecar(map_path, {"source": source, "line": line, "unit": "K km/s"})

@@ -1,0 +1,157 @@
+"""What a person does to runs and products: cancel a run, trace a product's provenance."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import literal, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.lifecycle import transition
+from infra.backends import get_backend
+
+RUN = m.ExecutedReductionStep
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """A cancelled run and what happened to its backend job."""
+
+    run_id: int
+    previous_status: str
+    hpc_job_id: str | None
+    job_cancelled: bool
+
+
+def cancel_run(session: Session, run_id: int) -> CancelResult:
+    """Mark the run CANCELLED (committed first, so no task moves it on), then stop its job."""
+    with session.begin():
+        previous = session.scalar(select(RUN.status).where(RUN.id == run_id))
+        transition(session, run_id, m.RunStatus.CANCELLED)
+        job_id, step_id = session.execute(
+            select(RUN.hpc_job_id, RUN.reduction_step_id).where(RUN.id == run_id)
+        ).one()
+        location = session.execute(
+            select(m.DataLocation.backend, m.DataLocation.path, m.DataLocation.settings)
+            .join(m.Pipeline, m.Pipeline.processing_location_id == m.DataLocation.id)
+            .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
+            .where(m.ReductionStep.id == step_id)
+        ).one()
+    cancelled = False
+    if job_id:
+        backend, path, settings = location
+        get_backend(backend.value, Path(path) / ".jobs", settings).cancel(job_id)
+        cancelled = True
+    return CancelResult(run_id, previous.value if previous else "", job_id, cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class LineageRun:
+    """A run in a product's provenance."""
+
+    run_id: int
+    pipeline: str
+    step: str
+    sub_group_key: str
+    status: str
+    software: str
+    version: str
+    digest: str | None
+    config: str
+    parameters: dict[str, Any]
+    execution_command: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """A product's provenance: the runs that led to it and the raw data it derives from."""
+
+    product_id: int
+    file_path: str
+    data_product_type: str
+    checksum: str
+    file_size: int
+    runs: list[LineageRun] = field(default_factory=list)
+    raw_data_packages: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def product_lineage(session: Session, product: str) -> Lineage:
+    """Trace a product given by id or file path: its run, upstream runs, raw packages."""
+    p = m.DataProduct
+    where = (
+        p.id == int(product) if product.isdigit() else p.file_path == str(Path(product).resolve())
+    )
+    row = session.execute(
+        select(
+            p.id,
+            p.file_path,
+            p.data_product_type,
+            p.checksum,
+            p.file_size,
+            p.executed_reduction_step_id,
+        ).where(where)
+    ).first()
+    if row is None:
+        raise CcatWmError(f"no data product with id or path {product!r}")
+    product_id, path, kind, checksum, size, run_id = row
+    inp = m.ExecutedReductionStepInput
+    chain = select(literal(run_id).label("id")).cte("chain", recursive=True)
+    chain = chain.union(
+        select(p.executed_reduction_step_id)
+        .join(inp, inp.data_product_id == p.id)
+        .join(chain, inp.executed_reduction_step_id == chain.c.id)
+    )
+    runs = session.execute(
+        select(
+            RUN.id,
+            m.Pipeline.name,
+            m.ReductionStep.name,
+            RUN.sub_group_key,
+            RUN.status,
+            m.ReductionSoftware.name,
+            m.ReductionSoftwareVersion.tag,
+            m.ReductionSoftwareVersion.digest,
+            m.ReductionStepConfig.name,
+            m.ReductionStepConfig.config_parameters,
+            RUN.execution_command,
+        )
+        .join(chain, chain.c.id == RUN.id)
+        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(
+            m.ReductionSoftwareVersion,
+            m.ReductionSoftwareVersion.id == RUN.reduction_software_version_id,
+        )
+        .join(
+            m.ReductionSoftware,
+            m.ReductionSoftware.id == m.ReductionSoftwareVersion.reduction_software_id,
+        )
+        .join(
+            m.ReductionStepConfig,
+            m.ReductionStepConfig.id == m.ReductionStep.reduction_step_config_id,
+        )
+        .order_by(m.ReductionStep.step_order.desc(), RUN.id)
+    ).all()
+    pkg, lineage = m.RawDataPackage, m.data_product_lineage
+    packages = session.execute(
+        select(pkg.id, pkg.name, pkg.checksum, pkg.size)
+        .join(lineage, lineage.c.raw_data_package_id == pkg.id)
+        .where(lineage.c.data_product_id == product_id)
+        .order_by(pkg.name)
+    ).all()
+    return Lineage(
+        product_id, path, kind.value, checksum, size,
+        [
+            LineageRun(rid, pl, st, key, status.value, sw, tag, digest, cfg, dict(params), cmd)
+            for rid, pl, st, key, status, sw, tag, digest, cfg, params, cmd in runs
+        ],
+        [{"id": i, "name": n, "checksum": c, "size": s} for i, n, c, s in packages],
+    )  # fmt: skip
