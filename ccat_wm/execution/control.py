@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import literal, select
+from sqlalchemy import BigInteger, literal, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -103,7 +103,7 @@ def product_lineage(session: Session, product: str) -> Lineage:
         raise CcatWmError(f"no data product with id or path {product!r}")
     product_id, path, kind, checksum, size, run_id = row
     inp = m.ExecutedReductionStepInput
-    chain = select(literal(run_id).label("id")).cte("chain", recursive=True)
+    chain = select(literal(run_id, BigInteger).label("id")).cte("chain", recursive=True)
     chain = chain.union(
         select(p.executed_reduction_step_id)
         .join(inp, inp.data_product_id == p.id)
