@@ -1,0 +1,267 @@
+"""The pipeline flow end to end: real PostgreSQL, Prefect test harness, host runtime, local backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.demo import DEMO_SPEC, demo_locations_file
+from ccat_wm.settings import Settings
+from ccat_wm.simulate.register import SimulationRequest, register_simulation
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+from flows.run import run_pipeline
+from tests.flows.conftest import setup_pipeline, tool_step
+from tests.helpers import run_cli
+
+pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
+LIFECYCLE = ["PENDING", "STAGING_DATA", "SUBMITTED", "RUNNING", "COLLECTING_RESULTS", "COMPLETED"]
+
+
+def history(engine: Engine, run_id: int) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(
+                select(m.RunStatusChange.status)
+                .where(m.RunStatusChange.executed_reduction_step_id == run_id)
+                .order_by(m.RunStatusChange.id)
+            )
+        )
+
+
+def runs(engine: Engine) -> list[Any]:
+    with Session(engine) as session:
+        return session.execute(
+            select(m.ExecutedReductionStep, m.ReductionStep.name.label("step"))
+            .join(m.ReductionStep)
+            .order_by(m.ExecutedReductionStep.id)
+        ).all()
+
+
+def task_run_names(flow_run_id: str) -> set[str]:
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {t.name for t in task_runs}
+
+
+def test_demo_pipeline_runs_every_step_with_products_and_lineage(
+    engine: Engine, tmp_path: Path
+) -> None:
+    settings = Settings(CCAT_WM_HOME=tmp_path / "home")
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([demo_locations_file(settings), DEMO_SPEC]), user="t")
+        register_simulation(session, SimulationRequest(scans=4, seed=253))
+
+    result = run_pipeline(engine, "chai-demo")
+
+    assert result.state == "Completed", result.message
+    rows = runs(engine)
+    steps = [r.step for r in rows]
+    assert steps.count("calibrate") == 4 and steps.count("baseline") == 4
+    assert steps.count("grid") >= 1
+    for row in rows:
+        run = row.ExecutedReductionStep
+        assert run.status is m.RunStatus.COMPLETED
+        assert history(engine, run.id) == LIFECYCLE
+        assert run.hpc_job_id and run.execution_command
+        assert run.processing_time_s > 0 and run.cpu_hours > 0 and run.peak_memory_gb > 0
+    with Session(engine) as conn:
+        products = conn.execute(select(m.DataProduct)).scalars().all()
+        assert {p.data_product_type for p in products} >= {
+            m.DataProductType.SCIENCE,
+            m.DataProductType.INTERMEDIATE,
+            m.DataProductType.QA_METRIC,
+            m.DataProductType.PLOT,
+            m.DataProductType.STATISTICS,
+            m.DataProductType.LOG,
+        }
+        for product in products:
+            path = Path(product.file_path)
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == product.checksum
+            assert path.stat().st_size == product.file_size
+        cube = next(p for p in products if p.file_path.endswith(".cube.fits"))
+        assert cube.metadata_["spectra"] >= 1
+        # The cube derives from the raw packages of the scans of its source and line.
+        expected = set(
+            conn.scalars(
+                text(
+                    "SELECT p.id FROM raw_data_package p"
+                    " JOIN executed_obs_unit e ON e.id = p.executed_obs_unit_id"
+                    " JOIN obs_unit o ON o.id = e.obs_unit_id JOIN source s ON s.id = o.source_id"
+                    " JOIN line l ON l.id = o.line_id JOIN instrument_module im ON im.id = p.instrument_module_id"
+                    " WHERE s.name = :source AND l.name = :line AND im.name = 'LFA'"
+                ),
+                {"source": cube.metadata_["source"], "line": cube.metadata_["line"]},
+            )
+        )
+        lineage = set(
+            conn.scalars(
+                select(m.data_product_lineage.c.raw_data_package_id).where(
+                    m.data_product_lineage.c.data_product_id == cube.id
+                )
+            )
+        )
+        assert lineage == expected and len(expected) == cube.metadata_["spectra"]
+    names = task_run_names(result.flow_run_id)
+    assert "calibrate[executed_obs_unit=scan-000001]" in names
+    assert any(n.startswith("grid[line=") for n in names)
+
+    again = run_pipeline(engine, "chai-demo")
+    assert again.state == "Completed" and again.runs == []
+    assert len(runs(engine)) == len(rows)
+
+
+def test_failing_sub_group_is_retried_then_failed_while_others_complete(
+    engine: Engine, tmp_path: Path
+) -> None:
+    step = tool_step("reduce", max_retries=2, parameters={"fail_key": "scan-000002"})
+    setup_pipeline(engine, tmp_path, [step], scans=3)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Failed"
+    by_key = {r.ExecutedReductionStep.sub_group_key: r.ExecutedReductionStep for r in runs(engine)}
+    failed = by_key["executed_obs_unit=scan-000002"]
+    assert failed.status is m.RunStatus.FAILED and failed.retry_count == 2
+    assert failed.failure_reason == "exit code 3"
+    attempt = ["PENDING", "STAGING_DATA", "SUBMITTED", "RUNNING", "COLLECTING_RESULTS", "FAILED"]
+    assert history(engine, failed.id) == attempt * 3
+    with engine.connect() as conn:
+        logs = conn.scalars(
+            select(m.DataProduct.file_path).where(
+                m.DataProduct.executed_reduction_step_id == failed.id,
+                m.DataProduct.data_product_type == m.DataProductType.LOG,
+            )
+        ).all()
+    captured = sorted(p for p in logs if p.endswith(".log") and "attempt-" in Path(p).name)
+    assert len(captured) == 3
+    assert all("boom: failing on purpose" in Path(p).read_text() for p in captured)
+    assert sum(1 for p in logs if p.endswith("tool.log")) == 3
+    others = [r for k, r in by_key.items() if k != "executed_obs_unit=scan-000002"]
+    assert [r.status for r in others] == [m.RunStatus.COMPLETED] * 2
+
+
+def test_contract_violation_fails_the_run_naming_the_file(engine: Engine, tmp_path: Path) -> None:
+    setup_pipeline(engine, tmp_path, [tool_step("reduce", parameters={"mode": "outside"})], scans=1)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Failed"
+    (row,) = runs(engine)
+    run = row.ExecutedReductionStep
+    assert run.status is m.RunStatus.FAILED
+    assert "contract violation" in run.failure_reason and "stray.txt" in run.failure_reason
+    with engine.connect() as conn:
+        kinds = set(
+            conn.scalars(
+                select(m.DataProduct.data_product_type).where(
+                    m.DataProduct.executed_reduction_step_id == run.id
+                )
+            )
+        )
+    assert kinds == {m.DataProductType.LOG}
+
+
+def test_config_values_reach_the_program_as_literal_arguments(
+    engine: Engine, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    nasty = f"$(touch {marker})"
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", parameters={"arg": nasty, "fail_key": "; rm -rf"})],
+        scans=1,
+    )
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    with engine.connect() as conn:
+        path = conn.scalar(
+            select(m.DataProduct.file_path).where(m.DataProduct.file_path.like("%result.json"))
+        )
+    argv = json.loads(Path(path).read_text())["argv"]
+    assert argv[argv.index("--arg") + 1] == nasty
+    assert argv[argv.index("--fail-key") + 1] == "; rm -rf"
+    assert not marker.exists()
+
+
+def test_step_concurrency_never_exceeds_max_concurrent_runs(engine: Engine, tmp_path: Path) -> None:
+    track = tmp_path / "track"
+    track.mkdir()
+    step = tool_step(
+        "reduce", max_concurrent_runs=2, parameters={"track": str(track), "sleep": 1.0}
+    )
+    setup_pipeline(engine, tmp_path, [step], scans=6)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    events = []
+    for line in (track / "events.log").read_text().splitlines():
+        kind, moment, *_ = line.split()
+        events.append((float(moment), 1 if kind == "start" else -1))
+    running = peak = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        running += delta
+        peak = max(peak, running)
+    assert len(events) == 12
+    assert peak == 2
+
+
+def test_cancel_stops_the_process_and_marks_the_run_cancelled(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    track = tmp_path / "track"
+    track.mkdir()
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", parameters={"sleep": 120, "track": str(track)})],
+        scans=1,
+    )
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=run_pipeline(engine, "t")))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = runs(engine)
+        if (
+            rows
+            and rows[0].ExecutedReductionStep.status is m.RunStatus.RUNNING
+            and (track / "events.log").exists()
+        ):
+            break
+        time.sleep(0.2)
+    run = runs(engine)[0].ExecutedReductionStep
+    pid = int((track / "events.log").read_text().split()[2])
+    assert run.status is m.RunStatus.RUNNING
+
+    cancelled = run_cli(cli_env, "cancel", str(run.id))
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"run {run.id} cancelled (was RUNNING)" in cancelled.stdout
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    run = runs(engine)[0].ExecutedReductionStep
+    assert run.status is m.RunStatus.CANCELLED
+    assert history(engine, run.id)[-1] == "CANCELLED"
+    again = run_cli(cli_env, "cancel", str(run.id))
+    assert again.returncode == 1 and "is CANCELLED" in again.stderr

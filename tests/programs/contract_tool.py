@@ -1,0 +1,60 @@
+"""A reduction program for tests: follows (or breaks, on request) the container contract.
+
+Usage: contract_tool.py --mode MODE [--arg VALUE] [--fail-key TEXT] [--track DIR] [--sleep S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", default="ok")
+    parser.add_argument("--arg", default="")
+    parser.add_argument("--fail-key", default="")
+    parser.add_argument("--track", default="")
+    parser.add_argument("--sleep", type=float, default=0.0)
+    args = parser.parse_args()
+    manifest = json.loads(Path(os.environ["WORKFLOW_MANIFEST"]).read_text())
+    out = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
+    key = manifest["sub_group_key"]
+    if args.track:
+        with open(Path(args.track) / "events.log", "a") as log:
+            log.write(f"start {time.time()} {os.getpid()} {key}\n")
+    print(f"tool {args.mode} for {key}", flush=True)
+    if args.sleep:
+        time.sleep(args.sleep)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "logs" / "tool.log").write_text(f"mode {args.mode} key {key}\n")
+    if args.fail_key and args.fail_key in key:
+        print("boom: failing on purpose", file=sys.stderr, flush=True)
+        return 3
+    for kind in ("science", "qa"):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+    payload = {"argv": sys.argv[1:], "inputs": manifest["inputs"], "run_id": manifest["run_id"]}
+    science = out / "science" / "result.json"
+    science.write_text(json.dumps(payload, sort_keys=True))
+    (out / "science" / "result.json.meta.json").write_text(
+        json.dumps({"inputs": len(manifest["inputs"])})
+    )
+    (out / "qa" / "metric.json").write_text(json.dumps({"value": 1.0}))
+    if args.mode == "outside":
+        (out / "stray.txt").write_text("not allowed at the top of a final step")
+    elif args.mode == "symlink":
+        (out / "science" / "escape").symlink_to("/etc/hostname")
+    elif args.mode == "bad-sidecar":
+        (out / "qa" / "metric.json.meta.json").write_text("[1, 2")
+    if args.track:
+        with open(Path(args.track) / "events.log", "a") as log:
+            log.write(f"end {time.time()} {os.getpid()} {key}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
