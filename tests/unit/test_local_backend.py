@@ -1,0 +1,102 @@
+"""The local backend on real processes: metrics of the whole tree, cancel, state across processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from infra.backends import BackendError, JobSpec, JobState, get_backend
+from infra.backends.local import LocalBackend
+
+TREE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import time; b = bytearray(300 * 1024 * 1024); time.sleep(0.6)"])
+block = bytearray(100 * 1024 * 1024)
+end = time.process_time() + 0.5
+while time.process_time() < end:
+    pass
+child.wait()
+print("done")
+"""
+
+
+def spec(tmp_path: Path, code: str, name: str = "job") -> JobSpec:
+    return JobSpec(
+        name=name,
+        argv=(sys.executable, "-c", code),
+        env={"PATH": os.environ["PATH"]},
+        cwd=tmp_path,
+        log_path=tmp_path / f"{name}.log",
+    )
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def wait(backend: LocalBackend, job_id: str, timeout: float = 30) -> JobState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = backend.status(job_id)
+        if info.state.finished:
+            return info.state
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def test_metrics_cover_the_whole_process_tree(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "jobs")
+    job_id = backend.submit(spec(tmp_path, TREE))
+    assert wait(backend, job_id) is JobState.COMPLETED
+    info = backend.status(job_id)
+    assert info.exit_code == 0
+    assert info.peak_memory_gb is not None and info.peak_memory_gb > 0.38  # 100 MB + 300 MB child
+    assert info.cpu_hours is not None and info.cpu_hours * 3600 >= 0.45
+    assert info.wall_time_s is not None and info.wall_time_s >= 0.6
+    assert backend.logs(job_id).strip() == "done"
+    # Another process (a new backend object, no shared memory) reads the same outcome.
+    assert LocalBackend(tmp_path / "jobs").status(job_id).exit_code == 0
+
+
+def test_failures_report_exit_code_and_reason(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "jobs")
+    job_id = backend.submit(spec(tmp_path, "import sys; sys.exit(7)"))
+    assert wait(backend, job_id) is JobState.FAILED
+    info = backend.status(job_id)
+    assert (info.exit_code, info.reason) == (7, "exit code 7")
+
+
+def test_cancel_from_another_backend_instance_kills_the_process_group(tmp_path: Path) -> None:
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    backend = LocalBackend(tmp_path / "jobs")
+    job_id = backend.submit(spec(tmp_path, code))
+    time.sleep(0.5)
+    LocalBackend(tmp_path / "jobs").cancel(job_id)
+    assert wait(backend, job_id, timeout=10) is JobState.FAILED
+    assert backend.status(job_id).exit_code == -15
+    survivors = [
+        p for p in psutil.process_iter(["status"])
+        if _pgid(p.pid) == int(job_id) and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]  # fmt: skip
+    assert survivors == []
+
+
+def test_unknown_jobs_and_backends(tmp_path: Path) -> None:
+    assert LocalBackend(tmp_path).status("999999999").state is JobState.UNKNOWN
+    with pytest.raises(
+        BackendError, match="unknown or not yet available backend 'pbs'; known backends: local"
+    ):
+        get_backend("pbs", tmp_path, {})
+    with pytest.raises(BackendError, match="cannot start"):
+        LocalBackend(tmp_path).submit(
+            JobSpec("x", ("/nonexistent/prog",), {}, tmp_path, tmp_path / "x.log")
+        )
