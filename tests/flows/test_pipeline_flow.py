@@ -265,3 +265,34 @@ def test_cancel_stops_the_process_and_marks_the_run_cancelled(
     assert history(engine, run.id)[-1] == "CANCELLED"
     again = run_cli(cli_env, "cancel", str(run.id))
     assert again.returncode == 1 and "is CANCELLED" in again.stderr
+
+
+def test_a_wave_larger_than_the_task_run_budget_goes_out_in_several_flow_runs(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.pipeline
+
+    monkeypatch.setattr(flows.pipeline, "_SETTINGS", Settings(CCAT_WM_MAX_TASK_RUNS=10))
+    setup_pipeline(engine, tmp_path, [tool_step("reduce")], scans=9)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    assert [r.status for r in result.runs] == ["COMPLETED"] * 9
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(result.flow_run_id)
+        children = [
+            f for f in client.read_flow_runs(limit=200)
+            if f.parent_task_run_id is not None and f.name.startswith("t part ")
+            and f.start_time and parent.start_time and f.start_time >= parent.start_time
+        ]  # fmt: skip
+        sizes = {
+            f.name: len(
+                client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[f.id]))
+                )
+            )
+            for f in children
+        }
+    assert sizes == {"t part 1": 7, "t part 2": 2}
+    assert len(task_run_names(result.flow_run_id)) <= 10
