@@ -57,7 +57,7 @@ def test_transitions_follow_the_table_and_refuse_everything_else(
         session.begin(),
         pytest.raises(
             TransitionError,
-            match="run .* is STAGING_DATA; it can move to STAGING_DATA only from PENDING",
+            match=r"run .* is STAGING_DATA; it can move to STAGING_DATA only from PENDING",
         ),
     ):
         transition(session, run_id, S.STAGING_DATA)  # a second submitter loses
@@ -126,7 +126,7 @@ def test_a_corrupt_archive_copy_is_refused_and_removed(engine: Engine, run_id: i
         archive_path = archive_copy(session, ctx.raw_inputs[0].package_id)
     archive_path.write_bytes(b"corrupted")
     with pytest.raises(
-        StagingError, match="checksum mismatch staging package .* the copy was removed"
+        StagingError, match=r"checksum mismatch staging package .* the copy was removed"
     ):
         stage_inputs(_sessions(engine), ctx)
     assert not (ctx.location.path / ".staging" / archive_path.name).exists()

@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
@@ -119,6 +124,24 @@ def test_demo_pipeline_runs_every_step_with_products_and_lineage(
     names = task_run_names(result.flow_run_id)
     assert "calibrate[executed_obs_unit=scan-000001]" in names
     assert any(n.startswith("grid[line=") for n in names)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[result.flow_run_id])
+            )
+        )
+    by_type = {a.type: a for a in artifacts}
+    table = (
+        json.loads(by_type["table"].data)
+        if isinstance(by_type["table"].data, str)
+        else by_type["table"].data
+    )
+    assert {row["step"] for row in table} == {"calibrate", "baseline", "grid"}
+    assert all(row["status"] == "COMPLETED" and row["job_id"] for row in table)
+    assert (
+        "## Science products" in by_type["markdown"].data
+        and ".cube.fits" in by_type["markdown"].data
+    )
 
     again = run_pipeline(engine, "chai-demo")
     assert again.state == "Completed" and again.runs == []

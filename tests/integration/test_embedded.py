@@ -18,15 +18,20 @@ def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> No
     try:
         first = run_cli(env, "demo")
         assert first.returncode == 0, first.stderr
-        assert "[3/4] simulated 24 scans, 48 raw data packages" in first.stdout
-        assert "pipeline chai-demo (CONTINUOUS): step grid per source, line" in first.stdout
+        assert "[3/5] simulated 24 scans, 48 raw data packages" in first.stdout
+        assert "[5/5] runs: 52 COMPLETED" in first.stdout
+        maps = [line.split("map: ")[1] for line in first.stdout.splitlines() if "map: " in line]
+        assert maps and all(Path(p).exists() for p in maps)
+        assert any(p.endswith(".moment0.png") for p in maps)
         assert (tmp_path / "home" / "postgres" / "PG_VERSION").exists()
         assert len(list((tmp_path / "home" / "archive").rglob("*.npz"))) == 48
 
         second = run_cli(env, "demo")
         assert second.returncode == 0, second.stderr
-        assert "[2/4] applied chai-demo.yaml: 0 change(s)" in second.stdout
+        assert "[2/5] applied chai-demo.yaml: 0 change(s)" in second.stdout
         assert "24 scans already registered; not simulating more" in second.stdout
+        assert "[4/5] no gaps: everything is up to date, nothing to run" in second.stdout
+        assert "[5/5] runs: 52 COMPLETED" in second.stdout
 
         url = run_cli(env, "db", "url")
         assert url.stdout.startswith("postgresql+psycopg://") and str(
@@ -64,6 +69,10 @@ def test_commands_refuse_an_unmigrated_db(tmp_path: Path) -> None:
         ["apply"],
         ["simulate"],
         ["plan"],
+        ["run"],
+        ["status"],
+        ["cancel"],
+        ["lineage"],
         ["demo"],
     ],
 )

@@ -1,0 +1,47 @@
+"""Shared by the benchmarks: the PostgreSQL server and throwaway databases on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ccat_wm.db import normalize_db_url
+from ccat_wm.embedded_pg import ensure_embedded_server
+
+
+def server_url() -> str:
+    """CCAT_OPS_DB_URL, or the embedded server under CCAT_WM_HOME."""
+    raw = os.environ.get("CCAT_OPS_DB_URL")
+    if raw:
+        return raw
+    return ensure_embedded_server(
+        Path(os.environ.get("CCAT_WM_HOME", "~/.local/share/ccat-wm")).expanduser()
+    )
+
+
+def libpq(url: str, database: str | None = None) -> str:
+    """A plain libpq URL of `url`, optionally for another database."""
+    parsed = normalize_db_url(url).set(drivername="postgresql")
+    if database:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+@contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """Create database `name` (dropping a leftover), yield its URL, drop it afterwards."""
+    server = server_url()
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    with psycopg.connect(libpq(server), autocommit=True) as conn:
+        conn.execute(drop)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield libpq(server, name)
+    finally:
+        with psycopg.connect(libpq(server), autocommit=True) as conn:
+            conn.execute(drop)

@@ -1,0 +1,137 @@
+"""Benchmark of orchestration overhead: no-op sub-group runs through the whole lifecycle.
+
+    python bench/overhead_bench.py [--sizes 200,1000] [--workers 8]
+
+For each size N, in one run and with the same parallelism W (threads):
+- direct: N no-op processes (`true`) launched with subprocess from a pool of W threads;
+- prefect map: a bare Prefect flow mapping N no-op tasks on a W-thread task runner;
+- lifecycle: a one-step pipeline with N sub-groups whose command is `true`, run by the
+  pipeline flow: gap evaluation, PENDING runs, staging (hard links of the raw data),
+  manifest, local backend, polling, result collection (the captured log), every
+  transition committed to the ops DB, the step's global concurrency limit (W slots).
+Prints wall times and the per-run overhead above direct launch in ms (target: <= 25).
+Uses Prefect's ephemeral server (started once, before timing) and a throwaway ops DB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+SPEC = """
+locations:
+  - {{name: archive, site: bench, location_type: LONG_TERM_ARCHIVE, path: {root}/archive}}
+  - {{name: local, site: bench, location_type: PROCESSING, backend: local, runtime: host, path: {root}/runs}}
+instruments:
+  - {{name: CHAI, modules: [LFA, HFA]}}
+software:
+  - {{name: noop, versions: [{{tag: "1.0.0", is_latest: true}}]}}
+data_groupings:
+  - {{name: bench, instrument_module: CHAI/LFA, filter_rules: []}}
+pipelines:
+  - name: bench
+    data_grouping: bench
+    processing_location: local
+    trigger: {{type: MANUAL}}
+    steps:
+      - name: noop
+        software: noop
+        group_by: [executed_obs_unit]
+        max_concurrent_runs: {workers}
+        config: {{name: noop, command: ["true"]}}
+"""
+
+
+def direct(n: int, workers: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda _: subprocess.run(["true"], check=True), range(n)))
+    return time.perf_counter() - start
+
+
+def prefect_map(n: int, workers: int) -> float:
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @task
+    def noop(i: int) -> int:
+        return i
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    def bare(count: int) -> None:
+        noop.map(range(count)).wait()
+
+    start = time.perf_counter()
+    bare(n)
+    return time.perf_counter() - start
+
+
+def lifecycle(n: int, workers: int, url: str, root: Path) -> tuple[float, int]:
+    from sqlalchemy.orm import Session
+
+    from ccat_ops_db import migrate
+    from ccat_wm.db import get_engine, normalize_db_url
+    from ccat_wm.simulate.register import SimulationRequest, register_simulation
+    from ccat_wm.spec.apply import apply_specs
+    from ccat_wm.spec.loader import load_spec_files
+    from flows.run import run_pipeline
+    from tasks.runs import executor
+
+    os.environ["CCAT_OPS_DB_URL"] = url
+    executor.cache_clear()
+    engine = get_engine(normalize_db_url(url))
+    migrate.upgrade(engine)
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC.format(root=root, workers=workers))
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="bench")
+        register_simulation(session, SimulationRequest(scans=n, seed=1))
+    start = time.perf_counter()
+    result = run_pipeline(engine, "bench")
+    elapsed = time.perf_counter() - start
+    completed = sum(1 for r in result.runs if r.status == "COMPLETED")
+    engine.dispose()
+    return elapsed, completed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="200,1000")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    os.environ["CCAT_WM_FLOW_WORKERS"] = str(args.workers)
+    from bench.common import scratch_database
+
+    prefect_map(10, args.workers)  # start the ephemeral server before timing
+    print(f"W = {args.workers} threads")
+    print(f"{'runs':>5} {'direct s':>9} {'map s':>7} {'lifecycle s':>11} {'completed':>9} "
+          f"{'map ms/run':>10} {'overhead ms/run':>15}")  # fmt: skip
+    for n in (int(s) for s in args.sizes.split(",")):
+        with (
+            scratch_database(f"ccat_wm_overhead_{os.getpid()}_{n}") as url,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            d = direct(n, args.workers)
+            p = prefect_map(n, args.workers)
+            life, completed = lifecycle(n, args.workers, url, Path(tmp))
+            print(
+                f"{n:>5} {d:>9.2f} {p:>7.2f} {life:>11.2f} {completed:>9} "
+                f"{(p - d) / n * 1000:>10.1f} {(life - d) / n * 1000:>15.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

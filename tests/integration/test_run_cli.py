@@ -1,0 +1,72 @@
+"""`ccat-wm run`, `status`, `lineage` and `cancel` as a user types them (real Prefect, real DB)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from ccat_wm.simulate.register import SimulationRequest, register_simulation
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+from tests.helpers import demo_spec_data, locations_data, run_cli, write_yaml
+
+pytestmark = pytest.mark.db
+
+
+def test_run_status_and_lineage_from_the_command_line(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="tester")
+        register_simulation(session, SimulationRequest(scans=2, seed=253))
+
+    unknown = run_cli(cli_env, "run", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error: unknown pipeline 'nope'; known: chai-demo"
+
+    only = run_cli(cli_env, "run", "chai-demo", "--sub-group", "executed_obs_unit=scan-000001")
+    assert only.returncode == 0, only.stderr
+    assert "Completed" in only.stdout
+    status = run_cli(cli_env, "status", "chai-demo", "--json")
+    rows = json.loads(status.stdout)
+    assert {(r["step"], r["sub_group_key"], r["status"]) for r in rows} == {
+        ("calibrate", "executed_obs_unit=scan-000001", "COMPLETED"),
+        ("baseline", "executed_obs_unit=scan-000001", "COMPLETED"),
+    }
+    assert all(r["hpc_job_id"] and r["processing_time_s"] > 0 for r in rows)
+    assert set(rows[0]) >= {
+        "id", "pipeline", "step", "sub_group_key", "status", "reason", "retry_count",
+        "hpc_job_id", "processing_time_s", "peak_memory_gb", "cpu_hours",
+    }  # fmt: skip
+
+    rest = run_cli(cli_env, "run", "chai-demo")
+    assert rest.returncode == 0, rest.stderr
+    rows = json.loads(run_cli(cli_env, "status", "--json").stdout)
+    grid = [r for r in rows if r["step"] == "grid"]
+    assert grid and all(r["status"] == "COMPLETED" for r in rows)
+
+    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+    shown = run_cli(cli_env, "lineage", str(cube), "--json")
+    assert shown.returncode == 0, shown.stderr
+    lineage = json.loads(shown.stdout)
+    assert lineage["data_product_type"] == "SCIENCE"
+    assert lineage["runs"][0]["step"] == "grid"
+    assert {r["step"] for r in lineage["runs"]} == {"grid", "baseline", "calibrate"}
+    assert lineage["runs"][0]["digest"].startswith("sha256:")
+    assert lineage["raw_data_packages"] and all(
+        p["name"].endswith("-CHAI-LFA") for p in lineage["raw_data_packages"]
+    )
+    text = run_cli(cli_env, "lineage", str(lineage["product_id"]))
+    assert "software chai-gridding 2.1.0" in text.stdout and "raw data packages (" in text.stdout
+
+    done = rows[0]["id"]
+    refused = run_cli(cli_env, "cancel", str(done))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        f"error: run {done} is COMPLETED; it can move to CANCELLED only from"
+    )
