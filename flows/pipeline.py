@@ -12,6 +12,7 @@ A flow run in which any sub-group run failed ends Failed; the others still run.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prefect import Flow, flow
@@ -27,10 +28,12 @@ from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
 from tasks.runs import (
     ensure_concurrency_limits,
+    limit_name,
     prepare_wave_task,
     publish_artifacts,
     run_sub_group,
 )
+from tasks.slots import close_pools, open_pool
 
 BOOKKEEPING_TASKS = 3
 """Task runs of the parent flow besides the sub-group runs (prepare, limits, artifacts)."""
@@ -132,6 +135,24 @@ def pipeline_flow(
     wave = prepare_wave_task(pipeline, sub_groups, manual, force, claim_as)
     ensure_concurrency_limits(pipeline, wave.step_limits)
     items = list(wave.items)
+    for step, count in Counter(i.step for i in items).items():
+        open_pool(claim_as, step, limit_name(pipeline, step), count)
+    try:
+        counts = _run_wave(pipeline, items, claim_as, manual, force)
+    finally:
+        close_pools(claim_as)
+    publish_artifacts(pipeline, claim_as)
+    if counts["failed"]:
+        return Failed(
+            message=f"{counts['failed']} of {len(items)} sub-group run(s) failed", data=counts
+        )
+    return counts
+
+
+def _run_wave(
+    pipeline: str, items: list[WaveItem], claim_as: str, manual: bool, force: bool
+) -> dict[str, int]:
+    """Run the items in this flow run, or as consecutive sub-flow runs if too many."""
     size = _SETTINGS.max_task_runs - BOOKKEEPING_TASKS
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     if len(items) <= size:
@@ -146,11 +167,6 @@ def pipeline_flow(
             part = part if isinstance(part, dict) else {"failed": len(chunk)}
             for name, value in part.items():
                 counts[name] = counts.get(name, 0) + value
-    publish_artifacts(pipeline, claim_as)
-    if counts["failed"]:
-        return Failed(
-            message=f"{counts['failed']} of {len(items)} sub-group run(s) failed", data=counts
-        )
     return counts
 
 

@@ -3,8 +3,10 @@
 Tasks take ids and plain values, never ORM objects or sessions; none is cached (they
 write to the ops DB). A sub-group's run holds one slot of its step's global concurrency
 limit (`ccat-step:<pipeline>:<step>`, created by `ensure_concurrency_limits`, acquired
-strictly so that a missing limit is an error) for its whole execution; the slot is a
-lease, so a task whose process dies gives it back when the lease expires.
+strictly so that a missing limit is an error) for its whole execution, retries
+included; slots are leases pooled per flow run (see `tasks.slots`), so a task that
+raises gives its slot back at once and a process that dies gives it back when the
+lease expires.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
-from prefect.concurrency.sync import concurrency
 from prefect.states import Cancelled
 
 from ccat_ops_db.models import RunStatus
@@ -28,9 +29,7 @@ from ccat_wm.execution.report import products_markdown, run_rows, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.settings import load_settings
-
-LEASE_S = 120.0
-"""Lease of a concurrency slot; renewed while the task lives, freed this long after a crash."""
+from tasks.slots import pool_for
 
 
 class RunFailedError(CcatWmError):
@@ -94,10 +93,12 @@ def run_sub_group(
                 session, pipeline, step, sub_group_key, dt.datetime.now(dt.UTC),
                 claim_as=claim_as, manual=manual, force=force,
             )  # fmt: skip
-        if run_id is None:
-            logger.info("not due after its upstream runs; nothing to run")
-            return RunOutcome(0, RunStatus.PENDING, 0, "not due")
-    with concurrency(limit_name(pipeline, step), occupy=1, strict=True, lease_duration=LEASE_S):
+    slots = pool_for(claim_as, step, limit_name(pipeline, step))
+    if run_id is None:
+        slots.skip()
+        logger.info("not due after its upstream runs; nothing to run")
+        return RunOutcome(0, RunStatus.PENDING, 0, "not due")
+    with slots.slot():
         logger.info("run %s started", run_id)
         outcome = executor().execute(run_id)
     if outcome.status is RunStatus.FAILED:

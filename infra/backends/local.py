@@ -1,10 +1,14 @@
 """The local backend: a run's job is a subprocess of this machine.
 
 The job starts in its own session (process group), so that cancelling it stops the whole
-process tree. A monitor thread in the submitting process samples the resident memory of
-the tree (the job and all its descendants) and reaps the job with `wait4`, whose resource
-usage covers every waited-for descendant (CPU-hours). Peak memory is the larger of the
-sampled tree sum and the largest single process's high-water mark (`VmHWM`). The outcome is also
+process tree. The job runs under GNU `time` (Debian package `time`), a small process
+whose own children's maximum resident set size is exact: `ru_maxrss` of a child forked
+directly from this (large) Python process would count the forked copy of it. A monitor
+thread in the submitting process also samples the resident memory of the whole tree
+(the job and all its descendants, when the thread gets the CPU) and reaps the job with
+`wait4`, whose resource usage covers every waited-for descendant (CPU-hours). Peak
+memory is the larger of the sampled tree sum and the largest single process (`time`'s
+`%M`, and each sampled process's `VmHWM`). Without GNU `time`, only the samples count. The outcome is also
 written to a state file under the location's job-state directory, so that another
 process (`ccat-wm cancel`, a restarted flow) can read it; job ids are process ids.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -31,6 +36,8 @@ import psutil
 from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState
 
 GIB = 1024**3
+GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
+"""GNU time, which measures the job's largest process (None: not installed)."""
 CANCEL_GRACE_S = 5.0
 """Seconds between SIGTERM and SIGKILL when a job is cancelled."""
 MAX_SAMPLE_INTERVAL_S = 0.05
@@ -45,6 +52,7 @@ class _Record:
     create_time: float
     started: float
     log_path: str
+    rusage_path: str = ""
     state: str = JobState.RUNNING.value
     exit_code: int | None = None
     wall_time_s: float | None = None
@@ -81,10 +89,20 @@ class LocalBackend(Backend):
         """Start the job in a new session, with its output in `spec.log_path`."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rusage = spec.log_path.with_name(spec.log_path.name + ".rusage")
+        argv = list(spec.argv)
+        program = shutil.which(argv[0], path=spec.env.get("PATH", os.defpath))
+        if program is None:
+            raise BackendError(
+                f"cannot start {argv[0]!r} for job {spec.name}: no such executable "
+                f"(searched PATH of the job)"
+            )
+        if GNU_TIME is not None:
+            argv = [GNU_TIME, "--quiet", "--format", "%M", "--output", str(rusage), *argv]
         with spec.log_path.open("ab") as log:
             try:
                 process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
-                    list(spec.argv),
+                    argv,
                     cwd=spec.cwd,
                     env=dict(spec.env),
                     stdin=subprocess.DEVNULL,
@@ -101,7 +119,7 @@ class LocalBackend(Backend):
             create_time = psutil.Process(process.pid).create_time()
         except psutil.Error:  # already gone: keep a placeholder, reaping still works
             create_time = 0.0
-        record = _Record(process.pid, create_time, time.time(), str(spec.log_path))
+        record = _Record(process.pid, create_time, time.time(), str(spec.log_path), str(rusage))
         with _LIVE_LOCK:
             _LIVE[job_id] = record
         self._write(record)
@@ -176,7 +194,7 @@ class LocalBackend(Backend):
         record.exit_code = code
         record.wall_time_s = wall
         record.cpu_hours = (usage.ru_utime + usage.ru_stime) / 3600.0
-        record.peak_memory_gb = peak_rss / GIB
+        record.peak_memory_gb = max(peak_rss, _largest_process(record.rusage_path)) / GIB
         if code == 0:
             record.state = JobState.COMPLETED.value
         else:
@@ -210,6 +228,14 @@ def _alive(record: _Record) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _largest_process(rusage_path: str) -> int:
+    """Max resident bytes of the largest process of the job, as GNU `time` reported it."""
+    try:
+        return int(Path(rusage_path).read_text().split()[-1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _tree_memory(pid: int) -> tuple[int, int]:
