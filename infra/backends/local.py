@@ -8,9 +8,9 @@ thread in the submitting process also samples the resident memory of the whole t
 (the job and all its descendants, when the thread gets the CPU) and reaps the job with
 `wait4`, whose resource usage covers every waited-for descendant (CPU-hours). Peak
 memory is the larger of the sampled tree sum and the largest single process (`time`'s
-`%M`, and each sampled process's `VmHWM`). Without GNU `time`, only the samples count. The outcome is also
-written to a state file under the location's job-state directory, so that another
-process (`ccat-wm cancel`, a restarted flow) can read it; job ids are process ids.
+`%M`, and each sampled process's `VmHWM`). Without GNU `time`, only the samples count.
+The outcome is also written to a state file under the location's job-state directory,
+so that another process (`ccat-wm cancel`, a restarted flow) can read it; job ids are process ids.
 
 Limits, by design of a single machine: descendants that detach from the tree (daemonize)
 are not sampled, and a job whose supervising process died is reported UNKNOWN once it
