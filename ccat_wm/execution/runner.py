@@ -6,7 +6,8 @@ status) -> RUNNING -> COLLECTING_RESULTS (exit code and metrics) -> COMPLETED (p
 and lineage in the same transaction) or FAILED (logs kept as LOG products), then
 FAILED -> PENDING while `retry_count < max_retries`. Every move goes through
 `transition()`, so a person's cancel (CANCELLED) wins over the next move and the job is
-stopped. The ops DB is read for a cancel on every polling cycle.
+stopped. The ops DB is read for a cancel at most every `CANCEL_CHECK_S` while polling;
+a cancel that lands after the job finished still wins, since the next move fails.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from infra.runtimes import ImageRef, apptainer_pull_command, sif_path
 
 S = RunStatus
 LOG = logging.getLogger(__name__)
+CANCEL_CHECK_S = 0.25
+"""How often a watched run looks in the ops DB for a person's cancel."""
 UNKNOWN_GRACE_S = 60.0
 """A job the backend does not know for this long is failed (it may lag behind at first)."""
 
@@ -160,13 +163,16 @@ class RunExecutor:
     def _watch(self, run_id: int, backend: Backend, job_id: str) -> JobInfo | None:
         """Poll until the job ends and move the run to COLLECTING_RESULTS; None if cancelled."""
         interval, marked_running, unknown_since = 0.002, False, None
+        next_check = time.monotonic() + CANCEL_CHECK_S
         try:
             while True:
                 info = backend.status(job_id)
-                with self.session() as session:
-                    if current_status(session, run_id) is S.CANCELLED:
-                        backend.cancel(job_id)
-                        return None
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + CANCEL_CHECK_S
+                    with self.session() as session:
+                        if current_status(session, run_id) is S.CANCELLED:
+                            backend.cancel(job_id)
+                            return None
                 if info.state is JobState.RUNNING and not marked_running:
                     self._move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
                     marked_running = True
