@@ -110,15 +110,22 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="200,1000")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one is None:  # each size in its own process: fresh Prefect server and caches
+        print(f"W = {args.workers} threads")
+        print(f"{'runs':>5} {'direct s':>9} {'map s':>7} {'lifecycle s':>11} {'completed':>9} "
+              f"{'map ms/run':>10} {'overhead ms/run':>15}", flush=True)  # fmt: skip
+        for n in args.sizes.split(","):
+            subprocess.run(
+                [sys.executable, __file__, "--one", n, "--workers", str(args.workers)], check=True
+            )
+        return
     os.environ["CCAT_WM_FLOW_WORKERS"] = str(args.workers)
     from bench.common import scratch_database
 
     prefect_map(10, args.workers)  # start the ephemeral server before timing
-    print(f"W = {args.workers} threads")
-    print(f"{'runs':>5} {'direct s':>9} {'map s':>7} {'lifecycle s':>11} {'completed':>9} "
-          f"{'map ms/run':>10} {'overhead ms/run':>15}")  # fmt: skip
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in [args.one]:
         with (
             scratch_database(f"ccat_wm_overhead_{os.getpid()}_{n}") as url,
             tempfile.TemporaryDirectory() as tmp,

@@ -93,7 +93,11 @@ class RunExecutor:
     def execute(self, run_id: int) -> RunOutcome:
         """Run `run_id` through its attempts until COMPLETED, CANCELLED or out of retries."""
         while True:
-            outcome = self.attempt(run_id)
+            try:
+                outcome = self.attempt(run_id)
+            except Exception as exc:
+                self._fail_after_error(run_id, exc)
+                raise
             if outcome.status is not S.FAILED:
                 return outcome
             with self.session() as session, session.begin():
@@ -134,6 +138,19 @@ class RunExecutor:
         if info is None:
             return RunOutcome(run_id, S.CANCELLED, attempt, "cancelled")
         return self._collect(ctx, attempt, info)
+
+    def _fail_after_error(self, run_id: int, exc: Exception) -> None:
+        """Do not leave a run in flight after an unexpected error: stop its job, fail it."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+        try:
+            with self.session() as session, session.begin():
+                ctx = load_run_context(session, run_id)
+                if ctx.status in (S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS):
+                    transition(session, run_id, S.FAILED, failure_reason=reason)
+            if ctx.hpc_job_id:
+                backend_for(ctx).cancel(ctx.hpc_job_id)
+        except Exception:  # the original error is what matters; this is best effort
+            LOG.exception("could not mark run %s FAILED after %s", run_id, reason)
 
     def _prepare(self, ctx: RunContext, attempt: int) -> tuple[JobSpec, Backend]:
         layout = ctx.layout

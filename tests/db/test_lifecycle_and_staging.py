@@ -186,3 +186,21 @@ def test_a_staging_job_that_is_not_served_times_out(engine: Engine, run_id: int)
         StagingError, match=r"staging job \d+ for package .* did not complete within 0.3 s"
     ):
         stage_inputs(_sessions(engine), ctx, poll_s=0.1)
+
+
+def test_an_unexpected_error_fails_the_run_instead_of_leaving_it_in_flight(
+    engine: Engine, run_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccat_wm.execution import runner
+    from ccat_wm.settings import Settings
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(runner, "scan_outputs", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        runner.RunExecutor(engine, Settings()).execute(run_id)
+    with Session(engine) as session:
+        run = session.get_one(m.ExecutedReductionStep, run_id)
+    assert run.status is S.FAILED
+    assert run.failure_reason == "internal error: RuntimeError: disk on fire"
