@@ -225,7 +225,7 @@ def _alive(record: _Record) -> bool:
         process = psutil.Process(record.pid)
         if record.create_time and abs(process.create_time() - record.create_time) > 0.01:
             return False
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
