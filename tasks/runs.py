@@ -99,7 +99,6 @@ def run_sub_group(
         logger.info("not due after its upstream runs; nothing to run")
         return RunOutcome(0, RunStatus.PENDING, 0, "not due")
     with slots.slot():
-        logger.info("run %s started", run_id)
         outcome = executor().execute(run_id)
     if outcome.status is RunStatus.FAILED:
         raise RunFailedError(

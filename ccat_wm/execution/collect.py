@@ -175,8 +175,11 @@ def _add(
 def checksum_outputs(outputs: Iterable[OutputFile]) -> list[ProductRecord]:
     """Size and SHA-256 of every output, hashed in parallel threads."""
     items = list(outputs)
-    with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
-        digests = list(pool.map(lambda o: sha256_file(o.path), items))
+    if len(items) < 2 * HASH_WORKERS:  # a pool costs more than it saves here
+        digests = [sha256_file(o.path) for o in items]
+    else:
+        with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
+            digests = list(pool.map(lambda o: sha256_file(o.path), items))
     return [
         ProductRecord(o.path, o.data_product_type, o.path.stat().st_size, digest, o.metadata)
         for o, digest in zip(items, digests, strict=True)
@@ -201,7 +204,7 @@ def preserve_failed_logs(layout: RunLayout, attempt: int) -> list[OutputFile]:
 
 
 def reset_output(layout: RunLayout) -> None:
-    """Empty the output directory before an attempt (nothing in it is registered)."""
+    """Create the run's directories with an empty output directory (nothing in it is registered)."""
     if layout.output.exists():
         shutil.rmtree(layout.output)
     layout.create()

@@ -7,10 +7,11 @@ work from it, so no ORM object or session crosses a task boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import Select, bindparam, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -94,75 +95,84 @@ class RunNotFoundError(CcatWmError):
 
 
 def load_run_context(session: Session, run_id: int) -> RunContext:
-    """Load run `run_id` and everything its execution needs."""
-    run, step, config, version, software, pipeline, location = _load_rows(session, run_id)
-    downstream = aliased(m.reduction_step_dependency)
-    has_downstream = session.scalar(
-        select(exists().where(downstream.c.depends_on_step_id == step.id))
-    )
+    """Load run `run_id` and everything its execution needs (three queries, columns only)."""
+    row = session.connection().execute(_context_query(), {"run_id": run_id}).first()
+    if row is None:
+        raise RunNotFoundError(f"no run with id {run_id}; see `ccat-wm status` for run ids")
     return RunContext(
-        run_id=run.id,
-        status=run.status,
-        retry_count=run.retry_count,
-        max_retries=step.max_retries,
-        hpc_job_id=run.hpc_job_id,
-        pipeline=pipeline.name,
-        step=step.name,
-        step_id=step.id,
-        sub_group_key=run.sub_group_key,
-        is_final=not has_downstream,
+        run_id=row.run_id,
+        status=m.RunStatus(row.status),
+        retry_count=row.retry_count,
+        max_retries=row.max_retries,
+        hpc_job_id=row.hpc_job_id,
+        pipeline=row.pipeline,
+        step=row.step,
+        step_id=row.step_id,
+        sub_group_key=row.sub_group_key,
+        is_final=not row.has_downstream,
         location=LocationInfo(
-            location.id,
-            location.name,
-            location.backend.value if location.backend else "",
-            location.runtime.value if location.runtime else "",
-            Path(location.path),
-            dict(location.settings),
+            row.location_id,
+            row.location,
+            row.backend or "",
+            row.runtime or "",
+            Path(row.location_path),
+            dict(row.location_settings or {}),
         ),
-        software=software.name,
-        repository=software.ghcr_url,
-        version_tag=version.tag,
-        digest=version.digest,
-        parameters=dict(config.config_parameters),
-        environment={str(k): str(v) for k, v in config.environment_variables.items()},
-        command_template=[str(a) for a in config.command_template],
-        resources=dict(config.resource_requirements),
+        software=row.software,
+        repository=row.ghcr_url,
+        version_tag=row.tag,
+        digest=row.digest,
+        parameters=dict(row.config_parameters or {}),
+        environment={str(k): str(v) for k, v in (row.environment_variables or {}).items()},
+        command_template=[str(a) for a in row.command_template or []],
+        resources=dict(row.resource_requirements or {}),
         raw_inputs=_raw_inputs(session, run_id),
         product_inputs=_product_inputs(session, run_id),
     )
 
 
-def _load_rows(session: Session, run_id: int) -> tuple[Any, ...]:
-    row = session.execute(
+@lru_cache(maxsize=1)
+def _context_query() -> Select[*tuple[Any, ...]]:
+    """Select the run with its step, config, version, software, pipeline and location."""
+    run, step, config = m.ExecutedReductionStep, m.ReductionStep, m.ReductionStepConfig
+    version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
+    pipeline, location = m.Pipeline, m.DataLocation
+    downstream = aliased(m.reduction_step_dependency)
+    return (
         select(
-            m.ExecutedReductionStep,
-            m.ReductionStep,
-            m.ReductionStepConfig,
-            m.ReductionSoftwareVersion,
-            m.ReductionSoftware,
-            m.Pipeline,
-            m.DataLocation,
+            run.id.label("run_id"),
+            run.status,
+            run.retry_count,
+            run.hpc_job_id,
+            run.sub_group_key,
+            step.max_retries,
+            step.name.label("step"),
+            step.id.label("step_id"),
+            pipeline.name.label("pipeline"),
+            exists().where(downstream.c.depends_on_step_id == step.id).label("has_downstream"),
+            location.id.label("location_id"),
+            location.name.label("location"),
+            location.backend,
+            location.runtime,
+            location.path.label("location_path"),
+            location.settings.label("location_settings"),
+            software.name.label("software"),
+            software.ghcr_url,
+            version.tag,
+            version.digest,
+            config.config_parameters,
+            config.environment_variables,
+            config.command_template,
+            config.resource_requirements,
         )
-        .join(m.ReductionStep, m.ReductionStep.id == m.ExecutedReductionStep.reduction_step_id)
-        .join(
-            m.ReductionStepConfig,
-            m.ReductionStepConfig.id == m.ReductionStep.reduction_step_config_id,
-        )
-        .join(
-            m.ReductionSoftwareVersion,
-            m.ReductionSoftwareVersion.id == m.ExecutedReductionStep.reduction_software_version_id,
-        )
-        .join(
-            m.ReductionSoftware,
-            m.ReductionSoftware.id == m.ReductionSoftwareVersion.reduction_software_id,
-        )
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
-        .where(m.ExecutedReductionStep.id == run_id)
-    ).first()
-    if row is None:
-        raise RunNotFoundError(f"no run with id {run_id}; see `ccat-wm status` for run ids")
-    return tuple(row)
+        .join(step, step.id == run.reduction_step_id)
+        .join(config, config.id == step.reduction_step_config_id)
+        .join(version, version.id == run.reduction_software_version_id)
+        .join(software, software.id == version.reduction_software_id)
+        .join(pipeline, pipeline.id == step.pipeline_id)
+        .join(location, location.id == pipeline.processing_location_id)
+        .where(run.id == bindparam("run_id"))
+    )
 
 
 def _raw_inputs(session: Session, run_id: int) -> tuple[RawInput, ...]:

@@ -11,9 +11,9 @@ can cure.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import ExecutedReductionStep, RunStatus
@@ -73,13 +73,17 @@ def transition(
     if target is S.PENDING:
         changes.setdefault("retry_count", run.retry_count + 1)
         changes.setdefault("finished_at", None)
-    matched = session.execute(
-        update(run)
-        .where(run.id == run_id, run.status.in_(sources))
-        .values(changes)
-        .returning(run.id),
-        execution_options={"synchronize_session": False},
-    ).first()
+    table = cast(Table, run.__table__)
+    matched = (
+        session.connection()
+        .execute(
+            update(table)
+            .where(table.c.id == run_id, table.c.status.in_(sources))
+            .values(changes)
+            .returning(table.c.id)
+        )
+        .first()
+    )
     if matched is None:
         current = session.scalar(select(run.status).where(run.id == run_id))
         raise TransitionError(run_id, current, target)

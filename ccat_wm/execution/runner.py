@@ -154,7 +154,6 @@ class RunExecutor:
 
     def _prepare(self, ctx: RunContext, attempt: int) -> tuple[JobSpec, Backend]:
         layout = ctx.layout
-        layout.create()
         reset_output(layout)
         staged = stage_inputs(self.session, ctx)
         write_manifest(layout, build_manifest(ctx, staged))
