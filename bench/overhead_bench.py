@@ -10,7 +10,8 @@ For each size N, in one run and with the same parallelism W (threads):
   manifest, local backend, polling, result collection (the captured log), every
   transition committed to the ops DB, the step's global concurrency limit (W slots).
 Prints wall times and the per-run overhead above direct launch in ms (target: <= 25).
-Uses Prefect's ephemeral server (started once, before timing) and a throwaway ops DB.
+Uses Prefect's ephemeral server (started once, before timing; in a fresh PREFECT_HOME
+unless one is set) or the server of PREFECT_API_URL, and a throwaway ops DB.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is None:  # each size in its own process: fresh Prefect server and caches
+        # A fresh Prefect home: the ephemeral server's SQLite database grows with every
+        # run recorded in it (and slows down), so a reused ~/.prefect skews the numbers.
+        os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
         print(f"W = {args.workers} threads")
         print(f"{'runs':>5} {'direct s':>9} {'map s':>7} {'lifecycle s':>11} {'completed':>9} "
               f"{'map ms/run':>10} {'overhead ms/run':>15}", flush=True)  # fmt: skip
