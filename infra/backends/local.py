@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -40,8 +41,10 @@ GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
 """GNU time, which measures the job's largest process (None: not installed)."""
 CANCEL_GRACE_S = 5.0
 """Seconds between SIGTERM and SIGKILL when a job is cancelled."""
-MAX_SAMPLE_INTERVAL_S = 0.05
-"""Longest pause between two memory samples of a running job."""
+FIRST_SAMPLE_S = 0.02
+"""Delay of the first memory sample of the tree (shorter jobs: GNU time's figure counts)."""
+MAX_SAMPLE_INTERVAL_S = 0.5
+"""Longest pause between two memory samples of a running job (the interval doubles)."""
 
 
 @dataclass(slots=True)
@@ -179,15 +182,16 @@ class LocalBackend(Backend):
         """Sample the tree's memory until the job ends, then record its outcome."""
         start = time.monotonic()
         peak_rss = 0
-        interval = 0.001
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            total, high_water = _tree_memory(process.pid)
-            peak_rss = max(peak_rss, total, high_water)
-            time.sleep(interval)
-            interval = min(interval * 2, MAX_SAMPLE_INTERVAL_S)
+        interval = FIRST_SAMPLE_S
+        exited = os.pidfd_open(process.pid)  # readable once the job exits: no polling
+        try:
+            while not select.select([exited], [], [], interval)[0]:
+                total, high_water = _tree_memory(process.pid)
+                peak_rss = max(peak_rss, total, high_water)
+                interval = min(interval * 2, MAX_SAMPLE_INTERVAL_S)
+        finally:
+            os.close(exited)
+        _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - start
         code = os.waitstatus_to_exitcode(status)
         process.returncode = code
@@ -244,26 +248,42 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     The high-water mark is per address space, so it starts afresh at `exec` and does not
     count the forked copy of the submitting process (unlike `ru_maxrss`).
     """
-    try:
-        members = [psutil.Process(pid)]
-        members += members[0].children(recursive=True)
-    except psutil.Error:
-        return 0, 0
     total = high_water = 0
-    for member in members:
-        with contextlib.suppress(psutil.Error, OSError, ValueError):
-            total += member.memory_info().rss
-            high_water = max(high_water, _vm_hwm(member.pid))
+    for member in _tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rss, hwm = _vm_rss_hwm(member)
+            total += rss
+            high_water = max(high_water, hwm)
     return total, high_water
 
 
-def _vm_hwm(pid: int) -> int:
-    """Peak resident bytes of one process (Linux /proc), 0 where unavailable."""
+def _tree(pid: int) -> list[int]:
+    """List the process and its descendants from /proc/<pid>/task/*/children (no scan)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with (
+                    contextlib.suppress(OSError),
+                    open(f"/proc/{current}/task/{task}/children") as f,
+                ):
+                    todo.extend(int(child) for child in f.read().split())
+    return found
+
+
+def _vm_rss_hwm(pid: int) -> tuple[int, int]:
+    """Resident and peak resident bytes of one process (Linux /proc), 0 where unknown."""
+    rss = hwm = 0
     with Path(f"/proc/{pid}/status").open() as status:
         for line in status:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+                hwm = int(line.split()[1]) * 1024
+            elif line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+                break
+    return rss, hwm
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
