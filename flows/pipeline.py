@@ -136,7 +136,7 @@ def pipeline_flow(
     ensure_concurrency_limits(pipeline, wave.step_limits)
     items = list(wave.items)
     for step, count in Counter(i.step for i in items).items():
-        open_pool(claim_as, step, limit_name(pipeline, step), count)
+        open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])
     try:
         counts = _run_wave(pipeline, items, claim_as, manual, force)
     finally:

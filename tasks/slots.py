@@ -9,7 +9,10 @@ to start: a finishing run hands its slot to the next one without an API call, an
 goes back to Prefect as soon as the flow run has fewer runs of the step left than slots
 held (and all of them when the flow run ends). Slots are leases, acquired strictly (a
 missing limit is an error) and renewed by one thread per process; if the process dies,
-the renewals stop and Prefect frees the slots when the leases expire (`LEASE_S`).
+the renewals stop and Prefect frees the slots when the leases expire (`LEASE_S`). A
+flow run never asks Prefect for more slots than the step's limit; while other flow runs
+hold them it asks again with a backoff of up to a second, taking one of its own
+meanwhile if one comes back.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ import threading
 from collections.abc import Iterator
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import get_client
-from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
-from prefect.concurrency._sync import (
-    acquire_concurrency_slots_with_lease,
-    release_concurrency_slots_with_lease,
-)
+
+from ccat_wm.errors import ConfigurationError
 
 LEASE_S = 120.0
 """Lease of a slot; renewed every third of it while the process lives."""
-WAIT_S = 2.0
-"""Longest single wait on the server before looking again for a slot freed locally."""
+MAX_BACKOFF_S = 1.0
+"""Longest pause before asking Prefect again for a slot held by another flow run."""
+HTTP_LOCKED = 423
+"""Prefect's answer when a limit has no free slot."""
 
 
 class _Renewer:
@@ -70,10 +73,11 @@ _RENEWER = _Renewer()
 class StepSlots:
     """The slots one flow run holds of one step's limit, shared by its task threads."""
 
-    def __init__(self, limit_name: str, remaining: int) -> None:
-        """`remaining`: runs of the step this flow run may still start."""
+    def __init__(self, limit_name: str, remaining: int, limit: int) -> None:
+        """`remaining`: runs of the step this flow run may still start; `limit`: its size."""
         self.limit_name = limit_name
         self.remaining = remaining
+        self.limit = max(1, limit)
         self._free: list[UUID] = []
         self._held: set[UUID] = set()
         self._cond = threading.Condition()
@@ -88,21 +92,43 @@ class StepSlots:
             self._give_back(lease)
 
     def _take(self) -> UUID:
+        """Take a free pooled slot, else a new one from Prefect (never beyond the limit)."""
+        backoff = 0.05
         while True:
             with self._cond:
                 if self._free:
                     return self._free.pop()
-            try:
-                response = acquire_concurrency_slots_with_lease(
-                    [self.limit_name], 1, timeout_seconds=WAIT_S, lease_duration=LEASE_S,
-                    strict=True,
-                )  # fmt: skip
-            except AcquireConcurrencySlotTimeoutError:
-                continue  # full: look again for a slot a run of this flow run gave back
-            with self._cond:
-                self._held.add(response.lease_id)
-            _RENEWER.track(response.lease_id)
-            return response.lease_id
+                if len(self._held) >= self.limit:  # all ours and in use: one comes back
+                    self._cond.wait(timeout=MAX_BACKOFF_S)
+                    continue
+            lease = self._acquire()
+            if lease is not None:
+                with self._cond:
+                    self._held.add(lease)
+                _RENEWER.track(lease)
+                return lease
+            with self._cond:  # other flow runs hold the slots: wait, or take one of ours
+                self._cond.wait(timeout=backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _acquire(self) -> UUID | None:
+        """One slot from Prefect as a lease; None while the limit is full."""
+        try:
+            with get_client(sync_client=True) as client:
+                response = client.increment_concurrency_slots_with_lease(
+                    [self.limit_name], 1, "concurrency", LEASE_S
+                )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == HTTP_LOCKED:
+                return None
+            raise
+        body = response.json()
+        if not body.get("limits"):
+            raise ConfigurationError(
+                f"Prefect global concurrency limit {self.limit_name!r} does not exist; "
+                "it is created when a pipeline flow run starts (ensure-concurrency-limits)"
+            )
+        return UUID(str(body["lease_id"]))
 
     def _give_back(self, lease: UUID) -> None:
         with self._cond:
@@ -140,20 +166,20 @@ class StepSlots:
     @staticmethod
     def _release(lease: UUID) -> None:
         _RENEWER.untrack(lease)
-        with contextlib.suppress(Exception):  # expired already: Prefect freed it
-            release_concurrency_slots_with_lease(lease)
+        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease)  # fails if expired: freed
 
 
 _POOLS: dict[tuple[str, str], StepSlots] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def open_pool(flow_run: str, step: str, limit_name: str, remaining: int) -> StepSlots:
+def open_pool(flow_run: str, step: str, limit_name: str, remaining: int, limit: int) -> StepSlots:
     """Create the pool of a step for a flow run (or add runs to an existing one)."""
     with _POOLS_LOCK:
         pool = _POOLS.get((flow_run, step))
         if pool is None:
-            pool = _POOLS[(flow_run, step)] = StepSlots(limit_name, remaining)
+            pool = _POOLS[(flow_run, step)] = StepSlots(limit_name, remaining, limit)
         else:
             with pool._cond:
                 pool.remaining += remaining
@@ -163,7 +189,7 @@ def open_pool(flow_run: str, step: str, limit_name: str, remaining: int) -> Step
 def pool_for(flow_run: str, step: str, limit_name: str) -> StepSlots:
     """Return the pool of a step in this flow run (a lone task: a pool that keeps nothing)."""
     with _POOLS_LOCK:
-        return _POOLS.get((flow_run, step)) or StepSlots(limit_name, 0)
+        return _POOLS.get((flow_run, step)) or StepSlots(limit_name, 0, 1)
 
 
 def close_pools(flow_run: str) -> None:

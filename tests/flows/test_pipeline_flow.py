@@ -319,3 +319,15 @@ def test_a_wave_larger_than_the_task_run_budget_goes_out_in_several_flow_runs(
         }
     assert sizes == {"t part 1": 7, "t part 2": 2}
     assert len(task_run_names(result.flow_run_id)) <= 10
+
+
+def test_a_missing_concurrency_limit_is_an_error_not_no_limit() -> None:
+    from ccat_wm.errors import ConfigurationError
+    from tasks.slots import StepSlots
+
+    slots = StepSlots("ccat-step:nope:x", remaining=1, limit=1)
+    with (
+        pytest.raises(ConfigurationError, match="limit 'ccat-step:nope:x' does not exist"),
+        slots.slot(),
+    ):
+        pass
