@@ -28,6 +28,8 @@ class RawInput:
     checksum: str
     size: int
     metadata: dict[str, Any]
+    location_copy: Path | None = None
+    """Its recorded copy at the run's processing location, if there is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,7 @@ def load_run_context(session: Session, run_id: int) -> RunContext:
         environment={str(k): str(v) for k, v in (row.environment_variables or {}).items()},
         command_template=[str(a) for a in row.command_template or []],
         resources=dict(row.resource_requirements or {}),
-        raw_inputs=_raw_inputs(session, run_id),
+        raw_inputs=_raw_inputs(session, run_id, row.location_id),
         product_inputs=_product_inputs(session, run_id),
     )
 
@@ -175,15 +177,22 @@ def _context_query() -> Select[*tuple[Any, ...]]:
     )
 
 
-def _raw_inputs(session: Session, run_id: int) -> tuple[RawInput, ...]:
-    inp, pkg = m.ExecutedReductionStepInput, m.RawDataPackage
+def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInput, ...]:
+    inp, pkg, copy = m.ExecutedReductionStepInput, m.RawDataPackage, m.RawDataPackageCopy
     rows = session.execute(
-        select(pkg.id, pkg.name, inp.checksum, pkg.size, pkg.metadata_)
+        select(pkg.id, pkg.name, inp.checksum, pkg.size, pkg.metadata_, copy.path)
         .join(inp, inp.raw_data_package_id == pkg.id)
+        .outerjoin(
+            copy,
+            (copy.raw_data_package_id == pkg.id) & (copy.data_location_id == location_id),
+        )
         .where(inp.executed_reduction_step_id == run_id)
         .order_by(pkg.name)
     )
-    return tuple(RawInput(*row) for row in rows)
+    return tuple(
+        RawInput(pid, name, checksum, size, metadata, Path(path) if path else None)
+        for pid, name, checksum, size, metadata, path in rows
+    )
 
 
 def _product_inputs(session: Session, run_id: int) -> tuple[ProductInput, ...]:

@@ -202,13 +202,14 @@ class RunExecutor:
                     break
                 time.sleep(interval)
                 interval = min(interval * 2, self.poll_max_s)
-            if not marked_running:
-                self._move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
-            self._move_now(
-                run_id, S.COLLECTING_RESULTS, expected=S.RUNNING,
-                exit_code=info.exit_code, processing_time_s=info.wall_time_s,
-                cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
-            )  # fmt: skip
+            with self.session() as session, session.begin():  # one commit if never seen running
+                if not marked_running:
+                    self._move(session, run_id, S.RUNNING, expected=S.SUBMITTED)
+                self._move(
+                    session, run_id, S.COLLECTING_RESULTS, expected=S.RUNNING,
+                    exit_code=info.exit_code, processing_time_s=info.wall_time_s,
+                    cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
+                )  # fmt: skip
         except TransitionError as exc:
             if exc.current is S.CANCELLED:
                 backend.cancel(job_id)

@@ -62,9 +62,8 @@ def stage_inputs(
     """Stage every raw input and link every upstream product into the run's directories."""
     layout = ctx.layout
     staged = []
-    location_copies = _location_copies(new_session, ctx)
     for raw in ctx.raw_inputs:
-        source = location_copies.get(raw.package_id)
+        source = raw.location_copy
         if source is None or not source.exists():
             source = _stage_package(new_session, ctx, raw, poll_s=poll_s)
         target = layout.input / source.name
@@ -92,18 +91,6 @@ def _relative_to_run(product: ProductInput) -> Path:
         drop = 2 if below[:1] == ("workspace",) else 1
         return Path(*below[drop:])
     return Path(product.path.name)
-
-
-def _location_copies(new_session: SessionFactory, ctx: RunContext) -> dict[int, Path]:
-    copy = m.RawDataPackageCopy
-    ids = [r.package_id for r in ctx.raw_inputs]
-    with new_session() as session:
-        rows = session.execute(
-            select(copy.raw_data_package_id, copy.path).where(
-                copy.raw_data_package_id.in_(ids), copy.data_location_id == ctx.location.id
-            )
-        ).all()
-    return {package_id: Path(path) for package_id, path in rows}
 
 
 def _stage_package(
