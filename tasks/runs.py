@@ -106,7 +106,6 @@ def run_sub_group(
         )
     if outcome.status is RunStatus.CANCELLED:
         return Cancelled(message=f"run {run_id} was cancelled")
-    logger.info("run %s %s", run_id, outcome.status.value)
     return outcome
 
 

@@ -128,8 +128,8 @@ def load_run_context(session: Session, run_id: int) -> RunContext:
         environment={str(k): str(v) for k, v in (row.environment_variables or {}).items()},
         command_template=[str(a) for a in row.command_template or []],
         resources=dict(row.resource_requirements or {}),
-        raw_inputs=_raw_inputs(session, run_id, row.location_id),
-        product_inputs=_product_inputs(session, run_id),
+        raw_inputs=() if row.has_upstream else _raw_inputs(session, run_id, row.location_id),
+        product_inputs=_product_inputs(session, run_id) if row.has_upstream else (),
     )
 
 
@@ -140,6 +140,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
     version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
     pipeline, location = m.Pipeline, m.DataLocation
     downstream = aliased(m.reduction_step_dependency)
+    upstream = aliased(m.reduction_step_dependency)
     return (
         select(
             run.id.label("run_id"),
@@ -152,6 +153,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             step.id.label("step_id"),
             pipeline.name.label("pipeline"),
             exists().where(downstream.c.depends_on_step_id == step.id).label("has_downstream"),
+            exists().where(upstream.c.reduction_step_id == step.id).label("has_upstream"),
             location.id.label("location_id"),
             location.name.label("location"),
             location.backend,

@@ -13,6 +13,7 @@ appear), and the empty all-data key is `all`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -80,8 +81,7 @@ class RunLayout:
         return self.logs / f"{self.step}-attempt-{attempt}.log"
 
     def create(self) -> None:
-        """Create the contract's directories (and the output classes) if missing."""
+        """Create the contract's directories if missing (the software makes its classes)."""
         for sub in ("input", "workspace", "output", "config", "logs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for cls_dir in OUTPUT_CLASSES:
-            (self.output / cls_dir).mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.root / sub, exist_ok=True)
+        os.makedirs(self.output, exist_ok=True)

@@ -9,7 +9,7 @@ import pytest
 
 from ccat_ops_db.models import DataProductType as T
 from ccat_wm.execution.collect import ContractViolationError, checksum_outputs, scan_outputs
-from ccat_wm.execution.layout import RunLayout, dirname_to_key, key_to_dirname
+from ccat_wm.execution.layout import OUTPUT_CLASSES, RunLayout, dirname_to_key, key_to_dirname
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,8 @@ def test_sub_group_directories_are_safe_and_reversible(key: str) -> None:
 def layout(tmp_path: Path, *, final: bool) -> RunLayout:
     out = RunLayout.for_run(tmp_path, "p", "source=X", 1, "grid", is_final=final)
     out.create()
+    for kind in OUTPUT_CLASSES:  # as the software makes them
+        (out.output / kind).mkdir()
     return out
 
 
