@@ -16,11 +16,11 @@ import shutil
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, true, union
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Insert, Table, insert, text
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -211,12 +211,17 @@ def reset_output(layout: RunLayout) -> None:
 
 
 def register_products(session: Session, run_id: int, records: Sequence[ProductRecord]) -> int:
-    """Insert the products of run `run_id` and their lineage; return how many. No commit."""
+    """Insert the products of run `run_id` and their lineage; return how many. No commit.
+
+    Both statements are built once (they run for every run): one multi-row INSERT of the
+    products, then one INSERT .. SELECT linking every product of the run that is not
+    linked yet to the run's raw packages and to those of its upstream products.
+    """
     if not records:
         return 0
-    product = m.DataProduct
-    ids = session.scalars(
-        pg_insert(product).returning(product.id),
+    connection = session.connection()
+    connection.execute(
+        _product_insert(),
         [
             {
                 "executed_reduction_step_id": run_id,
@@ -224,32 +229,36 @@ def register_products(session: Session, run_id: int, records: Sequence[ProductRe
                 "file_path": str(r.path),
                 "file_size": r.size,
                 "checksum": r.checksum,
-                "metadata_": r.metadata,
+                "metadata": r.metadata,
             }
             for r in records
         ],
-    ).all()
-    _record_lineage(session, run_id, list(ids))
-    return len(ids)
+    )
+    connection.execute(_LINEAGE_INSERT, {"run_id": run_id})
+    return len(records)
 
 
-def _record_lineage(session: Session, run_id: int, product_ids: list[int]) -> None:
-    """Link the new products to every raw package the run derives from, transitively."""
-    inp, lineage = m.ExecutedReductionStepInput, m.data_product_lineage
-    direct = select(inp.raw_data_package_id.label("pkg")).where(
-        inp.executed_reduction_step_id == run_id, inp.raw_data_package_id.is_not(None)
-    )
-    inherited = (
-        select(lineage.c.raw_data_package_id.label("pkg"))
-        .join(inp, inp.data_product_id == lineage.c.data_product_id)
-        .where(inp.executed_reduction_step_id == run_id)
-    )
-    packages = union(direct, inherited).subquery()
-    product = m.DataProduct
-    source = (
-        select(product.id, packages.c.pkg)
-        .select_from(product)
-        .join(packages, true())
-        .where(product.id.in_(product_ids))
-    )
-    session.execute(insert(lineage).from_select(["data_product_id", "raw_data_package_id"], source))
+@lru_cache(maxsize=1)
+def _product_insert() -> Insert:
+    """INSERT of product rows (Core, on the table: no ORM bookkeeping per row)."""
+    return insert(cast(Table, m.DataProduct.__table__))
+
+
+_LINEAGE_INSERT = text(
+    """
+    INSERT INTO data_product_lineage (data_product_id, raw_data_package_id)
+    SELECT p.id, src.pkg
+      FROM data_product p
+      JOIN (SELECT i.raw_data_package_id AS pkg
+              FROM executed_reduction_step_input i
+             WHERE i.executed_reduction_step_id = :run_id AND i.raw_data_package_id IS NOT NULL
+            UNION
+            SELECT l.raw_data_package_id
+              FROM executed_reduction_step_input i
+              JOIN data_product_lineage l ON l.data_product_id = i.data_product_id
+             WHERE i.executed_reduction_step_id = :run_id) src ON true
+     WHERE p.executed_reduction_step_id = :run_id
+    ON CONFLICT DO NOTHING
+    """
+)
+"""Link every product of a run to the raw packages it derives from (transitively)."""

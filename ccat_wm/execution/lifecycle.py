@@ -11,9 +11,10 @@ can cure.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import ExecutedReductionStep, RunStatus
@@ -64,29 +65,32 @@ def transition(
     sources = TRANSITIONS[target]
     if expected is not None:
         sources = sources & {expected}
+    statement = _update(target, tuple(sorted(sources)), tuple(sorted(values)))
+    params = {"run_id": run_id, **{f"v_{k}": v for k, v in values.items()}}
+    matched = session.connection().execute(statement, params).first()
+    if matched is None:
+        raise TransitionError(run_id, current_status(session, run_id), target)
+
+
+@lru_cache(maxsize=128)
+def _update(target: RunStatus, sources: tuple[RunStatus, ...], keys: tuple[str, ...]) -> Update:
+    """Build the UPDATE of one transition (once per target, sources and set columns)."""
     run = ExecutedReductionStep
-    changes: dict[str, Any] = {"status": target, **values}
+    table = cast(Table, run.__table__)
+    changes: dict[str, Any] = {"status": target} | {k: bindparam(f"v_{k}") for k in keys}
     if target is S.STAGING_DATA:
-        changes.setdefault("started_at", func.coalesce(run.started_at, func.now()))
+        changes.setdefault("started_at", func.coalesce(table.c.started_at, func.now()))
     if target in FINAL:
         changes.setdefault("finished_at", func.now())
     if target is S.PENDING:
-        changes.setdefault("retry_count", run.retry_count + 1)
+        changes.setdefault("retry_count", table.c.retry_count + 1)
         changes.setdefault("finished_at", None)
-    table = cast(Table, run.__table__)
-    matched = (
-        session.connection()
-        .execute(
-            update(table)
-            .where(table.c.id == run_id, table.c.status.in_(sources))
-            .values(changes)
-            .returning(table.c.id)
-        )
-        .first()
+    return (
+        update(table)
+        .where(table.c.id == bindparam("run_id"), table.c.status.in_(sources))
+        .values(changes)
+        .returning(table.c.id)
     )
-    if matched is None:
-        current = session.scalar(select(run.status).where(run.id == run_id))
-        raise TransitionError(run_id, current, target)
 
 
 def current_status(session: Session, run_id: int) -> RunStatus | None:
