@@ -24,7 +24,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
 from ccat_wm.execution.waves import WaveItem
-from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
 from tasks.runs import (
     ensure_concurrency_limits,
@@ -45,11 +44,6 @@ def _bounded_runner() -> Any:
     return ThreadPoolTaskRunner(max_workers=_SETTINGS.flow_workers)
 
 
-def task_run_name(step: str, key: str) -> str:
-    """`<step>[<sub_group_key>]`, as the Prefect UI shows a sub-group's task run."""
-    return f"{step}[{display_key(key)}]"
-
-
 def _run_items(
     pipeline: str, items: list[WaveItem], claim_as: str, manual: bool, force: bool
 ) -> dict[str, int]:
@@ -57,11 +51,8 @@ def _run_items(
     futures: list[PrefectFuture[Any]] = []
     for item in items:
         waits = [allow_failure(futures[i]) for i in item.upstream if i < len(futures)]
-        named = run_sub_group.with_options(
-            task_run_name=task_run_name(item.step, item.sub_group_key)
-        )
         futures.append(
-            named.submit(  # type: ignore[call-overload]
+            run_sub_group.submit(  # type: ignore[call-overload]
                 pipeline,
                 item.step,
                 item.sub_group_key,

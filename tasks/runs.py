@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
+from prefect.runtime import task_run
 from prefect.states import Cancelled
 
 from ccat_ops_db.models import RunStatus
@@ -28,6 +29,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.report import products_markdown, run_rows, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
+from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
 from tasks.slots import pool_for
 
@@ -74,7 +76,18 @@ def ensure_concurrency_limits(pipeline: str, limits: dict[str, int]) -> None:
             client.upsert_global_concurrency_limit_by_name(limit_name(pipeline, step), limit)
 
 
-@task(cache_policy=NO_CACHE)
+def task_run_name(step: str, key: str) -> str:
+    """Return `<step>[<sub_group_key>]`, as the Prefect UI shows a sub-group's task run."""
+    return f"{step}[{display_key(key)}]"
+
+
+def _sub_group_task_run_name() -> str:
+    """Name a `run_sub_group` task run from its parameters (no per-run task copy)."""
+    parameters = task_run.parameters
+    return task_run_name(parameters["step"], parameters["sub_group_key"])
+
+
+@task(cache_policy=NO_CACHE, task_run_name=_sub_group_task_run_name)
 def run_sub_group(
     pipeline: str,
     step: str,
