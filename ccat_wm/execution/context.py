@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, select
+from sqlalchemy import Select, bindparam, exists, func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -30,6 +31,8 @@ class RawInput:
     metadata: dict[str, Any]
     location_copy: Path | None = None
     """Its recorded copy at the run's processing location, if there is one."""
+    disk_copies: tuple[Path, ...] = ()
+    """Its copies on disk at other locations (where staging takes it from), oldest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +184,19 @@ def _context_query() -> Select[*tuple[Any, ...]]:
 
 def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInput, ...]:
     inp, pkg, copy = m.ExecutedReductionStepInput, m.RawDataPackage, m.RawDataPackageCopy
+    other, place = aliased(m.RawDataPackageCopy), m.DataLocation
+    disk_copies = (
+        select(func.array_agg(aggregate_order_by(other.path, other.id)))
+        .join(place, place.id == other.data_location_id)
+        .where(
+            other.raw_data_package_id == pkg.id,
+            place.storage_type == m.StorageType.DISK,
+            place.id != location_id,
+        )
+        .scalar_subquery()
+    )
     rows = session.execute(
-        select(pkg.id, pkg.name, inp.checksum, pkg.size, pkg.metadata_, copy.path)
+        select(pkg.id, pkg.name, inp.checksum, pkg.size, pkg.metadata_, copy.path, disk_copies)
         .join(inp, inp.raw_data_package_id == pkg.id)
         .outerjoin(
             copy,
@@ -192,8 +206,16 @@ def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInp
         .order_by(pkg.name)
     )
     return tuple(
-        RawInput(pid, name, checksum, size, metadata, Path(path) if path else None)
-        for pid, name, checksum, size, metadata, path in rows
+        RawInput(
+            pid,
+            name,
+            checksum,
+            size,
+            metadata,
+            Path(path) if path else None,
+            tuple(Path(p) for p in others or ()),
+        )
+        for pid, name, checksum, size, metadata, path, others in rows
     )
 
 

@@ -98,19 +98,8 @@ def _stage_package(
 ) -> Path:
     """Bring one package into the location's staging cache and record the copy."""
     cache = ctx.location.path / STAGING_CACHE
-    copy, location = m.RawDataPackageCopy, m.DataLocation
-    with new_session() as session:
-        disk_copies = session.execute(
-            select(copy.path)
-            .join(location, location.id == copy.data_location_id)
-            .where(
-                copy.raw_data_package_id == raw.package_id,
-                location.storage_type == m.StorageType.DISK,
-                location.id != ctx.location.id,
-            )
-            .order_by(copy.id)
-        ).scalars()
-        source = next((Path(p) for p in disk_copies if Path(p).exists()), None)
+    copy = m.RawDataPackageCopy
+    source = next((p for p in raw.disk_copies if p.exists()), None)
     if source is not None:
         target = cache / source.name
         _link_or_copy(source, target)

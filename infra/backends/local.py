@@ -94,7 +94,7 @@ class LocalBackend(Backend):
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         rusage = spec.log_path.with_name(spec.log_path.name + ".rusage")
         argv = list(spec.argv)
-        program = shutil.which(argv[0], path=spec.env.get("PATH", os.defpath))
+        program = _which(argv[0], spec.env.get("PATH", os.defpath))
         if program is None:
             raise BackendError(
                 f"cannot start {argv[0]!r} for job {spec.name}: no such executable "
@@ -232,6 +232,19 @@ def _alive(record: _Record) -> bool:
         return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
+
+
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def _which(program: str, path: str) -> str | None:
+    """Resolve a program on a PATH; found ones are remembered (a step runs one program)."""
+    found = _FOUND.get((program, path))
+    if found is None or not os.access(found, os.X_OK):
+        found = shutil.which(program, path=path)
+        if found is not None:
+            _FOUND[(program, path)] = found
+    return found
 
 
 def _largest_process(rusage_path: str) -> int:
