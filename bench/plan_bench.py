@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import scratch_database
 from ccat_ops_db import migrate
 from ccat_ops_db import models as m
 from ccat_wm.db import get_engine, normalize_db_url
-from ccat_wm.embedded_pg import ensure_embedded_server
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import StepInfo
 from ccat_wm.gaps.plan import make_plan
@@ -141,22 +141,6 @@ WHERE (cur.sub_group_key IS NULL OR cur.input_fingerprint <> agg.fp
 """
 
 
-def _server_url() -> str:
-    raw = os.environ.get("CCAT_OPS_DB_URL")
-    if raw:
-        return raw
-    return ensure_embedded_server(
-        Path(os.environ.get("CCAT_WM_HOME", "~/.local/share/ccat-wm")).expanduser()
-    )
-
-
-def _libpq(url: str, database: str | None = None) -> str:
-    parsed = normalize_db_url(url).set(drivername="postgresql")
-    if database:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
 def _run_script(engine: Engine, script: str, params: dict[str, object]) -> None:
     with engine.begin() as conn:
         for statement in (s.strip() for s in script.split(";")):
@@ -229,40 +213,34 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--repeat", type=int, default=11)
     args = parser.parse_args()
-    server = _server_url()
     print(
         f"{'packages':>9} {'load s':>7} {'gaps':>6} {'root gaps':>9} {'plan s':>7} {'snapshot s':>10} {'lower bound s':>13} {'ratio':>6}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
-        name = f"ccat_wm_bench_{size}"
-        with psycopg.connect(_libpq(server), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        engine = get_engine(normalize_db_url(_libpq(server, name)))  # as the CLI makes it
-        try:
-            root, load_s = build(engine, size)
-            plans, snaps, lows = [], [], []
-            time_plan(engine)  # warm caches once, as a long-running service would be
-            for _ in range(args.repeat):
-                plan_s, snap_s, gaps = time_plan(engine)
-                low_s, root_gaps = time_lower_bound(engine, root)
-                plans.append(plan_s)
-                snaps.append(snap_s)
-                lows.append(low_s)
-            plan_med, low_med = statistics.median(plans), statistics.median(lows)
-            print(
-                f"{size:>9} {load_s:>7.1f} {gaps:>6} {root_gaps:>9} {plan_med:>7.3f} "
-                f"{statistics.median(snaps):>10.3f} {low_med:>13.3f} {plan_med / low_med:>6.2f}",
-                flush=True,
-            )
-        finally:
-            engine.dispose()
-            with psycopg.connect(_libpq(server), autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+        with scratch_database(f"ccat_wm_bench_{size}") as url:
+            engine = get_engine(normalize_db_url(url))  # as the CLI makes it
+            try:
+                run_size(engine, size, args.repeat)
+            finally:
+                engine.dispose()
+
+
+def run_size(engine: Engine, size: int, repeat: int) -> None:
+    root, load_s = build(engine, size)
+    plans, snaps, lows = [], [], []
+    time_plan(engine)  # warm caches once, as a long-running service would be
+    for _ in range(repeat):
+        plan_s, snap_s, gaps = time_plan(engine)
+        low_s, root_gaps = time_lower_bound(engine, root)
+        plans.append(plan_s)
+        snaps.append(snap_s)
+        lows.append(low_s)
+    plan_med, low_med = statistics.median(plans), statistics.median(lows)
+    print(
+        f"{size:>9} {load_s:>7.1f} {gaps:>6} {root_gaps:>9} {plan_med:>7.3f} "
+        f"{statistics.median(snaps):>10.3f} {low_med:>13.3f} {plan_med / low_med:>6.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.CANCELLED: frozenset({S.PENDING, S.STAGING_DATA, S.SUBMITTED, S.RUNNING}),
 }
 """For each target status, the statuses a run may move to it from."""
-CANCELLABLE = TRANSITIONS[S.CANCELLED]
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
 
 

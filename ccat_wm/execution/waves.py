@@ -125,15 +125,14 @@ def prepare_wave(
         if upstream:
             index[(gap.step, gap.sub_group_key)] = len(items)
             items.append(WaveItem(gap.step, gap.sub_group_key, None, tuple(upstream)))
-    limits = {s.name: _step_limit(session, s.id) for s in snapshot.steps}
+    step = m.ReductionStep
+    limits = {
+        name: max(1, limit or 1)
+        for name, limit in session.execute(
+            select(step.name, step.max_concurrent_runs).where(step.id.in_(list(step_ids)))
+        )
+    }
     return Wave(pipeline, tuple(items), limits)
-
-
-def _step_limit(session: Session, step_id: int) -> int:
-    limit = session.scalar(
-        select(m.ReductionStep.max_concurrent_runs).where(m.ReductionStep.id == step_id)
-    )
-    return max(1, limit or 1)
 
 
 def _containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:
