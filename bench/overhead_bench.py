@@ -25,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -60,7 +62,8 @@ def direct(n: int, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def prefect_map(n: int, workers: int) -> float:
+def prefect_map(n: int, workers: int) -> tuple[float, str]:
+    """Time a bare flow mapping `n` no-op tasks; return the seconds and its flow run id."""
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -73,11 +76,53 @@ def prefect_map(n: int, workers: int) -> float:
         noop.map(range(count)).wait()
 
     start = time.perf_counter()
-    bare(n)
+    state = bare(n, return_state=True)
+    return time.perf_counter() - start, str(state.state_details.flow_run_id)
+
+
+def wait_until_recorded(flow_run_id: str, n: int, timeout_s: float = 300.0) -> float:
+    """Wait until the Prefect server has recorded `n` completed task runs of a flow run.
+
+    A flow returns before the server has processed the events of its task runs (the
+    server records them from an event stream, behind the client). Without this wait the
+    next phase would also pay for the previous phase's backlog on the same two cores.
+    """
+    from prefect.client.orchestration import get_client
+
+    start = time.perf_counter()
+    body = {  # the flow run's task runs and those of its sub-flow runs (chunks)
+        "flow_runs": {
+            "operator": "or_",
+            "id": {"any_": [flow_run_id]},
+            "parent_flow_run_id": {"any_": [flow_run_id]},
+        },
+        "task_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+    }
+    with get_client(sync_client=True) as client:
+        while time.perf_counter() - start < timeout_s:
+            if client.request("POST", "/task_runs/count", json=body).json() >= n:
+                break
+            time.sleep(0.2)
     return time.perf_counter() - start
 
 
-def lifecycle(n: int, workers: int, url: str, root: Path) -> tuple[float, int]:
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process (all threads) and by the ephemeral server."""
+    me = psutil.Process()
+    servers = [p for p in me.children(recursive=True) if "prefect.server" in " ".join(p.cmdline())]
+    server = sum(t.user + t.system for t in (p.cpu_times() for p in servers))
+    own = me.cpu_times()
+    return own.user + own.system, server
+
+
+def lifecycle(
+    n: int, workers: int, url: str, root: Path
+) -> tuple[float, int, str, tuple[float, float]]:
+    """Time the pipeline flow over `n` no-op sub-groups (ops DB set up before timing).
+
+    Returns seconds, completed runs, the flow run id, and the CPU seconds of this process
+    and of the ephemeral Prefect server while the flow ran.
+    """
     from sqlalchemy.orm import Session
 
     from ccat_ops_db import migrate
@@ -97,12 +142,14 @@ def lifecycle(n: int, workers: int, url: str, root: Path) -> tuple[float, int]:
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([spec]), user="bench")
         register_simulation(session, SimulationRequest(scans=n, seed=1))
+    cpu_before = cpu_seconds()
     start = time.perf_counter()
     result = run_pipeline(engine, "bench")
     elapsed = time.perf_counter() - start
+    cpu = tuple(after - before for before, after in zip(cpu_before, cpu_seconds(), strict=True))
     completed = sum(1 for r in result.runs if r.status == "COMPLETED")
     engine.dispose()
-    return elapsed, completed
+    return elapsed, completed, result.flow_run_id, (cpu[0], cpu[1])
 
 
 def main() -> None:
@@ -119,7 +166,8 @@ def main() -> None:
         os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
         print(f"W = {args.workers} threads")
         print(f"{'runs':>5} {'direct s':>9} {'map s':>7} {'lifecycle s':>11} {'completed':>9} "
-              f"{'map ms/run':>10} {'overhead ms/run':>15}", flush=True)  # fmt: skip
+              f"{'map ms/run':>10} {'overhead ms/run':>15} {'map lag s':>9} {'flow lag s':>10} "
+              f"{'flow CPU ms/run':>15} {'server CPU ms/run':>17}", flush=True)  # fmt: skip
         for n in args.sizes.split(","):
             subprocess.run(
                 [sys.executable, __file__, "--one", n, "--workers", str(args.workers)], check=True
@@ -135,11 +183,18 @@ def main() -> None:
             tempfile.TemporaryDirectory() as tmp,
         ):
             d = direct(n, args.workers)
-            p = prefect_map(n, args.workers)
-            life, completed = lifecycle(n, args.workers, url, Path(tmp))
+            p, map_run = prefect_map(n, args.workers)
+            map_lag = wait_until_recorded(map_run, n)
+            life, completed, life_run, (flow_cpu, server_cpu) = lifecycle(
+                n, args.workers, url, Path(tmp)
+            )
+            # the flow's own tasks too: prepare-wave, ensure-concurrency-limits, artifacts
+            life_lag = wait_until_recorded(life_run, n + 3)
             print(
                 f"{n:>5} {d:>9.2f} {p:>7.2f} {life:>11.2f} {completed:>9} "
-                f"{(p - d) / n * 1000:>10.1f} {(life - d) / n * 1000:>15.1f}",
+                f"{(p - d) / n * 1000:>10.1f} {(life - d) / n * 1000:>15.1f} "
+                f"{map_lag:>9.1f} {life_lag:>10.1f} "
+                f"{flow_cpu / n * 1000:>15.1f} {server_cpu / n * 1000:>17.1f}",
                 flush=True,
             )
 

@@ -183,28 +183,8 @@ def _context_query() -> Select[*tuple[Any, ...]]:
 
 
 def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInput, ...]:
-    inp, pkg, copy = m.ExecutedReductionStepInput, m.RawDataPackage, m.RawDataPackageCopy
-    other, place = aliased(m.RawDataPackageCopy), m.DataLocation
-    disk_copies = (
-        select(func.array_agg(aggregate_order_by(other.path, other.id)))
-        .join(place, place.id == other.data_location_id)
-        .where(
-            other.raw_data_package_id == pkg.id,
-            place.storage_type == m.StorageType.DISK,
-            place.id != location_id,
-        )
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        select(pkg.id, pkg.name, inp.checksum, pkg.size, pkg.metadata_, copy.path, disk_copies)
-        .join(inp, inp.raw_data_package_id == pkg.id)
-        .outerjoin(
-            copy,
-            (copy.raw_data_package_id == pkg.id) & (copy.data_location_id == location_id),
-        )
-        .where(inp.executed_reduction_step_id == run_id)
-        .order_by(pkg.name)
-    )
+    params = {"run_id": run_id, "location_id": location_id}
+    rows = session.connection().execute(_raw_inputs_query(), params)
     return tuple(
         RawInput(
             pid,
@@ -219,9 +199,49 @@ def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInp
     )
 
 
+@lru_cache(maxsize=1)
+def _raw_inputs_query() -> Select[*tuple[Any, ...]]:
+    """A run's raw data packages with their copy at the location and other disk copies."""
+    inp, pkg, copy = m.ExecutedReductionStepInput, m.RawDataPackage, m.RawDataPackageCopy
+    other, place = aliased(m.RawDataPackageCopy), m.DataLocation
+    location_id = bindparam("location_id")
+    disk_copies = (
+        select(func.array_agg(aggregate_order_by(other.path, other.id)))
+        .join(place, place.id == other.data_location_id)
+        .where(
+            other.raw_data_package_id == pkg.id,
+            place.storage_type == m.StorageType.DISK,
+            place.id != location_id,
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(pkg.id, pkg.name, inp.checksum, pkg.size, pkg.metadata_, copy.path, disk_copies)
+        .join(inp, inp.raw_data_package_id == pkg.id)
+        .outerjoin(
+            copy,
+            (copy.raw_data_package_id == pkg.id) & (copy.data_location_id == location_id),
+        )
+        .where(inp.executed_reduction_step_id == bindparam("run_id"))
+        .order_by(pkg.name)
+    )
+
+
 def _product_inputs(session: Session, run_id: int) -> tuple[ProductInput, ...]:
+    rows = session.connection().execute(_product_inputs_query(), {"run_id": run_id})
+    return tuple(
+        ProductInput(
+            pid, Path(path), checksum, m.DataProductType(kind).value, step, source_run, metadata
+        )
+        for pid, path, checksum, kind, step, source_run, metadata in rows
+    )
+
+
+@lru_cache(maxsize=1)
+def _product_inputs_query() -> Select[*tuple[Any, ...]]:
+    """A run's upstream products with the step and run that made them."""
     inp, product = m.ExecutedReductionStepInput, m.DataProduct
-    rows = session.execute(
+    return (
         select(
             product.id,
             product.file_path,
@@ -237,10 +257,6 @@ def _product_inputs(session: Session, run_id: int) -> tuple[ProductInput, ...]:
             m.ExecutedReductionStep.id == product.executed_reduction_step_id,
         )
         .join(m.ReductionStep, m.ReductionStep.id == m.ExecutedReductionStep.reduction_step_id)
-        .where(inp.executed_reduction_step_id == run_id)
+        .where(inp.executed_reduction_step_id == bindparam("run_id"))
         .order_by(product.file_path)
-    )
-    return tuple(
-        ProductInput(pid, Path(path), checksum, kind.value, step, source_run, metadata)
-        for pid, path, checksum, kind, step, source_run, metadata in rows
     )

@@ -18,11 +18,12 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -98,7 +99,6 @@ def _stage_package(
 ) -> Path:
     """Bring one package into the location's staging cache and record the copy."""
     cache = ctx.location.path / STAGING_CACHE
-    copy = m.RawDataPackageCopy
     source = next((p for p in raw.disk_copies if p.exists()), None)
     if source is not None:
         target = cache / source.name
@@ -112,21 +112,35 @@ def _stage_package(
             f"checksum mismatch staging package {raw.name!r} from {source or target}: "
             f"expected {raw.checksum}, got {actual}; the copy was removed"
         )
+    values = {
+        "package_id": raw.package_id,
+        "location_id": ctx.location.id,
+        "path": str(target),
+        "verified_at": dt.datetime.now(dt.UTC),
+    }
     with new_session() as session, session.begin():
-        session.execute(
-            insert(copy)
-            .values(
-                raw_data_package_id=raw.package_id,
-                data_location_id=ctx.location.id,
-                path=str(target),
-                verified_at=dt.datetime.now(dt.UTC),
-            )
-            .on_conflict_do_update(
-                index_elements=[copy.raw_data_package_id, copy.data_location_id],
-                set_={"path": str(target), "verified_at": dt.datetime.now(dt.UTC)},
-            )
-        )
+        session.connection().execute(_record_copy(), values)
     return target
+
+
+@lru_cache(maxsize=1)
+def _record_copy() -> Insert:
+    """Upsert a package's copy at a location (built once: every staged package runs it)."""
+    copy = m.RawDataPackageCopy
+    path, verified_at = bindparam("path"), bindparam("verified_at")
+    return (
+        insert(copy)
+        .values(
+            raw_data_package_id=bindparam("package_id"),
+            data_location_id=bindparam("location_id"),
+            path=path,
+            verified_at=verified_at,
+        )
+        .on_conflict_do_update(
+            index_elements=[copy.raw_data_package_id, copy.data_location_id],
+            set_={"path": path, "verified_at": verified_at},
+        )
+    )
 
 
 def _wait_for_staging_job(
