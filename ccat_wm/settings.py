@@ -29,8 +29,11 @@ class Settings(BaseSettings):
     """Default SLURM account of slurm locations that do not set one."""
     k8s_namespace: str | None = Field(default=None, alias="K8S_NAMESPACE")
     """Default Kubernetes namespace of kubernetes locations that do not set one."""
-    flow_workers: int = Field(default=16, ge=1, le=256, alias="CCAT_WM_FLOW_WORKERS")
-    """Threads of a pipeline flow run: the bound on sub-group runs in flight at once."""
+    flow_workers: int = Field(default=16, ge=1, le=1000, alias="CCAT_WM_FLOW_WORKERS")
+    """Threads of a pipeline flow run: the bound on sub-group runs in flight at once.
+
+    On a cluster a run's thread mostly waits for its job, so a SLURM location can take
+    hundreds; runs that reach submission together go out as one job array."""
     max_task_runs: int = Field(default=1000, ge=10, le=1000, alias="CCAT_WM_MAX_TASK_RUNS")
     """Most task runs one flow run holds; a larger wave goes out in several flow runs."""
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, select
+from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, aliased
 
@@ -201,10 +201,10 @@ def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInp
 
 @lru_cache(maxsize=1)
 def _raw_inputs_query() -> Select[*tuple[Any, ...]]:
-    """A run's raw data packages with their copy at the location and other disk copies."""
+    """Select a run's raw data packages, their copy at the location and other disk copies."""
     inp, pkg, copy = m.ExecutedReductionStepInput, m.RawDataPackage, m.RawDataPackageCopy
     other, place = aliased(m.RawDataPackageCopy), m.DataLocation
-    location_id = bindparam("location_id")
+    location_id: BindParameter[int] = bindparam("location_id")
     disk_copies = (
         select(func.array_agg(aggregate_order_by(other.path, other.id)))
         .join(place, place.id == other.data_location_id)
@@ -239,7 +239,7 @@ def _product_inputs(session: Session, run_id: int) -> tuple[ProductInput, ...]:
 
 @lru_cache(maxsize=1)
 def _product_inputs_query() -> Select[*tuple[Any, ...]]:
-    """A run's upstream products with the step and run that made them."""
+    """Select a run's upstream products with the step and run that made them."""
     inp, product = m.ExecutedReductionStepInput, m.DataProduct
     return (
         select(

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.lifecycle import transition
-from infra.backends import get_backend
 
 RUN = m.ExecutedReductionStep
 
@@ -44,7 +44,7 @@ def cancel_run(session: Session, run_id: int) -> CancelResult:
     cancelled = False
     if job_id:
         backend, path, settings = location
-        get_backend(backend.value, Path(path) / ".jobs", settings).cancel(job_id)
+        location_backend(backend.value, Path(path), settings).cancel(job_id)
         cancelled = True
     return CancelResult(run_id, previous.value if previous else "", job_id, cancelled)
 

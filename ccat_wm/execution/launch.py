@@ -138,7 +138,7 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
             "expected apptainer or host"
         )
     return JobSpec(
-        name=f"ccat-run-{ctx.run_id}-{ctx.step}",
+        name=f"ccat-run-{ctx.run_id}-a{attempt}-{ctx.step}",
         argv=tuple(argv),
         env=env,
         cwd=layout.root,

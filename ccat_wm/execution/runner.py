@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import DataProductType, RunStatus
 from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.collect import (
     ContractViolationError,
     OutputFile,
@@ -45,7 +46,7 @@ from ccat_wm.execution.launch import (
 from ccat_wm.execution.lifecycle import TransitionError, current_status, transition
 from ccat_wm.execution.staging import stage_inputs
 from ccat_wm.settings import Settings
-from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState, get_backend
+from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState
 from infra.runtimes import ImageRef, apptainer_pull_command, sif_path
 
 S = RunStatus
@@ -66,9 +67,10 @@ class RunOutcome:
     message: str = ""
 
 
-def backend_for(ctx: RunContext) -> Backend:
+def backend_for(ctx: RunContext, settings: Settings | None = None) -> Backend:
     """Return the backend of the run's processing location (job state under its path)."""
-    return get_backend(ctx.location.backend, ctx.location.path / ".jobs", ctx.location.settings)
+    location = ctx.location
+    return location_backend(location.backend, location.path, location.settings, settings)
 
 
 class RunExecutor:
@@ -148,7 +150,7 @@ class RunExecutor:
                 if ctx.status in (S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS):
                     transition(session, run_id, S.FAILED, failure_reason=reason)
             if ctx.hpc_job_id:
-                backend_for(ctx).cancel(ctx.hpc_job_id)
+                backend_for(ctx, self.settings).cancel(ctx.hpc_job_id)
         except Exception:  # the original error is what matters; this is best effort
             LOG.exception("could not mark run %s FAILED after %s", run_id, reason)
 
@@ -160,7 +162,7 @@ class RunExecutor:
         spec = build_job(ctx, self.settings, attempt)
         if ctx.location.runtime == "apptainer":
             self._ensure_image(ctx)
-        return spec, backend_for(ctx)
+        return spec, backend_for(ctx, self.settings)
 
     def _ensure_image(self, ctx: RunContext) -> None:
         """Pull the image into the SIF cache unless it is there (pinned by digest)."""
@@ -215,6 +217,7 @@ class RunExecutor:
                 backend.cancel(job_id)
                 return None
             raise
+        backend.forget(job_id)
         return info
 
     def _collect(self, ctx: RunContext, attempt: int, info: JobInfo) -> RunOutcome:

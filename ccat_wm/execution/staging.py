@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.orm import Session
 
@@ -127,7 +127,8 @@ def _stage_package(
 def _record_copy() -> Insert:
     """Upsert a package's copy at a location (built once: every staged package runs it)."""
     copy = m.RawDataPackageCopy
-    path, verified_at = bindparam("path"), bindparam("verified_at")
+    path: BindParameter[str] = bindparam("path")
+    verified_at: BindParameter[dt.datetime] = bindparam("verified_at")
     return (
         insert(copy)
         .values(

@@ -95,6 +95,16 @@ class LocationSettingsSpec(_Strict):
 
     slurm_partition: str | None = None
     slurm_account: str | None = None
+    slurm_extra_args: list[str] = Field(default_factory=list)
+    """More sbatch options, each `--name=value` (e.g. `--qos=high`)."""
+    slurm_poll_interval_s: float | None = Field(default=None, gt=0)
+    """Seconds between two squeue/sacct refreshes (default 5)."""
+    slurm_array_window_s: float | None = Field(default=None, ge=0)
+    """How long a submission waits for others to join its job array (default 0.25)."""
+    slurm_max_array_size: int | None = Field(default=None, ge=1)
+    """Largest job array (default 1000; at most the cluster's MaxArraySize)."""
+    staging_timeout_s: float | None = Field(default=None, gt=0)
+    """How long a run waits for an external staging job (default 3600)."""
     k8s_namespace: str | None = None
     k8s_volumes: dict[str, str] = Field(default_factory=dict)
     sif_cache_dir: str | None = None

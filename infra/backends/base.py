@@ -111,3 +111,7 @@ class Backend(ABC):
     @abstractmethod
     def logs(self, job_id: str) -> str:
         """Return the job's captured output so far."""
+
+    def forget(self, job_id: str) -> None:
+        """Drop what this process keeps about a finished job whose outcome has been read."""
+        del job_id  # backends that keep nothing per job have nothing to drop

@@ -62,6 +62,7 @@ class _Record:
     cpu_hours: float | None = None
     peak_memory_gb: float | None = None
     reason: str | None = None
+    cancel_requested: bool = False
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -157,6 +158,7 @@ class LocalBackend(Backend):
         record = record or self._read(job_id)
         if record is None or record.state != JobState.RUNNING.value or not _alive(record):
             return
+        record.cancel_requested = True  # the monitor reports the exit as CANCELLED
         _signal_group(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + CANCEL_GRACE_S
         while time.monotonic() < deadline and _alive(record):
@@ -201,6 +203,9 @@ class LocalBackend(Backend):
         record.peak_memory_gb = max(peak_rss, _largest_process(record.rusage_path)) / GIB
         if code == 0:
             record.state = JobState.COMPLETED.value
+        elif record.cancel_requested:
+            record.state = JobState.CANCELLED.value
+            record.reason = "cancelled"
         else:
             record.state = JobState.FAILED.value
             record.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"

@@ -1,13 +1,20 @@
-"""Backends by the `backend` name of a processing location."""
+"""Backends by the `backend` name of a processing location.
+
+One backend instance per location and process: the SLURM backend shares its status
+cache and its job-array submissions between all runs of the location.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from infra.backends.base import Backend, BackendError
 from infra.backends.local import LocalBackend
+from infra.backends.slurm import SlurmBackend, settings_from
 
 
 def _local(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
@@ -15,12 +22,21 @@ def _local(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
     return LocalBackend(state_dir)
 
 
-BACKENDS: dict[str, Callable[[Path, Mapping[str, Any]], Backend]] = {"local": _local}
+def _slurm(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
+    return SlurmBackend(state_dir, settings_from(settings))
+
+
+BACKENDS: dict[str, Callable[[Path, Mapping[str, Any]], Backend]] = {
+    "local": _local,
+    "slurm": _slurm,
+}
 """Factories taking the location's job-state directory and its settings."""
+_INSTANCES: dict[tuple[str, str, str], Backend] = {}
+_LOCK = threading.Lock()
 
 
 def get_backend(name: str, state_dir: Path, settings: Mapping[str, Any]) -> Backend:
-    """Return the backend registered as `name`, configured for one processing location."""
+    """Return this process's backend `name` for one processing location (created once)."""
     try:
         factory = BACKENDS[name]
     except KeyError:
@@ -28,4 +44,9 @@ def get_backend(name: str, state_dir: Path, settings: Mapping[str, Any]) -> Back
         raise BackendError(
             f"unknown or not yet available backend {name!r}; known backends: {known}"
         ) from None
-    return factory(state_dir, settings)
+    key = (name, str(state_dir), json.dumps(dict(settings), sort_keys=True, default=str))
+    with _LOCK:
+        backend = _INSTANCES.get(key)
+        if backend is None:
+            backend = _INSTANCES[key] = factory(state_dir, settings)
+    return backend

@@ -38,7 +38,7 @@ def prefect_server(migrated_url: URL) -> Iterator[None]:
 
 def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
     """A step running tests/programs/contract_tool.py with parameters `mode` and `arg`."""
-    parameters = {"mode": "ok", "arg": "", "fail_key": "", "track": "", "sleep": 0}
+    parameters = {"mode": "ok", "arg": "", "fail_key": "", "track": "", "sleep": 0, "once": 0}
     parameters |= overrides.pop("parameters", {})
     step = {
         "name": name,
@@ -62,6 +62,8 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
                 "{track}",
                 "--sleep",
                 "{sleep}",
+                "--once",
+                "{once}",
             ],
             "resources": {"cpu": 1, "memory_gb": 1, "time_hours": 1},
         },
@@ -71,11 +73,23 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def setup_pipeline(
-    engine: Engine, root: Path, steps: list[dict[str, Any]], *, scans: int = 3, name: str = "t"
+    engine: Engine,
+    root: Path,
+    steps: list[dict[str, Any]],
+    *,
+    scans: int = 3,
+    name: str = "t",
+    location: dict[str, Any] | None = None,
 ) -> None:
-    """Apply a one-location pipeline of `steps` and simulate `scans` scans."""
+    """Apply a one-location pipeline of `steps` and simulate `scans` scans.
+
+    `location` replaces the processing location `local` (same name, e.g. a SLURM one).
+    """
+    locations = locations_data(root)
+    if location is not None:
+        locations["locations"][1] = {"name": "local", **location}
     spec = {
-        **locations_data(root),
+        **locations,
         "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
         "software": [
             {

@@ -1,6 +1,11 @@
 """A reduction program for tests: follows (or breaks, on request) the container contract.
 
 Usage: contract_tool.py --mode MODE [--arg VALUE] [--fail-key TEXT] [--track DIR] [--sleep S]
+                        [--once 0|1]
+
+Modes: ok; outside, symlink, bad-sidecar (contract violations); hog (holds `--arg` MB for
+five seconds). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
+first attempt only: later attempts behave (to test retries).
 """
 
 from __future__ import annotations
@@ -20,10 +25,21 @@ def main() -> int:
     parser.add_argument("--fail-key", default="")
     parser.add_argument("--track", default="")
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--once", type=int, default=0)
     args = parser.parse_args()
     manifest = json.loads(Path(os.environ["WORKFLOW_MANIFEST"]).read_text())
     out = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
     key = manifest["sub_group_key"]
+    if args.once:
+        marker = Path(args.track) / f"attempted-{manifest['run_id']}"
+        if marker.exists():
+            args.mode, args.sleep = "ok", 0.0
+        marker.touch()
+    if args.mode == "hog":
+        hog = bytearray(int(args.arg) * 1024 * 1024)
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
+        time.sleep(5)
     if args.track:
         with open(Path(args.track) / "events.log", "a") as log:
             log.write(f"start {time.time()} {os.getpid()} {key}\n")

@@ -81,7 +81,7 @@ def test_cancel_from_another_backend_instance_kills_the_process_group(tmp_path: 
     job_id = backend.submit(spec(tmp_path, code))
     time.sleep(0.5)
     LocalBackend(tmp_path / "jobs").cancel(job_id)
-    assert wait(backend, job_id, timeout=10) is JobState.FAILED
+    assert wait(backend, job_id, timeout=10) is JobState.CANCELLED
     assert backend.status(job_id).exit_code == -15
     survivors = [
         p for p in psutil.process_iter(["status"])
@@ -93,7 +93,7 @@ def test_cancel_from_another_backend_instance_kills_the_process_group(tmp_path: 
 def test_unknown_jobs_and_backends(tmp_path: Path) -> None:
     assert LocalBackend(tmp_path).status("999999999").state is JobState.UNKNOWN
     with pytest.raises(
-        BackendError, match="unknown or not yet available backend 'pbs'; known backends: local"
+        BackendError, match="unknown or not yet available backend 'pbs'; known backends: local, slurm"
     ):
         get_backend("pbs", tmp_path, {})
     with pytest.raises(BackendError, match="cannot start"):

@@ -1,0 +1,452 @@
+"""The SLURM backend: one batch job (or one task of a job array) per run.
+
+Submission. Every job runs the same fixed batch script, `launch.sh` under the
+location's job-state directory, which reads the run's command, environment, working
+directory and log path from files of NUL-separated values (bash `mapfile`), exports
+the environment and `exec`s the command: data never becomes shell code, and `sbatch`
+gets an argument list. Runs whose submissions arrive within `array_window_s` of each
+other with the same resources go out as ONE job array (`--array=0-N`, at most
+`max_array_size` tasks), so a step fanned out over thousands of sub-groups costs a few
+`sbatch` calls, not thousands; a lone run is a plain job named after it. Job ids are
+SLURM's: `1234` for a job, `1234_7` for an array task.
+
+Status. All jobs this process watches share one cache, refreshed at most once per
+`poll_interval_s` by ONE `squeue --me` (queued and running jobs) and, for watched jobs
+that squeue no longer lists, ONE `sacct` call, never one per job. Metrics come from
+accounting: wall time (`ElapsedRaw`), CPU-hours (`TotalCPU`) and peak memory (`MaxRSS`
+of the `.batch` step). OUT_OF_MEMORY, TIMEOUT, NODE_FAIL, PREEMPTED (and BOOT_FAIL,
+DEADLINE) are failures with that name as the reason, so the run can be retried. A
+cluster without cgroups (as in CI) kills a job over its memory through accounting
+polling and records it as killed by signal 9; a job killed by signal 9 whose `MaxRSS`
+exceeds its requested memory is reported as OUT_OF_MEMORY too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState, Resources
+
+GIB = 1024**3
+LAUNCH_SCRIPT = """#!/bin/bash
+# Written by ccat-wm (SLURM backend). Runs the command stored for this job or array task.
+# $1 is the submission's directory; the task's files hold NUL-separated values (data,
+# never shell code): meta = working directory and log file, env = NAME=VALUE, argv.
+task="$1/${SLURM_ARRAY_TASK_ID:-0}"
+mapfile -d '' -t meta <"$task/meta" || exit 125
+mapfile -d '' -t envs <"$task/env" || exit 125
+mapfile -d '' -t argv <"$task/argv" || exit 125
+cd -- "${meta[0]}" || exit 125
+exec >>"${meta[1]}" 2>&1
+for kv in "${envs[@]}"; do export -- "$kv"; done
+exec -- "${argv[@]}"
+"""
+FAILURE_STATES = frozenset(
+    {"OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+)
+"""SLURM end states that are the cluster's doing: the run fails with the state as reason."""
+QUEUED_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
+)
+RUNNING_STATES = frozenset(
+    {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "SUSPENDED", "STOPPED", "RESIZING"}
+)
+SACCT_FIELDS = "JobID,State,ExitCode,ElapsedRaw,TotalCPU,MaxRSS,ReqMem"
+ACCOUNTING_GRACE_S = 15.0
+"""How long a finished job's state waits for its `.batch` step to reach accounting (a job
+that never started a batch step, e.g. cancelled while queued, is final after this)."""
+
+
+class SlurmSettings(BaseModel):
+    """A slurm location's settings (location settings `slurm_*`, env defaults applied)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    partition: str | None = Field(default=None, alias="slurm_partition")
+    account: str | None = Field(default=None, alias="slurm_account")
+    extra_args: tuple[str, ...] = Field(default=(), alias="slurm_extra_args")
+    """More `sbatch` options, each one argument starting with `--` (e.g. `--qos=high`)."""
+    poll_interval_s: float = Field(default=5.0, gt=0, alias="slurm_poll_interval_s")
+    """Seconds between two squeue/sacct refreshes of the shared status cache."""
+    array_window_s: float = Field(default=0.25, ge=0, alias="slurm_array_window_s")
+    """How long a submission waits for others to join its job array."""
+    max_array_size: int = Field(default=1000, ge=1, alias="slurm_max_array_size")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _options_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in value if not a.startswith("--")]
+        if bad:
+            raise ValueError(f"expected sbatch options of the form --name=value, got {bad}")
+        return value
+
+
+@dataclass(slots=True)
+class _Pending:
+    spec: JobSpec
+    done: Future[str] = field(default_factory=Future)
+
+
+@dataclass(slots=True)
+class _Batch:
+    options: tuple[str, ...]
+    items: list[_Pending] = field(default_factory=list)
+    full: threading.Event = field(default_factory=threading.Event)
+
+
+class SlurmBackend(Backend):
+    """Submits runs to SLURM with sbatch; see the module docstring."""
+
+    name = "slurm"
+
+    def __init__(self, state_dir: Path, settings: SlurmSettings) -> None:
+        """Keep submission files under `state_dir/slurm` (must be visible to the nodes)."""
+        self.root = state_dir / "slurm"
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, ...], _Batch] = {}
+        self._watched: dict[str, JobInfo | None] = {}
+        self._refreshed = 0.0
+        self._refresh_lock = threading.Lock()
+        self._incomplete: dict[str, float] = {}
+        self.calls: dict[str, int] = {"sbatch": 0, "squeue": 0, "sacct": 0, "scancel": 0}
+        """Invocations of each SLURM command by this backend (for benchmarks and tests)."""
+
+    # -- submission ---------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Submit the job, in a job array with others arriving within the window."""
+        item = _Pending(spec)
+        options = self.resource_options(spec.resources)
+        with self._lock:
+            batch = self._open.get(options)
+            leader = batch is None
+            if batch is None:
+                batch = self._open[options] = _Batch(options)
+            batch.items.append(item)
+            if len(batch.items) >= self.settings.max_array_size:
+                del self._open[options]
+                batch.full.set()
+        if leader:
+            batch.full.wait(self.settings.array_window_s)
+            with self._lock:
+                if self._open.get(options) is batch:
+                    del self._open[options]
+            self._submit_batch(batch)
+        return item.done.result()
+
+    def resource_options(self, resources: Resources) -> tuple[str, ...]:
+        """Translate resources (and the location's partition and account) to sbatch options."""
+        minutes = max(1, math.ceil(resources.time_hours * 60))
+        options = [
+            f"--cpus-per-task={max(1, resources.cpu)}",
+            f"--mem={max(1, math.ceil(resources.memory_gb * 1024))}M",
+            f"--time={minutes}",
+        ]
+        if resources.gpu:
+            options.append(f"--gres=gpu:{resources.gpu}")
+        if self.settings.partition:
+            options.append(f"--partition={self.settings.partition}")
+        if self.settings.account:
+            options.append(f"--account={self.settings.account}")
+        options.extend(self.settings.extra_args)
+        return tuple(options)
+
+    def sbatch_command(
+        self, batch_dir: Path, names: Sequence[str], options: Sequence[str]
+    ) -> list[str]:
+        """Return the sbatch argument list of one submission of `len(names)` runs."""
+        argv = ["sbatch", "--parsable", "--export=NONE", f"--chdir={batch_dir}"]
+        out = _escape_pattern(batch_dir)
+        if len(names) == 1:
+            argv += [f"--job-name={names[0]}", f"--output={out}/0/slurm.out"]
+        else:
+            argv += [
+                f"--job-name={names[0]}+{len(names) - 1}",
+                f"--array=0-{len(names) - 1}",
+                f"--output={out}/%a/slurm.out",
+            ]
+        return [*argv, *options, str(self._launcher()), str(batch_dir)]
+
+    def _submit_batch(self, batch: _Batch) -> None:
+        batch_dir = self.root / uuid.uuid4().hex[:16]
+        try:
+            for index, item in enumerate(batch.items):
+                _write_task(batch_dir / str(index), item.spec)
+            argv = self.sbatch_command(batch_dir, [i.spec.name for i in batch.items], batch.options)
+            output = self._run(argv).strip()
+            job_id = output.split(";")[0]  # --parsable: "id" or "id;cluster"
+            if not job_id.isdigit():
+                raise BackendError(f"sbatch printed {output!r}; expected a job id")
+            ids = [job_id] if len(batch.items) == 1 else [
+                f"{job_id}_{i}" for i in range(len(batch.items))
+            ]  # fmt: skip
+            (batch_dir / "job_id").write_text(job_id)
+            by_id = self.root / "by-id"
+            by_id.mkdir(parents=True, exist_ok=True)
+            for index, (job, item) in enumerate(zip(ids, batch.items, strict=True)):
+                (by_id / job).write_text(str(batch_dir / str(index)))
+                with self._lock:
+                    self._watched[job] = None
+                item.done.set_result(job)
+        except BaseException as exc:
+            error = exc if isinstance(exc, BackendError) else BackendError(f"sbatch failed: {exc}")
+            for item in batch.items:
+                if not item.done.done():
+                    item.done.set_exception(error)
+
+    def _launcher(self) -> Path:
+        path = self.root / "launch.sh"
+        if not path.exists() or path.read_text() != LAUNCH_SCRIPT:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".launch.sh.{os.getpid()}")
+            tmp.write_text(LAUNCH_SCRIPT)
+            tmp.chmod(0o755)
+            tmp.replace(path)
+        return path
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> JobInfo:
+        """Return the job's state from the shared cache (refreshed once per poll interval)."""
+        return self.status_many([job_id])[job_id]
+
+    def status_many(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Return the state of many jobs from one squeue and at most one sacct call."""
+        with self._lock:
+            for job_id in job_ids:
+                self._watched.setdefault(job_id, None)
+            stale = time.monotonic() - self._refreshed >= self.settings.poll_interval_s
+        if stale and self._refresh_lock.acquire(blocking=False):
+            try:
+                self._refresh()
+            finally:
+                self._refresh_lock.release()
+        elif stale:  # another thread refreshes: use its result
+            with self._refresh_lock:
+                pass
+        with self._lock:
+            return {
+                job_id: self._watched.get(job_id)
+                or JobInfo(JobState.UNKNOWN, reason=f"SLURM does not list job {job_id}")
+                for job_id in job_ids
+            }
+
+    def _refresh(self) -> None:
+        with self._lock:
+            open_ids = [
+                j for j, info in self._watched.items() if info is None or not info.state.finished
+            ]
+        if not open_ids:
+            self._refreshed = time.monotonic()
+            return
+        queued = parse_squeue(
+            self._run(["squeue", "--me", "--noheader", "--array", "--format=%i|%T|%r"])
+        )
+        gone = [j for j in open_ids if j not in queued]
+        finished = {}
+        if gone:
+            sacct = ["sacct", "--noheader", "--parsable2", f"--format={SACCT_FIELDS}"]
+            finished = parse_sacct(self._run([*sacct, f"--jobs={','.join(gone)}"]))
+        now = time.monotonic()
+        with self._lock:
+            for job_id in open_ids:
+                info = queued.get(job_id)
+                if info is None and job_id in finished:
+                    info, complete = finished[job_id]
+                    first_seen = self._incomplete.setdefault(job_id, now)
+                    if (
+                        info.state.finished
+                        and not complete
+                        and now - first_seen < ACCOUNTING_GRACE_S
+                    ):
+                        continue  # its .batch step (MaxRSS) is not in accounting yet
+                    self._incomplete.pop(job_id, None)
+                if info is not None:
+                    self._watched[job_id] = info
+            self._refreshed = time.monotonic()
+
+    def forget(self, job_id: str) -> None:
+        """Stop watching a job whose outcome has been read."""
+        with self._lock:
+            self._watched.pop(job_id, None)
+
+    # -- cancel and logs ----------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """`scancel` the job (a finished job is left alone by SLURM)."""
+        self._run(["scancel", job_id])
+        with self._lock:
+            if job_id in self._watched:
+                self._watched[job_id] = None  # read its end state at the next refresh
+        self._refreshed = 0.0
+
+    def logs(self, job_id: str) -> str:
+        """Return the run's log file, then SLURM's own messages about the job."""
+        try:
+            task = Path((self.root / "by-id" / job_id).read_text())
+        except OSError:
+            raise BackendError(f"no SLURM job {job_id} submitted from {self.root}") from None
+        parts = []
+        meta = (task / "meta").read_bytes().split(b"\0")
+        for path in (Path(meta[1].decode()), task / "slurm.out"):
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "".join(parts)
+
+    def _run(self, argv: list[str]) -> str:
+        command = argv[0]
+        self.calls[command] = self.calls.get(command, 0) + 1
+        try:
+            result = subprocess.run(  # noqa: S603 - an argument list, no shell
+                argv, capture_output=True, text=True, check=False, timeout=120
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackendError(f"`{command}` could not run: {exc}") from exc
+        if result.returncode != 0:
+            raise BackendError(
+                f"`{command}` failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"
+            )
+        return result.stdout
+
+
+def _write_task(task_dir: Path, spec: JobSpec) -> None:
+    """Write one run's command, environment, working directory and log path as NUL lists."""
+    for value in (*spec.argv, *spec.env, *spec.env.values(), str(spec.cwd), str(spec.log_path)):
+        if "\0" in value:
+            raise BackendError(f"job {spec.name}: a NUL character in {value!r} cannot be passed")
+    task_dir.mkdir(parents=True, exist_ok=True)
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    (task_dir / "argv").write_bytes(_nul_list(spec.argv))
+    (task_dir / "env").write_bytes(_nul_list(f"{k}={v}" for k, v in spec.env.items()))
+    (task_dir / "meta").write_bytes(_nul_list([str(spec.cwd), str(spec.log_path)]))
+
+
+def _nul_list(values: Any) -> bytes:
+    return b"".join(str(v).encode() + b"\0" for v in values)
+
+
+def _escape_pattern(path: Path) -> str:
+    """Escape `%` for sbatch's filename patterns."""
+    return str(path).replace("%", "%%")
+
+
+def parse_squeue(output: str) -> dict[str, JobInfo]:
+    """Parse `squeue --format=%i|%T|%r` lines into job states (queued or running)."""
+    jobs = {}
+    for line in output.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2:
+            continue
+        job_id, state = parts[0], parts[1]
+        if state in QUEUED_STATES:
+            jobs[job_id] = JobInfo(JobState.PENDING, reason=parts[2] if len(parts) > 2 else None)
+        elif state in RUNNING_STATES:
+            jobs[job_id] = JobInfo(JobState.RUNNING)
+    return jobs
+
+
+def parse_sacct(output: str) -> dict[str, tuple[JobInfo, bool]]:
+    """Parse `sacct --parsable2 --format=SACCT_FIELDS` into job states.
+
+    Each state comes with whether the job's `.batch` step was listed: slurmdbd records
+    the step (and its MaxRSS) a moment after the job itself.
+    """
+    rows: dict[str, dict[str, str]] = {}
+    batch_rss: dict[str, int] = {}
+    batch_state: dict[str, str] = {}
+    names = SACCT_FIELDS.split(",")
+    for line in output.splitlines():
+        values = line.split("|")
+        if len(values) != len(names):
+            continue
+        row = dict(zip(names, values, strict=True))
+        job_id, _, step = row["JobID"].partition(".")
+        if step == "batch":
+            batch_rss[job_id] = parse_memory(row["MaxRSS"])
+            batch_state[job_id] = row["State"].split()[0]
+        elif not step:
+            rows[job_id] = row
+    return {
+        job_id: (
+            _job_info(row, batch_rss.get(job_id, 0), batch_state.get(job_id, "")),
+            job_id in batch_state,
+        )
+        for job_id, row in rows.items()
+    }
+
+
+def _job_info(row: Mapping[str, str], max_rss: int, batch_state: str) -> JobInfo:
+    state = row["State"].split()[0]
+    code, _, signal = row["ExitCode"].partition(":")
+    exit_code = -int(signal) if signal.isdigit() and int(signal) else int(code or 0)
+    metrics: dict[str, Any] = {
+        "exit_code": exit_code,
+        "wall_time_s": float(row["ElapsedRaw"] or 0),
+        "cpu_hours": parse_duration(row["TotalCPU"]) / 3600.0,
+        "peak_memory_gb": max_rss / GIB if max_rss else None,
+    }
+    if state in QUEUED_STATES:
+        return JobInfo(JobState.PENDING)
+    if state in RUNNING_STATES:
+        return JobInfo(JobState.RUNNING, wall_time_s=metrics["wall_time_s"])
+    requested = parse_memory(row["ReqMem"])
+    if batch_state == "OUT_OF_MEMORY" or (exit_code == -9 and requested and max_rss > requested):
+        state = "OUT_OF_MEMORY"
+    if state == "COMPLETED" and exit_code == 0:
+        return JobInfo(JobState.COMPLETED, **metrics)
+    if state == "CANCELLED":
+        return JobInfo(JobState.CANCELLED, **metrics, reason="cancelled in SLURM")
+    if state in FAILURE_STATES:
+        return JobInfo(JobState.FAILED, **metrics, reason=state)
+    reason = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
+    return JobInfo(JobState.FAILED, **metrics, reason=reason)
+
+
+_MEMORY = re.compile(r"^([0-9.]+)([KMGTP]?)[nc]?$")
+
+
+def parse_memory(value: str) -> int:
+    """Bytes of a SLURM memory figure (`320676K`, `50M`, `1.5G`, `4000Mn`); 0 if empty."""
+    match = _MEMORY.match(value.strip())
+    if not match:
+        return 0
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** ("BKMGTP".index(unit) if unit else 0))
+
+
+def parse_duration(value: str) -> float:
+    """Seconds of a SLURM duration (`[D-][HH:]MM:SS[.mmm]`); 0 if empty."""
+    value = value.strip()
+    if not value:
+        return 0.0
+    days, _, clock = value.rpartition("-")
+    parts = [float(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0.0)
+    hours, minutes, seconds = parts
+    return (float(days) if days else 0.0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def settings_from(values: Mapping[str, Any]) -> SlurmSettings:
+    """Validate a location's settings for SLURM; the error names the setting."""
+    try:
+        return SlurmSettings.model_validate(dict(values))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise BackendError(f"invalid SLURM settings of the location: {problems}") from None
