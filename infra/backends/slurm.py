@@ -362,8 +362,8 @@ def parse_squeue(output: str) -> dict[str, JobInfo]:
 def parse_sacct(output: str) -> dict[str, tuple[JobInfo, bool]]:
     """Parse `sacct --parsable2 --format=SACCT_FIELDS` into job states.
 
-    Each state comes with whether the job's `.batch` step was listed: slurmdbd records
-    the step (and its MaxRSS) a moment after the job itself.
+    Each state comes with whether accounting is complete: slurmdbd records the `.batch`
+    step, and its MaxRSS, a moment after the job itself.
     """
     rows: dict[str, dict[str, str]] = {}
     batch_rss: dict[str, int] = {}
@@ -376,17 +376,21 @@ def parse_sacct(output: str) -> dict[str, tuple[JobInfo, bool]]:
         row = dict(zip(names, values, strict=True))
         job_id, _, step = row["JobID"].partition(".")
         if step == "batch":
-            batch_rss[job_id] = parse_memory(row["MaxRSS"])
+            if row["MaxRSS"]:
+                batch_rss[job_id] = parse_memory(row["MaxRSS"])
             batch_state[job_id] = row["State"].split()[0]
         elif not step:
             rows[job_id] = row
-    return {
-        job_id: (
-            _job_info(row, batch_rss.get(job_id, 0), batch_state.get(job_id, "")),
-            job_id in batch_state,
+    jobs = {}
+    for job_id, row in rows.items():
+        info = _job_info(row, batch_rss.get(job_id, 0), batch_state.get(job_id, ""))
+        # A job killed by SIGKILL may have been over its memory: MaxRSS and ReqMem decide
+        # (ReqMem reads `16?` until slurmdbd has the job's final record).
+        complete = job_id in batch_state and (
+            info.exit_code != -9 or (job_id in batch_rss and parse_memory(row["ReqMem"]) > 0)
         )
-        for job_id, row in rows.items()
-    }
+        jobs[job_id] = (info, complete)
+    return jobs
 
 
 def _job_info(row: Mapping[str, str], max_rss: int, batch_state: str) -> JobInfo:
