@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +91,16 @@ def cli_env(migrated_url: URL, tmp_path: Path) -> dict[str, str]:
     env["CCAT_OPS_DB_URL"] = _libpq(migrated_url)
     env["CCAT_WM_HOME"] = str(tmp_path / "home")
     return env
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Start (or find running) the single-node SLURM cluster; fail loudly if it cannot."""
+    result = subprocess.run(
+        [str(Path(__file__).resolve().parents[1] / "infra" / "slurm" / "start-cluster.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"SLURM cluster did not start:\n{result.stdout}\n{result.stderr}"

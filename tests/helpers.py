@@ -70,3 +70,12 @@ def run_cli(
     return subprocess.run(
         [CCAT_WM, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+SLURM_TEST_SETTINGS = {
+    "slurm_partition": "debug",
+    "slurm_account": "ccat",
+    "slurm_poll_interval_s": 0.3,
+    "slurm_array_window_s": 0.2,
+}
+"""Settings of the test SLURM location: the cluster of infra/slurm/start-cluster.sh."""

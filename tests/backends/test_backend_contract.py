@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.backends import Backend, JobInfo, JobSpec, JobState, Resources, get_backend
-from tests.backends.conftest import SLURM_TEST_SETTINGS
+from tests.helpers import SLURM_TEST_SETTINGS
 
 
 @pytest.fixture(params=["local", "slurm"])

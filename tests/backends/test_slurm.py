@@ -19,8 +19,8 @@ from infra.backends.slurm import (
     parse_squeue,
     settings_from,
 )
-from tests.backends.conftest import SLURM_TEST_SETTINGS
 from tests.backends.test_backend_contract import job, wait
+from tests.helpers import SLURM_TEST_SETTINGS
 
 
 def test_resources_translate_to_sbatch_options(tmp_path: Path) -> None:

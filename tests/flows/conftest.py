@@ -40,6 +40,7 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
     """A step running tests/programs/contract_tool.py with parameters `mode` and `arg`."""
     parameters = {"mode": "ok", "arg": "", "fail_key": "", "track": "", "sleep": 0, "once": 0}
     parameters |= overrides.pop("parameters", {})
+    resources = overrides.pop("config_resources", {"cpu": 1, "memory_gb": 1, "time_hours": 1})
     step = {
         "name": name,
         "software": "tool",
@@ -65,7 +66,7 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
                 "--once",
                 "{once}",
             ],
-            "resources": {"cpu": 1, "memory_gb": 1, "time_hours": 1},
+            "resources": resources,
         },
     }
     step.update(overrides)

@@ -93,7 +93,8 @@ def test_cancel_from_another_backend_instance_kills_the_process_group(tmp_path: 
 def test_unknown_jobs_and_backends(tmp_path: Path) -> None:
     assert LocalBackend(tmp_path).status("999999999").state is JobState.UNKNOWN
     with pytest.raises(
-        BackendError, match="unknown or not yet available backend 'pbs'; known backends: local, slurm"
+        BackendError,
+        match="unknown or not yet available backend 'pbs'; known backends: local, slurm",
     ):
         get_backend("pbs", tmp_path, {})
     with pytest.raises(BackendError, match="cannot start"):

@@ -1,0 +1,161 @@
+"""Pipelines through the real single-node SLURM cluster (infra/slurm/start-cluster.sh).
+
+The processing location is a `slurm` one with the host runtime (no Apptainer here);
+jobs run on this machine's slurmd, metrics come from slurmdbd's accounting in MariaDB.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from flows.run import run_pipeline
+from tests.flows.conftest import setup_pipeline, tool_step
+from tests.flows.test_pipeline_flow import history, runs
+from tests.helpers import SLURM_TEST_SETTINGS, run_cli
+
+pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server", "slurm_cluster")]
+
+
+def slurm_location(root: Path) -> dict[str, Any]:
+    """The test pipeline's processing location, on SLURM."""
+    return {
+        "site": "test",
+        "location_type": "PROCESSING",
+        "backend": "slurm",
+        "runtime": "host",
+        "path": str(root / "runs"),
+        "settings": SLURM_TEST_SETTINGS,
+    }
+
+
+def sacct(job_id: str, fields: str) -> list[list[str]]:
+    """Accounting rows of a job, as SLURM has them."""
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-j", job_id, f"--format={fields}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [line.split("|") for line in out.splitlines()]
+
+
+def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
+    engine: Engine, tmp_path: Path
+) -> None:
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", max_concurrent_runs=6, parameters={"sleep": 1.5})],
+        scans=6,
+        location=slurm_location(tmp_path),
+    )
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    done = [r.ExecutedReductionStep for r in runs(engine)]
+    assert [r.status for r in done] == [m.RunStatus.COMPLETED] * 6
+    job_ids = [r.hpc_job_id for r in done]
+    arrays = {j.split("_")[0] for j in job_ids if "_" in j}
+    assert arrays and len(arrays) + sum("_" not in j for j in job_ids) < 6  # batched
+    for run in done:
+        (row,) = [
+            r
+            for r in sacct(run.hpc_job_id, "JobID,JobName,State,ElapsedRaw")
+            if r[0] == run.hpc_job_id
+        ]
+        assert row[2] == "COMPLETED"
+        assert row[1].startswith("ccat-run-") and "-a0-reduce" in row[1]
+        assert run.processing_time_s == float(row[3]) and run.processing_time_s >= 1
+        assert run.cpu_hours is not None and run.cpu_hours > 0
+        assert run.execution_command and "contract_tool.py" in run.execution_command
+    with Session(engine) as session:
+        products = session.scalar(select(func.count()).select_from(m.DataProduct))
+    assert products is not None and products >= 6 * 2
+
+
+def test_out_of_memory_and_timeout_fail_with_that_reason_and_are_retried(
+    engine: Engine, tmp_path: Path
+) -> None:
+    track = tmp_path / "track"
+    track.mkdir()
+    once = {"once": 1, "track": str(track)}
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [
+            tool_step(
+                "hog",
+                max_retries=1,
+                parameters={**once, "mode": "hog", "arg": 300},
+                config_resources={"cpu": 1, "memory_gb": 0.05, "time_hours": 1},
+            ),
+            tool_step(
+                "slow",
+                max_retries=1,
+                parameters={**once, "sleep": 240},
+                config_resources={"cpu": 1, "memory_gb": 0.5, "time_hours": 1 / 60},
+            ),
+        ],
+        scans=1,
+        location=slurm_location(tmp_path),
+    )
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    by_step = {r.step: r.ExecutedReductionStep for r in runs(engine)}
+    expected = {"hog": "OUT_OF_MEMORY", "slow": "TIMEOUT"}
+    for step, reason in expected.items():
+        run = by_step[step]
+        assert (run.status, run.retry_count) == (m.RunStatus.COMPLETED, 1)
+        assert run.failure_reason == reason  # the failed attempt's reason is kept
+        assert history(engine, run.id).count("FAILED") == 1
+        assert "PENDING" in history(engine, run.id)[1:]
+    with Session(engine) as session:
+        logs = session.scalars(
+            select(m.DataProduct.file_path).where(
+                m.DataProduct.data_product_type == m.DataProductType.LOG
+            )
+        ).all()
+    assert any("attempt-0" in p for p in logs)  # the failed attempts' logs were kept
+
+
+def test_cancel_runs_scancel_and_marks_the_run_cancelled(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", parameters={"sleep": 120})],
+        scans=1,
+        location=slurm_location(tmp_path),
+    )
+    worker = threading.Thread(target=lambda: run_pipeline(engine, "t"))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while (
+        runs(engine)[:1] == []
+        or runs(engine)[0].ExecutedReductionStep.status is not m.RunStatus.RUNNING
+    ):
+        assert time.monotonic() < deadline, "the run never started on SLURM"
+        time.sleep(0.2)
+    run = runs(engine)[0].ExecutedReductionStep
+
+    cancelled = run_cli(cli_env, "cancel", str(run.id))
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert runs(engine)[0].ExecutedReductionStep.status is m.RunStatus.CANCELLED
+    deadline = time.monotonic() + 30
+    while (state := sacct(run.hpc_job_id, "JobID,State")[0][1]) != "CANCELLED by 0":
+        assert time.monotonic() < deadline, f"SLURM job {run.hpc_job_id} is {state}"
+        time.sleep(0.5)
