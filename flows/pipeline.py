@@ -23,10 +23,12 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
+from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.waves import WaveItem
 from ccat_wm.settings import load_settings
 from tasks.runs import (
     ensure_concurrency_limits,
+    executor,
     limit_name,
     prepare_wave_task,
     publish_artifacts,
@@ -123,16 +125,18 @@ def pipeline_flow(
 ) -> State[Any] | dict[str, int]:
     """Run the pipeline's due sub-groups (`manual`: all ready ones; `force`: all of them)."""
     claim_as = str(flow_run.id)
-    wave = prepare_wave_task(pipeline, sub_groups, manual, force, claim_as)
-    ensure_concurrency_limits(pipeline, wave.step_limits)
-    items = list(wave.items)
-    for step, count in Counter(i.step for i in items).items():
-        open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])
-    try:
-        counts = _run_wave(pipeline, items, claim_as, manual, force)
-    finally:
-        close_pools(claim_as)
-    publish_artifacts(pipeline, claim_as)
+    # Owned while this process lives; a later flow run adopts the runs if it dies.
+    with hold_ownership(executor().engine, claim_as):
+        wave = prepare_wave_task(pipeline, sub_groups, manual, force, claim_as)
+        ensure_concurrency_limits(pipeline, wave.step_limits)
+        items = list(wave.items)
+        for step, count in Counter(i.step for i in items).items():
+            open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])
+        try:
+            counts = _run_wave(pipeline, items, claim_as, manual, force)
+        finally:
+            close_pools(claim_as)
+        publish_artifacts(pipeline, claim_as)
     if counts["failed"]:
         return Failed(
             message=f"{counts['failed']} of {len(items)} sub-group run(s) failed", data=counts

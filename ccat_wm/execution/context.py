@@ -69,6 +69,8 @@ class RunContext:
     retry_count: int
     max_retries: int
     hpc_job_id: str | None
+    exit_code: int | None
+    """The job's exit code once it finished (set with COLLECTING_RESULTS)."""
     pipeline: str
     step: str
     step_id: int
@@ -110,6 +112,7 @@ def load_run_context(session: Session, run_id: int) -> RunContext:
         retry_count=row.retry_count,
         max_retries=row.max_retries,
         hpc_job_id=row.hpc_job_id,
+        exit_code=row.exit_code,
         pipeline=row.pipeline,
         step=row.step,
         step_id=row.step_id,
@@ -150,6 +153,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             run.status,
             run.retry_count,
             run.hpc_job_id,
+            run.exit_code,
             run.sub_group_key,
             step.max_retries,
             step.name.label("step"),

@@ -138,13 +138,18 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
             "expected apptainer or host"
         )
     return JobSpec(
-        name=f"ccat-run-{ctx.run_id}-a{attempt}-{ctx.step}",
+        name=job_name(ctx, attempt),
         argv=tuple(argv),
         env=env,
         cwd=layout.root,
         log_path=layout.attempt_log(attempt),
         resources=resources(ctx),
     )
+
+
+def job_name(ctx: RunContext, attempt: int) -> str:
+    """Name of an attempt's backend job: run id, attempt and step (found again after a crash)."""
+    return f"ccat-run-{ctx.run_id}-a{attempt}-{ctx.step}"
 
 
 def display_command(spec: JobSpec) -> str:

@@ -40,10 +40,12 @@ from ccat_wm.execution.launch import (
     build_job,
     build_manifest,
     display_command,
+    job_name,
     sif_cache_dir,
     write_manifest,
 )
 from ccat_wm.execution.lifecycle import TransitionError, current_status, transition
+from ccat_wm.execution.ownership import IN_FLIGHT
 from ccat_wm.execution.staging import stage_inputs
 from ccat_wm.settings import Settings
 from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState
@@ -114,14 +116,23 @@ class RunExecutor:
                      ctx.retry_count + 1, ctx.max_retries)  # fmt: skip
 
     def attempt(self, run_id: int) -> RunOutcome:
-        """One attempt of a PENDING run."""
+        """One attempt of a PENDING run, or the rest of one that a dead process left in flight."""
+        resume = False
         with self.session() as session, session.begin():
             try:
                 self._move(session, run_id, S.STAGING_DATA, expected=S.PENDING)
             except TransitionError as exc:
-                return RunOutcome(run_id, exc.current or S.CANCELLED, 0, str(exc))
+                if exc.current not in IN_FLIGHT:
+                    return RunOutcome(run_id, exc.current or S.CANCELLED, 0, str(exc))
+                resume = True
             ctx = load_run_context(session, run_id)
-        attempt = ctx.retry_count
+        if resume:
+            return self._resume(ctx)
+        return self._start(ctx, ctx.retry_count)
+
+    def _start(self, ctx: RunContext, attempt: int) -> RunOutcome:
+        """Stage, submit and record the job of a run in STAGING_DATA, then follow it."""
+        run_id = ctx.run_id
         try:
             spec, backend = self._prepare(ctx, attempt)
             job_id = backend.submit(spec)
@@ -136,10 +147,42 @@ class RunExecutor:
         except TransitionError as exc:
             backend.cancel(job_id)
             return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
-        info = self._watch(run_id, backend, job_id)
+        return self._follow(ctx, attempt, backend, job_id, running=False)
+
+    def _follow(
+        self, ctx: RunContext, attempt: int, backend: Backend, job_id: str, *, running: bool
+    ) -> RunOutcome:
+        info = self._watch(ctx.run_id, backend, job_id, running=running)
         if info is None:
-            return RunOutcome(run_id, S.CANCELLED, attempt, "cancelled")
+            return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
         return self._collect(ctx, attempt, info)
+
+    def _resume(self, ctx: RunContext) -> RunOutcome:
+        """Drive on a run that a process which died left in flight (see `ownership`)."""
+        attempt, backend = ctx.retry_count, backend_for(ctx, self.settings)
+        LOG.warning(
+            "run %s was left %s by a process that died; resuming it", ctx.run_id, ctx.status
+        )
+        if ctx.status is S.STAGING_DATA:
+            job_id = backend.find(job_name(ctx, attempt))
+            if job_id is None:  # never submitted: stage and submit (staging is idempotent)
+                return self._start(ctx, attempt)
+            spec = build_job(ctx, self.settings, attempt)
+            try:
+                self._move_now(
+                    ctx.run_id, S.SUBMITTED, expected=S.STAGING_DATA,
+                    hpc_job_id=job_id, execution_command=display_command(spec),
+                )  # fmt: skip
+            except TransitionError as exc:
+                backend.cancel(job_id)
+                return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
+            return self._follow(ctx, attempt, backend, job_id, running=False)
+        if ctx.status in (S.SUBMITTED, S.RUNNING) and ctx.hpc_job_id:
+            running = ctx.status is S.RUNNING
+            return self._follow(ctx, attempt, backend, ctx.hpc_job_id, running=running)
+        # COLLECTING_RESULTS: the job's end was recorded; collect what it left.
+        state = JobState.COMPLETED if ctx.exit_code == 0 else JobState.FAILED
+        return self._collect(ctx, attempt, JobInfo(state, exit_code=ctx.exit_code))
 
     def _fail_after_error(self, run_id: int, exc: Exception) -> None:
         """Do not leave a run in flight after an unexpected error: stop its job, fail it."""
@@ -178,9 +221,11 @@ class RunExecutor:
                 f"`apptainer pull` of {image.reference} failed: {result.stderr.strip()[-500:]}"
             )
 
-    def _watch(self, run_id: int, backend: Backend, job_id: str) -> JobInfo | None:
+    def _watch(
+        self, run_id: int, backend: Backend, job_id: str, *, running: bool = False
+    ) -> JobInfo | None:
         """Poll until the job ends and move the run to COLLECTING_RESULTS; None if cancelled."""
-        interval, marked_running, unknown_since = 0.002, False, None
+        interval, marked_running, unknown_since = 0.002, running, None
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:
             while True:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
@@ -85,18 +86,27 @@ def prepare_wave(
     create_runs(session, snapshot, [g for g in gaps if g.eligible])
     steps = {s.name: s for s in snapshot.steps}
     step_ids = {s.id: s.name for s in snapshot.steps}
+    owners = session.scalars(
+        select(RUN.prefect_flow_run_id)
+        .where(
+            RUN.reduction_step_id.in_(list(step_ids)),
+            RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]),
+            RUN.prefect_flow_run_id.is_not(None),
+            RUN.prefect_flow_run_id != claim_as,
+        )
+        .distinct()
+    ).all()
+    dead = sorted(dead_owners(session, [o for o in owners if o]))
     claim = (
         update(RUN)
         .where(
             RUN.reduction_step_id.in_(list(step_ids)),
-            RUN.status == m.RunStatus.PENDING,
-            RUN.prefect_flow_run_id.is_(None),
+            (RUN.status == m.RunStatus.PENDING) & RUN.prefect_flow_run_id.is_(None)
+            | RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]) & RUN.prefect_flow_run_id.in_(dead),
         )
         .values(prefect_flow_run_id=claim_as)
         .returning(RUN.id, RUN.reduction_step_id, RUN.sub_group_key)
     )
-    if wanted is not None:
-        claim = claim.where(RUN.sub_group_key.in_(sorted(wanted)))
     claimed = session.execute(claim, execution_options={"synchronize_session": False}).all()
     order = {s.name: i for i, s in enumerate(snapshot.steps)}
     items: list[WaveItem] = [

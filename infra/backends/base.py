@@ -112,6 +112,15 @@ class Backend(ABC):
     def logs(self, job_id: str) -> str:
         """Return the job's captured output so far."""
 
+    def find(self, name: str) -> str | None:
+        """Return the id of a job submitted under `name` by any process, or None.
+
+        Used after a crash, for a run whose job may have been submitted just before its
+        job id could be recorded. Backends that cannot tell return None.
+        """
+        del name
+        return None
+
     def forget(self, job_id: str) -> None:
         """Drop what this process keeps about a finished job whose outcome has been read."""
         del job_id  # backends that keep nothing per job have nothing to drop

@@ -183,10 +183,17 @@ class SlurmBackend(Backend):
 
     def _submit_batch(self, batch: _Batch) -> None:
         batch_dir = self.root / uuid.uuid4().hex[:16]
+        names = [i.spec.name for i in batch.items]
         try:
             for index, item in enumerate(batch.items):
                 _write_task(batch_dir / str(index), item.spec)
-            argv = self.sbatch_command(batch_dir, [i.spec.name for i in batch.items], batch.options)
+            argv = self.sbatch_command(batch_dir, names, batch.options)
+            job_name = argv[4].removeprefix("--job-name=")
+            (batch_dir / "submission").write_text(f"{job_name}\n{len(names)}\n")
+            markers = self.root / "names"
+            markers.mkdir(parents=True, exist_ok=True)
+            for index, name in enumerate(names):  # found again by `find` after a crash
+                (markers / _file_name(name)).write_text(f"{batch_dir}\n{index}\n")
             output = self._run(argv).strip()
             job_id = output.split(";")[0]  # --parsable: "id" or "id;cluster"
             if not job_id.isdigit():
@@ -217,6 +224,25 @@ class SlurmBackend(Backend):
             tmp.chmod(0o755)
             tmp.replace(path)
         return path
+
+    def find(self, name: str) -> str | None:
+        """Return the job (or array task) submitted under `name`, even if its id was lost."""
+        try:
+            batch_dir, index = (self.root / "names" / _file_name(name)).read_text().split()
+            job_name, count = (Path(batch_dir) / "submission").read_text().split("\n")[:2]
+        except (OSError, ValueError):
+            return None
+        try:
+            base = (Path(batch_dir) / "job_id").read_text().strip()
+        except OSError:  # died between sbatch and writing its answer: ask accounting
+            listed = self._run(
+                ["sacct", "--noheader", "--parsable2", "--allocations", f"--name={job_name}",
+                 "--starttime=now-7days", "--format=JobID"]
+            ).split()  # fmt: skip
+            if not listed:
+                return None
+            base = listed[-1].split("_")[0]
+        return base if int(count) == 1 else f"{base}_{index}"
 
     # -- status ---------------------------------------------------------------------------
 
@@ -333,6 +359,11 @@ def _write_task(task_dir: Path, spec: JobSpec) -> None:
     (task_dir / "argv").write_bytes(_nul_list(spec.argv))
     (task_dir / "env").write_bytes(_nul_list(f"{k}={v}" for k, v in spec.env.items()))
     (task_dir / "meta").write_bytes(_nul_list([str(spec.cwd), str(spec.log_path)]))
+
+
+def _file_name(job_name: str) -> str:
+    """Return a job name usable as a file name."""
+    return job_name.replace("/", "_")
 
 
 def _nul_list(values: Any) -> bytes:
