@@ -6,7 +6,10 @@ jobs run on this machine's slurmd, metrics come from slurmdbd's accounting in Ma
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -159,3 +162,62 @@ def test_cancel_runs_scancel_and_marks_the_run_cancelled(
     while (state := sacct(run.hpc_job_id, "JobID,State")[0][1]) != "CANCELLED by 0":
         assert time.monotonic() < deadline, f"SLURM job {run.hpc_job_id} is {state}"
         time.sleep(0.5)
+
+
+def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """SIGKILL `ccat-wm run` (and its Prefect server) mid-job; the next flow run adopts it."""
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", parameters={"sleep": 6})],
+        scans=1,
+        location=slurm_location(tmp_path),
+    )
+    env = {**cli_env, "PREFECT_HOME": str(tmp_path / "prefect")}
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    first = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ccat-wm")), "run", "t"],
+        env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            not (rows := runs(engine))
+            or rows[0].ExecutedReductionStep.status is not m.RunStatus.RUNNING
+        ):
+            assert first.poll() is None, "ccat-wm run ended before its job ran"
+            assert time.monotonic() < deadline, "the run never started on SLURM"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    run = runs(engine)[0].ExecutedReductionStep
+    assert run.status is m.RunStatus.RUNNING  # left in flight by the dead process
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    run = runs(engine)[0].ExecutedReductionStep
+    assert (run.status, run.retry_count) == (m.RunStatus.COMPLETED, 0)
+    assert history(engine, run.id).count("SUBMITTED") == 1
+    jobs = [r for r in sacct_by_name(f"ccat-run-{run.id}-", since) if "." not in r[0]]
+    assert [r[0] for r in jobs] == [run.hpc_job_id]  # one SLURM job, never resubmitted
+    with Session(engine) as session:
+        paths = session.scalars(
+            select(m.DataProduct.file_path).where(
+                m.DataProduct.executed_reduction_step_id == run.id
+            )
+        ).all()
+    assert len(paths) == len(set(paths)) >= 3 and all(f"run-{run.id}" in p for p in paths)
+
+
+def sacct_by_name(prefix: str, since: str) -> list[list[str]]:
+    """Accounting rows of the jobs since `since` whose name starts with `prefix`."""
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-a", f"--starttime={since}", "--format=JobID,JobName"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [line.split("|") for line in out.splitlines() if line.split("|")[1].startswith(prefix)]
