@@ -1,0 +1,150 @@
+"""Benchmark of submission to SLURM: 500 sub-group runs of one step, against plain sbatch.
+
+    infra/slurm/start-cluster.sh
+    CCAT_OPS_DB_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/slurm_submit_bench.py [--runs 500]
+
+In one run: (1) a plain loop of N `sbatch` calls of a no-op job; (2) a one-step pipeline
+with N sub-groups (command `true`, host runtime) on a SLURM location, run by the
+pipeline flow with N flow workers. The SLURM commands are counted through wrappers put
+first on PATH (each logs its name, then runs the real command), so the counts are what
+SLURM really received. Prints the invocations of sbatch, squeue and sacct, and the time
+from the first run's SUBMITTED to the last's (from the ops DB's status history) against
+the plain loop's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+SPEC = """
+locations:
+  - {{name: archive, site: bench, location_type: LONG_TERM_ARCHIVE, path: {root}/archive}}
+  - name: cluster
+    site: bench
+    location_type: PROCESSING
+    backend: slurm
+    runtime: host
+    path: {root}/runs
+    settings: {{slurm_partition: debug, slurm_account: ccat, slurm_poll_interval_s: 1}}
+instruments:
+  - {{name: CHAI, modules: [LFA, HFA]}}
+software:
+  - {{name: noop, versions: [{{tag: "1.0.0", is_latest: true}}]}}
+data_groupings:
+  - {{name: bench, instrument_module: CHAI/LFA, filter_rules: []}}
+pipelines:
+  - name: bench
+    data_grouping: bench
+    processing_location: cluster
+    trigger: {{type: MANUAL}}
+    steps:
+      - name: noop
+        software: noop
+        group_by: [executed_obs_unit]
+        max_concurrent_runs: {runs}
+        config: {{name: noop, command: ["true"], resources: {{cpu: 1, memory_gb: 0.1, time_hours: 0.1}}}}
+"""
+WRAPPER = (
+    '#!/bin/sh\necho "${0##*/}" >>"$CCAT_BENCH_CALLS"\nexec "$CCAT_BENCH_REAL/${0##*/}" "$@"\n'
+)
+
+
+def counting_path(root: Path) -> Path:
+    """A directory of sbatch/squeue/sacct/scancel wrappers that count their calls."""
+    shims = root / "shims"
+    shims.mkdir()
+    for name in ("sbatch", "squeue", "sacct", "scancel"):
+        (shims / name).write_text(WRAPPER)
+        (shims / name).chmod(0o755)
+    os.environ["CCAT_BENCH_REAL"] = str(Path(shutil.which("sbatch") or "/usr/bin/sbatch").parent)
+    os.environ["CCAT_BENCH_CALLS"] = str(root / "calls.log")
+    os.environ["PATH"] = f"{shims}:{os.environ['PATH']}"
+    return root / "calls.log"
+
+
+def plain_loop(n: int, root: Path) -> float:
+    script = root / "noop.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    start = time.perf_counter()
+    for _ in range(n):
+        subprocess.run(
+            ["sbatch", "--parsable", "--output=/dev/null", "--mem=100M", "--time=6", str(script)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500)
+    args = parser.parse_args()
+    n = args.runs
+    os.environ["CCAT_WM_FLOW_WORKERS"] = str(n)
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from bench.common import scratch_database
+    from ccat_ops_db import migrate
+    from ccat_ops_db import models as m
+    from ccat_wm.db import get_engine, normalize_db_url
+    from ccat_wm.simulate.register import SimulationRequest, register_simulation
+    from ccat_wm.spec.apply import apply_specs
+    from ccat_wm.spec.loader import load_spec_files
+    from flows.run import run_pipeline
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        scratch_database(f"ccat_wm_slurm_bench_{os.getpid()}") as url,
+    ):
+        root = Path(tmp)
+        calls_log = counting_path(root)
+        loop_s = plain_loop(n, root)
+        loop_calls = collections.Counter(calls_log.read_text().split())
+        calls_log.unlink()
+        os.environ["CCAT_OPS_DB_URL"] = url
+        engine = get_engine(normalize_db_url(url))
+        migrate.upgrade(engine)
+        spec = root / "spec.yaml"
+        spec.write_text(SPEC.format(root=root, runs=n))
+        with Session(engine) as session, session.begin():
+            apply_specs(session, load_spec_files([spec]), user="bench")
+            register_simulation(session, SimulationRequest(scans=n, seed=1))
+        start = time.perf_counter()
+        result = run_pipeline(engine, "bench")
+        flow_s = time.perf_counter() - start
+        calls = collections.Counter(calls_log.read_text().split())
+        with Session(engine) as session:
+            first, last = session.execute(
+                select(
+                    func.min(m.RunStatusChange.changed_at), func.max(m.RunStatusChange.changed_at)
+                ).where(m.RunStatusChange.status == m.RunStatus.SUBMITTED)
+            ).one()
+        completed = sum(1 for r in result.runs if r.status == "COMPLETED")
+        engine.dispose()
+    submit_s = (last - first).total_seconds()
+    print(f"runs: {n}, completed: {completed}, flow: {flow_s:.1f} s")
+    print(f"plain loop of {n} sbatch: {loop_s:.2f} s ({loop_calls['sbatch']} sbatch calls)")
+    print(
+        f"pipeline: first SUBMITTED to last: {submit_s:.2f} s; ratio to the loop: {submit_s / loop_s:.2f}"
+    )
+    print(
+        "pipeline invocations: "
+        + ", ".join(f"{k} {calls[k]}" for k in ("sbatch", "squeue", "sacct", "scancel"))
+    )
+
+
+if __name__ == "__main__":
+    main()
