@@ -2,10 +2,13 @@
 
 `apptainer` runs the image (a SIF cached by digest) with the contract's directories
 bound under `/workflow`; `host` runs the same command directly, with the contract's
-paths pointing at the host directories (development and tests). Both return an argument
-list and an environment, never a shell string. The contract's variables reach an
-Apptainer container through `APPTAINERENV_<NAME>`, which Apptainer passes in even with
-`--cleanenv` and never parses, so config values cannot be reinterpreted on the way.
+paths pointing at the host directories (development and tests). On a Kubernetes
+location the cluster itself runs the image: `pod_container` gives the command, the
+environment and the mounts of the pod's container, with the same `/workflow` view.
+All return an argument list and an environment, never a shell string. The contract's
+variables reach an Apptainer container through `APPTAINERENV_<NAME>`, which Apptainer
+passes in even with `--cleanenv` and never parses, so config values cannot be
+reinterpreted on the way.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class ImageRef:
         if self.tag:
             return f"docker://{repo}:{self.tag}"
         raise RuntimeConfigError(f"image {self.repository!r} has neither a digest nor a tag")
+
+    @property
+    def oci_reference(self) -> str:
+        """The reference a container engine pulls (`repo@sha256:...`, tag as fallback)."""
+        return self.reference.removeprefix("docker://")
 
     def sif_name(self) -> str:
         """File name of the cached SIF: repository name and digest (or tag)."""
@@ -119,3 +127,27 @@ def apptainer_command(job: ContainerJob, cache_dir: Path) -> tuple[list[str], di
     inner = dict(job.env) | contract_env(CONTAINER_ROOT, job.output_dir)
     env.update({f"APPTAINERENV_{k}": v for k, v in inner.items()})
     return argv, env
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A host directory that appears at `container_path` inside the container."""
+
+    host_path: Path
+    container_path: str
+    read_only: bool
+
+
+def contract_mounts(job: ContainerJob) -> tuple[Mount, ...]:
+    """Return a run's contract directories as container mounts (input, config read-only)."""
+    return tuple(
+        Mount(job.host_root / name, str(CONTAINER_ROOT / name), read_only)
+        for name, read_only in CONTRACT_DIRS
+    )
+
+
+def pod_container(job: ContainerJob) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of the container when the cluster runs the image itself."""
+    if job.image is None:
+        raise RuntimeConfigError("a container job needs an image")
+    return list(job.command), dict(job.env) | contract_env(CONTAINER_ROOT, job.output_dir)

@@ -27,8 +27,11 @@ from infra.runtimes import (
     CONTAINER_ROOT,
     ContainerJob,
     ImageRef,
+    Mount,
     apptainer_command,
+    contract_mounts,
     host_command,
+    pod_container,
 )
 
 SIF_CACHE = ".sif-cache"
@@ -57,7 +60,7 @@ def render_command(template: Sequence[str], parameters: Mapping[str, Any]) -> li
 
 def seen_path(path: Path, layout: RunLayout, runtime: str) -> str:
     """Return a host path under the run's root as the software sees it (container or host)."""
-    if runtime == "apptainer":
+    if runtime != "host":
         return str(CONTAINER_ROOT / path.relative_to(layout.root))
     return str(path)
 
@@ -118,15 +121,22 @@ def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
 def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
     """Return the backend job of one attempt: wrapped command, environment and log file."""
     layout = ctx.layout
+    image_ref = ImageRef(ctx.repository, ctx.digest, ctx.version_tag)
     job = ContainerJob(
         command=tuple(render_command(ctx.command_template, ctx.parameters)),
         host_root=layout.root,
         output_dir=layout.output_rel,
         env=ctx.environment,
-        image=ImageRef(ctx.repository, ctx.digest, ctx.version_tag),
+        image=image_ref,
         gpu=resources(ctx).gpu,
     )
-    if ctx.location.runtime == "apptainer":
+    image: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    if ctx.location.backend == "kubernetes":
+        # The cluster runs the image itself, with the same /workflow view as Apptainer.
+        argv, env = pod_container(job)
+        image, mounts = image_ref.oci_reference, contract_mounts(job)
+    elif ctx.location.runtime == "apptainer":
         argv, env = apptainer_command(job, sif_cache_dir(ctx, settings))
     elif ctx.location.runtime == "host":
         argv, env = host_command(job)
@@ -144,6 +154,8 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
         cwd=layout.root,
         log_path=layout.attempt_log(attempt),
         resources=resources(ctx),
+        image=image,
+        mounts=mounts,
     )
 
 
@@ -153,5 +165,10 @@ def job_name(ctx: RunContext, attempt: int) -> str:
 
 
 def display_command(spec: JobSpec) -> str:
-    """Return the command as stored in `execution_command` (for reading, never running)."""
+    """Return the command as stored in `execution_command` (for reading, never running).
+
+    A job whose image the backend runs itself (Kubernetes) reads `<image> <command>`.
+    """
+    if spec.image:
+        return shlex.join([spec.image, *spec.argv])
     return shlex.join(spec.argv)

@@ -25,6 +25,7 @@ from ccat_wm.selection.tables import (
     is_json_column,
 )
 from ccat_wm.spec.versions import DIGEST, parse_major
+from infra.backends import BackendError, kubernetes
 
 _JSON_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*)*$")
 
@@ -106,7 +107,18 @@ class LocationSettingsSpec(_Strict):
     staging_timeout_s: float | None = Field(default=None, gt=0)
     """How long a run waits for an external staging job (default 3600)."""
     k8s_namespace: str | None = None
-    k8s_volumes: dict[str, str] = Field(default_factory=dict)
+    k8s_volumes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Processing-host directory -> the Kubernetes volume source holding the same files, e.g.
+    `{/data/pipelines: {persistentVolumeClaim: {claimName: pipelines}}}`."""
+    k8s_service_account: str | None = None
+    k8s_image_pull_secrets: list[str] = Field(default_factory=list)
+    k8s_node_selector: dict[str, str] = Field(default_factory=dict)
+    k8s_ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """How long the cluster keeps a finished Job (default 7 days)."""
+    k8s_poll_interval_s: float | None = Field(default=None, gt=0)
+    k8s_api_url: str | None = None
+    """API URL used without credentials (e.g. `kubectl proxy`); unset: kubeconfig."""
+    k8s_context: str | None = None
     sif_cache_dir: str | None = None
 
 
@@ -136,6 +148,21 @@ class LocationSpec(_Strict):
                 f"location {self.name!r} is {self.location_type.value}; "
                 "only PROCESSING locations take a backend or runtime"
             )
+        if self.backend is Backend.KUBERNETES:
+            if self.runtime is Runtime.HOST:
+                raise ValueError(
+                    f"location {self.name!r}: a kubernetes location runs each step's image in "
+                    "its pods; expected runtime apptainer (the image by digest) or none, not host"
+                )
+            if not self.settings.k8s_volumes:
+                raise ValueError(
+                    f"location {self.name!r}: a kubernetes location needs settings.k8s_volumes, "
+                    f"mapping its path {self.path!r} to the volume that holds it in the cluster"
+                )
+            try:
+                kubernetes.settings_from(self.settings.model_dump(exclude_none=True))
+            except BackendError as exc:
+                raise ValueError(f"location {self.name!r}: {exc}") from None
         return self
 
     @property

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.runtimes import Mount
+
 
 class BackendError(Exception):
     """A backend could not do what was asked (submit, cancel, read logs)."""
@@ -67,6 +69,11 @@ class JobSpec:
     log_path: Path
     """File that receives the job's stdout and stderr."""
     resources: Resources = field(default_factory=Resources)
+    image: str | None = None
+    """Image the backend runs itself (Kubernetes), pinned by digest; None: `argv` is complete
+    (it already wraps the container runtime, or runs on the host)."""
+    mounts: tuple[Mount, ...] = ()
+    """The contract's directories as the image sees them (with `image` only)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from infra.backends import kubernetes, slurm
 from infra.backends.base import Backend, BackendError
 from infra.backends.local import LocalBackend
-from infra.backends.slurm import SlurmBackend, settings_from
 
 
 def _local(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
@@ -23,12 +23,17 @@ def _local(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
 
 
 def _slurm(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
-    return SlurmBackend(state_dir, settings_from(settings))
+    return slurm.SlurmBackend(state_dir, slurm.settings_from(settings))
+
+
+def _kubernetes(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
+    return kubernetes.KubernetesBackend(state_dir, kubernetes.settings_from(settings))
 
 
 BACKENDS: dict[str, Callable[[Path, Mapping[str, Any]], Backend]] = {
     "local": _local,
     "slurm": _slurm,
+    "kubernetes": _kubernetes,
 }
 """Factories taking the location's job-state directory and its settings."""
 _INSTANCES: dict[tuple[str, str, str], Backend] = {}
@@ -42,7 +47,7 @@ def get_backend(name: str, state_dir: Path, settings: Mapping[str, Any]) -> Back
     except KeyError:
         known = ", ".join(sorted(BACKENDS))
         raise BackendError(
-            f"unknown or not yet available backend {name!r}; known backends: {known}"
+            f"unknown backend {name!r}; known backends: {known}"
         ) from None
     key = (name, str(state_dir), json.dumps(dict(settings), sort_keys=True, default=str))
     with _LOCK:

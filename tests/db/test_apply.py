@@ -166,6 +166,24 @@ def test_files_may_refer_to_each_other_and_to_the_db(engine: Engine, tmp_path: P
     assert Change("create", "pipeline", "chai-demo") in changes
 
 
+def test_the_example_site_with_slurm_kubernetes_and_local_locations_applies(
+    engine: Engine,
+) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "specs" / "locations-example.yaml"
+    changes = _apply(engine, example)
+    assert {c.name for c in changes if c.kind == "location"} == {
+        "archive", "ramses", "laptop", "k8s-cologne",
+    }  # fmt: skip
+    with Session(engine) as session:
+        k8s = session.scalars(
+            select(m.DataLocation).where(m.DataLocation.name == "k8s-cologne")
+        ).one()
+        assert (k8s.backend, k8s.runtime) == (m.Backend.KUBERNETES, m.Runtime.APPTAINER)
+        assert k8s.settings["k8s_volumes"] == {
+            "/data/k8s-pipelines": {"persistentVolumeClaim": {"claimName": "ccat-pipelines"}}
+        }
+
+
 def test_cli_dry_run_prints_changes_and_writes_nothing(
     engine: Engine, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

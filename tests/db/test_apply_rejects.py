@@ -78,6 +78,17 @@ def _rule(**rule: Any) -> Callable[[Spec], None]:
     return _set(("data_groupings", 0, "filter_rules", 0), {**base, **rule})
 
 
+def _add_location(**fields: Any) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        location = {
+            "name": "k8s", "site": "test", "location_type": "PROCESSING",
+            "backend": "kubernetes", "path": "/data/k",
+        }  # fmt: skip
+        spec["locations"].append(location | fields)
+
+    return mutate
+
+
 P = ("pipelines", 0)
 S0 = (*P, "steps", 0)
 CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
@@ -113,6 +124,23 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         "unknown grouping",
         _set((*P, "data_grouping"), "nope"),
         ["pipelines[0].data_grouping", "unknown data grouping 'nope'"],
+    ),
+    (
+        "kubernetes location on the host runtime",
+        _add_location(runtime="host"),
+        ["locations[2]", "a kubernetes location runs each step's image in its pods"],
+    ),
+    (
+        "kubernetes location without volumes",
+        _add_location(settings={"k8s_namespace": "ccat"}),
+        ["locations[2]", "needs settings.k8s_volumes"],
+    ),
+    (
+        "kubernetes volume of two sources",
+        _add_location(
+            settings={"k8s_volumes": {"/data/k": {"emptyDir": {}, "nfs": {"path": "/"}}}}
+        ),
+        ["locations[2]", "must be one volume source", "got keys ['emptyDir', 'nfs']"],
     ),
     (
         "unknown location",

@@ -94,7 +94,7 @@ def test_unknown_jobs_and_backends(tmp_path: Path) -> None:
     assert LocalBackend(tmp_path).status("999999999").state is JobState.UNKNOWN
     with pytest.raises(
         BackendError,
-        match="unknown or not yet available backend 'pbs'; known backends: local, slurm",
+        match="unknown backend 'pbs'; known backends: kubernetes, local, slurm",
     ):
         get_backend("pbs", tmp_path, {})
     with pytest.raises(BackendError, match="cannot start"):

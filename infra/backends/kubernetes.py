@@ -1,0 +1,478 @@
+"""The Kubernetes backend: a run's job is a `batch/v1` Job in the location's namespace.
+
+The cluster runs the step's image itself (pinned by digest) with the contract's
+directories mounted at `/workflow/...` from the location's volumes: `k8s_volumes` maps a
+directory of the processing host (the location's path, say) to a Kubernetes volume
+source that holds the same files in the cluster (a PersistentVolumeClaim, NFS, CephFS,
+hostPath...), and each directory is mounted by `subPath` (input and config read-only).
+The flow process reads and writes those files through its own mount of the same storage.
+
+Requests equal limits (cpu, memory, `nvidia.com/gpu`), `activeDeadlineSeconds` is the
+step's time limit and `backoffLimit` is 0: retries are the workflow manager's, with a
+reason. Status of every watched Job comes from two list calls per polling cycle (Jobs
+and pods, by the label all our Jobs carry), never one per job: the Job's conditions
+say finished or not, the pod's container says the exit code and why (OOMKilled ->
+OUT_OF_MEMORY, DeadlineExceeded -> TIMEOUT), and the pod's timestamps give the wall
+time. Kubernetes keeps no CPU time or peak memory of a finished pod (that needs a
+metrics pipeline), so those metrics stay empty here. When a Job is seen finished its
+pod's log is written to the run's log file, so that it is kept as a LOG product.
+Cancel deletes the Job and its pods and leaves a marker, so that any process reads the
+Job as CANCELLED afterwards. Job ids are the Job names (unique: they carry run id and
+attempt), which makes `find` after a crash one GET.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.runtimes import CONTAINER_ROOT
+
+MANAGED_BY = "ccat-wm"
+"""Value of the `app.kubernetes.io/managed-by` label on every Job and pod we create."""
+LABEL_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+CONTAINER = "job"
+"""Name of the pod's one container."""
+NAME_ANNOTATION = "ccat-wm/job-name"
+LOG_ANNOTATION = "ccat-wm/log-path"
+FAILURE_REASONS = {
+    "OOMKilled": "OUT_OF_MEMORY",
+    "DeadlineExceeded": "TIMEOUT",
+    "Evicted": "PREEMPTED",
+    "Preempting": "PREEMPTED",
+    "DisruptionTarget": "PREEMPTED",
+}
+"""Kubernetes reasons that are the cluster's doing, in the words SLURM uses for them."""
+FATAL_WAITING = frozenset(
+    {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
+)
+"""Reasons a pod waits forever: the run fails at once instead of at its deadline."""
+NOT_FOUND = 404
+CONFLICT = 409
+
+
+class KubernetesSettings(BaseModel):
+    """A kubernetes location's settings (location settings `k8s_*`, env defaults applied)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    namespace: str = Field(default="default", alias="k8s_namespace")
+    volumes: dict[str, dict[str, Any]] = Field(default_factory=dict, alias="k8s_volumes")
+    """Processing-host directory -> Kubernetes volume source holding the same files."""
+    service_account: str | None = Field(default=None, alias="k8s_service_account")
+    image_pull_secrets: tuple[str, ...] = Field(default=(), alias="k8s_image_pull_secrets")
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="k8s_node_selector")
+    ttl_seconds_after_finished: int = Field(
+        default=7 * 86400, ge=0, alias="k8s_ttl_seconds_after_finished"
+    )
+    """How long the cluster keeps a finished Job (longer than any flow outage)."""
+    poll_interval_s: float = Field(default=5.0, gt=0, alias="k8s_poll_interval_s")
+    api_url: str | None = Field(default=None, alias="k8s_api_url")
+    """Talk to this API URL without credentials (`kubectl proxy`); unset: kubeconfig or
+    the in-cluster service account."""
+    context: str | None = Field(default=None, alias="k8s_context")
+    """kubeconfig context (unset: the current one)."""
+
+    @field_validator("volumes")
+    @classmethod
+    def _one_source_each(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for directory, source in value.items():
+            if not Path(directory).is_absolute():
+                raise ValueError(f"k8s_volumes key {directory!r} is not an absolute path")
+            if len(source) != 1:
+                raise ValueError(
+                    f"k8s_volumes[{directory!r}] must be one volume source such as "
+                    f"{{persistentVolumeClaim: {{claimName: NAME}}}}, got keys {sorted(source)}"
+                )
+        return value
+
+
+def settings_from(values: Mapping[str, Any]) -> KubernetesSettings:
+    """Validate a location's settings for Kubernetes; the error names the setting."""
+    try:
+        return KubernetesSettings.model_validate(dict(values))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise BackendError(f"invalid Kubernetes settings of the location: {problems}") from None
+
+
+def k8s_name(name: str) -> str:
+    """Return a DNS-1123 label for a job name (lower case, `[a-z0-9-]`, at most 63 characters)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    return cleaned[:63].rstrip("-") or "job"
+
+
+def resource_quantities(resources: Resources) -> dict[str, str]:
+    """Return a job's requests (= limits): cpu, memory in Mi, `nvidia.com/gpu` if asked."""
+    quantities = {"cpu": str(resources.cpu), "memory": f"{round(resources.memory_gb * 1024)}Mi"}
+    if resources.gpu > 0:
+        quantities["nvidia.com/gpu"] = str(resources.gpu)
+    return quantities
+
+
+def job_manifest(spec: JobSpec, settings: KubernetesSettings) -> dict[str, Any]:
+    """Return the `batch/v1` Job of one run, as the API takes it (a pure function of its inputs)."""
+    if spec.image is None:
+        raise BackendError(f"job {spec.name}: the kubernetes backend needs the step's image")
+    volumes: dict[str, dict[str, Any]] = {}
+    mounts = []
+    for mount in spec.mounts:
+        volume_name, sub_path = _volume_for(mount.host_path, settings, volumes)
+        mounts.append(
+            {
+                "name": volume_name,
+                "mountPath": mount.container_path,
+                "subPath": sub_path,
+                "readOnly": mount.read_only,
+            }
+        )
+    name = k8s_name(spec.name)
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": "ccat-run"}
+    quantities = resource_quantities(spec.resources)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "command": list(spec.argv),
+        "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
+        "workingDir": str(CONTAINER_ROOT),
+        "resources": {"requests": quantities, "limits": dict(quantities)},
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": n, **source} for n, source in volumes.items()],
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    if settings.node_selector:
+        pod_spec["nodeSelector"] = dict(settings.node_selector)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {NAME_ANNOTATION: spec.name, LOG_ANNOTATION: str(spec.log_path)},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, round(spec.resources.time_hours * 3600)),
+            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def _volume_for(
+    host_path: Path, settings: KubernetesSettings, volumes: dict[str, dict[str, Any]]
+) -> tuple[str, str]:
+    """Return the volume (added to `volumes`) and sub-path where the cluster sees `host_path`."""
+    best: Path | None = None
+    for directory in settings.volumes:
+        root = Path(directory)
+        if host_path.is_relative_to(root) and (best is None or len(root.parts) > len(best.parts)):
+            best = root
+    if best is None:
+        known = ", ".join(sorted(settings.volumes)) or "none"
+        raise BackendError(
+            f"{host_path} is on no volume of the location's k8s_volumes (known: {known}); "
+            "map the location's path to the volume that holds it in the cluster"
+        )
+    index = list(settings.volumes).index(str(best))
+    volume_name = f"data-{index}"
+    volumes[volume_name] = settings.volumes[str(best)]
+    return volume_name, str(host_path.relative_to(best))
+
+
+class KubernetesBackend(Backend):
+    """Runs jobs as Kubernetes Jobs through the official client; see the module docstring."""
+
+    name = "kubernetes"
+
+    def __init__(self, state_dir: Path, settings: KubernetesSettings) -> None:
+        """Keep cancel markers under `state_dir/kubernetes` (shared by every flow process)."""
+        self.root = state_dir / "kubernetes"
+        self.settings = settings
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._watched: dict[str, JobInfo | None] = {}
+        self._refreshed = 0.0
+        self.calls: dict[str, int] = {}
+        """API calls by kind (for benchmarks and tests)."""
+
+    # -- API access -----------------------------------------------------------------------
+
+    def _api(self) -> tuple[Any, Any]:
+        """Return the BatchV1 and CoreV1 APIs, connected on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = _connect(self.settings)
+        from kubernetes import client  # noqa: PLC0415 - see _connect
+
+        return client.BatchV1Api(self._client), client.CoreV1Api(self._client)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - see _connect
+
+        self.calls[what] = self.calls.get(what, 0) + 1
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            raise _ApiError(what, exc.status, exc.reason, exc.body) from None
+        except Exception as exc:  # connection refused, TLS, timeouts: the client's urllib3
+            raise BackendError(f"Kubernetes API call {what} failed: {exc}") from exc
+
+    # -- submission -------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Create the run's Job; an existing Job of the same name is the same submission."""
+        manifest = job_manifest(spec, self.settings)
+        name: str = manifest["metadata"]["name"]
+        batch, _ = self._api()
+        try:
+            self._call("create_job", batch.create_namespaced_job, self.settings.namespace, manifest)
+        except _ApiError as exc:
+            if exc.status != CONFLICT:
+                raise
+        with self._lock:
+            self._watched.setdefault(name, None)
+        return name
+
+    def find(self, name: str) -> str | None:
+        """Return the Job created under `name` if the cluster still has it."""
+        batch, _ = self._api()
+        try:
+            self._call(
+                "read_job", batch.read_namespaced_job, k8s_name(name), self.settings.namespace
+            )
+        except _ApiError as exc:
+            if exc.status == NOT_FOUND:
+                return None
+            raise
+        return k8s_name(name)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> JobInfo:
+        """Return the Job's state from the shared cache (refreshed once per poll interval)."""
+        return self.status_many([job_id])[job_id]
+
+    def status_many(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Return the state of many Jobs from one Job list and one pod list."""
+        with self._lock:
+            for job_id in job_ids:
+                self._watched.setdefault(job_id, None)
+            stale = time.monotonic() - self._refreshed >= self.settings.poll_interval_s
+        if stale and self._refresh_lock.acquire(blocking=False):
+            try:
+                self._refresh()
+            finally:
+                self._refresh_lock.release()
+        elif stale:
+            with self._refresh_lock:
+                pass
+        with self._lock:
+            return {
+                job_id: self._watched.get(job_id)
+                or JobInfo(JobState.UNKNOWN, reason=f"Kubernetes has no Job {job_id}")
+                for job_id in job_ids
+            }
+
+    def _refresh(self) -> None:
+        with self._lock:
+            open_ids = [j for j, i in self._watched.items() if i is None or not i.state.finished]
+        if not open_ids:
+            self._refreshed = time.monotonic()
+            return
+        batch, core = self._api()
+        namespace = self.settings.namespace
+        jobs = self._call(
+            "list_jobs", batch.list_namespaced_job, namespace, label_selector=LABEL_SELECTOR
+        )
+        pods = self._call(
+            "list_pods", core.list_namespaced_pod, namespace, label_selector=LABEL_SELECTOR
+        )
+        by_job: dict[str, Any] = {}
+        for pod in pods.items:
+            labels = pod.metadata.labels or {}
+            owner = labels.get("job-name") or labels.get("batch.kubernetes.io/job-name")
+            if owner:
+                by_job[owner] = pod
+        listed = {job.metadata.name: job for job in jobs.items}
+        updates: dict[str, JobInfo] = {}
+        for job_id in open_ids:
+            job = listed.get(job_id)
+            if job is None:
+                if self._cancel_marker(job_id).exists():
+                    updates[job_id] = JobInfo(JobState.CANCELLED, reason="cancelled")
+                continue
+            info = job_info(job, by_job.get(job_id))
+            if info.state.finished:
+                self._save_log(job, by_job.get(job_id))
+            updates[job_id] = info
+        with self._lock:
+            self._watched.update(updates)
+            self._refreshed = time.monotonic()
+
+    def _save_log(self, job: Any, pod: Any) -> None:
+        """Write the finished pod's log to the run's log file (kept as a LOG product)."""
+        path = (job.metadata.annotations or {}).get(LOG_ANNOTATION)
+        if not path or pod is None:
+            return
+        try:
+            text = self._pod_log(pod.metadata.name)
+        except BackendError as exc:
+            text = f"[ccat-wm] the pod's log could not be read: {exc}\n"
+        log = Path(path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(text)
+
+    def forget(self, job_id: str) -> None:
+        """Stop watching a Job whose outcome has been read."""
+        with self._lock:
+            self._watched.pop(job_id, None)
+
+    # -- cancel and logs --------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """Delete the Job and its pods; a Job already gone is left alone."""
+        marker = self._cancel_marker(job_id)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        batch, _ = self._api()
+        try:
+            self._call(
+                "delete_job",
+                batch.delete_namespaced_job,
+                job_id,
+                self.settings.namespace,
+                propagation_policy="Background",
+            )
+        except _ApiError as exc:
+            if exc.status != NOT_FOUND:
+                raise
+        with self._lock:
+            self._watched[job_id] = JobInfo(JobState.CANCELLED, reason="cancelled")
+
+    def logs(self, job_id: str) -> str:
+        """Return the log of the Job's pod (empty while no pod has started)."""
+        _, core = self._api()
+        pods = self._call(
+            "list_pods",
+            core.list_namespaced_pod,
+            self.settings.namespace,
+            label_selector=f"job-name={job_id}",
+        )
+        if not pods.items:
+            return ""
+        return self._pod_log(pods.items[0].metadata.name)
+
+    def _pod_log(self, pod_name: str) -> str:
+        _, core = self._api()
+        text = self._call(
+            "read_log",
+            core.read_namespaced_pod_log,
+            pod_name,
+            self.settings.namespace,
+            container=CONTAINER,
+        )
+        return str(text or "")
+
+    def _cancel_marker(self, job_id: str) -> Path:
+        return self.root / "cancelled" / job_id
+
+
+class _ApiError(BackendError):
+    """An API call answered with an HTTP error status."""
+
+    def __init__(self, what: str, status: int, reason: str, body: Any) -> None:
+        super().__init__(f"Kubernetes API call {what} failed: {status} {reason}: {body}")
+        self.status = status
+
+
+def _connect(settings: KubernetesSettings) -> Any:
+    """Return an API client: the explicit URL, else kubeconfig, else the in-cluster account."""
+    # Imported on first use: the client takes ~0.5 s to import, and every CLI command
+    # imports this module through the spec's settings validation.
+    from kubernetes import client, config  # noqa: PLC0415
+
+    if settings.api_url:
+        configuration = client.Configuration()
+        configuration.host = settings.api_url
+        return client.ApiClient(configuration)
+    try:
+        return config.new_client_from_config(context=settings.context)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException as exc:
+            raise BackendError(
+                "no Kubernetes API: set k8s_api_url, a kubeconfig (KUBECONFIG, ~/.kube/config) "
+                f"or run inside the cluster ({exc})"
+            ) from None
+        return client.ApiClient()
+
+
+def job_info(job: Any, pod: Any) -> JobInfo:
+    """Return what a Job and its pod (None if none yet) say about the run."""
+    conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+    terminated = running = waiting = None
+    if pod is not None:
+        for status in pod.status.container_statuses or []:
+            if status.name == CONTAINER:
+                terminated = status.state.terminated
+                running = status.state.running
+                waiting = status.state.waiting
+    wall = None
+    if terminated is not None and terminated.started_at and terminated.finished_at:
+        wall = _seconds(terminated.started_at, terminated.finished_at)
+    elif running is not None and running.started_at:
+        wall = _seconds(running.started_at, datetime.now(running.started_at.tzinfo))
+    exit_code = terminated.exit_code if terminated is not None else None
+    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
+        return JobInfo(JobState.COMPLETED, exit_code if exit_code is not None else 0, wall)
+    failed = conditions.get("Failed") or conditions.get("FailureTarget")
+    if failed is not None or (terminated is not None and terminated.exit_code != 0):
+        reason = _failure_reason(failed, terminated, pod)
+        return JobInfo(JobState.FAILED, exit_code, wall, reason=reason)
+    if terminated is not None:  # exit 0, the Job's Complete condition follows
+        return JobInfo(JobState.RUNNING, None, wall)
+    if waiting is not None and waiting.reason in FATAL_WAITING:
+        return JobInfo(JobState.FAILED, None, None, reason=f"{waiting.reason}: {waiting.message}")
+    if running is not None:
+        return JobInfo(JobState.RUNNING, None, wall)
+    return JobInfo(JobState.PENDING)
+
+
+def _failure_reason(condition: Any, terminated: Any, pod: Any) -> str:
+    """Return the failure reason: the cluster's words, mapped to SLURM's where they match."""
+    candidates = [
+        getattr(terminated, "reason", None),
+        getattr(getattr(pod, "status", None), "reason", None),
+        getattr(condition, "reason", None),
+    ]
+    for candidate in candidates:
+        if candidate in FAILURE_REASONS:
+            return FAILURE_REASONS[candidate]
+    if terminated is not None and terminated.exit_code is not None:
+        return f"exit code {terminated.exit_code}"
+    return str(getattr(condition, "reason", None) or "Job failed")
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return max(0.0, (end - start).total_seconds())
