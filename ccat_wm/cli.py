@@ -267,6 +267,41 @@ def lineage(product: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option(
+    "--prefect-yaml",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("prefect.yaml"),
+    show_default=True,
+    help="Prefect project file whose ccat-wm deployments are rendered.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+def deploy(prefect_yaml: Path, as_json: bool) -> None:
+    """Sync the pipelines into prefect.yaml and the locations into Prefect work pools."""
+    from deployments.sync import deploy as deploy_pipelines  # noqa: PLC0415 - loads Prefect
+
+    with Session(_engine(load_settings())) as session:
+        result = deploy_pipelines(session, prefect_yaml)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "prefect_yaml": str(result.prefect_yaml),
+                    "deployments": result.deployments,
+                    "work_pools": [asdict(p) for p in result.pools],
+                },
+                indent=2,
+            )
+        )
+        return
+    for pool in result.pools:
+        click.echo(f"work pool {pool.name} ({pool.type}): {pool.action}")
+    click.echo(
+        f"{len(result.deployments)} deployment(s) rendered into {result.prefect_yaml}; "
+        "register them with: prefect deploy --all"
+    )
+
+
+@cli.command()
 def demo() -> None:
     """Run the example pipeline end to end on the embedded defaults (again: nothing to do)."""
     demo_module.run_demo(load_settings(), click.echo)

@@ -36,3 +36,7 @@ class SpecError(CcatWmError):
 
 class SimulationError(CcatWmError):
     """A simulation request cannot be served (bad option or missing archive location)."""
+
+
+class DeployError(CcatWmError):
+    """Pipelines cannot be deployed to Prefect as they stand (or Prefect refused them)."""

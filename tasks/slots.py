@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from uuid import UUID
 
@@ -33,6 +34,12 @@ MAX_BACKOFF_S = 1.0
 """Longest pause before asking Prefect again for a slot held by another flow run."""
 HTTP_LOCKED = 423
 """Prefect's answer when a limit has no free slot."""
+MAX_ACQUIRING = 4
+"""Requests for new slots one pool has in flight at once (a wide step's threads would
+otherwise all ask at the same moment: 500 at once overran the Prefect server here)."""
+TRANSIENT_GIVE_UP_S = 600.0
+"""How long a slot request keeps retrying a Prefect server that fails (5xx, connection
+reset) before the run's task fails."""
 
 
 class _Renewer:
@@ -81,6 +88,7 @@ class StepSlots:
         self._free: list[UUID] = []
         self._held: set[UUID] = set()
         self._cond = threading.Condition()
+        self._acquiring = threading.BoundedSemaphore(MAX_ACQUIRING)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -101,7 +109,8 @@ class StepSlots:
                 if len(self._held) >= self.limit:  # all ours and in use: one comes back
                     self._cond.wait(timeout=MAX_BACKOFF_S)
                     continue
-            lease = self._acquire()
+            with self._acquiring:
+                lease = self._acquire()
             if lease is not None:
                 with self._cond:
                     self._held.add(lease)
@@ -112,16 +121,30 @@ class StepSlots:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _acquire(self) -> UUID | None:
-        """One slot from Prefect as a lease; None while the limit is full."""
-        try:
-            with get_client(sync_client=True) as client:
-                response = client.increment_concurrency_slots_with_lease(
-                    [self.limit_name], 1, "concurrency", LEASE_S
-                )
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == HTTP_LOCKED:
-                return None
-            raise
+        """One slot from Prefect as a lease; None while the limit is full.
+
+        A server error or a dropped connection is retried with a backoff (for up to
+        `TRANSIENT_GIVE_UP_S`): an overloaded server must not fail the runs.
+        """
+        deadline = time.monotonic() + TRANSIENT_GIVE_UP_S
+        backoff = 0.1
+        while True:
+            try:
+                with get_client(sync_client=True) as client:
+                    response = client.increment_concurrency_slots_with_lease(
+                        [self.limit_name], 1, "concurrency", LEASE_S
+                    )
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code == HTTP_LOCKED:
+                    return None
+                if exc.response.status_code < 500 or time.monotonic() > deadline:
+                    raise
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
         body = response.json()
         if not body.get("limits"):
             raise ConfigurationError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ccat_ops_db import migrate
 from ccat_ops_db.models import Base
 from ccat_wm.db import normalize_db_url
 from ccat_wm.embedded_pg import ensure_embedded_server, stop_embedded_server
+from tests.helpers import free_port, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,3 +106,42 @@ def slurm_cluster() -> None:
         timeout=600,
     )
     assert result.returncode == 0, f"SLURM cluster did not start:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="session")
+def prefect_api(
+    make_database: object, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """A real `prefect server start` on loopback with its own PostgreSQL database.
+
+    Yields the environment (PREFECT_API_URL, PREFECT_HOME) that points clients, the
+    `prefect` CLI and workers at it. Its log is kept next to the session's temp files.
+    """
+    url: URL = make_database()  # type: ignore[operator]
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_DATABASE_CONNECTION_URL=url.set(
+            drivername="postgresql+asyncpg"
+        ).render_as_string(hide_password=False),
+    )
+    log = (home / "server.log").open("w")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/health", server, home / "server.log")
+        yield {k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL")}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -119,6 +119,10 @@ class LocationSettingsSpec(_Strict):
     k8s_api_url: str | None = None
     """API URL used without credentials (e.g. `kubectl proxy`); unset: kubeconfig."""
     k8s_context: str | None = None
+    k8s_flow_image: str | None = None
+    """Image of the flow pods of the location's work pool (holds ccat-wm and its flows)."""
+    k8s_flow_secret: str | None = None
+    """Secret whose keys become the flow pods' environment (CCAT_OPS_DB_URL, PREFECT_API_KEY)."""
     sif_cache_dir: str | None = None
 
 

@@ -46,9 +46,7 @@ def get_backend(name: str, state_dir: Path, settings: Mapping[str, Any]) -> Back
         factory = BACKENDS[name]
     except KeyError:
         known = ", ".join(sorted(BACKENDS))
-        raise BackendError(
-            f"unknown backend {name!r}; known backends: {known}"
-        ) from None
+        raise BackendError(f"unknown backend {name!r}; known backends: {known}") from None
     key = (name, str(state_dir), json.dumps(dict(settings), sort_keys=True, default=str))
     with _LOCK:
         backend = _INSTANCES.get(key)

@@ -1,0 +1,75 @@
+"""Pipelines into `prefect.yaml` deployment entries: a pure function, checked against a golden file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from deployments.render import (
+    PipelineDeploymentInfo,
+    deployment_entry,
+    merge_prefect_yaml,
+    queue_name,
+    render_deployments,
+)
+from deployments.work_pools import queue_priorities
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deployments.yaml"
+PIPELINES = [
+    PipelineDeploymentInfo(
+        "chai-ngc253", "ramses", "CONTINUOUS", {}, True, 10, "chai-ngc253",
+        ("calibrate", "baseline", "grid"),
+    ),
+    PipelineDeploymentInfo(
+        "chai-nightly-maps", "ramses", "CRON", {"cron": "0 4 * * *", "timezone": "America/Santiago"},
+        True, 5, "chai-all", ("grid",),
+    ),
+    PipelineDeploymentInfo(
+        "chai-paused", "ramses", "CRON", {"cron": "30 2 * * 1", "timezone": "UTC"}, False, 0,
+        "chai-all", ("grid",),
+    ),
+    PipelineDeploymentInfo(
+        "chai-reprocess", "laptop", "MANUAL", {}, True, -5, "chai-ngc253", ("calibrate",),
+    ),
+]  # fmt: skip
+
+
+def test_rendered_deployments_match_the_golden_file() -> None:
+    rendered = yaml.safe_dump(render_deployments(PIPELINES), sort_keys=False, width=100)
+    assert rendered == GOLDEN.read_text(), (
+        "rendering changed; if intended, review and update tests/golden/deployments.yaml"
+    )
+
+
+def test_cron_pipelines_get_their_timezone_and_disabled_ones_a_paused_schedule() -> None:
+    by_name = {p.name: deployment_entry(p) for p in PIPELINES}
+    assert by_name["chai-nightly-maps"]["schedules"] == [
+        {"cron": "0 4 * * *", "timezone": "America/Santiago", "active": True}
+    ]
+    assert by_name["chai-paused"]["schedules"][0]["active"] is False
+    assert by_name["chai-reprocess"]["schedules"] == []
+    assert by_name["chai-ngc253"]["schedules"] == []
+    assert {e["work_pool"]["name"] for e in by_name.values()} == {"ramses", "laptop"}
+    assert by_name["chai-ngc253"]["parameters"] == {"pipeline": "chai-ngc253"}
+
+
+def test_higher_pipeline_priority_gets_the_better_prefect_queue_priority() -> None:
+    assert queue_priorities([0, 10, 5, 10]) == (
+        ("priority-10", 1), ("priority-5", 2), ("priority-0", 3),
+    )  # fmt: skip
+    assert queue_name(-5) == "priority-m5"
+
+
+def test_merging_keeps_hand_written_deployments_and_other_keys() -> None:
+    document = {
+        "name": "site",
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/ccat"}}],
+        "deployments": [
+            {"name": "old-pipeline", "tags": ["ccat-wm"]},
+            {"name": "housekeeping", "tags": ["ops"]},
+        ],
+    }
+    merged = merge_prefect_yaml(document, render_deployments(PIPELINES[:1]))
+    assert [d["name"] for d in merged["deployments"]] == ["chai-ngc253", "housekeeping"]
+    assert merged["pull"] == document["pull"] and merged["name"] == "site"
