@@ -16,13 +16,15 @@ from collections import Counter
 from typing import Any
 
 from prefect import Flow, flow
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
+from sqlalchemy.orm import Session
 
+from ccat_wm.execution.control import cancel_flow_run_runs
 from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.waves import WaveItem
 from ccat_wm.settings import load_settings
@@ -112,10 +114,22 @@ def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
     return out
 
 
+def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """On cancellation in Prefect: cancel the flow run's unfinished runs and their jobs.
+
+    Runs where the flow run is cancelled (in the flow's process, or by the worker after it
+    stopped the process). When neither can run it, the next trigger tick does the same.
+    """
+    del flow, state
+    with Session(executor().engine) as session:
+        cancel_flow_run_runs(session, str(flow_run.id))
+
+
 @flow(
     name="ccat-pipeline",
     task_runner=_bounded_runner(),
     flow_run_name="{pipeline}",
+    on_cancellation=[_cancel_owned_runs],
 )
 def pipeline_flow(
     pipeline: str,

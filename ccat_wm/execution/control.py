@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
-from ccat_wm.execution.lifecycle import transition
+from ccat_wm.execution.lifecycle import TransitionError, transition
+from ccat_wm.execution.ownership import IN_FLIGHT
 
 RUN = m.ExecutedReductionStep
 
@@ -47,6 +48,30 @@ def cancel_run(session: Session, run_id: int) -> CancelResult:
         location_backend(backend.value, Path(path), settings).cancel(job_id)
         cancelled = True
     return CancelResult(run_id, previous.value if previous else "", job_id, cancelled)
+
+
+def cancel_flow_run_runs(session: Session, flow_run_id: str) -> list[CancelResult]:
+    """Cancel every unfinished run a (cancelled or dead) Prefect flow run owns, and its job.
+
+    Works from the ops DB records alone, so it also stops the jobs of a flow whose own
+    process hangs or is gone. A run that finished meanwhile is left as it is.
+    """
+    run_ids = session.scalars(
+        select(RUN.id)
+        .where(
+            RUN.prefect_flow_run_id == flow_run_id,
+            RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]),
+        )
+        .order_by(RUN.id)
+    ).all()
+    session.rollback()  # end the read transaction: cancel_run opens its own per run
+    results = []
+    for run_id in run_ids:  # the runs of one flow run, each with its own backend call
+        try:
+            results.append(cancel_run(session, run_id))
+        except TransitionError:
+            continue
+    return results
 
 
 @dataclass(frozen=True, slots=True)

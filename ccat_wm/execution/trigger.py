@@ -1,0 +1,108 @@
+"""One trigger tick: the standing (CONTINUOUS) pipelines' new gaps become PENDING runs.
+
+A tick evaluates every enabled CONTINUOUS pipeline (of one processing location, or all),
+creates PENDING runs for its eligible gaps, and says which pipelines need a flow run:
+those with PENDING runs nobody claimed and those with runs left by a flow run whose
+process died (their owner's advisory lock is free, see `ownership`). It also says when
+the next gap still in its cooldown becomes eligible, so that the trigger flow can tick
+again at that moment instead of a whole interval later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
+from ccat_wm.gaps.create import create_runs
+from ccat_wm.gaps.evaluate import evaluate
+from ccat_wm.gaps.snapshot import load_snapshot
+
+RUN = m.ExecutedReductionStep
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    """What one tick did and what it asks for."""
+
+    created: dict[str, int] = field(default_factory=dict)
+    """Runs created, by pipeline."""
+    to_start: list[str] = field(default_factory=list)
+    """Pipelines with runs waiting for a flow run (new, unclaimed, or a dead owner's)."""
+    next_eligible_at: dt.datetime | None = None
+    """Soonest moment a gap now in its cooldown becomes eligible (None: no such gap)."""
+
+
+def trigger_tick(session: Session, now: dt.datetime, *, location: str | None = None) -> TickResult:
+    """Create the runs the CONTINUOUS pipelines are due; commit nothing (the caller does)."""
+    query = (
+        select(m.Pipeline)
+        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .where(m.Pipeline.enabled, m.Pipeline.trigger_type == m.TriggerType.CONTINUOUS)
+        .order_by(m.Pipeline.priority.desc(), m.Pipeline.name)
+    )
+    if location is not None:
+        query = query.where(m.DataLocation.name == location)
+    continuous = list(session.scalars(query))
+    created: dict[str, int] = {}
+    upcoming: list[dt.datetime] = []
+    for pipeline in continuous:  # one evaluation per pipeline: a handful per site
+        snapshot = load_snapshot(session, pipeline, prune=True)
+        gaps = evaluate(snapshot, now)
+        new = create_runs(session, snapshot, [g for g in gaps if g.eligible])
+        if new:
+            created[pipeline.name] = len(new)
+        upcoming += [
+            g.eligible_at for g in gaps if not g.eligible and g.eligible_at and g.eligible_at > now
+        ]
+    return TickResult(
+        created=created,
+        to_start=pipelines_waiting(session, location=location),
+        next_eligible_at=min(upcoming, default=None),
+    )
+
+
+def pipelines_waiting(session: Session, *, location: str | None = None) -> list[str]:
+    """Return enabled pipelines with unclaimed PENDING runs or runs of a dead flow run."""
+    base = (
+        select(m.Pipeline.name, RUN.prefect_flow_run_id, RUN.status)
+        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
+        .join(RUN, RUN.reduction_step_id == m.ReductionStep.id)
+        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .where(m.Pipeline.enabled, RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]))
+        .distinct()
+    )
+    if location is not None:
+        base = base.where(m.DataLocation.name == location)
+    rows = session.execute(base).all()
+    owners = sorted({r.prefect_flow_run_id for r in rows if r.prefect_flow_run_id})
+    dead = dead_owners(session, owners)
+    return sorted(
+        {
+            r.name
+            for r in rows
+            if (r.prefect_flow_run_id is None and r.status is m.RunStatus.PENDING)
+            or r.prefect_flow_run_id in dead
+        }
+    )
+
+
+def owners_of_in_flight_runs(session: Session, pipelines: Sequence[str] | None = None) -> list[str]:
+    """Return the flow run ids that own PENDING or in-flight runs (to check in Prefect)."""
+    query = (
+        select(RUN.prefect_flow_run_id)
+        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .where(
+            RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]), RUN.prefect_flow_run_id.is_not(None)
+        )
+        .distinct()
+    )
+    if pipelines is not None:
+        query = query.where(m.Pipeline.name.in_(list(pipelines)))
+    return sorted(o for o in session.scalars(query) if o)
