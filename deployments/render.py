@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PIPELINE_ENTRYPOINT = "flows/pipeline.py:pipeline_flow"
+TRIGGER_ENTRYPOINT = "flows/trigger.py:trigger_flow"
+TRIGGER_QUEUE = "trigger"
+"""Work queue of the trigger deployments: Prefect priority 1 in every pool."""
+RAW_DATA_EVENT = "ccat.raw-data.registered"
+"""Prefect event emitted when raw data packages are registered (`ccat-wm simulate`)."""
+DEFAULT_TRIGGER_INTERVAL_S = 60
 MANAGED_TAG = "ccat-wm"
 """Tag on every deployment `ccat-wm deploy` renders (how the sync recognises its own)."""
 
@@ -71,9 +77,55 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
     return entry
 
 
-def render_deployments(pipelines: Iterable[PipelineDeploymentInfo]) -> list[dict[str, Any]]:
-    """Return the deployment entries of all pipelines, sorted by name (stable YAML)."""
-    return [deployment_entry(p) for p in sorted(pipelines, key=lambda p: p.name)]
+def trigger_entry(location: str, interval_s: int = DEFAULT_TRIGGER_INTERVAL_S) -> dict[str, Any]:
+    """Return the trigger deployment of a location with CONTINUOUS pipelines.
+
+    It ticks every `interval_s` and on every raw-data event; ticks queue behind a running
+    one (a tick may wait out a short cooldown), never run side by side.
+    """
+    parameters = {"location": location, "interval_s": interval_s}
+    return {
+        "name": f"trigger-{location}",
+        "description": (
+            f"Trigger tick of the CONTINUOUS pipelines at {location}: every {interval_s} s "
+            f"and on every {RAW_DATA_EVENT} event"
+        ),
+        "entrypoint": TRIGGER_ENTRYPOINT,
+        "parameters": parameters,
+        "tags": [MANAGED_TAG, "trigger", f"location:{location}"],
+        "work_pool": {"name": location, "work_queue_name": TRIGGER_QUEUE, "job_variables": {}},
+        "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+        "schedules": [{"interval": interval_s, "active": True}],
+        "triggers": [
+            {
+                "type": "event",
+                "enabled": True,
+                "match": {"prefect.resource.id": "ccat.raw-data.*"},
+                "expect": [RAW_DATA_EVENT],
+                "parameters": dict(parameters),
+            }
+        ],
+    }
+
+
+def render_deployments(
+    pipelines: Iterable[PipelineDeploymentInfo],
+    trigger_intervals: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Return the deployments of all pipelines (by name), then the trigger deployments.
+
+    A location gets a trigger deployment when it has an enabled CONTINUOUS pipeline;
+    `trigger_intervals` gives a location's interval (default 60 s).
+    """
+    pipelines = sorted(pipelines, key=lambda p: p.name)
+    intervals = trigger_intervals or {}
+    continuous = sorted(
+        {p.location for p in pipelines if p.trigger_type == "CONTINUOUS" and p.enabled}
+    )
+    return [
+        *(deployment_entry(p) for p in pipelines),
+        *(trigger_entry(loc, intervals.get(loc, DEFAULT_TRIGGER_INTERVAL_S)) for loc in continuous),
+    ]
 
 
 def merge_prefect_yaml(

@@ -170,7 +170,12 @@ def deploy(session: Session, prefect_yaml: Path, *, sync_pools: bool = True) -> 
             "activate the location or move the pipelines first"
         )
     specs = pool_specs(inputs)  # validates every location before anything is written
-    deployments = render_deployments(inputs.pipelines)
+    intervals = {
+        loc.name: int(loc.settings["trigger_interval_s"])
+        for loc in inputs.locations
+        if loc.settings.get("trigger_interval_s")
+    }
+    deployments = render_deployments(inputs.pipelines, intervals)
     try:
         pools = sync_work_pools(specs) if sync_pools else []
     except httpx.HTTPError as exc:

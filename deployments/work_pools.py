@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ccat_wm.errors import ConfigurationError, DeployError
-from deployments.render import queue_name
+from deployments.render import TRIGGER_QUEUE, queue_name
 
 PROCESS = "process"
 KUBERNETES = "kubernetes"
@@ -72,7 +72,7 @@ class PoolSpec:
 
 def location_env(location: ProcessingLocation) -> dict[str, str]:
     """Return the flow environment a location's pool sets by default (never a secret)."""
-    env = {"CCAT_WM_LOCATION": location.name}
+    env = {"CCAT_WM_LOCATION": location.name, "PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "30"}
     for key, name in ENV_FROM_SETTINGS.items():
         value = location.settings.get(key)
         if value:
@@ -92,9 +92,10 @@ def default_template(pool_type: str) -> dict[str, Any]:
 
 
 def queue_priorities(priorities: Iterable[int]) -> tuple[tuple[str, int], ...]:
-    """Return the pool's queues: the most important pipeline priority gets Prefect's 1."""
+    """Return the pool's queues: `trigger` first (Prefect's 1), then pipeline priorities."""
     ordered = sorted(set(priorities), reverse=True)
-    return tuple((queue_name(p), rank) for rank, p in enumerate(ordered, start=1))
+    ranked = [(queue_name(p), rank) for rank, p in enumerate(ordered, start=2)]
+    return ((TRIGGER_QUEUE, 1), *ranked)
 
 
 def pool_spec(location: ProcessingLocation, priorities: Iterable[int] = ()) -> PoolSpec:

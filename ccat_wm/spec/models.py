@@ -104,6 +104,8 @@ class LocationSettingsSpec(_Strict):
     """How long a submission waits for others to join its job array (default 0.25)."""
     slurm_max_array_size: int | None = Field(default=None, ge=1)
     """Largest job array (default 1000; at most the cluster's MaxArraySize)."""
+    trigger_interval_s: int | None = Field(default=None, ge=10)
+    """Seconds between two trigger ticks of the location's CONTINUOUS pipelines (default 60)."""
     staging_timeout_s: float | None = Field(default=None, gt=0)
     """How long a run waits for an external staging job (default 3600)."""
     k8s_namespace: str | None = None

@@ -85,19 +85,21 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
     assert {(p["name"], p["type"]) for p in done["work_pools"]} == {
         ("local", "process"), ("ramses", "process"), ("k8s-cologne", "kubernetes"),
     }  # fmt: skip
-    assert done["deployments"] == ["chai-demo", "chai-nightly"]
+    assert done["deployments"] == ["chai-demo", "chai-nightly", "trigger-local"]
 
     ramses = api_get(prefect_api, "/work_pools/ramses")
     assert ramses["type"] == "process"
     env = ramses["base_job_template"]["variables"]["properties"]["env"]["default"]
     assert env == {
         "CCAT_WM_LOCATION": "ramses", "SLURM_PARTITION": "debug", "SLURM_ACCOUNT": "ccat",
+        "PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "30",
     }  # fmt: skip
     k8s = api_get(prefect_api, "/work_pools/k8s-cologne")
     assert k8s["type"] == "kubernetes"
     assert k8s["base_job_template"]["variables"]["properties"]["namespace"]["default"] == "ccat"
     queues = api_post(prefect_api, "/work_pools/ramses/queues/filter", {})
-    assert {q["name"]: q["priority"] for q in queues}["priority-10"] == 1
+    priorities = {q["name"]: q["priority"] for q in queues}
+    assert (priorities["trigger"], priorities["priority-10"]) == (1, 2)
 
     again = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
     assert {p["action"] for p in json.loads(again.stdout)["work_pools"]} == {"unchanged"}
@@ -113,7 +115,16 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
         for d in api_post(prefect_api, "/deployments/filter", {})
         if "ccat-wm" in d["tags"]
     }
-    assert set(deployments) == {"chai-demo", "chai-nightly"}
+    assert set(deployments) == {"chai-demo", "chai-nightly", "trigger-local"}
+    trigger = deployments["trigger-local"]
+    assert trigger["work_pool_name"] == "local" and trigger["work_queue_name"] == "trigger"
+    assert trigger["schedules"][0]["schedule"]["interval"] == 60
+    automations = api_post(prefect_api, "/automations/filter", {})
+    assert any(
+        a["trigger"].get("expect") == ["ccat.raw-data.registered"]
+        and a["actions"][0].get("deployment_id") == trigger["id"]
+        for a in automations
+    ), automations
     nightly = deployments["chai-nightly"]
     assert (nightly["work_pool_name"], nightly["work_queue_name"]) == ("ramses", "priority-10")
     assert nightly["parameters"] == {"pipeline": "chai-nightly"}

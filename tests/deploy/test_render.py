@@ -56,9 +56,23 @@ def test_cron_pipelines_get_their_timezone_and_disabled_ones_a_paused_schedule()
 
 def test_higher_pipeline_priority_gets_the_better_prefect_queue_priority() -> None:
     assert queue_priorities([0, 10, 5, 10]) == (
-        ("priority-10", 1), ("priority-5", 2), ("priority-0", 3),
+        ("trigger", 1), ("priority-10", 2), ("priority-5", 3), ("priority-0", 4),
     )  # fmt: skip
     assert queue_name(-5) == "priority-m5"
+
+
+def test_a_location_with_continuous_pipelines_gets_a_trigger_deployment() -> None:
+    rendered = render_deployments(PIPELINES, {"ramses": 30})
+    triggers = [d for d in rendered if "trigger" in d["tags"]]
+    assert [d["name"] for d in triggers] == ["trigger-ramses"]  # laptop has no CONTINUOUS one
+    [trigger] = triggers
+    assert trigger["schedules"] == [{"interval": 30, "active": True}]
+    assert trigger["triggers"][0]["expect"] == ["ccat.raw-data.registered"]
+    assert trigger["work_pool"] == {
+        "name": "ramses", "work_queue_name": "trigger", "job_variables": {},
+    }  # fmt: skip
+    disabled = [PipelineDeploymentInfo("x", "laptop", "CONTINUOUS", {}, False, 0)]
+    assert [d["name"] for d in render_deployments(disabled)] == ["x"]
 
 
 def test_merging_keeps_hand_written_deployments_and_other_keys() -> None:
@@ -70,6 +84,6 @@ def test_merging_keeps_hand_written_deployments_and_other_keys() -> None:
             {"name": "housekeeping", "tags": ["ops"]},
         ],
     }
-    merged = merge_prefect_yaml(document, render_deployments(PIPELINES[:1]))
-    assert [d["name"] for d in merged["deployments"]] == ["chai-ngc253", "housekeeping"]
+    merged = merge_prefect_yaml(document, render_deployments(PIPELINES[3:]))
+    assert [d["name"] for d in merged["deployments"]] == ["chai-reprocess", "housekeeping"]
     assert merged["pull"] == document["pull"] and merged["name"] == "site"

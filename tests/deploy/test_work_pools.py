@@ -55,9 +55,9 @@ def test_slurm_and_local_locations_get_process_pools_whose_env_carries_their_set
     env = spec.base_job_template["variables"]["properties"]["env"]["default"]
     assert env == {
         "CCAT_WM_LOCATION": "ramses", "SLURM_PARTITION": "astro", "SLURM_ACCOUNT": "ccat",
-        "SIF_CACHE_DIR": "/data/sif",
+        "SIF_CACHE_DIR": "/data/sif", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "30",
     }  # fmt: skip
-    assert spec.queues == (("priority-10", 1), ("priority-0", 2))
+    assert spec.queues == (("trigger", 1), ("priority-10", 2), ("priority-0", 3))
     local = pool_spec(ProcessingLocation("laptop", "local", "host", Path("/scratch"), {}))
     assert local.type == "process"
 
