@@ -182,6 +182,9 @@ def simulate(
 
     with Session(engine) as session, session.begin():
         result = register_simulation(session, request, progress)
+    from flows.events import announce_raw_data  # noqa: PLC0415 - loads Prefect
+
+    announce_raw_data(result.archive, result.package_count, result.scan_names)
     if as_json:
         click.echo(json.dumps({**asdict(result), "seed": request.seed}))
         return
@@ -264,6 +267,28 @@ def lineage(product: str, as_json: bool) -> None:
     with Session(_engine(load_settings())) as session:
         result = product_lineage(session, product)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_lineage(result))
+
+
+@cli.command()
+@click.option("--location", default=None, help="Only this processing location's pipelines.")
+@click.option("--json", "as_json", is_flag=True, help="Print what the tick did as JSON.")
+def trigger(location: str | None, as_json: bool) -> None:
+    """One trigger tick: create the CONTINUOUS pipelines' due runs and start their flows."""
+    _engine(load_settings())  # the schema check, before Prefect starts
+    from flows.trigger import trigger_flow  # noqa: PLC0415 - loads Prefect
+
+    result = trigger_flow(location=location, interval_s=0.0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for pipeline, count in sorted(result["created"].items()):
+        click.echo(f"{pipeline}: {count} new run(s)")
+    for pipeline, how in sorted(result["started"].items()):
+        click.echo(f"{pipeline}: {how}")
+    if result["cancelled"]:
+        click.echo(f"cancelled runs of flow runs cancelled in Prefect: {result['cancelled']}")
+    if not (result["created"] or result["started"] or result["cancelled"]):
+        click.echo("nothing to do")
 
 
 @cli.command()

@@ -1,0 +1,103 @@
+"""The trigger tick: CONTINUOUS pipelines' due gaps become PENDING runs; waiting pipelines
+and cooldowns are reported; runs of a cancelled flow run are cancelled from the ops DB."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.execution.control import cancel_flow_run_runs
+from ccat_wm.execution.trigger import (
+    TickResult,
+    owners_of_in_flight_runs,
+    pipelines_waiting,
+    trigger_tick,
+)
+from tests.gapkit import PIPELINE, GapKit
+
+RUN = m.ExecutedReductionStep
+
+
+def tick(kit: GapKit, now: dt.datetime, location: str | None = None) -> TickResult:
+    with Session(kit.engine) as session, session.begin():
+        return trigger_tick(session, now, location=location)
+
+
+def test_new_data_becomes_pending_runs_after_the_cooldown_and_the_pipeline_waits(
+    engine: Engine, tmp_path: Path
+) -> None:
+    kit = GapKit(engine, tmp_path)
+    spec = kit.edited()
+    kit.step(spec, "calibrate")["cooldown_seconds"] = 120
+    kit.apply(spec)
+    kit.simulate(3)
+    now = kit.db_now()
+    early = tick(kit, now + dt.timedelta(seconds=10))
+    assert early.created == {}
+    expected = now + dt.timedelta(seconds=120)
+    assert early.next_eligible_at is not None
+    assert abs((early.next_eligible_at - expected).total_seconds()) < 5
+    assert early.to_start == []
+    due = tick(kit, now + dt.timedelta(seconds=121))
+    assert due.created == {PIPELINE: 3}
+    assert due.to_start == [PIPELINE]
+    again = tick(kit, now + dt.timedelta(seconds=122))  # the runs exist: nothing new
+    assert again.created == {} and again.to_start == [PIPELINE]
+
+
+def test_manual_disabled_and_other_location_pipelines_are_left_alone(
+    engine: Engine, tmp_path: Path
+) -> None:
+    kit = GapKit(engine, tmp_path)
+    kit.simulate(2)
+    later = kit.later(5)
+    assert tick(kit, later, location="elsewhere").created == {}
+    for trigger, enabled in (({"type": "MANUAL"}, True), ({"type": "CONTINUOUS"}, False)):
+        spec = kit.edited()
+        spec["pipelines"][0]["trigger"] = trigger
+        spec["pipelines"][0]["enabled"] = enabled
+        kit.apply(spec)
+        assert tick(kit, later).created == {}
+    spec = kit.edited()
+    spec["pipelines"][0]["trigger"], spec["pipelines"][0]["enabled"] = {"type": "CONTINUOUS"}, True
+    kit.apply(spec)
+    assert tick(kit, later, location="local").created == {PIPELINE: 2}
+
+
+def test_claimed_runs_of_a_live_owner_do_not_wait_but_a_dead_owners_do(
+    engine: Engine, tmp_path: Path
+) -> None:
+    kit = GapKit(engine, tmp_path)
+    kit.simulate(1)
+    tick(kit, kit.later(5))
+    with Session(engine) as session, session.begin():
+        session.execute(update(RUN).values(prefect_flow_run_id="flow-run-of-a-dead-process"))
+    with Session(engine) as session:  # nobody holds that owner's lock: it is dead
+        assert pipelines_waiting(session) == [PIPELINE]
+        assert owners_of_in_flight_runs(session) == ["flow-run-of-a-dead-process"]
+        assert owners_of_in_flight_runs(session, ["other"]) == []
+
+
+def test_cancelling_a_flow_runs_runs_cancels_only_its_unfinished_runs(
+    engine: Engine, tmp_path: Path
+) -> None:
+    kit = GapKit(engine, tmp_path)
+    kit.simulate(3)
+    created = kit.create()
+    ids = sorted(r.id for r in created)
+    with Session(engine) as session, session.begin():
+        session.execute(update(RUN).where(RUN.id.in_(ids[:2])).values(prefect_flow_run_id="f1"))
+        session.execute(update(RUN).where(RUN.id == ids[2]).values(prefect_flow_run_id="f2"))
+    kit.finish([r for r in created if r.id == ids[0]])
+    with Session(engine) as session:
+        results = cancel_flow_run_runs(session, "f1")
+    assert [r.run_id for r in results] == [ids[1]]
+    with Session(engine) as session:
+        status = {i: st for i, st in session.execute(select(RUN.id, RUN.status))}
+    assert status == {
+        ids[0]: m.RunStatus.COMPLETED, ids[1]: m.RunStatus.CANCELLED, ids[2]: m.RunStatus.PENDING,
+    }  # fmt: skip
