@@ -313,6 +313,8 @@ def deploy(prefect_yaml: Path, as_json: bool) -> None:
                     "prefect_yaml": str(result.prefect_yaml),
                     "deployments": result.deployments,
                     "work_pools": [asdict(p) for p in result.pools],
+                    "crash_automation": result.crash_automation,
+                    "reconciled": asdict(result.reconciled) if result.reconciled else None,
                 },
                 indent=2,
             )
@@ -320,6 +322,17 @@ def deploy(prefect_yaml: Path, as_json: bool) -> None:
         return
     for pool in result.pools:
         click.echo(f"work pool {pool.name} ({pool.type}): {pool.action}")
+    click.echo(f"automation that crashes flow runs without heartbeats: {result.crash_automation}")
+    if result.reconciled:
+        done = result.reconciled
+        for name in done.deleted_deployments:
+            click.echo(f"deployment {name} deleted (its pipeline is gone)")
+        for label in done.deleted_schedules:
+            click.echo(f"schedule deleted: {label}")
+        for label in done.paused:
+            click.echo(f"schedule paused: {label}")
+        for label in done.resumed:
+            click.echo(f"schedule resumed: {label}")
     click.echo(
         f"{len(result.deployments)} deployment(s) rendered into {result.prefect_yaml}; "
         "register them with: prefect deploy --all"

@@ -78,7 +78,7 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
 
 
 def trigger_entry(location: str, interval_s: int = DEFAULT_TRIGGER_INTERVAL_S) -> dict[str, Any]:
-    """Return the trigger deployment of a location with CONTINUOUS pipelines.
+    """Return the trigger deployment of a processing location.
 
     It ticks every `interval_s` and on every raw-data event; ticks queue behind a running
     one (a tick may wait out a short cooldown), never run side by side.
@@ -87,7 +87,7 @@ def trigger_entry(location: str, interval_s: int = DEFAULT_TRIGGER_INTERVAL_S) -
     return {
         "name": f"trigger-{location}",
         "description": (
-            f"Trigger tick of the CONTINUOUS pipelines at {location}: every {interval_s} s "
+            f"Trigger tick of the pipelines at {location}: every {interval_s} s "
             f"and on every {RAW_DATA_EVENT} event"
         ),
         "entrypoint": TRIGGER_ENTRYPOINT,
@@ -114,14 +114,14 @@ def render_deployments(
 ) -> list[dict[str, Any]]:
     """Return the deployments of all pipelines (by name), then the trigger deployments.
 
-    A location gets a trigger deployment when it has an enabled CONTINUOUS pipeline;
-    `trigger_intervals` gives a location's interval (default 60 s).
+    Every location with an enabled pipeline gets a trigger deployment: it starts the
+    CONTINUOUS pipelines, and for every pipeline it stops the runs of flow runs cancelled
+    in Prefect and restarts those of flow runs that died. `trigger_intervals` gives a
+    location's interval (default 60 s).
     """
     pipelines = sorted(pipelines, key=lambda p: p.name)
     intervals = trigger_intervals or {}
-    continuous = sorted(
-        {p.location for p in pipelines if p.trigger_type == "CONTINUOUS" and p.enabled}
-    )
+    continuous = sorted({p.location for p in pipelines if p.enabled})
     return [
         *(deployment_entry(p) for p in pipelines),
         *(trigger_entry(loc, intervals.get(loc, DEFAULT_TRIGGER_INTERVAL_S)) for loc in continuous),

@@ -1,9 +1,11 @@
 """`ccat-wm deploy`: the ops DB's processing locations and pipelines into Prefect.
 
-Reads what is to be deployed (two set-based queries), renders `prefect.yaml` (written
-atomically; keys other than the rendered deployments are kept) and syncs the work pools
-and their priority queues through the Prefect API. `prefect deploy --all` then registers
-exactly the rendered deployments.
+Reads what is to be deployed (two set-based queries), syncs the work pools and their
+priority queues and the crash automation through the Prefect API, removes what
+`prefect deploy` would leave behind (deployments of removed pipelines, schedules that
+disappeared) and renders `prefect.yaml` (written atomically; keys other than the
+rendered deployments are kept). `prefect deploy --all` then registers exactly the
+rendered deployments.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import DeployError
+from deployments.automations import sync_crash_automation
+from deployments.reconcile import ReconcileResult, reconcile_deployments
 from deployments.render import (
     PipelineDeploymentInfo,
     merge_prefect_yaml,
@@ -65,6 +69,10 @@ class DeployResult:
     prefect_yaml: Path
     deployments: list[str]
     pools: list[PoolChange]
+    crash_automation: str = ""
+    """create, update or unchanged (empty when the pools were not synced)."""
+    reconciled: ReconcileResult | None = None
+    """Deployments and schedules removed or paused on the server."""
 
 
 def load_deploy_inputs(session: Session) -> DeployInputs:
@@ -176,12 +184,19 @@ def deploy(session: Session, prefect_yaml: Path, *, sync_pools: bool = True) -> 
         if loc.settings.get("trigger_interval_s")
     }
     deployments = render_deployments(inputs.pipelines, intervals)
+    automation = ""
+    reconciled = None
     try:
         pools = sync_work_pools(specs) if sync_pools else []
+        if sync_pools:
+            automation = sync_crash_automation()
+            reconciled = reconcile_deployments(deployments)
     except httpx.HTTPError as exc:
         raise DeployError(
             f"the Prefect API refused or could not be reached ({type(exc).__name__}: {exc}); "
             "check PREFECT_API_URL and that the server runs"
         ) from None
     write_prefect_yaml(prefect_yaml, deployments)
-    return DeployResult(prefect_yaml, [d["name"] for d in deployments], pools)
+    return DeployResult(
+        prefect_yaml, [d["name"] for d in deployments], pools, automation, reconciled
+    )

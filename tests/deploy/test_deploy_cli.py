@@ -85,7 +85,15 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
     assert {(p["name"], p["type"]) for p in done["work_pools"]} == {
         ("local", "process"), ("ramses", "process"), ("k8s-cologne", "kubernetes"),
     }  # fmt: skip
-    assert done["deployments"] == ["chai-demo", "chai-nightly", "trigger-local"]
+    assert done["deployments"] == ["chai-demo", "chai-nightly", "trigger-local", "trigger-ramses"]
+    assert done["crash_automation"] in {"create", "unchanged"}  # the server is the session's
+    [crash] = [
+        a for a in api_post(prefect_api, "/automations/filter", {})
+        if a["name"] == "ccat-wm: crash flow runs whose heartbeats stopped"
+    ]  # fmt: skip
+    assert crash["trigger"]["posture"] == "Proactive"
+    assert crash["trigger"]["after"] == ["prefect.flow-run.heartbeat"]
+    assert crash["actions"][0]["state"] == "CRASHED"
 
     ramses = api_get(prefect_api, "/work_pools/ramses")
     assert ramses["type"] == "process"
@@ -103,6 +111,7 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
 
     again = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
     assert {p["action"] for p in json.loads(again.stdout)["work_pools"]} == {"unchanged"}
+    assert json.loads(again.stdout)["crash_automation"] == "unchanged"
 
     registered = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
@@ -115,7 +124,7 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
         for d in api_post(prefect_api, "/deployments/filter", {})
         if "ccat-wm" in d["tags"]
     }
-    assert set(deployments) == {"chai-demo", "chai-nightly", "trigger-local"}
+    assert set(deployments) == {"chai-demo", "chai-nightly", "trigger-local", "trigger-ramses"}
     trigger = deployments["trigger-local"]
     assert trigger["work_pool_name"] == "local" and trigger["work_queue_name"] == "trigger"
     assert trigger["schedules"][0]["schedule"]["interval"] == 60
@@ -154,3 +163,43 @@ def test_a_pool_of_another_type_stops_deploy_before_anything_changes(
     assert "nothing was changed" in result.stderr
     assert prefect_yaml.read_text() == "name: site\ndeployments: []\n"
     assert api_get(prefect_api, "/work_pools/clash")["type"] == "kubernetes"
+
+
+def prefect_deploy_all(env: dict[str, str], prefect_yaml: Path) -> None:
+    registered = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+         "--prefect-file", str(prefect_yaml)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+
+
+def test_deploy_removes_stale_schedules_and_deployments_that_prefect_deploy_keeps(
+    deploy_env: dict[str, str], prefect_api: dict[str, str], tmp_path: Path
+) -> None:
+    prefect_yaml = tmp_path / "prefect.yaml"
+    assert run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml)).returncode == 0
+    prefect_deploy_all(deploy_env, prefect_yaml)
+    flow = api_post(prefect_api, "/flows/", {"name": "ccat-pipeline"})
+    api_post(
+        prefect_api,
+        "/deployments/",
+        {"name": "removed-pipeline", "flow_id": flow["id"], "tags": ["ccat-wm"]},
+    )
+    spec = site_spec(tmp_path)
+    nightly = spec["pipelines"][1]
+    nightly["trigger"]["cron"] = "0 5 * * *"
+    nightly["enabled"] = False
+    assert run_cli(deploy_env, "apply", str(write_yaml(tmp_path / "s.yaml", spec))).returncode == 0
+
+    result = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
+    assert result.returncode == 0, result.stderr
+    reconciled = json.loads(result.stdout)["reconciled"]
+    assert reconciled["deleted_deployments"] == ["removed-pipeline"]
+    assert reconciled["deleted_schedules"] == ["chai-nightly: cron 0 4 * * * America/Santiago"]
+    prefect_deploy_all(deploy_env, prefect_yaml)
+    deployments = {d["name"]: d for d in api_post(prefect_api, "/deployments/filter", {})}
+    assert "removed-pipeline" not in deployments
+    [schedule] = deployments["chai-nightly"]["schedules"]
+    assert schedule["schedule"]["cron"] == "0 5 * * *"
+    assert schedule["active"] is False  # disabled pipeline: paused

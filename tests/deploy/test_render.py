@@ -61,11 +61,11 @@ def test_higher_pipeline_priority_gets_the_better_prefect_queue_priority() -> No
     assert queue_name(-5) == "priority-m5"
 
 
-def test_a_location_with_continuous_pipelines_gets_a_trigger_deployment() -> None:
+def test_every_location_with_an_enabled_pipeline_gets_a_trigger_deployment() -> None:
     rendered = render_deployments(PIPELINES, {"ramses": 30})
-    triggers = [d for d in rendered if "trigger" in d["tags"]]
-    assert [d["name"] for d in triggers] == ["trigger-ramses"]  # laptop has no CONTINUOUS one
-    [trigger] = triggers
+    triggers = {d["name"]: d for d in rendered if "trigger" in d["tags"]}
+    assert sorted(triggers) == ["trigger-laptop", "trigger-ramses"]
+    trigger = triggers["trigger-ramses"]
     assert trigger["schedules"] == [{"interval": 30, "active": True}]
     assert trigger["triggers"][0]["expect"] == ["ccat.raw-data.registered"]
     assert trigger["work_pool"] == {

@@ -1,0 +1,288 @@
+"""Deployments run by a real worker: `prefect server start`, `ccat-wm deploy`,
+`prefect deploy --all`, `prefect worker start` on the location's pool, the real
+PostgreSQL ops DB and the real SLURM cluster.
+
+A MANUAL deployment run completes and the ops DB matches; new simulated scans lead to
+runs of the CONTINUOUS pipeline without any manual step (event -> trigger deployment ->
+pipeline deployment); cancelling a flow run as the UI does ends its runs CANCELLED in
+the ops DB and its SLURM job cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import migrate
+from ccat_ops_db import models as m
+from tests.flows.conftest import tool_step
+from tests.helpers import REPO, SLURM_TEST_SETTINGS, locations_data, run_cli, write_yaml
+
+pytestmark = [pytest.mark.db, pytest.mark.usefixtures("slurm_cluster")]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium (.ci/run installs the package)."""
+RUN = m.ExecutedReductionStep
+
+
+@dataclass
+class Site:
+    """A deployed site: its environment, ops DB engine and Prefect API."""
+
+    env: dict[str, str]
+    engine: Engine
+    api: str
+    root: Path
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(f"{self.api}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def prefect(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PREFECT, "--no-prompt", *args], cwd=REPO, env=self.env, capture_output=True,
+            text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    def runs(self, pipeline: str) -> list[Any]:
+        with Session(self.engine) as session:
+            return list(
+                session.execute(
+                    select(RUN.id, RUN.status, RUN.hpc_job_id, RUN.prefect_flow_run_id)
+                    .join(m.ReductionStep)
+                    .join(m.Pipeline)
+                    .where(m.Pipeline.name == pipeline)
+                    .order_by(RUN.id)
+                )
+            )
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 180.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def site_spec(root: Path) -> dict[str, Any]:
+    spec = locations_data(root)
+    spec["locations"][1] = {
+        "name": "ramses", "site": "test", "location_type": "PROCESSING", "backend": "slurm",
+        "runtime": "host", "path": str(root / "runs"),
+        "settings": SLURM_TEST_SETTINGS | {"trigger_interval_s": 3600},
+    }  # fmt: skip
+    base = {"data_grouping": "g", "processing_location": "ramses"}
+    sleepy = tool_step("calibrate", parameters={"mode": "ok", "sleep": 120})
+    return {
+        **spec,
+        "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
+        "software": [
+            {
+                "name": "tool",
+                "versions": [{"tag": "1.0.0", "digest": "sha256:" + "ab" * 32, "is_latest": True}],
+            }
+        ],
+        "data_groupings": [{"name": "g", "instrument_module": "CHAI/LFA", "filter_rules": []}],
+        "pipelines": [
+            {
+                "name": "manual",
+                **base,
+                "trigger": {"type": "MANUAL"},
+                "steps": [tool_step("calibrate")],
+            },
+            {
+                "name": "standing",
+                **base,
+                "trigger": {"type": "CONTINUOUS"},
+                "steps": [tool_step("calibrate")],
+            },
+            {"name": "sleepy", **base, "trigger": {"type": "MANUAL"}, "steps": [sleepy]},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def site(
+    make_database: Callable[[], URL],
+    prefect_api: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Site]:
+    """A site with its own ops DB, deployed, with one worker on the `ramses` pool."""
+    url = make_database()
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    root = tmp_path_factory.mktemp("site")
+    env = dict(os.environ) | prefect_api
+    env |= {
+        "CCAT_OPS_DB_URL": url.set(drivername="postgresql").render_as_string(hide_password=False),
+        "CCAT_WM_HOME": str(root / "home"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    site = Site(env, engine, prefect_api["PREFECT_API_URL"], root)
+    assert (
+        run_cli(env, "apply", str(write_yaml(root / "site.yaml", site_spec(root)))).returncode == 0
+    )
+    prefect_yaml = root / "prefect.yaml"
+    deployed = run_cli(env, "deploy", "--prefect-yaml", str(prefect_yaml))
+    assert deployed.returncode == 0, deployed.stderr
+    registered = site.prefect("deploy", "--all", "--prefect-file", str(prefect_yaml))
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    log = (root / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "ramses", "--type", "process"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield site
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        engine.dispose()
+
+
+def flow_run_state(site: Site, flow_run_id: str) -> str:
+    return str(site.get(f"/flow_runs/{flow_run_id}")["state"]["type"])
+
+
+def run_deployment(site: Site, name: str) -> str:
+    """Start a deployment's flow run as a person does in the UI; return its id."""
+    deployment = site.get(f"/deployments/name/ccat-pipeline/{name}")
+    flow_run = site.post(f"/deployments/{deployment['id']}/create_flow_run", {})
+    return str(flow_run["id"])
+
+
+def test_a_manual_deployment_run_completes_on_the_worker_and_the_ops_db_matches(
+    site: Site,
+) -> None:
+    with Session(site.engine) as session, session.begin():
+        from ccat_wm.simulate.register import SimulationRequest, register_simulation
+
+        register_simulation(session, SimulationRequest(scans=2, seed=3))
+    flow_run_id = run_deployment(site, "manual")
+    final = wait_for(
+        "the manual flow run to finish",
+        lambda: (
+            flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"}
+            and flow_run_state(site, flow_run_id)
+        ),
+    )
+    assert final == "COMPLETED", (site.root / "worker.log").read_text()[-5000:]
+    runs = site.runs("manual")
+    assert len(runs) == 2
+    assert {r.status for r in runs} == {m.RunStatus.COMPLETED}
+    assert {r.prefect_flow_run_id for r in runs} == {flow_run_id}
+    assert all(r.hpc_job_id and r.hpc_job_id.split("_")[0].isdigit() for r in runs)
+
+
+def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step(
+    site: Site,
+) -> None:
+    before = {r.id for r in site.runs("standing")}
+    simulated = run_cli(site.env, "simulate", "--scans", "1", "--seed", "11")
+    assert simulated.returncode == 0, simulated.stderr
+    new = wait_for(
+        "runs of the CONTINUOUS pipeline, COMPLETED",
+        lambda: [r for r in site.runs("standing") if r.id not in before and
+                 r.status is m.RunStatus.COMPLETED],
+        timeout=240,
+    )  # fmt: skip
+    assert new, (site.root / "worker.log").read_text()[-5000:]
+    assert all(r.prefect_flow_run_id for r in new)  # run by a flow run of the deployment
+
+
+def test_cancelling_a_flow_run_as_the_ui_does_cancels_its_runs_and_slurm_jobs(
+    site: Site,
+) -> None:
+    flow_run_id = run_deployment(site, "sleepy")
+    running = wait_for(
+        "the sleepy runs to be RUNNING on SLURM",
+        lambda: [r for r in site.runs("sleepy") if r.status is m.RunStatus.RUNNING],
+        timeout=240,
+    )
+    job_ids = [r.hpc_job_id for r in running]
+    # What the UI's Cancel button sends.
+    site.post(
+        f"/flow_runs/{flow_run_id}/set_state",
+        {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+    )
+    wait_for(
+        "the sleepy runs to be CANCELLED in the ops DB",
+        lambda: all(r.status is m.RunStatus.CANCELLED for r in site.runs("sleepy")),
+        timeout=120,
+    )
+    for job_id in job_ids:
+        states = wait_for(
+            f"SLURM job {job_id} to end", lambda job_id=job_id: ended_states(job_id), timeout=60
+        )
+        assert states[0].startswith("CANCELLED"), states
+
+
+def ended_states(job_id: str) -> list[str]:
+    """SLURM's accounting states of a job once none is still running or queued."""
+    states = subprocess.run(
+        ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={job_id}",
+         "--format=State"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return states if states and not {"RUNNING", "PENDING"} & set(states) else []
+
+
+def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
+    site: Site, tmp_path: Path
+) -> None:
+    """Headless Chromium (Debian's package) on the real Prefect UI of the server.
+
+    The screenshots are kept under `test-artifacts/` of the repository (CI keeps them).
+    """
+    from playwright.sync_api import sync_playwright
+
+    [flow_run] = [
+        r for r in site.post("/flow_runs/filter", {"sort": "START_TIME_DESC"})
+        if r["name"] == "manual" and r["state_type"] == "COMPLETED"
+    ][:1]  # fmt: skip
+    task_names = {t["name"] for t in site.post(
+        "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
+    )}  # fmt: skip
+    calibrate = sorted(n for n in task_names if n.startswith("calibrate[executed_obs_unit="))
+    assert calibrate, task_names
+    ui = site.api.removesuffix("/api")
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(f"{ui}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
+        page.get_by_role("tab", name="Task Runs").click()
+        page.get_by_text(calibrate[0]).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "flow-run-task-runs.png"), full_page=True)
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text("manual-runs").first.wait_for(timeout=30_000)  # the run table's key
+        page.screenshot(path=str(artifacts / "flow-run-artifacts.png"), full_page=True)
+        browser.close()
