@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import os
 import secrets
 import sys
 from dataclasses import asdict
@@ -345,8 +346,17 @@ def demo() -> None:
     demo_module.run_demo(load_settings(), click.echo)
 
 
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+"""How long a command waits for Prefect's ephemeral server (Prefect's default, 20 s, is
+less than a first start takes on a small, busy machine: 30 s were measured here)."""
+
+
 def main() -> None:
     """Entry point: run the CLI, turning our errors into a one-line cause and exit code 1."""
+    # Before Prefect is imported (its settings are read once); a user's value wins.
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
+    )
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -118,6 +118,13 @@ def site_spec(root: Path) -> dict[str, Any]:
                 "steps": [tool_step("calibrate")],
             },
             {"name": "sleepy", **base, "trigger": {"type": "MANUAL"}, "steps": [sleepy]},
+            {
+                "name": "urgent",
+                **base,
+                "trigger": {"type": "MANUAL"},
+                "priority": 10,
+                "steps": [tool_step("calibrate")],
+            },
         ],
     }
 
@@ -252,6 +259,28 @@ def ended_states(job_id: str) -> list[str]:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     return states if states and not {"RUNNING", "PENDING"} & set(states) else []
+
+
+def test_on_a_saturated_pool_the_more_important_pipeline_starts_first(site: Site) -> None:
+    """The pool is paused while both flow runs are created (the less important one
+    first), then serves one flow run at a time: the higher `priority` must start first."""
+    patch = lambda body: httpx.patch(  # noqa: E731
+        f"{site.api}/work_pools/ramses", json=body, timeout=30
+    ).raise_for_status()
+    patch({"is_paused": True, "concurrency_limit": 1})
+    try:
+        low = run_deployment(site, "manual")
+        time.sleep(1)
+        high = run_deployment(site, "urgent")
+        patch({"is_paused": False})
+        wait_for(
+            "both flow runs to finish",
+            lambda: {flow_run_state(site, low), flow_run_state(site, high)} <= {"COMPLETED"},
+        )
+    finally:
+        patch({"is_paused": False, "concurrency_limit": None})
+    started = {f: site.get(f"/flow_runs/{f}")["start_time"] for f in (low, high)}
+    assert started[high] < started[low], started
 
 
 def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(

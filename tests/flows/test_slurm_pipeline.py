@@ -6,6 +6,7 @@ jobs run on this machine's slurmd, metrics come from slurmdbd's accounting in Ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -177,22 +178,24 @@ def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
     )
     env = {**cli_env, "PREFECT_HOME": str(tmp_path / "prefect")}
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
-    first = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ccat-wm")), "run", "t"],
-        env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    output = tmp_path / "first-run.log"
+    with output.open("w") as out:
+        first = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ccat-wm")), "run", "t"],
+            env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while (
             not (rows := runs(engine))
             or rows[0].ExecutedReductionStep.status is not m.RunStatus.RUNNING
         ):
-            assert first.poll() is None, "ccat-wm run ended before its job ran"
+            assert first.poll() is None, f"ccat-wm run ended early:\n{output.read_text()}"
             assert time.monotonic() < deadline, "the run never started on SLURM"
             time.sleep(0.2)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     run = runs(engine)[0].ExecutedReductionStep
     assert run.status is m.RunStatus.RUNNING  # left in flight by the dead process
