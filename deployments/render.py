@@ -57,7 +57,9 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
             f"{pipeline.data_grouping or '-'}"
         ),
         "entrypoint": PIPELINE_ENTRYPOINT,
-        "parameters": {"pipeline": pipeline.name},
+        # A MANUAL pipeline runs when a person starts its deployment: its ready gaps are
+        # due then (DESIGN: MANUAL gaps have no eligible time of their own).
+        "parameters": {"pipeline": pipeline.name, "manual": pipeline.trigger_type == "MANUAL"},
         "tags": [MANAGED_TAG, f"pipeline:{pipeline.name}", f"location:{pipeline.location}"],
         "work_pool": {
             "name": pipeline.location,

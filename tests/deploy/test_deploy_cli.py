@@ -136,7 +136,7 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
     ), automations
     nightly = deployments["chai-nightly"]
     assert (nightly["work_pool_name"], nightly["work_queue_name"]) == ("ramses", "priority-10")
-    assert nightly["parameters"] == {"pipeline": "chai-nightly"}
+    assert nightly["parameters"] == {"pipeline": "chai-nightly", "manual": False}
     [schedule] = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 4 * * *"
     assert schedule["schedule"]["timezone"] == "America/Santiago"
@@ -195,7 +195,8 @@ def test_deploy_removes_stale_schedules_and_deployments_that_prefect_deploy_keep
     result = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
     assert result.returncode == 0, result.stderr
     reconciled = json.loads(result.stdout)["reconciled"]
-    assert reconciled["deleted_deployments"] == ["removed-pipeline"]
+    # ramses's only pipeline is disabled now: its trigger deployment goes too
+    assert sorted(reconciled["deleted_deployments"]) == ["removed-pipeline", "trigger-ramses"]
     assert reconciled["deleted_schedules"] == ["chai-nightly: cron 0 4 * * * America/Santiago"]
     prefect_deploy_all(deploy_env, prefect_yaml)
     deployments = {d["name"]: d for d in api_post(prefect_api, "/deployments/filter", {})}

@@ -51,7 +51,8 @@ def test_cron_pipelines_get_their_timezone_and_disabled_ones_a_paused_schedule()
     assert by_name["chai-reprocess"]["schedules"] == []
     assert by_name["chai-ngc253"]["schedules"] == []
     assert {e["work_pool"]["name"] for e in by_name.values()} == {"ramses", "laptop"}
-    assert by_name["chai-ngc253"]["parameters"] == {"pipeline": "chai-ngc253"}
+    assert by_name["chai-ngc253"]["parameters"] == {"pipeline": "chai-ngc253", "manual": False}
+    assert by_name["chai-reprocess"]["parameters"] == {"pipeline": "chai-reprocess", "manual": True}
 
 
 def test_higher_pipeline_priority_gets_the_better_prefect_queue_priority() -> None:
@@ -84,6 +85,6 @@ def test_merging_keeps_hand_written_deployments_and_other_keys() -> None:
             {"name": "housekeeping", "tags": ["ops"]},
         ],
     }
-    merged = merge_prefect_yaml(document, render_deployments(PIPELINES[3:]))
+    merged = merge_prefect_yaml(document, [deployment_entry(PIPELINES[3])])
     assert [d["name"] for d in merged["deployments"]] == ["chai-reprocess", "housekeeping"]
     assert merged["pull"] == document["pull"] and merged["name"] == "site"

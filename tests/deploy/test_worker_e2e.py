@@ -94,6 +94,7 @@ def site_spec(root: Path) -> dict[str, Any]:
     }  # fmt: skip
     base = {"data_grouping": "g", "processing_location": "ramses"}
     sleepy = tool_step("calibrate", parameters={"mode": "ok", "sleep": 120})
+    sleepy["config"]["name"] = "sleepy-config"
     return {
         **spec,
         "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
@@ -149,9 +150,8 @@ def site(
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     site = Site(env, engine, prefect_api["PREFECT_API_URL"], root)
-    assert (
-        run_cli(env, "apply", str(write_yaml(root / "site.yaml", site_spec(root)))).returncode == 0
-    )
+    applied = run_cli(env, "apply", str(write_yaml(root / "site.yaml", site_spec(root))))
+    assert applied.returncode == 0, applied.stderr
     prefect_yaml = root / "prefect.yaml"
     deployed = run_cli(env, "deploy", "--prefect-yaml", str(prefect_yaml))
     assert deployed.returncode == 0, deployed.stderr
