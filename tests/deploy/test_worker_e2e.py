@@ -10,6 +10,7 @@ the ops DB and its SLURM job cancelled.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,8 @@ from tests.helpers import REPO, SLURM_TEST_SETTINGS, locations_data, run_cli, wr
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("slurm_cluster")]
 PREFECT = str(Path(sys.executable).parent / "prefect")
+COOLDOWN_S = 8
+"""Cooldown of the CONTINUOUS pipeline's step; its location ticks only hourly otherwise."""
 CHROMIUM = "/usr/bin/chromium"
 """Debian's Chromium (.ci/run installs the package)."""
 RUN = m.ExecutedReductionStep
@@ -222,6 +225,16 @@ def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step
     )  # fmt: skip
     assert new, (site.root / "worker.log").read_text()[-5000:]
     assert all(r.prefect_flow_run_id for r in new)  # run by a flow run of the deployment
+    with Session(site.engine) as session:
+        first_run = session.scalar(
+            select(func.min(RUN.created_at)).where(RUN.id.in_([r.id for r in new]))
+        )
+        newest_data = session.scalar(select(func.max(m.RawDataPackage.created_at)))
+        assert first_run is not None and newest_data is not None
+        latency = first_run - newest_data
+    # The event's tick found the gap in its cooldown, waited it out and ticked again: the
+    # run exists a cooldown (not an hourly interval) after the data.
+    assert dt.timedelta(seconds=COOLDOWN_S) <= latency < dt.timedelta(seconds=COOLDOWN_S + 60)
 
 
 def test_cancelling_a_flow_run_as_the_ui_does_cancels_its_runs_and_slurm_jobs(
@@ -308,10 +321,11 @@ def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(f"{ui}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
-        page.get_by_role("tab", name="Task Runs").click()
+        page.screenshot(path=str(artifacts / "flow-run.png"), full_page=True)
+        page.locator("li.p-tab#task-runs").click()  # the page's "Task Runs" tab
         page.get_by_text(calibrate[0]).first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "flow-run-task-runs.png"), full_page=True)
-        page.get_by_role("tab", name="Artifacts").click()
+        page.locator("li.p-tab#artifacts").click()
         page.get_by_text("manual-runs").first.wait_for(timeout=30_000)  # the run table's key
         page.screenshot(path=str(artifacts / "flow-run-artifacts.png"), full_page=True)
         browser.close()
