@@ -11,6 +11,7 @@ the ops DB and its SLURM job cancelled.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import URL
@@ -48,6 +50,29 @@ class Site:
     engine: Engine
     api: str
     root: Path
+    worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self) -> None:
+        """Start a `prefect worker` on the `ramses` pool (its log: worker.log)."""
+        with (self.root / "worker.log").open("a") as log:
+            self.worker = subprocess.Popen(
+                [PREFECT, "worker", "start", "--pool", "ramses", "--type", "process"],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def stop_worker(self, *, kill: bool = False) -> None:
+        if self.worker is None:
+            return
+        if kill:
+            self.worker.kill()
+        else:
+            self.worker.terminate()
+        try:
+            self.worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            self.worker.wait()
+        self.worker = None
 
     def get(self, path: str) -> Any:
         response = httpx.get(f"{self.api}{path}", timeout=30)
@@ -69,7 +94,13 @@ class Site:
         with Session(self.engine) as session:
             return list(
                 session.execute(
-                    select(RUN.id, RUN.status, RUN.hpc_job_id, RUN.prefect_flow_run_id)
+                    select(
+                        RUN.id,
+                        RUN.status,
+                        RUN.hpc_job_id,
+                        RUN.prefect_flow_run_id,
+                        RUN.sub_group_key,
+                    )  # fmt: skip
                     .join(m.ReductionStep)
                     .join(m.Pipeline)
                     .where(m.Pipeline.name == pipeline)
@@ -98,6 +129,8 @@ def site_spec(root: Path) -> dict[str, Any]:
     base = {"data_grouping": "g", "processing_location": "ramses"}
     sleepy = tool_step("calibrate", parameters={"mode": "ok", "sleep": 120})
     sleepy["config"]["name"] = "sleepy-config"
+    fragile = tool_step("calibrate", parameters={"mode": "ok", "sleep": 20})
+    fragile["config"]["name"] = "fragile-config"
     return {
         **spec,
         "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
@@ -160,20 +193,11 @@ def site(
     assert deployed.returncode == 0, deployed.stderr
     registered = site.prefect("deploy", "--all", "--prefect-file", str(prefect_yaml))
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    log = (root / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", "ramses", "--type", "process"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    site.start_worker()
     try:
         yield site
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
+        site.stop_worker()
         engine.dispose()
 
 
@@ -215,23 +239,23 @@ def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step
     site: Site,
 ) -> None:
     before = {r.id for r in site.runs("standing")}
-    simulated = run_cli(site.env, "simulate", "--scans", "1", "--seed", "11")
+    simulated = run_cli(site.env, "simulate", "--scans", "1", "--seed", "11", "--json")
     assert simulated.returncode == 0, simulated.stderr
+    [scan] = json.loads(simulated.stdout)["scan_names"]
+    # Earlier tests' scans are gaps of this pipeline too: the run of *this* scan counts.
     new = wait_for(
-        "runs of the CONTINUOUS pipeline, COMPLETED",
-        lambda: [r for r in site.runs("standing") if r.id not in before and
-                 r.status is m.RunStatus.COMPLETED],
+        f"the CONTINUOUS pipeline's run of {scan}, COMPLETED",
+        lambda: [r for r in site.runs("standing") if r.id not in before
+                 and r.sub_group_key.endswith(scan) and r.status is m.RunStatus.COMPLETED],
         timeout=240,
     )  # fmt: skip
     assert new, (site.root / "worker.log").read_text()[-5000:]
     assert all(r.prefect_flow_run_id for r in new)  # run by a flow run of the deployment
     with Session(site.engine) as session:
-        first_run = session.scalar(
-            select(func.min(RUN.created_at)).where(RUN.id.in_([r.id for r in new]))
-        )
+        created = session.scalar(select(RUN.created_at).where(RUN.id == new[0].id))
         newest_data = session.scalar(select(func.max(m.RawDataPackage.created_at)))
-        assert first_run is not None and newest_data is not None
-        latency = first_run - newest_data
+        assert created is not None and newest_data is not None
+        latency = created - newest_data
     # The event's tick found the gap in its cooldown, waited it out and ticked again: the
     # run exists a cooldown (not an hourly interval) after the data.
     assert dt.timedelta(seconds=COOLDOWN_S) <= latency < dt.timedelta(seconds=COOLDOWN_S + 60)
@@ -294,6 +318,47 @@ def test_on_a_saturated_pool_the_more_important_pipeline_starts_first(site: Site
         patch({"is_paused": False, "concurrency_limit": None})
     started = {f: site.get(f"/flow_runs/{f}")["start_time"] for f in (low, high)}
     assert started[high] < started[low], started
+
+
+def test_a_flow_run_whose_host_died_is_crashed_by_the_automation_and_its_runs_finish(
+    site: Site,
+) -> None:
+    """SIGKILL the worker, then the flow run's process, mid-job (as a host crash does):
+    nobody reports the end, so only the heartbeat automation of `ccat-wm deploy` can mark
+    the flow run Crashed; then a trigger tick restarts the pipeline, whose new flow run
+    adopts the runs and completes them with their SLURM jobs."""
+    flow_run_id = run_deployment(site, "fragile")
+    wait_for(
+        "the fragile run to be RUNNING",
+        lambda: any(r.status is m.RunStatus.RUNNING for r in site.runs("fragile")),
+        timeout=240,
+    )
+    site.stop_worker(kill=True)
+    flow_process = next(
+        p for p in psutil.process_iter(["environ"])
+        if (p.info["environ"] or {}).get("PREFECT__FLOW_RUN_ID") == flow_run_id
+    )  # fmt: skip
+    flow_process.kill()
+    assert flow_run_state(site, flow_run_id) == "RUNNING"  # nobody told the server
+    wait_for(
+        "the automation to mark the flow run Crashed",
+        lambda: flow_run_state(site, flow_run_id) == "CRASHED",
+        timeout=240,
+    )
+    site.start_worker()
+    ticked = run_cli(site.env, "trigger", "--location", "ramses", "--json")
+    assert ticked.returncode == 0, ticked.stderr
+    assert "fragile" in json.loads(ticked.stdout)["started"]
+    done = wait_for(
+        "the adopted runs to complete",
+        lambda: (
+            (runs := site.runs("fragile"))
+            and all(r.status is m.RunStatus.COMPLETED for r in runs)
+            and runs
+        ),
+        timeout=240,
+    )
+    assert all(r.prefect_flow_run_id != flow_run_id for r in done)  # adopted by the new one
 
 
 def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
