@@ -100,7 +100,7 @@ class Site:
                         RUN.hpc_job_id,
                         RUN.prefect_flow_run_id,
                         RUN.sub_group_key,
-                    )  # fmt: skip
+                    )
                     .join(m.ReductionStep)
                     .join(m.Pipeline)
                     .where(m.Pipeline.name == pipeline)
