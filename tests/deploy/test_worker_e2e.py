@@ -40,6 +40,7 @@ COOLDOWN_S = 8
 CHROMIUM = "/usr/bin/chromium"
 """Debian's Chromium (.ci/run installs the package)."""
 RUN = m.ExecutedReductionStep
+INPUT = m.ExecutedReductionStepInput
 
 
 @dataclass
@@ -253,7 +254,11 @@ def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step
     assert all(r.prefect_flow_run_id for r in new)  # run by a flow run of the deployment
     with Session(site.engine) as session:
         created = session.scalar(select(RUN.created_at).where(RUN.id == new[0].id))
-        newest_data = session.scalar(select(func.max(m.RawDataPackage.created_at)))
+        newest_data = session.scalar(  # the newest of the run's own input packages
+            select(func.max(m.RawDataPackage.created_at))
+            .join(INPUT, INPUT.raw_data_package_id == m.RawDataPackage.id)
+            .where(INPUT.executed_reduction_step_id == new[0].id)
+        )
         assert created is not None and newest_data is not None
         latency = created - newest_data
     # The event's tick found the gap in its cooldown, waited it out and ticked again: the
