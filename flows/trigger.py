@@ -1,4 +1,4 @@
-"""The trigger flow: one tick for a processing location's CONTINUOUS pipelines.
+"""The trigger flow: one tick for a processing location's pipelines.
 
 Its deployment (`trigger-<location>`, rendered by `ccat-wm deploy`) runs on a short
 interval and on every `ccat.raw-data.registered` event. A tick:
@@ -114,7 +114,11 @@ def start_pipeline(pipeline: str) -> str:
 
 @flow(name="ccat-trigger", flow_run_name="trigger {location}")
 def trigger_flow(location: str | None = None, interval_s: float = 60.0) -> dict[str, Any]:
-    """One trigger tick for `location` (None: every location); see the module docstring."""
+    """One trigger tick for `location` (None: every location); see the module docstring.
+
+    `interval_s` is the deployment's interval: a tick waits out a cooldown that ends
+    sooner than that (0: never waits, as `ccat-wm trigger` uses it).
+    """
     logger = _logger()
     started = time.monotonic()
     cancelled = stop_cancelled_flow_runs()
