@@ -24,16 +24,16 @@ attempt), which makes `find` after a crash one GET.
 from __future__ import annotations
 
 import re
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.backends.base import BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.backends.polling import PolledBackend
 from infra.runtimes import CONTAINER_ROOT
 
 MANAGED_BY = "ccat-wm"
@@ -198,20 +198,17 @@ def _volume_for(
     return volume_name, str(host_path.relative_to(best))
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(PolledBackend):
     """Runs jobs as Kubernetes Jobs through the official client; see the module docstring."""
 
     name = "kubernetes"
 
     def __init__(self, state_dir: Path, settings: KubernetesSettings) -> None:
         """Keep cancel markers under `state_dir/kubernetes` (shared by every flow process)."""
+        super().__init__(settings.poll_interval_s)
         self.root = state_dir / "kubernetes"
         self.settings = settings
         self._client: Any = None
-        self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
-        self._watched: dict[str, JobInfo | None] = {}
-        self._refreshed = 0.0
         self.calls: dict[str, int] = {}
         """API calls by kind (for benchmarks and tests)."""
 
@@ -268,34 +265,11 @@ class KubernetesBackend(Backend):
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self, job_id: str) -> JobInfo:
-        """Return the Job's state from the shared cache (refreshed once per poll interval)."""
-        return self.status_many([job_id])[job_id]
-
-    def status_many(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        """Return the state of many Jobs from one Job list and one pod list."""
-        with self._lock:
-            for job_id in job_ids:
-                self._watched.setdefault(job_id, None)
-            stale = time.monotonic() - self._refreshed >= self.settings.poll_interval_s
-        if stale and self._refresh_lock.acquire(blocking=False):
-            try:
-                self._refresh()
-            finally:
-                self._refresh_lock.release()
-        elif stale:
-            with self._refresh_lock:
-                pass
-        with self._lock:
-            return {
-                job_id: self._watched.get(job_id)
-                or JobInfo(JobState.UNKNOWN, reason=f"Kubernetes has no Job {job_id}")
-                for job_id in job_ids
-            }
+    def _unknown(self, job_id: str) -> str:
+        return f"Kubernetes has no Job {job_id}"
 
     def _refresh(self) -> None:
-        with self._lock:
-            open_ids = [j for j, i in self._watched.items() if i is None or not i.state.finished]
+        open_ids = self._open_ids()
         if not open_ids:
             self._refreshed = time.monotonic()
             return
@@ -341,11 +315,6 @@ class KubernetesBackend(Backend):
         log = Path(path)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(text)
-
-    def forget(self, job_id: str) -> None:
-        """Stop watching a Job whose outcome has been read."""
-        with self._lock:
-            self._watched.pop(job_id, None)
 
     # -- cancel and logs --------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.backends.base import BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.backends.polling import PolledBackend
 
 GIB = 1024**3
 LAUNCH_SCRIPT = """#!/bin/bash
@@ -107,20 +108,17 @@ class _Batch:
     full: threading.Event = field(default_factory=threading.Event)
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(PolledBackend):
     """Submits runs to SLURM with sbatch; see the module docstring."""
 
     name = "slurm"
 
     def __init__(self, state_dir: Path, settings: SlurmSettings) -> None:
         """Keep submission files under `state_dir/slurm` (must be visible to the nodes)."""
+        super().__init__(settings.poll_interval_s)
         self.root = state_dir / "slurm"
         self.settings = settings
-        self._lock = threading.Lock()
         self._open: dict[tuple[str, ...], _Batch] = {}
-        self._watched: dict[str, JobInfo | None] = {}
-        self._refreshed = 0.0
-        self._refresh_lock = threading.Lock()
         self._incomplete: dict[str, float] = {}
         self.calls: dict[str, int] = {"sbatch": 0, "squeue": 0, "sacct": 0, "scancel": 0}
         """Invocations of each SLURM command by this backend (for benchmarks and tests)."""
@@ -246,36 +244,11 @@ class SlurmBackend(Backend):
 
     # -- status ---------------------------------------------------------------------------
 
-    def status(self, job_id: str) -> JobInfo:
-        """Return the job's state from the shared cache (refreshed once per poll interval)."""
-        return self.status_many([job_id])[job_id]
-
-    def status_many(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        """Return the state of many jobs from one squeue and at most one sacct call."""
-        with self._lock:
-            for job_id in job_ids:
-                self._watched.setdefault(job_id, None)
-            stale = time.monotonic() - self._refreshed >= self.settings.poll_interval_s
-        if stale and self._refresh_lock.acquire(blocking=False):
-            try:
-                self._refresh()
-            finally:
-                self._refresh_lock.release()
-        elif stale:  # another thread refreshes: use its result
-            with self._refresh_lock:
-                pass
-        with self._lock:
-            return {
-                job_id: self._watched.get(job_id)
-                or JobInfo(JobState.UNKNOWN, reason=f"SLURM does not list job {job_id}")
-                for job_id in job_ids
-            }
+    def _unknown(self, job_id: str) -> str:
+        return f"SLURM does not list job {job_id}"
 
     def _refresh(self) -> None:
-        with self._lock:
-            open_ids = [
-                j for j, info in self._watched.items() if info is None or not info.state.finished
-            ]
+        open_ids = self._open_ids()
         if not open_ids:
             self._refreshed = time.monotonic()
             return
@@ -304,11 +277,6 @@ class SlurmBackend(Backend):
                 if info is not None:
                     self._watched[job_id] = info
             self._refreshed = time.monotonic()
-
-    def forget(self, job_id: str) -> None:
-        """Stop watching a job whose outcome has been read."""
-        with self._lock:
-            self._watched.pop(job_id, None)
 
     # -- cancel and logs ----------------------------------------------------------------------
 
