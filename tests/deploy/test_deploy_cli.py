@@ -113,12 +113,7 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
     assert {p["action"] for p in json.loads(again.stdout)["work_pools"]} == {"unchanged"}
     assert json.loads(again.stdout)["crash_automation"] == "unchanged"
 
-    registered = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
-         "--prefect-file", str(prefect_yaml)],
-        cwd=REPO, env=deploy_env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert registered.returncode == 0, registered.stdout + registered.stderr
+    prefect_deploy_all(deploy_env, prefect_yaml)
     deployments = {
         d["name"]: d
         for d in api_post(prefect_api, "/deployments/filter", {})
