@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +16,17 @@ from ccat_wm.errors import ConfigurationError
 from ccat_wm.settings import Settings
 
 _ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+Db = Session | Connection
+"""What the domain functions that run Core statements accept: a session or a connection.
+
+The run executor passes one checked-out connection through the short phases of a run
+(each checkout pings the server, and a session costs more than its statements)."""
+
+
+def connection_of(db: Db) -> Connection:
+    """Return the connection to run Core statements on (a session's, or `db` itself)."""
+    return db.connection() if isinstance(db, Session) else db
 
 
 def normalize_db_url(raw: str) -> URL:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Insert, Table, insert, text
-from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.db import Db, connection_of
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.checksums import sha256_file
 from ccat_wm.execution.layout import OUTPUT_CLASSES, RunLayout
@@ -210,7 +210,7 @@ def reset_output(layout: RunLayout) -> None:
     layout.create()
 
 
-def register_products(session: Session, run_id: int, records: Sequence[ProductRecord]) -> int:
+def register_products(session: Db, run_id: int, records: Sequence[ProductRecord]) -> int:
     """Insert the products of run `run_id` and their lineage; return how many. No commit.
 
     Both statements are built once (they run for every run): one multi-row INSERT of the
@@ -219,7 +219,7 @@ def register_products(session: Session, run_id: int, records: Sequence[ProductRe
     """
     if not records:
         return 0
-    connection = session.connection()
+    connection = connection_of(session)
     connection.execute(
         _product_insert(),
         [

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from ccat_ops_db import models as m
+from ccat_wm.db import Db, connection_of
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.layout import RunLayout
 
@@ -101,9 +102,9 @@ class RunNotFoundError(CcatWmError):
     """No run has the given id."""
 
 
-def load_run_context(session: Session, run_id: int) -> RunContext:
+def load_run_context(session: Db, run_id: int) -> RunContext:
     """Load run `run_id` and everything its execution needs (three queries, columns only)."""
-    row = session.connection().execute(_context_query(), {"run_id": run_id}).first()
+    row = connection_of(session).execute(_context_query(), {"run_id": run_id}).first()
     if row is None:
         raise RunNotFoundError(f"no run with id {run_id}; see `ccat-wm status` for run ids")
     return RunContext(
@@ -186,9 +187,9 @@ def _context_query() -> Select[*tuple[Any, ...]]:
     )
 
 
-def _raw_inputs(session: Session, run_id: int, location_id: int) -> tuple[RawInput, ...]:
+def _raw_inputs(session: Db, run_id: int, location_id: int) -> tuple[RawInput, ...]:
     params = {"run_id": run_id, "location_id": location_id}
-    rows = session.connection().execute(_raw_inputs_query(), params)
+    rows = connection_of(session).execute(_raw_inputs_query(), params)
     return tuple(
         RawInput(
             pid,
@@ -231,8 +232,8 @@ def _raw_inputs_query() -> Select[*tuple[Any, ...]]:
     )
 
 
-def _product_inputs(session: Session, run_id: int) -> tuple[ProductInput, ...]:
-    rows = session.connection().execute(_product_inputs_query(), {"run_id": run_id})
+def _product_inputs(session: Db, run_id: int) -> tuple[ProductInput, ...]:
+    rows = connection_of(session).execute(_product_inputs_query(), {"run_id": run_id})
     return tuple(
         ProductInput(
             pid, Path(path), checksum, m.DataProductType(kind).value, step, source_run, metadata

@@ -15,9 +15,9 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import Table, Update, bindparam, func, select, update
-from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import ExecutedReductionStep, RunStatus
+from ccat_wm.db import Db, connection_of
 from ccat_wm.errors import CcatWmError
 
 S = RunStatus
@@ -50,7 +50,7 @@ class TransitionError(CcatWmError):
 
 
 def transition(
-    session: Session,
+    session: Db,
     run_id: int,
     target: RunStatus,
     *,
@@ -66,7 +66,7 @@ def transition(
         sources = sources & {expected}
     statement = _update(target, tuple(sorted(sources)), tuple(sorted(values)))
     params = {"run_id": run_id, **{f"v_{k}": v for k, v in values.items()}}
-    matched = session.connection().execute(statement, params).first()
+    matched = connection_of(session).execute(statement, params).first()
     if matched is None:
         raise TransitionError(run_id, current_status(session, run_id), target)
 
@@ -92,8 +92,11 @@ def _update(target: RunStatus, sources: tuple[RunStatus, ...], keys: tuple[str, 
     )
 
 
-def current_status(session: Session, run_id: int) -> RunStatus | None:
+def current_status(session: Db, run_id: int) -> RunStatus | None:
     """Return the run's status as the DB has it now."""
-    return session.scalar(
-        select(ExecutedReductionStep.status).where(ExecutedReductionStep.id == run_id)
-    )
+    return connection_of(session).scalar(_STATUS, {"run_id": run_id})
+
+
+_STATUS = select(ExecutedReductionStep.status).where(
+    ExecutedReductionStep.id == bindparam("run_id")
+)

@@ -8,6 +8,11 @@ FAILED -> PENDING while `retry_count < max_retries`. Every move goes through
 `transition()`, so a person's cancel (CANCELLED) wins over the next move and the job is
 stopped. The ops DB is read for a cancel at most every `CANCEL_CHECK_S` while polling;
 a cancel that lands after the job finished still wins, since the next move fails.
+
+A run checks out one ops DB connection for its start (claim, context, staging record,
+SUBMITTED) and one for its end (RUNNING, COLLECTING_RESULTS, products, final status),
+and none while the job runs: each checkout pings the server, and for short jobs the
+database round trips are most of what a run costs the flow process.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import os
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import DataProductType, RunStatus
+from ccat_wm.db import Db
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.collect import (
@@ -94,6 +102,16 @@ class RunExecutor:
         """Return a new session on the ops DB."""
         return Session(self.engine)
 
+    @contextmanager
+    def _transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """Open a transaction on `conn` (the caller's checkout), or on a connection of its own."""
+        if conn is None:
+            with self.engine.begin() as own:
+                yield own
+        else:
+            with conn.begin():
+                yield conn
+
     def execute(self, run_id: int) -> RunOutcome:
         """Run `run_id` through its attempts until COMPLETED, CANCELLED or out of retries."""
         while True:
@@ -104,12 +122,12 @@ class RunExecutor:
                 raise
             if outcome.status is not S.FAILED:
                 return outcome
-            with self.session() as session, session.begin():
-                ctx = load_run_context(session, run_id)
+            with self._transaction() as conn:
+                ctx = load_run_context(conn, run_id)
                 if ctx.retry_count >= ctx.max_retries:
                     return outcome
                 try:
-                    self._move(session, run_id, S.PENDING, expected=S.FAILED)
+                    self._move(conn, run_id, S.PENDING, expected=S.FAILED)
                 except TransitionError:
                     return outcome
             LOG.info("run %s failed (%s); retry %s of %s", run_id, outcome.message,
@@ -117,45 +135,80 @@ class RunExecutor:
 
     def attempt(self, run_id: int) -> RunOutcome:
         """One attempt of a PENDING run, or the rest of one that a dead process left in flight."""
-        resume = False
-        with self.session() as session, session.begin():
-            try:
-                self._move(session, run_id, S.STAGING_DATA, expected=S.PENDING)
-            except TransitionError as exc:
-                if exc.current not in IN_FLIGHT:
-                    return RunOutcome(run_id, exc.current or S.CANCELLED, 0, str(exc))
-                resume = True
-            ctx = load_run_context(session, run_id)
+        with self.engine.connect() as conn:
+            with conn.begin():
+                try:
+                    self._move(conn, run_id, S.STAGING_DATA, expected=S.PENDING)
+                except TransitionError as exc:
+                    if exc.current not in IN_FLIGHT:
+                        return RunOutcome(run_id, exc.current or S.CANCELLED, 0, str(exc))
+                    resume = True
+                else:
+                    resume = False
+                ctx = load_run_context(conn, run_id)
+            if not resume:
+                started = self._submit(ctx, ctx.retry_count, conn)
         if resume:
             return self._resume(ctx)
-        return self._start(ctx, ctx.retry_count)
+        if isinstance(started, RunOutcome):
+            return started
+        return self._follow(ctx, ctx.retry_count, *started, running=False)
 
     def _start(self, ctx: RunContext, attempt: int) -> RunOutcome:
         """Stage, submit and record the job of a run in STAGING_DATA, then follow it."""
+        with self.engine.connect() as conn:
+            started = self._submit(ctx, attempt, conn)
+        if isinstance(started, RunOutcome):
+            return started
+        return self._follow(ctx, attempt, *started, running=False)
+
+    def _submit(
+        self, ctx: RunContext, attempt: int, conn: Connection
+    ) -> RunOutcome | tuple[Backend, str]:
+        """Stage, submit, record SUBMITTED; return the backend and job id, or how the run ended."""
         run_id = ctx.run_id
         try:
-            spec, backend = self._prepare(ctx, attempt)
+            spec, backend = self._prepare(ctx, attempt, conn)
             job_id = backend.submit(spec)
         except (CcatWmError, BackendError, OSError, ValueError) as exc:
-            return self._fail(ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA)
+            return self._fail(
+                ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn
+            )
         try:
-            with self.session() as session, session.begin():
+            with self._transaction(conn):
                 self._move(
-                    session, run_id, S.SUBMITTED, expected=S.STAGING_DATA,
+                    conn, run_id, S.SUBMITTED, expected=S.STAGING_DATA,
                     hpc_job_id=job_id, execution_command=display_command(spec),
                 )  # fmt: skip
         except TransitionError as exc:
             backend.cancel(job_id)
             return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
-        return self._follow(ctx, attempt, backend, job_id, running=False)
+        return backend, job_id
 
     def _follow(
         self, ctx: RunContext, attempt: int, backend: Backend, job_id: str, *, running: bool
     ) -> RunOutcome:
-        info = self._watch(ctx.run_id, backend, job_id, running=running)
+        """Watch the job to its end, record it (COLLECTING_RESULTS) and collect its results."""
+        info, marked_running = self._watch(ctx.run_id, backend, job_id, running=running)
         if info is None:
             return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
-        return self._collect(ctx, attempt, info)
+        with self.engine.connect() as conn:
+            try:
+                with self._transaction(conn):  # one commit if never seen running
+                    if not marked_running:
+                        self._move(conn, ctx.run_id, S.RUNNING, expected=S.SUBMITTED)
+                    self._move(
+                        conn, ctx.run_id, S.COLLECTING_RESULTS, expected=S.RUNNING,
+                        exit_code=info.exit_code, processing_time_s=info.wall_time_s,
+                        cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
+                    )  # fmt: skip
+            except TransitionError as exc:
+                if exc.current is S.CANCELLED:
+                    backend.cancel(job_id)
+                    return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
+                raise
+            backend.forget(job_id)
+            return self._collect(ctx, attempt, info, conn)
 
     def _resume(self, ctx: RunContext) -> RunOutcome:
         """Drive on a run that a process which died left in flight (see `ownership`)."""
@@ -188,19 +241,19 @@ class RunExecutor:
         """Do not leave a run in flight after an unexpected error: stop its job, fail it."""
         reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
         try:
-            with self.session() as session, session.begin():
-                ctx = load_run_context(session, run_id)
+            with self._transaction() as conn:
+                ctx = load_run_context(conn, run_id)
                 if ctx.status in (S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS):
-                    transition(session, run_id, S.FAILED, failure_reason=reason)
+                    transition(conn, run_id, S.FAILED, failure_reason=reason)
             if ctx.hpc_job_id:
                 backend_for(ctx, self.settings).cancel(ctx.hpc_job_id)
         except Exception:  # the original error is what matters; this is best effort
             LOG.exception("could not mark run %s FAILED after %s", run_id, reason)
 
-    def _prepare(self, ctx: RunContext, attempt: int) -> tuple[JobSpec, Backend]:
+    def _prepare(self, ctx: RunContext, attempt: int, conn: Connection) -> tuple[JobSpec, Backend]:
         layout = ctx.layout
         reset_output(layout)
-        staged = stage_inputs(self.session, ctx)
+        staged = stage_inputs(lambda: Session(bind=conn), ctx)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt)
         if ctx.location.runtime == "apptainer":
@@ -223,8 +276,8 @@ class RunExecutor:
 
     def _watch(
         self, run_id: int, backend: Backend, job_id: str, *, running: bool = False
-    ) -> JobInfo | None:
-        """Poll until the job ends and move the run to COLLECTING_RESULTS; None if cancelled."""
+    ) -> tuple[JobInfo | None, bool]:
+        """Poll until the job ends; return its end (None: cancelled), and if RUNNING is recorded."""
         interval, marked_running, unknown_since = 0.002, running, None
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:
@@ -232,12 +285,13 @@ class RunExecutor:
                 info = backend.status(job_id)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + CANCEL_CHECK_S
-                    with self.session() as session:
-                        if current_status(session, run_id) is S.CANCELLED:
+                    with self.engine.connect() as conn:
+                        if current_status(conn, run_id) is S.CANCELLED:
                             backend.cancel(job_id)
-                            return None
+                            return None, marked_running
                 if info.state is JobState.RUNNING and not marked_running:
-                    self._move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
+                    with self._transaction() as conn:
+                        self._move(conn, run_id, S.RUNNING, expected=S.SUBMITTED)
                     marked_running = True
                 if info.state is JobState.UNKNOWN:
                     unknown_since = unknown_since or time.monotonic()
@@ -246,40 +300,32 @@ class RunExecutor:
                             JobState.FAILED, reason=f"backend lost the job: {info.reason}"
                         )
                 if info.state.finished:
-                    break
+                    return info, marked_running
                 time.sleep(interval)
                 interval = min(interval * 2, self.poll_max_s)
-            with self.session() as session, session.begin():  # one commit if never seen running
-                if not marked_running:
-                    self._move(session, run_id, S.RUNNING, expected=S.SUBMITTED)
-                self._move(
-                    session, run_id, S.COLLECTING_RESULTS, expected=S.RUNNING,
-                    exit_code=info.exit_code, processing_time_s=info.wall_time_s,
-                    cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
-                )  # fmt: skip
         except TransitionError as exc:
             if exc.current is S.CANCELLED:
                 backend.cancel(job_id)
-                return None
+                return None, marked_running
             raise
-        backend.forget(job_id)
-        return info
 
-    def _collect(self, ctx: RunContext, attempt: int, info: JobInfo) -> RunOutcome:
+    def _collect(
+        self, ctx: RunContext, attempt: int, info: JobInfo, conn: Connection | None = None
+    ) -> RunOutcome:
         layout = ctx.layout
         log = layout.attempt_log(attempt)
         captured = [OutputFile(log, DataProductType.LOG)] if log.exists() else []
         if info.state is not JobState.COMPLETED:
             reason = info.reason or f"exit code {info.exit_code}"
-            return self._fail(ctx, attempt, reason, captured=captured)
+            return self._fail(ctx, attempt, reason, captured=captured, conn=conn)
         try:
             outputs = scan_outputs(layout)
         except ContractViolationError as exc:
-            return self._fail(ctx, attempt, str(exc), captured=captured)
+            return self._fail(ctx, attempt, str(exc), captured=captured, conn=conn)
         records = checksum_outputs([*outputs, *captured])
-        with self.session() as session, session.begin():
-            register_products(session, ctx.run_id, records)
-            self._move(session, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
+        with self._transaction(conn) as db:
+            register_products(db, ctx.run_id, records)
+            self._move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
         for record in records:
             _make_read_only(record.path)
         return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
@@ -292,14 +338,15 @@ class RunExecutor:
         *,
         expected: RunStatus = S.COLLECTING_RESULTS,
         captured: list[OutputFile] | None = None,
+        conn: Connection | None = None,
     ) -> RunOutcome:
         """Keep the attempt's logs as LOG products and mark the run FAILED with `reason`."""
         logs = [*(captured or []), *preserve_failed_logs(ctx.layout, attempt)]
         records = checksum_outputs(logs)
         try:
-            with self.session() as session, session.begin():
-                register_products(session, ctx.run_id, records)
-                self._move(session, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason)
+            with self._transaction(conn) as db:
+                register_products(db, ctx.run_id, records)
+                self._move(db, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason)
         except TransitionError as exc:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         LOG.warning("run %s (%s[%s]) failed: %s", ctx.run_id, ctx.step, ctx.sub_group_key, reason)
@@ -307,7 +354,7 @@ class RunExecutor:
 
     def _move(
         self,
-        session: Session,
+        session: Db,
         run_id: int,
         target: RunStatus,
         *,
@@ -319,8 +366,8 @@ class RunExecutor:
     def _move_now(
         self, run_id: int, target: RunStatus, *, expected: RunStatus, **values: object
     ) -> None:
-        with self.session() as session, session.begin():
-            self._move(session, run_id, target, expected=expected, **values)
+        with self._transaction() as conn:
+            self._move(conn, run_id, target, expected=expected, **values)
 
 
 def _make_read_only(path: Path) -> None:
