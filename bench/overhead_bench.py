@@ -30,6 +30,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from ccat_wm.prefect_settings import apply_prefect_defaults
+
+apply_prefect_defaults()  # as the CLI does (batched recording in the server)
 
 SPEC = """
 locations:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import os
 import secrets
 import sys
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from ccat_wm.execution.control import cancel_run, product_lineage
 from ccat_wm.execution.report import run_rows
 from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
+from ccat_wm.prefect_settings import apply_prefect_defaults
 from ccat_wm.render import render_lineage, render_plan_json, render_plan_table, render_runs_table
 from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
 from ccat_wm.settings import Settings, load_settings
@@ -346,17 +346,9 @@ def demo() -> None:
     demo_module.run_demo(load_settings(), click.echo)
 
 
-EPHEMERAL_STARTUP_TIMEOUT_S = "120"
-"""How long a command waits for Prefect's ephemeral server (Prefect's default, 20 s, is
-less than a first start takes on a small, busy machine: 30 s were measured here)."""
-
-
 def main() -> None:
     """Entry point: run the CLI, turning our errors into a one-line cause and exit code 1."""
-    # Before Prefect is imported (its settings are read once); a user's value wins.
-    os.environ.setdefault(
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
-    )
+    apply_prefect_defaults()  # before Prefect is imported; a user's value wins
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -24,6 +24,7 @@ from ccat_ops_db import migrate
 from ccat_ops_db.models import Base
 from ccat_wm.db import normalize_db_url
 from ccat_wm.embedded_pg import ensure_embedded_server, stop_embedded_server
+from ccat_wm.prefect_settings import apply_prefect_defaults
 from tests.helpers import free_port, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,6 +122,7 @@ def prefect_api(
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     env = dict(os.environ)
+    apply_prefect_defaults(env)  # as docs/operators-guide.md configures a server
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",

@@ -1,0 +1,42 @@
+"""Prefect settings ccat-wm applies as defaults, before Prefect is imported.
+
+Prefect reads its settings once, from the environment, when it is first imported; so
+the CLI (and the benchmarks) put these in the environment first, and a value the user
+set wins. They matter for the Prefect server that `ccat-wm` starts itself (the
+ephemeral one); for a `prefect server start` of your own, set the `SERVER_DEFAULTS` in
+its environment (docs/operators-guide.md, section 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+"""How long a command waits for Prefect's ephemeral server (Prefect's default, 20 s, is
+less than a first start takes on a small, busy machine: 30 s were measured here)."""
+
+SERVER_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "50",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+}
+"""How the Prefect server records task runs and events: in batches of up to 200 rows,
+flushed at least every second, instead of Prefect's defaults (the task run recorder
+writes each state change in its own transaction). A pipeline flow emits three state
+events per sub-group run; with the defaults, the server needed 55-70 ms of CPU per task
+run and fell behind a 1,000-run flow by a minute on two cores; batched, about 15 ms and
+no backlog (bench/README.md). The UI shows a task run up to a second later."""
+
+
+def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> None:
+    """Set ccat-wm's Prefect defaults in `environ` (the process environment) unless set."""
+    target = os.environ if environ is None else environ
+    target.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
+    )
+    for name, value in SERVER_DEFAULTS.items():
+        target.setdefault(name, value)
