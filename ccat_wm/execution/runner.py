@@ -253,7 +253,7 @@ class RunExecutor:
     def _prepare(self, ctx: RunContext, attempt: int, conn: Connection) -> tuple[JobSpec, Backend]:
         layout = ctx.layout
         reset_output(layout)
-        staged = stage_inputs(lambda: Session(bind=conn), ctx)
+        staged = stage_inputs(lambda: self._transaction(conn), ctx)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt)
         if ctx.location.runtime == "apptainer":
@@ -301,7 +301,7 @@ class RunExecutor:
                         )
                 if info.state.finished:
                     return info, marked_running
-                time.sleep(interval)
+                backend.wait(job_id, interval)
                 interval = min(interval * 2, self.poll_max_s)
         except TransitionError as exc:
             if exc.current is S.CANCELLED:

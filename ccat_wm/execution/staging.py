@@ -17,14 +17,15 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, select
+from sqlalchemy import BindParameter, Connection, bindparam, select
+from sqlalchemy import insert as core_insert
 from sqlalchemy.dialects.postgresql import Insert, insert
-from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
@@ -54,11 +55,13 @@ class StagedInput:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-SessionFactory = Callable[[], Session]
+Transactions = Callable[[], AbstractContextManager[Connection]]
+"""Opens a short transaction on the ops DB (e.g. `engine.begin`); staging commits each
+record at once, so that an external transfer system sees its StagingJob."""
 
 
 def stage_inputs(
-    new_session: SessionFactory, ctx: RunContext, *, poll_s: float = 1.0
+    transaction: Transactions, ctx: RunContext, *, poll_s: float = 1.0
 ) -> list[StagedInput]:
     """Stage every raw input and link every upstream product into the run's directories."""
     layout = ctx.layout
@@ -66,7 +69,7 @@ def stage_inputs(
     for raw in ctx.raw_inputs:
         source = raw.location_copy
         if source is None or not source.exists():
-            source = _stage_package(new_session, ctx, raw, poll_s=poll_s)
+            source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
         target = layout.input / source.name
         _link_or_copy(source, target)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
@@ -95,7 +98,7 @@ def _relative_to_run(product: ProductInput) -> Path:
 
 
 def _stage_package(
-    new_session: SessionFactory, ctx: RunContext, raw: RawInput, *, poll_s: float
+    transaction: Transactions, ctx: RunContext, raw: RawInput, *, poll_s: float
 ) -> Path:
     """Bring one package into the location's staging cache and record the copy."""
     cache = ctx.location.path / STAGING_CACHE
@@ -104,7 +107,7 @@ def _stage_package(
         target = cache / source.name
         _link_or_copy(source, target)
     else:
-        target = _wait_for_staging_job(new_session, ctx, raw, cache / raw.name, poll_s=poll_s)
+        target = _wait_for_staging_job(transaction, ctx, raw, cache / raw.name, poll_s=poll_s)
     actual = sha256_file(target)
     if actual != raw.checksum:
         target.unlink(missing_ok=True)
@@ -118,8 +121,8 @@ def _stage_package(
         "path": str(target),
         "verified_at": dt.datetime.now(dt.UTC),
     }
-    with new_session() as session, session.begin():
-        session.connection().execute(_record_copy(), values)
+    with transaction() as conn:
+        conn.execute(_record_copy(), values)
     return target
 
 
@@ -145,13 +148,13 @@ def _record_copy() -> Insert:
 
 
 def _wait_for_staging_job(
-    new_session: SessionFactory, ctx: RunContext, raw: RawInput, target: Path, *, poll_s: float
+    transaction: Transactions, ctx: RunContext, raw: RawInput, target: Path, *, poll_s: float
 ) -> Path:
     """Create (or join) a StagingJob for the package and wait until it is served."""
     job = m.StagingJob
     open_states = (m.StagingStatus.PENDING, m.StagingStatus.RUNNING)
-    with new_session() as session, session.begin():
-        job_id = session.scalar(
+    with transaction() as conn:
+        job_id = conn.scalar(
             select(job.id).where(
                 job.raw_data_package_id == raw.package_id,
                 job.destination_location_id == ctx.location.id,
@@ -159,20 +162,21 @@ def _wait_for_staging_job(
             )
         )
         if job_id is None:
-            row = job(
-                raw_data_package_id=raw.package_id,
-                destination_location_id=ctx.location.id,
-                executed_reduction_step_id=ctx.run_id,
-                destination_path=str(target),
+            job_id = conn.scalar(
+                core_insert(job)
+                .values(
+                    raw_data_package_id=raw.package_id,
+                    destination_location_id=ctx.location.id,
+                    executed_reduction_step_id=ctx.run_id,
+                    destination_path=str(target),
+                )
+                .returning(job.id)
             )
-            session.add(row)
-            session.flush()
-            job_id = row.id
     timeout = float(ctx.location.settings.get("staging_timeout_s", DEFAULT_STAGING_TIMEOUT_S))
     deadline = time.monotonic() + timeout
     while True:
-        with new_session() as session:
-            status, path, error = session.execute(
+        with transaction() as conn:
+            status, path, error = conn.execute(
                 select(job.status, job.destination_path, job.error_message).where(job.id == job_id)
             ).one()
         if status is m.StagingStatus.COMPLETED:

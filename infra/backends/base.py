@@ -8,6 +8,7 @@ instantiated, not when the method is first called.
 from __future__ import annotations
 
 import enum
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,3 +132,12 @@ class Backend(ABC):
     def forget(self, job_id: str) -> None:
         """Drop what this process keeps about a finished job whose outcome has been read."""
         del job_id  # backends that keep nothing per job have nothing to drop
+
+    def wait(self, job_id: str, timeout_s: float) -> None:
+        """Return when the job may have changed state, at the latest after `timeout_s`.
+
+        Backends that poll a scheduler just sleep; one that learns at once when a job
+        ends (local) returns then, so a short job is not held up by the polling interval.
+        """
+        del job_id
+        time.sleep(timeout_s)

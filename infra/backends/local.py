@@ -77,6 +77,8 @@ class _Record:
 
 _LIVE: dict[str, _Record] = {}
 """Jobs submitted by this process, by job id (shared by every LocalBackend instance)."""
+_ENDED: dict[str, threading.Event] = {}
+"""Set by a job's monitor once its outcome is recorded (for `wait`)."""
 _LIVE_LOCK = threading.Lock()
 
 
@@ -126,6 +128,7 @@ class LocalBackend(Backend):
         record = _Record(process.pid, create_time, time.time(), str(spec.log_path), str(rusage))
         with _LIVE_LOCK:
             _LIVE[job_id] = record
+            _ENDED[job_id] = threading.Event()
         self._write(record)
         threading.Thread(
             target=self._monitor, args=(process, record), name=f"local-job-{job_id}", daemon=True
@@ -150,6 +153,23 @@ class LocalBackend(Backend):
         return JobInfo(
             JobState.UNKNOWN, reason="process ended while no supervising process was watching it"
         )
+
+    def wait(self, job_id: str, timeout_s: float) -> None:
+        """Return when this process's monitor has recorded the job's end, or after `timeout_s`."""
+        with _LIVE_LOCK:
+            ended = _ENDED.get(job_id)
+        if ended is None:  # not started by this process: its state file is polled
+            time.sleep(timeout_s)
+        else:
+            ended.wait(timeout_s)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job from this process's memory (its state file stays)."""
+        with _LIVE_LOCK:
+            record = _LIVE.get(job_id)
+            if record is not None and record.state != JobState.RUNNING.value:
+                del _LIVE[job_id]
+                _ENDED.pop(job_id, None)
 
     def cancel(self, job_id: str) -> None:
         """SIGTERM the job's process group, SIGKILL it after a grace period."""
@@ -210,6 +230,10 @@ class LocalBackend(Backend):
             record.state = JobState.FAILED.value
             record.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         self._write(record)
+        with _LIVE_LOCK:
+            ended = _ENDED.get(str(record.pid))
+        if ended is not None:
+            ended.set()
 
     def _path(self, job_id: str) -> Path:
         return self.state_dir / f"{job_id}.json"

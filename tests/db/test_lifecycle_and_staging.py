@@ -97,16 +97,12 @@ def archive_copy(session: Session, package_id: int) -> Path:
     )
 
 
-def _sessions(engine: Engine):  # type: ignore[no-untyped-def]
-    return lambda: Session(engine)
-
-
 def test_staging_links_from_the_archive_verifies_and_records_the_copy(
     engine: Engine, run_id: int
 ) -> None:
     with Session(engine) as session:
         ctx = load_run_context(session, run_id)
-    staged = stage_inputs(_sessions(engine), ctx)
+    staged = stage_inputs(engine.begin, ctx)
     (raw,) = staged
     assert raw.kind == "raw" and raw.host_path.parent == ctx.layout.input
     assert hashlib.sha256(raw.host_path.read_bytes()).hexdigest() == raw.checksum
@@ -128,7 +124,7 @@ def test_a_corrupt_archive_copy_is_refused_and_removed(engine: Engine, run_id: i
     with pytest.raises(
         StagingError, match=r"checksum mismatch staging package .* the copy was removed"
     ):
-        stage_inputs(_sessions(engine), ctx)
+        stage_inputs(engine.begin, ctx)
     assert not (ctx.location.path / ".staging" / archive_path.name).exists()
 
 
@@ -161,7 +157,7 @@ def test_without_a_disk_copy_a_staging_job_is_created_and_awaited(
 
     server = threading.Thread(target=transfer_system)
     server.start()
-    (raw,) = stage_inputs(_sessions(engine), ctx, poll_s=0.1)
+    (raw,) = stage_inputs(engine.begin, ctx, poll_s=0.1)
     server.join()
     assert raw.host_path.read_bytes() == saved.read_bytes()
     with Session(engine) as session:
@@ -185,7 +181,7 @@ def test_a_staging_job_that_is_not_served_times_out(engine: Engine, run_id: int)
     with pytest.raises(
         StagingError, match=r"staging job \d+ for package .* did not complete within 0.3 s"
     ):
-        stage_inputs(_sessions(engine), ctx, poll_s=0.1)
+        stage_inputs(engine.begin, ctx, poll_s=0.1)
 
 
 def test_an_unexpected_error_fails_the_run_instead_of_leaving_it_in_flight(
