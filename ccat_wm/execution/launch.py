@@ -9,13 +9,14 @@ argument list, and `shlex.join` of it is stored as the run's `execution_command`
 
 from __future__ import annotations
 
-import json
 import shlex
 import string
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ccat_wm.errors import ConfigurationError
 from ccat_wm.execution.context import RunContext
@@ -93,9 +94,13 @@ def build_manifest(ctx: RunContext, staged: Sequence[StagedInput]) -> dict[str, 
 
 
 def write_manifest(layout: RunLayout, manifest: Mapping[str, Any]) -> None:
-    """Write the manifest atomically."""
+    """Write the manifest atomically (indented, keys sorted, UTF-8).
+
+    orjson rather than `json`: with indentation the standard library encodes in pure
+    Python, which took over a millisecond per run for the metadata of the inputs.
+    """
     tmp = layout.manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     tmp.replace(layout.manifest)
 
 

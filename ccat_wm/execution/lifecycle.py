@@ -84,9 +84,12 @@ def _update(target: RunStatus, sources: tuple[RunStatus, ...], keys: tuple[str, 
     if target is S.PENDING:
         changes.setdefault("retry_count", table.c.retry_count + 1)
         changes.setdefault("finished_at", None)
+    # One source (every move of the executor): a plain comparison; an IN list would be
+    # rendered again for every execution ("expanding" parameter).
+    source = table.c.status == sources[0] if len(sources) == 1 else table.c.status.in_(sources)
     return (
         update(table)
-        .where(table.c.id == bindparam("run_id"), table.c.status.in_(sources))
+        .where(table.c.id == bindparam("run_id"), source)
         .values(changes)
         .returning(table.c.id)
     )
