@@ -1,6 +1,6 @@
 """Benchmark of orchestration overhead: no-op sub-group runs through the whole lifecycle.
 
-    python bench/overhead_bench.py [--sizes 200,1000] [--workers 8]
+    python bench/overhead_bench.py [--sizes 200,1000] [--workers 8] [--repeat 3]
 
 For each size N, in one run and with the same parallelism W (threads):
 - direct: N no-op processes (`true`) launched with subprocess from a pool of W threads;
@@ -9,7 +9,10 @@ For each size N, in one run and with the same parallelism W (threads):
   pipeline flow: gap evaluation, PENDING runs, staging (hard links of the raw data),
   manifest, local backend, polling, result collection (the captured log), every
   transition committed to the ops DB, the step's global concurrency limit (W slots).
-Prints wall times and the per-run overhead above direct launch in ms (target: <= 25).
+Prints wall times and the per-run overhead above direct launch in ms (target: <= 25),
+for every run and the median of each size (each run in a fresh process and Prefect
+server), then the marginal overhead per run between the smallest and largest size, in
+which the fixed costs of a flow run cancel out.
 Uses Prefect's ephemeral server (started once, before timing; in a fresh PREFECT_HOME
 unless one is set) or the server of PREFECT_API_URL, and a throwaway ops DB.
 """
@@ -17,7 +20,9 @@ unless one is set) or the server of PREFECT_API_URL, and a throwaway ops DB.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,55 +160,95 @@ def lifecycle(
     return elapsed, completed, result.flow_run_id, (cpu[0], cpu[1])
 
 
+COLUMNS = (
+    ("runs", 5, "{:>5}"),
+    ("direct s", 9, "{:>9.2f}"),
+    ("map s", 7, "{:>7.2f}"),
+    ("lifecycle s", 11, "{:>11.2f}"),
+    ("completed", 9, "{:>9}"),
+    ("map ms/run", 10, "{:>10.1f}"),
+    ("overhead ms/run", 15, "{:>15.1f}"),
+    ("map lag s", 9, "{:>9.1f}"),
+    ("flow lag s", 10, "{:>10.1f}"),
+    ("map CPU ms/run", 14, "{:>14.1f}"),
+    ("flow CPU ms/run", 15, "{:>15.1f}"),
+    ("server CPU ms/run", 17, "{:>17.1f}"),
+)
+
+
+def row_text(row: dict[str, float], label: str = "") -> str:
+    cells = " ".join(fmt.format(row[name]) for name, _, fmt in COLUMNS)
+    return f"{cells}  {label}".rstrip()
+
+
+def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(r[name] for r in rows) for name, _, _ in COLUMNS}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="200,1000")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (medians)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one is None:  # each size in its own process: fresh Prefect server and caches
+    if args.one is None:  # each run in its own process: fresh Prefect server and caches
         # A fresh Prefect home: the ephemeral server's SQLite database grows with every
         # run recorded in it (and slows down), so a reused ~/.prefect skews the numbers.
         os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
-        print(f"W = {args.workers} threads")
-        print(f"{'runs':>5} {'direct s':>9} {'map s':>7} {'lifecycle s':>11} {'completed':>9} "
-              f"{'map ms/run':>10} {'overhead ms/run':>15} {'map lag s':>9} {'flow lag s':>10} "
-              f"{'map CPU ms/run':>14} {'flow CPU ms/run':>15} {'server CPU ms/run':>17}",
-              flush=True)  # fmt: skip
-        for n in args.sizes.split(","):
-            subprocess.run(
-                [sys.executable, __file__, "--one", n, "--workers", str(args.workers)], check=True
+        print(f"W = {args.workers} threads, {args.repeat} run(s) per size")
+        print(" ".join(f"{name:>{width}}" for name, width, _ in COLUMNS), flush=True)
+        medians = {}
+        for n in (int(size) for size in args.sizes.split(",")):
+            rows = []
+            for _ in range(args.repeat):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", str(n), "--workers", str(args.workers)],
+                    check=True, capture_output=True, text=True,
+                ).stdout  # fmt: skip
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                print(row_text(rows[-1]), flush=True)
+            medians[n] = median_row(rows)
+            print(row_text(medians[n], "median"), flush=True)
+        if len(medians) >= 2:  # fixed costs of a flow run (start, wave, artifacts) cancel out
+            small, large = min(medians), max(medians)
+            extra = (medians[large]["lifecycle s"] - medians[small]["lifecycle s"]) - (
+                medians[large]["direct s"] - medians[small]["direct s"]
+            )
+            print(
+                f"marginal overhead per run, from {small} to {large} runs (medians): "
+                f"{extra / (large - small) * 1000:.1f} ms"
             )
         return
     os.environ["CCAT_WM_FLOW_WORKERS"] = str(args.workers)
     from bench.common import scratch_database
 
+    n = args.one
     prefect_map(10, args.workers)  # start the ephemeral server before timing
-    for n in [args.one]:
-        with (
-            scratch_database(f"ccat_wm_overhead_{os.getpid()}_{n}") as url,
-            tempfile.TemporaryDirectory() as tmp,
-        ):
-            d = direct(n, args.workers)
-            map_cpu_before = cpu_seconds()[0]
-            p, map_run = prefect_map(n, args.workers)
-            map_cpu = cpu_seconds()[0] - map_cpu_before
-            map_lag = wait_until_recorded(map_run, n)
-            life, completed, life_run, (flow_cpu, server_cpu) = lifecycle(
-                n, args.workers, url, Path(tmp)
-            )
-            # the flow's own tasks too: prepare-wave, ensure-concurrency-limits, artifacts
-            life_lag = wait_until_recorded(life_run, n + 3)
-            print(
-                f"{n:>5} {d:>9.2f} {p:>7.2f} {life:>11.2f} {completed:>9} "
-                f"{(p - d) / n * 1000:>10.1f} {(life - d) / n * 1000:>15.1f} "
-                f"{map_lag:>9.1f} {life_lag:>10.1f} "
-                f"{map_cpu / n * 1000:>14.1f} {flow_cpu / n * 1000:>15.1f} "
-                f"{server_cpu / n * 1000:>17.1f}",
-                flush=True,
-            )
+    with (
+        scratch_database(f"ccat_wm_overhead_{os.getpid()}_{n}") as url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        d = direct(n, args.workers)
+        map_cpu_before = cpu_seconds()[0]
+        p, map_run = prefect_map(n, args.workers)
+        map_cpu = cpu_seconds()[0] - map_cpu_before
+        map_lag = wait_until_recorded(map_run, n)
+        life, completed, life_run, (flow_cpu, server_cpu) = lifecycle(
+            n, args.workers, url, Path(tmp)
+        )
+        # the flow's own tasks too: prepare-wave, ensure-concurrency-limits, artifacts
+        life_lag = wait_until_recorded(life_run, n + 3)
+    per_run = 1000 / n
+    row = {
+        "runs": n, "direct s": d, "map s": p, "lifecycle s": life, "completed": completed,
+        "map ms/run": (p - d) * per_run, "overhead ms/run": (life - d) * per_run,
+        "map lag s": map_lag, "flow lag s": life_lag, "map CPU ms/run": map_cpu * per_run,
+        "flow CPU ms/run": flow_cpu * per_run, "server CPU ms/run": server_cpu * per_run,
+    }  # fmt: skip
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import String, TextClause, case, func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, TextClause, case, cast, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.sql.selectable import Subquery
 
 from ccat_ops_db import models as m
@@ -48,6 +49,46 @@ def _in_flight_index_where() -> TextClause:
     return text(f"status IN ({statuses})")
 
 
+def _insert_runs(step: StepInfo, version_id: int, gaps: Sequence[Gap]) -> ReturningInsert[int, str]:
+    """One INSERT .. SELECT FROM unnest(arrays) of a step's PENDING runs, in key order.
+
+    Three array parameters, whatever the number of runs: a multi-row VALUES list would
+    be a statement of its own size for every batch of 1,000 runs (a wave of 100,000
+    sub-groups, and the driver parses each of those statements on the client).
+    """
+    rows = (
+        func.unnest(
+            cast([g.sub_group_key for g in gaps], ARRAY(String)),
+            cast([_REASONS[g.reason].value for g in gaps], ARRAY(String)),
+            cast([g.input_fingerprint for g in gaps], ARRAY(String)),
+        )
+        .table_valued("sub_group_key", "reason", "input_fingerprint", with_ordinality="ord")
+        .render_derived()
+    )
+    source = select(
+        literal(step.id),
+        literal(version_id),
+        literal(m.RunStatus.PENDING, RUN.status.type),
+        rows.c.sub_group_key,
+        cast(rows.c.reason, RUN.reason.type),
+        rows.c.input_fingerprint,
+        literal(step.config_fingerprint, String),
+    ).order_by(rows.c.ord)
+    columns = [
+        "reduction_step_id", "reduction_software_version_id", "status", "sub_group_key",
+        "reason", "input_fingerprint", "config_fingerprint",
+    ]  # fmt: skip
+    return (
+        insert(RUN)
+        .from_select(columns, source)
+        .on_conflict_do_nothing(
+            index_elements=["reduction_step_id", "sub_group_key"],
+            index_where=_in_flight_index_where(),
+        )
+        .returning(RUN.id, RUN.sub_group_key)
+    )
+
+
 def create_runs(
     session: Session, snapshot: PipelineSnapshot, gaps: Sequence[Gap]
 ) -> list[CreatedRun]:
@@ -68,27 +109,8 @@ def create_runs(
         step_gaps = [g for g in due if g.step == step.name]
         if not step_gaps or step.run_version is None:
             continue
-        rows = [
-            {
-                "reduction_step_id": step.id,
-                "reduction_software_version_id": step.run_version.id,
-                "status": m.RunStatus.PENDING,
-                "sub_group_key": g.sub_group_key,
-                "reason": _REASONS[g.reason],
-                "input_fingerprint": g.input_fingerprint,
-                "config_fingerprint": step.config_fingerprint,
-            }
-            for g in step_gaps
-        ]
-        statement = (
-            insert(RUN)
-            .on_conflict_do_nothing(
-                index_elements=["reduction_step_id", "sub_group_key"],
-                index_where=_in_flight_index_where(),
-            )
-            .returning(RUN.id, RUN.sub_group_key)
-        )
-        new = {key: run_id for run_id, key in session.execute(statement, rows)}
+        statement = _insert_runs(step, step.run_version.id, step_gaps)
+        new = {key: run_id for run_id, key in session.execute(statement)}
         if not new:
             continue
         new_runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values())))
