@@ -14,7 +14,9 @@ for every run and the median of each size (each run in a fresh process and Prefe
 server), then the marginal overhead per run between the smallest and largest size, in
 which the fixed costs of a flow run cancel out.
 Uses Prefect's ephemeral server (started once, before timing; in a fresh PREFECT_HOME
-unless one is set) or the server of PREFECT_API_URL, and a throwaway ops DB.
+unless one is set, on a throwaway PostgreSQL database unless
+PREFECT_API_DATABASE_CONNECTION_URL is set) or the server of PREFECT_API_URL, and a
+throwaway ops DB.
 """
 
 from __future__ import annotations
@@ -223,14 +225,15 @@ def main() -> None:
             )
         return
     os.environ["CCAT_WM_FLOW_WORKERS"] = str(args.workers)
-    from bench.common import scratch_database
+    from bench.common import prefect_database, scratch_database
 
     n = args.one
-    prefect_map(10, args.workers)  # start the ephemeral server before timing
     with (
+        prefect_database(),
         scratch_database(f"ccat_wm_overhead_{os.getpid()}_{n}") as url,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        prefect_map(10, args.workers)  # start the ephemeral server before timing
         d = direct(n, args.workers)
         map_cpu_before = cpu_seconds()[0]
         p, map_run = prefect_map(n, args.workers)

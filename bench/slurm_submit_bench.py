@@ -100,19 +100,21 @@ def main() -> None:
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
-    from bench.common import scratch_database
+    from bench.common import prefect_database, scratch_database
     from ccat_ops_db import migrate
     from ccat_ops_db import models as m
     from ccat_wm.db import get_engine, normalize_db_url
     from ccat_wm.simulate.register import SimulationRequest, register_simulation
     from ccat_wm.spec.apply import apply_specs
     from ccat_wm.spec.loader import load_spec_files
-    from flows.run import run_pipeline
 
     with (
+        prefect_database(),  # before Prefect is imported (and its server started)
         tempfile.TemporaryDirectory() as tmp,
         scratch_database(f"ccat_wm_slurm_bench_{os.getpid()}") as url,
     ):
+        from flows.run import run_pipeline
+
         root = Path(tmp)
         calls_log = counting_path(root)
         loop_s = plain_loop(n, root)
