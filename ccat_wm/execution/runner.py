@@ -290,8 +290,7 @@ class RunExecutor:
                             backend.cancel(job_id)
                             return None, marked_running
                 if info.state is JobState.RUNNING and not marked_running:
-                    with self._transaction() as conn:
-                        self._move(conn, run_id, S.RUNNING, expected=S.SUBMITTED)
+                    self._move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
                     marked_running = True
                 if info.state is JobState.UNKNOWN:
                     unknown_since = unknown_since or time.monotonic()

@@ -101,3 +101,24 @@ def test_unknown_jobs_and_backends(tmp_path: Path) -> None:
         LocalBackend(tmp_path).submit(
             JobSpec("x", ("/nonexistent/prog",), {}, tmp_path, tmp_path / "x.log")
         )
+
+
+def test_wait_returns_when_the_job_ends_not_after_the_timeout(tmp_path: Path) -> None:
+    """The watcher is woken by the job's end (a short job is not held up by polling)."""
+    backend = LocalBackend(tmp_path / "jobs")
+    job_id = backend.submit(spec(tmp_path, "import time; time.sleep(0.3)"))
+    start = time.monotonic()
+    backend.wait(job_id, 20.0)
+    waited = time.monotonic() - start
+    assert backend.status(job_id).state is JobState.COMPLETED
+    assert waited < 10.0, f"wait slept {waited:.1f} s of its 20 s timeout after the job ended"
+    backend.forget(job_id)
+    # forgotten by this process, the outcome is still read from the job's state file
+    assert backend.status(job_id).state is JobState.COMPLETED
+
+
+def test_wait_for_a_job_of_another_process_sleeps_its_interval(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "jobs")
+    start = time.monotonic()
+    backend.wait("999999999", 0.2)
+    assert time.monotonic() - start >= 0.2
