@@ -162,29 +162,37 @@ def lifecycle(
     return elapsed, completed, result.flow_run_id, (cpu[0], cpu[1])
 
 
-COLUMNS = (
-    ("runs", 5, "{:>5}"),
-    ("direct s", 9, "{:>9.2f}"),
-    ("map s", 7, "{:>7.2f}"),
-    ("lifecycle s", 11, "{:>11.2f}"),
-    ("completed", 9, "{:>9}"),
-    ("map ms/run", 10, "{:>10.1f}"),
-    ("overhead ms/run", 15, "{:>15.1f}"),
-    ("map lag s", 9, "{:>9.1f}"),
-    ("flow lag s", 10, "{:>10.1f}"),
-    ("map CPU ms/run", 14, "{:>14.1f}"),
-    ("flow CPU ms/run", 15, "{:>15.1f}"),
-    ("server CPU ms/run", 17, "{:>17.1f}"),
-)
+COLUMNS = {
+    "runs": "d",
+    "direct s": ".2f",
+    "map s": ".2f",
+    "lifecycle s": ".2f",
+    "completed": "d",
+    "map ms/run": ".1f",
+    "overhead ms/run": ".1f",
+    "map lag s": ".1f",
+    "flow lag s": ".1f",
+    "map CPU ms/run": ".1f",
+    "flow CPU ms/run": ".1f",
+    "server CPU ms/run": ".1f",
+}
+"""The printed columns and their number formats; each as wide as its name (at least 5)."""
+
+
+def _width(name: str) -> int:
+    return max(len(name), 5)
 
 
 def row_text(row: dict[str, float], label: str = "") -> str:
-    cells = " ".join(fmt.format(row[name]) for name, _, fmt in COLUMNS)
+    cells = " ".join(
+        f"{(int(row[name]) if spec == 'd' else row[name]):>{_width(name)}{spec}}"
+        for name, spec in COLUMNS.items()
+    )
     return f"{cells}  {label}".rstrip()
 
 
 def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {name: statistics.median(r[name] for r in rows) for name, _, _ in COLUMNS}
+    return {name: statistics.median(r[name] for r in rows) for name in COLUMNS}
 
 
 def main() -> None:
@@ -201,7 +209,7 @@ def main() -> None:
         # run recorded in it (and slows down), so a reused ~/.prefect skews the numbers.
         os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
         print(f"W = {args.workers} threads, {args.repeat} run(s) per size")
-        print(" ".join(f"{name:>{width}}" for name, width, _ in COLUMNS), flush=True)
+        print(" ".join(f"{name:>{_width(name)}}" for name in COLUMNS), flush=True)
         medians = {}
         for n in (int(size) for size in args.sizes.split(",")):
             rows = []
