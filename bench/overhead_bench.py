@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -203,35 +204,59 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (medians)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is None:  # each run in its own process: fresh Prefect server and caches
-        # A fresh Prefect home: the ephemeral server's SQLite database grows with every
-        # run recorded in it (and slows down), so a reused ~/.prefect skews the numbers.
-        os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
-        print(f"W = {args.workers} threads, {args.repeat} run(s) per size")
-        print(" ".join(f"{name:>{_width(name)}}" for name in COLUMNS), flush=True)
-        medians = {}
-        for n in (int(size) for size in args.sizes.split(",")):
-            rows = []
-            for _ in range(args.repeat):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--one", str(n), "--workers", str(args.workers)],
-                    check=True, capture_output=True, text=True,
-                ).stdout  # fmt: skip
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-                print(row_text(rows[-1]), flush=True)
-            medians[n] = median_row(rows)
-            print(row_text(medians[n], "median"), flush=True)
-        if len(medians) >= 2:  # fixed costs of a flow run (start, wave, artifacts) cancel out
-            small, large = min(medians), max(medians)
-            extra = (medians[large]["lifecycle s"] - medians[small]["lifecycle s"]) - (
-                medians[large]["direct s"] - medians[small]["direct s"]
-            )
-            print(
-                f"marginal overhead per run, from {small} to {large} runs (medians): "
-                f"{extra / (large - small) * 1000:.1f} ms"
-            )
+        root = tempfile.mkdtemp(prefix="ccat-bench-overhead-")
+        try:
+            run_all(args, root)
+        finally:  # only now: see `run_all`
+            shutil.rmtree(root, ignore_errors=True)
         return
+    one(args)
+
+
+def run_all(args: argparse.Namespace, root: str) -> None:
+    """Run each size `--repeat` times, each in a fresh process, and print rows and medians.
+
+    The runs' directories stay under `root` until the whole benchmark is over: on an ext4
+    without a journal (this project's development machines) each file or directory made
+    within a few minutes after many were deleted pays a lookup per deleted inode in its
+    block group (the kernel's `recently_deleted`), which made the run directories of the
+    next run cost 3-6 ms of system time each; that is this benchmark's cleanup, not the
+    lifecycle's cost.
+    """
+    # A fresh Prefect home: the ephemeral server's SQLite database grows with every
+    # run recorded in it (and slows down), so a reused ~/.prefect skews the numbers.
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-", dir=root))
+    print(f"W = {args.workers} threads, {args.repeat} run(s) per size")
+    print(" ".join(f"{name:>{_width(name)}}" for name in COLUMNS), flush=True)
+    medians = {}
+    for n in (int(size) for size in args.sizes.split(",")):
+        rows = []
+        for _ in range(args.repeat):
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", str(n), "--workers", str(args.workers),
+                 "--root", root],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(row_text(rows[-1]), flush=True)
+        medians[n] = median_row(rows)
+        print(row_text(medians[n], "median"), flush=True)
+    if len(medians) >= 2:  # fixed costs of a flow run (start, wave, artifacts) cancel out
+        small, large = min(medians), max(medians)
+        extra = (medians[large]["lifecycle s"] - medians[small]["lifecycle s"]) - (
+            medians[large]["direct s"] - medians[small]["direct s"]
+        )
+        print(
+            f"marginal overhead per run, from {small} to {large} runs (medians): "
+            f"{extra / (large - small) * 1000:.1f} ms"
+        )
+
+
+def one(args: argparse.Namespace) -> None:
+    """Measure one size in this process and print its row as JSON."""
     os.environ["CCAT_WM_FLOW_WORKERS"] = str(args.workers)
     from bench.common import prefect_database, scratch_database
 
@@ -239,8 +264,8 @@ def main() -> None:
     with (
         prefect_database(),
         scratch_database(f"ccat_wm_overhead_{os.getpid()}_{n}") as url,
-        tempfile.TemporaryDirectory() as tmp,
     ):
+        tmp = tempfile.mkdtemp(dir=args.root)  # removed with the root, after all runs
         prefect_map(10, args.workers)  # start the ephemeral server before timing
         d = direct(n, args.workers)
         map_cpu_before = cpu_seconds()[0]
