@@ -10,7 +10,8 @@ stopped. The ops DB is read for a cancel at most every `CANCEL_CHECK_S` while po
 a cancel that lands after the job finished still wins, since the next move fails.
 
 A run checks out one ops DB connection for its start (claim, context, staging record,
-SUBMITTED) and one for its end (RUNNING, COLLECTING_RESULTS, products, final status),
+SUBMITTED, and RUNNING in the same commit when the job runs at once, as a local process
+does) and one for its end (RUNNING, COLLECTING_RESULTS, products, final status),
 and none while the job runs: each checkout pings the server, and for short jobs the
 database round trips are most of what a run costs the flow process.
 """
@@ -152,7 +153,8 @@ class RunExecutor:
             return self._resume(ctx)
         if isinstance(started, RunOutcome):
             return started
-        return self._follow(ctx, ctx.retry_count, *started, running=False)
+        backend, job_id, running = started
+        return self._follow(ctx, ctx.retry_count, backend, job_id, running=running)
 
     def _start(self, ctx: RunContext, attempt: int) -> RunOutcome:
         """Stage, submit and record the job of a run in STAGING_DATA, then follow it."""
@@ -160,12 +162,16 @@ class RunExecutor:
             started = self._submit(ctx, attempt, conn)
         if isinstance(started, RunOutcome):
             return started
-        return self._follow(ctx, attempt, *started, running=False)
+        backend, job_id, running = started
+        return self._follow(ctx, attempt, backend, job_id, running=running)
 
     def _submit(
         self, ctx: RunContext, attempt: int, conn: Connection
-    ) -> RunOutcome | tuple[Backend, str]:
-        """Stage, submit, record SUBMITTED; return the backend and job id, or how the run ended."""
+    ) -> RunOutcome | tuple[Backend, str, bool]:
+        """Stage, submit, record SUBMITTED (and RUNNING if it runs already).
+
+        Returns the backend, the job id and whether RUNNING is recorded, or how the run ended.
+        """
         run_id = ctx.run_id
         try:
             spec, backend = self._prepare(ctx, attempt, conn)
@@ -174,16 +180,30 @@ class RunExecutor:
             return self._fail(
                 ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn
             )
+        running = self._runs_already(backend, job_id)
         try:
             with self._transaction(conn):
                 self._move(
                     conn, run_id, S.SUBMITTED, expected=S.STAGING_DATA,
                     hpc_job_id=job_id, execution_command=display_command(spec),
                 )  # fmt: skip
+                if running:
+                    self._move(conn, run_id, S.RUNNING, expected=S.SUBMITTED)
         except TransitionError as exc:
             backend.cancel(job_id)
             return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
-        return backend, job_id
+        return backend, job_id, running
+
+    @staticmethod
+    def _runs_already(backend: Backend, job_id: str) -> bool:
+        """Tell if a just-submitted job runs already (then RUNNING shares SUBMITTED's commit).
+
+        Never raises: the job id must be recorded first; the watch asks again anyway.
+        """
+        try:
+            return backend.status(job_id).state is JobState.RUNNING
+        except Exception:
+            return False
 
     def _follow(
         self, ctx: RunContext, attempt: int, backend: Backend, job_id: str, *, running: bool
