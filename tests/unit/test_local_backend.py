@@ -122,3 +122,19 @@ def test_wait_for_a_job_of_another_process_sleeps_its_interval(tmp_path: Path) -
     start = time.monotonic()
     backend.wait("999999999", 0.2)
     assert time.monotonic() - start >= 0.2
+
+
+def test_the_end_record_is_a_second_file_and_replaces_none(tmp_path: Path) -> None:
+    """Start and end are two files: no state write deletes an inode (see `_write`)."""
+    backend = LocalBackend(tmp_path / "jobs")
+    job_id = backend.submit(spec(tmp_path, "import time; time.sleep(0.3)"))
+    start_record = tmp_path / "jobs" / f"{job_id}.json"
+    inode = start_record.stat().st_ino
+    assert wait(backend, job_id) is JobState.COMPLETED
+    assert start_record.stat().st_ino == inode
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [
+        f"{job_id}.end.json",
+        f"{job_id}.json",
+    ]
+    # Another process reads the end record, not the start record (which says RUNNING).
+    assert LocalBackend(tmp_path / "jobs").status(job_id).state is JobState.COMPLETED
