@@ -10,8 +10,8 @@ stopped. The ops DB is read for a cancel at most every `CANCEL_CHECK_S` while po
 a cancel that lands after the job finished still wins, since the next move fails.
 
 A run checks out one ops DB connection for its start (claim, context, staging record,
-SUBMITTED, and RUNNING in the same commit when the job runs at once, as a local process
-does) and one for its end (RUNNING, COLLECTING_RESULTS, products, final status),
+SUBMITTED, and RUNNING in the same commit for a backend whose jobs start at once, as
+local processes do) and one for its end (RUNNING, COLLECTING_RESULTS, products, final status),
 and none while the job runs: each checkout pings the server, and for short jobs the
 database round trips are most of what a run costs the flow process.
 """
@@ -180,7 +180,7 @@ class RunExecutor:
             return self._fail(
                 ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn
             )
-        running = self._runs_already(backend, job_id)
+        running = backend.starts_at_once
         try:
             with self._transaction(conn):
                 self._move(
@@ -193,17 +193,6 @@ class RunExecutor:
             backend.cancel(job_id)
             return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
         return backend, job_id, running
-
-    @staticmethod
-    def _runs_already(backend: Backend, job_id: str) -> bool:
-        """Tell if a just-submitted job runs already (then RUNNING shares SUBMITTED's commit).
-
-        Never raises: the job id must be recorded first; the watch asks again anyway.
-        """
-        try:
-            return backend.status(job_id).state is JobState.RUNNING
-        except Exception:
-            return False
 
     def _follow(
         self, ctx: RunContext, attempt: int, backend: Backend, job_id: str, *, running: bool

@@ -99,6 +99,9 @@ class Backend(ABC):
 
     name: str = ""
     """Registry key: the `backend` value of a processing location."""
+    starts_at_once: bool = False
+    """A submitted job is already running (a local process), not queued: the runner then
+    records RUNNING in the same commit as SUBMITTED."""
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:

@@ -87,6 +87,7 @@ class LocalBackend(Backend):
     """Runs jobs as local subprocesses; see the module docstring."""
 
     name = "local"
+    starts_at_once = True
 
     def __init__(self, state_dir: Path) -> None:
         """Keep job state files under `state_dir`."""
