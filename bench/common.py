@@ -63,9 +63,10 @@ def prefect_database() -> Iterator[None]:
     """Give this process's ephemeral Prefect server a throwaway PostgreSQL database.
 
     Unless PREFECT_API_URL or PREFECT_API_DATABASE_CONNECTION_URL is set. Call before
-    Prefect starts its server; the database is dropped when the process exits. A reused database skews the numbers: with 50,000 task
-    runs and 150,000 events recorded in it, the server needed over twice the CPU per
-    task run; and Prefect's default, SQLite, fails under a wide flow's load.
+    Prefect starts its server; the database is dropped when the process exits. A reused
+    database skews the numbers: with 50,000 task runs and 150,000 events recorded in it,
+    the server needed over twice the CPU per task run; and Prefect's default, SQLite,
+    fails under a wide flow's load.
     """
     if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
         yield

@@ -222,12 +222,11 @@ def run_all(args: argparse.Namespace, root: str) -> None:
     The runs' directories stay under `root` until the whole benchmark is over: on an ext4
     without a journal (this project's development machines) each file or directory made
     within a few minutes after many were deleted pays a lookup per deleted inode in its
-    block group (the kernel's `recently_deleted`), which made the run directories of the
-    next run cost 3-6 ms of system time each; that is this benchmark's cleanup, not the
-    lifecycle's cost.
+    block group (the kernel's `recently_deleted`), which cost the next run 3-6 ms of system
+    time per sub-group run; that is this benchmark's cleanup, not the lifecycle's cost.
     """
-    # A fresh Prefect home: the ephemeral server's SQLite database grows with every
-    # run recorded in it (and slows down), so a reused ~/.prefect skews the numbers.
+    # A fresh Prefect home, not the user's ~/.prefect (each run's server database is a
+    # throwaway PostgreSQL one: `bench.common.prefect_database`).
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-", dir=root))
     print(f"W = {args.workers} threads, {args.repeat} run(s) per size")
     print(" ".join(f"{name:>{_width(name)}}" for name in COLUMNS), flush=True)
