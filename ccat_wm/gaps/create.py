@@ -12,9 +12,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import String, TextClause, case, cast, func, literal, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    TextClause,
+    any_,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.sql.selectable import Subquery
 
@@ -47,6 +60,15 @@ class CreatedRun:
 def _in_flight_index_where() -> TextClause:
     statuses = ", ".join(f"'{s.value}'" for s in m.IN_FLIGHT_STATUSES)
     return text(f"status IN ({statuses})")
+
+
+def _id_in(column: InstrumentedAttribute[int], ids: list[int]) -> ColumnElement[bool]:
+    """`column = ANY(:ids)` with one array parameter, however many ids.
+
+    An expanding `IN (...)` sends one parameter per id, and PostgreSQL takes at most
+    65,535 per statement: a wave of 100k new runs of one step exceeds that.
+    """
+    return column == any_(cast(ids, ARRAY(Integer)))
 
 
 def _insert_runs(step: StepInfo, version_id: int, gaps: Sequence[Gap]) -> ReturningInsert[int, str]:
@@ -113,7 +135,7 @@ def create_runs(
         new = {key: run_id for run_id, key in session.execute(statement)}
         if not new:
             continue
-        new_runs = select(RUN.id, RUN.sub_group_key).where(RUN.id.in_(list(new.values())))
+        new_runs = select(RUN.id, RUN.sub_group_key).where(_id_in(RUN.id, list(new.values())))
         if step.upstream:
             _record_product_inputs(
                 session, grouping, snapshot.steps, order[step.name], new_runs.subquery()
@@ -196,7 +218,7 @@ def _refresh_fingerprints(session: Session, run_ids: list[int]) -> None:
             func.count().label("n"),
             func.sum(digest).label("hash_sum"),
         )
-        .where(INPUT.executed_reduction_step_id.in_(run_ids))
+        .where(_id_in(INPUT.executed_reduction_step_id, run_ids))
         .group_by(INPUT.executed_reduction_step_id)
         .subquery()
     )

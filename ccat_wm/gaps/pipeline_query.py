@@ -29,6 +29,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     String,
+    any_,
     bindparam,
     cast,
     func,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.selectable import CTE, Subquery
 
 from ccat_ops_db import models as m
@@ -176,7 +178,9 @@ def _root_part(
         inner.c.cur_input != fingerprint,
         inner.c.cur_config != step.config_fingerprint,
         inner.c.cur_version_id.not_in(step.valid_version_ids or [-1]),
-        inner.c.key.in_(bindparam(in_flight_param(index), expanding=True)),
+        # One array parameter (an expanding IN sends one per key, and PostgreSQL takes
+        # at most 65,535 per statement: a wave of 100k runs in flight exceeds that).
+        inner.c.key == any_(bindparam(in_flight_param(index), type_=ARRAY(String))),
     )
     columns = [c for c in inner.c if c.name not in ("root_n", "root_h")]
     return select(*columns).where(may_have_gap if prune else true())
