@@ -50,6 +50,22 @@ def sacct(job_id: str, fields: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines()]
 
 
+def accounted_job(job_id: str, fields: str, timeout: float = 30.0) -> list[str]:
+    """The job's own accounting row, once slurmdbd has recorded its name.
+
+    slurmdbd's record of an array task can lag behind the job's end: once, right after a
+    flow ended, a task's row was COMPLETED while its name still read "allocation" (the
+    name accounting gives a job it has no name for yet). The row is read again until the
+    name is there; a name that never comes still fails the caller's assertions.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        (row,) = [r for r in sacct(job_id, fields) if r[0] == job_id]
+        if row[1] != "allocation" or time.monotonic() > deadline:
+            return row
+        time.sleep(0.5)
+
+
 def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -70,11 +86,7 @@ def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
     arrays = {j.split("_")[0] for j in job_ids if "_" in j}
     assert arrays and len(arrays) + sum("_" not in j for j in job_ids) < 6  # batched
     for run in done:
-        (row,) = [
-            r
-            for r in sacct(run.hpc_job_id, "JobID,JobName,State,ElapsedRaw")
-            if r[0] == run.hpc_job_id
-        ]
+        row = accounted_job(run.hpc_job_id, "JobID,JobName,State,ElapsedRaw")
         assert row[2] == "COMPLETED"
         assert row[1].startswith("ccat-run-") and "-a0-reduce" in row[1]
         assert run.processing_time_s == float(row[3]) and run.processing_time_s >= 1
@@ -206,8 +218,15 @@ def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
     run = runs(engine)[0].ExecutedReductionStep
     assert (run.status, run.retry_count) == (m.RunStatus.COMPLETED, 0)
     assert history(engine, run.id).count("SUBMITTED") == 1
-    jobs = [r for r in sacct_by_name(f"ccat-run-{run.id}-", since) if "." not in r[0]]
-    assert [r[0] for r in jobs] == [run.hpc_job_id]  # one SLURM job, never resubmitted
+    # One SLURM job, never resubmitted. Read again while accounting may still lack the
+    # job's name (see `accounted_job`); a second job never goes away, so that still fails.
+    deadline = time.monotonic() + 30
+    while True:
+        jobs = [r[0] for r in sacct_by_name(f"ccat-run-{run.id}-", since) if "." not in r[0]]
+        if jobs == [run.hpc_job_id] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert jobs == [run.hpc_job_id]
     with Session(engine) as session:
         paths = session.scalars(
             select(m.DataProduct.file_path).where(
