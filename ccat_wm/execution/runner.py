@@ -11,8 +11,8 @@ a cancel that lands after the job finished still wins, since the next move fails
 
 A run checks out one ops DB connection for its start (claim, context, staging record,
 SUBMITTED, and RUNNING in the same commit for a backend whose jobs start at once, as
-local processes do) and one for its end (RUNNING, COLLECTING_RESULTS, products, final status),
-and none while the job runs: each checkout pings the server, and for short jobs the
+local processes do) and one for its end (RUNNING, COLLECTING_RESULTS, products, final
+status), and none while the job runs: each checkout pings the server, and for short jobs the
 database round trips are most of what a run costs the flow process.
 """
 
@@ -151,15 +151,18 @@ class RunExecutor:
                 started = self._submit(ctx, ctx.retry_count, conn)
         if resume:
             return self._resume(ctx)
-        if isinstance(started, RunOutcome):
-            return started
-        backend, job_id, running = started
-        return self._follow(ctx, ctx.retry_count, backend, job_id, running=running)
+        return self._follow_submitted(ctx, ctx.retry_count, started)
 
     def _start(self, ctx: RunContext, attempt: int) -> RunOutcome:
         """Stage, submit and record the job of a run in STAGING_DATA, then follow it."""
         with self.engine.connect() as conn:
             started = self._submit(ctx, attempt, conn)
+        return self._follow_submitted(ctx, attempt, started)
+
+    def _follow_submitted(
+        self, ctx: RunContext, attempt: int, started: RunOutcome | tuple[Backend, str, bool]
+    ) -> RunOutcome:
+        """Follow what `_submit` started (after its connection went back to the pool)."""
         if isinstance(started, RunOutcome):
             return started
         backend, job_id, running = started

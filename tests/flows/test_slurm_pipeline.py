@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -26,6 +27,7 @@ from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import history, runs
 from tests.helpers import SLURM_TEST_SETTINGS, run_cli
 
+T = TypeVar("T")
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server", "slurm_cluster")]
 
 
@@ -50,20 +52,28 @@ def sacct(job_id: str, fields: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines()]
 
 
-def accounted_job(job_id: str, fields: str, timeout: float = 30.0) -> list[str]:
-    """The job's own accounting row, once slurmdbd has recorded its name.
+def reread_accounting(read: Callable[[], T], settled: Callable[[T], bool]) -> T:
+    """Call `read` until `settled` holds or 30 s passed; return the last value.
 
-    slurmdbd's record of an array task can lag behind the job's end: once, right after a
-    flow ended, a task's row was COMPLETED while its name still read "allocation" (the
-    name accounting gives a job it has no name for yet). The row is read again until the
-    name is there; a name that never comes still fails the caller's assertions.
+    slurmdbd's records can lag behind a job's end: once, right after a flow ended, an
+    array task's row was COMPLETED while its name still read "allocation" (the name
+    accounting gives a job it has no name for yet). What never settles still fails the
+    caller's assertions.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        (row,) = [r for r in sacct(job_id, fields) if r[0] == job_id]
-        if row[1] != "allocation" or time.monotonic() > deadline:
-            return row
+    deadline = time.monotonic() + 30.0
+    while not settled(value := read()) and time.monotonic() < deadline:
         time.sleep(0.5)
+    return value
+
+
+def accounted_job(job_id: str, fields: str) -> list[str]:
+    """The job's own accounting row, once slurmdbd has recorded its name."""
+
+    def row() -> list[str]:
+        (found,) = [r for r in sacct(job_id, fields) if r[0] == job_id]
+        return found
+
+    return reread_accounting(row, lambda r: r[1] != "allocation")
 
 
 def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
@@ -218,14 +228,11 @@ def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
     run = runs(engine)[0].ExecutedReductionStep
     assert (run.status, run.retry_count) == (m.RunStatus.COMPLETED, 0)
     assert history(engine, run.id).count("SUBMITTED") == 1
-    # One SLURM job, never resubmitted. Read again while accounting may still lack the
-    # job's name (see `accounted_job`); a second job never goes away, so that still fails.
-    deadline = time.monotonic() + 30
-    while True:
-        jobs = [r[0] for r in sacct_by_name(f"ccat-run-{run.id}-", since) if "." not in r[0]]
-        if jobs == [run.hpc_job_id] or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    # One SLURM job, never resubmitted (a second job never goes away: still fails).
+    jobs = reread_accounting(
+        lambda: [r[0] for r in sacct_by_name(f"ccat-run-{run.id}-", since) if "." not in r[0]],
+        lambda found: found == [run.hpc_job_id],
+    )
     assert jobs == [run.hpc_job_id]
     with Session(engine) as session:
         paths = session.scalars(
