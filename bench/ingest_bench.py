@@ -91,7 +91,7 @@ def make_run(engine) -> int:  # type: ignore[no-untyped-def]
         version = session.scalars(select(m.ReductionSoftwareVersion)).one()
         run = m.ExecutedReductionStep(
             reduction_step_id=step.id, reduction_software_version_id=version.id,
-            status=m.RunStatus.COLLECTING_RESULTS, sub_group_key="", reason=m.RunReason.NEW,
+            status=m.RunStatus.COLLECTING_RESULTS, sub_group_key="", reason=m.GapReason.NEW,
             input_fingerprint="v1:0:0", config_fingerprint="x",
         )  # fmt: skip
         session.add(run)

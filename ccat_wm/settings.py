@@ -8,12 +8,16 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.local/share/ccat-wm")
+ERROR_LOG = "logs/ccat-wm-errors.log"
+"""Under the home directory: tracebacks of the errors the CLI reported in one line."""
 
 
 class Settings(BaseSettings):
     """Environment settings; names are the ones the CCAT deployment already uses."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # Only the documented names are read: every field has an alias, and field names are
+    # not looked up (`populate_by_name` would read `HOME` into `home`).
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
 
     ops_db_url: str | None = Field(default=None, alias="CCAT_OPS_DB_URL")
     """Plain `postgresql://` URL of the ops DB; unset means the embedded server."""
@@ -46,6 +50,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @property
+    def error_log(self) -> Path:
+        """Where the CLI writes the full traceback of an error it reports in one line."""
+        return self.home / ERROR_LOG
 
     @property
     def runs_dir(self) -> Path:

@@ -57,19 +57,21 @@ def crash_automation() -> Any:
     )
 
 
-def sync_crash_automation() -> str:
-    """Create the automation, or update it if it differs; return what was done."""
+def sync_crash_automation(*, dry_run: bool = False) -> str:
+    """Create the automation, or update it if it differs; return what was (would be) done."""
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - heavy
 
     wanted = crash_automation()
     with get_client(sync_client=True) as client:
         existing = client.read_automations_by_name(AUTOMATION_NAME)
         if not existing:
-            client.create_automation(wanted)
+            if not dry_run:
+                client.create_automation(wanted)
             return "create"
         current = existing[0]
         fields = ("trigger", "actions", "enabled", "description")
         if all(getattr(current, f) == getattr(wanted, f) for f in fields):
             return "unchanged"
-        client.update_automation(current.id, wanted)
+        if not dry_run:
+            client.update_automation(current.id, wanted)
         return "update"

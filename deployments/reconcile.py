@@ -43,8 +43,13 @@ def schedule_key(schedule: Mapping[str, Any] | Any) -> tuple[Any, ...]:
     return ("other", repr(schedule))
 
 
-def reconcile_deployments(rendered: Sequence[Mapping[str, Any]]) -> ReconcileResult:
-    """Make the server's ccat-wm deployments and schedules match the rendered entries."""
+def reconcile_deployments(
+    rendered: Sequence[Mapping[str, Any]], *, dry_run: bool = False
+) -> ReconcileResult:
+    """Make the server's ccat-wm deployments and schedules match the rendered entries.
+
+    `dry_run`: only read, and report what would be deleted, paused and resumed.
+    """
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - heavy
     from prefect.client.schemas.filters import (  # noqa: PLC0415
         DeploymentFilter,
@@ -60,7 +65,8 @@ def reconcile_deployments(rendered: Sequence[Mapping[str, Any]]) -> ReconcileRes
         for deployment in deployments:
             entry = wanted.get(deployment.name)
             if entry is None:
-                client.delete_deployment(deployment.id)
+                if not dry_run:
+                    client.delete_deployment(deployment.id)
                 result.deleted_deployments.append(deployment.name)
                 continue
             active = {schedule_key(s): bool(s.get("active", True)) for s in entry["schedules"]}
@@ -68,11 +74,13 @@ def reconcile_deployments(rendered: Sequence[Mapping[str, Any]]) -> ReconcileRes
                 key = schedule_key(schedule.schedule)
                 label = f"{deployment.name}: {' '.join(str(k) for k in key)}"
                 if key not in active:
-                    client.delete_deployment_schedule(deployment.id, schedule.id)
+                    if not dry_run:
+                        client.delete_deployment_schedule(deployment.id, schedule.id)
                     result.deleted_schedules.append(label)
                 elif schedule.active != active[key]:
-                    client.update_deployment_schedule(
-                        deployment.id, schedule.id, active=active[key]
-                    )
+                    if not dry_run:
+                        client.update_deployment_schedule(
+                            deployment.id, schedule.id, active=active[key]
+                        )
                     (result.resumed if active[key] else result.paused).append(label)
     return result

@@ -73,6 +73,8 @@ class DeployResult:
     """create, update or unchanged (empty when the pools were not synced)."""
     reconciled: ReconcileResult | None = None
     """Deployments and schedules removed or paused on the server."""
+    prefect_yaml_action: str = ""
+    """create, update or unchanged: what rendering did (would do) to the file."""
 
 
 def load_deploy_inputs(session: Session) -> DeployInputs:
@@ -146,6 +148,17 @@ def pool_specs(inputs: DeployInputs) -> list[PoolSpec]:
     ]
 
 
+def prefect_yaml_change(path: Path, deployments: list[dict[str, Any]]) -> str:
+    """Whether rendering would create `path`, update its deployments, or leave them."""
+    if not path.exists():
+        return "create"
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise DeployError(f"{path}: expected a YAML mapping (a Prefect project file)")
+    merged = merge_prefect_yaml(dict(loaded), deployments)
+    return "unchanged" if merged == loaded else "update"
+
+
 def write_prefect_yaml(path: Path, deployments: list[dict[str, Any]]) -> None:
     """Replace the rendered deployments of `path` (created if missing), atomically."""
     document = dict(DEFAULT_DOCUMENT)
@@ -167,8 +180,14 @@ def write_prefect_yaml(path: Path, deployments: list[dict[str, Any]]) -> None:
     Path(tmp).replace(path)
 
 
-def deploy(session: Session, prefect_yaml: Path, *, sync_pools: bool = True) -> DeployResult:
-    """Render the pipelines into `prefect_yaml` and sync the locations' work pools."""
+def deploy(
+    session: Session, prefect_yaml: Path, *, sync_pools: bool = True, dry_run: bool = False
+) -> DeployResult:
+    """Render the pipelines into `prefect_yaml` and sync the locations' work pools.
+
+    `dry_run`: read the server and the file, report what would be created, changed and
+    deleted, and change nothing.
+    """
     inputs = load_deploy_inputs(session)
     known = {loc.name for loc in inputs.locations}
     orphans = sorted(p.name for p in inputs.pipelines if p.location not in known)
@@ -187,16 +206,19 @@ def deploy(session: Session, prefect_yaml: Path, *, sync_pools: bool = True) -> 
     automation = ""
     reconciled = None
     try:
-        pools = sync_work_pools(specs) if sync_pools else []
+        pools = sync_work_pools(specs, dry_run=dry_run) if sync_pools else []
         if sync_pools:
-            automation = sync_crash_automation()
-            reconciled = reconcile_deployments(deployments)
+            automation = sync_crash_automation(dry_run=dry_run)
+            reconciled = reconcile_deployments(deployments, dry_run=dry_run)
     except httpx.HTTPError as exc:
         raise DeployError(
             f"the Prefect API refused or could not be reached ({type(exc).__name__}: {exc}); "
             "check PREFECT_API_URL and that the server runs"
         ) from None
-    write_prefect_yaml(prefect_yaml, deployments)
+    yaml_change = prefect_yaml_change(prefect_yaml, deployments)
+    if not dry_run:
+        write_prefect_yaml(prefect_yaml, deployments)
     return DeployResult(
-        prefect_yaml, [d["name"] for d in deployments], pools, automation, reconciled
-    )
+        prefect_yaml, [d["name"] for d in deployments], pools, automation, reconciled,
+        yaml_change,
+    )  # fmt: skip

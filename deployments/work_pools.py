@@ -167,10 +167,11 @@ class PoolChange:
     type: str
 
 
-def sync_work_pools(specs: list[PoolSpec]) -> list[PoolChange]:
+def sync_work_pools(specs: list[PoolSpec], *, dry_run: bool = False) -> list[PoolChange]:
     """Create or update the work pools and their queues on the Prefect server.
 
     Every pool is checked before any is changed: a type conflict changes nothing.
+    `dry_run`: only read, and report what would be done.
     """
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - heavy
     from prefect.client.schemas.actions import (  # noqa: PLC0415
@@ -195,7 +196,9 @@ def sync_work_pools(specs: list[PoolSpec]) -> list[PoolChange]:
                 )
         for spec in specs:
             pool = current.get(spec.name)
-            if pool is None:
+            if dry_run:
+                action = _pool_action(pool, spec)
+            elif pool is None:
                 client.create_work_pool(
                     WorkPoolCreate(
                         name=spec.name,
@@ -218,9 +221,19 @@ def sync_work_pools(specs: list[PoolSpec]) -> list[PoolChange]:
                 action = "update"
             else:
                 action = "unchanged"
-            _sync_queues(client, spec)
+            if not dry_run:
+                _sync_queues(client, spec)
             changes.append(PoolChange(action, spec.name, spec.type))
     return changes
+
+
+def _pool_action(pool: Any, spec: PoolSpec) -> str:
+    """Return what `sync_work_pools` would do to `pool` (None: missing) to make it `spec`."""
+    if pool is None:
+        return "create"
+    if pool.base_job_template != spec.base_job_template or pool.description != spec.description:
+        return "update"
+    return "unchanged"
 
 
 def _sync_queues(client: Any, spec: PoolSpec) -> None:

@@ -22,9 +22,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
-from sqlalchemy.orm import Session
 
-from ccat_wm.execution.control import cancel_flow_run_runs
+from ccat_wm.execution.control import cancel_flow_run
 from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.waves import WaveItem
 from ccat_wm.settings import load_settings
@@ -121,8 +120,7 @@ def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any
     stopped the process). When neither can run it, the next trigger tick does the same.
     """
     del flow, state
-    with Session(executor().engine) as session:
-        cancel_flow_run_runs(session, str(flow_run.id))
+    cancel_flow_run(executor().engine, str(flow_run.id))
 
 
 @flow(

@@ -1,31 +1,35 @@
-"""Start a pipeline flow run from this process (`ccat-wm run`, `ccat-wm demo`).
+"""Start a pipeline flow run from this process (`ccat-wm run`, `retry`, `demo`).
 
 With `PREFECT_API_URL` unset this uses Prefect's ephemeral local server, which the
-first flow run starts by itself.
+first flow run starts by itself. The ops DB is read and written only through the
+domain functions (`ccat_wm`), never with a session of its own here.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
-from ccat_wm.execution.report import RunRow, run_rows
-from ccat_wm.execution.waves import pipeline_by_name
+from ccat_wm.execution.report import RunRow, failed_sub_group_count, flow_run_rows
+from ccat_wm.execution.retry import RetryResult, retry_failed_now
+from ccat_wm.execution.waves import check_pipeline
 from flows.pipeline import flow_for
 
 
 @dataclass(frozen=True, slots=True)
 class FlowRunResult:
-    """How a pipeline flow run ended and the runs it executed."""
+    """How a pipeline flow run ended, the runs it executed, and what is left failed."""
 
     flow_run_id: str
     state: str
     """Prefect's state name (Completed, Failed, ...)."""
     message: str
     runs: list[RunRow]
+    failed_sub_groups: int = 0
+    """Sub-groups of the pipeline whose retries are exhausted after this flow run."""
 
     @property
     def failed(self) -> bool:
@@ -42,12 +46,32 @@ def run_pipeline(
     manual: bool = True,
 ) -> FlowRunResult:
     """Run the pipeline's flow now and wait for it; the pipeline is checked first."""
-    with Session(engine) as session:
-        pipeline_by_name(session, pipeline)  # unknown pipeline: a clear error before Prefect starts
+    check_pipeline(engine, pipeline)  # unknown pipeline: a clear error before Prefect starts
     state: Any = flow_for(pipeline)(
         pipeline=pipeline, sub_groups=sub_groups, force=force, manual=manual, return_state=True
     )
     flow_run_id = str(state.state_details.flow_run_id)
-    with Session(engine) as session:
-        rows = run_rows(session, flow_run=flow_run_id)
-    return FlowRunResult(flow_run_id, state.name or state.type.value, state.message or "", rows)
+    return FlowRunResult(
+        flow_run_id,
+        state.name or state.type.value,
+        state.message or "",
+        flow_run_rows(engine, flow_run_id),
+        failed_sub_group_count(engine, pipeline, dt.datetime.now(dt.UTC)),
+    )
+
+
+def retry_pipeline(
+    engine: Engine,
+    pipeline: str,
+    *,
+    step: str | None = None,
+    sub_groups: list[str] | None = None,
+    run_ids: list[int] | None = None,
+) -> tuple[RetryResult, FlowRunResult | None]:
+    """Give the failed sub-groups a fresh retry budget, then run them (and what follows) now."""
+    retried = retry_failed_now(
+        engine, pipeline, step=step, sub_groups=sub_groups or (), run_ids=run_ids or ()
+    )
+    if not retried.created:
+        return retried, None
+    return retried, run_pipeline(engine, pipeline, sub_groups=retried.follow_keys)

@@ -34,10 +34,9 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from sqlalchemy.orm import Session
 
-from ccat_wm.execution.control import cancel_flow_run_runs
-from ccat_wm.execution.trigger import owners_of_in_flight_runs, trigger_tick
+from ccat_wm.execution.control import cancel_flow_run
+from ccat_wm.execution.trigger import in_flight_owners, trigger_tick_now
 from flows.pipeline import flow_for
 from tasks.runs import executor
 
@@ -58,8 +57,7 @@ def _logger() -> Any:
 
 def stop_cancelled_flow_runs() -> list[int]:
     """Cancel the ops DB runs (and jobs) of pipeline flow runs cancelled in Prefect."""
-    with Session(executor().engine) as session:
-        owners = owners_of_in_flight_runs(session)
+    owners = in_flight_owners(executor().engine)
     ids = []
     for owner in owners:
         try:
@@ -74,15 +72,14 @@ def stop_cancelled_flow_runs() -> list[int]:
         )
     stopped = [str(r.id) for r in flow_runs if r.state is not None and r.state.type in STOPPED]
     cancelled: list[int] = []
-    with Session(executor().engine) as session:
-        for owner in stopped:  # cancelled flow runs: a handful
-            results = cancel_flow_run_runs(session, owner)
-            cancelled += [r.run_id for r in results]
-            if results:
-                _logger().info(
-                    "flow run %s was cancelled in Prefect: cancelled runs %s",
-                    owner, ", ".join(str(r.run_id) for r in results),
-                )  # fmt: skip
+    for owner in stopped:  # cancelled flow runs: a handful
+        results = cancel_flow_run(executor().engine, owner)
+        cancelled += [r.run_id for r in results]
+        if results:
+            _logger().info(
+                "flow run %s was cancelled in Prefect: cancelled runs %s",
+                owner, ", ".join(str(r.run_id) for r in results),
+            )  # fmt: skip
     return cancelled
 
 
@@ -126,8 +123,7 @@ def trigger_flow(location: str | None = None, interval_s: float = 60.0) -> dict[
     launched: dict[str, str] = {}
     while True:
         now = dt.datetime.now(dt.UTC)
-        with Session(executor().engine) as session, session.begin():
-            result = trigger_tick(session, now, location=location)
+        result = trigger_tick_now(executor().engine, now, location=location)
         for name, count in result.created.items():
             created[name] = created.get(name, 0) + count
             logger.info("%s: %d new run(s)", name, count)

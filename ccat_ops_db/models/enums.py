@@ -30,14 +30,22 @@ IN_FLIGHT_STATUSES: tuple[RunStatus, ...] = (
 """Statuses of a run that still holds its (step, sub-group): at most one such run each."""
 
 
-class RunReason(enum.StrEnum):
-    """Why a run was created: the gap reason of DESIGN 3.2, or a person's force."""
+class GapReason(enum.StrEnum):
+    """Why a (step, sub-group) needs a run, and so why a run was created (DESIGN 3.2).
+
+    One enum for gap evaluation and for the runs it creates. `failed` (retries
+    exhausted) is a state of a sub-group, never the reason of a run (a check
+    constraint refuses it); `forced` and `retry` are a person's `ccat-wm run --force`
+    and `ccat-wm retry`.
+    """
 
     NEW = "new"
     INPUTS_CHANGED = "inputs_changed"
     VERSION_CHANGED = "version_changed"
     CONFIG_CHANGED = "config_changed"
     FORCED = "forced"
+    RETRY = "retry"
+    FAILED = "failed"
 
 
 class TriggerType(enum.StrEnum):

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
-from ccat_ops_db.models.enums import IN_FLIGHT_STATUSES, RunReason, RunStatus, pg_enum
+from ccat_ops_db.models.enums import IN_FLIGHT_STATUSES, GapReason, RunStatus, pg_enum
 
 _IN_FLIGHT_SQL = ", ".join(f"'{s.value}'" for s in IN_FLIGHT_STATUSES)
 
@@ -53,6 +53,7 @@ class ExecutedReductionStep(Base):
             postgresql_where=text("status <> 'COMPLETED'"),
         ),
         CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+        CheckConstraint("reason::text <> 'failed'", name="reason_not_failed"),
         CheckConstraint("NOT is_current OR status = 'COMPLETED'", name="current_is_completed"),
         CheckConstraint(
             "status <> 'COMPLETED' OR product_count IS NOT NULL", name="completed_has_digest"
@@ -76,7 +77,7 @@ class ExecutedReductionStep(Base):
         pg_enum(RunStatus, "run_status"), default=RunStatus.PENDING, index=True
     )
     sub_group_key: Mapped[str] = mapped_column(String, default="")
-    reason: Mapped[RunReason] = mapped_column(pg_enum(RunReason, "run_reason"))
+    reason: Mapped[GapReason] = mapped_column(pg_enum(GapReason, "run_reason"))
     input_fingerprint: Mapped[str] = mapped_column(String(128))
     config_fingerprint: Mapped[str] = mapped_column(String(128))
     hpc_job_id: Mapped[str | None] = mapped_column(String(200))

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, literal, select
+from sqlalchemy import BigInteger, Engine, literal, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -74,6 +74,12 @@ def cancel_flow_run_runs(session: Session, flow_run_id: str) -> list[CancelResul
     return results
 
 
+def cancel_flow_run(engine: Engine, flow_run_id: str) -> list[CancelResult]:
+    """`cancel_flow_run_runs` with a session of its own (for a flow's cancellation hook)."""
+    with Session(engine) as session:
+        return cancel_flow_run_runs(session, flow_run_id)
+
+
 @dataclass(frozen=True, slots=True)
 class LineageRun:
     """A run in a product's provenance."""
@@ -89,6 +95,7 @@ class LineageRun:
     config: str
     parameters: dict[str, Any]
     execution_command: str | None
+    command_template: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,7 @@ def product_lineage(session: Session, product: str) -> Lineage:
             m.ReductionStepConfig.name,
             m.ReductionStepConfig.config_parameters,
             RUN.execution_command,
+            m.ReductionStepConfig.command_template,
         )
         .join(chain, chain.c.id == RUN.id)
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
@@ -175,8 +183,11 @@ def product_lineage(session: Session, product: str) -> Lineage:
     return Lineage(
         product_id, path, kind.value, checksum, size,
         [
-            LineageRun(rid, pl, st, key, status.value, sw, tag, digest, cfg, dict(params), cmd)
-            for rid, pl, st, key, status, sw, tag, digest, cfg, params, cmd in runs
+            LineageRun(
+                rid, pl, st, key, status.value, sw, tag, digest, cfg, dict(params), cmd,
+                list(template or []),
+            )
+            for rid, pl, st, key, status, sw, tag, digest, cfg, params, cmd, template in runs
         ],
         [{"id": i, "name": n, "checksum": c, "size": s} for i, n, c, s in packages],
     )  # fmt: skip

@@ -5,13 +5,16 @@ Plain rows rendered by the CLI (table and `--json`) and by the flow's artifacts 
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.gaps.plan import make_plan
 from ccat_wm.selection.dimensions import display_key
 
 RUN = m.ExecutedReductionStep
@@ -33,10 +36,23 @@ class RunRow:
     peak_memory_gb: float | None
     cpu_hours: float | None
     failure_reason: str | None
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    """When the first attempt started staging."""
+    finished_at: dt.datetime | None = None
+    """When it reached a final status."""
+    flow_run_id: str | None = None
+    """The Prefect flow run that executed it."""
+    flow_run_url: str | None = None
+    """The flow run's page in the Prefect UI (only with a Prefect server)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
+        """JSON-ready (times as ISO 8601 in UTC)."""
+        out = asdict(self)
+        for name in ("created_at", "started_at", "finished_at"):
+            moment = out[name]
+            out[name] = moment.astimezone(dt.UTC).isoformat() if moment else None
+        return out
 
 
 def _runs_query() -> Select[*tuple[Any, ...]]:
@@ -54,6 +70,10 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
             RUN.peak_memory_gb,
             RUN.cpu_hours,
             RUN.failure_reason,
+            RUN.created_at,
+            RUN.started_at,
+            RUN.finished_at,
+            RUN.prefect_flow_run_id,
         )
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
@@ -61,11 +81,14 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
     return query
 
 
-def _row(values: Any) -> RunRow:
-    (rid, pipeline, step, key, status, reason, retries, job, wall, mem, cpu, why) = values
+def _row(values: Any, ui_url: str | None) -> RunRow:
+    (rid, pipeline, step, key, status, reason, retries, job, wall, mem, cpu, why,
+     created, started, finished, flow_run) = values  # fmt: skip
+    url = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run}" if ui_url and flow_run else None
     return RunRow(
-        rid, pipeline, step, key, status.value, reason.value, retries, job, wall, mem, cpu, why
-    )
+        rid, pipeline, step, key, status.value, reason.value, retries, job, wall, mem, cpu, why,
+        created, started, finished, flow_run, url,
+    )  # fmt: skip
 
 
 def run_rows(
@@ -73,17 +96,31 @@ def run_rows(
     *,
     pipeline: str | None = None,
     flow_run: str | None = None,
+    statuses: Sequence[m.RunStatus] = (),
+    step: str | None = None,
+    since: dt.datetime | None = None,
     limit: int | None = None,
+    ui_url: str | None = None,
 ) -> list[RunRow]:
-    """Return runs, newest first: of one pipeline, of one flow run, or all."""
+    """Return runs, newest first, narrowed by pipeline, flow run, statuses, step and time.
+
+    `since`: runs created at or after that moment. `ui_url`: the Prefect UI's base URL,
+    to link each run's flow run.
+    """
     query = _runs_query().order_by(RUN.id.desc())
     if pipeline is not None:
         query = query.where(m.Pipeline.name == pipeline)
     if flow_run is not None:
         query = query.where(RUN.prefect_flow_run_id == flow_run)
+    if statuses:
+        query = query.where(RUN.status.in_(list(statuses)))
+    if step is not None:
+        query = query.where(m.ReductionStep.name == step)
+    if since is not None:
+        query = query.where(RUN.created_at >= since)
     if limit is not None:
         query = query.limit(limit)
-    return [_row(r) for r in session.execute(query)]
+    return [_row(r, ui_url) for r in session.execute(query)]
 
 
 def run_table(rows: list[RunRow]) -> list[dict[str, Any]]:
@@ -135,3 +172,16 @@ def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> s
         lines += ["", "## Science products", ""]
         lines += [f"- `{path}`" for path in science]
     return "\n".join(lines)
+
+
+def flow_run_rows(engine: Engine, flow_run: str) -> list[RunRow]:
+    """Return the runs a flow run executed (for the CLI after a flow run ended)."""
+    with Session(engine) as session:
+        return run_rows(session, flow_run=flow_run)
+
+
+def failed_sub_group_count(engine: Engine, pipeline: str, now: dt.datetime) -> int:
+    """How many sub-groups of the pipeline are `failed` (retries exhausted) at `now`."""
+    with Session(engine) as session, session.begin():
+        plan = make_plan(session, now, pipeline)
+    return sum(1 for g in plan.gaps if g.reason is m.GapReason.FAILED)

@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -59,6 +59,12 @@ def pipeline_by_name(session: Session, name: str) -> m.Pipeline:
         known = session.scalars(select(m.Pipeline.name).order_by(m.Pipeline.name)).all()
         raise CcatWmError(f"unknown pipeline {name!r}; known: {', '.join(known) or 'none'}")
     return pipeline
+
+
+def check_pipeline(engine: Engine, name: str) -> None:
+    """Raise the error of `pipeline_by_name` for an unknown pipeline (its own session)."""
+    with Session(engine) as session:
+        pipeline_by_name(session, name)
 
 
 def _evaluate(
@@ -120,7 +126,7 @@ def prepare_wave(
         (g for g in gaps if not g.ready and g.reason is not GapReason.FAILED),
         key=lambda g: (order[g.step], g.sub_group_key),
     )
-    inside = _containment(snapshot)
+    inside = containment(snapshot)
     for gap in waiting:
         if (gap.step, gap.sub_group_key) in index:
             continue
@@ -145,7 +151,7 @@ def prepare_wave(
     return Wave(pipeline, tuple(items), limits)
 
 
-def _containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:
+def containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:
     """(upstream step, downstream step, downstream key) -> upstream keys inside it."""
     names = [s.name for s in snapshot.steps]
     out: dict[tuple[str, str, str], set[str]] = {}

@@ -38,13 +38,6 @@ from ccat_wm.selection.query import item_hash, key_expression, selection
 
 RUN = m.ExecutedReductionStep
 INPUT = m.ExecutedReductionStepInput
-_REASONS = {
-    GapReason.NEW: m.RunReason.NEW,
-    GapReason.INPUTS_CHANGED: m.RunReason.INPUTS_CHANGED,
-    GapReason.VERSION_CHANGED: m.RunReason.VERSION_CHANGED,
-    GapReason.CONFIG_CHANGED: m.RunReason.CONFIG_CHANGED,
-    GapReason.FORCED: m.RunReason.FORCED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +47,7 @@ class CreatedRun:
     id: int
     step: str
     sub_group_key: str
-    reason: m.RunReason
+    reason: GapReason
 
 
 def _in_flight_index_where() -> TextClause:
@@ -81,7 +74,7 @@ def _insert_runs(step: StepInfo, version_id: int, gaps: Sequence[Gap]) -> Return
     rows = (
         func.unnest(
             cast([g.sub_group_key for g in gaps], ARRAY(String)),
-            cast([_REASONS[g.reason].value for g in gaps], ARRAY(String)),
+            cast([g.reason.value for g in gaps], ARRAY(String)),
             cast([g.input_fingerprint for g in gaps], ARRAY(String)),
         )
         .table_valued("sub_group_key", "reason", "input_fingerprint", with_ordinality="ord")
@@ -121,7 +114,7 @@ def create_runs(
     created: list[CreatedRun] = []
     order = {s.name: i for i, s in enumerate(snapshot.steps)}
     due = sorted(
-        (g for g in gaps if g.eligible and g.reason in _REASONS),
+        (g for g in gaps if g.eligible and g.reason is not GapReason.FAILED),
         key=lambda g: (order[g.step], g.sub_group_key),
     )
     if not due:
@@ -144,7 +137,7 @@ def create_runs(
             _record_package_inputs(session, grouping, step.group_by, new_runs.subquery())
         _refresh_fingerprints(session, list(new.values()))
         created.extend(
-            CreatedRun(new[g.sub_group_key], step.name, g.sub_group_key, _REASONS[g.reason])
+            CreatedRun(new[g.sub_group_key], step.name, g.sub_group_key, g.reason)
             for g in step_gaps
             if g.sub_group_key in new
         )

@@ -132,9 +132,10 @@ def _gap(
     input_fp = fingerprint(sub.count, sub.hash_sum)
     runs = ctx.snapshot.runs[step.name]
     if ready and not ctx.force and _has_failed(step, runs, key, input_fp):
+        # Not ready: no run (manual or not) executes it until a person retries it.
         return Gap(
             ctx.snapshot.pipeline.name, step.name, key, GapReason.FAILED,
-            True, None, False, sub.count, input_fp,
+            False, None, False, sub.count, input_fp,
         )  # fmt: skip
     eligible_at = _eligible_at(ctx.snapshot, step, sub, ctx.now, ctx.manual) if ready else None
     return Gap(
@@ -172,8 +173,8 @@ def _step_gaps(ctx: _Context, position: int) -> list[Gap]:
             continue
         ready = key not in blocked
         reason = _reason(step, runs.current.get(key), sub, ready)
-        if reason is None and ctx.force and sub.count:
-            reason = GapReason.FORCED
+        if ready and ctx.force and sub.count:
+            reason = GapReason.FORCED  # a person's force is the cause, whatever else applies
         if reason is None:
             continue
         gap = _gap(ctx, step, key, sub, reason=reason, ready=ready)
@@ -188,9 +189,10 @@ def evaluate(
 ) -> list[Gap]:
     """Return every gap (and every `failed` sub-group) of the pipeline at `now`.
 
-    `manual`: a person asked, so ready gaps are due now. `force`: every sub-group with
-    inputs is a gap (reason `forced` where no other applies), failed ones included; it
-    needs a snapshot loaded with `prune=False`.
+    `manual`: a person asked, so ready gaps are due now. `force`: every ready sub-group
+    with inputs is a gap with reason `forced` (the run records that a person forced it,
+    whatever else applies), failed ones included; it needs a snapshot loaded with
+    `prune=False`.
     """
     if not snapshot.pipeline.enabled:
         return []

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ccat_ops_db.models import TriggerType, VersionPolicy
+from ccat_ops_db.models import GapReason, TriggerType, VersionPolicy
 
-
-class GapReason(enum.StrEnum):
-    """Why a (step, sub-group) needs a run; `failed` is the state that stops retrying."""
-
-    NEW = "new"
-    VERSION_CHANGED = "version_changed"
-    CONFIG_CHANGED = "config_changed"
-    INPUTS_CHANGED = "inputs_changed"
-    FORCED = "forced"
-    FAILED = "failed"
+__all__ = ["GapReason"]  # the one reason enum, defined with the models
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +164,8 @@ class Gap:
     sub_group_key: str
     reason: GapReason
     ready: bool
-    """Every upstream sub-group inside it is settled (no gap, nothing in flight)."""
+    """Every upstream sub-group inside it is settled (no gap, nothing in flight), and it
+    is not `failed`: a manual run executes exactly the ready gaps at once."""
     eligible_at: dt.datetime | None
     """When it fires (cooldown, maximum wait, schedules); None: only when a person asks."""
     eligible: bool

@@ -10,6 +10,7 @@ current runs (a sample of up to 200), or, without history, times its configured
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +25,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot, StepInfo
 from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.selection.dimensions import display_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,23 @@ class Plan:
     def total_cpu_hours(self) -> float:
         """Estimated CPU-hours of the whole wave."""
         return sum(c.cpu_hours for c in self.costs)
+
+
+def next_action(gap: Gap) -> str:
+    """Say what runs the gap: `plan` and a manual `run` agree on it.
+
+    A ready gap is exactly what `ccat-wm run PIPELINE` executes at once. A gap that is
+    not ready runs in the same manual run as a follow-up once the upstream sub-groups
+    inside it finish there. A failed sub-group (retries exhausted) runs only when a
+    person retries it, with the command given.
+    """
+    if gap.reason is GapReason.FAILED:
+        key = shlex.quote(display_key(gap.sub_group_key))
+        pipeline, step = shlex.quote(gap.pipeline), shlex.quote(gap.step)
+        return f"ccat-wm retry {pipeline} --step {step} --sub-group {key}"
+    if not gap.ready:
+        return "after its upstream sub-groups (follow-up of `ccat-wm run`)"
+    return f"ccat-wm run {shlex.quote(gap.pipeline)}"
 
 
 HISTORY_SAMPLE = 200

@@ -40,7 +40,7 @@ def add_run(
             reduction_software_version_id=version.id,
             status=status,
             sub_group_key=key,
-            reason=m.RunReason.NEW,
+            reason=m.GapReason.NEW,
             input_fingerprint="f" * 64,
             config_fingerprint="c" * 64,
         )

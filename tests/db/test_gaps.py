@@ -354,7 +354,7 @@ def test_created_runs_record_reason_version_config_and_exact_inputs(kit: GapKit)
     created = kit.create()
     with Session(kit.engine) as session:
         run = session.get_one(m.ExecutedReductionStep, created[0].id)
-        assert run.status is m.RunStatus.PENDING and run.reason is m.RunReason.NEW
+        assert run.status is m.RunStatus.PENDING and run.reason is m.GapReason.NEW
         packages = session.execute(
             select(m.RawDataPackage.name, m.ExecutedReductionStepInput.checksum)
             .join(

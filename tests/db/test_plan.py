@@ -14,6 +14,7 @@ from tests.gapkit import PIPELINE, GapKit
 from tests.helpers import run_cli, snapshot
 
 PLAN_COLUMNS = ("pipeline", "step", "sub_group_key", "reason", "ready", "eligible_at", "inputs")
+PLAN_TABLE = (*PLAN_COLUMNS, "next")
 """The columns of a gap the issue fixes for `ccat-wm plan`."""
 
 
@@ -72,7 +73,7 @@ def test_plan_is_side_effect_free_and_reports_blast_radius_and_cost(
     result = run_cli(cli_env, "plan", PIPELINE)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert tuple(lines[0].split()) == PLAN_COLUMNS
+    assert tuple(lines[0].split()) == PLAN_TABLE
     assert any(
         line.split()[:5] == [PIPELINE, "calibrate", "executed_obs_unit=scan-000004", "new", "yes"]
         for line in lines
@@ -81,7 +82,7 @@ def test_plan_is_side_effect_free_and_reports_blast_radius_and_cost(
     assert any(
         "history (median of 3 runs)" in line and line.split()[1] == "calibrate" for line in lines
     )
-    assert lines[-1] == "total: 3 runs, 0.3 CPU-hours"
+    assert lines[-1] == "total: 3 runs, 0.300000 CPU-hours"
 
 
 def test_plan_of_an_unknown_pipeline_is_a_clear_error(

@@ -53,7 +53,7 @@ def test_the_trigger_tick_cancels_runs_and_jobs_of_a_cancelled_flow_run_without_
         run = RUN(
             reduction_step_id=step_id, reduction_software_version_id=version_id,
             status=m.RunStatus.SUBMITTED, sub_group_key="executed_obs_unit=x",
-            reason=m.RunReason.NEW, input_fingerprint="f" * 64, config_fingerprint="c" * 64,
+            reason=m.GapReason.NEW, input_fingerprint="f" * 64, config_fingerprint="c" * 64,
             hpc_job_id=job_id, prefect_flow_run_id=flow_run["id"],
         )  # fmt: skip
         session.add(run)

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.demo import DEMO_SPEC, demo_locations_file
+from ccat_wm.cli.demo import DEMO_SPEC, demo_locations_file
 from ccat_wm.settings import Settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs

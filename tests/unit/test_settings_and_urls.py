@@ -39,6 +39,48 @@ def test_settings_read_the_deployment_variable_names(
     assert settings.runs_dir == tmp_path / "pipelines"
 
 
+UNDOCUMENTED = {
+    "HOME": "/tmp/elsewhere",
+    "FLOW_WORKERS": "3",
+    "MAX_TASK_RUNS": "11",
+    "OPS_DB_URL": "postgresql://wrong@nowhere/x",
+    "SIF_CACHE": "/tmp/sif",
+    "PIPELINE_BASE": "/tmp/base",
+}
+
+
+def test_settings_ignore_undocumented_names_and_default_home_is_under_local_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`HOME`, `FLOW_WORKERS` and friends (the field names) must not be read as settings."""
+    for name in ("CCAT_WM_HOME", "CCAT_OPS_DB_URL", "CCAT_WM_FLOW_WORKERS",
+                 "CCAT_WM_MAX_TASK_RUNS", "PIPELINE_BASE_DIR", "SIF_CACHE_DIR"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in UNDOCUMENTED.items():
+        monkeypatch.setenv(name, value)
+    # pydantic-settings also matches field names case-insensitively: try those too.
+    for name in ("home", "flow_workers", "max_task_runs", "ops_db_url"):
+        monkeypatch.setenv(name, "42" if "workers" in name or "runs" in name else "/tmp/x")
+    settings = Settings()
+    assert settings.home == Path("/tmp/elsewhere/.local/share/ccat-wm")  # ~ is expanded
+    assert settings.flow_workers == 16
+    assert settings.max_task_runs == 1000
+    assert settings.ops_db_url is None
+    assert settings.sif_cache_dir is None
+    assert settings.runs_dir == settings.home / "pipelines"
+
+
+def test_documented_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CCAT_WM_HOME", str(tmp_path))
+    monkeypatch.setenv("CCAT_WM_FLOW_WORKERS", "3")
+    monkeypatch.setenv("PIPELINE_BASE_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("SIF_CACHE_DIR", str(tmp_path / "sif"))
+    settings = Settings()
+    assert (settings.home, settings.flow_workers) == (tmp_path, 3)
+    assert settings.runs_dir == tmp_path / "runs"
+    assert settings.sif_cache_dir == tmp_path / "sif"
+
+
 @pytest.mark.parametrize(
     ("tag", "major"), [("1.4.0", 1), ("v2.0.1-rc1", 2), ("10", 10), ("3.1", 3)]
 )

@@ -14,6 +14,7 @@ import getpass
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,12 +24,12 @@ from ccat_ops_db import models as m
 from ccat_wm.db import display_url, get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError
 from ccat_wm.gaps.plan import make_plan
-from ccat_wm.settings import Settings
+from ccat_wm.settings import Settings, load_settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "specs"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "specs"
 DEMO_SPEC = EXAMPLES_DIR / "chai-demo.yaml"
 DEMO_SCANS = 24
 DEMO_SEED = 253
@@ -154,3 +155,9 @@ def _summary(session: Session, echo: Callable[[str], object]) -> None:
     for path in sorted(maps):
         echo(f"      map: {path}")
     echo("      next: `ccat-wm status`, `ccat-wm lineage <product id or path>`")
+
+
+@click.command()
+def demo() -> None:
+    """Run the example pipeline end to end on the embedded defaults (again: nothing to do)."""
+    run_demo(load_settings(), click.echo)

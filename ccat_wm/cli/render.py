@@ -1,0 +1,241 @@
+"""Text and JSON renderings of CLI results, from the same dataclasses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from ccat_wm.execution.control import Lineage
+from ccat_wm.execution.report import RunRow
+from ccat_wm.execution.retry import RetryResult
+from ccat_wm.gaps.plan import Plan, next_action
+from ccat_wm.selection.dimensions import display_key
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds") if moment else None
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Render left-aligned columns separated by two spaces."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _hours(value: float) -> str:
+    """CPU-hours in one fixed-point format (never `7.73e-05` beside `0.000223`)."""
+    return f"{value:.6f}" if value < 1 else f"{value:,.2f}"
+
+
+def render_plan_table(plan: Plan) -> str:
+    """Render the plan as people read it: gaps, then blast radius and cost per step."""
+    headers = (
+        "pipeline", "step", "sub_group_key", "reason", "ready", "eligible_at", "inputs", "next",
+    )  # fmt: skip
+    rows = [
+        (g.pipeline, g.step, display_key(g.sub_group_key), g.reason.value,
+         "yes" if g.ready else "no", _iso(g.eligible_at), g.inputs, next_action(g))
+        for g in plan.gaps
+    ]  # fmt: skip
+    parts = [table(headers, rows) if rows else "no gaps"]
+    if plan.costs:
+        cost_rows = [
+            (
+                c.pipeline,
+                c.step,
+                c.runs,
+                _hours(c.cpu_hours_per_run),
+                _hours(c.cpu_hours),
+                c.basis,
+            )
+            for c in plan.costs
+        ]
+        parts += ["", "blast radius and estimated cost:"]
+        parts.append(table(("pipeline", "step", "runs", "cpu_h/run", "cpu_h", "basis"), cost_rows))
+        parts.append(
+            f"total: {sum(c.runs for c in plan.costs)} runs, "
+            f"{_hours(plan.total_cpu_hours)} CPU-hours"
+        )
+    return "\n".join(parts)
+
+
+def render_plan_json(plan: Plan) -> str:
+    """Render the plan as JSON: `gaps`, `blast_radius` per step, `total_cpu_hours`."""
+    payload = {
+        "evaluated_at": _iso(plan.evaluated_at),
+        "gaps": [
+            {
+                "pipeline": g.pipeline,
+                "step": g.step,
+                "sub_group_key": g.sub_group_key,
+                "reason": g.reason.value,
+                "ready": g.ready,
+                "eligible": g.eligible,
+                "eligible_at": _iso(g.eligible_at),
+                "inputs": g.inputs,
+                "input_fingerprint": g.input_fingerprint,
+                "next": next_action(g),
+            }
+            for g in plan.gaps
+        ],
+        "blast_radius": [
+            {
+                "pipeline": c.pipeline,
+                "step": c.step,
+                "runs": c.runs,
+                "cpu_hours_per_run": c.cpu_hours_per_run,
+                "cpu_hours": c.cpu_hours,
+                "basis": c.basis,
+            }
+            for c in plan.costs
+        ],
+        "total_cpu_hours": plan.total_cpu_hours,
+    }
+    return json.dumps(payload, indent=2)
+
+
+def _cell(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_runs_table(rows: Sequence[RunRow]) -> str:
+    """`ccat-wm status` as a table: one line per run, newest first."""
+    if not rows:
+        return "no runs"
+    header = (
+        "id", "pipeline", "step", "sub_group_key", "status", "reason", "retries",
+        "hpc_job_id", "started", "finished", "time_s", "peak_gb", "cpu_h",
+    )  # fmt: skip
+    body = [
+        (
+            str(r.id),
+            r.pipeline,
+            r.step,
+            display_key(r.sub_group_key),
+            r.status,
+            r.reason,
+            str(r.retry_count),
+            _cell(r.hpc_job_id),
+            _short_time(r.started_at),
+            _short_time(r.finished_at),
+            _cell(r.processing_time_s, 2),
+            _cell(r.peak_memory_gb, 3),
+            _cell(r.cpu_hours, 5),
+        )
+        for r in rows
+    ]
+    text = table(header, body)
+    failures = [
+        f"  run {r.id}: {r.failure_reason}"
+        for r in rows
+        if r.status == "FAILED" and r.failure_reason
+    ]
+    parts = [
+        text,
+        *(["failures (`ccat-wm logs RUN_ID` prints a run's log):", *failures] if failures else []),
+    ]
+    links = [f"  run {r.id}: {r.flow_run_url}" for r in rows if r.flow_run_url]
+    if links:
+        parts += ["flow runs in the Prefect UI:", *links[:20]]
+    return "\n".join(parts)
+
+
+def _short_time(moment: dt.datetime | None) -> str:
+    """`2026-11-29 23:57:05` in UTC, or `-`."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def render_retry(result: RetryResult) -> str:
+    """Render what `ccat-wm retry` created, before it runs them."""
+    if not result.created:
+        return f"no failed sub-groups in {result.pipeline}: nothing to retry"
+    lines = [
+        f"{len(result.created)} failed sub-group(s) of {result.pipeline} get a fresh retry budget:"
+    ]
+    lines += [
+        f"  run {c.id}: {c.step}[{display_key(c.sub_group_key)}] reason {c.reason.value}"
+        for c in result.created
+    ]
+    return "\n".join(lines)
+
+
+def _id_ranges(ids: Sequence[int]) -> str:
+    """`1, 2, 3, 7, 9, 10` -> `1-3, 7, 9-10`."""
+    parts: list[str] = []
+    ordered = sorted(set(ids))
+    start = prev = ordered[0]
+    for value in [*ordered[1:], None]:
+        if value is not None and value == prev + 1:
+            prev = value
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if value is not None:
+            start = prev = value
+    return ", ".join(parts)
+
+
+def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
+    """`ccat-wm lineage` as text: the product, what made it, the raw data.
+
+    Runs are grouped by what they ran (step, software version, config, command
+    template): each distinct combination is printed once with the runs that used it,
+    so a map made from 1,000 scans stays a screenful. `--json` has every run in full.
+    """
+    lines = [
+        f"product {lineage.product_id} ({lineage.data_product_type}, {lineage.file_size} bytes)",
+        f"  path      {lineage.file_path}",
+        f"  sha256    {lineage.checksum}",
+        f"runs ({len(lineage.runs)}), most downstream first, grouped by what they ran:",
+    ]
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for run in lineage.runs:
+        what = (
+            run.pipeline, run.step, run.software, run.version, run.digest or "no digest",
+            run.config, json.dumps(run.parameters, sort_keys=True),
+            shlex.join(run.command_template),
+        )  # fmt: skip
+        groups.setdefault(what, []).append(run)
+    for (
+        pipeline,
+        step,
+        software,
+        version,
+        digest,
+        config,
+        params,
+        template,
+    ), runs in groups.items():
+        lines.append(
+            f"  {pipeline} / {step}: {len(runs)} run(s), ids {_id_ranges([r.run_id for r in runs])}"
+        )
+        lines.append(f"    software {software} {version} ({digest})")
+        lines.append(f"    config   {config} {params}")
+        if template:
+            lines.append(f"    template {template}")
+        statuses = Counter(r.status for r in runs)
+        lines.append("    status   " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
+        for run in runs[:listed]:
+            lines.append(f"    run {run.run_id} [{display_key(run.sub_group_key)}]")
+            if run.execution_command:
+                lines.append(f"      command {run.execution_command}")
+        if len(runs) > listed:
+            lines.append(
+                f"    ... {len(runs) - listed} more run(s) of the same kind (--json lists all)"
+            )
+    lines.append(f"raw data packages ({len(lineage.raw_data_packages)}):")
+    packages = lineage.raw_data_packages
+    lines += [f"  {p['name']}  sha256 {p['checksum']}" for p in packages[: listed * 4]]
+    if len(packages) > listed * 4:
+        lines.append(f"  ... {len(packages) - listed * 4} more (--json lists all)")
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Commands about runs: `plan`, `run`, `retry`, `status`, `logs`, `cancel`, `trigger`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import click
+from sqlalchemy.orm import Session
+
+from ccat_ops_db.models import RunStatus
+from ccat_wm.cli.common import Moment, engine
+from ccat_wm.cli.render import (
+    render_plan_json,
+    render_plan_table,
+    render_retry,
+    render_runs_table,
+)
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.control import cancel_run
+from ccat_wm.execution.logs import follow_log, read_log, run_log
+from ccat_wm.execution.report import run_rows
+from ccat_wm.execution.waves import pipeline_by_name
+from ccat_wm.gaps.plan import make_plan
+from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
+
+
+def _keys(sub_groups: tuple[str, ...]) -> list[str]:
+    """Sub-group keys as typed (`all` is the all-data key, stored as the empty string)."""
+    return [("" if k == ALL_KEY_DISPLAY else k) for k in sub_groups]
+
+
+def _failed_hint(pipeline: str, count: int) -> str:
+    return (
+        f"{count} sub-group(s) of {pipeline} failed with their retries exhausted; "
+        f"retry them with: ccat-wm retry {pipeline}"
+    )
+
+
+@click.command()
+@click.argument("pipeline", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--at", type=Moment(), default=None, help="Evaluate as of this time (ISO 8601).")
+def plan(pipeline: str | None, as_json: bool, at: dt.datetime | None) -> None:
+    """Show what needs (re)processing, why, when, and which command runs it; writes nothing."""
+    now = at or dt.datetime.now(dt.UTC)
+    with Session(engine()) as session, session.begin():
+        result = make_plan(session, now, pipeline)
+    click.echo(render_plan_json(result) if as_json else render_plan_table(result))
+
+
+@click.command()
+@click.argument("pipeline")
+@click.option(
+    "--sub-group",
+    "sub_groups",
+    multiple=True,
+    help="Run only this sub-group key (repeatable; `all` for the all-data sub-group).",
+)
+@click.option(
+    "--force", is_flag=True, help="Run every sub-group, also those with a current run or failed."
+)
+def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
+    """Run a pipeline now (a manual run): every ready gap, or the given sub-groups."""
+    from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only for commands that run flows
+
+    result = run_pipeline(engine(), pipeline, sub_groups=_keys(sub_groups) or None, force=force)
+    click.echo(render_runs_table(result.runs) if result.runs else "no gaps: nothing to run")
+    click.echo(f"flow run {result.flow_run_id}: {result.state}")
+    if result.failed_sub_groups:
+        click.echo(_failed_hint(pipeline, result.failed_sub_groups))
+    if result.failed:
+        raise CcatWmError(
+            f"pipeline {pipeline!r} flow run {result.flow_run_id} ended {result.state}: "
+            f"{result.message}; see `ccat-wm status {pipeline} --status FAILED`"
+        )
+
+
+@click.command()
+@click.argument("pipeline")
+@click.option("--step", default=None, help="Only failed sub-groups of this step.")
+@click.option(
+    "--sub-group", "sub_groups", multiple=True, help="Only this sub-group key (repeatable)."
+)
+@click.option("--run", "run_ids", type=int, multiple=True, help="The sub-group of this run.")
+def retry(
+    pipeline: str, step: str | None, sub_groups: tuple[str, ...], run_ids: tuple[int, ...]
+) -> None:
+    """Give failed sub-groups (retries exhausted) a fresh retry budget and run them now."""
+    from flows.run import retry_pipeline  # noqa: PLC0415 - loads Prefect
+
+    retried, outcome = retry_pipeline(
+        engine(), pipeline, step=step, sub_groups=_keys(sub_groups), run_ids=list(run_ids)
+    )
+    click.echo(render_retry(retried))
+    if outcome is None:
+        return
+    click.echo(render_runs_table(outcome.runs))
+    click.echo(f"flow run {outcome.flow_run_id}: {outcome.state}")
+    if outcome.failed_sub_groups:
+        click.echo(_failed_hint(pipeline, outcome.failed_sub_groups))
+    if outcome.failed:
+        raise CcatWmError(
+            f"pipeline {pipeline!r} flow run {outcome.flow_run_id} ended {outcome.state}: "
+            f"{outcome.message}; read a run's log with `ccat-wm logs RUN_ID`"
+        )
+
+
+def prefect_ui_url() -> str | None:
+    """Return the Prefect UI's base URL when a server is set (`PREFECT_UI_URL` or the API's)."""
+    ui = os.environ.get("PREFECT_UI_URL")
+    if ui:
+        return ui
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        return None
+    api = api.rstrip("/")
+    return api[: -len("/api")] if api.endswith("/api") else api
+
+
+@click.command()
+@click.argument("pipeline", required=False)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in RunStatus], case_sensitive=False),
+    help="Only runs in this status (repeatable).",
+)
+@click.option("--step", default=None, help="Only runs of this step.")
+@click.option(
+    "--since", type=Moment(), default=None, help="Only runs created since (ISO 8601, or 6h, 2d)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
+def status(  # noqa: PLR0917 - one parameter per click option
+    pipeline: str | None,
+    statuses: tuple[str, ...],
+    step: str | None,
+    since: dt.datetime | None,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """List runs, newest first: status, reason, retries, job id, times and metrics."""
+    with Session(engine()) as session:
+        if pipeline is not None:
+            pipeline_by_name(session, pipeline)
+        rows = run_rows(
+            session, pipeline=pipeline, statuses=[RunStatus(s.upper()) for s in statuses],
+            step=step, since=since, limit=limit, ui_url=prefect_ui_url(),
+        )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        click.echo(render_runs_table(rows))
+
+
+@click.command()
+@click.argument("run_id", type=int)
+@click.option(
+    "--attempt",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Which attempt (0 = the first, as retry_count counts); default the latest.",
+)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the attempt ends.")
+def logs(run_id: int, attempt: int | None, follow: bool) -> None:
+    """Print a run's job log (stdout and stderr of one attempt), on any backend."""
+    ops_db = engine()
+    log = run_log(ops_db, run_id, attempt)
+    click.echo(
+        f"# run {run_id} attempt {log.attempt} of {log.attempts} ({log.status}): {log.path}",
+        err=True,
+    )
+    if follow:
+        final = follow_log(ops_db, log, lambda text: click.echo(text, nl=False))
+        click.echo(f"# run {run_id} is {final}", err=True)
+    else:
+        click.echo(read_log(ops_db, log), nl=False)
+    for path in log.extra:
+        click.echo(f"# also written by the software in this attempt: {path}", err=True)
+
+
+@click.command()
+@click.argument("run_id", type=int)
+def cancel(run_id: int) -> None:
+    """Cancel a run that has not finished, and stop its backend job."""
+    with Session(engine()) as session:
+        result = cancel_run(session, run_id)
+    job = f"; job {result.hpc_job_id} stopped" if result.job_cancelled else ""
+    click.echo(f"run {run_id} cancelled (was {result.previous_status}){job}")
+
+
+@click.command()
+@click.option("--location", default=None, help="Only this processing location's pipelines.")
+@click.option("--json", "as_json", is_flag=True, help="Print what the tick did as JSON.")
+def trigger(location: str | None, as_json: bool) -> None:
+    """One trigger tick: create the CONTINUOUS pipelines' due runs and start their flows."""
+    engine()  # the schema check, before Prefect starts
+    from flows.trigger import trigger_flow  # noqa: PLC0415 - loads Prefect
+
+    result = trigger_flow(location=location, interval_s=0.0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for pipeline, count in sorted(result["created"].items()):
+        click.echo(f"{pipeline}: {count} new run(s)")
+    for pipeline, how in sorted(result["started"].items()):
+        click.echo(f"{pipeline}: {how}")
+    if result["cancelled"]:
+        click.echo(f"cancelled runs of flow runs cancelled in Prefect: {result['cancelled']}")
+    if not (result["created"] or result["started"] or result["cancelled"]):
+        click.echo("nothing to do")

@@ -1,0 +1,126 @@
+"""`ccat-wm logs`: a run's job log, by attempt, on any backend, optionally followed.
+
+Every backend writes an attempt's stdout and stderr to the run's log file
+(`<run dir>/logs/<step>-attempt-<N>.log`, N counting from 0 like `retry_count`), on
+the processing location's shared filesystem; where that file is not on this host
+(a Kubernetes pod's log), the backend's own `logs()` is read instead. The files the
+software itself wrote under `logs/` in a failed attempt are kept beside it, in
+`<step>-attempt-<N>/`, and listed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from ccat_ops_db.models import RunStatus
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.backends import location_backend
+from ccat_wm.execution.context import RunContext, load_run_context
+from ccat_wm.execution.lifecycle import FINAL
+from ccat_wm.settings import Settings
+from infra.backends import BackendError
+
+FOLLOW_POLL_S = 0.5
+"""How often `--follow` looks for new output and for the run's end."""
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class RunLog:
+    """Where one attempt's log of a run is, and what else the attempt left."""
+
+    run_id: int
+    status: RunStatus
+    attempt: int
+    """0 = the first attempt (the run's `retry_count` during that attempt)."""
+    attempts: int
+    """Attempts so far: `retry_count + 1`."""
+    path: Path
+    extra: tuple[Path, ...]
+    """Log files the software wrote itself in that attempt (kept when it failed)."""
+
+
+def _load(engine: Engine, run_id: int) -> RunContext:
+    with engine.connect() as conn, conn.begin():
+        return load_run_context(conn, run_id)
+
+
+def _locate(ctx: RunContext, attempt: int | None) -> RunLog:
+    last = ctx.retry_count
+    chosen = last if attempt is None else attempt
+    if not 0 <= chosen <= last:
+        raise CcatWmError(
+            f"run {ctx.run_id} has attempts 0..{last} (0 is the first); got --attempt {attempt}"
+        )
+    layout = ctx.layout
+    kept = layout.logs / f"{layout.step}-attempt-{chosen}"
+    extra = tuple(sorted(p for p in kept.rglob("*") if p.is_file())) if kept.is_dir() else ()
+    return RunLog(ctx.run_id, ctx.status, chosen, last + 1, layout.attempt_log(chosen), extra)
+
+
+def run_log(engine: Engine, run_id: int, attempt: int | None = None) -> RunLog:
+    """Locate attempt `attempt` (default: the latest) of run `run_id`."""
+    return _locate(_load(engine, run_id), attempt)
+
+
+def read_log(engine: Engine, log: RunLog, settings: Settings | None = None) -> str:
+    """Return the attempt's whole log: the file, else what the backend still holds."""
+    if log.path.exists():
+        return log.path.read_text(errors="replace")
+    ctx = _load(engine, log.run_id)
+    if ctx.hpc_job_id and log.attempt == ctx.retry_count:
+        location = ctx.location
+        backend = location_backend(location.backend, location.path, location.settings, settings)
+        try:
+            return backend.logs(ctx.hpc_job_id)
+        except BackendError as exc:
+            raise CcatWmError(
+                f"run {log.run_id} attempt {log.attempt}: no log file at {log.path}, "
+                f"and the backend has none: {exc}"
+            ) from None
+    raise CcatWmError(
+        f"run {log.run_id} attempt {log.attempt} has no log yet (the run is {ctx.status}, "
+        f"expected at {log.path}); `--follow` waits for it"
+    )
+
+
+def follow_log(
+    engine: Engine,
+    log: RunLog,
+    write: Callable[[str], object],
+    *,
+    poll_s: float = FOLLOW_POLL_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunStatus:
+    """Write the attempt's log as it grows until the run leaves that attempt; return its status.
+
+    The run leaves the attempt when it reaches a final status or a retry starts (its
+    `retry_count` passes the attempt). The file may not exist yet (the run is still
+    PENDING or staging); it is waited for.
+    """
+    offset = 0
+    while True:
+        ctx = _load(engine, log.run_id)
+        done = ctx.status in FINAL or ctx.retry_count > log.attempt
+        offset = _write_new(log.path, offset, write)
+        if done:
+            return ctx.status
+        sleep(poll_s)
+
+
+def _write_new(path: Path, offset: int, write: Callable[[str], object]) -> int:
+    """Write what was appended to `path` since `offset`; return the new offset."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            while chunk := handle.read(_CHUNK):
+                write(chunk.decode(errors="replace"))
+                offset += len(chunk)
+    except FileNotFoundError:
+        pass
+    return offset

@@ -1,0 +1,171 @@
+"""`ccat-wm retry`: a fresh retry budget for failed sub-groups (DESIGN 3.2).
+
+A sub-group is `failed` when its runs failed `max_retries + 1` times on the same input
+set, config and version; gap evaluation then leaves it alone. A person's retry creates
+a new PENDING run for it with reason `retry`: the runner gives that run the step's
+whole budget again (`retry_count` starts at 0), and if it fails again it is `failed`
+at once. Nothing is deleted or rewritten: the failed runs stay in the history.
+
+Only failed sub-groups are retried. Naming a sub-group or run that is not failed is an
+error that says what it is and which command runs it instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.waves import containment, pipeline_by_name
+from ccat_wm.gaps.create import CreatedRun, create_runs
+from ccat_wm.gaps.evaluate import evaluate
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
+from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.selection.dimensions import display_key
+
+RUN = m.ExecutedReductionStep
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """Runs a retry created, and the sub-group keys a flow run should execute for them."""
+
+    pipeline: str
+    created: list[CreatedRun]
+    follow_keys: list[str]
+    """The retried keys and those of the downstream sub-groups containing them."""
+
+
+def _runs_sub_groups(
+    session: Session, pipeline: str, run_ids: Sequence[int]
+) -> set[tuple[str, str]]:
+    """Map run ids to their (step, sub_group_key); unknown or foreign ids are an error."""
+    if not run_ids:
+        return set()
+    rows = session.execute(
+        select(RUN.id, m.ReductionStep.name, RUN.sub_group_key, m.Pipeline.name)
+        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .where(RUN.id.in_(list(run_ids)))
+    ).all()
+    found = {rid: (step, key, owner) for rid, step, key, owner in rows}
+    missing = sorted(set(run_ids) - set(found))
+    if missing:
+        raise CcatWmError(f"no run with id {', '.join(map(str, missing))}; see `ccat-wm status`")
+    foreign = sorted(rid for rid, (_, _, owner) in found.items() if owner != pipeline)
+    if foreign:
+        raise CcatWmError(
+            f"run {', '.join(map(str, foreign))} is not a run of pipeline {pipeline!r}"
+        )
+    return {(step, key) for step, key, _ in found.values()}
+
+
+def _not_failed_message(pipeline: str, step: str, key: str, gaps: list[Gap]) -> str:
+    gap = next((g for g in gaps if g.step == step and g.sub_group_key == key), None)
+    where = f"sub-group {display_key(key)!r} of step {step!r}"
+    if gap is None:
+        return (
+            f"{where} is not failed: it is up to date or has a run in flight "
+            f"(see `ccat-wm status {pipeline} --step {step}`); `ccat-wm run {pipeline} "
+            "--force` re-runs it"
+        )
+    return (
+        f"{where} is not failed: it is a gap with reason {gap.reason.value!r}; "
+        f"`ccat-wm run {pipeline}` runs it"
+    )
+
+
+def _follow_keys(snapshot: PipelineSnapshot, retried: set[tuple[str, str]]) -> list[str]:
+    """Return the retried keys and, transitively, the downstream keys containing them."""
+    inside = containment(snapshot)
+    keys = {key for _, key in retried}
+    frontier = set(retried)
+    while frontier:
+        reached = {
+            (down, down_key)
+            for (up, down, down_key), up_keys in inside.items()
+            for step, key in frontier
+            if up == step and key in up_keys
+        }
+        frontier = reached - retried
+        retried = retried | reached
+        keys |= {key for _, key in reached}
+    return sorted(keys)
+
+
+def retry_failed(
+    session: Session,
+    pipeline: str,
+    now: dt.datetime,
+    *,
+    step: str | None = None,
+    sub_groups: Sequence[str] = (),
+    run_ids: Sequence[int] = (),
+) -> RetryResult:
+    """Create `retry` runs for the pipeline's failed sub-groups (optionally narrowed). No commit.
+
+    `sub_groups` are keys (`""` for all data); `run_ids` name the sub-groups of those runs.
+    Without either, every failed sub-group (of `step`, if given) is retried.
+    """
+    record = pipeline_by_name(session, pipeline)
+    snapshot = load_snapshot(session, record)
+    names = [s.name for s in snapshot.steps]
+    if step is not None and step not in names:
+        raise CcatWmError(
+            f"pipeline {pipeline!r} has no step {step!r}; its steps: {', '.join(names)}"
+        )
+    gaps = evaluate(snapshot, now, manual=True)
+    failed = {
+        (g.step, g.sub_group_key): g
+        for g in gaps
+        if g.reason is GapReason.FAILED and (step is None or g.step == step)
+    }
+    named = _runs_sub_groups(session, pipeline, run_ids)
+    problems = [
+        _not_failed_message(pipeline, s, key, gaps) for s, key in sorted(named - set(failed))
+    ]
+    for key in sub_groups:
+        matches = {(s, k) for s, k in failed if k == key}
+        if matches:
+            named |= matches
+        elif step is not None:
+            problems.append(_not_failed_message(pipeline, step, key, gaps))
+        else:
+            problems.append(
+                f"no step of pipeline {pipeline!r} has a failed sub-group {display_key(key)!r}; "
+                f"see `ccat-wm plan {pipeline}`"
+            )
+    if problems:
+        raise CcatWmError("; ".join(problems))
+    chosen = [failed[k] for k in sorted(named)] if named else list(failed.values())
+    retries = [dataclasses.replace(g, reason=GapReason.RETRY, eligible=True) for g in chosen]
+    created = create_runs(session, snapshot, retries)
+    retried = {(c.step, c.sub_group_key) for c in created}
+    return RetryResult(pipeline, created, _follow_keys(snapshot, retried) if retried else [])
+
+
+def failed_sub_groups(gaps: Sequence[Gap]) -> list[Gap]:
+    """Return the `failed` gaps (retries exhausted) among `gaps`."""
+    return [g for g in gaps if g.reason is GapReason.FAILED]
+
+
+def retry_failed_now(
+    engine: Engine,
+    pipeline: str,
+    *,
+    step: str | None = None,
+    sub_groups: Sequence[str] = (),
+    run_ids: Sequence[int] = (),
+) -> RetryResult:
+    """`retry_failed` in a transaction of its own, committed (all runs or none)."""
+    with Session(engine) as session, session.begin():
+        return retry_failed(
+            session, pipeline, dt.datetime.now(dt.UTC),
+            step=step, sub_groups=sub_groups, run_ids=run_ids,
+        )  # fmt: skip
