@@ -39,6 +39,9 @@ PACKAGE = m.RawDataPackage
 def _failures_query() -> Any:
     """Select runs in flight, and FAILED runs newer than the sub-group's current run.
 
+    Failures before a person's latest `retry` or `forced` run of the sub-group do not
+    count: that run starts a fresh retry budget.
+
     The current run is found per failed run through the partial unique index on
     `is_current`, and the rows through the index on runs that are not COMPLETED, so this
     stays cheap with a long history.
@@ -62,8 +65,20 @@ def _failures_query() -> Any:
         RUN.config_fingerprint,
         RUN.reduction_software_version_id,
     )
+    reset = aliased(RUN)
+    latest_reset = (  # a person's retry or force starts a fresh retry budget
+        select(func.max(reset.id))
+        .where(
+            reset.reduction_step_id == RUN.reduction_step_id,
+            reset.sub_group_key == RUN.sub_group_key,
+            reset.reason.in_([m.GapReason.RETRY, m.GapReason.FORCED]),
+        )
+        .scalar_subquery()
+    )
     failed_since = and_(
-        RUN.status == m.RunStatus.FAILED, RUN.id > func.coalesce(latest_completed, 0)
+        RUN.status == m.RunStatus.FAILED,
+        RUN.id > func.coalesce(latest_completed, 0),
+        RUN.id >= func.coalesce(latest_reset, 0),
     )
     return (
         select(*keys, func.sum(RUN.retry_count + 1).label("failures"))
