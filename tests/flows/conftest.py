@@ -38,7 +38,9 @@ def prefect_server(migrated_url: URL) -> Iterator[None]:
 
 def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
     """A step running tests/programs/contract_tool.py with parameters `mode` and `arg`."""
-    parameters = {"mode": "ok", "arg": "", "fail_key": "", "track": "", "sleep": 0, "once": 0}
+    parameters = {
+        "mode": "ok", "arg": "", "fail_key": "", "track": "", "sleep": 0, "once": 0, "fixed": "",
+    }  # fmt: skip
     parameters |= overrides.pop("parameters", {})
     resources = overrides.pop("config_resources", {"cpu": 1, "memory_gb": 1, "time_hours": 1})
     step = {
@@ -65,6 +67,8 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
                 "{sleep}",
                 "--once",
                 "{once}",
+                "--fixed",
+                "{fixed}",
             ],
             "resources": resources,
         },

@@ -1,7 +1,10 @@
 """A reduction program for tests: follows (or breaks, on request) the container contract.
 
 Usage: contract_tool.py --mode MODE [--arg VALUE] [--fail-key TEXT] [--track DIR] [--sleep S]
-                        [--once 0|1]
+                        [--once 0|1] [--fixed FILE]
+
+`--fail-key TEXT` fails sub-groups whose key contains TEXT (exit code 3), until the file
+`--fixed` names exists (an operator's fix, for tests of `ccat-wm retry`).
 
 Modes: ok; outside, symlink, bad-sidecar (contract violations); hog (holds `--arg` MB for
 five seconds). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
@@ -26,6 +29,7 @@ def main() -> int:
     parser.add_argument("--track", default="")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--once", type=int, default=0)
+    parser.add_argument("--fixed", default="")
     args = parser.parse_args()
     manifest = json.loads(Path(os.environ["WORKFLOW_MANIFEST"]).read_text())
     out = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
@@ -46,9 +50,11 @@ def main() -> int:
     print(f"tool {args.mode} for {key}", flush=True)
     if args.sleep:
         time.sleep(args.sleep)
+        print(f"woke up after {args.sleep} s", flush=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "logs" / "tool.log").write_text(f"mode {args.mode} key {key}\n")
-    if args.fail_key and args.fail_key in key:
+    fixed = bool(args.fixed) and Path(args.fixed).exists()
+    if args.fail_key and args.fail_key in key and not fixed:
         print("boom: failing on purpose", file=sys.stderr, flush=True)
         return 3
     for kind in ("science", "qa"):

@@ -46,9 +46,7 @@ def _files(layer: str) -> list[Path]:
     root = REPO / layer.replace(".", "/")
     inner = [REPO / other.replace(".", "/") for other in LAYERS if other.startswith(layer + ".")]
     return [
-        path
-        for path in root.rglob("*.py")
-        if not any(path.is_relative_to(sub) for sub in inner)
+        path for path in root.rglob("*.py") if not any(path.is_relative_to(sub) for sub in inner)
     ]
 
 
