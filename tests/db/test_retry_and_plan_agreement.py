@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -197,10 +198,13 @@ def test_force_records_reason_forced_also_for_a_failed_sub_group(kit: GapKit) ->
 def test_a_run_can_never_record_reason_failed(kit: GapKit) -> None:
     kit.simulate(1)
     created = kit.create()
-    with Session(kit.engine) as session, session.begin():
-        with pytest.raises(Exception, match="reason_not_failed"):
-            session.get_one(m.ExecutedReductionStep, created[0].id).reason = m.GapReason.FAILED
-            session.flush()
+    with (
+        Session(kit.engine) as session,
+        session.begin(),
+        pytest.raises(IntegrityError, match="reason_not_failed"),
+    ):
+        session.get_one(m.ExecutedReductionStep, created[0].id).reason = m.GapReason.FAILED
+        session.flush()
 
 
 def test_plan_at_accepts_iso_8601_with_z() -> None:
