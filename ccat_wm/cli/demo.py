@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,8 +68,32 @@ def demo_locations_file(settings: Settings) -> Path:
     return path
 
 
+def demo_programs() -> list[str]:
+    """Return the programs the demo pipeline's steps run (the first word of each command)."""
+    spec = yaml.safe_load(DEMO_SPEC.read_text())
+    return sorted({step["config"]["command"][0] for p in spec["pipelines"] for step in p["steps"]})
+
+
+def check_demo_programs() -> None:
+    """Fail before anything is created when the example reduction programs are missing.
+
+    The host runtime finds programs installed next to this interpreter first, then on
+    PATH, so both are searched.
+    """
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    missing = [name for name in demo_programs() if shutil.which(name, path=search) is None]
+    if missing:
+        raise CcatWmError(
+            f"the demo's example reduction programs are not installed: {', '.join(missing)}; "
+            f"install them with `{Path(sys.executable).parent / 'pip'} install -e "
+            "examples/chai-software` (from the repository; `make demo` does it), then run "
+            "`ccat-wm demo` again"
+        )
+
+
 def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
     """Run the walk-through, reporting each stage through `echo`."""
+    check_demo_programs()
     url = resolve_db_url(settings)
     engine = get_engine(url)
     echo(f"[1/5] ops DB: {display_url(url)}")
@@ -92,22 +119,32 @@ def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
     due = [g for g in plan.gaps if g.eligible]
     with Session(engine) as session:
         pending = _pending_runs(session)
+    failed = [g for g in plan.gaps if g.reason is m.GapReason.FAILED]
+    outcome = None
     if not due and not pending:
         echo("[4/5] no gaps: everything is up to date, nothing to run")
     else:
         echo(f"[4/5] running {DEMO_PIPELINE}: {len(due)} sub-group(s) due now, more as they finish")
-        echo("      (Prefect logs each task run below; the first flow run starts Prefect's server)")
+        echo("      starting Prefect's local server for the flow run (about 10 s the first time);")
+        echo("      Prefect then logs each task run below")
         from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only when a flow runs
 
         outcome = run_pipeline(engine, DEMO_PIPELINE)
         echo(f"      flow run {outcome.flow_run_id}: {outcome.state} ({len(outcome.runs)} runs)")
-        if outcome.failed:
-            raise CcatWmError(
-                f"the demo pipeline ended {outcome.state}: {outcome.message}; "
-                f"see `ccat-wm status {DEMO_PIPELINE}`"
-            )
     with Session(engine) as session:
         _summary(session, echo)
+    count = outcome.failed_sub_groups if outcome is not None else len(failed)
+    if count:
+        echo(
+            f"      {count} sub-group(s) failed with their retries exhausted: read why with "
+            f"`ccat-wm status {DEMO_PIPELINE} --status FAILED` and `ccat-wm logs RUN_ID`, "
+            f"retry them with `ccat-wm retry {DEMO_PIPELINE}`"
+        )
+    if outcome is not None and outcome.failed:
+        raise CcatWmError(
+            f"the demo pipeline ended {outcome.state}: {outcome.message}; "
+            f"see `ccat-wm status {DEMO_PIPELINE} --status FAILED`"
+        )
 
 
 def _progress(echo: Callable[[str], object]) -> Callable[[int, int], None]:
@@ -154,7 +191,10 @@ def _summary(session: Session, echo: Callable[[str], object]) -> None:
     ).all()
     for path in sorted(maps):
         echo(f"      map: {path}")
-    echo("      next: `ccat-wm status`, `ccat-wm lineage <product id or path>`")
+    echo(
+        "      next: `ccat-wm status`, `ccat-wm logs RUN_ID`, "
+        "`ccat-wm lineage <product id or path>`"
+    )
 
 
 @click.command()

@@ -1,10 +1,11 @@
-"""chai-grid: spectra gridded into a FITS cube, with an integrated-intensity PNG and statistics.
+"""chai-grid: spectra gridded into a FITS cube, with an integrated-intensity map and statistics.
 
 Each scan of the simulated survey observes one position of a 5 x 5 raster around its
 source (the position follows from the scan number); spectra falling on the same pixel
 are averaged with equal weights. The cube has axes (frequency, dec, ra) with a simple
 CAR world coordinate system; the map is the sum over channels times the channel width
-in km/s (K km/s).
+in km/s (K km/s), drawn with matplotlib: offsets from the source in arcseconds, a
+colour bar in K km/s and a title naming the source and the line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from PIL import Image
 
 from chai_software.contract import job, sidecar
 
@@ -49,17 +49,42 @@ def grid(
     return cube, frequency
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a map as an 8-bit grayscale PNG, scaled to its finite range, 40x enlarged."""
-    finite = np.isfinite(image)
-    lo, hi = (image[finite].min(), image[finite].max()) if finite.any() else (0.0, 1.0)
-    scaled = np.zeros(image.shape, dtype=np.uint8)
-    if hi > lo:
-        scaled[finite] = ((image[finite] - lo) / (hi - lo) * 255).astype(np.uint8)
-    picture = Image.fromarray(scaled[::-1], mode="L").resize(
-        (RASTER * 40, RASTER * 40), Image.NEAREST
+def line_label(line: str) -> str:
+    """`CO43` -> `CO(4-3)`, `CI10` -> `[CI](1-0)`: how astronomers write the transitions."""
+    match = re.fullmatch(r"(CO|CI|CII)(\d)(\d)", line)
+    if not match:
+        return line
+    species, upper, lower = match.groups()
+    species = f"[{species}]" if species.startswith("CI") else species
+    return f"{species}({upper}-{lower})"
+
+
+def write_map(
+    path: Path, image: np.ndarray, *, pixel_arcsec: float, source: str, line: str, spectra: int
+) -> None:
+    """Write the integrated-intensity map as a figure: offset axes, colour bar, title."""
+    import matplotlib  # noqa: PLC0415 - only the gridding step draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    half = RASTER * pixel_arcsec / 2
+    figure, axes = plt.subplots(figsize=(5.6, 4.8), dpi=100, layout="constrained")
+    shown = axes.imshow(
+        np.ma.masked_invalid(image),
+        origin="lower",
+        extent=(half, -half, -half, half),  # RA offset grows to the east (left)
+        cmap="inferno",
+        interpolation="nearest",
     )
-    picture.save(path)
+    colour_bar = figure.colorbar(shown, ax=axes)
+    colour_bar.set_label(r"integrated intensity $\int T_A^* \, dv$ [K km s$^{-1}$]")
+    axes.set_xlabel(r"$\Delta\alpha$ (RA offset) [arcsec]")
+    axes.set_ylabel(r"$\Delta\delta$ (Dec offset) [arcsec]")
+    axes.set_title(f"{source} {line_label(line)}: moment 0 ({spectra} spectra)")
+    axes.set_facecolor("0.85")  # pixels without data
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     map_path = run.output / "plots" / f"{stem}.moment0.png"
-    write_png(map_path, moment0)
+    write_map(
+        map_path, moment0, pixel_arcsec=args.pixel_arcsec, source=source, line=line,
+        spectra=len(spectra),
+    )
     sidecar(map_path, {"source": source, "line": line, "unit": "K km/s"})
     finite = moment0[np.isfinite(moment0)]
     stats = {
