@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ccat_ops_db.models import TriggerType
+
 PIPELINE_ENTRYPOINT = "flows/pipeline.py:pipeline_flow"
 TRIGGER_ENTRYPOINT = "flows/trigger.py:trigger_flow"
 TRIGGER_QUEUE = "trigger"
@@ -34,7 +36,7 @@ class PipelineDeploymentInfo:
 
     name: str
     location: str
-    trigger_type: str
+    trigger_type: TriggerType
     trigger_config: Mapping[str, Any] = field(default_factory=dict)
     enabled: bool = True
     priority: int = 0
@@ -52,14 +54,17 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": pipeline.name,
         "description": (
-            f"CCAT pipeline {pipeline.name} ({pipeline.trigger_type.lower()} trigger): "
+            f"CCAT pipeline {pipeline.name} ({pipeline.trigger_type.value.lower()} trigger): "
             f"steps {', '.join(pipeline.steps) or '-'} over data grouping "
             f"{pipeline.data_grouping or '-'}"
         ),
         "entrypoint": PIPELINE_ENTRYPOINT,
         # A MANUAL pipeline runs when a person starts its deployment: its ready gaps are
         # due then (DESIGN: MANUAL gaps have no eligible time of their own).
-        "parameters": {"pipeline": pipeline.name, "manual": pipeline.trigger_type == "MANUAL"},
+        "parameters": {
+            "pipeline": pipeline.name,
+            "manual": pipeline.trigger_type is TriggerType.MANUAL,
+        },
         "tags": [MANAGED_TAG, f"pipeline:{pipeline.name}", f"location:{pipeline.location}"],
         "work_pool": {
             "name": pipeline.location,
@@ -68,7 +73,7 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
         },
         "schedules": [],
     }
-    if pipeline.trigger_type == "CRON":
+    if pipeline.trigger_type is TriggerType.CRON:
         entry["schedules"] = [
             {
                 "cron": pipeline.trigger_config["cron"],

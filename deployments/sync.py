@@ -80,9 +80,7 @@ class DeployResult:
 def load_deploy_inputs(session: Session) -> DeployInputs:
     """Read the active processing locations and every pipeline with its steps."""
     locations = [
-        ProcessingLocation(
-            row.name, row.backend.value, row.runtime.value, Path(row.path), dict(row.settings)
-        )
+        ProcessingLocation(row.name, row.backend, row.runtime, Path(row.path), dict(row.settings))
         for row in session.execute(
             select(
                 m.DataLocation.name,
@@ -128,7 +126,7 @@ def load_deploy_inputs(session: Session) -> DeployInputs:
         PipelineDeploymentInfo(
             name=row.name,
             location=row.location,
-            trigger_type=row.trigger_type.value,
+            trigger_type=row.trigger_type,
             trigger_config=dict(row.trigger_config or {}),
             enabled=row.enabled,
             priority=row.priority,

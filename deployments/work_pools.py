@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ccat_ops_db.models import Backend, Runtime
 from ccat_wm.errors import ConfigurationError, DeployError
 from deployments.render import TRIGGER_QUEUE, queue_name
 
 PROCESS = "process"
 KUBERNETES = "kubernetes"
-POOL_TYPES = {"local": PROCESS, "slurm": PROCESS, "kubernetes": KUBERNETES}
+POOL_TYPES = {Backend.LOCAL: PROCESS, Backend.SLURM: PROCESS, Backend.KUBERNETES: KUBERNETES}
 """Work pool type by backend."""
 ENV_FROM_SETTINGS = {
     "slurm_partition": "SLURM_PARTITION",
@@ -52,8 +53,8 @@ class ProcessingLocation:
     """What a work pool needs to know about a processing location (plain data)."""
 
     name: str
-    backend: str
-    runtime: str
+    backend: Backend
+    runtime: Runtime
     path: Path
     settings: Mapping[str, Any]
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ccat_ops_db import models as m
 from ccat_wm.settings import Settings, load_settings
 from infra.backends import Backend, get_backend
 
@@ -14,7 +15,7 @@ JOB_STATE_DIR = ".jobs"
 
 
 def location_backend(
-    backend: str,
+    backend: m.Backend,
     path: Path,
     location_settings: Mapping[str, Any],
     settings: Settings | None = None,
@@ -27,4 +28,4 @@ def location_backend(
         "k8s_namespace": settings.k8s_namespace,
     }
     merged = {k: v for k, v in defaults.items() if v is not None} | dict(location_settings)
-    return get_backend(backend, path / JOB_STATE_DIR, merged)
+    return get_backend(backend.value, path / JOB_STATE_DIR, merged)

@@ -6,10 +6,11 @@ work from it, so no ORM object or session crosses a task boundary.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
@@ -17,8 +18,10 @@ from sqlalchemy.orm import aliased
 
 from ccat_ops_db import models as m
 from ccat_wm.db import Db, connection_of
-from ccat_wm.errors import CcatWmError
+from ccat_wm.errors import CcatWmError, ConfigurationError
 from ccat_wm.execution.layout import RunLayout
+
+EnumT = TypeVar("EnumT", bound=enum.Enum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +58,8 @@ class LocationInfo:
 
     id: int
     name: str
-    backend: str
-    runtime: str
+    backend: m.Backend
+    runtime: m.Runtime
     path: Path
     settings: dict[str, Any]
 
@@ -98,6 +101,15 @@ class RunContext:
         )  # fmt: skip
 
 
+def _required(value: EnumT | None, what: str, location: str) -> EnumT:
+    """Return a processing location's backend or runtime; missing is a configuration error."""
+    if value is None:
+        raise ConfigurationError(
+            f"processing location {location!r} has no {what}; set it in its spec and apply"
+        )
+    return value
+
+
 class RunNotFoundError(CcatWmError):
     """No run has the given id."""
 
@@ -122,8 +134,8 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
         location=LocationInfo(
             row.location_id,
             row.location,
-            row.backend or "",
-            row.runtime or "",
+            _required(row.backend, "backend", row.location),
+            _required(row.runtime, "runtime", row.location),
             Path(row.location_path),
             dict(row.location_settings or {}),
         ),

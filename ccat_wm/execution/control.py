@@ -45,7 +45,7 @@ def cancel_run(session: Session, run_id: int) -> CancelResult:
     cancelled = False
     if job_id:
         backend, path, settings = location
-        location_backend(backend.value, Path(path), settings).cancel(job_id)
+        location_backend(backend, Path(path), settings).cancel(job_id)
         cancelled = True
     return CancelResult(run_id, previous.value if previous else "", job_id, cancelled)
 

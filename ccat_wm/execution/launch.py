@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from ccat_ops_db import models as m
 from ccat_wm.errors import ConfigurationError
 from ccat_wm.execution.context import RunContext
 from ccat_wm.execution.layout import RunLayout
@@ -59,9 +60,9 @@ def render_command(template: Sequence[str], parameters: Mapping[str, Any]) -> li
     return argv
 
 
-def seen_path(path: Path, layout: RunLayout, runtime: str) -> str:
+def seen_path(path: Path, layout: RunLayout, runtime: m.Runtime) -> str:
     """Return a host path under the run's root as the software sees it (container or host)."""
-    if runtime != "host":
+    if runtime is not m.Runtime.HOST:
         return str(CONTAINER_ROOT / path.relative_to(layout.root))
     return str(path)
 
@@ -137,19 +138,19 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
     )
     image: str | None = None
     mounts: tuple[Mount, ...] = ()
-    if ctx.location.backend == "kubernetes":
+    if ctx.location.backend is m.Backend.KUBERNETES:
         # The cluster runs the image itself, with the same /workflow view as Apptainer.
         argv, env = pod_container(job)
         image, mounts = image_ref.oci_reference, contract_mounts(job)
-    elif ctx.location.runtime == "apptainer":
+    elif ctx.location.runtime is m.Runtime.APPTAINER:
         argv, env = apptainer_command(job, sif_cache_dir(ctx, settings))
-    elif ctx.location.runtime == "host":
+    elif ctx.location.runtime is m.Runtime.HOST:
         argv, env = host_command(job)
         # Programs installed next to this interpreter (the examples) are found first.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     else:
         raise ConfigurationError(
-            f"location {ctx.location.name!r} has runtime {ctx.location.runtime!r}; "
+            f"location {ctx.location.name!r} has runtime {ctx.location.runtime.value!r}; "
             "expected apptainer or host"
         )
     return JobSpec(

@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from ccat_ops_db.models import DataProductType, RunStatus
+from ccat_ops_db.models import DataProductType, RunStatus, Runtime
 from ccat_wm.db import Db
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
@@ -268,7 +268,7 @@ class RunExecutor:
         staged = stage_inputs(lambda: self._transaction(conn), ctx)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt)
-        if ctx.location.runtime == "apptainer":
+        if ctx.location.runtime is Runtime.APPTAINER:
             self._ensure_image(ctx)
         return spec, backend_for(ctx, self.settings)
 

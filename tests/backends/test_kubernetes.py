@@ -41,7 +41,7 @@ def context(*, gpu: int = 0, step: str = "calibrate", run_id: int = 42) -> RunCo
         run_id=run_id, status=m.RunStatus.STAGING_DATA, retry_count=0, max_retries=2,
         hpc_job_id=None, exit_code=None, pipeline="chai-ngc253", step=step, step_id=1,
         sub_group_key="executed_obs_unit=scan-000001", is_final=False,
-        location=LocationInfo(7, "k8s-cologne", "kubernetes", "apptainer", LOCATION_PATH,
+        location=LocationInfo(7, "k8s-cologne", m.Backend.KUBERNETES, m.Runtime.APPTAINER, LOCATION_PATH,
                               {"k8s_volumes": VOLUMES}),
         software="chai-calibration", repository="ghcr.io/ccatobs/chai-calibration",
         version_tag="1.4.0", digest=DIGEST, parameters={"calibration_mode": "$(touch /x)"},

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from ccat_ops_db.models import TriggerType
 from deployments.render import (
     PipelineDeploymentInfo,
     deployment_entry,
@@ -18,19 +19,19 @@ from deployments.work_pools import queue_priorities
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deployments.yaml"
 PIPELINES = [
     PipelineDeploymentInfo(
-        "chai-ngc253", "ramses", "CONTINUOUS", {}, True, 10, "chai-ngc253",
+        "chai-ngc253", "ramses", TriggerType.CONTINUOUS, {}, True, 10, "chai-ngc253",
         ("calibrate", "baseline", "grid"),
     ),
     PipelineDeploymentInfo(
-        "chai-nightly-maps", "ramses", "CRON", {"cron": "0 4 * * *", "timezone": "America/Santiago"},
+        "chai-nightly-maps", "ramses", TriggerType.CRON, {"cron": "0 4 * * *", "timezone": "America/Santiago"},
         True, 5, "chai-all", ("grid",),
     ),
     PipelineDeploymentInfo(
-        "chai-paused", "ramses", "CRON", {"cron": "30 2 * * 1", "timezone": "UTC"}, False, 0,
+        "chai-paused", "ramses", TriggerType.CRON, {"cron": "30 2 * * 1", "timezone": "UTC"}, False, 0,
         "chai-all", ("grid",),
     ),
     PipelineDeploymentInfo(
-        "chai-reprocess", "laptop", "MANUAL", {}, True, -5, "chai-ngc253", ("calibrate",),
+        "chai-reprocess", "laptop", TriggerType.MANUAL, {}, True, -5, "chai-ngc253", ("calibrate",),
     ),
 ]  # fmt: skip
 
@@ -72,7 +73,7 @@ def test_every_location_with_an_enabled_pipeline_gets_a_trigger_deployment() -> 
     assert trigger["work_pool"] == {
         "name": "ramses", "work_queue_name": "trigger", "job_variables": {},
     }  # fmt: skip
-    disabled = [PipelineDeploymentInfo("x", "laptop", "CONTINUOUS", {}, False, 0)]
+    disabled = [PipelineDeploymentInfo("x", "laptop", TriggerType.CONTINUOUS, {}, False, 0)]
     assert [d["name"] for d in render_deployments(disabled)] == ["x"]
 
 

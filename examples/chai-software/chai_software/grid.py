@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     map_path = run.output / "plots" / f"{stem}.moment0.png"
     write_map(
-        map_path, moment0, pixel_arcsec=args.pixel_arcsec, source=source, line=line,
+        map_path,
+        moment0,
+        pixel_arcsec=args.pixel_arcsec,
+        source=source,
+        line=line,
         spectra=len(spectra),
     )
     sidecar(map_path, {"source": source, "line": line, "unit": "K km/s"})
