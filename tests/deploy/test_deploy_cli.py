@@ -185,7 +185,31 @@ def test_deploy_removes_stale_schedules_and_deployments_that_prefect_deploy_keep
     nightly = spec["pipelines"][1]
     nightly["trigger"]["cron"] = "0 5 * * *"
     nightly["enabled"] = False
+    spec["locations"].append(
+        {"name": "dry-run-pool", "site": "test", "location_type": "PROCESSING",
+         "backend": "local", "path": str(tmp_path / "dry")}
+    )  # fmt: skip
     assert run_cli(deploy_env, "apply", str(write_yaml(tmp_path / "s.yaml", spec))).returncode == 0
+
+    # A dry run reports all of it and changes nothing: server, pools, file.
+    before_file = prefect_yaml.read_bytes()
+    before = api_post(prefect_api, "/deployments/filter", {})
+    dry = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    would = json.loads(dry.stdout)
+    assert would["dry_run"] is True and would["prefect_yaml_action"] == "update"
+    assert sorted(would["reconciled"]["deleted_deployments"]) == [
+        "removed-pipeline", "trigger-ramses",
+    ]  # fmt: skip
+    assert ("dry-run-pool", "create") in {(p["name"], p["action"]) for p in would["work_pools"]}
+    text = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--dry-run")
+    assert "work pool dry-run-pool (process): would be created" in text.stdout
+    assert "deployment removed-pipeline would be deleted (its pipeline is gone)" in text.stdout
+    assert text.stdout.rstrip().endswith("dry run: nothing was changed")
+    assert prefect_yaml.read_bytes() == before_file
+    assert api_post(prefect_api, "/deployments/filter", {}) == before
+    missing = httpx.get(f"{prefect_api['PREFECT_API_URL']}/work_pools/dry-run-pool", timeout=30)
+    assert missing.status_code == 404
 
     result = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
     assert result.returncode == 0, result.stderr
