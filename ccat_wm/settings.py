@@ -1,4 +1,4 @@
-"""Settings from the environment, validated once at start (DESIGN section 6)."""
+"""Settings from the environment, validated once at start (docs/concepts.md section 6)."""
 
 from __future__ import annotations
 

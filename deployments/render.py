@@ -60,7 +60,7 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
         ),
         "entrypoint": PIPELINE_ENTRYPOINT,
         # A MANUAL pipeline runs when a person starts its deployment: its ready gaps are
-        # due then (DESIGN: MANUAL gaps have no eligible time of their own).
+        # due then (MANUAL gaps have no eligible time of their own: docs/concepts.md 3.2).
         "parameters": {
             "pipeline": pipeline.name,
             "manual": pipeline.trigger_type is TriggerType.MANUAL,

@@ -8,7 +8,7 @@ from sqlalchemy import Enum as SAEnum
 
 
 class RunStatus(enum.StrEnum):
-    """Lifecycle of an ExecutedReductionStep (DESIGN section 2)."""
+    """Lifecycle of an ExecutedReductionStep (docs/concepts.md section 2)."""
 
     PENDING = "PENDING"
     STAGING_DATA = "STAGING_DATA"
@@ -31,7 +31,7 @@ IN_FLIGHT_STATUSES: tuple[RunStatus, ...] = (
 
 
 class GapReason(enum.StrEnum):
-    """Why a (step, sub-group) needs a run, and so why a run was created (DESIGN 3.2).
+    """Why a (step, sub-group) needs a run, and so why a run was created (docs/concepts.md 3.2).
 
     One enum for gap evaluation and for the runs it creates. `failed` (retries
     exhausted) is a state of a sub-group, never the reason of a run (a check
@@ -85,7 +85,7 @@ class StorageType(enum.StrEnum):
 
 
 class Backend(enum.StrEnum):
-    """Execution backend of a processing location (DESIGN section 5)."""
+    """Execution backend of a processing location (docs/concepts.md section 5)."""
 
     SLURM = "slurm"
     KUBERNETES = "kubernetes"
@@ -100,7 +100,7 @@ class Runtime(enum.StrEnum):
 
 
 class VersionPolicy(enum.StrEnum):
-    """Which software versions a step's results stay valid under (DESIGN 3.3)."""
+    """Which software versions a step's results stay valid under (docs/concepts.md 3.3)."""
 
     COMPATIBLE = "compatible"
     EXACT = "exact"

@@ -23,7 +23,7 @@ RESOURCE_KEYS = ("cpu", "memory_gb", "time_hours", "gpu")
 
 
 class DataGrouping(Base):
-    """A selection of raw data: filter rules ANDed over the join graph (DESIGN 3.1)."""
+    """A selection of raw data: filter rules ANDed over the join graph (docs/concepts.md 3.1)."""
 
     __tablename__ = "data_grouping"
 

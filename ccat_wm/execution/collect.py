@@ -1,4 +1,4 @@
-"""Result collection (DESIGN section 4): classify, checksum and register a run's outputs.
+"""Result collection (docs/concepts.md section 4): classify, checksum and register a run's outputs.
 
 `scan_outputs` walks `$WORKFLOW_OUTPUT_DIR` and reports every contract violation at
 once, each naming its file: files outside the declared sub-directories (top-level files

@@ -1,4 +1,4 @@
-"""The manifest and the job of one run (DESIGN section 4): what the software is told.
+"""The manifest and the job of one run (docs/concepts.md section 4): what the software is told.
 
 The command template is rendered argument by argument: `{name}` placeholders are
 replaced by the config parameter's value and nothing else is interpreted, so a value

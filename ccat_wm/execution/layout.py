@@ -1,4 +1,4 @@
-"""Where a run's files live on the host (DESIGN section 4).
+"""Where a run's files live on the host (docs/concepts.md section 4).
 
 A run's workflow directory is `<base>/<pipeline>/<sub-group dir>/run-<id>/`, holding the
 contract's `input/`, `workspace/<step>/`, `output/`, `config/manifest.json` and `logs/`.

@@ -1,4 +1,4 @@
-"""`ccat-wm retry`: a fresh retry budget for failed sub-groups (DESIGN 3.2).
+"""`ccat-wm retry`: a fresh retry budget for failed sub-groups (docs/concepts.md 3.2).
 
 A sub-group is `failed` when its runs failed `max_retries + 1` times on the same input
 set, config and version; gap evaluation then leaves it alone. A person's retry creates

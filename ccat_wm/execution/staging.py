@@ -1,4 +1,4 @@
-"""Staging: make every input of a run readable at its processing location (DESIGN 2, 4).
+"""Staging: make every input of a run readable at its processing location (docs/concepts.md 2, 4).
 
 Raw data packages are staged once per processing location into its `.staging/` cache:
 from a disk copy (hard link when on the same filesystem, else a copy), checksum

@@ -1,4 +1,4 @@
-"""Gap evaluation (DESIGN 3.2, 3.3): what needs (re)processing, why and when.
+"""Gap evaluation (docs/concepts.md 3.2, 3.3): what needs (re)processing, why and when.
 
 `snapshot` loads a pipeline's state with a few set-based queries, `evaluate` is a pure
 function of that snapshot and an injected `now`, `create` turns eligible gaps into

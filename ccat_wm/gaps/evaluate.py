@@ -1,4 +1,4 @@
-"""The gap rules of DESIGN 3.2: a pure function of a snapshot and `now`.
+"""The gap rules of docs/concepts.md 3.2: a pure function of a snapshot and `now`.
 
 Choices where the design is silent (also in the README):
 - A `failed` (step, sub-group) does not block downstream readiness: the downstream

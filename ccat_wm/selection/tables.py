@@ -19,7 +19,7 @@ from ccat_ops_db import models as m
 ROOT_TABLE = "RawDataPackage"
 
 FILTER_OPERATORS: tuple[str, ...] = ("eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "like")
-"""Operators of a filter rule (DESIGN 3.1); `in` and `not_in` take a list."""
+"""Operators of a filter rule (docs/concepts.md 3.1); `in` and `not_in` take a list."""
 
 LIST_OPERATORS = frozenset({"in", "not_in"})
 

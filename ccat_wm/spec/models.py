@@ -1,4 +1,4 @@
-"""Pydantic models of the pipeline spec file (DESIGN section 6).
+"""Pydantic models of the pipeline spec file (docs/concepts.md section 6).
 
 These check everything one object can check on its own; references between objects
 and against the ops DB are checked in `ccat_wm.spec.validate`. Unknown keys are errors.

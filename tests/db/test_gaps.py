@@ -1,4 +1,4 @@
-"""Gap evaluation scenarios (DESIGN 3.2, 3.3): each asserts the exact gaps and reasons."""
+"""Gap evaluation scenarios (docs/concepts.md 3.2, 3.3): each asserts the exact gaps and reasons."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Initial schema of the ops DB.
 
-Why: the foundation of the workflow manager. Creates every table of DESIGN section 2
+Why: the foundation of the workflow manager. Creates every table of docs/concepts.md section 2
 (observations, locations, software, pipelines, runs, products) with the named enums and
 the constraints that make bad states impossible (one in-flight run per step and
 sub-group, one latest version per software, non-negative numbers).
