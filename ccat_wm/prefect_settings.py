@@ -32,11 +32,17 @@ run and fell behind a 1,000-run flow by a minute on two cores; batched, about 15
 no backlog (bench/README.md). The UI shows a task run up to a second later."""
 
 
+ANALYTICS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+"""Data centers run without internet access: Prefect's server would log a failed telemetry
+send, and its ephemeral SQLite server an ERROR traceback ("database is locked") on every
+command that starts a flow. A user's own value wins."""
+
+
 def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> None:
     """Set ccat-wm's Prefect defaults in `environ` (the process environment) unless set."""
     target = os.environ if environ is None else environ
     target.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
     )
-    for name, value in SERVER_DEFAULTS.items():
+    for name, value in {**SERVER_DEFAULTS, **ANALYTICS}.items():
         target.setdefault(name, value)

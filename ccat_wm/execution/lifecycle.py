@@ -1,4 +1,4 @@
-"""Run status transitions as data (docs/concepts.md section 2), and the one function that applies them.
+"""Run status transitions as data (docs/concepts.md section 2), and the one function to apply them.
 
 `transition()` updates `WHERE status IN (allowed sources)` and raises when no row
 matched, so two processes can never both move a run (no double submission), and a

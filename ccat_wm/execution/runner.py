@@ -1,4 +1,4 @@
-"""One run from PENDING to a final status (docs/concepts.md section 2), written to the ops DB as it goes.
+"""One run from PENDING to a final status (docs/concepts.md section 2), written to the ops DB.
 
 Each step commits its own short transaction: PENDING -> STAGING_DATA (stage inputs,
 write the manifest, build the command) -> SUBMITTED (job id and command stored with the

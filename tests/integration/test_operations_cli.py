@@ -66,6 +66,11 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
     assert _status(cli_env, "--since", "2099-01-01T00:00Z") == []
     assert len(_status(cli_env, "--since", "1d")) == 2
     assert _status(cli_env, "--step", "nope") == []
+    assert failed[0]["flow_run_url"] is None  # no Prefect server set
+    served = _status(cli_env | {"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
+    assert served[0]["flow_run_url"] == (
+        f"http://127.0.0.1:4200/runs/flow-run/{served[0]['flow_run_id']}"
+    )
 
     run_id = str(failed[0]["id"])
     log = run_cli(cli_env, "logs", run_id)

@@ -27,6 +27,7 @@ def test_every_default_is_a_prefect_setting_that_takes_effect(
     assert services.event_persister.read_batch_size == 50
     assert services.event_persister.flush_interval == 1
     assert Settings().server.ephemeral.startup_timeout_seconds == 120
+    assert Settings().server.analytics_enabled is False
     assert set(SERVER_DEFAULTS) < set(env)
 
 
