@@ -150,11 +150,6 @@ def retry_failed(
     return RetryResult(pipeline, created, _follow_keys(snapshot, retried) if retried else [])
 
 
-def failed_sub_groups(gaps: Sequence[Gap]) -> list[Gap]:
-    """Return the `failed` gaps (retries exhausted) among `gaps`."""
-    return [g for g in gaps if g.reason is GapReason.FAILED]
-
-
 def retry_failed_now(
     engine: Engine,
     pipeline: str,
