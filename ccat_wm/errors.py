@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
 
 class CcatWmError(Exception):
     """Base of every error the workflow manager reports to a user."""
@@ -40,3 +42,22 @@ class SimulationError(CcatWmError):
 
 class DeployError(CcatWmError):
     """Pipelines cannot be deployed to Prefect as they stand (or Prefect refused them)."""
+
+
+def describe(exc: BaseException) -> str:
+    """Say in one line what went wrong, without SQL, parameters or environment values.
+
+    Our own errors are already written for a person. A database error keeps only the
+    server's first line (SQLAlchemy's text holds the whole statement and its parameters).
+    """
+    if isinstance(exc, CcatWmError):
+        return str(exc)
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        text = str(exc.orig).strip()
+        first = text.splitlines()[0] if text else ""
+        return f"database error ({type(exc.orig).__name__}): {first}"[:500]
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error ({type(exc).__name__})"
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"unexpected {type(exc).__name__}: {first}"[:500]

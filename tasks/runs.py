@@ -22,10 +22,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.runtime import task_run
 from prefect.states import Cancelled
+from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
-from ccat_wm.errors import CcatWmError
+from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.report import products_markdown, run_rows, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
@@ -55,11 +56,14 @@ def prepare_wave_task(
     pipeline: str, sub_groups: list[str] | None, manual: bool, force: bool, claim_as: str
 ) -> Wave:
     """Create runs for due gaps and claim this flow run's wave."""
-    with executor().session() as session, session.begin():
-        wave = prepare_wave(
-            session, pipeline, dt.datetime.now(dt.UTC), claim_as=claim_as,
-            sub_groups=sub_groups, manual=manual, force=force,
-        )  # fmt: skip
+    try:
+        with executor().session() as session, session.begin():
+            wave = prepare_wave(
+                session, pipeline, dt.datetime.now(dt.UTC), claim_as=claim_as,
+                sub_groups=sub_groups, manual=manual, force=force,
+            )  # fmt: skip
+    except SQLAlchemyError as exc:  # nothing was written; say why without the SQL
+        raise CcatWmError(f"preparing the runs of {pipeline}: {describe(exc)}") from None
     follow_ups = sum(1 for i in wave.items if i.run_id is None)
     get_run_logger().info(
         "%s: %s run(s) to execute, %s follow-up(s) waiting for them",
@@ -112,7 +116,10 @@ def run_sub_group(
         logger.info("not due after its upstream runs; nothing to run")
         return RunOutcome(0, RunStatus.PENDING, 0, "not due")
     with slots.slot():
-        outcome = executor().execute(run_id)
+        try:
+            outcome = executor().execute(run_id)
+        except SQLAlchemyError as exc:  # the run is marked FAILED; say why without the SQL
+            raise RunFailedError(f"run {run_id}: {describe(exc)}") from None
     if outcome.status is RunStatus.FAILED:
         raise RunFailedError(
             f"run {run_id} failed after {outcome.retry_count} retries: {outcome.message}"

@@ -20,11 +20,10 @@ from typing import Any
 
 import click
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ccat_ops_db import migrate
 from ccat_wm.db import display_url, get_engine, resolve_db_url
-from ccat_wm.errors import CcatWmError, DatabaseError
+from ccat_wm.errors import CcatWmError, DatabaseError, describe
 from ccat_wm.settings import Settings, load_settings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -100,19 +99,6 @@ def split_commas(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def cause(exc: BaseException) -> str:
-    """One line that says what went wrong, without SQL, parameters or environment values."""
-    if isinstance(exc, CcatWmError):
-        return str(exc)
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-        return f"database error ({type(exc.orig).__name__}): {first}"[:500]
-    if isinstance(exc, SQLAlchemyError):
-        return f"database error ({type(exc).__name__})"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"unexpected {type(exc).__name__}: {text}"[:500]
-
-
 def error_log_path() -> Path:
     """Return the error log of the current settings (in the temp dir if they are unusable)."""
     try:
@@ -143,7 +129,7 @@ def report_error(exc: BaseException, *, debug: bool) -> int:
     where = log_traceback(exc, sys.argv[1:])
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    line = f"error: {cause(exc)}"
+    line = f"error: {describe(exc)}"
     if not expected and not debug:
         line += f" (traceback in {where}; or rerun with --debug)" if where else ""
     click.echo(line, err=True)
