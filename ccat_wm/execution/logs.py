@@ -10,6 +10,7 @@ software itself wrote under `logs/` in a failed attempt are kept beside it, in
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,22 +105,27 @@ def follow_log(
     PENDING or staging); it is waited for.
     """
     offset = 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         ctx = _load(engine, log.run_id)
         done = ctx.status in FINAL or ctx.retry_count > log.attempt
-        offset = _write_new(log.path, offset, write)
+        offset = _write_new(log.path, offset, lambda chunk: write(decoder.decode(chunk)))
         if done:
+            write(decoder.decode(b"", final=True))
             return ctx.status
         sleep(poll_s)
 
 
-def _write_new(path: Path, offset: int, write: Callable[[str], object]) -> int:
-    """Write what was appended to `path` since `offset`; return the new offset."""
+def _write_new(path: Path, offset: int, write: Callable[[bytes], object]) -> int:
+    """Hand on what was appended to `path` since `offset`; return the new offset.
+
+    Bytes, not text: a character split across two reads is decoded whole by the caller.
+    """
     try:
         with path.open("rb") as handle:
             handle.seek(offset)
             while chunk := handle.read(_CHUNK):
-                write(chunk.decode(errors="replace"))
+                write(chunk)
                 offset += len(chunk)
     except FileNotFoundError:
         pass

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.execution.logs import read_log, run_log
 from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import history, runs
@@ -105,6 +106,12 @@ def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
     with Session(engine) as session:
         products = session.scalar(select(func.count()).select_from(m.DataProduct))
     assert products is not None and products >= 6 * 2
+    # `ccat-wm logs` reads what the SLURM job itself wrote (an array task's output).
+    array_run = next(r for r in done if "_" in (r.hpc_job_id or ""))
+    log = run_log(engine, array_run.id)
+    assert (log.attempt, log.attempts) == (0, 1)
+    text = read_log(engine, log)
+    assert f"tool ok for {array_run.sub_group_key}" in text and "woke up after 1.5" in text
 
 
 def test_out_of_memory_and_timeout_fail_with_that_reason_and_are_retried(
