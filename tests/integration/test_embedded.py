@@ -13,11 +13,16 @@ from tests.helpers import run_cli
 
 @pytest.mark.embedded
 def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("CCAT_OPS_DB_URL", "PIPELINE_BASE_DIR")}
+    # Prefect's analytics stay off without being told (ccat-wm's default): no telemetry
+    # error on a machine without internet.
+    unset = ("CCAT_OPS_DB_URL", "PIPELINE_BASE_DIR", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env["CCAT_WM_HOME"] = str(tmp_path / "home")
     try:
         first = run_cli(env, "demo")
         assert first.returncode == 0, first.stderr
+        for stream in (first.stdout, first.stderr):
+            assert "Traceback" not in stream and "ERROR" not in stream, stream[-3000:]
         assert "[3/5] simulated 24 scans, 48 raw data packages" in first.stdout
         assert "[5/5] runs: 52 COMPLETED" in first.stdout
         maps = [line.split("map: ")[1] for line in first.stdout.splitlines() if "map: " in line]
@@ -80,3 +85,19 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = run_cli(dict(os.environ), *command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: ccat-wm")
+
+
+@pytest.mark.embedded
+def test_settings_come_only_from_their_documented_names(tmp_path: Path) -> None:
+    """With no CCAT_WM_HOME, the home is ~/.local/share/ccat-wm; look-alikes are ignored."""
+    documented = ("CCAT_OPS_DB_URL", "CCAT_WM_HOME", "PIPELINE_BASE_DIR", "CCAT_WM_FLOW_WORKERS")
+    env = {k: v for k, v in os.environ.items() if k not in documented}
+    env |= {"HOME": str(tmp_path), "FLOW_WORKERS": "0", "MAX_TASK_RUNS": "0", "OPS_DB_URL": "x"}
+    try:
+        url = run_cli(env, "db", "url")  # FLOW_WORKERS=0 would be a validation error if read
+        assert url.returncode == 0, url.stderr
+        home = tmp_path / ".local" / "share" / "ccat-wm"
+        assert (home / "postgres" / "PG_VERSION").exists()
+        assert not (tmp_path / "postgres").exists()
+    finally:
+        assert run_cli(env, "db", "stop").returncode == 0
