@@ -59,7 +59,9 @@ def resolve_db_url(settings: Settings) -> URL:
 
 @lru_cache(maxsize=8)
 def _engine_for(url_string: str) -> Engine:
-    return create_engine(url_string, pool_pre_ping=True)
+    # hide_parameters: a database error's text (in a traceback, a log, Prefect's UI) never
+    # carries the statement's values, which can include a config's environment variables.
+    return create_engine(url_string, pool_pre_ping=True, hide_parameters=True)
 
 
 def get_engine(url: URL) -> Engine:

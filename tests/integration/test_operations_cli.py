@@ -157,5 +157,6 @@ def test_errors_are_one_line_with_the_traceback_in_a_log_and_usage_errors_exit_2
         f"read-only transaction (traceback in {log}; or rerun with --debug)"
     )
     assert "INSERT INTO" not in failed.stderr and "Traceback" in log.read_text()
+    assert "SQL parameters hidden" in log.read_text()  # values never reach the log
     debug = run_cli(read_only, "--debug", "apply", str(spec))
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
