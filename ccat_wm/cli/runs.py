@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy.orm import Session
@@ -25,17 +26,30 @@ from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
 from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
 
+if TYPE_CHECKING:  # flows load Prefect: only for commands that run flows
+    from flows.run import FlowRunResult
+
 
 def _keys(sub_groups: tuple[str, ...]) -> list[str]:
     """Sub-group keys as typed (`all` is the all-data key, stored as the empty string)."""
     return [("" if k == ALL_KEY_DISPLAY else k) for k in sub_groups]
 
 
-def _failed_hint(pipeline: str, count: int) -> str:
-    return (
-        f"{count} sub-group(s) of {pipeline} failed with their retries exhausted; "
-        f"retry them with: ccat-wm retry {pipeline}"
-    )
+def _report_flow_run(pipeline: str, result: FlowRunResult) -> None:
+    """Print the runs a flow run executed and what is failed; raise if the flow run failed."""
+    click.echo(render_runs_table(result.runs) if result.runs else "no gaps: nothing to run")
+    click.echo(f"flow run {result.flow_run_id}: {result.state}")
+    if result.failed_sub_groups:
+        click.echo(
+            f"{result.failed_sub_groups} sub-group(s) of {pipeline} failed with their retries "
+            f"exhausted; retry them with: ccat-wm retry {pipeline}"
+        )
+    if result.failed:
+        raise CcatWmError(
+            f"pipeline {pipeline!r} flow run {result.flow_run_id} ended {result.state}: "
+            f"{result.message}; see `ccat-wm status {pipeline} --status FAILED` and "
+            "`ccat-wm logs RUN_ID`"
+        )
 
 
 @click.command()
@@ -66,15 +80,7 @@ def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
     from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only for commands that run flows
 
     result = run_pipeline(engine(), pipeline, sub_groups=_keys(sub_groups) or None, force=force)
-    click.echo(render_runs_table(result.runs) if result.runs else "no gaps: nothing to run")
-    click.echo(f"flow run {result.flow_run_id}: {result.state}")
-    if result.failed_sub_groups:
-        click.echo(_failed_hint(pipeline, result.failed_sub_groups))
-    if result.failed:
-        raise CcatWmError(
-            f"pipeline {pipeline!r} flow run {result.flow_run_id} ended {result.state}: "
-            f"{result.message}; see `ccat-wm status {pipeline} --status FAILED`"
-        )
+    _report_flow_run(pipeline, result)
 
 
 @click.command()
@@ -96,15 +102,7 @@ def retry(
     click.echo(render_retry(retried))
     if outcome is None:
         return
-    click.echo(render_runs_table(outcome.runs))
-    click.echo(f"flow run {outcome.flow_run_id}: {outcome.state}")
-    if outcome.failed_sub_groups:
-        click.echo(_failed_hint(pipeline, outcome.failed_sub_groups))
-    if outcome.failed:
-        raise CcatWmError(
-            f"pipeline {pipeline!r} flow run {outcome.flow_run_id} ended {outcome.state}: "
-            f"{outcome.message}; read a run's log with `ccat-wm logs RUN_ID`"
-        )
+    _report_flow_run(pipeline, outcome)
 
 
 def prefect_ui_url() -> str | None:
