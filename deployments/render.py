@@ -1,14 +1,18 @@
 """Pipelines of the ops DB as `prefect.yaml` deployment entries (pure functions).
 
 One deployment per pipeline, named after it, on its processing location's work pool.
-Every deployment runs the one pipeline flow (`ccat-pipeline`, entrypoint
-`flows/pipeline.py:pipeline_flow`) with the pipeline's name as parameter; its flow runs
-are named after the pipeline. CRON pipelines get their cron schedule with its
-timezone; MANUAL and CONTINUOUS pipelines have none (CONTINUOUS ones are started by
-their location's trigger deployment). A disabled pipeline keeps its deployment with the
-schedule paused (`active: false`), so that enabling it again needs no redeploy of
-anything else. Priority selects the work queue of the pool (`priority-<n>`): the sync
-gives queues of more important pipelines the better Prefect queue priority.
+Its entrypoint `flows/pipelines.py:<pipeline>` is the pipeline flow under the
+pipeline's name, so every flow run of a pipeline (deployment, schedule, trigger,
+`ccat-wm run`) appears under one flow named after the pipeline: the deployment is
+`<pipeline>/<pipeline>`. A run started by a person (the UI's Run button, `prefect
+deployment run`) does every ready gap now (`manual: true` is the deployment's default
+parameter); CRON pipelines get their cron schedule with its timezone, whose own runs
+honour the cron tick (`manual: false` as schedule parameters). MANUAL and CONTINUOUS
+pipelines have no schedule (CONTINUOUS ones are started by their location's trigger
+deployment). A disabled pipeline keeps its deployment with the schedule paused
+(`active: false`), so that enabling it again needs no redeploy of anything else.
+Priority selects the work queue of the pool (`priority-<n>`): the sync gives queues of
+more important pipelines the better Prefect queue priority.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from typing import Any
 
 from ccat_ops_db.models import TriggerType
 
-PIPELINE_ENTRYPOINT = "flows/pipeline.py:pipeline_flow"
+PIPELINE_ENTRYPOINT = "flows/pipelines.py:{pipeline}"
 TRIGGER_ENTRYPOINT = "flows/trigger.py:trigger_flow"
 TRIGGER_QUEUE = "trigger"
 """Work queue of the trigger deployments: Prefect priority 1 in every pool."""
 RAW_DATA_EVENT = "ccat.raw-data.registered"
 """Prefect event emitted when raw data packages are registered (`ccat-wm simulate`)."""
-DEFAULT_TRIGGER_INTERVAL_S = 60
+DEFAULT_TRIGGER_INTERVAL_S = 600
+"""The trigger's safety-net tick (raw-data events start the work; this catches the rest)."""
 MANAGED_TAG = "ccat-wm"
 """Tag on every deployment `ccat-wm deploy` renders (how the sync recognises its own)."""
 
@@ -58,13 +63,10 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
             f"steps {', '.join(pipeline.steps) or '-'} over data grouping "
             f"{pipeline.data_grouping or '-'}"
         ),
-        "entrypoint": PIPELINE_ENTRYPOINT,
-        # A MANUAL pipeline runs when a person starts its deployment: its ready gaps are
-        # due then (MANUAL gaps have no eligible time of their own: docs/concepts.md 3.2).
-        "parameters": {
-            "pipeline": pipeline.name,
-            "manual": pipeline.trigger_type is TriggerType.MANUAL,
-        },
+        "entrypoint": PIPELINE_ENTRYPOINT.format(pipeline=pipeline.name),
+        # A person's run (UI, `prefect deployment run`) does the ready work now, whatever
+        # the trigger type: ready gaps are due at once (docs/concepts.md 3.2).
+        "parameters": {"pipeline": pipeline.name, "manual": True, "started_by": "manual"},
         "tags": [MANAGED_TAG, f"pipeline:{pipeline.name}", f"location:{pipeline.location}"],
         "work_pool": {
             "name": pipeline.location,
@@ -79,6 +81,8 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
                 "cron": pipeline.trigger_config["cron"],
                 "timezone": pipeline.trigger_config.get("timezone", "UTC"),
                 "active": pipeline.enabled,
+                # The schedule's own runs honour the cron tick.
+                "parameters": {"manual": False, "started_by": "schedule"},
             }
         ]
     return entry

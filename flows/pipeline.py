@@ -12,10 +12,13 @@ A flow run in which any sub-group run failed ends Failed; the others still run.
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from prefect import Flow, flow
+from prefect import Flow, flow, tags
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -33,7 +36,8 @@ from tasks.runs import (
     limit_name,
     prepare_wave_task,
     publish_artifacts,
-    run_sub_group,
+    run_tags,
+    sub_group_task,
 )
 from tasks.slots import close_pools, open_pool
 
@@ -47,25 +51,38 @@ def _bounded_runner() -> Any:
     return ThreadPoolTaskRunner(max_workers=_SETTINGS.flow_workers)
 
 
-def _run_items(
-    pipeline: str, items: list[WaveItem], claim_as: str, manual: bool, force: bool
-) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class WaveRun:
+    """What every task run of a wave shares."""
+
+    pipeline: str
+    location: str
+    claim_as: str
+    manual: bool
+    force: bool
+    retries: dict[str, int]
+    """Prefect retries per step: the step's `max_retries`."""
+
+
+def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
     """Submit the items in order (upstream first) and count how their task runs ended."""
     futures: list[PrefectFuture[Any]] = []
     for item in items:
         waits = [allow_failure(futures[i]) for i in item.upstream if i < len(futures)]
-        futures.append(
-            run_sub_group.submit(  # type: ignore[call-overload]
-                pipeline,
-                item.step,
-                item.sub_group_key,
-                item.run_id,
-                claim_as=claim_as,
-                manual=manual,
-                force=force,
-                wait_for=waits,
+        task = sub_group_task(wave.retries.get(item.step, 0))
+        with tags(*run_tags(wave.pipeline, item.step, wave.location, item.run_id)):
+            futures.append(
+                task.submit(
+                    wave.pipeline,
+                    item.step,
+                    item.sub_group_key,
+                    item.run_id,
+                    claim_as=wave.claim_as,
+                    manual=wave.manual,
+                    force=wave.force,
+                    wait_for=waits,
+                )
             )
-        )
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     for future in futures:
         future.wait()
@@ -83,12 +100,19 @@ def _run_items(
     name="ccat-pipeline-chunk",
     task_runner=_bounded_runner(),
 )
-def pipeline_chunk(
-    pipeline: str, items: list[dict[str, Any]], claim_as: str, manual: bool, force: bool
+def pipeline_chunk(  # noqa: PLR0917 - a flow's parameters, passed positionally by _run_wave
+    pipeline: str,
+    items: list[dict[str, Any]],
+    claim_as: str,
+    manual: bool,
+    force: bool,
+    location: str = "",
+    retries: dict[str, int] | None = None,
 ) -> State[Any] | dict[str, int]:
     """Run one chunk of a large wave as its own flow run (items after earlier chunks)."""
     wave_items = [WaveItem(**i) for i in items]
-    counts = _run_items(pipeline, wave_items, claim_as, manual, force)
+    wave = WaveRun(pipeline, location, claim_as, manual, force, retries or {})
+    counts = _run_items(wave, wave_items)
     if counts["failed"]:
         return Failed(message=f"{counts['failed']} sub-group run(s) failed", data=counts)
     return counts
@@ -123,10 +147,31 @@ def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any
     cancel_flow_run(executor().engine, str(flow_run.id))
 
 
+class StartedBy(enum.StrEnum):
+    """Who started a pipeline flow run (the second word of its name)."""
+
+    MANUAL = "manual"
+    """A person: `ccat-wm run`, or a deployment run from the UI or `prefect deployment run`."""
+    RETRY = "retry"
+    """`ccat-wm retry`."""
+    SCHEDULE = "schedule"
+    """The cron schedule of a CRON pipeline's deployment."""
+    TRIGGER = "trigger"
+    """A trigger tick (`ccat-wm trigger` or a location's trigger deployment)."""
+
+
+def pipeline_flow_run_name() -> str:
+    """Name a pipeline flow run `<pipeline> <started_by> <UTC time> <id>` (distinct per run)."""
+    parameters = flow_run.parameters
+    started_by = parameters.get("started_by") or StartedBy.MANUAL
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{parameters['pipeline']} {StartedBy(started_by).value} {stamp} {flow_run.id[:6]}"
+
+
 @flow(
     name="ccat-pipeline",
     task_runner=_bounded_runner(),
-    flow_run_name="{pipeline}",
+    flow_run_name=pipeline_flow_run_name,
     on_cancellation=[_cancel_owned_runs],
 )
 def pipeline_flow(
@@ -134,8 +179,13 @@ def pipeline_flow(
     sub_groups: list[str] | None = None,
     force: bool = False,
     manual: bool = False,
+    started_by: StartedBy = StartedBy.MANUAL,
 ) -> State[Any] | dict[str, int]:
-    """Run the pipeline's due sub-groups (`manual`: all ready ones; `force`: all of them)."""
+    """Run the pipeline's due sub-groups (`manual`: all ready ones; `force`: all of them).
+
+    `started_by` only names the flow run.
+    """
+    del started_by
     claim_as = str(flow_run.id)
     # Owned while this process lives; a later flow run adopts the runs if it dies.
     with hold_ownership(executor().engine, claim_as):
@@ -144,8 +194,9 @@ def pipeline_flow(
         items = list(wave.items)
         for step, count in Counter(i.step for i in items).items():
             open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])
+        run = WaveRun(pipeline, wave.location, claim_as, manual, force, wave.step_retries)
         try:
-            counts = _run_wave(pipeline, items, claim_as, manual, force)
+            counts = _run_wave(run, items)
         finally:
             close_pools(claim_as)
         publish_artifacts(pipeline, claim_as)
@@ -156,19 +207,21 @@ def pipeline_flow(
     return counts
 
 
-def _run_wave(
-    pipeline: str, items: list[WaveItem], claim_as: str, manual: bool, force: bool
-) -> dict[str, int]:
-    """Run the items in this flow run, or as consecutive sub-flow runs if too many."""
+def _run_wave(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
+    """Run the items in this flow run, or as consecutive sub-flow runs if too many.
+
+    The sub-flow runs appear under the pipeline's flow too, named after this flow run.
+    """
     size = _SETTINGS.max_task_runs - BOOKKEEPING_TASKS
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     if len(items) <= size:
-        counts = _run_items(pipeline, items, claim_as, manual, force)
+        counts = _run_items(wave, items)
     else:
+        chunk_flow = pipeline_chunk.with_options(name=wave.pipeline)
         for number, chunk in enumerate(_chunks(items, size), start=1):
-            state = pipeline_chunk.with_options(flow_run_name=f"{pipeline} part {number}")(
-                pipeline, [_as_dict(i) for i in chunk], claim_as, manual, force,
-                return_state=True,
+            state = chunk_flow.with_options(flow_run_name=f"{flow_run.name} part {number}")(
+                wave.pipeline, [_as_dict(i) for i in chunk], wave.claim_as, wave.manual,
+                wave.force, wave.location, wave.retries, return_state=True,
             )  # fmt: skip
             part = state.result(raise_on_failure=False)
             part = part if isinstance(part, dict) else {"failed": len(chunk)}

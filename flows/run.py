@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from ccat_wm.execution.report import RunRow, failed_sub_group_count, flow_run_rows
 from ccat_wm.execution.retry import RetryResult, retry_failed_now
 from ccat_wm.execution.waves import check_pipeline
-from flows.pipeline import flow_for
+from flows.pipeline import StartedBy, flow_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +44,14 @@ def run_pipeline(
     sub_groups: list[str] | None = None,
     force: bool = False,
     manual: bool = True,
+    started_by: StartedBy = StartedBy.MANUAL,
 ) -> FlowRunResult:
     """Run the pipeline's flow now and wait for it; the pipeline is checked first."""
     check_pipeline(engine, pipeline)  # unknown pipeline: a clear error before Prefect starts
     state: Any = flow_for(pipeline)(
-        pipeline=pipeline, sub_groups=sub_groups, force=force, manual=manual, return_state=True
-    )
+        pipeline=pipeline, sub_groups=sub_groups, force=force, manual=manual,
+        started_by=started_by, return_state=True,
+    )  # fmt: skip
     flow_run_id = str(state.state_details.flow_run_id)
     return FlowRunResult(
         flow_run_id,
@@ -74,4 +76,6 @@ def retry_pipeline(
     )
     if not retried.created:
         return retried, None
-    return retried, run_pipeline(engine, pipeline, sub_groups=retried.follow_keys)
+    return retried, run_pipeline(
+        engine, pipeline, sub_groups=retried.follow_keys, started_by=StartedBy.RETRY
+    )

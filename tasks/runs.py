@@ -12,6 +12,7 @@ lease expires.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -21,14 +22,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.runtime import task_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
+from ccat_wm.execution.failure import failure_message
 from ccat_wm.execution.report import products_markdown, run_rows, run_table
-from ccat_wm.execution.runner import RunExecutor, RunOutcome
+from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
@@ -91,7 +93,46 @@ def _sub_group_task_run_name() -> str:
     return task_run_name(parameters["step"], parameters["sub_group_key"])
 
 
-@task(cache_policy=NO_CACHE, task_run_name=_sub_group_task_run_name)
+class _NoEmptyExceptionInfo(logging.Filter):
+    """Drop the `exc_info` of a record logged outside any exception.
+
+    Prefect logs a task run that ends Failed by returning a state (as a run that failed
+    does) with `exc_info=True`, which would print a stray `NoneType: None` line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info == (None, None, None):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoEmptyExceptionInfo())
+
+ATTEMPT_FAILED = "AttemptFailed"
+"""Name of the Failed state of an attempt after which the run is PENDING again."""
+
+
+def _retry_when_the_run_is_pending_again(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Prefect retries a sub-group's task run only when the runner gave its run another attempt.
+
+    The ops DB's `retry_count` and `max_retries` decide (they survive the process);
+    Prefect's retry counter follows them, so the UI counts the attempts.
+    """
+    del task, task_run
+    return state.name == ATTEMPT_FAILED
+
+
+def run_tags(pipeline: str, step: str, location: str, run_id: int | None) -> list[str]:
+    """Tags of a sub-group's task run (`run:<id>` once its run exists)."""
+    tags = [f"pipeline:{pipeline}", f"step:{step}", f"location:{location}"]
+    return tags if run_id is None else [*tags, f"run:{run_id}"]
+
+
+@task(
+    cache_policy=NO_CACHE,
+    task_run_name=_sub_group_task_run_name,
+    retry_condition_fn=_retry_when_the_run_is_pending_again,
+)
 def run_sub_group(
     pipeline: str,
     step: str,
@@ -102,7 +143,13 @@ def run_sub_group(
     manual: bool = False,
     force: bool = False,
 ) -> RunOutcome | State[Any]:
-    """Execute one sub-group's run (creating it first for a follow-up) under its step's limit."""
+    """Execute one attempt of a sub-group's run (a follow-up's is created first).
+
+    A failed attempt with retries left ends this task run attempt `AttemptFailed`, and
+    Prefect runs the task again (the run is PENDING and still claimed by this flow run).
+    A run that failed for good ends the task run Failed with its reason and the end of
+    its job's log as the message.
+    """
     logger = get_run_logger()
     if run_id is None:
         with executor().session() as session, session.begin():
@@ -110,23 +157,44 @@ def run_sub_group(
                 session, pipeline, step, sub_group_key, dt.datetime.now(dt.UTC),
                 claim_as=claim_as, manual=manual, force=force,
             )  # fmt: skip
+        if run_id is not None:
+            logger.info("claimed run %s now that its upstream runs are done", run_id)
     slots = pool_for(claim_as, step, limit_name(pipeline, step))
     if run_id is None:
         slots.skip()
         logger.info("not due after its upstream runs; nothing to run")
         return RunOutcome(0, RunStatus.PENDING, 0, "not due")
-    with slots.slot():
+    with slots.slot() as held, run_logging(logger):
         try:
-            outcome = executor().execute(run_id)
+            outcome = executor().run_attempt(run_id)
         except SQLAlchemyError as exc:  # the run is marked FAILED; say why without the SQL
             raise RunFailedError(f"run {run_id}: {describe(exc)}") from None
-    if outcome.status is RunStatus.FAILED:
-        raise RunFailedError(
-            f"run {run_id} failed after {outcome.retry_count} retries: {outcome.message}"
+        held.done = not outcome.will_retry
+    if outcome.will_retry:
+        return Failed(
+            name=ATTEMPT_FAILED,
+            message=f"run {run_id}: attempt {outcome.retry_count} of {outcome.attempts} "
+            f"failed: {outcome.message}; retrying",
         )
+    if outcome.status is RunStatus.FAILED:
+        return Failed(
+            message=failure_message(
+                run_id, task_run_name(step, sub_group_key), outcome.retry_count + 1,
+                outcome.message, outcome.log_path,
+            )
+        )  # fmt: skip
     if outcome.status is RunStatus.CANCELLED:
         return Cancelled(message=f"run {run_id} was cancelled")
     return outcome
+
+
+@lru_cache(maxsize=64)
+def sub_group_task(retries: int) -> Any:
+    """`run_sub_group` with Prefect retries for a step's `max_retries`.
+
+    No delay: the runner already waited for the job, and a retry is a new job.
+    """
+    return run_sub_group.with_options(retries=retries, retry_delay_seconds=0)
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)

@@ -77,6 +77,15 @@ class _Renewer:
 _RENEWER = _Renewer()
 
 
+class SlotUse:
+    """One use of a slot; `done` is False when its run will make another attempt."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = True
+
+
 class StepSlots:
     """The slots one flow run holds of one step's limit, shared by its task threads."""
 
@@ -91,13 +100,18 @@ class StepSlots:
         self._acquiring = threading.BoundedSemaphore(MAX_ACQUIRING)
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one slot for the body; it returns to the pool (or to Prefect) afterwards."""
+    def slot(self) -> Iterator[SlotUse]:
+        """Hold one slot for the body; it returns to the pool (or to Prefect) afterwards.
+
+        A body that sets `done = False` (its run gets another attempt) is not counted as
+        one of the runs the flow run still has to start.
+        """
         lease = self._take()
+        use = SlotUse()
         try:
-            yield
+            yield use
         finally:
-            self._give_back(lease)
+            self._give_back(lease, done=use.done)
 
     def _take(self) -> UUID:
         """Take a free pooled slot, else a new one from Prefect (never beyond the limit)."""
@@ -153,9 +167,9 @@ class StepSlots:
             )
         return UUID(str(body["lease_id"]))
 
-    def _give_back(self, lease: UUID) -> None:
+    def _give_back(self, lease: UUID, *, done: bool = True) -> None:
         with self._cond:
-            self.remaining -= 1
+            self.remaining -= 1 if done else 0
             surplus = len(self._held) > max(self.remaining, 0)
             if surplus:
                 self._held.discard(lease)

@@ -194,11 +194,15 @@ def cancel(run_id: int) -> None:
 @click.option("--location", default=None, help="Only this processing location's pipelines.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the tick did as JSON.")
 def trigger(location: str | None, as_json: bool) -> None:
-    """One trigger tick: create the CONTINUOUS pipelines' due runs and start their flows."""
+    """One trigger tick: create the due runs and start their flows.
+
+    Due runs are those of the CONTINUOUS pipelines and of the CRON pipelines whose cron
+    tick has come: a site may run this from the system's cron instead of a Prefect server.
+    """
     engine()  # the schema check, before Prefect starts
     from flows.trigger import trigger_flow  # noqa: PLC0415 - loads Prefect
 
-    result = trigger_flow(location=location, interval_s=0.0)
+    result = trigger_flow(location=location, interval_s=0.0, include_cron=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -208,5 +212,7 @@ def trigger(location: str | None, as_json: bool) -> None:
         click.echo(f"{pipeline}: {how}")
     if result["cancelled"]:
         click.echo(f"cancelled runs of flow runs cancelled in Prefect: {result['cancelled']}")
-    if not (result["created"] or result["started"] or result["cancelled"]):
+    if result["crashed"]:
+        click.echo(f"flow runs without heartbeats marked Crashed: {result['crashed']}")
+    if not (result["created"] or result["started"] or result["cancelled"] or result["crashed"]):
         click.echo("nothing to do")

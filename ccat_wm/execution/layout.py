@@ -34,6 +34,11 @@ def dirname_to_key(name: str) -> str:
     return "" if name == ALL_DIR else unquote(name)
 
 
+def run_root(base: Path, pipeline: str, key: str, run_id: int) -> Path:
+    """Return the directory of run `run_id` under the processing location's base directory."""
+    return base / key_to_dirname(pipeline) / key_to_dirname(key) / f"run-{run_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class RunLayout:
     """The host directories of one run."""
@@ -48,8 +53,7 @@ class RunLayout:
         cls, base: Path, pipeline: str, key: str, run_id: int, step: str, *, is_final: bool
     ) -> RunLayout:
         """Return the layout of run `run_id` under the processing location's base directory."""
-        root = base / key_to_dirname(pipeline) / key_to_dirname(key) / f"run-{run_id}"
-        return cls(root, step, is_final)
+        return cls(run_root(base, pipeline, key, run_id), step, is_final)
 
     @property
     def output_rel(self) -> str:

@@ -5,15 +5,18 @@ Plain rows rendered by the CLI (table and `--json`) and by the flow's artifacts 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.execution.layout import run_root
 from ccat_wm.gaps.plan import make_plan
 from ccat_wm.selection.dimensions import display_key
 
@@ -45,6 +48,8 @@ class RunRow:
     """The Prefect flow run that executed it."""
     flow_run_url: str | None = None
     """The flow run's page in the Prefect UI (only with a Prefect server)."""
+    run_dir: str | None = None
+    """The run's directory at its processing location (inputs, outputs, logs)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (times as ISO 8601 in UTC)."""
@@ -74,20 +79,23 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
             RUN.started_at,
             RUN.finished_at,
             RUN.prefect_flow_run_id,
+            m.DataLocation.path,
         )
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
     )
     return query
 
 
 def _row(values: Any, ui_url: str | None) -> RunRow:
     (rid, pipeline, step, key, status, reason, retries, job, wall, mem, cpu, why,
-     created, started, finished, flow_run) = values  # fmt: skip
+     created, started, finished, flow_run, base) = values  # fmt: skip
     url = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run}" if ui_url and flow_run else None
+    run_dir = str(run_root(Path(base), pipeline, key, rid)) if base else None
     return RunRow(
         rid, pipeline, step, key, status.value, reason.value, retries, job, wall, mem, cpu, why,
-        created, started, finished, flow_run, url,
+        created, started, finished, flow_run, url, run_dir,
     )  # fmt: skip
 
 
@@ -123,26 +131,58 @@ def run_rows(
     return [_row(r, ui_url) for r in session.execute(query)]
 
 
+def _utc(moment: dt.datetime | None) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else ""
+
+
 def run_table(rows: list[RunRow]) -> list[dict[str, Any]]:
-    """Return the flow run's table artifact: step, sub-group, status, job id, metrics."""
+    """Return the flow run's table artifact: what ran, why, when, where, how it ended."""
     return [
         {
             "run": r.id,
             "step": r.step,
             "sub_group": display_key(r.sub_group_key),
             "status": r.status,
-            "retries": r.retry_count,
+            "why": r.reason,
+            "failure": r.failure_reason or "",
+            "attempts": r.retry_count + 1,
             "job_id": r.hpc_job_id or "",
+            "started": _utc(r.started_at),
+            "finished": _utc(r.finished_at),
             "wall_s": round(r.processing_time_s, 2) if r.processing_time_s is not None else "",
             "peak_mem_gb": round(r.peak_memory_gb, 4) if r.peak_memory_gb is not None else "",
             "cpu_hours": round(r.cpu_hours, 6) if r.cpu_hours is not None else "",
+            "run_dir": r.run_dir or "",
         }
         for r in sorted(rows, key=lambda r: r.id)
     ]
 
 
+INLINE_IMAGES = 6
+"""Maps shown inline in a flow run's products artifact at most (the rest are linked)."""
+INLINE_IMAGE_BYTES = 400_000
+"""A larger PNG is listed by its path only (artifacts live in the Prefect database)."""
+
+
+def image_markdown(path: Path, *, inline: bool = True) -> str:
+    """A PNG as markdown: inline (a data URI the Prefect UI renders), else its path."""
+    try:
+        size = path.stat().st_size
+        data = path.read_bytes() if inline and size <= INLINE_IMAGE_BYTES else None
+    except OSError:
+        return f"- `{path}` (not readable here)"
+    if data is None:
+        return f"- `{path}` ({size} bytes, not shown inline)"
+    encoded = base64.b64encode(data).decode("ascii")
+    return f"### `{path.name}`\n\n![{path.name}](data:image/png;base64,{encoded})\n\n`{path}`"
+
+
 def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> str:
-    """Markdown summary of the products of a flow run's runs: counts by type, science files."""
+    """Markdown summary of the products of a flow run's runs: counts by type, science files.
+
+    Maps and plots (PNG products) are shown inline, up to `INLINE_IMAGES`; every science
+    product's path is listed (up to `listed`).
+    """
     product = m.DataProduct
     in_run = product.executed_reduction_step_id == RUN.id
     counts = session.execute(
@@ -171,6 +211,22 @@ def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> s
     if science:
         lines += ["", "## Science products", ""]
         lines += [f"- `{path}`" for path in science]
+    images = session.scalars(
+        select(product.file_path)
+        .join(RUN, in_run)
+        .where(
+            RUN.prefect_flow_run_id == flow_run,
+            product.data_product_type.in_([m.DataProductType.PLOT, m.DataProductType.SCIENCE]),
+            func.lower(product.file_path).like("%.png"),
+        )
+        .order_by(product.file_path)
+        .limit(listed)
+    ).all()
+    if images:
+        lines += ["", "## Maps and plots", ""]
+        lines += [
+            image_markdown(Path(path), inline=n < INLINE_IMAGES) for n, path in enumerate(images)
+        ]
     return "\n".join(lines)
 
 

@@ -25,8 +25,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
@@ -62,6 +64,8 @@ from infra.runtimes import ImageRef, apptainer_pull_command, sif_path
 
 S = RunStatus
 LOG = logging.getLogger(__name__)
+RunLogger = logging.Logger | logging.LoggerAdapter[Any]
+_RUN_LOG: ContextVar[RunLogger] = ContextVar("ccat_wm_run_log", default=LOG)
 CANCEL_CHECK_S = 0.25
 """How often a watched run looks in the ops DB for a person's cancel."""
 UNKNOWN_GRACE_S = 60.0
@@ -70,12 +74,36 @@ UNKNOWN_GRACE_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """How one run ended in this execution."""
+    """How one run ended in this execution (or one attempt of it)."""
 
     run_id: int
     status: RunStatus
     retry_count: int
     message: str = ""
+    will_retry: bool = False
+    """The attempt failed and the run is PENDING again for its next attempt."""
+    log_path: Path | None = None
+    """The failed attempt's log file (stdout and stderr of its job)."""
+    attempts: int = 1
+    """Attempts the run may make in all (`max_retries + 1`)."""
+
+
+@contextmanager
+def run_logging(logger: RunLogger) -> Iterator[None]:
+    """Send what the runner says about runs executed in this context to `logger`.
+
+    The pipeline flow's task passes Prefect's run logger, so that a run's story shows in
+    its task run's Logs tab; elsewhere the runner logs to this module's logger.
+    """
+    token = _RUN_LOG.set(logger)
+    try:
+        yield
+    finally:
+        _RUN_LOG.reset(token)
+
+
+def _log() -> RunLogger:
+    return _RUN_LOG.get()
 
 
 def backend_for(ctx: RunContext, settings: Settings | None = None) -> Backend:
@@ -116,23 +144,37 @@ class RunExecutor:
     def execute(self, run_id: int) -> RunOutcome:
         """Run `run_id` through its attempts until COMPLETED, CANCELLED or out of retries."""
         while True:
-            try:
-                outcome = self.attempt(run_id)
-            except Exception as exc:
-                self._fail_after_error(run_id, exc)
-                raise
-            if outcome.status is not S.FAILED:
+            outcome = self.run_attempt(run_id)
+            if not outcome.will_retry:
                 return outcome
-            with self._transaction() as conn:
-                ctx = load_run_context(conn, run_id)
-                if ctx.retry_count >= ctx.max_retries:
-                    return outcome
-                try:
-                    self._move(conn, run_id, S.PENDING, expected=S.FAILED)
-                except TransitionError:
-                    return outcome
-            LOG.info("run %s failed (%s); retry %s of %s", run_id, outcome.message,
-                     ctx.retry_count + 1, ctx.max_retries)  # fmt: skip
+
+    def run_attempt(self, run_id: int) -> RunOutcome:
+        """One attempt of `run_id`; a failed one with retries left is PENDING again after it.
+
+        The pipeline flow calls this once per Prefect task run attempt, so that Prefect
+        counts and shows the attempts; `will_retry` says whether another one is due.
+        """
+        try:
+            outcome = self.attempt(run_id)
+        except Exception as exc:
+            self._fail_after_error(run_id, exc)
+            raise
+        if outcome.status is not S.FAILED:
+            return outcome
+        with self._transaction() as conn:
+            ctx = load_run_context(conn, run_id)
+            if ctx.retry_count >= ctx.max_retries:
+                return outcome
+            try:
+                self._move(conn, run_id, S.PENDING, expected=S.FAILED)
+            except TransitionError:
+                return outcome
+        _log().info("run %s: retrying (attempt %s of %s)", run_id, ctx.retry_count + 2,
+                    ctx.max_retries + 1)  # fmt: skip
+        return RunOutcome(
+            run_id, S.PENDING, ctx.retry_count + 1, outcome.message, will_retry=True,
+            log_path=outcome.log_path, attempts=outcome.attempts,
+        )  # fmt: skip
 
     def attempt(self, run_id: int) -> RunOutcome:
         """One attempt of a PENDING run, or the rest of one that a dead process left in flight."""
@@ -148,6 +190,10 @@ class RunExecutor:
                     resume = False
                 ctx = load_run_context(conn, run_id)
             if not resume:
+                _log().info(
+                    "run %s (%s[%s]): attempt %s of %s, staging its inputs", run_id, ctx.step,
+                    ctx.sub_group_key, ctx.retry_count + 1, ctx.max_retries + 1,
+                )  # fmt: skip
                 started = self._submit(ctx, ctx.retry_count, conn)
         if resume:
             return self._resume(ctx)
@@ -184,6 +230,7 @@ class RunExecutor:
                 ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn
             )
         running = backend.starts_at_once
+        _log().info("run %s: submitted as job %s (%s)", run_id, job_id, ctx.location.backend.value)
         try:
             with self._transaction(conn):
                 self._move(
@@ -220,12 +267,16 @@ class RunExecutor:
                     return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
                 raise
             backend.forget(job_id)
+            _log().info(
+                "run %s: job %s ended %s (exit code %s) after %.1f s; collecting results",
+                ctx.run_id, job_id, info.state.value, info.exit_code, info.wall_time_s or 0.0,
+            )  # fmt: skip
             return self._collect(ctx, attempt, info, conn)
 
     def _resume(self, ctx: RunContext) -> RunOutcome:
         """Drive on a run that a process which died left in flight (see `ownership`)."""
         attempt, backend = ctx.retry_count, backend_for(ctx, self.settings)
-        LOG.warning(
+        _log().warning(
             "run %s was left %s by a process that died; resuming it", ctx.run_id, ctx.status
         )
         if ctx.status is S.STAGING_DATA:
@@ -266,6 +317,7 @@ class RunExecutor:
         layout = ctx.layout
         reset_output(layout)
         staged = stage_inputs(lambda: self._transaction(conn), ctx)
+        _log().info("run %s: staged %s input(s) in %s", ctx.run_id, len(staged), layout.root)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt)
         if ctx.location.runtime is Runtime.APPTAINER:
@@ -339,6 +391,10 @@ class RunExecutor:
             self._move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
         for record in records:
             _make_read_only(record.path)
+        _log().info(
+            "run %s: COMPLETED; %s product(s) registered under %s",
+            ctx.run_id, len(records), layout.root,
+        )  # fmt: skip
         return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
 
     def _fail(
@@ -360,8 +416,14 @@ class RunExecutor:
                 self._move(db, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason)
         except TransitionError as exc:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
-        LOG.warning("run %s (%s[%s]) failed: %s", ctx.run_id, ctx.step, ctx.sub_group_key, reason)
-        return RunOutcome(ctx.run_id, S.FAILED, attempt, reason)
+        _log().warning(
+            "run %s: attempt %s of %s failed: %s", ctx.run_id, attempt + 1, ctx.max_retries + 1,
+            reason,
+        )  # fmt: skip
+        return RunOutcome(
+            ctx.run_id, S.FAILED, attempt, reason,
+            log_path=ctx.layout.attempt_log(attempt), attempts=ctx.max_retries + 1,
+        )  # fmt: skip
 
     def _move(
         self,

@@ -38,12 +38,24 @@ class TickResult:
     """Soonest moment a gap now in its cooldown becomes eligible (None: no such gap)."""
 
 
-def trigger_tick(session: Session, now: dt.datetime, *, location: str | None = None) -> TickResult:
-    """Create the runs the CONTINUOUS pipelines are due; commit nothing (the caller does)."""
+def trigger_tick(
+    session: Session,
+    now: dt.datetime,
+    *,
+    location: str | None = None,
+    include_cron: bool = False,
+) -> TickResult:
+    """Create the runs the CONTINUOUS pipelines are due; commit nothing (the caller does).
+
+    `include_cron`: also the CRON pipelines' runs whose cron tick has come (their gaps
+    are eligible from the first tick after they appeared), for a site without a Prefect
+    server whose schedules would start them.
+    """
+    kinds = [m.TriggerType.CONTINUOUS, *([m.TriggerType.CRON] if include_cron else [])]
     query = (
         select(m.Pipeline)
         .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
-        .where(m.Pipeline.enabled, m.Pipeline.trigger_type == m.TriggerType.CONTINUOUS)
+        .where(m.Pipeline.enabled, m.Pipeline.trigger_type.in_(kinds))
         .order_by(m.Pipeline.priority.desc(), m.Pipeline.name)
     )
     if location is not None:
@@ -109,11 +121,11 @@ def owners_of_in_flight_runs(session: Session, pipelines: Sequence[str] | None =
 
 
 def trigger_tick_now(
-    engine: Engine, now: dt.datetime, *, location: str | None = None
+    engine: Engine, now: dt.datetime, *, location: str | None = None, include_cron: bool = False
 ) -> TickResult:
     """`trigger_tick` in a committed transaction of its own."""
     with Session(engine) as session, session.begin():
-        return trigger_tick(session, now, location=location)
+        return trigger_tick(session, now, location=location, include_cron=include_cron)
 
 
 def in_flight_owners(engine: Engine) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -50,6 +50,10 @@ class Wave:
     items: tuple[WaveItem, ...]
     step_limits: dict[str, int]
     """`max_concurrent_runs` per step."""
+    step_retries: dict[str, int] = field(default_factory=dict)
+    """`max_retries` per step (a run makes at most one more attempt than this)."""
+    location: str = ""
+    """The pipeline's processing location."""
 
 
 def pipeline_by_name(session: Session, name: str) -> m.Pipeline:
@@ -142,13 +146,23 @@ def prepare_wave(
             index[(gap.step, gap.sub_group_key)] = len(items)
             items.append(WaveItem(gap.step, gap.sub_group_key, None, tuple(upstream)))
     step = m.ReductionStep
-    limits = {
-        name: max(1, limit or 1)
-        for name, limit in session.execute(
-            select(step.name, step.max_concurrent_runs).where(step.id.in_(list(step_ids)))
+    rows = session.execute(
+        select(step.name, step.max_concurrent_runs, step.max_retries).where(
+            step.id.in_(list(step_ids))
         )
-    }
-    return Wave(pipeline, tuple(items), limits)
+    ).all()
+    location = session.scalar(
+        select(m.DataLocation.name)
+        .join(m.Pipeline, m.Pipeline.processing_location_id == m.DataLocation.id)
+        .where(m.Pipeline.name == pipeline)
+    )
+    return Wave(
+        pipeline,
+        tuple(items),
+        {r.name: max(1, r.max_concurrent_runs or 1) for r in rows},
+        {r.name: max(0, r.max_retries or 0) for r in rows},
+        location or "",
+    )
 
 
 def containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:

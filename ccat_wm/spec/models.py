@@ -70,6 +70,11 @@ def _check_digest(digest: str) -> str:
 
 
 Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+RunName = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+]
+"""A pipeline's or step's name: it names a Prefect flow, a deployment entrypoint
+(`flows/pipelines.py:<pipeline>`), task runs, concurrency limits and run directories."""
 CronExpr = Annotated[str, AfterValidator(_check_cron)]
 Timezone = Annotated[str, AfterValidator(_check_timezone)]
 DimensionName = Annotated[str, AfterValidator(_check_dimension)]
@@ -344,7 +349,7 @@ Trigger = Annotated[ContinuousTrigger | CronTrigger | ManualTrigger, Field(discr
 class StepSpec(_Strict):
     """A reduction step."""
 
-    name: Identifier
+    name: RunName
     software: Identifier
     depends_on: list[Identifier] = Field(default_factory=list)
     group_by: list[DimensionName] = Field(default_factory=list)
@@ -378,7 +383,7 @@ class StepSpec(_Strict):
 class PipelineSpec(_Strict):
     """A pipeline: steps over one grouping at one processing location."""
 
-    name: Identifier
+    name: RunName
     data_grouping: Identifier
     processing_location: Identifier
     trigger: Trigger = Field(default_factory=lambda: ContinuousTrigger(type="CONTINUOUS"))

@@ -56,6 +56,33 @@ def runs(engine: Engine) -> list[Any]:
         ).all()
 
 
+def task_run_named(flow_run_id: str, name: str) -> Any:
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    [task_run] = [t for t in task_runs if t.name == name]
+    return task_run
+
+
+def task_run_log_lines(task_run_id: Any, timeout: float = 20.0) -> list[str]:
+    """The task run's log messages in the Prefect API (they arrive in batches)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
+            )
+        lines = [log.message for log in logs]
+        if any("failed after" in line or "COMPLETED" in line for line in lines):
+            return lines
+        time.sleep(0.5)
+    return lines
+
+
 def task_run_names(flow_run_id: str) -> set[str]:
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(
@@ -139,10 +166,14 @@ def test_demo_pipeline_runs_every_step_with_products_and_lineage(
     )
     assert {row["step"] for row in table} == {"calibrate", "baseline", "grid"}
     assert all(row["status"] == "COMPLETED" and row["job_id"] for row in table)
-    assert (
-        "## Science products" in by_type["markdown"].data
-        and ".cube.fits" in by_type["markdown"].data
-    )
+    assert {row["why"] for row in table} == {"new"}
+    assert all(row["started"] <= row["finished"] and row["finished"] for row in table)
+    assert all(Path(row["run_dir"], "config", "manifest.json").is_file() for row in table)
+    markdown = by_type["markdown"].data
+    assert "## Science products" in markdown and ".cube.fits" in markdown
+    # Every map is shown inline as a PNG the UI renders (a data URI), with its path.
+    maps = [r for r in rows if r.step == "grid"]
+    assert markdown.count("](data:image/png;base64,iVBORw0KGgo") == min(len(maps), 6)
 
     again = run_pipeline(engine, "chai-demo")
     assert again.state == "Completed" and again.runs == []
@@ -177,6 +208,23 @@ def test_failing_sub_group_is_retried_then_failed_while_others_complete(
     assert sum(1 for p in logs if p.endswith("tool.log")) == 3
     others = [r for k, r in by_key.items() if k != "executed_obs_unit=scan-000002"]
     assert [r.status for r in others] == [m.RunStatus.COMPLETED] * 2
+    # The task run is the run's page: Failed with the reason, the end of the job's log and
+    # the log's path as its message; each attempt counted by Prefect; tagged; logged.
+    task_run = task_run_named(result.flow_run_id, "reduce[executed_obs_unit=scan-000002]")
+    assert task_run.state.type.value == "FAILED" and task_run.run_count == 3
+    message = task_run.state.message
+    assert message.startswith(f"run {failed.id} (reduce[executed_obs_unit=scan-000002]) failed")
+    assert "exit code 3" in message and "boom: failing on purpose" in message
+    assert str(Path(captured[-1])) in message and "Traceback" not in message
+    assert {f"run:{failed.id}", "step:reduce", "pipeline:t", "location:local"} <= set(
+        task_run.tags
+    )
+    logged = task_run_log_lines(task_run.id)
+    assert [line for line in logged if line.startswith(f"run {failed.id}: attempt")] == [
+        f"run {failed.id}: attempt {k} of 3 failed: exit code 3" for k in (1, 2, 3)
+    ]
+    assert any(f"submitted as job {failed.hpc_job_id}" in line for line in logged), logged
+    assert sum("retrying (attempt" in line for line in logged) == 2, logged
 
 
 def test_contract_violation_fails_the_run_naming_the_file(engine: Engine, tmp_path: Path) -> None:
@@ -307,18 +355,19 @@ def test_a_wave_larger_than_the_task_run_budget_goes_out_in_several_flow_runs(
         parent = client.read_flow_run(result.flow_run_id)
         children = [
             f for f in client.read_flow_runs(limit=200)
-            if f.parent_task_run_id is not None and f.name.startswith("t part ")
-            and f.start_time and parent.start_time and f.start_time >= parent.start_time
+            if f.parent_task_run_id is not None and f.name.startswith(f"{parent.name} part ")
         ]  # fmt: skip
+        # The parts are flow runs of the pipeline's own flow, as the parent is.
+        assert {f.flow_id for f in children} == {parent.flow_id}
         sizes = {
-            f.name: len(
+            f.name.removeprefix(parent.name).strip(): len(
                 client.read_task_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[f.id]))
                 )
             )
             for f in children
         }
-    assert sizes == {"t part 1": 7, "t part 2": 2}
+    assert sizes == {"part 1": 7, "part 2": 2}
     assert len(task_run_names(result.flow_run_id)) <= 10
 
 
