@@ -91,8 +91,11 @@ def deployment_entry(pipeline: PipelineDeploymentInfo) -> dict[str, Any]:
 def trigger_entry(location: str, interval_s: int = DEFAULT_TRIGGER_INTERVAL_S) -> dict[str, Any]:
     """Return the trigger deployment of a processing location.
 
-    It ticks every `interval_s` and on every raw-data event; ticks queue behind a running
-    one (a tick may wait out a short cooldown), never run side by side.
+    It ticks on every raw-data event (which starts the CONTINUOUS work) and every
+    `interval_s` as a safety net; ticks queue behind a running one (a tick may wait out a
+    short cooldown), never run side by side. Ticks are tagged `trigger`: the trigger flow
+    deletes its idle and never-started (Late) ticks, so they do not bury the pipelines'
+    runs in the UI.
     """
     parameters = {"location": location, "interval_s": interval_s}
     return {

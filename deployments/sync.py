@@ -1,7 +1,8 @@
 """`ccat-wm deploy`: the ops DB's processing locations and pipelines into Prefect.
 
 Reads what is to be deployed (two set-based queries), syncs the work pools and their
-priority queues and the crash automation through the Prefect API, removes what
+priority queues through the Prefect API (and removes the heartbeat automation of
+earlier versions: `deployments.automations`), removes what
 `prefect deploy` would leave behind (deployments of removed pipelines, schedules that
 disappeared) and renders `prefect.yaml` (written atomically; keys other than the
 rendered deployments are kept). `prefect deploy --all` then registers exactly the
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import DeployError
-from deployments.automations import sync_crash_automation
+from deployments.automations import remove_crash_automation
 from deployments.reconcile import ReconcileResult, reconcile_deployments
 from deployments.render import (
     PipelineDeploymentInfo,
@@ -70,7 +71,7 @@ class DeployResult:
     deployments: list[str]
     pools: list[PoolChange]
     crash_automation: str = ""
-    """create, update or unchanged (empty when the pools were not synced)."""
+    """`removed` when the heartbeat automation of earlier versions was (would be) deleted."""
     reconciled: ReconcileResult | None = None
     """Deployments and schedules removed or paused on the server."""
     prefect_yaml_action: str = ""
@@ -206,7 +207,7 @@ def deploy(
     try:
         pools = sync_work_pools(specs, dry_run=dry_run) if sync_pools else []
         if sync_pools:
-            automation = sync_crash_automation(dry_run=dry_run)
+            automation = remove_crash_automation(dry_run=dry_run)
             reconciled = reconcile_deployments(deployments, dry_run=dry_run)
     except httpx.HTTPError as exc:
         raise DeployError(

@@ -174,13 +174,13 @@ def run_sub_group(
         return Failed(
             name=ATTEMPT_FAILED,
             message=f"run {run_id}: attempt {outcome.retry_count} of {outcome.attempts} "
-            f"failed: {outcome.message}; retrying",
+            f"(job {outcome.job_id}) failed: {outcome.message}; retrying",
         )
     if outcome.status is RunStatus.FAILED:
         return Failed(
             message=failure_message(
                 run_id, task_run_name(step, sub_group_key), outcome.retry_count + 1,
-                outcome.message, outcome.log_path,
+                outcome.message, outcome.log_path, job_id=outcome.job_id,
             )
         )  # fmt: skip
     if outcome.status is RunStatus.CANCELLED:

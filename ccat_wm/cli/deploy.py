@@ -47,10 +47,11 @@ def deploy(prefect_yaml: Path, dry_run: bool, as_json: bool) -> None:
     would = "would be " if dry_run else ""
     for pool in result.pools:
         click.echo(f"work pool {pool.name} ({pool.type}): {would}{_past(pool.action, dry_run)}")
-    click.echo(
-        "automation that crashes flow runs without heartbeats: "
-        f"{would}{_past(result.crash_automation, dry_run)}"
-    )
+    if result.crash_automation == "removed":
+        click.echo(
+            f"heartbeat automation of earlier versions {would}removed "
+            "(the trigger tick marks dead flow runs Crashed)"
+        )
     if result.reconciled:
         done = result.reconciled
         for name in done.deleted_deployments:

@@ -37,10 +37,12 @@ def failure_message(
     reason: str,
     log_path: Path | None,
     *,
+    job_id: str | None = None,
     lines: int = TAIL_LINES,
 ) -> str:
     """Say why run `run_id` (task run `name`) failed, with the end of its log and the log's path."""
-    head = f"run {run_id} ({name}) failed after {attempts_made} attempt(s): {reason}"
+    job = f", last job {job_id}" if job_id else ""
+    head = f"run {run_id} ({name}) failed after {attempts_made} attempt(s){job}: {reason}"
     if log_path is None:
         return head
     tail = log_tail(log_path, lines)

@@ -165,7 +165,7 @@ INLINE_IMAGE_BYTES = 400_000
 
 
 def image_markdown(path: Path, *, inline: bool = True) -> str:
-    """A PNG as markdown: inline (a data URI the Prefect UI renders), else its path."""
+    """Return a PNG as markdown: inline (a data URI the Prefect UI renders), else its path."""
     try:
         size = path.stat().st_size
         data = path.read_bytes() if inline and size <= INLINE_IMAGE_BYTES else None

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class RunOutcome:
     """The failed attempt's log file (stdout and stderr of its job)."""
     attempts: int = 1
     """Attempts the run may make in all (`max_retries + 1`)."""
+    job_id: str | None = None
+    """The backend job of the (last) attempt, when one was submitted."""
 
 
 @contextmanager
@@ -163,6 +165,7 @@ class RunExecutor:
             return outcome
         with self._transaction() as conn:
             ctx = load_run_context(conn, run_id)
+            outcome = replace(outcome, job_id=ctx.hpc_job_id)
             if ctx.retry_count >= ctx.max_retries:
                 return outcome
             try:
@@ -171,10 +174,7 @@ class RunExecutor:
                 return outcome
         _log().info("run %s: retrying (attempt %s of %s)", run_id, ctx.retry_count + 2,
                     ctx.max_retries + 1)  # fmt: skip
-        return RunOutcome(
-            run_id, S.PENDING, ctx.retry_count + 1, outcome.message, will_retry=True,
-            log_path=outcome.log_path, attempts=outcome.attempts,
-        )  # fmt: skip
+        return replace(outcome, status=S.PENDING, retry_count=ctx.retry_count + 1, will_retry=True)
 
     def attempt(self, run_id: int) -> RunOutcome:
         """One attempt of a PENDING run, or the rest of one that a dead process left in flight."""

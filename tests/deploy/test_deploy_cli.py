@@ -86,14 +86,13 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
         ("local", "process"), ("ramses", "process"), ("k8s-cologne", "kubernetes"),
     }  # fmt: skip
     assert done["deployments"] == ["chai-demo", "chai-nightly", "trigger-local", "trigger-ramses"]
-    assert done["crash_automation"] in {"create", "unchanged"}  # the server is the session's
-    [crash] = [
+    # No heartbeat automation (it fires for completed flow runs too): the trigger tick
+    # marks dead flow runs Crashed instead.
+    assert done["crash_automation"] in {"removed", "absent"}  # the server is the session's
+    assert not [
         a for a in api_post(prefect_api, "/automations/filter", {})
         if a["name"] == "ccat-wm: crash flow runs whose heartbeats stopped"
     ]  # fmt: skip
-    assert crash["trigger"]["posture"] == "Proactive"
-    assert crash["trigger"]["after"] == ["prefect.flow-run.heartbeat"]
-    assert crash["actions"][0]["state"] == "CRASHED"
 
     ramses = api_get(prefect_api, "/work_pools/ramses")
     assert ramses["type"] == "process"
@@ -111,7 +110,7 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
 
     again = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
     assert {p["action"] for p in json.loads(again.stdout)["work_pools"]} == {"unchanged"}
-    assert json.loads(again.stdout)["crash_automation"] == "unchanged"
+    assert json.loads(again.stdout)["crash_automation"] == "absent"
 
     prefect_deploy_all(deploy_env, prefect_yaml)
     deployments = {
@@ -122,7 +121,7 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
     assert set(deployments) == {"chai-demo", "chai-nightly", "trigger-local", "trigger-ramses"}
     trigger = deployments["trigger-local"]
     assert trigger["work_pool_name"] == "local" and trigger["work_queue_name"] == "trigger"
-    assert trigger["schedules"][0]["schedule"]["interval"] == 60
+    assert trigger["schedules"][0]["schedule"]["interval"] == 600  # the default safety net
     automations = api_post(prefect_api, "/automations/filter", {})
     assert any(
         a["trigger"].get("expect") == ["ccat.raw-data.registered"]
@@ -131,8 +130,12 @@ def test_deploy_creates_a_pool_per_processing_location_and_prefect_deploy_regist
     ), automations
     nightly = deployments["chai-nightly"]
     assert (nightly["work_pool_name"], nightly["work_queue_name"]) == ("ramses", "priority-10")
-    assert nightly["parameters"] == {"pipeline": "chai-nightly", "manual": False}
+    assert nightly["parameters"] == {
+        "pipeline": "chai-nightly", "manual": True, "started_by": "manual"
+    }  # fmt: skip
+    assert nightly["flow_id"] == api_get(prefect_api, "/flows/name/chai-nightly")["id"]
     [schedule] = nightly["schedules"]
+    assert schedule["parameters"] == {"manual": False, "started_by": "schedule"}
     assert schedule["schedule"]["cron"] == "0 4 * * *"
     assert schedule["schedule"]["timezone"] == "America/Santiago"
     assert deployments["chai-demo"]["work_pool_name"] == "local"

@@ -46,14 +46,20 @@ def test_rendered_deployments_match_the_golden_file() -> None:
 def test_cron_pipelines_get_their_timezone_and_disabled_ones_a_paused_schedule() -> None:
     by_name = {p.name: deployment_entry(p) for p in PIPELINES}
     assert by_name["chai-nightly-maps"]["schedules"] == [
-        {"cron": "0 4 * * *", "timezone": "America/Santiago", "active": True}
-    ]
+        {
+            "cron": "0 4 * * *", "timezone": "America/Santiago", "active": True,
+            "parameters": {"manual": False, "started_by": "schedule"},
+        }
+    ]  # fmt: skip
     assert by_name["chai-paused"]["schedules"][0]["active"] is False
     assert by_name["chai-reprocess"]["schedules"] == []
     assert by_name["chai-ngc253"]["schedules"] == []
     assert {e["work_pool"]["name"] for e in by_name.values()} == {"ramses", "laptop"}
-    assert by_name["chai-ngc253"]["parameters"] == {"pipeline": "chai-ngc253", "manual": False}
-    assert by_name["chai-reprocess"]["parameters"] == {"pipeline": "chai-reprocess", "manual": True}
+    # A person's run (UI, `prefect deployment run`) does the ready work now, whatever the type.
+    person = {"manual": True, "started_by": "manual"}
+    assert by_name["chai-ngc253"]["parameters"] == {"pipeline": "chai-ngc253"} | person
+    assert by_name["chai-reprocess"]["parameters"] == {"pipeline": "chai-reprocess"} | person
+    assert by_name["chai-ngc253"]["entrypoint"] == "flows/pipelines.py:chai-ngc253"
 
 
 def test_higher_pipeline_priority_gets_the_better_prefect_queue_priority() -> None:
@@ -69,6 +75,7 @@ def test_every_location_with_an_enabled_pipeline_gets_a_trigger_deployment() -> 
     assert sorted(triggers) == ["trigger-laptop", "trigger-ramses"]
     trigger = triggers["trigger-ramses"]
     assert trigger["schedules"] == [{"interval": 30, "active": True}]
+    assert triggers["trigger-laptop"]["schedules"] == [{"interval": 600, "active": True}]
     assert trigger["triggers"][0]["expect"] == ["ccat.raw-data.registered"]
     assert trigger["work_pool"] == {
         "name": "ramses", "work_queue_name": "trigger", "job_variables": {},

@@ -127,11 +127,17 @@ def site_spec(root: Path) -> dict[str, Any]:
         "runtime": "host", "path": str(root / "runs"),
         "settings": SLURM_TEST_SETTINGS | {"trigger_interval_s": 3600},
     }  # fmt: skip
+    spec["locations"].append(  # deployed, never given a worker
+        {"name": "idle-site", "site": "test", "location_type": "PROCESSING",
+         "backend": "local", "path": str(root / "idle-site")}
+    )  # fmt: skip
     base = {"data_grouping": "g", "processing_location": "ramses"}
     sleepy = tool_step("calibrate", parameters={"mode": "ok", "sleep": 120})
     sleepy["config"]["name"] = "sleepy-config"
     fragile = tool_step("calibrate", parameters={"mode": "ok", "sleep": 20})
     fragile["config"]["name"] = "fragile-config"
+    broken = tool_step("calibrate", max_retries=1, parameters={"fail_key": "scan-000001"})
+    broken["config"]["name"] = "broken-config"
     return {
         **spec,
         "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
@@ -164,6 +170,25 @@ def site_spec(root: Path) -> dict[str, Any]:
                 "steps": [tool_step("calibrate")],
             },
             {"name": "fragile", **base, "trigger": {"type": "MANUAL"}, "steps": [fragile]},
+            {
+                "name": "broken",
+                **base,
+                "trigger": {"type": "MANUAL"},
+                "steps": [broken],
+            },
+            {  # a cron tick that never comes during the tests
+                "name": "yearly",
+                **base,
+                "trigger": {"type": "CRON", "cron": "0 0 1 1 *"},
+                "steps": [tool_step("calibrate")],
+            },
+            {
+                "name": "unattended",
+                "data_grouping": "g",
+                "processing_location": "idle-site",
+                "trigger": {"type": "CONTINUOUS"},
+                "steps": [tool_step("calibrate")],
+            },
         ],
     }
 
@@ -209,7 +234,7 @@ def flow_run_state(site: Site, flow_run_id: str) -> str:
 
 def run_deployment(site: Site, name: str) -> str:
     """Start a deployment's flow run as a person does in the UI; return its id."""
-    deployment = site.get(f"/deployments/name/ccat-pipeline/{name}")
+    deployment = site.get(f"/deployments/name/{name}/{name}")  # flow named after the pipeline
     flow_run = site.post(f"/deployments/{deployment['id']}/create_flow_run", {})
     return str(flow_run["id"])
 
@@ -243,6 +268,8 @@ def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step
     before = {r.id for r in site.runs("standing")}
     simulated = run_cli(site.env, "simulate", "--scans", "1", "--seed", "11", "--json")
     assert simulated.returncode == 0, simulated.stderr
+    for alarm in ("ERROR", "WARNING", "Traceback", "Still processing items"):
+        assert alarm not in simulated.stderr, simulated.stderr  # it emitted the event
     [scan] = json.loads(simulated.stdout)["scan_names"]
     # Earlier tests' scans are gaps of this pipeline too: the run of *this* scan counts.
     new = wait_for(
@@ -326,13 +353,14 @@ def test_on_a_saturated_pool_the_more_important_pipeline_starts_first(site: Site
     assert started[high] < started[low], started
 
 
-def test_a_flow_run_whose_host_died_is_crashed_by_the_automation_and_its_runs_finish(
+def test_a_flow_run_whose_host_died_is_crashed_by_the_trigger_tick_and_its_runs_finish(
     site: Site,
 ) -> None:
     """SIGKILL the worker, then the flow run's process, mid-job (as a host crash does):
-    nobody reports the end, so only the heartbeat automation of `ccat-wm deploy` can mark
-    the flow run Crashed; then a trigger tick restarts the pipeline, whose new flow run
-    adopts the runs and completes them with their SLURM jobs."""
+    nobody reports the end, so only the heartbeat check of the trigger tick can mark the
+    flow run Crashed (not before its heartbeats stopped for 90 s); the same tick restarts
+    the pipeline, whose new flow run adopts the runs and completes them with their SLURM
+    jobs."""
     flow_run_id = run_deployment(site, "fragile")
     wait_for(
         "the fragile run to be RUNNING",
@@ -345,15 +373,32 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_automation_and_its_runs_fi
         if (p.info["environ"] or {}).get("PREFECT__FLOW_RUN_ID") == flow_run_id
     )  # fmt: skip
     flow_process.kill()
+    killed_at = time.monotonic()
     assert flow_run_state(site, flow_run_id) == "RUNNING"  # nobody told the server
-    wait_for(
-        "the automation to mark the flow run Crashed",
-        lambda: flow_run_state(site, flow_run_id) == "CRASHED",
-        timeout=240,
-    )
+    early = run_cli(site.env, "trigger", "--location", "ramses", "--json")
+    assert early.returncode == 0, early.stderr
+    assert flow_run_id not in json.loads(early.stdout)["crashed"]  # a recent heartbeat
+    assert flow_run_state(site, flow_run_id) == "RUNNING"
+    time.sleep(max(0.0, 95 - (time.monotonic() - killed_at)))
     site.start_worker()
     ticked = run_cli(site.env, "trigger", "--location", "ramses", "--json")
     assert ticked.returncode == 0, ticked.stderr
+    assert flow_run_id in json.loads(ticked.stdout)["crashed"]
+    assert flow_run_state(site, flow_run_id) == "CRASHED"
+    assert "No heartbeat since" in site.get(f"/flow_runs/{flow_run_id}")["state"]["message"]
+    # No false alarm: the flow runs that finished on the worker (pipelines and the
+    # event-started trigger ticks of the earlier tests, more than 90 s ago) stay as they
+    # ended, and nothing tried to change a finished flow run's state.
+    crashed = site.post("/flow_runs/filter", {
+        "flow_runs": {"state": {"type": {"any_": ["CRASHED"]}}},
+        "work_pools": {"name": {"any_": ["ramses"]}},
+    })  # fmt: skip
+    assert [r["id"] for r in crashed] == [flow_run_id]
+    failed_actions = site.post(
+        "/events/filter",
+        {"filter": {"event": {"name": ["prefect.automation.action.failed"]}}, "limit": 50},
+    )["events"]
+    assert failed_actions == []
     assert "fragile" in json.loads(ticked.stdout)["started"]
     done = wait_for(
         "the adopted runs to complete",
@@ -367,6 +412,139 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_automation_and_its_runs_fi
     assert all(r.prefect_flow_run_id != flow_run_id for r in done)  # adopted by the new one
 
 
+def test_a_quick_run_of_a_cron_deployment_does_the_ready_work_now(site: Site) -> None:
+    """What a person pressing Run in the UI gets (no parameters): every ready gap runs
+    now, although the pipeline's cron tick is months away; the flow run appears under
+    the pipeline's own flow with a name saying who started it."""
+    flow_run_id = run_deployment(site, "yearly")
+    final = wait_for(
+        "the yearly flow run to finish",
+        lambda: flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"}
+        and flow_run_state(site, flow_run_id),
+    )  # fmt: skip
+    assert final == "COMPLETED", (site.root / "worker.log").read_text()[-5000:]
+    runs = site.runs("yearly")
+    assert runs and {r.status for r in runs} == {m.RunStatus.COMPLETED}
+    assert {r.prefect_flow_run_id for r in runs} == {flow_run_id}
+    flow_run = site.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["name"].startswith("yearly manual ")
+    assert site.get(f"/flows/{flow_run['flow_id']}")["name"] == "yearly"
+
+
+def test_trigger_ticks_do_not_bury_the_runs_nor_pile_up_without_a_worker(site: Site) -> None:
+    """Ticks of a location without a worker that never started (Late) are deleted by the
+    next tick anywhere; a tick with nothing to do is marked idle and deleted by the next."""
+    deployment = site.get("/deployments/name/ccat-trigger/trigger-idle-site")
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
+    late = [
+        site.post(
+            f"/deployments/{deployment['id']}/create_flow_run",
+            {"state": {"type": "SCHEDULED", "name": "Late",
+                       "state_details": {"scheduled_time": past}}},
+        )["id"]
+        for _ in range(3)
+    ]  # fmt: skip
+    first = run_cli(site.env, "trigger", "--location", "ramses", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["deleted_ticks"] >= 3
+    for flow_run_id in late:
+        assert httpx.get(f"{site.api}/flow_runs/{flow_run_id}", timeout=30).status_code == 404
+    trigger_runs = lambda: site.post(  # noqa: E731
+        "/flow_runs/filter", {"flow_runs": {"tags": {"all_": ["trigger"]}}}
+    )
+    # Only deployment runs carry the deployment's tag: start two idle ticks on the worker.
+    ramses = site.get("/deployments/name/ccat-trigger/trigger-ramses")
+    for _ in range(2):
+        tick = site.post(f"/deployments/{ramses['id']}/create_flow_run", {})["id"]
+        wait_for("a trigger tick to finish", lambda tick=tick: flow_run_state(site, tick)
+                 in {"COMPLETED", "FAILED", "CRASHED"})  # fmt: skip
+        assert flow_run_state(site, tick) == "COMPLETED"
+    idle = [r for r in trigger_runs() if "ccat-idle" in r["tags"]]
+    assert len(idle) == 1 and idle[0]["id"] == tick and idle[0]["name"].endswith(": idle")
+
+
+def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> None:
+    """The failed sub-group's task run: Failed with the job's stderr line, its job id and
+    its log's path as the message; two attempts counted by Prefect; tagged; its Logs tab
+    (the API behind it) tells the attempts. Headless Chromium screenshots the page into
+    `test-artifacts/failed-task-run.png` (the operator's guide refers to it)."""
+    from playwright.sync_api import sync_playwright
+
+    flow_run_id = run_deployment(site, "broken")
+    wait_for(
+        "the broken flow run to finish",
+        lambda: flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"},
+    )
+    assert flow_run_state(site, flow_run_id) == "FAILED"
+    [failed] = [r for r in site.runs("broken") if r.status is m.RunStatus.FAILED]
+    task_runs = site.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    [task_run] = [t for t in task_runs if t["state_type"] == "FAILED"]
+    assert task_run["name"] == f"calibrate[{failed.sub_group_key}]"
+    message = task_run["state"]["message"]
+    assert "boom: failing on purpose" in message and f"last job {failed.hpc_job_id}" in message
+    assert "exit code 3" in message and "/logs/calibrate-attempt-1.log" in message
+    assert task_run["run_count"] == 2
+    assert {f"run:{failed.id}", "step:calibrate", "pipeline:broken", "location:ramses"} <= set(
+        task_run["tags"]
+    )
+    logs = wait_for(
+        "the task run's logs",
+        lambda: (
+            [
+                entry["message"]
+                for entry in site.post(
+                    "/logs/filter", {"logs": {"task_run_id": {"any_": [task_run["id"]]}}}
+                )
+                if "attempt 2 of 2 failed" in entry["message"]
+            ]
+            and site.post("/logs/filter", {"logs": {"task_run_id": {"any_": [task_run["id"]]}}})
+        ),
+    )
+    lines = [entry["message"] for entry in logs]
+    assert any(f"submitted as job {failed.hpc_job_id}" in line for line in lines), lines
+    assert any("retrying (attempt 2 of 2)" in line for line in lines), lines
+
+    ui = site.api.removesuffix("/api")
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        page.goto(f"{ui}/runs/task-run/{task_run['id']}", wait_until="networkidle")
+        page.get_by_text("boom: failing on purpose").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failed-task-run.png"), full_page=True)
+        browser.close()
+
+
+def test_browser_renders_a_map_inline_in_a_products_artifact(site: Site) -> None:
+    """The products artifact's maps are PNG data URIs: the UI's markdown shows them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    from playwright.sync_api import sync_playwright
+
+    from ccat_wm.execution.report import image_markdown
+
+    png = site.root / "map.png"
+    figure = pyplot.figure(figsize=(2, 2))
+    pyplot.imshow([[0, 1], [1, 0]])
+    figure.savefig(png)
+    artifact = site.post(
+        "/artifacts/", {"key": "map-check", "type": "markdown", "data": image_markdown(png)}
+    )
+    ui = site.api.removesuffix("/api")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{ui}/artifacts/artifact/{artifact['id']}", wait_until="networkidle")
+        image = page.locator('img[src^="data:image/png;base64,"]').first
+        image.wait_for(timeout=30_000)
+        assert image.evaluate("img => img.complete && img.naturalWidth") == 200
+        page.screenshot(path=str(REPO / "test-artifacts" / "artifact-map.png"), full_page=True)
+        browser.close()
+
+
 def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
     site: Site, tmp_path: Path
 ) -> None:
@@ -378,7 +556,7 @@ def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
 
     [flow_run] = [
         r for r in site.post("/flow_runs/filter", {"sort": "START_TIME_DESC"})
-        if r["name"] == "manual" and r["state_type"] == "COMPLETED"
+        if r["name"].startswith("manual manual ") and r["state_type"] == "COMPLETED"
     ][:1]  # fmt: skip
     task_names = {t["name"] for t in site.post(
         "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}

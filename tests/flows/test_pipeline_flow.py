@@ -213,12 +213,13 @@ def test_failing_sub_group_is_retried_then_failed_while_others_complete(
     task_run = task_run_named(result.flow_run_id, "reduce[executed_obs_unit=scan-000002]")
     assert task_run.state.type.value == "FAILED" and task_run.run_count == 3
     message = task_run.state.message
-    assert message.startswith(f"run {failed.id} (reduce[executed_obs_unit=scan-000002]) failed")
+    assert message.startswith(
+        f"run {failed.id} (reduce[executed_obs_unit=scan-000002]) failed after 3 attempt(s), "
+        f"last job {failed.hpc_job_id}: exit code 3"
+    )
     assert "exit code 3" in message and "boom: failing on purpose" in message
     assert str(Path(captured[-1])) in message and "Traceback" not in message
-    assert {f"run:{failed.id}", "step:reduce", "pipeline:t", "location:local"} <= set(
-        task_run.tags
-    )
+    assert {f"run:{failed.id}", "step:reduce", "pipeline:t", "location:local"} <= set(task_run.tags)
     logged = task_run_log_lines(task_run.id)
     assert [line for line in logged if line.startswith(f"run {failed.id}: attempt")] == [
         f"run {failed.id}: attempt {k} of 3 failed: exit code 3" for k in (1, 2, 3)

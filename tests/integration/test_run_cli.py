@@ -75,3 +75,27 @@ def test_run_status_and_lineage_from_the_command_line(
     assert refused.stderr.startswith(
         f"error: run {done} is COMPLETED; it can move to CANCELLED only from"
     )
+
+
+ALARMS = ("ERROR", "WARNING", "Traceback", "Still processing items")
+
+
+def test_successful_commands_print_no_false_alarms(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """What an operator sees from a healthy site: no ERROR, WARNING, traceback or stray
+    Prefect progress line from `apply`, `simulate`, `run`, `trigger` and `deploy`, with
+    Prefect's analytics left at ccat-wm's default (off: no telemetry error offline)."""
+    env = {k: v for k, v in cli_env.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    commands = [
+        ("apply", str(spec)),
+        ("simulate", "--scans", "2", "--seed", "5"),
+        ("run", "chai-demo", "--sub-group", "executed_obs_unit=scan-000001"),
+        ("simulate", "--scans", "1", "--seed", "6"),
+        ("trigger",),
+        ("deploy", "--prefect-yaml", str(tmp_path / "prefect.yaml"), "--dry-run"),
+    ]
+    for command in commands:
+        result = run_cli(env, *command)
+        assert result.returncode == 0, (command, result.stderr)
+        output = result.stdout + result.stderr
+        assert not [a for a in ALARMS if a in output], (command, output[-3000:])
