@@ -9,6 +9,7 @@ its environment (docs/operators-guide.md, section 2).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import MutableMapping
 
@@ -38,8 +39,37 @@ send, and its ephemeral SQLite server an ERROR traceback ("database is locked") 
 command that starts a flow. A user's own value wins."""
 
 
+class _DropProgressLines(logging.Filter):
+    """Drop Prefect's "Still processing items: N items remaining..." lines.
+
+    Prefect's background services (the events and logs workers) log them at WARNING
+    while a process sends its last events or logs before exiting: progress, not a
+    problem, and an operator should not read it as one.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+PREFECT_SERVICE_LOGGERS = ("EventsWorker", "APILogWorker")
+"""Loggers of Prefect's queue services (named after their class)."""
+
+
+def quiet_prefect_progress() -> None:
+    """Install `_DropProgressLines` on Prefect's queue services (once per process)."""
+    for name in PREFECT_SERVICE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropProgressLines) for f in logger.filters):
+            logger.addFilter(_DropProgressLines())
+
+
 def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> None:
-    """Set ccat-wm's Prefect defaults in `environ` (the process environment) unless set."""
+    """Set ccat-wm's Prefect defaults in `environ` (the process environment) unless set.
+
+    For the process itself (no `environ` given), Prefect's progress lines are dropped too.
+    """
+    if environ is None:
+        quiet_prefect_progress()
     target = os.environ if environ is None else environ
     target.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S

@@ -3,7 +3,8 @@
 `prefect deploy --all` creates and updates the deployments of the file, but leaves a
 deployment whose entry disappeared, and a schedule that disappeared from an entry,
 on the server. `reconcile_deployments` therefore deletes, among the deployments tagged
-`ccat-wm`, those not rendered any more (removed pipelines), deletes every server
+`ccat-wm`, those not rendered any more (removed pipelines, a location's trigger), with
+the automations of their event triggers (Prefect keeps those), deletes every server
 schedule an entry no longer has (a changed cron, a pipeline turned MANUAL), and sets
 `active` of the others as rendered (disabled pipelines: paused). Deployments without
 the tag are never touched.
@@ -66,6 +67,9 @@ def reconcile_deployments(
             entry = wanted.get(deployment.name)
             if entry is None:
                 if not dry_run:
+                    # Its event triggers are automations that outlive it: left behind,
+                    # every raw-data event would fire one at a deployment that is gone.
+                    client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
                     client.delete_deployment(deployment.id)
                 result.deleted_deployments.append(deployment.name)
                 continue

@@ -26,6 +26,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
+from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.control import cancel_flow_run
 from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.waves import WaveItem
@@ -40,6 +41,11 @@ from tasks.runs import (
     sub_group_task,
 )
 from tasks.slots import close_pools, open_pool
+
+
+class SubGroupRunsFailedError(CcatWmError):
+    """Some sub-group runs of a pipeline flow run failed (the others ran)."""
+
 
 BOOKKEEPING_TASKS = 3
 """Task runs of the parent flow besides the sub-group runs (prepare, limits, artifacts)."""
@@ -201,9 +207,9 @@ def pipeline_flow(
             close_pools(claim_as)
         publish_artifacts(pipeline, claim_as)
     if counts["failed"]:
-        return Failed(
-            message=f"{counts['failed']} of {len(items)} sub-group run(s) failed", data=counts
-        )
+        message = f"{counts['failed']} of {len(items)} sub-group run(s) failed"
+        # An exception as the data: a worker's engine raises it (a dict cannot be raised).
+        return Failed(message=message, data=SubGroupRunsFailedError(message))
     return counts
 
 

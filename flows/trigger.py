@@ -218,6 +218,11 @@ def trigger_flow(
             created[name] = created.get(name, 0) + count
             logger.info("%s: %d new run(s)", name, count)
         for pipeline in result.to_start:
+            for owner in result.dead_owners.get(pipeline, []):
+                logger.warning(
+                    "%s: flow run %s holds runs but its process is gone; a new flow run "
+                    "adopts them", pipeline, owner,
+                )  # fmt: skip
             launched[pipeline] = start_pipeline(pipeline)
             logger.info("%s: %s", pipeline, launched[pipeline])
         if result.next_eligible_at is None:

@@ -36,6 +36,8 @@ class TickResult:
     """Pipelines with runs waiting for a flow run (new, unclaimed, or a dead owner's)."""
     next_eligible_at: dt.datetime | None = None
     """Soonest moment a gap now in its cooldown becomes eligible (None: no such gap)."""
+    dead_owners: dict[str, list[str]] = field(default_factory=dict)
+    """Per pipeline to start: flow runs whose process is gone and whose runs it adopts."""
 
 
 def trigger_tick(
@@ -72,15 +74,22 @@ def trigger_tick(
         upcoming += [
             g.eligible_at for g in gaps if not g.eligible and g.eligible_at and g.eligible_at > now
         ]
+    adopting: dict[str, list[str]] = {}
     return TickResult(
         created=created,
-        to_start=pipelines_waiting(session, location=location),
+        to_start=pipelines_waiting(session, location=location, adopting=adopting),
         next_eligible_at=min(upcoming, default=None),
+        dead_owners=adopting,
     )
 
 
-def pipelines_waiting(session: Session, *, location: str | None = None) -> list[str]:
-    """Return enabled pipelines with unclaimed PENDING runs or runs of a dead flow run."""
+def pipelines_waiting(
+    session: Session, *, location: str | None = None, adopting: dict[str, list[str]] | None = None
+) -> list[str]:
+    """Return enabled pipelines with unclaimed PENDING runs or runs of a dead flow run.
+
+    `adopting` receives, per pipeline, the dead flow runs whose runs are waiting.
+    """
     base = (
         select(m.Pipeline.name, RUN.prefect_flow_run_id, RUN.status)
         .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
@@ -94,6 +103,12 @@ def pipelines_waiting(session: Session, *, location: str | None = None) -> list[
     rows = session.execute(base).all()
     owners = sorted({r.prefect_flow_run_id for r in rows if r.prefect_flow_run_id})
     dead = dead_owners(session, owners)
+    if adopting is not None:
+        for row in rows:
+            if row.prefect_flow_run_id in dead:
+                found = adopting.setdefault(row.name, [])
+                if row.prefect_flow_run_id not in found:
+                    found.append(row.prefect_flow_run_id)
     return sorted(
         {
             r.name

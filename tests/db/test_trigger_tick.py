@@ -101,3 +101,25 @@ def test_cancelling_a_flow_runs_runs_cancels_only_its_unfinished_runs(
     assert status == {
         ids[0]: m.RunStatus.COMPLETED, ids[1]: m.RunStatus.CANCELLED, ids[2]: m.RunStatus.PENDING,
     }  # fmt: skip
+
+
+def test_due_cron_pipelines_are_ticked_only_when_asked_as_ccat_wm_trigger_does(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A site without a Prefect server runs `ccat-wm trigger` from cron: it must start a
+    CRON pipeline once its cron tick has come (not before); the trigger deployment
+    leaves CRON pipelines to their schedules."""
+    kit = GapKit(engine, tmp_path)
+    spec = kit.edited()
+    spec["pipelines"][0]["trigger"] = {"type": "CRON", "cron": "0 * * * *"}  # hourly
+    kit.apply(spec)
+    kit.simulate(2)
+    now = kit.db_now()
+    top_of_hour = (now + dt.timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    with Session(kit.engine) as session, session.begin():
+        before = trigger_tick(session, top_of_hour - dt.timedelta(seconds=5), include_cron=True)
+        without = trigger_tick(session, top_of_hour + dt.timedelta(seconds=5))
+    assert before.created == {} and without.created == {}
+    with Session(kit.engine) as session, session.begin():
+        due = trigger_tick(session, top_of_hour + dt.timedelta(seconds=5), include_cron=True)
+    assert due.created == {PIPELINE: 2} and due.to_start == [PIPELINE]

@@ -214,11 +214,23 @@ def test_deploy_removes_stale_schedules_and_deployments_that_prefect_deploy_keep
     missing = httpx.get(f"{prefect_api['PREFECT_API_URL']}/work_pools/dry-run-pool", timeout=30)
     assert missing.status_code == 404
 
+    ramses_trigger = next(d for d in before if d["name"] == "trigger-ramses")
+    owned = f"prefect.deployment.{ramses_trigger['id']}"
+
+    def event_triggers_of_ramses() -> list[Any]:
+        return [
+            a for a in api_post(prefect_api, "/automations/filter", {})
+            if any(a2.get("deployment_id") == ramses_trigger["id"] for a2 in a["actions"])
+        ]  # fmt: skip
+
+    assert event_triggers_of_ramses(), owned  # `prefect deploy` made its event trigger
     result = run_cli(deploy_env, "deploy", "--prefect-yaml", str(prefect_yaml), "--json")
     assert result.returncode == 0, result.stderr
     reconciled = json.loads(result.stdout)["reconciled"]
-    # ramses's only pipeline is disabled now: its trigger deployment goes too
+    # ramses's only pipeline is disabled now: its trigger deployment goes too, with its
+    # event trigger (left behind, every raw-data event would fail to run it: a false alarm)
     assert sorted(reconciled["deleted_deployments"]) == ["removed-pipeline", "trigger-ramses"]
+    assert event_triggers_of_ramses() == []
     assert reconciled["deleted_schedules"] == ["chai-nightly: cron 0 4 * * * America/Santiago"]
     prefect_deploy_all(deploy_env, prefect_yaml)
     deployments = {d["name"]: d for d in api_post(prefect_api, "/deployments/filter", {})}

@@ -398,7 +398,9 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_trigger_tick_and_its_runs_
         "/events/filter",
         {"filter": {"event": {"name": ["prefect.automation.action.failed"]}}, "limit": 50},
     )["events"]
-    assert failed_actions == []
+    assert failed_actions == [], [
+        (e["resource"].get("prefect.resource.name"), e["payload"]) for e in failed_actions
+    ]
     assert "fragile" in json.loads(ticked.stdout)["started"]
     done = wait_for(
         "the adopted runs to complete",
@@ -554,10 +556,12 @@ def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
     """
     from playwright.sync_api import sync_playwright
 
-    [flow_run] = [
-        r for r in site.post("/flow_runs/filter", {"sort": "START_TIME_DESC"})
-        if r["name"].startswith("manual manual ") and r["state_type"] == "COMPLETED"
-    ][:1]  # fmt: skip
+    [flow_run] = site.post("/flow_runs/filter", {
+        "flows": {"name": {"any_": ["manual"]}},  # the pipeline's own flow
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "sort": "START_TIME_DESC", "limit": 1,
+    })  # fmt: skip
+    assert flow_run["name"].startswith("manual manual ")
     task_names = {t["name"] for t in site.post(
         "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
     )}  # fmt: skip

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
+from ccat_ops_db import models as m
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
@@ -99,3 +101,29 @@ def test_successful_commands_print_no_false_alarms(tmp_path: Path, cli_env: dict
         assert result.returncode == 0, (command, result.stderr)
         output = result.stdout + result.stderr
         assert not [a for a in ALARMS if a in output], (command, output[-3000:])
+
+
+def test_trigger_without_a_prefect_server_starts_a_cron_pipeline_whose_tick_has_come(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A site that runs only `ccat-wm trigger` from the system's cron loses no pipeline:
+    a CRON pipeline whose data arrived before its last cron tick is run by the tick."""
+    spec_data = {**locations_data(tmp_path), **demo_spec_data()}
+    spec_data["pipelines"][0]["trigger"] = {"type": "CRON", "cron": "0 * * * *"}
+    spec = write_yaml(tmp_path / "spec.yaml", spec_data)
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="tester")
+        register_simulation(session, SimulationRequest(scans=1, seed=7))
+        # the data arrived two hours ago: the last hourly tick has come since
+        session.execute(
+            update(m.RawDataPackage).values(
+                created_at=m.RawDataPackage.created_at - dt.timedelta(hours=2)
+            )
+        )
+    ticked = run_cli(cli_env, "trigger", "--json")
+    assert ticked.returncode == 0, ticked.stderr
+    result = json.loads(ticked.stdout)
+    assert result["created"].get("chai-demo", 0) >= 1, result
+    assert "chai-demo" in result["started"], result
+    rows = json.loads(run_cli(cli_env, "status", "chai-demo", "--json").stdout)
+    assert rows and all(r["status"] == "COMPLETED" for r in rows), rows
