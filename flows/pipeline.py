@@ -76,7 +76,7 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
     for item in items:
         waits = [allow_failure(futures[i]) for i in item.upstream if i < len(futures)]
         task = sub_group_task(wave.retries.get(item.step, 0))
-        with tags(*run_tags(wave.pipeline, item.step, wave.location, item.run_id)):
+        with tags(*run_tags(wave.pipeline, item.step, wave.location)):
             futures.append(
                 task.submit(
                     wave.pipeline,

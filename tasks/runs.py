@@ -3,10 +3,10 @@
 Tasks take ids and plain values, never ORM objects or sessions; none is cached (they
 write to the ops DB). A sub-group's run holds one slot of its step's global concurrency
 limit (`ccat-step:<pipeline>:<step>`, created by `ensure_concurrency_limits`, acquired
-strictly so that a missing limit is an error) for its whole execution, retries
-included; slots are leases pooled per flow run (see `tasks.slots`), so a task that
-raises gives its slot back at once and a process that dies gives it back when the
-lease expires.
+strictly so that a missing limit is an error) for each attempt; slots are leases
+pooled per flow run (see `tasks.slots`), so a task that raises gives its slot back at
+once and a process that dies gives it back when the lease expires. What the runner
+says about a run goes to Prefect's run logger, so it shows in the task run's Logs tab.
 """
 
 from __future__ import annotations
@@ -122,10 +122,16 @@ def _retry_when_the_run_is_pending_again(task: Any, task_run: Any, state: State[
     return state.name == ATTEMPT_FAILED
 
 
-def run_tags(pipeline: str, step: str, location: str, run_id: int | None) -> list[str]:
-    """Tags of a sub-group's task run (`run:<id>` once its run exists)."""
-    tags = [f"pipeline:{pipeline}", f"step:{step}", f"location:{location}"]
-    return tags if run_id is None else [*tags, f"run:{run_id}"]
+def run_tags(pipeline: str, step: str, location: str) -> list[str]:
+    """Tags of a sub-group's task run, shared by every run of its step.
+
+    No tag unique to one run (such as its id): Prefect's task engine takes a slot of a
+    `tag:<tag>` concurrency limit for every tag of every task run, with a client service
+    thread per distinct set of tags; a unique tag cost 52 ms and one leaked thread per
+    task run, three shared ones 1.8 ms (`bench/task_tags_bench.py`). The run id is in
+    every log line of the task run and in its failure message.
+    """
+    return [f"pipeline:{pipeline}", f"step:{step}", f"location:{location}"]
 
 
 @task(

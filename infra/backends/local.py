@@ -205,13 +205,32 @@ class LocalBackend(Backend):
         return path.read_text(errors="replace") if path.exists() else ""
 
     def _monitor(self, process: subprocess.Popen[bytes], record: _Record) -> None:
+        """Record the job's outcome when it ends; never leave it RUNNING if this fails.
+
+        A monitor that died silently would leave its run RUNNING forever (the job's
+        record says so): any error is recorded as the job's failure instead.
+        """
+        try:
+            self._follow_job(process, record)
+        except Exception as exc:  # recorded as the job's end, not lost
+            record.state = JobState.FAILED.value
+            record.reason = f"the local backend lost track of the job: {exc!r}"[:500]
+            self._write(record)
+        with _LIVE_LOCK:
+            ended = _ENDED.get(str(record.pid))
+        if ended is not None:
+            ended.set()
+
+    def _follow_job(self, process: subprocess.Popen[bytes], record: _Record) -> None:
         """Sample the tree's memory until the job ends, then record its outcome."""
         start = time.monotonic()
         peak_rss = 0
         interval = FIRST_SAMPLE_S
         exited = os.pidfd_open(process.pid)  # readable once the job exits: no polling
+        waiter = select.poll()  # not select(): a busy process has descriptors above 1024
+        waiter.register(exited, select.POLLIN)
         try:
-            while not select.select([exited], [], [], interval)[0]:
+            while not waiter.poll(interval * 1000):
                 total, high_water = _tree_memory(process.pid)
                 peak_rss = max(peak_rss, total, high_water)
                 interval = min(interval * 2, MAX_SAMPLE_INTERVAL_S)
@@ -234,10 +253,6 @@ class LocalBackend(Backend):
             record.state = JobState.FAILED.value
             record.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         self._write(record)
-        with _LIVE_LOCK:
-            ended = _ENDED.get(str(record.pid))
-        if ended is not None:
-            ended.set()
 
     def _path(self, job_id: str, *, ended: bool = False) -> Path:
         return self.state_dir / f"{job_id}{'.end' if ended else ''}.json"

@@ -138,3 +138,37 @@ def test_the_end_record_is_a_second_file_and_replaces_none(tmp_path: Path) -> No
     ]
     # Another process reads the end record, not the start record (which says RUNNING).
     assert LocalBackend(tmp_path / "jobs").status(job_id).state is JobState.COMPLETED
+
+
+def test_a_job_ends_even_when_the_process_holds_descriptors_above_1024(tmp_path: Path) -> None:
+    """A wide flow holds many sockets: the job's exit is still seen (select() would fail
+    on a descriptor above 1024 and, before, left the run RUNNING forever)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        backend = LocalBackend(tmp_path / "jobs")
+        job_id = backend.submit(spec(tmp_path, "print('done')"))
+        assert wait(backend, job_id, timeout=10) is JobState.COMPLETED
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_job_whose_end_cannot_be_read_fails_instead_of_running_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's exit status cannot be read (as when something else reaped the
+    process): the job is recorded FAILED with the reason, never left RUNNING."""
+
+    def reaped_elsewhere(pid: int, options: int) -> None:
+        raise ChildProcessError(10, "No child processes")
+
+    monkeypatch.setattr("infra.backends.local.os.wait4", reaped_elsewhere)
+    backend = LocalBackend(tmp_path / "jobs")
+    job_id = backend.submit(spec(tmp_path, "import time; time.sleep(0.2)"))
+    assert wait(backend, job_id, timeout=10) is JobState.FAILED
+    assert "lost track of the job" in (backend.status(job_id).reason or "")
