@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     hundreds; runs that reach submission together go out as one job array."""
     max_task_runs: int = Field(default=1000, ge=10, le=1000, alias="CCAT_WM_MAX_TASK_RUNS")
     """Most task runs one flow run holds; a larger wave goes out in several flow runs."""
+    task_run_tags: bool = Field(default=True, alias="CCAT_WM_TASK_RUN_TAGS")
+    """Tag each sub-group's task run with its pipeline, step and location. Prefect makes
+    every tag of a task run a concurrency check (two requests to its server per task
+    run); a site whose waves are very large may turn the tags off (bench/README.md)."""
 
     @field_validator("ops_db_url")
     @classmethod

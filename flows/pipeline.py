@@ -68,6 +68,8 @@ class WaveRun:
     force: bool
     retries: dict[str, int]
     """Prefect retries per step: the step's `max_retries`."""
+    tagged: bool = True
+    """Tag the task runs (`CCAT_WM_TASK_RUN_TAGS`)."""
 
 
 def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
@@ -76,7 +78,7 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
     for item in items:
         waits = [allow_failure(futures[i]) for i in item.upstream if i < len(futures)]
         task = sub_group_task(wave.retries.get(item.step, 0))
-        with tags(*run_tags(wave.pipeline, item.step, wave.location)):
+        with tags(*(run_tags(wave.pipeline, item.step, wave.location) if wave.tagged else ())):
             futures.append(
                 task.submit(
                     wave.pipeline,
@@ -117,7 +119,9 @@ def pipeline_chunk(  # noqa: PLR0917 - a flow's parameters, passed positionally 
 ) -> State[Any] | dict[str, int]:
     """Run one chunk of a large wave as its own flow run (items after earlier chunks)."""
     wave_items = [WaveItem(**i) for i in items]
-    wave = WaveRun(pipeline, location, claim_as, manual, force, retries or {})
+    wave = WaveRun(
+        pipeline, location, claim_as, manual, force, retries or {}, _SETTINGS.task_run_tags
+    )
     counts = _run_items(wave, wave_items)
     if counts["failed"]:
         return Failed(message=f"{counts['failed']} sub-group run(s) failed", data=counts)
@@ -200,7 +204,10 @@ def pipeline_flow(
         items = list(wave.items)
         for step, count in Counter(i.step for i in items).items():
             open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])
-        run = WaveRun(pipeline, wave.location, claim_as, manual, force, wave.step_retries)
+        run = WaveRun(
+            pipeline, wave.location, claim_as, manual, force, wave.step_retries,
+            _SETTINGS.task_run_tags,
+        )  # fmt: skip
         try:
             counts = _run_wave(run, items)
         finally:

@@ -190,10 +190,6 @@ class RunExecutor:
                     resume = False
                 ctx = load_run_context(conn, run_id)
             if not resume:
-                _log().info(
-                    "run %s (%s[%s]): attempt %s of %s, staging its inputs", run_id, ctx.step,
-                    ctx.sub_group_key, ctx.retry_count + 1, ctx.max_retries + 1,
-                )  # fmt: skip
                 started = self._submit(ctx, ctx.retry_count, conn)
         if resume:
             return self._resume(ctx)
@@ -223,14 +219,19 @@ class RunExecutor:
         """
         run_id = ctx.run_id
         try:
-            spec, backend = self._prepare(ctx, attempt, conn)
+            spec, backend, staged = self._prepare(ctx, attempt, conn)
             job_id = backend.submit(spec)
         except (CcatWmError, BackendError, OSError, ValueError) as exc:
             return self._fail(
                 ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn
             )
         running = backend.starts_at_once
-        _log().info("run %s: submitted as job %s (%s)", run_id, job_id, ctx.location.backend.value)
+        if not running:  # a queued job: say which while it waits and runs
+            _log().info(
+                "run %s (%s[%s]) attempt %s of %s: %s input(s) staged in %s; submitted as "
+                "job %s (%s)", run_id, ctx.step, ctx.sub_group_key, attempt + 1,
+                ctx.max_retries + 1, staged, ctx.layout.root, job_id, ctx.location.backend.value,
+            )  # fmt: skip
         try:
             with self._transaction(conn):
                 self._move(
@@ -267,11 +268,7 @@ class RunExecutor:
                     return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
                 raise
             backend.forget(job_id)
-            _log().info(
-                "run %s: job %s ended %s (exit code %s) after %.1f s; collecting results",
-                ctx.run_id, job_id, info.state.value, info.exit_code, info.wall_time_s or 0.0,
-            )  # fmt: skip
-            return self._collect(ctx, attempt, info, conn)
+            return self._collect(ctx, attempt, info, conn, job_id=job_id)
 
     def _resume(self, ctx: RunContext) -> RunOutcome:
         """Drive on a run that a process which died left in flight (see `ownership`)."""
@@ -313,16 +310,18 @@ class RunExecutor:
         except Exception:  # the original error is what matters; this is best effort
             LOG.exception("could not mark run %s FAILED after %s", run_id, reason)
 
-    def _prepare(self, ctx: RunContext, attempt: int, conn: Connection) -> tuple[JobSpec, Backend]:
+    def _prepare(
+        self, ctx: RunContext, attempt: int, conn: Connection
+    ) -> tuple[JobSpec, Backend, int]:
+        """Stage the inputs, write the manifest, build the job; return it with the inputs' count."""
         layout = ctx.layout
         reset_output(layout)
         staged = stage_inputs(lambda: self._transaction(conn), ctx)
-        _log().info("run %s: staged %s input(s) in %s", ctx.run_id, len(staged), layout.root)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt)
         if ctx.location.runtime is Runtime.APPTAINER:
             self._ensure_image(ctx)
-        return spec, backend_for(ctx, self.settings)
+        return spec, backend_for(ctx, self.settings), len(staged)
 
     def _ensure_image(self, ctx: RunContext) -> None:
         """Pull the image into the SIF cache unless it is there (pinned by digest)."""
@@ -373,27 +372,40 @@ class RunExecutor:
             raise
 
     def _collect(
-        self, ctx: RunContext, attempt: int, info: JobInfo, conn: Connection | None = None
+        self,
+        ctx: RunContext,
+        attempt: int,
+        info: JobInfo,
+        conn: Connection | None = None,
+        *,
+        job_id: str | None = None,
     ) -> RunOutcome:
+        """Register the finished job's products (COMPLETED) or keep its logs (FAILED)."""
+        job_id = job_id or ctx.hpc_job_id  # resumed: the job recorded before the process died
         layout = ctx.layout
         log = layout.attempt_log(attempt)
         captured = [OutputFile(log, DataProductType.LOG)] if log.exists() else []
         if info.state is not JobState.COMPLETED:
             reason = info.reason or f"exit code {info.exit_code}"
-            return self._fail(ctx, attempt, reason, captured=captured, conn=conn)
+            return self._fail(ctx, attempt, reason, captured=captured, conn=conn, job_id=job_id)
         try:
             outputs = scan_outputs(layout)
         except ContractViolationError as exc:
-            return self._fail(ctx, attempt, str(exc), captured=captured, conn=conn)
+            return self._fail(ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id)
         records = checksum_outputs([*outputs, *captured])
         with self._transaction(conn) as db:
             register_products(db, ctx.run_id, records)
             self._move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
         for record in records:
             _make_read_only(record.path)
+        # One record for a successful attempt of a job that started at once: each record
+        # goes to the Prefect server and cost about 2 ms per run here (bench/README.md).
         _log().info(
-            "run %s: COMPLETED; %s product(s) registered under %s",
-            ctx.run_id, len(records), layout.root,
+            "run %s (%s[%s]) attempt %s of %s: %s input(s) staged, job %s (%s) ran %.1f s; "
+            "COMPLETED with %s product(s) under %s", ctx.run_id, ctx.step, ctx.sub_group_key,
+            attempt + 1, ctx.max_retries + 1, len(ctx.raw_inputs) + len(ctx.product_inputs),
+            job_id, ctx.location.backend.value, info.wall_time_s or 0.0,
+            len(records), layout.root,
         )  # fmt: skip
         return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
 
@@ -406,6 +418,7 @@ class RunExecutor:
         expected: RunStatus = S.COLLECTING_RESULTS,
         captured: list[OutputFile] | None = None,
         conn: Connection | None = None,
+        job_id: str | None = None,
     ) -> RunOutcome:
         """Keep the attempt's logs as LOG products and mark the run FAILED with `reason`."""
         logs = [*(captured or []), *preserve_failed_logs(ctx.layout, attempt)]
@@ -417,8 +430,8 @@ class RunExecutor:
         except TransitionError as exc:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         _log().warning(
-            "run %s: attempt %s of %s failed: %s", ctx.run_id, attempt + 1, ctx.max_retries + 1,
-            reason,
+            "run %s: attempt %s of %s%s failed: %s", ctx.run_id, attempt + 1,
+            ctx.max_retries + 1, f" (job {job_id})" if job_id else "", reason,
         )  # fmt: skip
         return RunOutcome(
             ctx.run_id, S.FAILED, attempt, reason,

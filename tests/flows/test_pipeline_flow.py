@@ -221,10 +221,12 @@ def test_failing_sub_group_is_retried_then_failed_while_others_complete(
     assert str(Path(captured[-1])) in message and "Traceback" not in message
     assert set(task_run.tags) == {"step:reduce", "pipeline:t", "location:local"}
     logged = task_run_log_lines(task_run.id)
-    assert [line for line in logged if line.startswith(f"run {failed.id}: attempt")] == [
-        f"run {failed.id}: attempt {k} of 3 failed: exit code 3" for k in (1, 2, 3)
-    ]
-    assert any(f"submitted as job {failed.hpc_job_id}" in line for line in logged), logged
+    attempts = [line for line in logged if line.startswith(f"run {failed.id}: attempt")]
+    assert [line.split(" (job ")[0] for line in attempts] == [
+        f"run {failed.id}: attempt {k} of 3" for k in (1, 2, 3)
+    ], logged
+    assert all(line.endswith(") failed: exit code 3") for line in attempts), attempts
+    assert attempts[-1].endswith(f"(job {failed.hpc_job_id}) failed: exit code 3"), attempts
     assert sum("retrying (attempt" in line for line in logged) == 2, logged
 
 
@@ -382,3 +384,19 @@ def test_a_missing_concurrency_limit_is_an_error_not_no_limit() -> None:
         slots.slot(),
     ):
         pass
+
+
+def test_task_run_tags_can_be_turned_off(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CCAT_WM_TASK_RUN_TAGS=false`: no tags, so no concurrency check per task run."""
+    import flows.pipeline
+
+    monkeypatch.setattr(flows.pipeline, "_SETTINGS", Settings(CCAT_WM_TASK_RUN_TAGS=False))
+    setup_pipeline(engine, tmp_path, [tool_step("reduce")], scans=1)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    task_run = task_run_named(result.flow_run_id, "reduce[executed_obs_unit=scan-000001]")
+    assert task_run.tags == []
