@@ -63,9 +63,52 @@ def finer_dimensions(upstream: Iterable[str], downstream: Iterable[str]) -> list
     return [d for d in downstream if d not in known]
 
 
+KEY_SEPARATOR = "|"
+KEY_ESCAPE = "\\"
+KEY_ESCAPES = ((KEY_ESCAPE, KEY_ESCAPE * 2), (KEY_SEPARATOR, KEY_ESCAPE + KEY_SEPARATOR))
+"""How a value is escaped in a key, in order: the escape character first, then `|`.
+
+Dimension names are fixed identifiers without `=` or `|`, so a key splits at every
+unescaped `|` into `dim=value` pairs and each pair at its first `=`: two different
+sub-groups never share a key, whatever their names hold. The SQL form
+(`ccat_wm.selection.query.key_expression`) applies the same replacements."""
+
+
+def escape_key_value(value: str) -> str:
+    """Escape one dimension value for a sub-group key (`\\` -> `\\\\`, `|` -> `\\|`)."""
+    for raw, escaped in KEY_ESCAPES:
+        value = value.replace(raw, escaped)
+    return value
+
+
 def sub_group_key(values: Mapping[str, str]) -> str:
-    """Return the key of a sub-group: sorted `dim=value` pairs joined by `|`."""
-    return "|".join(f"{dim}={values[dim]}" for dim in sorted(values))
+    """Return the key of a sub-group: sorted `dim=value` pairs joined by `|`, values escaped."""
+    return KEY_SEPARATOR.join(
+        f"{dim}={escape_key_value(values[dim])}" for dim in sorted(values)
+    )
+
+
+def parse_key(key: str) -> dict[str, str]:
+    """Inverse of `sub_group_key`: the dimension values of a key (`{}` for all data)."""
+    values: dict[str, str] = {}
+    if not key:
+        return values
+    pairs: list[str] = []
+    current: list[str] = []
+    chars = iter(key)
+    for char in chars:
+        if char == KEY_ESCAPE:
+            current.append(next(chars, ""))
+        elif char == KEY_SEPARATOR:
+            pairs.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    pairs.append("".join(current))
+    for pair in pairs:
+        dim, _, value = pair.partition("=")
+        values[dim] = value
+    return values
 
 
 def display_key(key: str) -> str:

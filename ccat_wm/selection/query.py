@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from ccat_wm.selection.dimensions import DIMENSIONS
+from ccat_wm.selection.dimensions import DIMENSIONS, KEY_ESCAPES, KEY_SEPARATOR
 from ccat_wm.selection.tables import (
     FILTER_TABLES,
     JOIN_GRAPH,
@@ -166,11 +166,21 @@ def dimension_column(dim: str) -> ColumnElement[str]:
 
 
 def key_expression(dims: Sequence[str]) -> ColumnElement[str]:
-    """Return SQL for `sub_group_key`: sorted `dim=value` pairs joined by `|` ('' for all)."""
+    """Return SQL for `sub_group_key`: sorted `dim=value` pairs joined by `|` ('' for all).
+
+    Values are escaped exactly as `ccat_wm.selection.dimensions.sub_group_key` does.
+    """
     if not dims:
         return literal("", type_=String)
-    parts = [literal(f"{d}=", type_=String) + dimension_column(d) for d in sorted(dims)]
-    return func.concat_ws("|", *parts)
+    parts = [literal(f"{d}=", type_=String) + escape_key_sql(dimension_column(d)) for d in sorted(dims)]
+    return func.concat_ws(KEY_SEPARATOR, *parts)
+
+
+def escape_key_sql(value: ColumnElement[str]) -> ColumnElement[str]:
+    """SQL of `escape_key_value`: the same replacements, in the same order."""
+    for raw, escaped in KEY_ESCAPES:
+        value = func.replace(value, literal(raw, String), literal(escaped, String))
+    return value
 
 
 def item_hash(
