@@ -8,6 +8,7 @@ instantiated, not when the method is first called.
 from __future__ import annotations
 
 import enum
+import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -144,3 +145,32 @@ class Backend(ABC):
         """
         del job_id
         time.sleep(timeout_s)
+
+
+SHELL_SIGNAL_BASE = 128
+"""Shells and container runtimes exit with 128 + N when their command died of signal N."""
+
+
+def exit_reason(code: int) -> str:
+    """Say how a job ended in words: `killed by SIGKILL`, or `exit code 3`.
+
+    A negative code is the signal itself; 129-192 is how shells, wrappers and container
+    runtimes report a command killed by signal `code - 128`, so that is named too.
+    """
+    if code < 0:
+        return f"killed by {_signal_name(-code)}"
+    if SHELL_SIGNAL_BASE < code <= SHELL_SIGNAL_BASE + 64 and _is_signal(code - SHELL_SIGNAL_BASE):
+        return f"killed by {_signal_name(code - SHELL_SIGNAL_BASE)} (exit code {code})"
+    return f"exit code {code}"
+
+
+def _is_signal(number: int) -> bool:
+    try:
+        signal.Signals(number)
+    except ValueError:
+        return False
+    return True
+
+
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name if _is_signal(number) else f"signal {number}"

@@ -32,7 +32,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from infra.backends.base import BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.backends.base import (
+    BackendError,
+    JobInfo,
+    JobSpec,
+    JobState,
+    Resources,
+    exit_reason,
+)
 from infra.backends.polling import PolledBackend
 from infra.runtimes import CONTAINER_ROOT
 
@@ -439,7 +446,7 @@ def _failure_reason(condition: Any, terminated: Any, pod: Any) -> str:
         if candidate in FAILURE_REASONS:
             return FAILURE_REASONS[candidate]
     if terminated is not None and terminated.exit_code is not None:
-        return f"exit code {terminated.exit_code}"
+        return exit_reason(int(terminated.exit_code))
     return str(getattr(condition, "reason", None) or "Job failed")
 
 

@@ -13,6 +13,16 @@ The job's start and its outcome are also written to state files (`<pid>.json`,
 `<pid>.end.json`) under the location's job-state directory, so that another process
 (`ccat-wm cancel`, a restarted flow) can read them; job ids are process ids.
 
+Nothing a job started outlives it: the job runs in its own PID namespace (`unshare
+--pid --fork --kill-child`, with `--user --map-current-user` when not root), whose first
+process is GNU `time`; when the job's own process ends, `time` ends, and the kernel kills
+every process left in the namespace, a daemonized grandchild included, before the
+run's outputs are collected. Where no namespace can be made (no `unshare`, user
+namespaces disabled) the job's process group is killed when the job ends, and a
+descendant that made its own session can outlive it; collection then still detects any
+product that changes while it is registered. A job killed by a signal is reported by
+the signal's name (`killed by SIGKILL`), read from `time`'s record.
+
 Limits, by design of a single machine: descendants that detach from the tree (daemonize)
 are not sampled, and a job whose supervising process died is reported UNKNOWN once it
 ends, since its exit code could not be reaped.
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -35,7 +46,7 @@ from typing import Any
 import orjson
 import psutil
 
-from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState
+from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState, exit_reason
 
 GIB = 1024**3
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
@@ -64,6 +75,8 @@ class _Record:
     peak_memory_gb: float | None = None
     reason: str | None = None
     cancel_requested: bool = False
+    isolated: bool = False
+    """The job runs in its own PID namespace under `unshare` and `time`."""
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -105,8 +118,9 @@ class LocalBackend(Backend):
                 f"cannot start {argv[0]!r} for job {spec.name}: no such executable "
                 f"(searched PATH of the job)"
             )
-        if GNU_TIME is not None:
-            argv = [GNU_TIME, "--quiet", "--format", "%M", "--output", str(rusage), *argv]
+        isolation = namespace_prefix() if GNU_TIME is not None else []
+        if GNU_TIME is not None:  # not --quiet: it records "Command terminated by signal N"
+            argv = [*isolation, GNU_TIME, "--format", "%M", "--output", str(rusage), *argv]
         with spec.log_path.open("ab") as log:
             try:
                 process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
@@ -130,6 +144,7 @@ class LocalBackend(Backend):
         except psutil.Error:  # already gone: keep a placeholder, reaping still works
             create_time = 0.0
         record = _Record(process.pid, create_time, time.time(), str(spec.log_path), str(rusage))
+        record.isolated = bool(isolation)
         with _LIVE_LOCK:
             _LIVE[job_id] = record
             _ENDED[job_id] = threading.Event()
@@ -183,7 +198,12 @@ class LocalBackend(Backend):
         if record is None or record.state != JobState.RUNNING.value or not _alive(record):
             return
         record.cancel_requested = True  # the monitor reports the exit as CANCELLED
-        _signal_group(record.pid, signal.SIGTERM)
+        if record.isolated:  # SIGTERM to the job's processes, not to its wrappers
+            for pid in _tree(record.pid)[2:]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+        else:
+            _signal_group(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + CANCEL_GRACE_S
         while time.monotonic() < deadline and _alive(record):
             time.sleep(0.05)
@@ -236,9 +256,12 @@ class LocalBackend(Backend):
                 interval = min(interval * 2, MAX_SAMPLE_INTERVAL_S)
         finally:
             os.close(exited)
+        # The job's leader is a zombie until reaped, so its process group id cannot be
+        # reused yet: whatever of the job is left in its group ends now.
+        _signal_group(process.pid, signal.SIGKILL)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - start
-        code = os.waitstatus_to_exitcode(status)
+        code = _signalled(record.rusage_path) or os.waitstatus_to_exitcode(status)
         process.returncode = code
         record.exit_code = code
         record.wall_time_s = wall
@@ -251,7 +274,7 @@ class LocalBackend(Backend):
             record.reason = "cancelled"
         else:
             record.state = JobState.FAILED.value
-            record.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            record.reason = exit_reason(code)
         self._write(record)
 
     def _path(self, job_id: str, *, ended: bool = False) -> Path:
@@ -306,6 +329,40 @@ def _which(program: str, path: str) -> str | None:
         if found is not None:
             _FOUND[(program, path)] = found
     return found
+
+
+_NAMESPACE: list[list[str]] = []
+
+
+def namespace_prefix() -> list[str]:
+    """The `unshare` arguments that give a job its own PID namespace ([] where impossible).
+
+    Probed once per process by running `true` in one (a few milliseconds).
+    """
+    if not _NAMESPACE:
+        unshare = shutil.which("unshare", path="/usr/bin:/bin")
+        prefix = [unshare, "--pid", "--fork", "--kill-child"] if unshare else []
+        if prefix and os.geteuid() != 0:
+            prefix[1:1] = ["--user", "--map-current-user"]
+        if prefix:
+            probe = subprocess.run(  # noqa: S603 - an argument list
+                [*prefix, "true"], capture_output=True, check=False, timeout=30
+            )
+            prefix = prefix if probe.returncode == 0 else []
+        _NAMESPACE.append([str(part) for part in prefix])
+    return _NAMESPACE[0]
+
+
+_TERMINATED = re.compile(r"Command terminated by signal (\d+)")
+
+
+def _signalled(rusage_path: str) -> int | None:
+    """Minus the signal that killed the job, as GNU `time` recorded it (None: not killed)."""
+    try:
+        found = _TERMINATED.search(Path(rusage_path).read_text(errors="replace"))
+    except OSError:
+        return None
+    return -int(found.group(1)) if found else None
 
 
 def _largest_process(rusage_path: str) -> int:

@@ -38,7 +38,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from infra.backends.base import BackendError, JobInfo, JobSpec, JobState, Resources
+from infra.backends.base import (
+    BackendError,
+    JobInfo,
+    JobSpec,
+    JobState,
+    Resources,
+    exit_reason,
+)
 from infra.backends.polling import PolledBackend
 
 GIB = 1024**3
@@ -415,8 +422,7 @@ def _job_info(row: Mapping[str, str], max_rss: int, batch_state: str) -> JobInfo
         return JobInfo(JobState.CANCELLED, **metrics, reason="cancelled in SLURM")
     if state in FAILURE_STATES:
         return JobInfo(JobState.FAILED, **metrics, reason=state)
-    reason = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
-    return JobInfo(JobState.FAILED, **metrics, reason=reason)
+    return JobInfo(JobState.FAILED, **metrics, reason=exit_reason(exit_code))
 
 
 _MEMORY = re.compile(r"^([0-9.]+)([KMGTP]?)[nc]?$")

@@ -114,3 +114,33 @@ def test_an_unknown_job_is_unknown(backend: Backend, tmp_path: Path) -> None:
         info = backend.status("987654")
         time.sleep(0.2)
     assert info.state is JobState.UNKNOWN
+
+
+def test_a_job_killed_by_a_signal_is_reported_by_the_signal_name(
+    backend: Backend, tmp_path: Path
+) -> None:
+    killed = backend.submit(job(tmp_path, "killed", "sh", "-c", "kill -KILL $$"))
+    info = wait(backend, killed)
+    assert (info.state, info.exit_code, info.reason) == (
+        JobState.FAILED, -9, "killed by SIGKILL",
+    )  # fmt: skip
+    # A shell whose command died of a signal exits 128 + N: named too, not "exit code 143"
+    # (Slurm 22.05's accounting records such an exit as code N itself: plain local only).
+    if backend.name == "local":
+        wrapped = backend.submit(job(tmp_path, "wrapped", "sh", "-c", "sleep 9 & kill $!; wait $!"))
+        assert wait(backend, wrapped).reason == "killed by SIGTERM (exit code 143)"
+
+
+def test_local_nothing_a_job_started_outlives_it(tmp_path: Path) -> None:
+    """A daemonized grandchild and a child left in the job's process group both end with it."""
+    backend = get_backend("local", tmp_path / ".jobs", {})
+    late = tmp_path / "late"
+    script = (
+        f"setsid sh -c 'sleep 2; echo daemon >> {late}' & "
+        f"sh -c 'sleep 2; echo child >> {late}' & "
+        "echo started"
+    )
+    info = wait(backend, backend.submit(job(tmp_path, "leaves", "sh", "-c", script)))
+    assert info.state is JobState.COMPLETED
+    time.sleep(3.5)
+    assert not late.exists(), late.read_text()
