@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from io import BufferedReader
 from pathlib import Path
 
+from ccat_wm.errors import CcatWmError
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (constant memory, GIL released while hashing)."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+class NotRegularFileError(CcatWmError):
+    """A path to be hashed or read is not a regular file (a pipe, a socket, a device)."""
+
+
+def sha256_file(source: Path | BufferedReader) -> str:
+    """Hex SHA-256 of a file or an open binary file, read in chunks (GIL released)."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    return hashlib.file_digest(source, "sha256").hexdigest()

@@ -1,11 +1,17 @@
 """Result collection (docs/concepts.md section 4): classify, checksum and register a run's outputs.
 
 `scan_outputs` walks `$WORKFLOW_OUTPUT_DIR` and reports every contract violation at
-once, each naming its file: files outside the declared sub-directories (top-level files
-are allowed only as intermediates of a step with downstream steps), symlinks that leave
-the directory, malformed or orphaned `<file>.meta.json` sidecars. `register_products`
-inserts the products and their lineage set-based, in the caller's transaction, so a run
-becomes COMPLETED together with its products or not at all.
+once, each naming its file and the rule it broke: files outside the declared
+sub-directories (top-level files are allowed only as intermediates of a step with
+downstream steps); anything that is not a regular file (a named pipe, a socket, a device)
+or is a hard link to a file the run did not write (an input); symlinks that leave the
+directory, dangle or loop; names that are not UTF-8; malformed or orphaned
+`<file>.meta.json` sidecars, including `NaN`/`Infinity` and the NUL character, which
+the ops DB cannot store. Files are opened without blocking and hashed only when they are
+regular. `register_products` inserts the products and their lineage set-based, in the
+caller's transaction, so a run becomes COMPLETED together with its products or not at
+all; `verify_unchanged` re-hashes every product at the end, so that a file changed
+while it was collected fails the run instead of being registered under a stale checksum.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +32,7 @@ from sqlalchemy import Insert, Table, insert, text
 from ccat_ops_db import models as m
 from ccat_wm.db import Db, connection_of
 from ccat_wm.errors import CcatWmError
-from ccat_wm.execution.checksums import sha256_file
+from ccat_wm.execution.checksums import NotRegularFileError, sha256_file
 from ccat_wm.execution.layout import OUTPUT_CLASSES, RunLayout
 
 SIDECAR = ".meta.json"
@@ -80,8 +87,9 @@ def scan_outputs(layout: RunLayout) -> list[OutputFile]:
     real_root = root.resolve()
     for entry in sorted(root.iterdir()) if root.exists() else []:
         rel = entry.relative_to(root)
-        if _leaves(entry, real_root):
-            problems.append(f"{entry}: symlink leaves the output directory {root}")
+        problem = _file_problem(entry, real_root)
+        if problem is not None:
+            problems.append(problem)
         elif entry.is_dir() and not entry.is_symlink() and entry.name in CLASSES:
             kind = CLASSES[entry.name]
             if kind is T.SCIENCE and not layout.is_final:
@@ -93,7 +101,7 @@ def scan_outputs(layout: RunLayout) -> list[OutputFile]:
             what = "directory" if entry.is_dir() else "file"
             allowed = ", ".join(f"{c}/" for c in OUTPUT_CLASSES)
             problems.append(
-                f"{entry}: {what} {str(rel)!r} is outside the declared output directories "
+                f"{shown(entry)}: {what} {shown(rel)!r} is outside the declared output directories "
                 f"({allowed}{'' if layout.is_final else ' or top-level intermediates'})"
             )
     outputs = _attach_sidecars(files, sidecars, problems)
@@ -110,32 +118,153 @@ def _attach_sidecars(
     known = {path for path, _ in files}
     for sidecar, target in sidecars.items():
         if target not in known:
-            problems.append(f"{sidecar}: sidecar of {target.name!r}, which does not exist")
+            problems.append(f"{shown(sidecar)}: sidecar of {target.name!r}, which does not exist")
     for path, kind in files:
         metadata: dict[str, Any] = {}
         sidecar = path.with_name(path.name + SIDECAR)
         if sidecar in sidecars:
-            try:
-                parsed = json.loads(sidecar.read_text())
-            except (ValueError, UnicodeDecodeError) as exc:
-                problems.append(f"{sidecar}: malformed sidecar, not JSON ({exc})")
-                continue
-            if not isinstance(parsed, dict):
-                problems.append(
-                    f"{sidecar}: malformed sidecar, expected a JSON object, "
-                    f"got {type(parsed).__name__}"
-                )
+            parsed, problem = read_sidecar(sidecar)
+            if problem is not None:
+                problems.append(f"{shown(sidecar)}: malformed sidecar, {problem}")
                 continue
             metadata = parsed
         outputs.append(OutputFile(path, kind, metadata))
     return outputs
 
 
-def _leaves(path: Path, real_root: Path) -> bool:
-    if not path.is_symlink():
-        return False
-    target = path.resolve()
-    return target != real_root and real_root not in target.parents
+def shown(path: Path | str) -> str:
+    r"""Return a path as text that can be printed and stored (bytes not UTF-8 as \x..)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number the ops DB can store; expected finite numbers")
+
+
+def read_sidecar(sidecar: Path) -> tuple[dict[str, Any], str | None]:
+    """Parse a sidecar; return its metadata, or the rule it breaks (None: it is fine).
+
+    The ops DB stores metadata as JSONB, which has no NaN or Infinity and no NUL
+    character: such sidecars are rejected here, naming the file, not by the database.
+    """
+    try:
+        parsed = _parse_sidecar(sidecar)
+    except _SidecarError as exc:
+        return {}, str(exc)
+    if not isinstance(parsed, dict):
+        return {}, f"expected a JSON object, got {type(parsed).__name__}"
+    if _holds_nul(parsed):
+        return {}, "holds the NUL character (\\u0000), which the ops DB cannot store"
+    return parsed, None
+
+
+class _SidecarError(Exception):
+    """Why a sidecar cannot be read as JSON."""
+
+
+def _parse_sidecar(sidecar: Path) -> Any:
+    try:
+        with _open_regular(sidecar) as handle:
+            return json.loads(handle.read().decode("utf-8"), parse_constant=_reject_constant)
+    except NotRegularFileError as exc:
+        raise _SidecarError(str(exc).split(": ", 1)[-1]) from None
+    except UnicodeDecodeError as exc:
+        raise _SidecarError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise _SidecarError(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise _SidecarError("nested too deeply to be read") from None
+    except OSError as exc:
+        raise _SidecarError(f"cannot be read ({exc.strerror})") from None
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed JSON value has the NUL character in any key or string."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def _open_regular(path: Path) -> Any:
+    """Open a file for reading without blocking; raise unless it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{shown(path)}: {_kind(mode)}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _kind(mode: int) -> str:
+    """Name the kind of a non-regular file."""
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _file_problem(path: Path, real_root: Path) -> str | None:
+    """Return the contract rule one directory entry breaks (None: it may be collected).
+
+    Directories are walked, not judged here; everything else must be a regular file
+    with a UTF-8 name, written by the run (one link), or a symlink to such a file
+    inside the output directory.
+    """
+    name = shown(path)
+    try:
+        os.fsencode(path).decode("utf-8")
+        info = path.lstat()
+    except UnicodeDecodeError:
+        return f"{name}: file name is not UTF-8; product names must be UTF-8 text"
+    except OSError as exc:
+        return f"{name}: cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        return _symlink_problem(path, real_root)
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    return _regular_problem(name, info)
+
+
+def _regular_problem(name: str, info: os.stat_result) -> str | None:
+    """Return why a non-directory entry is not a product file the run wrote (None: it is)."""
+    if not stat.S_ISREG(info.st_mode):
+        return f"{name}: {_kind(info.st_mode)}, not a regular file; products must be files"
+    if info.st_nlink > 1:
+        return (
+            f"{name}: a hard link shared with {info.st_nlink - 1} other file(s) (an input?); "
+            "a product must be a file the run wrote, not a link to another location's file"
+        )
+    return None
+
+
+def _symlink_problem(path: Path, real_root: Path) -> str | None:
+    """Return why a symlink cannot be collected (None: it names a file or directory inside)."""
+    name = shown(path)
+    try:
+        target = path.resolve(strict=True)
+        mode = target.stat().st_mode
+    except RuntimeError:
+        return f"{name}: symlink loop; a product must be a file"
+    except FileNotFoundError:
+        return f"{name}: dangling symlink to {shown(os.readlink(path))!r}"
+    except OSError as exc:
+        return f"{name}: symlink cannot be followed ({exc.strerror})"
+    if target != real_root and real_root not in target.parents:
+        return f"{name}: symlink leaves the output directory {shown(real_root)}"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return f"{name}: symlink to {_kind(mode)}, not a regular file; products must be files"
+    return None
 
 
 def _walk(
@@ -150,13 +279,15 @@ def _walk(
     for dirpath, dirnames, filenames in os.walk(directory):
         base = Path(dirpath)
         for name in sorted(dirnames):
-            if _leaves(base / name, real_root):
-                problems.append(f"{base / name}: symlink leaves the output directory")
+            problem = _file_problem(base / name, real_root)
+            if problem is not None:
+                problems.append(problem)
         for name in sorted(filenames):
             path = base / name
-            if _leaves(path, real_root):
-                problems.append(f"{path}: symlink leaves the output directory")
-            else:
+            problem = _file_problem(path, real_root)
+            if problem is not None:
+                problems.append(problem)
+            elif not (path.is_symlink() and path.is_dir()):
                 _add(path, kind, files, sidecars)
 
 
@@ -173,17 +304,61 @@ def _add(
 
 
 def checksum_outputs(outputs: Iterable[OutputFile]) -> list[ProductRecord]:
-    """Size and SHA-256 of every output, hashed in parallel threads."""
+    """Size and SHA-256 of every output, hashed in parallel threads.
+
+    Raises ContractViolationError naming every file that is gone or no longer a regular
+    file (replaced since the scan).
+    """
     items = list(outputs)
-    if len(items) < 2 * HASH_WORKERS:  # a pool costs more than it saves here
-        digests = [sha256_file(o.path) for o in items]
-    else:
-        with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
-            digests = list(pool.map(lambda o: sha256_file(o.path), items))
+    hashed = _hash_all([o.path for o in items])
+    problems = [problem for _, problem in hashed if problem is not None]
+    if problems:
+        raise ContractViolationError(problems)
     return [
-        ProductRecord(o.path, o.data_product_type, o.path.stat().st_size, digest, o.metadata)
-        for o, digest in zip(items, digests, strict=True)
+        ProductRecord(o.path, o.data_product_type, size, digest, o.metadata)
+        for o, ((size, digest), _) in zip(items, hashed, strict=True)
     ]
+
+
+def verify_unchanged(records: Sequence[ProductRecord]) -> None:
+    """Re-hash every product; raise ContractViolationError naming each one that changed.
+
+    Run at the end of collection: a process the job left behind (or anything else)
+    that wrote to a product meanwhile would otherwise leave a registered checksum that
+    does not match the file.
+    """
+    hashed = _hash_all([r.path for r in records])
+    problems = []
+    for record, (found, problem) in zip(records, hashed, strict=True):
+        if problem is not None:
+            problems.append(problem)
+        elif found != (record.size, record.checksum):
+            problems.append(
+                f"{shown(record.path)}: changed while it was collected (size {record.size} -> "
+                f"{found[0]}, checksum {record.checksum[:12]}... -> {found[1][:12]}...); "
+                "something the job started still wrote to it"
+            )
+    if problems:
+        raise ContractViolationError(problems)
+
+
+def _hash_one(path: Path) -> tuple[tuple[int, str], str | None]:
+    """(size, SHA-256) of a regular file, or the problem that prevents it."""
+    try:
+        with _open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            return (size, sha256_file(handle)), None
+    except NotRegularFileError as exc:
+        return (0, ""), str(exc)
+    except OSError as exc:
+        return (0, ""), f"{shown(path)}: cannot be read ({exc.strerror})"
+
+
+def _hash_all(paths: Sequence[Path]) -> list[tuple[tuple[int, str], str | None]]:
+    if len(paths) < 2 * HASH_WORKERS:  # a pool costs more than it saves here
+        return [_hash_one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
+        return list(pool.map(_hash_one, paths))
 
 
 def preserve_failed_logs(layout: RunLayout, attempt: int) -> list[OutputFile]:
@@ -194,8 +369,8 @@ def preserve_failed_logs(layout: RunLayout, attempt: int) -> list[OutputFile]:
     target = layout.logs / f"{layout.step}-attempt-{attempt}"
     moved = []
     for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
-        if path.name.endswith(SIDECAR):
-            continue
+        if path.name.endswith(SIDECAR) or _file_problem(path, source.resolve()) is not None:
+            continue  # what cannot be a product stays where it is, on disk
         destination = target / path.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(path, destination)

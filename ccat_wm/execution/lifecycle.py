@@ -29,7 +29,9 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.COMPLETED: frozenset({S.COLLECTING_RESULTS}),
     S.FAILED: frozenset({S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS}),
     S.PENDING: frozenset({S.FAILED}),
-    S.CANCELLED: frozenset({S.PENDING, S.STAGING_DATA, S.SUBMITTED, S.RUNNING}),
+    S.CANCELLED: frozenset(
+        {S.PENDING, S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS}
+    ),
 }
 """For each target status, the statuses a run may move to it from."""
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})

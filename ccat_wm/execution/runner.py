@@ -45,6 +45,7 @@ from ccat_wm.execution.collect import (
     register_products,
     reset_output,
     scan_outputs,
+    verify_unchanged,
 )
 from ccat_wm.execution.context import RunContext, load_run_context
 from ccat_wm.execution.launch import (
@@ -389,13 +390,15 @@ class RunExecutor:
             reason = info.reason or f"exit code {info.exit_code}"
             return self._fail(ctx, attempt, reason, captured=captured, conn=conn, job_id=job_id)
         try:
-            outputs = scan_outputs(layout)
+            records = checksum_outputs([*scan_outputs(layout), *captured])
+            with self._transaction(conn) as db:
+                register_products(db, ctx.run_id, records)
+                verify_unchanged(records)  # nothing may have changed since it was hashed
+                self._move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
         except ContractViolationError as exc:
             return self._fail(ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id)
-        records = checksum_outputs([*outputs, *captured])
-        with self._transaction(conn) as db:
-            register_products(db, ctx.run_id, records)
-            self._move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
+        except TransitionError as exc:  # cancelled while it was collected
+            return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         for record in records:
             _make_read_only(record.path)
         # One record for a successful attempt of a job that started at once: each record

@@ -75,7 +75,7 @@ sub-groups never share a key, whatever their names hold. The SQL form
 
 
 def escape_key_value(value: str) -> str:
-    """Escape one dimension value for a sub-group key (`\\` -> `\\\\`, `|` -> `\\|`)."""
+    r"""Escape one dimension value for a sub-group key (`\` -> `\\`, `|` -> `\|`)."""
     for raw, escaped in KEY_ESCAPES:
         value = value.replace(raw, escaped)
     return value
@@ -83,9 +83,7 @@ def escape_key_value(value: str) -> str:
 
 def sub_group_key(values: Mapping[str, str]) -> str:
     """Return the key of a sub-group: sorted `dim=value` pairs joined by `|`, values escaped."""
-    return KEY_SEPARATOR.join(
-        f"{dim}={escape_key_value(values[dim])}" for dim in sorted(values)
-    )
+    return KEY_SEPARATOR.join(f"{dim}={escape_key_value(values[dim])}" for dim in sorted(values))
 
 
 def parse_key(key: str) -> dict[str, str]:

@@ -172,12 +172,14 @@ def key_expression(dims: Sequence[str]) -> ColumnElement[str]:
     """
     if not dims:
         return literal("", type_=String)
-    parts = [literal(f"{d}=", type_=String) + escape_key_sql(dimension_column(d)) for d in sorted(dims)]
+    parts = [
+        literal(f"{d}=", type_=String) + escape_key_sql(dimension_column(d)) for d in sorted(dims)
+    ]
     return func.concat_ws(KEY_SEPARATOR, *parts)
 
 
 def escape_key_sql(value: ColumnElement[str]) -> ColumnElement[str]:
-    """SQL of `escape_key_value`: the same replacements, in the same order."""
+    """Escape a value in SQL as `escape_key_value` does (same replacements, same order)."""
     for raw, escaped in KEY_ESCAPES:
         value = func.replace(value, literal(raw, String), literal(escaped, String))
     return value

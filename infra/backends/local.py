@@ -335,7 +335,7 @@ _NAMESPACE: list[list[str]] = []
 
 
 def namespace_prefix() -> list[str]:
-    """The `unshare` arguments that give a job its own PID namespace ([] where impossible).
+    """Return the `unshare` arguments giving a job its own PID namespace ([]: impossible).
 
     Probed once per process by running `true` in one (a few milliseconds).
     """

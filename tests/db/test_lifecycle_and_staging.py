@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.context import load_run_context
-from ccat_wm.execution.lifecycle import TRANSITIONS, TransitionError, transition
+from ccat_wm.execution.control import cancel_run
+from ccat_wm.execution.lifecycle import FINAL, TRANSITIONS, TransitionError, transition
 from ccat_wm.execution.staging import StagingError, stage_inputs
 from ccat_wm.execution.waves import prepare_wave
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
@@ -76,8 +77,19 @@ def test_transitions_follow_the_table_and_refuse_everything_else(
         pytest.raises(TransitionError, match="does not exist"),
     ):
         transition(session, 10**9, S.CANCELLED)
-    assert S.COLLECTING_RESULTS not in TRANSITIONS[S.CANCELLED]
+    assert TRANSITIONS[S.CANCELLED] == set(S) - FINAL
     assert TRANSITIONS[S.PENDING] == {S.FAILED}
+
+
+def test_cancel_works_in_every_status_that_is_not_final(engine: Engine, run_id: int) -> None:
+    """A run stuck COLLECTING_RESULTS (a collection that hung) can be cancelled too."""
+    for target in (S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS):
+        with Session(engine) as session, session.begin():
+            transition(session, run_id, target)
+    with Session(engine) as session:
+        result = cancel_run(session, run_id)
+    assert result.previous_status == "COLLECTING_RESULTS"
+    assert status_of(engine, run_id) is S.CANCELLED
 
 
 def test_retry_moves_failed_back_to_pending_and_counts(engine: Engine, run_id: int) -> None:

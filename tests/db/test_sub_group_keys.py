@@ -27,7 +27,9 @@ PG_TEXT = st.text(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(PG_TEXT, min_size=1, max_size=40))
 def test_sql_escapes_values_exactly_as_python(engine: Engine, values: list[str]) -> None:
     column = func.unnest(cast(values, ARRAY(String))).column_valued("v")
@@ -41,9 +43,7 @@ def test_names_holding_separators_make_two_sub_groups_not_one(
 ) -> None:
     kit = GapKit(engine, tmp_path)
     spec = kit.edited()
-    spec["pipelines"][0]["steps"] = [
-        _step("grid", "grid-sw", ["observing_program", "source"], [])
-    ]
+    spec["pipelines"][0]["steps"] = [_step("grid", "grid-sw", ["observing_program", "source"], [])]
     kit.apply(spec)
     with Session(engine) as session, session.begin():
         for program, source in (("A|source=B", "C"), ("A", "B|source=C")):

@@ -251,6 +251,61 @@ def test_contract_violation_fails_the_run_naming_the_file(engine: Engine, tmp_pa
     assert kinds == {m.DataProductType.LOG}
 
 
+@pytest.mark.parametrize(
+    ("mode", "problem"),
+    [
+        ("fifo", "pipe.fits: a named pipe (FIFO), not a regular file"),
+        ("nan-sidecar", "metric.json.meta.json: malformed sidecar, not JSON (NaN is not"),
+        ("link-input", "raw-copy.npz: a hard link shared with"),
+    ],
+)
+def test_a_collection_failure_names_the_file_and_keeps_the_log(
+    engine: Engine, tmp_path: Path, mode: str, problem: str
+) -> None:
+    """A FIFO once blocked collection forever; NaN was an internal DataError; a linked input
+    was registered as a product (and the archive file made read-only)."""
+    setup_pipeline(engine, tmp_path, [tool_step("reduce", parameters={"mode": mode})], scans=1)
+    archive_modes = {p: p.stat().st_mode for p in (tmp_path / "archive").rglob("*.npz")}
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Failed"
+    (row,) = runs(engine)
+    run = row.ExecutedReductionStep
+    assert run.status is m.RunStatus.FAILED
+    assert problem in run.failure_reason and "internal error" not in run.failure_reason
+    with engine.connect() as conn:
+        logs = conn.scalars(
+            select(m.DataProduct.file_path).where(
+                m.DataProduct.executed_reduction_step_id == run.id
+            )
+        ).all()
+    assert any(path.endswith("reduce-attempt-0.log") for path in logs), logs
+    assert "tool " + mode in Path(next(p for p in logs if p.endswith(".log"))).read_text()
+    assert {p: p.stat().st_mode for p in archive_modes} == archive_modes
+
+
+def test_nothing_the_job_left_running_rewrites_a_registered_product(
+    engine: Engine, tmp_path: Path
+) -> None:
+    setup_pipeline(
+        engine, tmp_path, [tool_step("reduce", parameters={"mode": "leave-writers"})], scans=1
+    )
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    time.sleep(2.5)  # the leftovers would have written a second after the job's end
+    with engine.connect() as conn:
+        products = conn.execute(
+            select(m.DataProduct.file_path, m.DataProduct.file_size, m.DataProduct.checksum)
+        ).all()
+    assert products
+    for path, size, checksum in products:
+        data = Path(path).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, checksum), path
+
+
 def test_config_values_reach_the_program_as_literal_arguments(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -6,8 +6,10 @@ Usage: contract_tool.py --mode MODE [--arg VALUE] [--fail-key TEXT] [--track DIR
 `--fail-key TEXT` fails sub-groups whose key contains TEXT (exit code 3), until the file
 `--fixed` names exists (an operator's fix, for tests of `ccat-wm retry`).
 
-Modes: ok; outside, symlink, bad-sidecar (contract violations); hog (holds `--arg` MB for
-five seconds). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
+Modes: ok; outside, symlink, bad-sidecar, fifo (a named pipe), nan-sidecar, link-input (a
+hard link to its first input as a product) (contract violations); leave-writers (leaves a
+daemon and a child in its process group that append to its product a second after it
+exits); hog (holds `--arg` MB for five seconds). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
 first attempt only: later attempts behave (to test retries).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +75,16 @@ def main() -> int:
         (out / "science" / "escape").symlink_to("/etc/hostname")
     elif args.mode == "bad-sidecar":
         (out / "qa" / "metric.json.meta.json").write_text("[1, 2")
+    elif args.mode == "fifo":
+        os.mkfifo(out / "science" / "pipe.fits")
+    elif args.mode == "nan-sidecar":
+        (out / "qa" / "metric.json.meta.json").write_text('{"rms": NaN}')
+    elif args.mode == "link-input":
+        os.link(Path(manifest["inputs"][0]["path"]), out / "science" / "raw-copy.npz")
+    elif args.mode == "leave-writers":  # one daemon (own session), one child in our group
+        rewrite = f"import time; time.sleep(1); open({str(science)!r}, 'a').write('late')"
+        subprocess.Popen([sys.executable, "-c", rewrite], start_new_session=True)
+        subprocess.Popen([sys.executable, "-c", rewrite])
     if args.track:
         with open(Path(args.track) / "events.log", "a") as log:
             log.write(f"end {time.time()} {os.getpid()} {key}\n")

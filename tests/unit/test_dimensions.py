@@ -73,9 +73,7 @@ KEY_VALUES = st.dictionaries(st.sampled_from(sorted(DIMENSIONS)), KEY_TEXT, max_
 
 @settings(max_examples=2000, deadline=None)
 @given(KEY_VALUES, KEY_VALUES)
-def test_different_sub_groups_never_share_a_key(
-    one: dict[str, str], other: dict[str, str]
-) -> None:
+def test_different_sub_groups_never_share_a_key(one: dict[str, str], other: dict[str, str]) -> None:
     assert (sub_group_key(one) == sub_group_key(other)) == (one == other)
     assert parse_key(sub_group_key(one)) == one
 

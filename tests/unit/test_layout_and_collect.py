@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from ccat_ops_db.models import DataProductType as T
-from ccat_wm.execution.collect import ContractViolationError, checksum_outputs, scan_outputs
+from ccat_wm.execution.collect import (
+    ContractViolationError,
+    checksum_outputs,
+    scan_outputs,
+    verify_unchanged,
+)
 from ccat_wm.execution.layout import OUTPUT_CLASSES, RunLayout, dirname_to_key, key_to_dirname
 
 
@@ -97,3 +103,60 @@ def test_a_symlink_inside_the_output_directory_is_allowed(tmp_path: Path) -> Non
     (run.output / "science" / "a.dat").write_text("a")
     (run.output / "science" / "latest").symlink_to(run.output / "science" / "a.dat")
     assert sorted(o.path.name for o in scan_outputs(run)) == ["a.dat", "latest"]
+
+
+def test_collection_opens_only_regular_files_and_names_every_broken_rule(
+    tmp_path: Path,
+) -> None:
+    """A FIFO (which blocked collection forever), loops, dangling links, NaN, NUL, bytes."""
+    run = layout(tmp_path, final=True)
+    science = run.output / "science"
+    os.mkfifo(science / "pipe.fits")
+    (science / "loop").symlink_to(science / "loop")
+    (science / "dangling").symlink_to(science / "nowhere")
+    (science / "nan.fits").write_text("x")
+    (science / "nan.fits.meta.json").write_text('{"rms": NaN}')
+    (science / "nul.fits").write_text("x")
+    (science / "nul.fits.meta.json").write_text('{"note": "a\\u0000b"}')
+    (run.output / "qa" / os.fsdecode(b"bad-\xff.json")).write_text("{}")
+    archive = tmp_path / "archive.npz"
+    archive.write_text("raw")
+    os.link(archive, science / "input-link.npz")
+    with pytest.raises(ContractViolationError) as info:
+        scan_outputs(run)
+    problems = info.value.problems
+    for expected in (
+        "pipe.fits: a named pipe (FIFO), not a regular file",
+        "loop: symlink loop",
+        "dangling: dangling symlink",
+        "nan.fits.meta.json: malformed sidecar, not JSON (NaN is not a JSON number",
+        "nul.fits.meta.json: malformed sidecar, holds the NUL character",
+        "bad-\\xff.json: file name is not UTF-8",
+        "input-link.npz: a hard link shared with 1 other file(s)",
+    ):
+        assert sum(expected in p for p in problems) == 1, (expected, problems)
+    assert len(problems) == 7
+    assert all(p.encode("utf-8") for p in problems)  # printable and storable
+    assert oct(archive.stat().st_mode)[-3:] == "644"
+
+
+def test_hashing_a_file_replaced_by_a_pipe_fails_at_once_naming_it(tmp_path: Path) -> None:
+    run = layout(tmp_path, final=True)
+    product = run.output / "science" / "map.fits"
+    product.write_text("x")
+    outputs = scan_outputs(run)
+    product.unlink()
+    os.mkfifo(product)  # swapped in after the scan: opened without blocking, refused
+    with pytest.raises(ContractViolationError, match=r"map\.fits: a named pipe"):
+        checksum_outputs(outputs)
+
+
+def test_a_product_changed_after_hashing_is_caught(tmp_path: Path) -> None:
+    run = layout(tmp_path, final=True)
+    product = run.output / "science" / "map.fits"
+    product.write_text("first")
+    records = checksum_outputs(scan_outputs(run))
+    verify_unchanged(records)
+    product.write_text("rewritten by a leftover process")
+    with pytest.raises(ContractViolationError, match=r"map\.fits: changed while it was collected"):
+        verify_unchanged(records)
