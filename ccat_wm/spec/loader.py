@@ -1,4 +1,13 @@
-"""Load spec files: YAML with line numbers, then the pydantic models, all problems at once."""
+"""Load spec files: YAML with line numbers, then the pydantic models, all problems at once.
+
+Spec files come from people and scripts, so reading one is bounded before anything is
+built from it: at most `MAX_SPEC_BYTES` of UTF-8 text, nesting at most `MAX_DEPTH`
+levels deep, aliases (`*name`) that expand to at most `MAX_EXPANDED_NODES` values in
+all (a 351-byte "billion laughs" document expands to a billion), and no NUL character
+in any value (the ops DB cannot store it). Each breach is one `file:line: problem`
+error, raised before the database is touched. The YAML is parsed once, and loading is
+linear in the file's size.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,12 @@ from ccat_wm.errors import SpecError
 from ccat_wm.spec.models import SpecFile
 
 Loc = tuple[str | int, ...]
+MAX_SPEC_BYTES = 64 * 1024 * 1024
+"""Largest spec file read (a spec of 100,000 sites is about 10 MB)."""
+MAX_DEPTH = 50
+"""Deepest nesting of mappings and lists (a spec needs about 8)."""
+MAX_EXPANDED_NODES = 5_000_000
+"""Most values a document may hold once its aliases are expanded."""
 
 
 def format_loc(loc: Loc) -> str:
@@ -46,31 +61,117 @@ class LoadedSpec:
         return f"{self.path}: {format_loc(loc)}"
 
 
-def _walk(
-    node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[str], path: Path
-) -> None:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                problems.append(
-                    f"{path}:{key_node.start_mark.line + 1}: {format_loc((*loc, key))}: "
-                    f"duplicate key {key!r}"
+def _walk(node: yaml.Node, lines: dict[Loc, int], problems: list[str], path: Path) -> None:
+    """Record each location's line, report duplicate keys and NUL characters.
+
+    A node reached again through an alias is not walked again: its locations point to
+    the alias's line, and the walk stays linear in the file.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, Loc]] = [(node, ())]
+    while stack:
+        current, loc = stack.pop()
+        lines.setdefault(loc, current.start_mark.line + 1)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            keys: set[str] = set()
+            for key_node, value_node in current.value:
+                key = str(key_node.value)
+                where = f"{path}:{key_node.start_mark.line + 1}: {format_loc((*loc, key))}"
+                if key in keys:
+                    problems.append(f"{where}: duplicate key {key!r}")
+                if "\x00" in key:
+                    problems.append(f"{where}: the NUL character (\\0) is not allowed in a key")
+                keys.add(key)
+                lines[(*loc, key)] = key_node.start_mark.line + 1
+                stack.append((value_node, (*loc, key)))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, (*loc, index)) for index, item in enumerate(current.value))
+        elif "\x00" in str(current.value):
+            problems.append(
+                f"{path}:{current.start_mark.line + 1}: {format_loc(loc)}: "
+                "the NUL character (\\0) is not allowed in a value"
+            )
+
+
+def _check_shape(path: Path, text: str) -> None:
+    """Reject nesting deeper than MAX_DEPTH from the event stream (no recursion)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else 0
+                    raise SpecError(
+                        [
+                            f"{path}:{line}: nested more than {MAX_DEPTH} levels deep; "
+                            "a spec needs far fewer"
+                        ]
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # reported with its place when the document is composed
+
+
+def _expanded_size(root: yaml.Node, path: Path) -> None:
+    """Raise if the document, aliases expanded, holds more than MAX_EXPANDED_NODES values.
+
+    Sizes are computed once per node (memoized), so an alias bomb is measured in time
+    linear in the file, not in its expansion.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done or not children:
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_EXPANDED_NODES:
+                raise SpecError(
+                    [
+                        f"{path}:{node.start_mark.line + 1}: aliases expand this document to "
+                        f"more than {MAX_EXPANDED_NODES:,} values; write the values out "
+                        "or use fewer nested aliases"
+                    ]
                 )
-            seen.add(key)
-            lines[(*loc, key)] = key_node.start_mark.line + 1
-            _walk(value_node, (*loc, key), lines, problems, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _walk(item, (*loc, index), lines, problems, path)
+            continue
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """Return the file's text; raise naming the line of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            [f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8"]
+        ) from None
 
 
 def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, int], list[str]]:
+    _check_shape(path, text)
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
@@ -79,10 +180,12 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, int], list[str]]:
         ) from None
     except yaml.YAMLError as exc:
         raise SpecError([f"{path}: YAML does not parse: {exc}"]) from None
+    finally:
+        loader.dispose()
     lines: dict[Loc, int] = {}
     problems: list[str] = []
     if node is not None:
-        _walk(node, (), lines, problems, path)
+        _walk(node, lines, problems, path)
     return data, lines, problems
 
 
@@ -164,10 +267,15 @@ def _line_of(problem: str) -> int:
 def load_spec_file(path: Path) -> LoadedSpec:
     """Read and validate one spec file; raise SpecError listing every problem with its place."""
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError([f"{path}: cannot read the file: {exc.strerror}"]) from None
-    data, lines, problems = _parse_yaml(path, text)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(
+            [f"{path}: larger than {MAX_SPEC_BYTES // 2**20} MB; split it into several files"]
+        )
+    data, lines, problems = _parse_yaml(path, _decode(path, raw))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -181,7 +289,7 @@ def load_spec_file(path: Path) -> LoadedSpec:
             problems.append(f"{loaded.where(loc)}: {_describe(error, loc, tuple(error['loc']))}")
         raise SpecError(sorted(problems, key=_line_of)) from None
     if problems:
-        raise SpecError(problems)
+        raise SpecError(sorted(problems, key=_line_of))
     return LoadedSpec(path, spec, lines)
 
 

@@ -6,12 +6,13 @@ and against the ops DB are checked in `ccat_wm.spec.validate`. Unknown keys are 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import string
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ccat_ops_db.models import Backend, LocationType, Runtime, StorageType, VersionPolicy
@@ -31,12 +32,27 @@ _JSON_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+CRON_HORIZON_YEARS = 5
+"""A cron expression must fire within this many years of any moment (checked from now)."""
 
 
 def _check_cron(expr: str) -> str:
-    if not croniter.is_valid(expr):
-        raise ValueError(f"invalid cron expression {expr!r}; expected five fields like '0 4 * * *'")
+    expected = "expected five fields (minute hour day month weekday) like '0 4 * * *'"
+    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+        raise ValueError(f"invalid cron expression {expr!r}; {expected}")
+    start = dt.datetime.now(dt.UTC)
+    try:
+        first = croniter(expr, start).get_next(dt.datetime)
+    except (CroniterBadDateError, ValueError, OverflowError):
+        first = None
+    if first is None or first - start > dt.timedelta(days=366 * CRON_HORIZON_YEARS):
+        raise ValueError(
+            f"cron expression {expr!r} never fires (no tick within {CRON_HORIZON_YEARS} years); "
+            f"{expected}"
+        )
     return expr
 
 
@@ -78,7 +94,12 @@ RunName = Annotated[
 CronExpr = Annotated[str, AfterValidator(_check_cron)]
 Timezone = Annotated[str, AfterValidator(_check_timezone)]
 DimensionName = Annotated[str, AfterValidator(_check_dimension)]
-NonNegative = Annotated[int, Field(ge=0)]
+NonNegative = Annotated[int, Field(ge=0, le=2**31 - 1)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
+"""An environment variable's name (POSIX: letters, digits, underscore; no `=`)."""
+MAX_FORMAT_WIDTH = 1000
+"""Largest width or precision in a command placeholder's format (`{x:.3f}`): a width of
+20,000,000 would make each run's command line 20 MB long."""
 
 
 class SiteSpec(_Strict):
@@ -103,15 +124,15 @@ class LocationSettingsSpec(_Strict):
     slurm_account: str | None = None
     slurm_extra_args: list[str] = Field(default_factory=list)
     """More sbatch options, each `--name=value` (e.g. `--qos=high`)."""
-    slurm_poll_interval_s: float | None = Field(default=None, gt=0)
+    slurm_poll_interval_s: float | None = Field(default=None, gt=0, le=3600)
     """Seconds between two squeue/sacct refreshes (default 5)."""
-    slurm_array_window_s: float | None = Field(default=None, ge=0)
+    slurm_array_window_s: float | None = Field(default=None, ge=0, le=60)
     """How long a submission waits for others to join its job array (default 0.25)."""
-    slurm_max_array_size: int | None = Field(default=None, ge=1)
+    slurm_max_array_size: int | None = Field(default=None, ge=1, le=4_000_000)
     """Largest job array (default 1000; at most the cluster's MaxArraySize)."""
-    trigger_interval_s: int | None = Field(default=None, ge=10)
+    trigger_interval_s: int | None = Field(default=None, ge=10, le=86_400)
     """Seconds between two trigger ticks of the location's CONTINUOUS pipelines (default 60)."""
-    staging_timeout_s: float | None = Field(default=None, gt=0)
+    staging_timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
     """How long a run waits for an external staging job (default 3600)."""
     k8s_namespace: str | None = None
     k8s_volumes: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -120,9 +141,9 @@ class LocationSettingsSpec(_Strict):
     k8s_service_account: str | None = None
     k8s_image_pull_secrets: list[str] = Field(default_factory=list)
     k8s_node_selector: dict[str, str] = Field(default_factory=dict)
-    k8s_ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    k8s_ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """How long the cluster keeps a finished Job (default 7 days)."""
-    k8s_poll_interval_s: float | None = Field(default=None, gt=0)
+    k8s_poll_interval_s: float | None = Field(default=None, gt=0, le=3600)
     k8s_api_url: str | None = None
     """API URL used without credentials (e.g. `kubectl proxy`); unset: kubeconfig."""
     k8s_context: str | None = None
@@ -288,10 +309,11 @@ class DataGroupingSpec(_Strict):
 class ResourcesSpec(_Strict):
     """Resources one run of a step needs."""
 
-    cpu: float = Field(default=1, ge=0)
-    memory_gb: float = Field(default=1, ge=0)
-    time_hours: float = Field(default=1, ge=0)
-    gpu: int = Field(default=0, ge=0)
+    cpu: float = Field(default=1, ge=0, le=4096)
+    memory_gb: float = Field(default=1, ge=0, le=65536)
+    time_hours: float = Field(default=1, ge=0, le=8784)
+    """At most a (leap) year."""
+    gpu: int = Field(default=0, ge=0, le=64)
 
 
 class ConfigSpec(_Strict):
@@ -299,7 +321,7 @@ class ConfigSpec(_Strict):
 
     name: Identifier
     parameters: dict[str, Any] = Field(default_factory=dict)
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[EnvName, str] = Field(default_factory=dict)
     command: list[str] = Field(min_length=1)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
@@ -308,10 +330,20 @@ class ConfigSpec(_Strict):
         problems = []
         for index, arg in enumerate(self.command):
             try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
+                parsed = [
+                    (f, spec) for _, f, spec, _ in string.Formatter().parse(arg) if f is not None
+                ]
             except ValueError as exc:
-                problems.append(f"command[{index}] {arg!r} is not a valid template: {exc}")
+                problems.append(f"command[{index}] {arg[:80]!r} is not a valid template: {exc}")
                 continue
+            fields = [f for f, _ in parsed]
+            problems.extend(
+                f"command[{index}] placeholder {{{field}:{spec[:30]}}} asks for a width or "
+                f"precision of {width}; expected at most {MAX_FORMAT_WIDTH} (like {{{field}:.3f}})"
+                for field, spec in parsed
+                for width in [max((int(d) for d in re.findall(r"\d+", spec or "")), default=0)]
+                if width > MAX_FORMAT_WIDTH
+            )
             problems.extend(
                 f"command[{index}] placeholder {{{field}}} has no parameter {field!r} in "
                 f"config {self.name!r}; expected one of: {', '.join(self.parameters) or 'none'}"
@@ -356,8 +388,8 @@ class StepSpec(_Strict):
     cooldown_seconds: NonNegative = 0
     max_wait_seconds: NonNegative | None = None
     schedule: CronExpr | None = None
-    max_concurrent_runs: int = Field(default=1, ge=1)
-    max_retries: NonNegative = 0
+    max_concurrent_runs: int = Field(default=1, ge=1, le=100_000)
+    max_retries: int = Field(default=0, ge=0, le=100)
     version_policy: VersionPolicy = VersionPolicy.COMPATIBLE
     pinned_version: str | None = None
     config: ConfigSpec
@@ -387,7 +419,7 @@ class PipelineSpec(_Strict):
     data_grouping: Identifier
     processing_location: Identifier
     trigger: Trigger = Field(default_factory=lambda: ContinuousTrigger(type="CONTINUOUS"))
-    priority: int = 0
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
     enabled: bool = True
     steps: list[StepSpec] = Field(min_length=1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ccat_wm.errors import SpecError
 from ccat_wm.spec.apply import apply_specs
-from ccat_wm.spec.loader import load_spec_files
+from ccat_wm.spec.loader import MAX_SPEC_BYTES, load_spec_files
 from tests.helpers import demo_spec_data, locations_data, snapshot, write_yaml
 
 Spec = dict[str, Any]
@@ -91,6 +92,7 @@ def _add_location(**fields: Any) -> Callable[[Spec], None]:
 
 P = ("pipelines", 0)
 S0 = (*P, "steps", 0)
+_S0 = "pipelines[0].steps[0]"
 CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
     (
         "unknown key",
@@ -303,6 +305,60 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         _set(("software", 0, "versions", 0, "tag"), "latest"),
         ["software[0].versions[0].tag", "not a semantic version"],
     ),
+    # Anything that cannot work downstream is refused here, not at run time.
+    *[
+        (
+            f"step name with {char!r}",
+            _set((*S0, "name"), f"cal{char}ibrate"),
+            [f"{_S0}.name", "should match pattern '^[A-Za-z0-9][A-Za-z0-9_-]*$'"],
+        )
+        for char in ("/", "&", ">", " ", ".")
+    ],
+    (
+        "pipeline named ..",
+        _set((*P, "name"), ".."),
+        ["pipelines[0].name", "should match pattern"],
+    ),
+    (
+        "cron that never fires",
+        _set((*P, "trigger"), {"type": "CRON", "cron": "0 0 31 2 *"}),
+        ["pipelines[0].trigger.cron", "'0 0 31 2 *' never fires"],
+    ),
+    (
+        "six-field cron",
+        _set((*S0, "schedule"), "*/5 * * * * *"),
+        [f"{_S0}.schedule", "expected five fields (minute hour day month weekday)"],
+    ),
+    (
+        "cpu 1e308",
+        _set((*S0, "config", "resources"), {"cpu": 1e308}),
+        [f"{_S0}.config.resources.cpu", "less than or equal to 4096"],
+    ),
+    (
+        "gpu 1e30",
+        _set((*S0, "config", "resources"), {"gpu": 10**30}),
+        [f"{_S0}.config.resources.gpu", "less than or equal to 64"],
+    ),
+    (
+        "memory .inf",
+        _set((*S0, "config", "resources"), {"memory_gb": float("inf")}),
+        [f"{_S0}.config.resources.memory_gb", "finite number"],
+    ),
+    (
+        "huge format width",
+        _set((*S0, "config", "command"), ["chai-calibrate", "{calibration_mode:20000000}"]),
+        [f"{_S0}.config", "asks for a width or precision of 20000000; expected at most 1000"],
+    ),
+    (
+        "environment key with =",
+        _set((*S0, "config", "environment"), {"A=B": "1"}),
+        [f"{_S0}.config.environment.A=B", "should match pattern '^[A-Za-z_][A-Za-z0-9_]*$'"],
+    ),
+    (
+        "huge priority",
+        _set((*P, "priority"), 10**30),
+        ["pipelines[0].priority", "less than or equal to 2147483647"],
+    ),
 ]
 
 
@@ -402,3 +458,50 @@ def test_removing_a_step_with_runs_is_refused(baseline: Engine, tmp_path: Path) 
     ):
         apply_specs(session, load_spec_files([path]), user="tester")
     assert snapshot(baseline) == before
+
+
+BILLION_LAUGHS = "\n".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+        *(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]"
+            for i in range(8)
+        ),
+        "sites: *i",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (BILLION_LAUGHS.encode(), ":7: aliases expand this document to more than 5,000,000"),
+        (b"sites:\n" + b"- " * 5000 + b"x\n", ":2: nested more than 50 levels deep"),
+        (b"sites: " + b"[" * 5000 + b"]" * 5000, ":1: nested more than 50 levels deep"),
+        (b"sites:\n  - name: caf\xe9\n", ":2: not UTF-8 text (byte 0xe9)"),
+        (b'sites:\n  - name: "a\\0b"\n', ":2: sites[0].name: the NUL character"),
+    ],
+    ids=["billion laughs", "5000 deep", "5000 deep flow", "not UTF-8", "NUL"],
+)
+def test_hostile_yaml_is_refused_quickly_with_a_place_and_writes_nothing(
+    baseline: Engine, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    """These once took 42 s and 2.3 GB, raised RecursionError, UnicodeDecodeError, DataError."""
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+    before = snapshot(baseline)
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info, Session(baseline) as session:
+        apply_specs(session, load_spec_files([path]), user="tester")
+        session.commit()
+    assert time.monotonic() - started < 5
+    assert f"{path}{expected}" in str(info.value)
+    assert snapshot(baseline) == before
+
+
+def test_a_spec_over_the_size_bound_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_SPEC_BYTES + 1)
+    with pytest.raises(SpecError, match=r"huge.yaml: larger than 64 MB; split it"):
+        load_spec_files([path])
