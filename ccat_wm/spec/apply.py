@@ -13,8 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from typing import cast as typing_cast
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import (
+    ARRAY,
+    String,
+    Table,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -104,6 +117,11 @@ def load_catalog(session: Session) -> DbCatalog:
     return catalog
 
 
+def _table(table: Any) -> Table:
+    """Return a mapped class's table, typed as a Table (for Core INSERT and UPDATE)."""
+    return typing_cast(Table, table)
+
+
 class _Writer:
     """Creates or updates rows section by section, recording every change."""
 
@@ -138,15 +156,48 @@ class _Writer:
         return found
 
     def sites(self, loaded: Sequence[LoadedSpec]) -> None:
-        declared = {s.name: s for f in loaded for s in f.spec.sites}
-        for site in declared.values():
-            self.sync(
-                m.Site, {"name": site.name}, {"description": site.description}, "site", site.name
-            )
+        """Create and update sites set-based: a spec may declare 100,000 of them."""
+        declared: dict[str, str | None] = {
+            s.name: s.description for f in loaded for s in f.spec.sites
+        }
         for f in loaded:
             for loc in f.spec.locations:
-                if loc.site not in declared:
-                    self.sync(m.Site, {"name": loc.site}, {}, "site", loc.site)
+                declared.setdefault(loc.site, None)  # an undeclared site keeps its description
+        names = list(declared)
+        table = _table(m.Site.__table__)
+        existing = dict(
+            self.session.execute(
+                select(m.Site.name, m.Site.description).where(
+                    m.Site.name == func.any(cast(names, ARRAY(String)))
+                )
+            ).all()
+        )
+        created = [n for n in names if n not in existing]
+        changed = {
+            n: d
+            for n, d in declared.items()
+            if n in existing and d is not None and existing[n] != d
+        }
+        if created:
+            rows = func.unnest(
+                cast(created, ARRAY(String)),
+                cast([declared[n] or "" for n in created], ARRAY(String)),
+            ).table_valued("name", "description").render_derived()
+            self.session.execute(
+                insert(table).from_select(
+                    ["name", "description"], select(rows.c.name, rows.c.description)
+                )
+            )
+        if changed:
+            self.session.execute(
+                update(table).where(table.c.name == bindparam("site_name")),
+                [{"site_name": n, "description": d} for n, d in changed.items()],
+            )
+        self.changes.extend(Change("create", "site", n) for n in created)
+        self.changes.extend(
+            Change("update", "site", n, (f"description: {_short(existing[n])} -> {_short(d)}",))
+            for n, d in changed.items()
+        )
 
     def instrument(self, spec: InstrumentSpec) -> None:
         inst = self.sync(

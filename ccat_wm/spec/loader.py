@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from ccat_wm.errors import SpecError
 from ccat_wm.spec.models import SpecFile
 
 Loc = tuple[str | int, ...]
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser where PyYAML was built with it (about 15 times faster), else Python's."""
 MAX_SPEC_BYTES = 64 * 1024 * 1024
 """Largest spec file read (a spec of 100,000 sites is about 10 MB)."""
 MAX_DEPTH = 50
@@ -50,7 +53,13 @@ class LoadedSpec:
 
     path: Path
     spec: SpecFile
-    lines: dict[Loc, int] = field(default_factory=dict, repr=False)
+    node: yaml.Node | None = field(default=None, repr=False, compare=False)
+    """The composed YAML document; line numbers are read from it when first needed."""
+
+    @cached_property
+    def lines(self) -> dict[Loc, int]:
+        """Line of each location (the key's line for a mapping value)."""
+        return _line_map(self.node) if self.node is not None else {}
 
     def where(self, loc: Loc) -> str:
         """Return `file:line: path` for a location in this file (nearest known line)."""
@@ -61,12 +70,9 @@ class LoadedSpec:
         return f"{self.path}: {format_loc(loc)}"
 
 
-def _walk(node: yaml.Node, lines: dict[Loc, int], problems: list[str], path: Path) -> None:
-    """Record each location's line, report duplicate keys and NUL characters.
-
-    A node reached again through an alias is not walked again: its locations point to
-    the alias's line, and the walk stays linear in the file.
-    """
+def _line_map(node: yaml.Node) -> dict[Loc, int]:
+    """Map each location of a document to its line (linear: aliases are not re-entered)."""
+    lines: dict[Loc, int] = {}
     seen: set[int] = set()
     stack: list[tuple[yaml.Node, Loc]] = [(node, ())]
     while stack:
@@ -76,45 +82,104 @@ def _walk(node: yaml.Node, lines: dict[Loc, int], problems: list[str], path: Pat
             continue
         seen.add(id(current))
         if isinstance(current, yaml.MappingNode):
-            keys: set[str] = set()
             for key_node, value_node in current.value:
                 key = str(key_node.value)
-                where = f"{path}:{key_node.start_mark.line + 1}: {format_loc((*loc, key))}"
-                if key in keys:
-                    problems.append(f"{where}: duplicate key {key!r}")
-                if "\x00" in key:
-                    problems.append(f"{where}: the NUL character (\\0) is not allowed in a key")
-                keys.add(key)
                 lines[(*loc, key)] = key_node.start_mark.line + 1
                 stack.append((value_node, (*loc, key)))
         elif isinstance(current, yaml.SequenceNode):
             stack.extend((item, (*loc, index)) for index, item in enumerate(current.value))
-        elif "\x00" in str(current.value):
-            problems.append(
-                f"{path}:{current.start_mark.line + 1}: {format_loc(loc)}: "
-                "the NUL character (\\0) is not allowed in a value"
-            )
+    return lines
 
 
-def _check_shape(path: Path, text: str) -> None:
-    """Reject nesting deeper than MAX_DEPTH from the event stream (no recursion)."""
-    depth = 0
+@dataclass(slots=True)
+class _Frame:
+    """An open mapping or sequence while the event stream is checked."""
+
+    loc: Loc
+    is_mapping: bool
+    keys: set[str] = field(default_factory=set)
+    expect_key: bool = True
+    key: str | int = "?"
+    index: int = 0
+
+
+@dataclass(slots=True)
+class _Shape:
+    """What one pass over the event stream found."""
+
+    aliases: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _check_events(path: Path, text: str) -> _Shape:
+    """One pass over the YAML events, before anything is built from them.
+
+    Rejects nesting deeper than MAX_DEPTH (raised at once: deeper input would exhaust
+    the stack of the composer) and collects duplicate keys and NUL characters with
+    their lines. Counts aliases, so that only a document with aliases is measured for
+    its expanded size. Syntax errors are left to the composer, which reports them.
+    """
+    shape = _Shape()
+    stack: list[_Frame] = []
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    line = event.start_mark.line + 1 if event.start_mark else 0
+        for event in yaml.parse(text, Loader=_LOADER):
+            if isinstance(event, yaml.CollectionEndEvent):
+                stack.pop()
+                continue
+            if not isinstance(event, yaml.NodeEvent):
+                continue
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            parent = stack[-1] if stack else None
+            loc = _place(parent, event, line, path, shape.problems)
+            if loc is None:
+                continue  # a mapping key, checked
+            if isinstance(event, yaml.AliasEvent):
+                shape.aliases += 1
+            elif isinstance(event, yaml.ScalarEvent):
+                if "\x00" in event.value:
+                    shape.problems.append(
+                        f"{path}:{line}: {format_loc(loc)}: "
+                        "the NUL character (\\0) is not allowed in a value"
+                    )
+            elif isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= MAX_DEPTH:
                     raise SpecError(
                         [
                             f"{path}:{line}: nested more than {MAX_DEPTH} levels deep; "
                             "a spec needs far fewer"
                         ]
                     )
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
+                stack.append(_Frame(loc, isinstance(event, yaml.MappingStartEvent)))
     except yaml.YAMLError:
-        return  # reported with its place when the document is composed
+        pass  # reported with its place when the document is composed
+    return shape
+
+
+def _place(
+    parent: _Frame | None, event: yaml.Event, line: int, path: Path, problems: list[str]
+) -> Loc | None:
+    """Return the location of a node event (None for a scalar mapping key, checked here)."""
+    if parent is None:
+        return ()
+    if not parent.is_mapping:
+        parent.index += 1
+        return (*parent.loc, parent.index - 1)
+    if not parent.expect_key:
+        parent.expect_key = True
+        return (*parent.loc, parent.key)
+    parent.expect_key = False
+    if not isinstance(event, yaml.ScalarEvent):
+        parent.key = "?"
+        return (*parent.loc, "?")  # a complex key: checked like a value
+    key = event.value
+    parent.key = key
+    where = f"{path}:{line}: {format_loc((*parent.loc, key))}"
+    if key in parent.keys:
+        problems.append(f"{where}: duplicate key {key!r}")
+    if "\x00" in key:
+        problems.append(f"{where}: the NUL character (\\0) is not allowed in a key")
+    parent.keys.add(key)
+    return None
 
 
 def _expanded_size(root: yaml.Node, path: Path) -> None:
@@ -164,12 +229,13 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
-def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, int], list[str]]:
-    _check_shape(path, text)
-    loader = yaml.SafeLoader(text)
+def _parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None, list[str]]:
+    """Return the document's data, its node graph, and the problems found on the way."""
+    shape = _check_events(path, text)
+    loader = _LOADER(text)
     try:
         node = loader.get_single_node()
-        if node is not None:
+        if node is not None and shape.aliases:
             _expanded_size(node, path)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -182,11 +248,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, int], list[str]]:
         raise SpecError([f"{path}: YAML does not parse: {exc}"]) from None
     finally:
         loader.dispose()
-    lines: dict[Loc, int] = {}
-    problems: list[str] = []
-    if node is not None:
-        _walk(node, lines, problems, path)
-    return data, lines, problems
+    return data, node, shape.problems
 
 
 def _unwrap_models(annotation: Any) -> list[type[BaseModel]]:
@@ -275,7 +337,7 @@ def load_spec_file(path: Path) -> LoadedSpec:
         raise SpecError(
             [f"{path}: larger than {MAX_SPEC_BYTES // 2**20} MB; split it into several files"]
         )
-    data, lines, problems = _parse_yaml(path, _decode(path, raw))
+    data, node, problems = _parse_yaml(path, _decode(path, raw))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -283,14 +345,14 @@ def load_spec_file(path: Path) -> LoadedSpec:
     try:
         spec = SpecFile.model_validate(data)
     except ValidationError as exc:
-        loaded = LoadedSpec(path, SpecFile(), lines)
+        loaded = LoadedSpec(path, SpecFile(), node)
         for error in exc.errors():
             loc = _clean_loc(error["loc"], data)
             problems.append(f"{loaded.where(loc)}: {_describe(error, loc, tuple(error['loc']))}")
         raise SpecError(sorted(problems, key=_line_of)) from None
     if problems:
         raise SpecError(sorted(problems, key=_line_of))
-    return LoadedSpec(path, spec, lines)
+    return LoadedSpec(path, spec, node)
 
 
 def load_spec_files(paths: Sequence[Path]) -> list[LoadedSpec]:

@@ -338,7 +338,7 @@ class ConfigSpec(_Strict):
                 continue
             fields = [f for f, _ in parsed]
             problems.extend(
-                f"command[{index}] placeholder {{{field}:{spec[:30]}}} asks for a width or "
+                f"command[{index}] placeholder {{{field}:{(spec or '')[:30]}}} asks for a width or "
                 f"precision of {width}; expected at most {MAX_FORMAT_WIDTH} (like {{{field}:.3f}})"
                 for field, spec in parsed
                 for width in [max((int(d) for d in re.findall(r"\d+", spec or "")), default=0)]

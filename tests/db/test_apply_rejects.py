@@ -408,7 +408,7 @@ def test_yaml_that_does_not_parse_names_line_and_column(tmp_path: Path) -> None:
     path.write_text("pipelines:\n  - name: a\n    steps: [x, y\n  - name: b\n")
     with pytest.raises(
         SpecError,
-        match=r"broken.yaml: line 4, column 9: YAML does not parse: expected .,. or .\]., but got .:.",
+        match=r"broken.yaml: line 4, column 9: YAML does not parse: .*expected .,. or .\].",
     ):
         load_spec_files([path])
 
@@ -477,7 +477,8 @@ BILLION_LAUGHS = "\n".join(
     [
         (BILLION_LAUGHS.encode(), ":7: aliases expand this document to more than 5,000,000"),
         (b"sites:\n" + b"- " * 5000 + b"x\n", ":2: nested more than 50 levels deep"),
-        (b"sites: " + b"[" * 5000 + b"]" * 5000, ":1: nested more than 50 levels deep"),
+        # libyaml's scanner stops flow nesting at 1000 itself, with the place
+        (b"sites: " + b"[" * 5000 + b"]" * 5000, ": line 1, column 1007: YAML does not parse"),
         (b"sites:\n  - name: caf\xe9\n", ":2: not UTF-8 text (byte 0xe9)"),
         (b'sites:\n  - name: "a\\0b"\n', ":2: sites[0].name: the NUL character"),
     ],
