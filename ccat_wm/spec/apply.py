@@ -179,10 +179,14 @@ class _Writer:
             if n in existing and d is not None and existing[n] != d
         }
         if created:
-            rows = func.unnest(
-                cast(created, ARRAY(String)),
-                cast([declared[n] or "" for n in created], ARRAY(String)),
-            ).table_valued("name", "description").render_derived()
+            rows = (
+                func.unnest(
+                    cast(created, ARRAY(String)),
+                    cast([declared[n] or "" for n in created], ARRAY(String)),
+                )
+                .table_valued("name", "description")
+                .render_derived()
+            )
             self.session.execute(
                 insert(table).from_select(
                     ["name", "description"], select(rows.c.name, rows.c.description)

@@ -463,10 +463,7 @@ def test_removing_a_step_with_runs_is_refused(baseline: Engine, tmp_path: Path) 
 BILLION_LAUGHS = "\n".join(
     [
         'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
-        *(
-            f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]"
-            for i in range(8)
-        ),
+        *(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)),
         "sites: *i",
     ]
 )
