@@ -209,6 +209,7 @@ def trigger_flow(
     cancelled = stop_cancelled_flow_runs()
     created: dict[str, int] = {}
     launched: dict[str, str] = {}
+    errors: dict[str, str] = {}
     while True:
         now = dt.datetime.now(dt.UTC)
         result = trigger_tick_now(
@@ -217,6 +218,10 @@ def trigger_flow(
         for name, count in result.created.items():
             created[name] = created.get(name, 0) + count
             logger.info("%s: %d new run(s)", name, count)
+        for name, why in result.errors.items():
+            if errors.get(name) != why:
+                logger.error("%s: not evaluated, the other pipelines were: %s", name, why)
+            errors[name] = why
         for pipeline in result.to_start:
             for owner in result.dead_owners.get(pipeline, []):
                 logger.warning(
@@ -239,4 +244,5 @@ def trigger_flow(
         "cancelled": cancelled,
         "crashed": crashed,
         "deleted_ticks": deleted,
+        "errors": errors,
     }

@@ -70,6 +70,7 @@ def render_plan_json(plan: Plan) -> str:
     """Render the plan as JSON: `gaps`, `blast_radius` per step, `total_cpu_hours`."""
     payload = {
         "evaluated_at": _iso(plan.evaluated_at),
+        "errors": plan.errors,
         "gaps": [
             {
                 "pipeline": g.pipeline,

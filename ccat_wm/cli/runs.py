@@ -62,6 +62,15 @@ def plan(pipeline: str | None, as_json: bool, at: dt.datetime | None) -> None:
     with Session(engine()) as session, session.begin():
         result = make_plan(session, now, pipeline)
     click.echo(render_plan_json(result) if as_json else render_plan_table(result))
+    _fail_on_evaluation_errors(result.errors)
+
+
+def _fail_on_evaluation_errors(errors: dict[str, str]) -> None:
+    """Name each pipeline that could not be evaluated (on stderr) and exit 1."""
+    for name, why in sorted(errors.items()):
+        click.echo(f"error: pipeline {name!r} was not evaluated: {why}", err=True)
+    if errors:
+        raise SystemExit(1)
 
 
 @click.command()
@@ -205,6 +214,7 @@ def trigger(location: str | None, as_json: bool) -> None:
     result = trigger_flow(location=location, interval_s=0.0, include_cron=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+        _fail_on_evaluation_errors(result["errors"])
         return
     for pipeline, count in sorted(result["created"].items()):
         click.echo(f"{pipeline}: {count} new run(s)")
@@ -216,3 +226,4 @@ def trigger(location: str | None, as_json: bool) -> None:
         click.echo(f"flow runs without heartbeats marked Crashed: {result['crashed']}")
     if not (result["created"] or result["started"] or result["cancelled"] or result["crashed"]):
         click.echo("nothing to do")
+    _fail_on_evaluation_errors(result["errors"])

@@ -21,6 +21,7 @@ from ccat_ops_db import models as m
 from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
+from ccat_wm.gaps.plan import describe_evaluation_error
 from ccat_wm.gaps.snapshot import load_snapshot
 
 RUN = m.ExecutedReductionStep
@@ -38,6 +39,8 @@ class TickResult:
     """Soonest moment a gap now in its cooldown becomes eligible (None: no such gap)."""
     dead_owners: dict[str, list[str]] = field(default_factory=dict)
     """Per pipeline to start: flow runs whose process is gone and whose runs it adopts."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Pipelines whose evaluation failed (nothing created for them), with why."""
 
 
 def trigger_tick(
@@ -65,12 +68,19 @@ def trigger_tick(
     continuous = list(session.scalars(query))
     created: dict[str, int] = {}
     upcoming: list[dt.datetime] = []
+    errors: dict[str, str] = {}
     for pipeline in continuous:  # one evaluation per pipeline: a handful per site
-        snapshot = load_snapshot(session, pipeline, prune=True)
-        gaps = evaluate(snapshot, now)
-        new = create_runs(session, snapshot, [g for g in gaps if g.eligible])
+        name = pipeline.name
+        try:
+            with session.begin_nested():  # a pipeline that fails creates nothing, alone
+                snapshot = load_snapshot(session, pipeline, prune=True)
+                gaps = evaluate(snapshot, now)
+                new = create_runs(session, snapshot, [g for g in gaps if g.eligible])
+        except Exception as exc:  # one pipeline's bad data must not stop the others
+            errors[name] = describe_evaluation_error(exc)
+            continue
         if new:
-            created[pipeline.name] = len(new)
+            created[name] = len(new)
         upcoming += [
             g.eligible_at for g in gaps if not g.eligible and g.eligible_at and g.eligible_at > now
         ]
@@ -80,6 +90,7 @@ def trigger_tick(
         to_start=pipelines_waiting(session, location=location, adopting=adopting),
         next_eligible_at=min(upcoming, default=None),
         dead_owners=adopting,
+        errors=errors,
     )
 
 

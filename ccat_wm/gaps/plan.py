@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from croniter import CroniterBadDateError
 from sqlalchemy import BigInteger, bindparam, func, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -50,6 +51,8 @@ class Plan:
     evaluated_at: dt.datetime
     gaps: list[Gap]
     costs: list[StepCost]
+    errors: dict[str, str] = field(default_factory=dict)
+    """Pipelines whose evaluation failed, with why; the others are evaluated all the same."""
 
     @property
     def total_cpu_hours(self) -> float:
@@ -144,11 +147,26 @@ def make_plan(
         )
     gaps: list[Gap] = []
     costs: list[StepCost] = []
+    errors: dict[str, str] = {}
     for pipeline in pipelines:
         if not pipeline.enabled:
             continue
-        snapshot = load_snapshot(session, pipeline)
-        pipeline_gaps = evaluate(snapshot, now, manual=manual)
+        name = pipeline.name
+        try:
+            with session.begin_nested():  # a failed query spoils only this pipeline's savepoint
+                snapshot = load_snapshot(session, pipeline)
+                pipeline_gaps = evaluate(snapshot, now, manual=manual)
+                pipeline_costs = _step_costs(session, snapshot, pipeline_gaps)
+        except Exception as exc:  # one pipeline's bad data must not hide the others' plans
+            errors[name] = describe_evaluation_error(exc)
+            continue
         gaps.extend(pipeline_gaps)
-        costs.extend(_step_costs(session, snapshot, pipeline_gaps))
-    return Plan(now, gaps, costs)
+        costs.extend(pipeline_costs)
+    return Plan(now, gaps, costs, errors)
+
+
+def describe_evaluation_error(exc: Exception) -> str:
+    """Say in one line why a pipeline could not be evaluated."""
+    if isinstance(exc, CroniterBadDateError):
+        return f"its cron expression never fires ({exc}); fix it with `ccat-wm apply`"
+    return f"evaluation failed: {type(exc).__name__}: {exc}"[:1000]

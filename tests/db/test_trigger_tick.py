@@ -3,6 +3,7 @@ and cooldowns are reported; runs of a cancelled flow run are cancelled from the 
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ccat_wm.execution.trigger import (
     pipelines_waiting,
     trigger_tick,
 )
+from ccat_wm.gaps.plan import make_plan
 from tests.gapkit import PIPELINE, GapKit
 
 RUN = m.ExecutedReductionStep
@@ -123,3 +125,31 @@ def test_due_cron_pipelines_are_ticked_only_when_asked_as_ccat_wm_trigger_does(
     with Session(kit.engine) as session, session.begin():
         due = trigger_tick(session, top_of_hour + dt.timedelta(seconds=5), include_cron=True)
     assert due.created == {PIPELINE: 2} and due.to_start == [PIPELINE]
+
+
+def test_one_pipelines_bad_data_never_stops_the_evaluation_of_the_others(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A cron that never fires (stored before apply refused it) once crashed every plan."""
+    kit = GapKit(engine, tmp_path)
+    spec = kit.edited()
+    bad = copy.deepcopy(spec["pipelines"][0])
+    bad["name"], bad["trigger"] = "aaa-bad", {"type": "CRON", "cron": "0 * * * *"}
+    spec["pipelines"].insert(0, bad)
+    kit.apply(spec)
+    kit.simulate(2)
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(m.Pipeline)
+            .where(m.Pipeline.name == "aaa-bad")
+            .values(trigger_config={"cron": "0 0 31 2 *", "timezone": "UTC"})
+        )
+    later = kit.later(5)
+    with Session(engine) as session, session.begin():
+        plan = make_plan(session, later)
+    assert {g.pipeline for g in plan.gaps} == {PIPELINE}
+    assert list(plan.errors) == ["aaa-bad"] and "never fires" in plan.errors["aaa-bad"]
+    with Session(engine) as session, session.begin():
+        result = trigger_tick(session, later, include_cron=True)
+    assert result.created == {PIPELINE: 2}
+    assert list(result.errors) == ["aaa-bad"]
