@@ -26,6 +26,8 @@ from ccat_wm.db import display_url, get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, DatabaseError, describe
 from ccat_wm.settings import Settings, load_settings
 
+RUN_ID = click.IntRange(1, 2**63 - 1)
+"""A run id as the ops DB holds it (BIGINT): a larger number is refused by click."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

@@ -11,7 +11,7 @@ import click
 from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import RunStatus
-from ccat_wm.cli.common import Moment, engine
+from ccat_wm.cli.common import RUN_ID, Moment, engine
 from ccat_wm.cli.render import (
     render_plan_json,
     render_plan_table,
@@ -98,7 +98,7 @@ def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
 @click.option(
     "--sub-group", "sub_groups", multiple=True, help="Only this sub-group key (repeatable)."
 )
-@click.option("--run", "run_ids", type=int, multiple=True, help="The sub-group of this run.")
+@click.option("--run", "run_ids", type=RUN_ID, multiple=True, help="The sub-group of this run.")
 def retry(
     pipeline: str, step: str | None, sub_groups: tuple[str, ...], run_ids: tuple[int, ...]
 ) -> None:
@@ -164,7 +164,7 @@ def status(  # noqa: PLR0917 - one parameter per click option
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @click.option(
     "--attempt",
     type=click.IntRange(min=0),
@@ -190,7 +190,7 @@ def logs(run_id: int, attempt: int | None, follow: bool) -> None:
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 def cancel(run_id: int) -> None:
     """Cancel a run that has not finished, and stop its backend job."""
     with Session(engine()) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,39 @@ class Lineage:
         return asdict(self)
 
 
+MAX_ID = 2**63 - 1
+"""Largest id the ops DB holds (BIGINT)."""
+
+
+def path_candidates(session: Session, given: str) -> list[str]:
+    """Return the stored paths a user's path may mean, resolved as stored paths are.
+
+    Product paths are stored under their location's path as configured (normalized,
+    symlinks kept). A user may give that path, a relative one, or the real path behind a
+    symlinked location: each is mapped to the stored form under every location whose
+    real path contains it.
+    """
+    literal_path = os.path.normpath(os.path.abspath(given))
+    real = os.path.realpath(given)
+    candidates = {literal_path, real}
+    for location in session.scalars(select(m.DataLocation.path)):
+        real_root = os.path.realpath(location)
+        if os.path.commonpath([real, real_root]) == real_root:
+            candidates.add(
+                os.path.join(os.path.normpath(location), os.path.relpath(real, real_root))
+            )
+    return sorted(candidates)
+
+
 def product_lineage(session: Session, product: str) -> Lineage:
     """Trace a product given by id or file path: its run, upstream runs, raw packages."""
     p = m.DataProduct
-    where = (
-        p.id == int(product) if product.isdigit() else p.file_path == str(Path(product).resolve())
-    )
+    if product.isdigit():
+        if int(product) > MAX_ID:
+            raise CcatWmError(f"no data product with id {product}: ids are at most {MAX_ID}")
+        where = p.id == int(product)
+    else:
+        where = p.file_path.in_(path_candidates(session, product))
     row = session.execute(
         select(
             p.id,

@@ -6,9 +6,10 @@ One directory per run (rather than per sub-group) keeps every registered product
 it was written: a reprocessing run never overwrites the files of the run it replaces,
 so old products and their provenance stay intact until someone deletes them on purpose.
 
-The sub-group directory is the key in a filesystem-safe, reversible form: every byte
-outside `A-Z a-z 0-9 . _ - = ,` is percent-encoded (so `/`, spaces, `+`, `|` and `:` never
-appear), and the empty all-data key is `all`.
+The sub-group directory is the key in a filesystem-safe, reversible form
+(`ccat_wm.paths.path_component`: every byte outside `A-Z a-z 0-9 . _ - = ,` is
+percent-encoded, so `/`, spaces, `+`, `|` and `:` never appear, and a name of dots is
+encoded too), and the empty all-data key is `all`.
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
+
+from ccat_wm.paths import from_path_component, path_component
 
 ALL_DIR = "all"
-_SAFE = "=,-._"
 OUTPUT_CLASSES = ("science", "qa", "plots", "statistics", "logs")
 """The sub-directories of `$WORKFLOW_OUTPUT_DIR` the contract declares."""
 
 
 def key_to_dirname(key: str) -> str:
     """Filesystem-safe, reversible directory name of a sub-group key."""
-    return quote(key, safe=_SAFE) if key else ALL_DIR
+    return path_component(key) if key else ALL_DIR
 
 
 def dirname_to_key(name: str) -> str:
     """Inverse of `key_to_dirname`."""
-    return "" if name == ALL_DIR else unquote(name)
+    return "" if name == ALL_DIR else from_path_component(name)
 
 
 def run_root(base: Path, pipeline: str, key: str, run_id: int) -> Path:

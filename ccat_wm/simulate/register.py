@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote
 
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import SimulationError
+from ccat_wm.paths import path_component
 from ccat_wm.simulate.catalog import (
     DEFAULT_LINES,
     DEFAULT_PROGRAM,
@@ -189,9 +189,10 @@ def _next_scan(session: Session, request: SimulationRequest) -> tuple[int, dt.da
 
 
 def package_path(root: Path, program: str, scan: SimulatedScan, package_name: str) -> Path:
-    """Where a package's file lives in the archive (names quoted to be filesystem-safe)."""
+    """Where a package's file lives in the archive (`ccat_wm.paths.path_component` names)."""
     parts = (program, scan.source, scan.name)
-    return root.joinpath("raw", *(quote(p, safe="") for p in parts), f"{package_name}.npz")
+    names = (*(path_component(p) for p in parts), path_component(f"{package_name}.npz"))
+    return root.joinpath("raw", *names)
 
 
 def register_simulation(

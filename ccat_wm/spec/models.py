@@ -16,6 +16,7 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ccat_ops_db.models import Backend, LocationType, Runtime, StorageType, VersionPolicy
+from ccat_wm.paths import normalized_location_path
 from ccat_wm.selection.dimensions import DIMENSIONS
 from ccat_wm.selection.tables import (
     FILTER_OPERATORS,
@@ -161,7 +162,8 @@ class LocationSpec(_Strict):
     site: Identifier
     location_type: LocationType
     storage_type: StorageType = StorageType.DISK
-    path: str = Field(min_length=1)
+    path: Annotated[str, AfterValidator(normalized_location_path)] = Field(min_length=1)
+    """Absolute; stored normalized (`/data/x/../y` is `/data/y`)."""
     backend: Backend | None = None
     runtime: Runtime | None = None
     settings: LocationSettingsSpec = Field(default_factory=LocationSettingsSpec)

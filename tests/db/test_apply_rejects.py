@@ -355,6 +355,11 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         [f"{_S0}.config.environment.A=B", "should match pattern '^[A-Za-z_][A-Za-z0-9_]*$'"],
     ),
     (
+        "relative location path",
+        _set(("locations", 1, "path"), "pipelines/../runs"),
+        ["locations[1].path", "relative; expected an absolute path"],
+    ),
+    (
         "huge priority",
         _set((*P, "priority"), 10**30),
         ["pipelines[0].priority", "less than or equal to 2147483647"],

@@ -204,3 +204,19 @@ def test_cli_simulate_prints_progress_and_json(
         and payload["package_count"] == 2
         and payload["seed"] == 5
     )
+
+
+def test_names_of_dots_never_write_outside_the_archive(engine: Engine, tmp_path: Path) -> None:
+    """`simulate --program .. --sources ..` once wrote its files beside the archive."""
+    archive = tmp_path / "inner"
+    _with_archive(engine, archive)
+    _simulate(engine, scans=2, seed=3, sources=("..", "."), program="..")
+    root = (archive / "archive").resolve()
+    with Session(engine) as session:
+        paths = [Path(p) for p in session.scalars(select(m.RawDataPackageCopy.path))]
+    assert len(paths) == 4
+    for path in paths:
+        assert ".." not in path.parts and "." not in path.parts[1:]
+        assert path.resolve().is_relative_to(root) and path.is_file(), path
+    outside = [p for p in tmp_path.rglob("*.npz") if not p.resolve().is_relative_to(root)]
+    assert outside == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.cli.demo import DEMO_SPEC, demo_locations_file
+from ccat_wm.execution.control import product_lineage
 from ccat_wm.settings import Settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
@@ -304,6 +306,33 @@ def test_nothing_the_job_left_running_rewrites_a_registered_product(
     for path, size, checksum in products:
         data = Path(path).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, checksum), path
+
+
+def test_lineage_finds_a_product_by_its_stored_and_its_real_path_under_a_symlink(
+    engine: Engine, tmp_path: Path
+) -> None:
+    real = tmp_path / "real-runs"
+    real.mkdir()
+    (tmp_path / "runs-link").symlink_to(real)
+    location = {
+        "site": "test",
+        "location_type": "PROCESSING",
+        "backend": "local",
+        "path": str(tmp_path / "elsewhere" / ".." / "runs-link"),  # stored normalized
+    }
+    setup_pipeline(engine, tmp_path, [tool_step("reduce")], scans=1, location=location)
+
+    assert run_pipeline(engine, "t").state == "Completed"
+
+    with Session(engine) as session:
+        stored = session.scalar(
+            select(m.DataProduct.file_path).where(m.DataProduct.file_path.like("%result.json"))
+        )
+        assert stored is not None and stored.startswith(str(tmp_path / "runs-link") + "/")
+        real_path = str(Path(stored).resolve())
+        assert real_path.startswith(str(real))
+        for given in (stored, real_path, os.path.relpath(real_path)):
+            assert product_lineage(session, given).file_path == stored, given
 
 
 def test_config_values_reach_the_program_as_literal_arguments(

@@ -144,6 +144,13 @@ def test_errors_are_one_line_with_the_traceback_in_a_log_and_usage_errors_exit_2
     assert usage.returncode == 2 and "Invalid value for '--limit'" in usage.stderr
     bad_time = run_cli(cli_env, "plan", "--at", "yesterday")
     assert bad_time.returncode == 2 and "expected ISO 8601" in bad_time.stderr
+    huge = "99999999999999999999"  # beyond BIGINT: once an out-of-range database error
+    for command in ("cancel", "logs"):
+        too_big = run_cli(cli_env, command, huge)
+        assert too_big.returncode == 2 and "is not in the range" in too_big.stderr, too_big
+    no_product = run_cli(cli_env, "lineage", huge)
+    assert no_product.returncode == 1
+    assert no_product.stderr.startswith(f"error: no data product with id {huge}: ids are at most")
 
     spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
     read_only = cli_env | {"PGOPTIONS": "-c default_transaction_read_only=on"}
