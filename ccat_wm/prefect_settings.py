@@ -17,6 +17,7 @@ EPHEMERAL_STARTUP_TIMEOUT_S = "120"
 """How long a command waits for Prefect's ephemeral server (Prefect's default, 20 s, is
 less than a first start takes on a small, busy machine: 30 s were measured here)."""
 
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
@@ -24,13 +25,19 @@ SERVER_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "50",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
 }
 """How the Prefect server records task runs and events: in batches of up to 200 rows,
 flushed at least every second, instead of Prefect's defaults (the task run recorder
 writes each state change in its own transaction). A pipeline flow emits three state
 events per sub-group run; with the defaults, the server needed 55-70 ms of CPU per task
 run and fell behind a 1,000-run flow by a minute on two cores; batched, about 15 ms and
-no backlog (bench/README.md). The UI shows a task run up to a second later."""
+no backlog (bench/README.md). The UI shows a task run up to a second later.
+
+Slot leases are kept on disk (under the server's PREFECT_HOME), not in the server's
+memory: a restarted server then still knows the leases of the processes that held slots,
+and frees those of a process that died when its lease expires, instead of counting
+them as taken forever."""
 
 
 ANALYTICS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -76,3 +83,10 @@ def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> N
     )
     for name, value in {**SERVER_DEFAULTS, **ANALYTICS}.items():
         target.setdefault(name, value)
+
+
+def uses_ephemeral_server() -> bool:
+    """Tell whether this process talks to Prefect's ephemeral server (no PREFECT_API_URL)."""
+    from prefect.settings import get_current_settings  # noqa: PLC0415 - Prefect loads late
+
+    return get_current_settings().api.url is None

@@ -200,7 +200,7 @@ def pipeline_flow(
     # Owned while this process lives; a later flow run adopts the runs if it dies.
     with hold_ownership(executor().engine, claim_as):
         wave = prepare_wave_task(pipeline, sub_groups, manual, force, claim_as)
-        ensure_concurrency_limits(pipeline, wave.step_limits)
+        ensure_concurrency_limits(pipeline, wave.step_limits, claim_as)
         items = list(wave.items)
         for step, count in Counter(i.step for i in items).items():
             open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])

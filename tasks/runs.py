@@ -29,12 +29,14 @@ from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.failure import failure_message
+from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.report import products_markdown, run_rows, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
+from ccat_wm.prefect_settings import uses_ephemeral_server
 from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
-from tasks.slots import pool_for
+from tasks.slots import pool_for, reclaim_dead_slots
 
 
 class RunFailedError(CcatWmError):
@@ -75,11 +77,21 @@ def prepare_wave_task(
 
 
 @task(name="ensure-concurrency-limits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def ensure_concurrency_limits(pipeline: str, limits: dict[str, int]) -> None:
-    """Create or update one global concurrency limit per step (`max_concurrent_runs`)."""
+def ensure_concurrency_limits(pipeline: str, limits: dict[str, int], claim_as: str) -> None:
+    """Create or update one global concurrency limit per step (`max_concurrent_runs`).
+
+    On Prefect's ephemeral server, slots that a killed `ccat-wm run` held are given back
+    here when no other flow run of the pipeline is alive (tasks/slots.py says why).
+    """
     with get_client(sync_client=True) as client:
         for step, limit in limits.items():
             client.upsert_global_concurrency_limit_by_name(limit_name(pipeline, step), limit)
+    if not uses_ephemeral_server():
+        return
+    with executor().session() as session, session.begin():
+        others = live_other_owners(session, pipeline, claim_as)
+    if not others:
+        reclaim_dead_slots([limit_name(pipeline, step) for step in limits])
 
 
 def task_run_name(step: str, key: str) -> str:

@@ -9,7 +9,12 @@ to start: a finishing run hands its slot to the next one without an API call, an
 goes back to Prefect as soon as the flow run has fewer runs of the step left than slots
 held (and all of them when the flow run ends). Slots are leases, acquired strictly (a
 missing limit is an error) and renewed by one thread per process; if the process dies,
-the renewals stop and Prefect frees the slots when the leases expire (`LEASE_S`). A
+the renewals stop and a Prefect server frees the slots when the leases expire
+(`LEASE_S`, plus its repossessor's 15-second loop). Prefect's ephemeral server (a
+`ccat-wm run` without PREFECT_API_URL) runs no repossessor and keeps its leases in the
+memory of a process that dies with the command: there, a flow run that finds no other
+live flow run of its pipeline gives the slots of dead ones back itself
+(`reclaim_dead_slots`). A
 flow run never asks Prefect for more slots than the step's limit; while other flow runs
 hold them it asks again with a backoff of up to a second, taking one of its own
 meanwhile if one comes back.
@@ -25,11 +30,13 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from ccat_wm.errors import ConfigurationError
 
-LEASE_S = 120.0
-"""Lease of a slot; renewed every third of it while the process lives."""
+LEASE_S = 60.0
+"""Lease of a slot (Prefect's shortest); renewed every third of it while the process lives.
+A killed process's slots are free at most a minute and a quarter later."""
 MAX_BACKOFF_S = 1.0
 """Longest pause before asking Prefect again for a slot held by another flow run."""
 HTTP_LOCKED = 423
@@ -205,6 +212,20 @@ class StepSlots:
         _RENEWER.untrack(lease)
         with contextlib.suppress(Exception), get_client(sync_client=True) as client:
             client.release_concurrency_slots_with_lease(lease)  # fails if expired: freed
+
+
+def reclaim_dead_slots(limit_names: list[str]) -> None:
+    """Count every slot of these limits free: only when no live process can hold one.
+
+    The caller checks that: no other flow run of the pipeline is alive (the limits are
+    the pipeline's own), and the server is ephemeral, where no lease of a dead process
+    would ever expire. On a server with a repossessor this would double-count (the dead
+    leases expire later and are subtracted again), so it is not used there.
+    """
+    update = GlobalConcurrencyLimitUpdate(active_slots=0)
+    with get_client(sync_client=True) as client:
+        for name in limit_names:
+            client.update_global_concurrency_limit(name, update)
 
 
 _POOLS: dict[tuple[str, str], StepSlots] = {}

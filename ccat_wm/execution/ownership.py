@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
+from ccat_ops_db import models as m
 from ccat_ops_db.models import RunStatus
 
 OWNER_LOCK_SPACE = 0x6363_6174  # "ccat": the first key of our advisory locks
@@ -58,3 +59,26 @@ def dead_owners(session: Session, owners: Iterable[str]) -> set[str]:
             connection.execute(_UNLOCK, params)
             dead.add(owner)
     return dead
+
+
+def live_other_owners(session: Session, pipeline: str, me: str) -> set[str]:
+    """Return the live flow runs, other than `me`, that own unfinished runs of `pipeline`.
+
+    A flow run holds slots of its pipeline's steps only while it owns unfinished runs
+    of them, so none left means no live process holds any of those slots.
+    """
+    run = m.ExecutedReductionStep
+    owners = session.scalars(
+        select(run.prefect_flow_run_id)
+        .distinct()
+        .join(m.ReductionStep, m.ReductionStep.id == run.reduction_step_id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .where(
+            m.Pipeline.name == pipeline,
+            run.status.in_([RunStatus.PENDING, *IN_FLIGHT]),
+            run.prefect_flow_run_id.is_not(None),
+            run.prefect_flow_run_id != me,
+        )
+    ).all()
+    found = {o for o in owners if o}
+    return found - dead_owners(session, found)

@@ -23,9 +23,10 @@ descendant that made its own session can outlive it; collection then still detec
 product that changes while it is registered. A job killed by a signal is reported by
 the signal's name (`killed by SIGKILL`), read from `time`'s record.
 
-Limits, by design of a single machine: descendants that detach from the tree (daemonize)
-are not sampled, and a job whose supervising process died is reported UNKNOWN once it
-ends, since its exit code could not be reaped.
+A job whose supervising process died (a killed `ccat-wm run`) keeps running; when it
+ends, its outcome is read from GNU `time`'s record (exit status or signal, peak memory),
+so the flow run that adopts its run collects it as usual. Without GNU `time` such a job
+is reported UNKNOWN once it ends. Descendants that detach from the tree are not sampled.
 """
 
 from __future__ import annotations
@@ -165,10 +166,18 @@ class LocalBackend(Backend):
         record = self._read(job_id)
         if record is None:
             return JobInfo(JobState.UNKNOWN, reason=f"no local job {job_id}")
+        return self._status_from_files(record)
+
+    def _status_from_files(self, record: _Record) -> JobInfo:
+        """State of a job this process did not start (another process's, or a dead one's)."""
         if record.state != JobState.RUNNING.value:
             return record.info()
         if _alive(record):
             return JobInfo(JobState.RUNNING, wall_time_s=time.time() - record.started)
+        ended = _unwatched_end(record)
+        if ended is not None:  # its supervisor died; GNU time recorded how it ended
+            self._write(ended)
+            return ended.info()
         return JobInfo(
             JobState.UNKNOWN, reason="process ended while no supervising process was watching it"
         )
@@ -354,6 +363,33 @@ def namespace_prefix() -> list[str]:
 
 
 _TERMINATED = re.compile(r"Command terminated by signal (\d+)")
+_EXITED = re.compile(r"Command exited with non-zero status (\d+)")
+
+
+def _unwatched_end(record: _Record) -> _Record | None:
+    """How a job ended that no process reaped (its supervisor died), from GNU time's record.
+
+    `time` writes its record when the job ends: its last line is the peak memory, and a
+    line before it says a non-zero exit status or the signal. None: no complete record.
+    """
+    try:
+        text = Path(record.rusage_path).read_text(errors="replace") if record.rusage_path else ""
+    except OSError:
+        return None
+    lines = text.split()
+    if not lines or not lines[-1].isdigit():
+        return None
+    signalled, exited = _TERMINATED.search(text), _EXITED.search(text)
+    code = -int(signalled.group(1)) if signalled else int(exited.group(1)) if exited else 0
+    record.exit_code = code
+    record.peak_memory_gb = int(lines[-1]) * 1024 / GIB
+    if record.cancel_requested:
+        record.state, record.reason = JobState.CANCELLED.value, "cancelled"
+    elif code == 0:
+        record.state = JobState.COMPLETED.value
+    else:
+        record.state, record.reason = JobState.FAILED.value, exit_reason(code)
+    return record
 
 
 def _signalled(rusage_path: str) -> int | None:
