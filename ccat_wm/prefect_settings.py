@@ -83,10 +83,3 @@ def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> N
     )
     for name, value in {**SERVER_DEFAULTS, **ANALYTICS}.items():
         target.setdefault(name, value)
-
-
-def uses_ephemeral_server() -> bool:
-    """Tell whether this process talks to Prefect's ephemeral server (no PREFECT_API_URL)."""
-    from prefect.settings import get_current_settings  # noqa: PLC0415 - Prefect loads late
-
-    return get_current_settings().api.url is None

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import Flow, flow, tags
+from prefect import Flow, flow, get_run_logger, tags
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -26,8 +26,8 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
-from ccat_wm.errors import CcatWmError
-from ccat_wm.execution.control import cancel_flow_run
+from ccat_wm.errors import CcatWmError, describe
+from ccat_wm.execution.control import abandon_unstarted_runs, cancel_flow_run
 from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.waves import WaveItem
 from ccat_wm.settings import load_settings
@@ -200,16 +200,21 @@ def pipeline_flow(
     # Owned while this process lives; a later flow run adopts the runs if it dies.
     with hold_ownership(executor().engine, claim_as):
         wave = prepare_wave_task(pipeline, sub_groups, manual, force, claim_as)
-        ensure_concurrency_limits(pipeline, wave.step_limits, claim_as)
         items = list(wave.items)
-        for step, count in Counter(i.step for i in items).items():
-            open_pool(claim_as, step, limit_name(pipeline, step), count, wave.step_limits[step])
         run = WaveRun(
             pipeline, wave.location, claim_as, manual, force, wave.step_retries,
             _SETTINGS.task_run_tags,
         )  # fmt: skip
         try:
+            ensure_concurrency_limits(pipeline, wave.step_limits, claim_as)
+            for step, count in Counter(i.step for i in items).items():
+                limit = wave.step_limits[step]
+                open_pool(claim_as, step, limit_name(pipeline, step), count, limit)
             counts = _run_wave(run, items)
+        except Exception as exc:  # the flow could not run its wave: no run waits for it
+            abandoned = abandon_unstarted_runs(executor().engine, claim_as, describe(exc))
+            get_run_logger().error("%s run(s) never started were cancelled: %s", abandoned, exc)
+            raise
         finally:
             close_pools(claim_as)
         publish_artifacts(pipeline, claim_as)

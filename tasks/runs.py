@@ -33,10 +33,9 @@ from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.report import products_markdown, run_rows, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
-from ccat_wm.prefect_settings import uses_ephemeral_server
 from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
-from tasks.slots import pool_for, reclaim_dead_slots
+from tasks.slots import pool_for, reclaim_dead_slots, uses_ephemeral_server
 
 
 class RunFailedError(CcatWmError):

@@ -31,6 +31,7 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.settings import get_current_settings
 
 from ccat_wm.errors import ConfigurationError
 
@@ -212,6 +213,11 @@ class StepSlots:
         _RENEWER.untrack(lease)
         with contextlib.suppress(Exception), get_client(sync_client=True) as client:
             client.release_concurrency_slots_with_lease(lease)  # fails if expired: freed
+
+
+def uses_ephemeral_server() -> bool:
+    """Tell whether this process talks to Prefect's ephemeral server (no PREFECT_API_URL)."""
+    return get_current_settings().api.url is None
 
 
 def reclaim_dead_slots(limit_names: list[str]) -> None:

@@ -335,6 +335,37 @@ def test_lineage_finds_a_product_by_its_stored_and_its_real_path_under_a_symlink
             assert product_lineage(session, given).file_path == stored, given
 
 
+def test_a_flow_that_cannot_start_its_wave_leaves_no_run_pending(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injected where Prefect once failed to create task runs (a name it rejects):
+    the runs the flow run claimed are cancelled with the reason, and are gaps again."""
+    import flows.pipeline
+
+    setup_pipeline(engine, tmp_path, [tool_step("reduce")], scans=2)
+
+    def cannot_start(*args: object) -> None:
+        raise RuntimeError("the task runs could not be created")
+
+    monkeypatch.setattr(flows.pipeline, "_run_wave", cannot_start)
+    result = run_pipeline(engine, "t")
+    monkeypatch.undo()
+
+    assert result.state == "Failed"
+    rows = [r.ExecutedReductionStep for r in runs(engine)]
+    assert [r.status for r in rows] == [m.RunStatus.CANCELLED] * 2
+    for run in rows:
+        assert run.failure_reason == (
+            f"flow run {result.flow_run_id} failed before starting it: "
+            "unexpected RuntimeError: the task runs could not be created"
+        )
+    again = run_pipeline(engine, "t")  # the sub-groups are gaps again: new runs do them
+    assert again.state == "Completed", again.message
+    assert sorted(r.ExecutedReductionStep.status for r in runs(engine)) == sorted(
+        [m.RunStatus.CANCELLED] * 2 + [m.RunStatus.COMPLETED] * 2
+    )
+
+
 def test_config_values_reach_the_program_as_literal_arguments(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -408,8 +439,13 @@ def test_cancel_stops_the_process_and_marks_the_run_cancelled(
             break
         time.sleep(0.2)
     run = runs(engine)[0].ExecutedReductionStep
-    pid = int((track / "events.log").read_text().split()[2])
-    assert run.status is m.RunStatus.RUNNING
+    # The job's processes as the host sees them (inside its PID namespace it is pid 2).
+    job = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(track) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert run.status is m.RunStatus.RUNNING and job
 
     cancelled = run_cli(cli_env, "cancel", str(run.id))
 
@@ -417,8 +453,9 @@ def test_cancel_stops_the_process_and_marks_the_run_cancelled(
     assert f"run {run.id} cancelled (was RUNNING)" in cancelled.stdout
     worker.join(timeout=60)
     assert not worker.is_alive()
-    with contextlib.suppress(psutil.NoSuchProcess):  # gone, or a zombie not reaped yet
-        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    for process in job:
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone, or a zombie not reaped yet
+            assert process.status() == psutil.STATUS_ZOMBIE, process
     run = runs(engine)[0].ExecutedReductionStep
     assert run.status is m.RunStatus.CANCELLED
     assert history(engine, run.id)[-1] == "CANCELLED"

@@ -40,5 +40,5 @@ def test_a_value_the_user_set_wins() -> None:
 
 def test_the_operators_guide_configures_its_server_with_the_same_values() -> None:
     guide = (Path(__file__).parents[2] / "docs" / "operators-guide.md").read_text()
-    exported = dict(re.findall(r"\b(PREFECT_SERVER_SERVICES_\w+)=(\S+)", guide))
+    exported = dict(re.findall(r"\b(PREFECT_SERVER_(?:SERVICES|CONCURRENCY)_\w+)=(\S+)", guide))
     assert exported == SERVER_DEFAULTS
