@@ -30,7 +30,12 @@ from bench.common import scratch_database
 from ccat_ops_db import migrate
 from ccat_ops_db import models as m
 from ccat_wm.db import get_engine, normalize_db_url
-from ccat_wm.execution.collect import checksum_outputs, register_products, scan_outputs
+from ccat_wm.execution.collect import (
+    checksum_outputs,
+    register_products,
+    scan_outputs,
+    verify_unchanged,
+)
 from ccat_wm.execution.layout import RunLayout
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
@@ -76,6 +81,7 @@ def collection(engine, layout: RunLayout, run_id: int) -> float:  # type: ignore
     records = checksum_outputs(scan_outputs(layout))
     with Session(engine) as session:
         register_products(session, run_id, records)
+        verify_unchanged(records)  # the run's collection re-hashes every product
         session.flush()
         elapsed = time.perf_counter() - start
         session.rollback()
