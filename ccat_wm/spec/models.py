@@ -86,7 +86,10 @@ def _check_digest(digest: str) -> str:
     return digest
 
 
-Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s/%&<>]+$")]
+"""A name of a site, location, software, grouping, instrument: no whitespace, and none of
+the characters Prefect refuses in names (`/ % & < >`: a location names a work pool and
+a trigger deployment)."""
 RunName = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 ]

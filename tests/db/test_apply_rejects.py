@@ -315,6 +315,11 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         for char in ("/", "&", ">", " ", ".")
     ],
     (
+        "location name with a slash",
+        _set(("locations", 1, "name"), "gpu/a100"),
+        ["locations[1].name", "should match pattern"],
+    ),
+    (
         "pipeline named ..",
         _set((*P, "name"), ".."),
         ["pipelines[0].name", "should match pattern"],
