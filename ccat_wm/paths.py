@@ -15,12 +15,14 @@ from urllib.parse import quote, unquote
 
 SAFE = "=,-._"
 """Characters kept as they are, besides ASCII letters and digits."""
+EMPTY = "%empty"
+"""The component of the empty name."""
 
 
 def path_component(name: str) -> str:
     """Encode a name as one safe, reversible path component (never `.`, `..` or empty)."""
     if not name:
-        return "%00"  # never produced by a name: keeps the empty name distinct
+        return EMPTY  # quote never produces it (a `%` it writes is followed by two hex digits)
     encoded = quote(name, safe=SAFE)
     if set(encoded) == {"."}:
         encoded = encoded.replace(".", "%2E")
@@ -29,7 +31,7 @@ def path_component(name: str) -> str:
 
 def from_path_component(component: str) -> str:
     """Inverse of `path_component`."""
-    return "" if component == "%00" else unquote(component)
+    return "" if component == EMPTY else unquote(component)
 
 
 def normalized_location_path(path: str) -> str:

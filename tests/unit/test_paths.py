@@ -12,7 +12,9 @@ from ccat_wm.execution.layout import dirname_to_key, key_to_dirname
 from ccat_wm.paths import from_path_component, normalized_location_path, path_component
 
 
-@pytest.mark.parametrize("name", [".", "..", "...", "a/../b", "../../etc", "", "x\x00y"])
+@pytest.mark.parametrize(
+    "name", [".", "..", "...", "a/../b", "../../etc", "", "\x00", "%empty", "x\x00y"]
+)
 def test_no_name_becomes_a_component_that_leaves_its_directory(name: str) -> None:
     component = path_component(name)
     assert component not in ("", ".", "..")
