@@ -479,8 +479,16 @@ def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> Non
     )
     assert flow_run_state(site, flow_run_id) == "FAILED"
     [failed] = [r for r in site.runs("broken") if r.status is m.RunStatus.FAILED]
-    task_runs = site.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
-    [task_run] = [t for t in task_runs if t["state_type"] == "FAILED"]
+    # The server records task run states in batches (up to a second behind the flow run).
+    [task_run] = wait_for(
+        "the failed task run on the server",
+        lambda: [
+            t
+            for t in site.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+            if t["state_type"] == "FAILED"
+        ],
+        timeout=30,
+    )
     assert task_run["name"] == f"calibrate[{failed.sub_group_key}]"
     message = task_run["state"]["message"]
     assert "boom: failing on purpose" in message and f"last job {failed.hpc_job_id}" in message
