@@ -287,7 +287,7 @@ def _walk(
             problem = _file_problem(path, real_root)
             if problem is not None:
                 problems.append(problem)
-            elif not (path.is_symlink() and path.is_dir()):
+            else:  # os.walk lists a symlink to a directory among the directories
                 _add(path, kind, files, sidecars)
 
 
