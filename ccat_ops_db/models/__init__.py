@@ -10,6 +10,7 @@ from ccat_ops_db.models.enums import (
     PackageState,
     RunStatus,
     Runtime,
+    SnapshotOrigin,
     StagingStatus,
     StorageType,
     TriggerType,
@@ -37,6 +38,7 @@ from ccat_ops_db.models.products import DataProduct, data_product_lineage
 from ccat_ops_db.models.runs import (
     ExecutedReductionStep,
     ExecutedReductionStepInput,
+    RunSnapshot,
     RunStatusChange,
 )
 from ccat_ops_db.models.software import ReductionSoftware, ReductionSoftwareVersion
@@ -68,10 +70,12 @@ __all__ = [
     "ReductionSoftwareVersion",
     "ReductionStep",
     "ReductionStepConfig",
+    "RunSnapshot",
     "RunStatus",
     "RunStatusChange",
     "Runtime",
     "Site",
+    "SnapshotOrigin",
     "Source",
     "StagingJob",
     "StagingStatus",

@@ -48,6 +48,15 @@ class GapReason(enum.StrEnum):
     FAILED = "failed"
 
 
+class SnapshotOrigin(enum.StrEnum):
+    """Where a run's snapshot (RunSnapshot) came from."""
+
+    RECORDED = "recorded"
+    """Written when the run started, from what it was about to use."""
+    BACKFILLED = "backfilled"
+    """Reconstructed by migration 0005 for a run made before snapshots existed."""
+
+
 class TriggerType(enum.StrEnum):
     """How a pipeline is started."""
 

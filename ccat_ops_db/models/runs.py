@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -18,10 +19,19 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
-from ccat_ops_db.models.enums import IN_FLIGHT_STATUSES, GapReason, RunStatus, pg_enum
+from ccat_ops_db.models.enums import (
+    IN_FLIGHT_STATUSES,
+    Backend,
+    GapReason,
+    RunStatus,
+    Runtime,
+    SnapshotOrigin,
+    pg_enum,
+)
 
 _IN_FLIGHT_SQL = ", ".join(f"'{s.value}'" for s in IN_FLIGHT_STATUSES)
 
@@ -123,6 +133,39 @@ class ExecutedReductionStepInput(Base):
     )
     data_product_id: Mapped[int | None] = mapped_column(ForeignKey("data_product.id"), index=True)
     checksum: Mapped[str] = mapped_column(String(128))
+
+
+class RunSnapshot(Base):
+    """What a run used, recorded when it started; the database refuses to change it.
+
+    Lineage, retries and `ccat-wm reproduce` read the run's own copy, so editing a
+    config or a software row later never rewrites the history of runs already made.
+    Values of environment variables named as secrets are not stored: their names are
+    in `withheld_environment` (see `ccat_wm.execution.snapshot`).
+    """
+
+    __tablename__ = "run_snapshot"
+
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("executed_reduction_step.id"), primary_key=True
+    )
+    origin: Mapped[SnapshotOrigin] = mapped_column(pg_enum(SnapshotOrigin, "snapshot_origin"))
+    unknown: Mapped[list[str]] = mapped_column(ARRAY(String), default=list)
+    """Columns a backfilled snapshot could not recover (NULL for it); empty when recorded."""
+    recorded_at: Mapped[dt.datetime]
+    location: Mapped[str] = mapped_column(String(200))
+    backend: Mapped[Backend | None] = mapped_column(pg_enum(Backend, "backend_type"))
+    runtime: Mapped[Runtime | None] = mapped_column(pg_enum(Runtime, "runtime_type"))
+    software: Mapped[str] = mapped_column(String(200))
+    software_tag: Mapped[str] = mapped_column(String(100))
+    image_repository: Mapped[str | None] = mapped_column(String)
+    image_digest: Mapped[str | None] = mapped_column(String(100))
+    config_name: Mapped[str] = mapped_column(String(200))
+    parameters: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    withheld_environment: Mapped[list[str]] = mapped_column(ARRAY(String), default=list)
+    command_template: Mapped[list[Any] | None] = mapped_column(JSONB)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class RunStatusChange(Base):

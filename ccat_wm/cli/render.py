@@ -186,6 +186,21 @@ def _id_ranges(ids: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
+_SNAPSHOT_NOTE = {
+    "recorded": "when each run started (its own snapshot)",
+    "backfilled": "reconstructed by the upgrade to snapshots (migration 0005)",
+    "none": "never started: the current config, which it would use",
+}
+
+
+def _known(value: dict[str, Any] | None, withheld: list[str] | None = None) -> str:
+    """Return a recorded mapping as JSON, `unknown` when not recorded; secrets by name."""
+    if value is None:
+        return "unknown"
+    shown = json.dumps(value, sort_keys=True)
+    return shown + (f" (secret values withheld: {', '.join(withheld)})" if withheld else "")
+
+
 def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
     """`ccat-wm lineage` as text: the product, what made it, the raw data.
 
@@ -203,27 +218,30 @@ def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
     for run in lineage.runs:
         what = (
             run.pipeline, run.step, run.software, run.version, run.digest or "no digest",
-            run.config, json.dumps(run.parameters, sort_keys=True),
-            shlex.join(run.command_template),
+            run.image_repository or "", run.config, _known(run.parameters),
+            shlex.join(run.command_template) if run.command_template is not None else "unknown",
+            _known(run.environment, run.withheld_environment), _known(run.resources),
+            run.snapshot, ", ".join(run.unknown),
         )  # fmt: skip
         groups.setdefault(what, []).append(run)
     for (
-        pipeline,
-        step,
-        software,
-        version,
-        digest,
-        config,
-        params,
-        template,
-    ), runs in groups.items():
+        pipeline, step, software, version, digest, image, config, params, template,
+        environment, resources, snapshot, unknown,
+    ), runs in groups.items():  # fmt: skip
         lines.append(
             f"  {pipeline} / {step}: {len(runs)} run(s), ids {_id_ranges([r.run_id for r in runs])}"
         )
-        lines.append(f"    software {software} {version} ({digest})")
+        lines.append(
+            f"    software {software} {version} ({digest})" + (f" {image}" if image else "")
+        )
         lines.append(f"    config   {config} {params}")
-        if template:
-            lines.append(f"    template {template}")
+        lines.append(f"    template {template}")
+        lines.append(f"    env      {environment}")
+        lines.append(f"    resources {resources}")
+        lines.append(
+            f"    recorded {_SNAPSHOT_NOTE[snapshot]}"
+            + (f"; unknown: {unknown}" if unknown else "")
+        )
         statuses = Counter(r.status for r in runs)
         lines.append("    status   " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
         for run in runs[:listed]:

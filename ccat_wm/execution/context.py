@@ -91,6 +91,11 @@ class RunContext:
     resources: dict[str, Any]
     raw_inputs: tuple[RawInput, ...]
     product_inputs: tuple[ProductInput, ...]
+    config_name: str = ""
+    snapshot_recorded: bool = False
+    """The run has its snapshot: software, config and resources above are read from it."""
+    execution_command: str | None = None
+    """The command recorded when the run was first submitted (never changes after)."""
 
     @property
     def layout(self) -> RunLayout:
@@ -119,6 +124,11 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
     row = connection_of(session).execute(_context_query(), {"run_id": run_id}).first()
     if row is None:
         raise RunNotFoundError(f"no run with id {run_id}; see `ccat-wm status` for run ids")
+    live_env = {str(k): str(v) for k, v in (row.environment_variables or {}).items()}
+    environment = live_env
+    if row.s_environment is not None:  # the run's own copy; secrets from the current config
+        environment = {str(k): str(v) for k, v in row.s_environment.items()}
+        environment |= {k: live_env[k] for k in row.s_withheld or () if k in live_env}
     return RunContext(
         run_id=row.run_id,
         status=m.RunStatus(row.status),
@@ -139,17 +149,29 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
             Path(row.location_path),
             dict(row.location_settings or {}),
         ),
-        software=row.software,
-        repository=row.ghcr_url,
-        version_tag=row.tag,
-        digest=row.digest,
-        parameters=dict(row.config_parameters or {}),
-        environment={str(k): str(v) for k, v in (row.environment_variables or {}).items()},
-        command_template=[str(a) for a in row.command_template or []],
-        resources=dict(row.resource_requirements or {}),
+        # A snapshot's value where the run has one (a backfilled snapshot may lack some).
+        software=_recorded(row.s_software, row.software),
+        repository=_recorded(row.s_repository, row.ghcr_url),
+        version_tag=_recorded(row.s_tag, row.tag),
+        digest=row.s_digest if row.s_origin is not None else row.digest,
+        parameters=dict(_recorded(row.s_parameters, row.config_parameters) or {}),
+        environment=environment,
+        command_template=[str(a) for a in _recorded(row.s_template, row.command_template) or []],
+        resources=dict(_recorded(row.s_resources, row.resource_requirements) or {}),
         raw_inputs=() if row.has_upstream else _raw_inputs(session, run_id, row.location_id),
         product_inputs=_product_inputs(session, run_id) if row.has_upstream else (),
+        config_name=_recorded(row.s_config, row.config_name),
+        snapshot_recorded=row.s_origin is not None,
+        execution_command=row.execution_command,
     )
+
+
+T = TypeVar("T")
+
+
+def _recorded(snapshot: T | None, live: T) -> T:
+    """Return the snapshot's value when there is one, else the current row's."""
+    return live if snapshot is None else snapshot
 
 
 @lru_cache(maxsize=1)
@@ -157,7 +179,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
     """Select the run with its step, config, version, software, pipeline and location."""
     run, step, config = m.ExecutedReductionStep, m.ReductionStep, m.ReductionStepConfig
     version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
-    pipeline, location = m.Pipeline, m.DataLocation
+    pipeline, location, snap = m.Pipeline, m.DataLocation, m.RunSnapshot
     downstream = aliased(m.reduction_step_dependency)
     upstream = aliased(m.reduction_step_dependency)
     return (
@@ -167,6 +189,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             run.retry_count,
             run.hpc_job_id,
             run.exit_code,
+            run.execution_command,
             run.sub_group_key,
             step.max_retries,
             step.name.label("step"),
@@ -188,6 +211,18 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             config.environment_variables,
             config.command_template,
             config.resource_requirements,
+            config.name.label("config_name"),
+            snap.origin.label("s_origin"),
+            snap.software.label("s_software"),
+            snap.image_repository.label("s_repository"),
+            snap.software_tag.label("s_tag"),
+            snap.image_digest.label("s_digest"),
+            snap.parameters.label("s_parameters"),
+            snap.environment.label("s_environment"),
+            snap.withheld_environment.label("s_withheld"),
+            snap.command_template.label("s_template"),
+            snap.resources.label("s_resources"),
+            snap.config_name.label("s_config"),
         )
         .join(step, step.id == run.reduction_step_id)
         .join(config, config.id == step.reduction_step_config_id)
@@ -195,6 +230,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
         .join(software, software.id == version.reduction_software_id)
         .join(pipeline, pipeline.id == step.pipeline_id)
         .join(location, location.id == pipeline.processing_location_id)
+        .outerjoin(snap, snap.executed_reduction_step_id == run.id)
         .where(run.id == bindparam("run_id"))
     )
 

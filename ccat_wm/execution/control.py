@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.lifecycle import TransitionError, transition
 from ccat_wm.execution.ownership import IN_FLIGHT
+from ccat_wm.execution.snapshot import split_secrets
 
 RUN = m.ExecutedReductionStep
 
@@ -102,7 +104,12 @@ def cancel_flow_run(engine: Engine, flow_run_id: str) -> list[CancelResult]:
 
 @dataclass(frozen=True, slots=True)
 class LineageRun:
-    """A run in a product's provenance."""
+    """A run in a product's provenance, as its snapshot recorded it (see `execution.snapshot`).
+
+    `snapshot` says where the values come from: `recorded` (when the run started),
+    `backfilled` (by migration 0005; `unknown` names what it could not recover), or
+    `none` for a run that never started (the current config, which it would have used).
+    """
 
     run_id: int
     pipeline: str
@@ -113,9 +120,20 @@ class LineageRun:
     version: str
     digest: str | None
     config: str
-    parameters: dict[str, Any]
+    parameters: dict[str, Any] | None
     execution_command: str | None
-    command_template: list[str] = field(default_factory=list)
+    command_template: list[str] | None = None
+    environment: dict[str, Any] | None = None
+    withheld_environment: list[str] = field(default_factory=list)
+    resources: dict[str, Any] | None = None
+    image_repository: str | None = None
+    location: str | None = None
+    backend: str | None = None
+    runtime: str | None = None
+    snapshot: str = "none"
+    unknown: list[str] = field(default_factory=list)
+    started_at: str | None = None
+    finished_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +206,8 @@ def product_lineage(session: Session, product: str) -> Lineage:
         .join(inp, inp.data_product_id == p.id)
         .join(chain, inp.executed_reduction_step_id == chain.c.id)
     )
+    snap, config = m.RunSnapshot, m.ReductionStepConfig
+    version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
     runs = session.execute(
         select(
             RUN.id,
@@ -195,29 +215,27 @@ def product_lineage(session: Session, product: str) -> Lineage:
             m.ReductionStep.name,
             RUN.sub_group_key,
             RUN.status,
-            m.ReductionSoftware.name,
-            m.ReductionSoftwareVersion.tag,
-            m.ReductionSoftwareVersion.digest,
-            m.ReductionStepConfig.name,
-            m.ReductionStepConfig.config_parameters,
             RUN.execution_command,
-            m.ReductionStepConfig.command_template,
+            RUN.started_at,
+            RUN.finished_at,
+            snap,
+            software.name,
+            software.ghcr_url,
+            version.tag,
+            version.digest,
+            config.name,
+            config.config_parameters,
+            config.environment_variables,
+            config.command_template,
+            config.resource_requirements,
         )
         .join(chain, chain.c.id == RUN.id)
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .join(
-            m.ReductionSoftwareVersion,
-            m.ReductionSoftwareVersion.id == RUN.reduction_software_version_id,
-        )
-        .join(
-            m.ReductionSoftware,
-            m.ReductionSoftware.id == m.ReductionSoftwareVersion.reduction_software_id,
-        )
-        .join(
-            m.ReductionStepConfig,
-            m.ReductionStepConfig.id == m.ReductionStep.reduction_step_config_id,
-        )
+        .join(version, version.id == RUN.reduction_software_version_id)
+        .join(software, software.id == version.reduction_software_id)
+        .join(config, config.id == m.ReductionStep.reduction_step_config_id)
+        .outerjoin(snap, snap.executed_reduction_step_id == RUN.id)
         .order_by(m.ReductionStep.step_order.desc(), RUN.id)
     ).all()
     pkg, lineage = m.RawDataPackage, m.data_product_lineage
@@ -229,12 +247,39 @@ def product_lineage(session: Session, product: str) -> Lineage:
     ).all()
     return Lineage(
         product_id, path, kind.value, checksum, size,
-        [
-            LineageRun(
-                rid, pl, st, key, status.value, sw, tag, digest, cfg, dict(params), cmd,
-                list(template or []),
-            )
-            for rid, pl, st, key, status, sw, tag, digest, cfg, params, cmd, template in runs
-        ],
+        [_lineage_run(row) for row in runs],
         [{"id": i, "name": n, "checksum": c, "size": s} for i, n, c, s in packages],
+    )  # fmt: skip
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _lineage_run(row: Any) -> LineageRun:
+    """Build a lineage run from its snapshot, or from the current rows if never started."""
+    (rid, pipeline, step, key, status, command, started, finished, snap,
+     software, url, tag, digest, config, params, env, template, resources) = row  # fmt: skip
+    common = {
+        "run_id": rid, "pipeline": pipeline, "step": step, "sub_group_key": key,
+        "status": status.value, "execution_command": command,
+        "started_at": _iso(started), "finished_at": _iso(finished),
+    }  # fmt: skip
+    if snap is None:
+        stored, withheld = split_secrets({str(k): str(v) for k, v in (env or {}).items()})
+        return LineageRun(
+            **common, software=software, version=tag, digest=digest, config=config,
+            parameters=dict(params or {}), command_template=list(template or []),
+            environment=stored, withheld_environment=withheld,
+            resources=dict(resources or {}), image_repository=url,
+        )  # fmt: skip
+    return LineageRun(
+        **common, software=snap.software, version=snap.software_tag,
+        digest=snap.image_digest, config=snap.config_name, parameters=snap.parameters,
+        command_template=snap.command_template, environment=snap.environment,
+        withheld_environment=list(snap.withheld_environment), resources=snap.resources,
+        image_repository=snap.image_repository, location=snap.location,
+        backend=snap.backend.value if snap.backend else None,
+        runtime=snap.runtime.value if snap.runtime else None,
+        snapshot=snap.origin.value, unknown=list(snap.unknown),
     )  # fmt: skip

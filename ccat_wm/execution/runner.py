@@ -58,6 +58,7 @@ from ccat_wm.execution.launch import (
 )
 from ccat_wm.execution.lifecycle import TransitionError, current_status, transition
 from ccat_wm.execution.ownership import IN_FLIGHT
+from ccat_wm.execution.snapshot import record_snapshot
 from ccat_wm.execution.staging import stage_inputs
 from ccat_wm.settings import Settings
 from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState
@@ -190,6 +191,8 @@ class RunExecutor:
                 else:
                     resume = False
                 ctx = load_run_context(conn, run_id)
+                if not resume and not ctx.snapshot_recorded:
+                    record_snapshot(conn, ctx)  # what this run uses, for good
             if not resume:
                 started = self._submit(ctx, ctx.retry_count, conn)
         if resume:
@@ -237,7 +240,7 @@ class RunExecutor:
             with self._transaction(conn):
                 self._move(
                     conn, run_id, S.SUBMITTED, expected=S.STAGING_DATA,
-                    hpc_job_id=job_id, execution_command=display_command(spec),
+                    hpc_job_id=job_id, **_first_command(ctx, spec),
                 )  # fmt: skip
                 if running:
                     self._move(conn, run_id, S.RUNNING, expected=S.SUBMITTED)
@@ -285,7 +288,7 @@ class RunExecutor:
             try:
                 self._move_now(
                     ctx.run_id, S.SUBMITTED, expected=S.STAGING_DATA,
-                    hpc_job_id=job_id, execution_command=display_command(spec),
+                    hpc_job_id=job_id, **_first_command(ctx, spec),
                 )  # fmt: skip
             except TransitionError as exc:
                 backend.cancel(job_id)
@@ -457,6 +460,11 @@ class RunExecutor:
     ) -> None:
         with self._transaction() as conn:
             self._move(conn, run_id, target, expected=expected, **values)
+
+
+def _first_command(ctx: RunContext, spec: JobSpec) -> dict[str, str]:
+    """`execution_command` to record: the first attempt's; the database keeps it from then on."""
+    return {} if ctx.execution_command else {"execution_command": display_command(spec)}
 
 
 def _make_read_only(path: Path) -> None:

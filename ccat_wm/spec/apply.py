@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
     select,
@@ -41,7 +42,7 @@ from ccat_wm.spec.models import (
     SoftwareSpec,
     StepSpec,
 )
-from ccat_wm.spec.validate import DbCatalog, topological_order, validate_bundle
+from ccat_wm.spec.validate import DbCatalog, UsedImage, topological_order, validate_bundle
 
 APPLY_LOCK_ID = 0x0CCA7A99
 """Advisory lock serializing concurrent `apply` calls."""
@@ -114,6 +115,14 @@ def load_catalog(session: Session) -> DbCatalog:
         .group_by(m.Pipeline.name, m.ReductionStep.name)
     )
     catalog.step_run_counts = {(p, s): n for p, s, n in session.execute(runs)}
+    sw, version, run = m.ReductionSoftware, m.ReductionSoftwareVersion, m.ExecutedReductionStep
+    used = (
+        select(sw.name, sw.ghcr_url, version.tag, version.digest)
+        .join(version, version.reduction_software_id == sw.id)
+        .where(exists().where(run.reduction_software_version_id == version.id))
+    )
+    for name, url, tag, digest in session.execute(used):
+        catalog.used_images.setdefault(name, UsedImage(url, {})).digests[tag] = digest
     return catalog
 
 

@@ -31,6 +31,17 @@ class DbCatalog:
     """`INSTRUMENT/MODULE` names."""
     step_run_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     """(pipeline, step) -> number of runs, for the steps that exist."""
+    used_images: dict[str, UsedImage] = field(default_factory=dict)
+    """Software name -> its image repository and the digests of versions runs used."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsedImage:
+    """A software's image as runs used it: these never change (docs/concepts.md 6)."""
+
+    repository: str
+    digests: dict[str, str | None]
+    """Version tag -> digest, for the versions at least one run used."""
 
 
 def topological_order(steps: Sequence[StepSpec]) -> list[str]:
@@ -145,6 +156,33 @@ class _Checker:
                 tags[v.tag] = v.is_latest
         return merged
 
+    def check_used_images(self) -> None:
+        """Refuse an edit of a used version's image (repository or digest): it never changes."""
+        for spec, index, sw in self.each("software"):
+            used = self.db.used_images.get(sw.name)
+            if used is None:
+                continue
+            if sw.ghcr_url != used.repository:
+                self.add(
+                    spec,
+                    ("software", index, "ghcr_url"),
+                    f"software {sw.name!r} has versions that runs used "
+                    f"({', '.join(sorted(used.digests))}) with image repository "
+                    f"{used.repository!r}; an image reference never changes once used: keep "
+                    f"ghcr_url {used.repository!r}, or register the new repository as a new "
+                    "software",
+                )
+            for v_index, version in enumerate(sw.versions):
+                if version.tag in used.digests and version.digest != used.digests[version.tag]:
+                    self.add(
+                        spec,
+                        ("software", index, "versions", v_index, "digest"),
+                        f"software version {sw.name} {version.tag} was used by runs with digest "
+                        f"{used.digests[version.tag]}; a used version's image never changes: "
+                        f"publish a new version (a new tag) with digest {version.digest} and "
+                        "mark it is_latest",
+                    )
+
     def check_pipelines(self) -> None:
         locations = dict(self.db.locations)
         for _, _, loc_spec in self.each("locations"):
@@ -256,6 +294,7 @@ def validate_bundle(loaded: Sequence[LoadedSpec], db: DbCatalog) -> None:
     checker.check_duplicates()
     checker.check_configs()
     checker.check_groupings()
+    checker.check_used_images()
     checker.check_pipelines()
     if checker.problems:
         raise SpecError(checker.problems)

@@ -77,8 +77,14 @@ def test_one_in_flight_run_per_step_and_sub_group(demo: Engine) -> None:
             "no_self_dependency",
         ),
         (
+            "INSERT INTO executed_reduction_step_input "
+            "(executed_reduction_step_id, raw_data_package_id, checksum) "
+            "SELECT 999999, id, checksum FROM raw_data_package LIMIT 1",
+            "violates foreign key constraint",
+        ),
+        (
             "UPDATE executed_reduction_step SET reduction_step_id = 999999",
-            "fk_executed_reduction_step_reduction_step_id_reduction_step",
+            "recorded for good",
         ),
     ],
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -88,3 +88,49 @@ def test_run_status_is_a_named_enum_with_the_eight_statuses(migrated_url: URL) -
         "PENDING", "STAGING_DATA", "SUBMITTED", "RUNNING",
         "COLLECTING_RESULTS", "COMPLETED", "FAILED", "CANCELLED",
     ]  # fmt: skip
+
+
+def test_upgrade_to_snapshots_backfills_what_it_can_and_names_the_unknown(
+    make_database: MakeDb, tmp_path: Path
+) -> None:
+    """Runs made before migration 0005 get a `backfilled` snapshot; unknowns are listed."""
+    from ccat_ops_db import models as m
+    from ccat_wm.gaps.steps import config_fingerprint
+
+    engine = create_engine(make_database())
+    migrate.upgrade(engine, "0004")
+    spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
+    with Session(engine) as session, session.begin():
+        # apply_specs and add_run touch only tables that exist at 0004.
+        apply_specs(session, load_spec_files([spec]), user="tester")
+    unchanged = add_run(engine, "chai-demo", "grid", m.RunStatus.COMPLETED, "source=a")
+    edited = add_run(engine, "chai-demo", "grid", m.RunStatus.FAILED, "source=b")
+    waiting = add_run(engine, "chai-demo", "grid", m.RunStatus.PENDING, "source=c")
+    with Session(engine) as session, session.begin():
+        step = session.scalars(select(m.ReductionStep).where(m.ReductionStep.name == "grid")).one()
+        config = session.get(m.ReductionStepConfig, step.reduction_step_config_id)
+        software = session.get(m.ReductionSoftware, step.reduction_software_id)
+        assert config is not None and software is not None
+        session.execute(
+            text("UPDATE executed_reduction_step SET config_fingerprint = :f WHERE id = :id"),
+            {"f": config_fingerprint(config, software), "id": unchanged},
+        )
+
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        rows = {
+            r.executed_reduction_step_id: r
+            for r in conn.execute(text("SELECT * FROM run_snapshot")).all()
+        }
+    assert set(rows) == {unchanged, edited}  # a PENDING run records its own when it starts
+    known, unknown = rows[unchanged], rows[edited]
+    assert known.origin == unknown.origin == "backfilled"
+    assert known.parameters == {"pixel_arcsec": 10} and known.unknown == ["resources"]
+    assert known.command_template == ["chai-grid", "--pixel-arcsec", "{pixel_arcsec}"]
+    assert known.image_digest and known.image_digest == unknown.image_digest
+    assert unknown.parameters is None and unknown.command_template is None
+    assert set(unknown.unknown) == {
+        "parameters", "environment", "command_template", "image_repository", "resources"
+    }  # fmt: skip
+    assert waiting not in rows
+    engine.dispose()

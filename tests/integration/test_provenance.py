@@ -1,0 +1,128 @@
+"""Provenance: runs keep what they used, and nothing rewrites it (real Prefect, DB, software)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.simulate.register import SimulationRequest, register_simulation
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.loader import load_spec_files
+from tests.helpers import demo_spec_data, locations_data, run_cli, snapshot, write_yaml
+
+pytestmark = pytest.mark.db
+
+GRID = ("pipelines", 0, "steps", 2, "config")
+
+
+def _edit(data: dict[str, Any], path: tuple[Any, ...], key: str, value: Any) -> dict[str, Any]:
+    edited = copy.deepcopy(data)
+    node = edited
+    for part in path:
+        node = node[part]
+    node[key] = value
+    return edited
+
+
+@pytest.fixture
+def demo_done(engine: Engine, tmp_path: Path, cli_env: dict[str, str]) -> dict[str, Any]:
+    """The demo pipeline run to the end once, with a secret and a plain variable in grid."""
+    data = {**locations_data(tmp_path), **demo_spec_data()}
+    data = _edit(data, GRID, "environment", {"OMP_NUM_THREADS": "1", "DB_PASSWORD": "hunter2"})
+    spec = write_yaml(tmp_path / "spec.yaml", data)
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="tester")
+        register_simulation(session, SimulationRequest(scans=2, seed=253))
+    done = run_cli(cli_env, "run", "chai-demo")
+    assert done.returncode == 0, done.stderr
+    return data
+
+
+def test_lineage_after_a_config_edit_shows_the_config_the_product_was_made_with(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+    edited = _edit(demo_done, GRID, "parameters", {"pixel_arcsec": 12})
+    applied = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "edited.yaml", edited)))
+    assert applied.returncode == 0, applied.stderr
+    assert "pixel_arcsec" in applied.stdout  # the config itself stays editable
+
+    shown = run_cli(cli_env, "lineage", str(cube), "--json")
+    assert shown.returncode == 0, shown.stderr
+    grid = json.loads(shown.stdout)["runs"][0]
+    assert grid["step"] == "grid" and grid["snapshot"] == "recorded"
+    assert grid["parameters"] == {"pixel_arcsec": 10}
+    assert "--pixel-arcsec 10" in grid["execution_command"]
+    assert grid["environment"] == {"OMP_NUM_THREADS": "1"}
+    assert grid["withheld_environment"] == ["DB_PASSWORD"]
+    assert grid["resources"] == {"cpu": 2, "memory_gb": 2, "time_hours": 1, "gpu": 0}
+    assert grid["digest"] == demo_done["software"][2]["versions"][0]["digest"]
+    assert grid["image_repository"] == "ghcr.io/ccatobs/chai-gridding"
+    assert (grid["location"], grid["backend"], grid["runtime"]) == ("local", "local", "host")
+    assert grid["unknown"] == []
+
+    text_view = run_cli(cli_env, "lineage", str(cube)).stdout
+    assert '{"pixel_arcsec": 10}' in text_view and 'pixel_arcsec": 12' not in text_view
+    assert "secret values withheld: DB_PASSWORD" in text_view
+    with Session(engine) as session:
+        stored = json.dumps(
+            [list(r) for r in session.execute(select(m.RunSnapshot.environment)).all()]
+        )
+    assert "hunter2" not in stored
+
+
+def test_a_used_versions_digest_cannot_change_through_apply_or_sql(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    new_digest = "sha256:" + "e" * 64
+    bumped = _edit(demo_done, ("software", 1, "versions", 0), "digest", new_digest)
+    before = snapshot(engine)
+    refused = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "bumped.yaml", bumped)))
+    assert refused.returncode == 1
+    assert "software version chai-baseline 0.9.2 was used by runs" in refused.stderr
+    assert "publish a new version" in refused.stderr and "software[1].versions[0].digest" in (
+        refused.stderr
+    )
+    moved = _edit(demo_done, ("software", 1), "ghcr_url", "ghcr.io/elsewhere/chai-baseline")
+    refused = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "moved.yaml", moved)))
+    assert refused.returncode == 1 and "image reference never changes" in refused.stderr
+    assert snapshot(engine) == before
+
+    # The database refuses it too, whatever code tries.
+    for sql in (
+        f"UPDATE reduction_software_version SET digest = '{new_digest}' WHERE tag = '0.9.2'",
+        "UPDATE reduction_software SET ghcr_url = 'x' WHERE name = 'chai-baseline'",
+        "UPDATE run_snapshot SET parameters = '{\"pixel_arcsec\": 12}'",
+        "UPDATE run_snapshot SET image_digest = NULL",
+        "DELETE FROM run_snapshot",
+        "UPDATE executed_reduction_step SET execution_command = 'rm -rf /'",
+        "UPDATE executed_reduction_step SET config_fingerprint = 'x'",
+        "UPDATE executed_reduction_step_input SET checksum = 'x'",
+    ):
+        with pytest.raises(DBAPIError, match=r"never|for good|immutable"), engine.begin() as conn:
+            conn.execute(text(sql))
+    assert snapshot(engine) == before
+
+    # A new version is the way: published, applied, and old runs keep their digest.
+    published = copy.deepcopy(demo_done)
+    published["software"][1]["versions"] = [
+        {**published["software"][1]["versions"][0], "is_latest": False},
+        {"tag": "0.9.3", "digest": new_digest, "is_latest": True},
+    ]
+    ok = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "published.yaml", published)))
+    assert ok.returncode == 0, ok.stderr
+    with Session(engine) as session:
+        digests = set(
+            session.scalars(
+                select(m.RunSnapshot.image_digest).where(m.RunSnapshot.software == "chai-baseline")
+            )
+        )
+    assert digests == {demo_done["software"][1]["versions"][0]["digest"]}
