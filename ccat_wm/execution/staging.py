@@ -4,15 +4,28 @@ Raw data packages are staged once per processing location into its `.staging/` c
 from a disk copy (hard link when on the same filesystem, else a copy), checksum
 verified, and recorded as a RawDataPackageCopy of the location. A package with no disk
 copy gets a StagingJob row that an external transfer system serves; the run waits for
-it up to a timeout. Each run then sees its inputs through hard links in its own
-`input/` (raw data) and `workspace/<upstream step>/run-<id>/` (upstream products), so
-the paths in its manifest are stable and the directories can be bound into a container.
+it up to a timeout. Each run then sees its inputs in its own `input/` (raw data) and
+`workspace/<upstream step>/run-<id>/` (upstream products), so the paths in its
+manifest are stable and the directories can be bound into a container.
+
+No run can change an archive file or another run's product through its inputs:
+
+- Under a container runtime the inputs are bound read-only, so they are hard links
+  (no copy) to the staged package or the upstream product.
+- Under the host runtime nothing stops a program from opening its input for writing
+  (or, as the file's owner, from chmod-ing it first), so each input is the run's own
+  read-only copy: what a buggy program does to it harms only that copy.
+
+An upstream product is checked against the checksum its run recorded before the
+downstream run starts (a mismatch fails the run naming the file); so is a raw input
+the host runtime copies. Staged packages were checked when they were staged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import shutil
 import time
@@ -35,6 +48,7 @@ from ccat_wm.execution.context import ProductInput, RawInput, RunContext
 DEFAULT_STAGING_TIMEOUT_S = 3600.0
 """How long a run waits for an external StagingJob unless the location sets one."""
 STAGING_CACHE = ".staging"
+COPY_CHUNK = 1 << 20
 
 
 class StagingError(CcatWmError):
@@ -63,20 +77,29 @@ record at once, so that an external transfer system sees its StagingJob."""
 def stage_inputs(
     transaction: Transactions, ctx: RunContext, *, poll_s: float = 1.0
 ) -> list[StagedInput]:
-    """Stage every raw input and link every upstream product into the run's directories."""
+    """Stage every raw input and give the run its inputs (see the module docstring)."""
     layout = ctx.layout
+    private = ctx.location.runtime is m.Runtime.HOST
     staged = []
     for raw in ctx.raw_inputs:
         source = raw.location_copy
         if source is None or not source.exists():
             source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
         target = layout.input / source.name
-        _link_or_copy(source, target)
+        if private:
+            copy_verified(source, target, raw.checksum, f"raw data package {raw.name!r}")
+        else:
+            _link_or_copy(source, target)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
         target = layout.root / "workspace" / product.step / f"run-{product.run_id}"
         target = target / _relative_to_run(product)
-        _link_or_copy(product.path, target)
+        what = f"product of run {product.run_id} ({product.step})"
+        if private:
+            copy_verified(product.path, target, product.checksum, what)
+        else:
+            _check(product.path, product.checksum, what)
+            _link_or_copy(product.path, target)
         staged.append(
             StagedInput(
                 target, "product", product.path.name, product.checksum,
@@ -84,6 +107,45 @@ def stage_inputs(
             )
         )  # fmt: skip
     return staged
+
+
+def _mismatch(source: Path, expected: str, actual: str, what: str) -> StagingError:
+    return StagingError(
+        f"input {source} ({what}) has sha256 {actual}, but the ops DB recorded {expected}: "
+        "it changed after it was recorded; `ccat-wm verify` lists every changed file"
+    )
+
+
+def _check(source: Path, expected: str, what: str) -> None:
+    """Raise StagingError unless `source` has the recorded checksum."""
+    try:
+        actual = sha256_file(source)
+    except FileNotFoundError:
+        raise StagingError(f"input {source} ({what}) is missing") from None
+    if actual != expected:
+        raise _mismatch(source, expected, actual, what)
+
+
+def copy_verified(source: Path, target: Path, expected: str, what: str) -> None:
+    """Copy `source` to a read-only `target`, hashing as it reads; refuse a changed source."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(COPY_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+    except FileNotFoundError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename == str(source):
+            raise StagingError(f"input {source} ({what}) is missing") from None
+        raise
+    if digest.hexdigest() != expected:
+        tmp.unlink()
+        raise _mismatch(source, expected, digest.hexdigest(), what)
+    os.chmod(tmp, 0o444)
+    tmp.replace(target)
 
 
 def _relative_to_run(product: ProductInput) -> Path:

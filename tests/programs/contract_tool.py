@@ -7,7 +7,9 @@ Usage: contract_tool.py --mode MODE [--arg VALUE] [--fail-key TEXT] [--track DIR
 `--fixed` names exists (an operator's fix, for tests of `ccat-wm retry`).
 
 Modes: ok; outside, symlink, bad-sidecar, fifo (a named pipe), nan-sidecar, link-input (a
-hard link to its first input as a product) (contract violations); leave-writers (leaves a
+hard link to its first input as a product) (contract violations); tamper-write,
+tamper-append, tamper-truncate, tamper-chmod, tamper-recreate (try to change every input
+in place, then behave: what a buggy program might do to the archive); leave-writers (leaves a
 daemon and a child in its process group that append to its product a second after it
 exits); hog (holds `--arg` MB for five seconds). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
 first attempt only: later attempts behave (to test retries).
@@ -85,10 +87,35 @@ def main() -> int:
         rewrite = f"import time; time.sleep(1); open({str(science)!r}, 'a').write('late')"
         subprocess.Popen([sys.executable, "-c", rewrite], start_new_session=True)
         subprocess.Popen([sys.executable, "-c", rewrite])
+    if args.mode.startswith("tamper-"):
+        for item in manifest["inputs"]:
+            tamper(Path(item["path"]), args.mode.removeprefix("tamper-"))
     if args.track:
         with open(Path(args.track) / "events.log", "a") as log:
             log.write(f"end {time.time()} {os.getpid()} {key}\n")
     return 0
+
+
+def tamper(path: Path, how: str) -> None:
+    """Try to change an input in place; report (not fail on) a refusal."""
+    try:
+        if how == "write":
+            with open(path, "r+b") as f:
+                f.write(b"CORRUPTED")
+        elif how == "append":
+            with open(path, "ab") as f:
+                f.write(b"CORRUPTED")
+        elif how == "truncate":
+            os.truncate(path, 0)
+        elif how == "chmod":
+            os.chmod(path, 0o666)
+            path.write_bytes(b"CORRUPTED")
+        elif how == "recreate":
+            path.unlink()
+            path.write_bytes(b"CORRUPTED")
+        print(f"tampered with {path} ({how})", flush=True)
+    except OSError as exc:
+        print(f"could not tamper with {path} ({how}): {exc}", flush=True)
 
 
 if __name__ == "__main__":
