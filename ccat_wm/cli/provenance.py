@@ -8,8 +8,9 @@ import click
 from sqlalchemy.orm import Session
 
 from ccat_wm.cli.common import engine
-from ccat_wm.cli.render import render_lineage
+from ccat_wm.cli.render import render_lineage, render_verify
 from ccat_wm.execution.control import product_lineage
+from ccat_wm.execution.verify import verify as verify_files
 
 
 @click.command()
@@ -20,3 +21,22 @@ def lineage(product: str, as_json: bool) -> None:
     with Session(engine()) as session:
         result = product_lineage(session, product)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_lineage(result))
+
+
+@click.command()
+@click.argument("pipeline", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every finding).")
+@click.option(
+    "--workers", type=click.IntRange(1, 256), default=None, help="Files hashed at once [CPUs]."
+)
+def verify(pipeline: str | None, as_json: bool, workers: int | None) -> None:
+    """Recompute size and SHA-256 of every product and staged copy; compare with the ops DB.
+
+    Reports missing, changed and unexpected files (unclaimed files in a completed run's
+    output directory or a staging cache); exits 1 if there is any.
+    """
+    with Session(engine()) as session:
+        report = verify_files(session, pipeline, workers=workers)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_verify(report))
+    if not report.ok:
+        raise SystemExit(1)

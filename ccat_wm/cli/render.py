@@ -12,6 +12,7 @@ from typing import Any
 from ccat_wm.execution.control import Lineage
 from ccat_wm.execution.report import RunRow
 from ccat_wm.execution.retry import RetryResult
+from ccat_wm.execution.verify import VerifyReport
 from ccat_wm.gaps.plan import Plan, next_action
 from ccat_wm.selection.dimensions import display_key
 
@@ -257,4 +258,35 @@ def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
     lines += [f"  {p['name']}  sha256 {p['checksum']}" for p in packages[: listed * 4]]
     if len(packages) > listed * 4:
         lines.append(f"  ... {len(packages) - listed * 4} more (--json lists all)")
+    return "\n".join(lines)
+
+
+def render_verify(report: VerifyReport, *, listed: int = 20) -> str:
+    """`ccat-wm verify` as text: one summary line, then each kind of finding."""
+    rate = report.bytes / report.seconds / 1e9 if report.seconds else 0.0
+    scope = f"pipeline {report.pipeline}" if report.pipeline else "all pipelines"
+    lines = [
+        f"verified {report.files} file(s), {report.bytes / 1e9:.3f} GB, of {scope} in "
+        f"{report.seconds:.2f} s ({rate:.2f} GB/s): "
+        + ("OK" if report.ok else f"{len(report.missing)} missing, {len(report.changed)} "
+           f"changed, {len(report.unexpected)} unexpected")
+    ]  # fmt: skip
+    for title, findings in (("missing", report.missing), ("changed", report.changed)):
+        if findings:
+            lines.append(f"{title} ({len(findings)}):")
+        for f in findings[:listed]:
+            if f.problem == "missing":
+                detail = f"expected {f.expected_size} bytes"
+            elif f.problem == "size":
+                detail = f"{f.actual_size} bytes, recorded {f.expected_size}"
+            else:
+                detail = f"sha256 {f.actual_sha256}, recorded {f.expected_sha256}"
+            lines.append(f"  {f.path}  ({f.kind} {f.id}): {detail}")
+        if len(findings) > listed:
+            lines.append(f"  ... {len(findings) - listed} more (--json lists all)")
+    if report.unexpected:
+        lines.append(f"unexpected ({len(report.unexpected)}), recorded by nothing in the ops DB:")
+        lines += [f"  {path}" for path in report.unexpected[:listed]]
+        if len(report.unexpected) > listed:
+            lines.append(f"  ... {len(report.unexpected) - listed} more (--json lists all)")
     return "\n".join(lines)

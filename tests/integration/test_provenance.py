@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,50 @@ def test_a_used_versions_digest_cannot_change_through_apply_or_sql(
             )
         )
     assert digests == {demo_done["software"][1]["versions"][0]["digest"]}
+
+
+def test_verify_reports_missing_changed_and_unexpected_files(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    clean = run_cli(cli_env, "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.startswith("verified ") and ": OK" in clean.stdout
+    with Session(engine) as session:
+        products = sorted(session.scalars(select(m.DataProduct.file_path)))
+        staged = sorted(session.scalars(select(m.RawDataPackageCopy.path)))
+    staged = [p for p in staged if "/.staging/" in p]
+    assert len(products) > 5 and staged
+    science = [Path(p) for p in products if "/science/" in p]
+    flipped, shortened, removed = science[0], science[1], Path(products[-1])
+    for path in (flipped, shortened, Path(staged[0])):
+        path.chmod(0o644)
+    data = bytearray(flipped.read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern changed
+    flipped.write_bytes(bytes(data))
+    shortened.write_bytes(shortened.read_bytes()[:-1])
+    removed.unlink()
+    stray = flipped.parent / "stray.fits"
+    stray.write_bytes(b"made by hand")
+    stray_staged = Path(staged[0]).parent / "unrecorded.npz"
+    stray_staged.write_bytes(b"?")
+
+    found = run_cli(cli_env, "verify", "--json")
+    assert found.returncode == 1
+    report = json.loads(found.stdout)
+    assert [f["path"] for f in report["missing"]] == [str(removed)]
+    changed = {f["path"]: f for f in report["changed"]}
+    assert set(changed) == {str(flipped), str(shortened)}
+    assert changed[str(flipped)]["problem"] == "checksum"
+    assert (
+        changed[str(flipped)]["actual_sha256"] == hashlib.sha256(flipped.read_bytes()).hexdigest()
+    )
+    assert changed[str(shortened)]["problem"] == "size"
+    assert set(report["unexpected"]) == {str(stray), str(stray_staged)}
+    assert report["files"] == len(products) + len(staged) and not report["ok"]
+
+    text_view = run_cli(cli_env, "verify", "chai-demo")
+    assert text_view.returncode == 1
+    assert "1 missing, 2 changed, 2 unexpected" in text_view.stdout
+    assert f"{flipped}  (product " in text_view.stdout
+    unknown = run_cli(cli_env, "verify", "nope")
+    assert unknown.returncode == 1 and "unknown pipeline 'nope'" in unknown.stderr
