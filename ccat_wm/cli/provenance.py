@@ -10,15 +10,27 @@ from sqlalchemy.orm import Session
 from ccat_wm.cli.common import engine
 from ccat_wm.cli.render import render_lineage, render_verify
 from ccat_wm.execution.control import product_lineage
+from ccat_wm.execution.prov_export import product_prov
 from ccat_wm.execution.verify import verify as verify_files
 
 
 @click.command()
 @click.argument("product")
 @click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON (every run).")
-def lineage(product: str, as_json: bool) -> None:
-    """Show a product's provenance (by id or file path): runs, software, configs, raw data."""
+@click.option(
+    "--prov", "as_prov", is_flag=True, help="Print it as W3C PROV-JSON (entities, runs, agents)."
+)
+def lineage(product: str, as_json: bool, as_prov: bool) -> None:
+    """Show a product's provenance (by id or file path): runs, software, configs, raw data.
+
+    Each run's values are the ones it recorded when it started (its snapshot).
+    """
+    if as_json and as_prov:
+        raise click.UsageError("give --json or --prov, not both")
     with Session(engine()) as session:
+        if as_prov:
+            click.echo(product_prov(session, product).serialize(indent=2))
+            return
         result = product_lineage(session, product)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_lineage(result))
 

@@ -174,3 +174,69 @@ def test_verify_reports_missing_changed_and_unexpected_files(
     assert f"{flipped}  (product " in text_view.stdout
     unknown = run_cli(cli_env, "verify", "nope")
     assert unknown.returncode == 1 and "unknown pipeline 'nope'" in unknown.stderr
+
+
+def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    from prov.model import (
+        PROV_ATTR_ACTIVITY,
+        PROV_ATTR_AGENT,
+        PROV_ATTR_GENERATED_ENTITY,
+        PROV_ATTR_USED_ENTITY,
+        ProvActivity,
+        ProvAgent,
+        ProvAssociation,
+        ProvDerivation,
+        ProvDocument,
+        ProvGeneration,
+        ProvUsage,
+    )
+
+    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+    shown = run_cli(cli_env, "lineage", str(cube), "--prov")
+    assert shown.returncode == 0, shown.stderr
+    doc = ProvDocument.deserialize(content=shown.stdout, format="json")
+    lineage = json.loads(run_cli(cli_env, "lineage", str(cube), "--json").stdout)
+
+    derived: dict[str, set[str]] = {}
+    for record in doc.get_records(ProvDerivation):
+        attrs = dict(record.formal_attributes)
+        derived.setdefault(str(attrs[PROV_ATTR_GENERATED_ENTITY]), set()).add(
+            str(attrs[PROV_ATTR_USED_ENTITY])
+        )
+    reached, todo = set(), [f"ccat:product/{lineage['product_id']}"]
+    while todo:
+        node = todo.pop()
+        if node not in reached:
+            reached.add(node)
+            todo.extend(derived.get(node, ()))
+    raw = {f"ccat:raw/{p['id']}" for p in lineage["raw_data_packages"]}
+    assert raw and raw <= reached  # the map derives from every raw package of its lineage
+    assert {str(a.identifier) for a in doc.get_records(ProvActivity)} == {
+        f"ccat:run/{r['run_id']}" for r in lineage["runs"]
+    }
+    agents = {str(a.identifier): a for a in doc.get_records(ProvAgent)}
+    grid_agent = agents["ccat:software/chai-gridding/2.1.0"]
+    digest = demo_done["software"][2]["versions"][0]["digest"]
+    assert {str(v) for v in grid_agent.get_attribute("ccat:digest")} == {digest}
+    assert "ccat:user/tester" in agents
+    associations = {
+        (
+            str(dict(r.formal_attributes)[PROV_ATTR_ACTIVITY]),
+            str(dict(r.formal_attributes)[PROV_ATTR_AGENT]),
+        )
+        for r in doc.get_records(ProvAssociation)
+    }
+    grid_id = lineage["runs"][0]["run_id"]
+    assert (f"ccat:run/{grid_id}", "ccat:software/chai-gridding/2.1.0") in associations
+    assert (f"ccat:run/{grid_id}", "ccat:user/tester") in associations
+    assert doc.get_records(ProvUsage) and doc.get_records(ProvGeneration)
+    grid_run = next(
+        a for a in doc.get_records(ProvActivity) if "grid" in str(a.get_attribute("ccat:step"))
+    )
+    assert grid_run.get_startTime() is not None and grid_run.get_endTime() is not None
+    product = next(
+        e for e in doc.get_records() if str(e.identifier) == f"ccat:product/{lineage['product_id']}"
+    )
+    assert {str(v) for v in product.get_attribute("ccat:sha256")} == {lineage["checksum"]}
