@@ -14,6 +14,7 @@ from ccat_wm.execution.report import RunRow
 from ccat_wm.execution.retry import RetryResult
 from ccat_wm.execution.verify import VerifyReport
 from ccat_wm.gaps.plan import Plan, next_action
+from ccat_wm.gaps.what_if import WhatIf
 from ccat_wm.selection.dimensions import display_key
 
 
@@ -290,3 +291,36 @@ def render_verify(report: VerifyReport, *, listed: int = 20) -> str:
         if len(report.unexpected) > listed:
             lines.append(f"  ... {len(report.unexpected) - listed} more (--json lists all)")
     return "\n".join(lines)
+
+
+def render_what_if(what_if: WhatIf) -> str:
+    """`plan --with` as text: the changes, the plan after them, and what they add."""
+    lines = ["applying the files would make these changes (nothing was written):"]
+    lines += [f"  {c.render()}" for c in what_if.changes] or ["  none"]
+    lines += ["", "plan after the change:", render_plan_table(what_if.after), ""]
+    new = what_if.new_gaps
+    reasons = Counter(g.reason.value for g in new)
+    lines.append(
+        f"the change causes {len(new)} gap(s)"
+        + (f" ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})" if new else "")
+        + f": {what_if.before.total_cpu_hours:.2f} -> {what_if.after.total_cpu_hours:.2f} "
+        f"estimated CPU-hours ({what_if.added_cpu_hours:+.2f})"
+    )
+    return "\n".join(lines)
+
+
+def render_what_if_json(what_if: WhatIf) -> str:
+    """`plan --with --json`: `changes`, `plan` (after), `new_gaps`, CPU-hours before and after."""
+    after = json.loads(render_plan_json(what_if.after))
+    new = {(g.pipeline, g.step, g.sub_group_key, g.reason.value) for g in what_if.new_gaps}
+    payload = {
+        "changes": [c.render() for c in what_if.changes],
+        "plan": after,
+        "new_gaps": [
+            g for g in after["gaps"]
+            if (g["pipeline"], g["step"], g["sub_group_key"], g["reason"]) in new
+        ],
+        "cpu_hours_before": what_if.before.total_cpu_hours,
+        "cpu_hours_after": what_if.after.total_cpu_hours,
+    }  # fmt: skip
+    return json.dumps(payload, indent=2)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -17,6 +19,8 @@ from ccat_wm.cli.render import (
     render_plan_table,
     render_retry,
     render_runs_table,
+    render_what_if,
+    render_what_if_json,
 )
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.control import cancel_run
@@ -24,7 +28,9 @@ from ccat_wm.execution.logs import follow_log, read_log, run_log
 from ccat_wm.execution.report import run_rows
 from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
+from ccat_wm.gaps.what_if import plan_with
 from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
+from ccat_wm.spec.loader import load_spec_files
 
 if TYPE_CHECKING:  # flows load Prefect: only for commands that run flows
     from flows.run import FlowRunResult
@@ -56,9 +62,29 @@ def _report_flow_run(pipeline: str, result: FlowRunResult) -> None:
 @click.argument("pipeline", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--at", type=Moment(), default=None, help="Evaluate as of this time (ISO 8601).")
-def plan(pipeline: str | None, as_json: bool, at: dt.datetime | None) -> None:
-    """Show what needs (re)processing, why, when, and which command runs it; writes nothing."""
+@click.option(
+    "--with",
+    "with_specs",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Plan as if this spec file were applied (repeatable); nothing is written.",
+)
+def plan(
+    pipeline: str | None, as_json: bool, at: dt.datetime | None, with_specs: tuple[Path, ...]
+) -> None:
+    """Show what needs (re)processing, why, when, and which command runs it; writes nothing.
+
+    With `--with SPEC.yaml`, the files are applied in a transaction that is rolled
+    back: the plan shows the gaps and CPU-hours that applying them would cause.
+    """
     now = at or dt.datetime.now(dt.UTC)
+    if with_specs:
+        loaded = load_spec_files(list(with_specs))
+        with Session(engine()) as session:
+            what_if = plan_with(session, loaded, now, pipeline, user=getpass.getuser())
+        click.echo(render_what_if_json(what_if) if as_json else render_what_if(what_if))
+        _fail_on_evaluation_errors(what_if.after.errors)
+        return
     with Session(engine()) as session, session.begin():
         result = make_plan(session, now, pipeline)
     click.echo(render_plan_json(result) if as_json else render_plan_table(result))

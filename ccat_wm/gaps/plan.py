@@ -129,13 +129,20 @@ def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -
 
 
 def make_plan(
-    session: Session, now: dt.datetime, pipeline_name: str | None = None, *, manual: bool = False
+    session: Session,
+    now: dt.datetime,
+    pipeline_name: str | None = None,
+    *,
+    manual: bool = False,
+    read_only: bool = True,
 ) -> Plan:
     """Evaluate the enabled pipelines (or one) at `now` without writing anything.
 
-    `manual`: as a person's run would (every ready gap due now).
+    `manual`: as a person's run would (every ready gap due now). `read_only=False` for a
+    transaction that already wrote and will be rolled back (`plan --with`).
     """
-    session.execute(text("SET TRANSACTION READ ONLY"))
+    if read_only:
+        session.execute(text("SET TRANSACTION READ ONLY"))
     query = select(m.Pipeline).order_by(m.Pipeline.priority.desc(), m.Pipeline.name)
     if pipeline_name is not None:
         query = query.where(m.Pipeline.name == pipeline_name)

@@ -240,3 +240,51 @@ def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
         e for e in doc.get_records() if str(e.identifier) == f"ccat:product/{lineage['product_id']}"
     )
     assert {str(v) for v in product.get_attribute("ccat:sha256")} == {lineage["checksum"]}
+
+
+def test_plan_with_shows_what_a_version_bump_would_cost_and_writes_nothing(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    bumped = copy.deepcopy(demo_done)
+    bumped["software"][1]["versions"] = [
+        {**bumped["software"][1]["versions"][0], "is_latest": False},
+        {"tag": "1.0.0", "digest": "sha256:" + "e" * 64, "is_latest": True},
+    ]
+    spec = write_yaml(tmp_path / "bumped.yaml", bumped)
+    edited = write_yaml(
+        tmp_path / "edited.yaml", _edit(demo_done, GRID, "parameters", {"pixel_arcsec": 12})
+    )
+    assert json.loads(run_cli(cli_env, "plan", "--json").stdout)["gaps"] == []
+    before = snapshot(engine)
+
+    shown = run_cli(cli_env, "plan", "--with", str(spec), "--json")
+    assert shown.returncode == 0, shown.stderr
+    what_if = json.loads(shown.stdout)
+    with Session(engine) as session:
+        baseline_keys = set(
+            session.scalars(
+                select(m.ExecutedReductionStep.sub_group_key)
+                .join(m.ReductionStep)
+                .where(m.ReductionStep.name == "baseline")
+            )
+        )
+        grid_runs = session.scalar(
+            text("SELECT count(*) FROM executed_reduction_step r JOIN reduction_step s "
+                 "ON s.id = r.reduction_step_id WHERE s.name = 'grid'")
+        )  # fmt: skip
+    reasons = {(g["step"], g["reason"]) for g in what_if["new_gaps"]}
+    assert ("baseline", "version_changed") in reasons
+    assert {g["sub_group_key"] for g in what_if["new_gaps"] if g["step"] == "baseline"} == (
+        baseline_keys
+    )
+    assert sum(1 for g in what_if["new_gaps"] if g["step"] == "grid") == grid_runs  # downstream
+    assert what_if["cpu_hours_before"] == 0 and what_if["cpu_hours_after"] > 0
+    assert any("1.0.0" in c for c in what_if["changes"])
+    assert snapshot(engine) == before  # rolled back: every table unchanged
+
+    text_view = run_cli(cli_env, "plan", "chai-demo", "--with", str(edited))
+    assert text_view.returncode == 0, text_view.stderr
+    assert "config_changed" in text_view.stdout and "(nothing was written)" in text_view.stdout
+    assert "estimated CPU-hours (+" in text_view.stdout
+    assert snapshot(engine) == before
+    assert json.loads(run_cli(cli_env, "plan", "--json").stdout)["gaps"] == []
