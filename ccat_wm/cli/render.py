@@ -303,8 +303,9 @@ def render_what_if(what_if: WhatIf) -> str:
     lines.append(
         f"the change causes {len(new)} gap(s)"
         + (f" ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})" if new else "")
-        + f": {what_if.before.total_cpu_hours:.2f} -> {what_if.after.total_cpu_hours:.2f} "
-        f"estimated CPU-hours ({what_if.added_cpu_hours:+.2f})"
+        + f": {_hours(what_if.before.total_cpu_hours)} -> "
+        f"{_hours(what_if.after.total_cpu_hours)} estimated CPU-hours "
+        f"({'-' if what_if.added_cpu_hours < 0 else '+'}{_hours(abs(what_if.added_cpu_hours))})"
     )
     return "\n".join(lines)
 
