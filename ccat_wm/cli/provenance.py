@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import click
 from sqlalchemy.orm import Session
 
 from ccat_wm.cli.common import engine
-from ccat_wm.cli.render import render_lineage, render_verify
+from ccat_wm.cli.render import render_lineage, render_reproduce, render_verify
 from ccat_wm.execution.control import product_lineage
 from ccat_wm.execution.prov_export import product_prov
+from ccat_wm.execution.reproduce import reproduce_product
 from ccat_wm.execution.verify import verify as verify_files
+from ccat_wm.settings import load_settings
 
 
 @click.command()
@@ -51,4 +56,40 @@ def verify(pipeline: str | None, as_json: bool, workers: int | None) -> None:
         report = verify_files(session, pipeline, workers=workers)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_verify(report))
     if not report.ok:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.argument("product")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Re-execute in this (new or empty) directory and keep it; default: a temporary one.",
+)
+def reproduce(product: str, as_json: bool, keep: Path | None) -> None:
+    """Re-make a product from what its runs recorded, and compare it bit for bit.
+
+    Every run that led to the product is executed again in a scratch directory with
+    its recorded software version, command, config, environment and inputs (upstream
+    products as re-made); nothing is written to the ops DB. Exits 1 unless every file
+    the final run recorded comes out bit-identical.
+    """
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise click.BadParameter(
+            f"{keep} is not empty; give a new or empty directory", param_hint="--keep"
+        )
+    scratch = keep or Path(tempfile.mkdtemp(prefix="ccat-reproduce-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with Session(engine()) as session:
+            report = reproduce_product(
+                session, product, scratch.resolve(), load_settings(), keep=keep is not None
+            )
+    finally:
+        if keep is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_reproduce(report))
+    if not report.identical:
         raise SystemExit(1)

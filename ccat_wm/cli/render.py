@@ -11,6 +11,7 @@ from typing import Any
 
 from ccat_wm.execution.control import Lineage
 from ccat_wm.execution.report import RunRow
+from ccat_wm.execution.reproduce import ReproduceReport
 from ccat_wm.execution.retry import RetryResult
 from ccat_wm.execution.verify import VerifyReport
 from ccat_wm.gaps.plan import Plan, next_action
@@ -325,3 +326,34 @@ def render_what_if_json(what_if: WhatIf) -> str:
         "cpu_hours_after": what_if.after.total_cpu_hours,
     }  # fmt: skip
     return json.dumps(payload, indent=2)
+
+
+def render_reproduce(report: ReproduceReport) -> str:
+    """`ccat-wm reproduce` as text: each re-made run, then each recorded file compared."""
+    where = (
+        report.directory if report.kept else "a temporary directory (removed; --keep DIR keeps it)"
+    )
+    lines = [f"re-made product {report.product_id} ({report.product_path}) in {where}:"]
+    for run in report.runs:
+        outcome = f"{run.state} in {run.seconds:.1f} s" if run.command else run.state
+        lines.append(f"  run {run.run_id} {run.step} [{display_key(run.sub_group_key)}]: {outcome}")
+        if run.command:
+            lines.append(f"    command {run.command}")
+        if run.problem:
+            lines.append(f"    problem {run.problem}")
+    lines.append(f"files the final run recorded ({len(report.files)}):")
+    for f in report.files:
+        if f.identical:
+            lines.append(f"  identical  {f.path}")
+        else:
+            lines.append(f"  DIFFERS    {f.path}")
+            lines.append(f"             recorded sha256 {f.recorded_sha256}")
+            lines.append(f"             re-made  sha256 {f.remade_sha256 or '(not made)'}")
+    differing = len(report.differing)
+    lines.append(
+        "bit-identical: every recorded file was re-made exactly" if report.identical
+        else f"NOT reproduced: {differing} of {len(report.files)} file(s) differ"
+        + ("" if all(r.state == "COMPLETED" and not r.problem for r in report.runs)
+           else "; a run could not be re-made (above)")
+    )  # fmt: skip
+    return "\n".join(lines)

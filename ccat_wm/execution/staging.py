@@ -93,7 +93,7 @@ def stage_inputs(
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
         target = layout.root / "workspace" / product.step / f"run-{product.run_id}"
-        target = target / _relative_to_run(product)
+        target = target / relative_to_run(product)
         what = f"product of run {product.run_id} ({product.step})"
         if private:
             copy_verified(product.path, target, product.checksum, what)
@@ -148,8 +148,8 @@ def copy_verified(source: Path, target: Path, expected: str, what: str) -> None:
     tmp.replace(target)
 
 
-def _relative_to_run(product: ProductInput) -> Path:
-    """Return the product's path below its run's output directory."""
+def relative_to_run(product: ProductInput) -> Path:
+    """Return where a downstream run sees the product, below `workspace/<step>/run-<id>/`."""
     parts = product.path.parts
     marker = f"run-{product.run_id}"
     if marker in parts:

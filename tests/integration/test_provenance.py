@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -288,3 +289,63 @@ def test_plan_with_shows_what_a_version_bump_would_cost_and_writes_nothing(
     assert "estimated CPU-hours (+" in text_view.stdout
     assert snapshot(engine) == before
     assert json.loads(run_cli(cli_env, "plan", "--json").stdout)["gaps"] == []
+
+
+def test_reproduce_remakes_the_demo_map_bit_for_bit_and_detects_a_changed_config(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+    before = snapshot(engine)
+    keep = tmp_path / "remade"
+
+    shown = run_cli(cli_env, "reproduce", str(cube), "--json", "--keep", str(keep))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["identical"] and report["differing"] == []
+    assert str(cube) in {f["path"] for f in report["files"]}
+    lineage = json.loads(run_cli(cli_env, "lineage", str(cube), "--json").stdout)
+    assert [r["run_id"] for r in report["runs"]] == [r["run_id"] for r in reversed(lineage["runs"])]
+    remade_cube = next(f["remade_path"] for f in report["files"] if f["path"] == str(cube))
+    assert remade_cube.startswith(str(keep)) and Path(remade_cube).read_bytes() == cube.read_bytes()
+    assert snapshot(engine) == before  # nothing written to the ops DB
+
+    # A copy of the ops DB in which the grid run's recorded config says 12 arcsec pixels.
+    copy_url = engine.url.set(database=f"{engine.url.database}_copy")
+    admin = engine.url.set(database="postgres").render_as_string(hide_password=False)
+    libpq = {
+        "source": engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+        "copy": copy_url.set(drivername="postgresql").render_as_string(hide_password=False),
+    }
+    admin_engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{copy_url.database}"'))
+        conn.execute(text(f'CREATE DATABASE "{copy_url.database}"'))
+    try:
+        dump = subprocess.run(
+            ["pg_dump", "--no-owner", libpq["source"]], capture_output=True, check=True
+        )
+        subprocess.run(
+            ["psql", "-q", "-v", "ON_ERROR_STOP=1", libpq["copy"]],
+            input=dump.stdout, capture_output=True, check=True,
+        )  # fmt: skip
+        copy_engine = create_engine(copy_url)
+        with copy_engine.begin() as conn:
+            conn.execute(text("ALTER TABLE run_snapshot DISABLE TRIGGER run_snapshot_immutable"))
+            conn.execute(
+                text(
+                    "UPDATE run_snapshot SET parameters = '{\"pixel_arcsec\": 12}' "
+                    "WHERE executed_reduction_step_id = :id"
+                ),
+                {"id": lineage["runs"][0]["run_id"]},
+            )
+        copy_engine.dispose()
+        changed = run_cli({**cli_env, "CCAT_OPS_DB_URL": libpq["copy"]}, "reproduce", str(cube))
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{copy_url.database}" WITH (FORCE)'))
+        admin_engine.dispose()
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert f"DIFFERS    {cube}" in changed.stdout
+    assert "command chai-grid --pixel-arcsec 12" in changed.stdout
+    assert f"recorded sha256 {hashlib.sha256(cube.read_bytes()).hexdigest()}" in changed.stdout
+    assert "NOT reproduced" in changed.stdout
