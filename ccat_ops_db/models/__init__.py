@@ -16,6 +16,7 @@ from ccat_ops_db.models.enums import (
     TriggerType,
     VersionPolicy,
 )
+from ccat_ops_db.models.invalidation import InvalidatedRun, Invalidation
 from ccat_ops_db.models.locations import DataLocation, RawDataPackageCopy, Site, StagingJob
 from ccat_ops_db.models.observation import (
     ExecutedObsUnit,
@@ -58,6 +59,8 @@ __all__ = [
     "GapReason",
     "Instrument",
     "InstrumentModule",
+    "InvalidatedRun",
+    "Invalidation",
     "Line",
     "LocationType",
     "ObsUnit",

@@ -45,6 +45,8 @@ class GapReason(enum.StrEnum):
     CONFIG_CHANGED = "config_changed"
     FORCED = "forced"
     RETRY = "retry"
+    INVALIDATED = "invalidated"
+    """Its current run was made from data a person invalidated (`ccat-wm invalidate`)."""
     FAILED = "failed"
 
 

@@ -40,7 +40,8 @@ cli.add_command(db_commands.db)
 for command in (
     specs.apply, specs.simulate,
     runs.plan, runs.run, runs.retry, runs.status, runs.logs, runs.cancel, runs.trigger,
-    provenance.lineage, provenance.verify, provenance.reproduce, deploy.deploy, demo.demo,
+    provenance.lineage, provenance.verify, provenance.reproduce, provenance.invalidate,
+    deploy.deploy, demo.demo,
 ):  # fmt: skip
     cli.add_command(command)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import tempfile
@@ -10,9 +11,16 @@ from pathlib import Path
 import click
 from sqlalchemy.orm import Session
 
-from ccat_wm.cli.common import engine
-from ccat_wm.cli.render import render_lineage, render_reproduce, render_verify
+from ccat_wm.cli.common import RUN_ID, engine
+from ccat_wm.cli.render import (
+    render_invalidation,
+    render_lineage,
+    render_reproduce,
+    render_verify,
+)
 from ccat_wm.execution.control import product_lineage
+from ccat_wm.execution.invalidation import Target, TargetKind, undo_invalidation
+from ccat_wm.execution.invalidation import invalidate as mark_invalid
 from ccat_wm.execution.prov_export import product_prov
 from ccat_wm.execution.reproduce import reproduce_product
 from ccat_wm.execution.verify import verify as verify_files
@@ -93,3 +101,44 @@ def reproduce(product: str, as_json: bool, keep: Path | None) -> None:
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_reproduce(report))
     if not report.identical:
         raise SystemExit(1)
+
+
+@click.command()
+@click.option(
+    "--raw-package", "packages", multiple=True, type=RUN_ID, help="A raw data package id."
+)
+@click.option("--run", "runs", multiple=True, type=RUN_ID, help="A run id.")
+@click.option("--product", "products", multiple=True, type=RUN_ID, help="A data product id.")
+@click.option("--reason", default="", help="Why the data is bad (required; for --undo, why not).")
+@click.option("--dry-run", is_flag=True, help="Show the blast radius and CPU-hours; write nothing.")
+@click.option("--undo", is_flag=True, help="Undo the active invalidations of the given ids.")
+@click.option("--user", default=None, help="Who marks it (default: login name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def invalidate(  # noqa: PLR0917 - one parameter per click option
+    packages: tuple[int, ...],
+    runs: tuple[int, ...],
+    products: tuple[int, ...],
+    reason: str,
+    dry_run: bool,
+    undo: bool,
+    user: str | None,
+    as_json: bool,
+) -> None:
+    """Mark raw data packages, runs or products bad (recorded, never deleted), or --undo it.
+
+    An invalidated package leaves every selection; every run its data flowed into stops
+    being current, downstream as far as it went, and those sub-groups become gaps with
+    the reason `invalidated`. `--dry-run` prints that blast radius and its CPU-hours first.
+    """
+    targets = [
+        *(Target(TargetKind.RAW_PACKAGE, i) for i in packages),
+        *(Target(TargetKind.RUN, i) for i in runs),
+        *(Target(TargetKind.PRODUCT, i) for i in products),
+    ]
+    who = user or getpass.getuser()
+    with Session(engine()) as session:
+        if undo:
+            result = undo_invalidation(session, targets, reason, user=who, dry_run=dry_run)
+        else:
+            result = mark_invalid(session, targets, reason, user=who, dry_run=dry_run)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_invalidation(result))

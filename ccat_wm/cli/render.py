@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ccat_wm.execution.control import Lineage
+from ccat_wm.execution.invalidation import InvalidationResult
 from ccat_wm.execution.report import RunRow
 from ccat_wm.execution.reproduce import ReproduceReport
 from ccat_wm.execution.retry import RetryResult
@@ -356,4 +357,38 @@ def render_reproduce(report: ReproduceReport) -> str:
         + ("" if all(r.state == "COMPLETED" and not r.problem for r in report.runs)
            else "; a run could not be re-made (above)")
     )  # fmt: skip
+    return "\n".join(lines)
+
+
+def render_invalidation(result: InvalidationResult) -> str:
+    """`ccat-wm invalidate` as text: what was marked, then the runs it reached per step."""
+    verb = "undid the invalidation of" if result.undo else "invalidated"
+    if result.dry_run:
+        verb = "would " + ("undo the invalidation of" if result.undo else "invalidate")
+    why = f" -- {result.reason!r}" if result.reason else ""
+    ids = ", ".join(map(str, result.invalidation_ids))
+    lines = [f"{verb} {', '.join(result.targets)} (invalidation {ids}) by {result.user}{why}"]
+    if result.impact:
+        lines.append("runs the data flowed into:" if not result.undo else "runs it had reached:")
+        rows = [
+            (i.pipeline, i.step, i.runs, i.current, i.products, _hours(i.cpu_hours))
+            for i in result.impact
+        ]
+        headers = ("pipeline", "step", "runs", "current", "products", "cpu_h")
+        lines.append(table(headers, rows))
+    if result.undo:
+        lines.append(f"{result.restored_runs} run(s) current again")
+    else:
+        lines.append(
+            f"total: {sum(i.current for i in result.impact)} run(s) no longer current, "
+            f"{sum(i.products for i in result.impact)} product(s), about "
+            f"{_hours(result.cpu_hours)} CPU-hours to re-make"
+        )
+    if result.dry_run:
+        lines.append("dry run: nothing was written")
+    elif not result.undo:
+        lines.append(
+            "next: `ccat-wm plan` lists the gaps (reason invalidated); "
+            "`ccat-wm run PIPELINE` re-makes them"
+        )
     return "\n".join(lines)

@@ -67,12 +67,20 @@ def _version_valid(step: StepInfo, run: CurrentRun) -> bool:
 
 
 def _reason(
-    step: StepInfo, run: CurrentRun | None, sub: _SubGroup, ready: bool
+    step: StepInfo, run: CurrentRun | None, sub: _SubGroup, ready: bool, invalidated: bool
 ) -> GapReason | None:
     if run is None:
-        return GapReason.NEW if sub.count or not ready else None
+        if not (sub.count or not ready):
+            return None
+        # Its result was made from data a person invalidated: re-made for that reason.
+        return GapReason.INVALIDATED if invalidated else GapReason.NEW
     if not ready:
         return GapReason.INPUTS_CHANGED
+    return _stale(step, run, sub)
+
+
+def _stale(step: StepInfo, run: CurrentRun, sub: _SubGroup) -> GapReason | None:
+    """Say why a ready sub-group's current run no longer counts, if it does not."""
     if not _version_valid(step, run):
         return GapReason.VERSION_CHANGED
     if run.config_fingerprint != step.config_fingerprint:
@@ -172,7 +180,7 @@ def _step_gaps(ctx: _Context, position: int) -> list[Gap]:
             _hold_back(ctx, position, sub)
             continue
         ready = key not in blocked
-        reason = _reason(step, runs.current.get(key), sub, ready)
+        reason = _reason(step, runs.current.get(key), sub, ready, key in runs.invalidated)
         if ready and ctx.force and sub.count:
             reason = GapReason.FORCED  # a person's force is the cause, whatever else applies
         if reason is None:

@@ -111,6 +111,8 @@ class StepRuns:
     current: dict[str, CurrentRun] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
     failures: dict[str, list[FailureRecord]] = field(default_factory=dict)
+    invalidated: set[str] = field(default_factory=set)
+    """Keys with a COMPLETED run that invalidated data flowed into (`ccat-wm invalidate`)."""
 
 
 class GroupRow(NamedTuple):

@@ -42,18 +42,19 @@ def _failures_query() -> Any:
     Failures before a person's latest `retry` or `forced` run of the sub-group do not
     count: that run starts a fresh retry budget.
 
-    The current run is found per failed run through the partial unique index on
-    `is_current`, and the rows through the index on runs that are not COMPLETED, so this
-    stays cheap with a long history.
+    The latest COMPLETED run is found per failed run through the index on (step, key)
+    (an invalidated run no longer current still ends the failures before it), and the
+    rows through the index on runs that are not COMPLETED, so this stays cheap with a
+    long history.
     """
     in_flight = [s.value for s in m.IN_FLIGHT_STATUSES]
     current = aliased(RUN)
-    latest_completed = (
-        select(current.id)
+    latest_completed = (  # the latest COMPLETED run, current or since invalidated
+        select(func.max(current.id))
         .where(
             current.reduction_step_id == RUN.reduction_step_id,
             current.sub_group_key == RUN.sub_group_key,
-            current.is_current,
+            current.status == m.RunStatus.COMPLETED,
         )
         .scalar_subquery()
     )
@@ -108,7 +109,26 @@ def load_run_states(session: Session, steps: list[StepInfo]) -> dict[str, StepRu
             state.failures.setdefault(fail.sub_group_key, []).append(record)
         else:
             state.in_flight.add(fail.sub_group_key)
+    for step_id, key in session.connection().execute(_invalidated_query(), params):
+        runs[names[step_id]].invalidated.add(key)
     return runs
+
+
+@lru_cache(maxsize=1)
+def _invalidated_query() -> Any:
+    """Select the keys of the steps' COMPLETED runs that active invalidations reached."""
+    mark, reached = m.Invalidation, m.InvalidatedRun
+    return (
+        select(RUN.reduction_step_id, RUN.sub_group_key)
+        .join(reached, reached.executed_reduction_step_id == RUN.id)
+        .join(mark, mark.id == reached.invalidation_id)
+        .where(
+            mark.undone_at.is_(None),
+            RUN.status == m.RunStatus.COMPLETED,
+            RUN.reduction_step_id.in_(bindparam("step_ids", expanding=True)),
+        )
+        .distinct()
+    )
 
 
 def _unprocessed(

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Subquery,
     and_,
     cast,
+    exists,
     false,
     func,
     literal,
@@ -29,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from ccat_ops_db.models.invalidation import Invalidation
 from ccat_wm.selection.dimensions import DIMENSIONS, KEY_ESCAPES, KEY_SEPARATOR
 from ccat_wm.selection.tables import (
     FILTER_TABLES,
@@ -118,7 +120,14 @@ def selection(
     clauses = [rule_clause(r) for r in rules]
     if instrument_module_id is not None:
         clauses.append(FILTER_TABLES[ROOT_TABLE].c.instrument_module_id == instrument_module_id)
+    clauses.append(not_invalidated(FILTER_TABLES[ROOT_TABLE].c.id))
     return Selection(from_clause, and_(true(), *clauses))
+
+
+def not_invalidated(package_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Select packages that no active invalidation marks bad (bad ones leave selections)."""
+    mark = Invalidation.__table__
+    return ~exists().where(mark.c.raw_data_package_id == package_id, mark.c.undone_at.is_(None))
 
 
 def package_foreign_keys(dims: Sequence[str]) -> list[str]:

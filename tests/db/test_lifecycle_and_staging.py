@@ -109,7 +109,7 @@ def archive_copy(session: Session, package_id: int) -> Path:
     )
 
 
-def test_staging_links_from_the_archive_verifies_and_records_the_copy(
+def test_staging_verifies_and_records_the_copy_and_gives_a_host_run_its_own(
     engine: Engine, run_id: int
 ) -> None:
     with Session(engine) as session:
@@ -125,7 +125,10 @@ def test_staging_links_from_the_archive_verifies_and_records_the_copy(
             )
         ).one()
     assert copy.verified_at is not None and Path(copy.path).parent.name == ".staging"
-    assert Path(copy.path).samefile(raw.host_path)
+    # Under the host runtime the run's input is its own read-only copy, not a link.
+    assert not Path(copy.path).samefile(raw.host_path)
+    assert Path(copy.path).read_bytes() == raw.host_path.read_bytes()
+    assert raw.host_path.stat().st_mode & 0o222 == 0
 
 
 def test_a_corrupt_archive_copy_is_refused_and_removed(engine: Engine, run_id: int) -> None:

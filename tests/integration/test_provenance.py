@@ -42,7 +42,7 @@ def demo_done(engine: Engine, tmp_path: Path, cli_env: dict[str, str]) -> dict[s
     spec = write_yaml(tmp_path / "spec.yaml", data)
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([spec]), user="tester")
-        register_simulation(session, SimulationRequest(scans=2, seed=253))
+        register_simulation(session, SimulationRequest(scans=4, seed=253))
     done = run_cli(cli_env, "run", "chai-demo")
     assert done.returncode == 0, done.stderr
     return data
@@ -349,3 +349,112 @@ def test_reproduce_remakes_the_demo_map_bit_for_bit_and_detects_a_changed_config
     assert "command chai-grid --pixel-arcsec 12" in changed.stdout
     assert f"recorded sha256 {hashlib.sha256(cube.read_bytes()).hexdigest()}" in changed.stdout
     assert "NOT reproduced" in changed.stdout
+
+
+def _gaps(env: dict[str, str]) -> list[dict[str, Any]]:
+    shown = run_cli(env, "plan", "--json")
+    assert shown.returncode == 0, shown.stderr
+    gaps: list[dict[str, Any]] = json.loads(shown.stdout)["gaps"]
+    return gaps
+
+
+def test_invalidate_takes_bad_data_out_and_marks_what_it_reached_then_undo_restores(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    # The map with the most raw data: invalidating one package leaves it the others.
+    lineages = [
+        json.loads(run_cli(cli_env, "lineage", str(cube), "--json").stdout)
+        for cube in (tmp_path / "runs").rglob("*.cube.fits")
+    ]
+    lineage = max(lineages, key=lambda found: len(found["raw_data_packages"]))
+    assert len(lineage["raw_data_packages"]) >= 2
+    grid_key = lineage["runs"][0]["sub_group_key"]
+    bad = lineage["raw_data_packages"][0]
+    before = snapshot(engine)
+
+    dry = run_cli(cli_env, "invalidate", "--raw-package", str(bad["id"]), "--reason",
+                  "receiver 3 was warm", "--dry-run", "--json")  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    radius = {i["step"]: i for i in json.loads(dry.stdout)["impact"]}
+    assert set(radius) == {"calibrate", "baseline", "grid"}
+    assert all(i["current"] == 1 and i["products"] > 0 for i in radius.values())
+    assert json.loads(dry.stdout)["cpu_hours"] > 0
+    assert snapshot(engine) == before  # a dry run writes nothing
+
+    done = run_cli(cli_env, "invalidate", "--raw-package", str(bad["id"]), "--reason",
+                   "receiver 3 was warm", "--user", "alice")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 run(s) no longer current" in done.stdout
+    with Session(engine) as session:
+        mark = session.scalars(select(m.Invalidation)).one()
+        grid_run = session.get_one(m.ExecutedReductionStep, lineage["runs"][0]["run_id"])
+    assert (mark.raw_data_package_id, mark.reason, mark.created_by) == (
+        bad["id"],
+        "receiver 3 was warm",
+        "alice",
+    )
+    assert not grid_run.is_current
+    gaps = _gaps(cli_env)
+    assert {(g["step"], g["sub_group_key"], g["reason"]) for g in gaps} >= {
+        ("grid", grid_key, "invalidated")
+    }
+    assert all(g["reason"] == "invalidated" for g in gaps)
+    again = run_cli(cli_env, "invalidate", "--raw-package", str(bad["id"]), "--reason", "x")
+    assert again.returncode == 1 and "already invalidated" in again.stderr
+
+    rerun = run_cli(cli_env, "run", "chai-demo")
+    assert rerun.returncode == 0, rerun.stderr
+    assert _gaps(cli_env) == []
+    with Session(engine) as session:
+        new_grid = session.scalars(
+            select(m.ExecutedReductionStep).where(
+                m.ExecutedReductionStep.sub_group_key == grid_key,
+                m.ExecutedReductionStep.is_current,
+            )
+        ).one()
+        assert new_grid.reason is m.GapReason.INVALIDATED
+        used = set(
+            session.scalars(
+                select(m.data_product_lineage.c.raw_data_package_id)
+                .join(m.DataProduct)
+                .where(m.DataProduct.executed_reduction_step_id == new_grid.id)
+            )
+        )
+    assert used and bad["id"] not in used  # the bad package left the selection
+
+    undo = run_cli(cli_env, "invalidate", "--undo", "--raw-package", str(bad["id"]), "--reason",
+                   "it was fine", "--user", "bob")  # fmt: skip
+    assert undo.returncode == 0, undo.stderr
+    assert "run(s) current again" in undo.stdout
+    with Session(engine) as session:
+        mark = session.scalars(select(m.Invalidation)).one()
+    assert (mark.undone_by, mark.undo_reason) == ("bob", "it was fine") and mark.undone_at
+    back = _gaps(cli_env)  # the package is selected again: the map's inputs changed
+    assert ("grid", grid_key, "inputs_changed") in {
+        (g["step"], g["sub_group_key"], g["reason"]) for g in back
+    }
+    with pytest.raises(DBAPIError, match="never deleted"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM invalidation"))
+    unknown = run_cli(cli_env, "invalidate", "--run", "999999", "--reason", "x")
+    assert unknown.returncode == 1 and "no run with id 999999" in unknown.stderr
+
+
+def test_invalidating_a_run_makes_it_and_everything_downstream_a_gap(
+    engine: Engine, cli_env: dict[str, str], demo_done: dict[str, Any]
+) -> None:
+    with Session(engine) as session:
+        calibrate = session.scalars(
+            select(m.ExecutedReductionStep)
+            .join(m.ReductionStep)
+            .where(m.ReductionStep.name == "calibrate")
+            .order_by(m.ExecutedReductionStep.id)
+        ).first()
+    assert calibrate is not None
+    done = run_cli(cli_env, "invalidate", "--run", str(calibrate.id), "--reason", "bad load")
+    assert done.returncode == 0, done.stderr
+    gaps = {(g["step"], g["sub_group_key"]): g for g in _gaps(cli_env)}
+    own = gaps[("calibrate", calibrate.sub_group_key)]
+    assert own["reason"] == "invalidated" and own["ready"]
+    downstream = [g for (step, _), g in gaps.items() if step != "calibrate"]
+    assert {g["step"] for g in downstream} == {"baseline", "grid"}
+    assert all(g["reason"] == "invalidated" and not g["ready"] for g in downstream)
