@@ -203,6 +203,24 @@ def test_a_run_can_never_record_reason_failed(kit: GapKit) -> None:
         session.begin(),
         pytest.raises(IntegrityError, match="reason_not_failed"),
     ):
+        run = session.get_one(m.ExecutedReductionStep, created[0].id)
+        session.add(
+            m.ExecutedReductionStep(
+                reduction_step_id=run.reduction_step_id,
+                reduction_software_version_id=run.reduction_software_version_id,
+                sub_group_key=run.sub_group_key + "-other",
+                reason=m.GapReason.FAILED,
+                input_fingerprint=run.input_fingerprint,
+                config_fingerprint=run.config_fingerprint,
+            )
+        )
+        session.flush()
+    # Nor can an existing run's reason change (to anything: it is recorded for good).
+    with (
+        Session(kit.engine) as session,
+        session.begin(),
+        pytest.raises(IntegrityError, match="recorded for good"),
+    ):
         session.get_one(m.ExecutedReductionStep, created[0].id).reason = m.GapReason.FAILED
         session.flush()
 
