@@ -10,15 +10,16 @@ manifest are stable and the directories can be bound into a container.
 
 No run can change an archive file or another run's product through its inputs:
 
-- Under a container runtime the inputs are bound read-only, so they are hard links
-  (no copy) to the staged package or the upstream product.
-- Under the host runtime nothing stops a program from opening its input for writing
-  (or, as the file's owner, from chmod-ing it first), so each input is the run's own
-  read-only copy: what a buggy program does to it harms only that copy.
+- Raw inputs: under a container runtime `input/` is bound read-only, so they are hard
+  links (no copy) to the staged package. Under the host runtime nothing stops a program
+  from opening its input for writing (or, as the file's owner, from chmod-ing it
+  first), so each is the run's own read-only copy.
+- Upstream products are always the run's own read-only copies: they sit in
+  `workspace/`, which the software may write under every runtime.
 
-An upstream product is checked against the checksum its run recorded before the
-downstream run starts (a mismatch fails the run naming the file); so is a raw input
-the host runtime copies. Staged packages were checked when they were staged.
+What a buggy program does to a copy harms only that copy. Every copy is hashed as it
+is made and refused when it differs from the checksum the ops DB recorded (the run
+fails before it starts, naming the file). Staged packages were checked when staged.
 """
 
 from __future__ import annotations
@@ -95,11 +96,7 @@ def stage_inputs(
         target = layout.root / "workspace" / product.step / f"run-{product.run_id}"
         target = target / relative_to_run(product)
         what = f"product of run {product.run_id} ({product.step})"
-        if private:
-            copy_verified(product.path, target, product.checksum, what)
-        else:
-            _check(product.path, product.checksum, what)
-            _link_or_copy(product.path, target)
+        copy_verified(product.path, target, product.checksum, what)
         staged.append(
             StagedInput(
                 target, "product", product.path.name, product.checksum,
@@ -114,16 +111,6 @@ def _mismatch(source: Path, expected: str, actual: str, what: str) -> StagingErr
         f"input {source} ({what}) has sha256 {actual}, but the ops DB recorded {expected}: "
         "it changed after it was recorded; `ccat-wm verify` lists every changed file"
     )
-
-
-def _check(source: Path, expected: str, what: str) -> None:
-    """Raise StagingError unless `source` has the recorded checksum."""
-    try:
-        actual = sha256_file(source)
-    except FileNotFoundError:
-        raise StagingError(f"input {source} ({what}) is missing") from None
-    if actual != expected:
-        raise _mismatch(source, expected, actual, what)
 
 
 def copy_verified(source: Path, target: Path, expected: str, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import shutil
@@ -14,7 +15,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.execution.context import load_run_context
+from ccat_wm.execution.context import ProductInput, load_run_context
 from ccat_wm.execution.control import cancel_run
 from ccat_wm.execution.lifecycle import FINAL, TRANSITIONS, TransitionError, transition
 from ccat_wm.execution.staging import StagingError, stage_inputs
@@ -129,6 +130,43 @@ def test_staging_verifies_and_records_the_copy_and_gives_a_host_run_its_own(
     assert not Path(copy.path).samefile(raw.host_path)
     assert Path(copy.path).read_bytes() == raw.host_path.read_bytes()
     assert raw.host_path.stat().st_mode & 0o222 == 0
+
+
+def test_under_a_container_runtime_raw_inputs_are_links_and_products_copies(
+    engine: Engine, run_id: int, tmp_path: Path
+) -> None:
+    """`input/` is bound read-only in a container, `workspace/` is not: a product an
+    upstream run made is copied (and checked), a raw package is linked."""
+    made = tmp_path / "runs" / "p" / "k" / "run-99" / "workspace" / "up" / "science" / "a.npz"
+    made.parent.mkdir(parents=True)
+    made.write_bytes(b"upstream product")
+    made.chmod(0o444)
+    checksum = hashlib.sha256(made.read_bytes()).hexdigest()
+    with Session(engine) as session:
+        ctx = load_run_context(session, run_id)
+    product = ProductInput(1, made, checksum, "INTERMEDIATE", "up", 99, {})
+    container = dataclasses.replace(
+        ctx,
+        location=dataclasses.replace(ctx.location, runtime=m.Runtime.APPTAINER),
+        product_inputs=(product,),
+    )
+    raw, linked = stage_inputs(engine.begin, container)
+    with Session(engine) as session:
+        staged_copy = session.scalars(
+            select(m.RawDataPackageCopy.path).where(
+                m.RawDataPackageCopy.data_location_id == ctx.location.id
+            )
+        ).one()
+    assert raw.host_path.samefile(staged_copy)  # a link: input/ is read-only in there
+    assert (
+        not linked.host_path.samefile(made) and linked.host_path.read_bytes() == b"upstream product"
+    )
+    assert linked.host_path.stat().st_mode & 0o222 == 0
+
+    made.chmod(0o644)
+    made.write_bytes(b"changed after it was recorded")
+    with pytest.raises(StagingError, match=r"a\.npz \(product of run 99 \(up\)\) has sha256"):
+        stage_inputs(engine.begin, container)
 
 
 def test_a_corrupt_archive_copy_is_refused_and_removed(engine: Engine, run_id: int) -> None:
