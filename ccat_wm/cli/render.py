@@ -336,7 +336,9 @@ def render_reproduce(report: ReproduceReport) -> str:
     )
     lines = [f"re-made product {report.product_id} ({report.product_path}) in {where}:"]
     for run in report.runs:
-        outcome = f"{run.state} in {run.seconds:.1f} s" if run.command else run.state
+        outcome = run.state
+        if run.command:
+            outcome = f"job {run.job_id} ({run.backend}) {run.state} in {run.seconds:.1f} s"
         lines.append(f"  run {run.run_id} {run.step} [{display_key(run.sub_group_key)}]: {outcome}")
         if run.command:
             lines.append(f"    command {run.command}")

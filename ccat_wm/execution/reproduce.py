@@ -38,7 +38,7 @@ from ccat_wm.execution.launch import build_job, build_manifest, display_command,
 from ccat_wm.execution.runner import backend_for
 from ccat_wm.execution.staging import StagedInput, copy_verified, relative_to_run
 from ccat_wm.settings import Settings
-from infra.backends import JobInfo, JobState
+from infra.backends import BackendError, JobInfo, JobState
 
 NEEDED = ("parameters", "environment", "command_template")
 """Snapshot columns without which a run cannot be re-made exactly."""
@@ -57,6 +57,8 @@ class RemadeRun:
     step: str
     sub_group_key: str
     command: str
+    backend: str
+    job_id: str | None
     state: str
     exit_code: int | None
     seconds: float
@@ -206,7 +208,7 @@ def _stage(
     return staged
 
 
-def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str]:
+def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str, str]:
     spec = build_job(remade, settings, 0)
     spec = dataclasses.replace(spec, name=f"ccat-reproduce-{remade.run_id}-{remade.step}")
     backend = backend_for(remade, settings)
@@ -216,7 +218,7 @@ def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str]:
         backend.wait(job_id, interval)
         interval = min(interval * 2, POLL_MAX_S)
     backend.forget(job_id)
-    return info, display_command(spec)
+    return info, display_command(spec), job_id
 
 
 def reproduce_product(
@@ -230,15 +232,26 @@ def reproduce_product(
     for ctx in chain.contexts:
         remade = _in_scratch(ctx, scratch)
         remade.layout.create()
+        backend = ctx.location.backend.value
         started = time.perf_counter()
         problem = None
         try:
             write_manifest(remade.layout, build_manifest(remade, _stage(ctx, remade, made)))
-            info, command = _execute(remade, settings)
-        except (ReproduceError, CcatWmError, OSError) as exc:
+            info, command, job_id = _execute(remade, settings)
+        except (CcatWmError, BackendError, OSError) as exc:
             report.runs.append(
                 RemadeRun(
-                    ctx.run_id, ctx.step, ctx.sub_group_key, "", "FAILED", None, 0.0, "", str(exc)
+                    ctx.run_id,
+                    ctx.step,
+                    ctx.sub_group_key,
+                    "",
+                    backend,
+                    None,
+                    "FAILED",
+                    None,
+                    0.0,
+                    "",
+                    str(exc),
                 )
             )
             break
@@ -255,7 +268,7 @@ def reproduce_product(
         made[ctx.run_id] = outputs
         report.runs.append(
             RemadeRun(
-                ctx.run_id, ctx.step, ctx.sub_group_key, command, info.state.value,
+                ctx.run_id, ctx.step, ctx.sub_group_key, command, backend, job_id, info.state.value,
                 info.exit_code, time.perf_counter() - started,
                 str(remade.layout.attempt_log(0)), problem,
             )

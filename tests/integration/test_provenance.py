@@ -18,7 +18,14 @@ from ccat_ops_db import models as m
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
-from tests.helpers import demo_spec_data, locations_data, run_cli, snapshot, write_yaml
+from tests.helpers import (
+    SLURM_TEST_SETTINGS,
+    demo_spec_data,
+    locations_data,
+    run_cli,
+    snapshot,
+    write_yaml,
+)
 
 pytestmark = pytest.mark.db
 
@@ -458,3 +465,26 @@ def test_invalidating_a_run_makes_it_and_everything_downstream_a_gap(
     downstream = [g for (step, _), g in gaps.items() if step != "calibrate"]
     assert {g["step"] for g in downstream} == {"baseline", "grid"}
     assert all(g["reason"] == "invalidated" and not g["ready"] for g in downstream)
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_reproduce_remakes_a_map_made_on_slurm_with_slurm_jobs(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    data = {**locations_data(tmp_path), **demo_spec_data()}
+    data["locations"][1] |= {"backend": "slurm", "runtime": "host", "settings": SLURM_TEST_SETTINGS}
+    spec = write_yaml(tmp_path / "spec.yaml", data)
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="tester")
+        register_simulation(session, SimulationRequest(scans=1, seed=253))
+    done = run_cli(cli_env, "run", "chai-demo", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+
+    shown = run_cli(cli_env, "reproduce", str(cube), "--json", timeout=600)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["identical"] and len(report["runs"]) == 3
+    assert all(
+        r["backend"] == "slurm" and r["job_id"].split("_")[0].isdigit() for r in report["runs"]
+    )
