@@ -82,9 +82,8 @@ def product_prov(session: Session, product: str) -> ProvDocument:
         ).all()
     )
 
-    declared: set[str] = set()
-    generated: dict[str, int] = {}
-    """Product entity -> the run of the chain that made it."""
+    declared: set[str] = set()  # each entity and agent is declared once
+    generated: dict[str, int] = {}  # product entity -> the run of the chain that made it
 
     def product_entity(pid: int, path: str, size: int, sha: str, kind: str) -> str:
         ident = f"ccat:product/{pid}"
@@ -104,18 +103,23 @@ def product_prov(session: Session, product: str) -> ProvDocument:
         doc.activity(activity, _time(run.started_at), _time(run.finished_at),
                      _run_attributes(run))  # fmt: skip
         software = f"ccat:software/{run.software}/{run.version}"
-        doc.agent(
-            software,
-            {"prov:type": "prov:SoftwareAgent", "ccat:software": run.software,
-             "ccat:tag": run.version, "ccat:image": run.image_repository or "",
-             "ccat:digest": run.digest or ""},
-        )  # fmt: skip
+        if software not in declared:
+            declared.add(software)
+            doc.agent(
+                software,
+                {"prov:type": "prov:SoftwareAgent", "ccat:software": run.software,
+                 "ccat:tag": run.version, "ccat:image": run.image_repository or "",
+                 "ccat:digest": run.digest or ""},
+            )  # fmt: skip
         doc.wasAssociatedWith(activity, software)
         person = people.get(run.pipeline)
         if person:
-            doc.agent(f"ccat:user/{person}", {"prov:type": "prov:Person", "ccat:username": person})
-            doc.wasAssociatedWith(activity, f"ccat:user/{person}")
-            doc.actedOnBehalfOf(software, f"ccat:user/{person}", activity)
+            agent = f"ccat:user/{person}"
+            if agent not in declared:
+                declared.add(agent)
+                doc.agent(agent, {"prov:type": "prov:Person", "ccat:username": person})
+            doc.wasAssociatedWith(activity, agent)
+            doc.actedOnBehalfOf(software, agent, activity)
     used: dict[int, list[str]] = {}
     for (run_id, given, pid, path, size, sha, kind, made_by, raw_id, name, raw_size,
          raw_sha) in inputs:  # fmt: skip
