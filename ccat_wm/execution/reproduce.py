@@ -36,7 +36,7 @@ from ccat_wm.execution.context import RunContext, load_run_context
 from ccat_wm.execution.control import product_lineage
 from ccat_wm.execution.launch import build_job, build_manifest, display_command, write_manifest
 from ccat_wm.execution.runner import backend_for
-from ccat_wm.execution.staging import StagedInput, copy_verified, relative_to_run
+from ccat_wm.execution.staging import StagedInput, copy_verified, staged_product
 from ccat_wm.settings import Settings
 from infra.backends import BackendError, JobInfo, JobState
 
@@ -194,17 +194,11 @@ def _stage(
                 f"run {ctx.run_id}: the re-execution of run {product.run_id} did not make "
                 f"{product.path.name}, an input of this run"
             )
-        target = layout.root / "workspace" / product.step / f"run-{product.run_id}"
-        target = target / relative_to_run(product)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        os.chmod(target, 0o444)
-        staged.append(
-            StagedInput(
-                target, "product", product.path.name, product.checksum,
-                product.data_product_type, product.step, product.metadata,
-            )
-        )  # fmt: skip
+        item = staged_product(layout.root, product)  # as the run first saw it
+        item.host_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, item.host_path)
+        os.chmod(item.host_path, 0o444)
+        staged.append(item)
     return staged
 
 

@@ -93,17 +93,20 @@ def stage_inputs(
             _link_or_copy(source, target)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
-        target = layout.root / "workspace" / product.step / f"run-{product.run_id}"
-        target = target / relative_to_run(product)
+        item = staged_product(layout.root, product)
         what = f"product of run {product.run_id} ({product.step})"
-        copy_verified(product.path, target, product.checksum, what)
-        staged.append(
-            StagedInput(
-                target, "product", product.path.name, product.checksum,
-                product.data_product_type, product.step, product.metadata,
-            )
-        )  # fmt: skip
+        copy_verified(product.path, item.host_path, product.checksum, what)
+        staged.append(item)
     return staged
+
+
+def staged_product(root: Path, product: ProductInput) -> StagedInput:
+    """Return an upstream product as a run at `root` sees it (`workspace/<step>/run-<id>/`)."""
+    target = root / "workspace" / product.step / f"run-{product.run_id}"
+    return StagedInput(
+        target / _relative_to_run(product), "product", product.path.name, product.checksum,
+        product.data_product_type, product.step, product.metadata,
+    )  # fmt: skip
 
 
 def _mismatch(source: Path, expected: str, actual: str, what: str) -> StagingError:
@@ -135,7 +138,7 @@ def copy_verified(source: Path, target: Path, expected: str, what: str) -> None:
     tmp.replace(target)
 
 
-def relative_to_run(product: ProductInput) -> Path:
+def _relative_to_run(product: ProductInput) -> Path:
     """Return where a downstream run sees the product, below `workspace/<step>/run-<id>/`."""
     parts = product.path.parts
     marker = f"run-{product.run_id}"
