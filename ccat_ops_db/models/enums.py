@@ -107,7 +107,20 @@ class Runtime(enum.StrEnum):
     """Container runtime of a processing location."""
 
     APPTAINER = "apptainer"
+    """Apptainer runs the image (a SIF, cached by digest): HPC clusters."""
+    PODMAN = "podman"
+    """Podman runs the OCI image: hosts that have podman (local or SLURM locations)."""
     HOST = "host"
+    """No container: the command runs on the host (development and tests)."""
+
+
+class ImageKind(enum.StrEnum):
+    """What a software version's image is."""
+
+    OCI = "oci"
+    """An OCI image in a registry (or a container engine's local storage)."""
+    SIF = "sif"
+    """An Apptainer SIF file, pushed to an OCI registry with ORAS or kept as a file."""
 
 
 class VersionPolicy(enum.StrEnum):

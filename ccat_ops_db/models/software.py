@@ -6,6 +6,7 @@ from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, Name
+from ccat_ops_db.models.enums import ImageKind, pg_enum
 
 
 class ReductionSoftware(Base):
@@ -41,5 +42,12 @@ class ReductionSoftwareVersion(Base):
     )
     tag: Mapped[str] = mapped_column(String(100))
     digest: Mapped[str | None] = mapped_column(String(100))
+    """`sha256:<hex>`: the OCI manifest digest (OCI images, SIFs pushed with ORAS), or the
+    SHA-256 of the SIF file itself (`sif_path`)."""
+    image_kind: Mapped[ImageKind] = mapped_column(
+        pg_enum(ImageKind, "image_kind"), default=ImageKind.OCI, server_default="oci"
+    )
+    sif_path: Mapped[str | None] = mapped_column(String)
+    """A SIF file on the processing location's file system, instead of a registry."""
     is_latest: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[CreatedAt]

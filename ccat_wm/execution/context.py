@@ -96,6 +96,9 @@ class RunContext:
     """The run has its snapshot: software, config and resources above are read from it."""
     execution_command: str | None = None
     """The command recorded when the run was first submitted (never changes after)."""
+    image_kind: m.ImageKind = m.ImageKind.OCI
+    """What the version's image is (never changes once a run used the version)."""
+    sif_path: str | None = None
 
     @property
     def layout(self) -> RunLayout:
@@ -163,6 +166,8 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
         config_name=_recorded(row.s_config, row.config_name),
         snapshot_recorded=row.s_origin is not None,
         execution_command=row.execution_command,
+        image_kind=row.image_kind,
+        sif_path=row.sif_path,
     )
 
 
@@ -207,6 +212,8 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             software.ghcr_url,
             version.tag,
             version.digest,
+            version.image_kind,
+            version.sif_path,
             config.config_parameters,
             config.environment_variables,
             config.command_template,

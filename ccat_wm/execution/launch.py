@@ -3,8 +3,9 @@
 The command template is rendered argument by argument: `{name}` placeholders are
 replaced by the config parameter's value and nothing else is interpreted, so a value
 such as `$(touch /tmp/pwned)` or `; rm -rf` reaches the program as one literal
-argument. The runtime wraps the rendered command (apptainer or host), the result is an
-argument list, and `shlex.join` of it is stored as the run's `execution_command`.
+argument. The runtime wraps the rendered command (apptainer, podman or host), the result
+is an argument list, and the run's `execution_command` stores it with the environment
+the software gets (`NAME=value ... argv`, secret values withheld).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ccat_ops_db import models as m
 from ccat_wm.errors import ConfigurationError
 from ccat_wm.execution.context import RunContext
 from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.snapshot import split_secrets
 from ccat_wm.execution.staging import StagedInput
 from ccat_wm.settings import Settings
 from infra.backends import JobSpec, Resources
@@ -30,10 +32,14 @@ from infra.runtimes import (
     ContainerJob,
     ImageRef,
     Mount,
+    PodmanOptions,
+    RuntimeConfigError,
     apptainer_command,
     contract_mounts,
     host_command,
     pod_container,
+    podman_command,
+    sif_path,
 )
 
 SIF_CACHE = ".sif-cache"
@@ -124,44 +130,64 @@ def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
     return settings.sif_cache_dir or ctx.location.path / SIF_CACHE
 
 
+def image_ref(ctx: RunContext) -> ImageRef:
+    """Return the image a run executes: its software version's, pinned by digest."""
+    return ImageRef(ctx.repository, ctx.digest, ctx.version_tag, ctx.image_kind, ctx.sif_path)
+
+
 def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
     """Return the backend job of one attempt: wrapped command, environment and log file."""
     layout = ctx.layout
-    image_ref = ImageRef(ctx.repository, ctx.digest, ctx.version_tag)
+    image_ref_ = image_ref(ctx)
+    req = resources(ctx)
     job = ContainerJob(
         command=tuple(render_command(ctx.command_template, ctx.parameters)),
         host_root=layout.root,
         output_dir=layout.output_rel,
         env=ctx.environment,
-        image=image_ref,
-        gpu=resources(ctx).gpu,
+        image=image_ref_,
+        gpu=req.gpu,
+        cpu=req.cpu,
+        memory_gb=req.memory_gb,
+        name=job_name(ctx, attempt),
     )
     image: str | None = None
     mounts: tuple[Mount, ...] = ()
-    if ctx.location.backend is m.Backend.KUBERNETES:
-        # The cluster runs the image itself, with the same /workflow view as Apptainer.
-        argv, env = pod_container(job)
-        image, mounts = image_ref.oci_reference, contract_mounts(job)
-    elif ctx.location.runtime is m.Runtime.APPTAINER:
-        argv, env = apptainer_command(job, sif_cache_dir(ctx, settings))
-    elif ctx.location.runtime is m.Runtime.HOST:
-        argv, env = host_command(job)
-        # Programs installed next to this interpreter (the examples) are found first.
-        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    else:
-        raise ConfigurationError(
-            f"location {ctx.location.name!r} has runtime {ctx.location.runtime.value!r}; "
-            "expected apptainer or host"
-        )
+    runtime = ctx.location.runtime
+    try:
+        if ctx.location.backend is m.Backend.KUBERNETES:
+            # The cluster runs the image itself, with the same /workflow view as Apptainer.
+            argv, env = pod_container(job)
+            image, mounts = image_ref_.oci_reference, contract_mounts(job)
+            shown = list(env)
+        elif runtime is m.Runtime.APPTAINER:
+            argv, env = apptainer_command(job, sif_path(image_ref_, sif_cache_dir(ctx, settings)))
+            shown = [k for k in env if k.startswith("APPTAINERENV_")]
+        elif runtime is m.Runtime.PODMAN:
+            argv, env = podman_command(job, PodmanOptions.from_settings(ctx.location.settings))
+            shown = [k for k in env if f"--env={k}" in argv]
+        elif runtime is m.Runtime.HOST:
+            argv, env = host_command(job)
+            # Programs installed next to this interpreter (the examples) are found first.
+            env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+            shown = [*ctx.environment, "WORKFLOW_DIR", "WORKFLOW_OUTPUT_DIR", "WORKFLOW_MANIFEST"]
+        else:
+            raise ConfigurationError(
+                f"location {ctx.location.name!r} has runtime {runtime.value!r}; "
+                "expected apptainer, podman or host"
+            )
+    except RuntimeConfigError as exc:
+        raise ConfigurationError(f"location {ctx.location.name!r}: {exc}") from None
     return JobSpec(
         name=job_name(ctx, attempt),
         argv=tuple(argv),
         env=env,
         cwd=layout.root,
         log_path=layout.attempt_log(attempt),
-        resources=resources(ctx),
+        resources=req,
         image=image,
         mounts=mounts,
+        shown_env=tuple(dict.fromkeys(shown)),
     )
 
 
@@ -173,8 +199,12 @@ def job_name(ctx: RunContext, attempt: int) -> str:
 def display_command(spec: JobSpec) -> str:
     """Return the command as stored in `execution_command` (for reading, never running).
 
-    A job whose image the backend runs itself (Kubernetes) reads `<image> <command>`.
+    The environment the software gets comes first, as `NAME=value` (a secret's value as
+    `<withheld>`), then the argument list; a job whose image the backend runs itself
+    (Kubernetes) reads `NAME=value ... <image> <command>`.
     """
-    if spec.image:
-        return shlex.join([spec.image, *spec.argv])
-    return shlex.join(spec.argv)
+    public, secret = split_secrets({k: spec.env[k] for k in spec.shown_env if k in spec.env})
+    assignments = [f"{k}={v}" for k, v in public.items()]
+    assignments += [f"{k}=<withheld>" for k in secret]
+    image = [spec.image] if spec.image else []
+    return shlex.join([*assignments, *image, *spec.argv])

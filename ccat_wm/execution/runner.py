@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from ccat_wm.execution.launch import (
     build_job,
     build_manifest,
     display_command,
+    image_ref,
     job_name,
     sif_cache_dir,
     write_manifest,
@@ -62,7 +62,7 @@ from ccat_wm.execution.snapshot import record_snapshot
 from ccat_wm.execution.staging import stage_inputs
 from ccat_wm.settings import Settings
 from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState
-from infra.runtimes import ImageRef, apptainer_pull_command, sif_path
+from infra.sif_cache import ImagePullError, ensure_sif
 
 S = RunStatus
 LOG = logging.getLogger(__name__)
@@ -328,18 +328,11 @@ class RunExecutor:
         return spec, backend_for(ctx, self.settings), len(staged)
 
     def _ensure_image(self, ctx: RunContext) -> None:
-        """Pull the image into the SIF cache unless it is there (pinned by digest)."""
-        cache = sif_cache_dir(ctx, self.settings)
-        image = ImageRef(ctx.repository, ctx.digest, ctx.version_tag)
-        if sif_path(image, cache).exists():
-            return
-        cache.mkdir(parents=True, exist_ok=True)
-        argv = apptainer_pull_command(image, cache)
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
-        if result.returncode != 0:
-            raise BackendError(
-                f"`apptainer pull` of {image.reference} failed: {result.stderr.strip()[-500:]}"
-            )
+        """Pull the image into the SIF cache once per digest, verified before use."""
+        try:
+            ensure_sif(image_ref(ctx), sif_cache_dir(ctx, self.settings))
+        except ImagePullError as exc:
+            raise BackendError(str(exc)) from None
 
     def _watch(
         self, run_id: int, backend: Backend, job_id: str, *, running: bool = False

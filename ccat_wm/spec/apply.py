@@ -83,16 +83,22 @@ def load_catalog(session: Session) -> DbCatalog:
         name: kind
         for name, kind in session.execute(select(m.DataLocation.name, m.DataLocation.location_type))
     }
-    for sw_name, tag, latest in session.execute(
+    for name, backend, runtime in session.execute(
+        select(m.DataLocation.name, m.DataLocation.backend, m.DataLocation.runtime)
+    ):
+        catalog.location_runtimes[name] = (backend, runtime)
+    for sw_name, tag, latest, kind in session.execute(
         select(
             m.ReductionSoftware.name,
             m.ReductionSoftwareVersion.tag,
             m.ReductionSoftwareVersion.is_latest,
+            m.ReductionSoftwareVersion.image_kind,
         ).outerjoin(m.ReductionSoftwareVersion)
     ):
         tags = catalog.software_versions.setdefault(sw_name, {})
         if tag is not None:
             tags[tag] = latest
+            catalog.version_kinds.setdefault(sw_name, {})[tag] = kind
     catalog.groupings = set(session.scalars(select(m.DataGrouping.name)))
     catalog.instrument_modules = {
         f"{i}/{mod}"
@@ -117,12 +123,16 @@ def load_catalog(session: Session) -> DbCatalog:
     catalog.step_run_counts = {(p, s): n for p, s, n in session.execute(runs)}
     sw, version, run = m.ReductionSoftware, m.ReductionSoftwareVersion, m.ExecutedReductionStep
     used = (
-        select(sw.name, sw.ghcr_url, version.tag, version.digest)
+        select(
+            sw.name, sw.ghcr_url, version.tag, version.digest, version.image_kind, version.sif_path
+        )
         .join(version, version.reduction_software_id == sw.id)
         .where(exists().where(run.reduction_software_version_id == version.id))
     )
-    for name, url, tag, digest in session.execute(used):
-        catalog.used_images.setdefault(name, UsedImage(url, {})).digests[tag] = digest
+    for name, url, tag, digest, kind, path in session.execute(used):
+        image = catalog.used_images.setdefault(name, UsedImage(url, {}))
+        image.digests[tag] = digest
+        image.kinds[tag] = (kind, path)
     return catalog
 
 
@@ -276,7 +286,12 @@ class _Writer:
             self.sync(
                 m.ReductionSoftwareVersion,
                 {"reduction_software_id": sw.id, "tag": v.tag},
-                {"digest": v.digest, "is_latest": v.is_latest},
+                {
+                    "digest": v.digest,
+                    "is_latest": v.is_latest,
+                    "image_kind": v.image_kind,
+                    "sif_path": v.sif_path,
+                },
                 "software version",
                 f"{spec.name}:{v.tag}",
             )

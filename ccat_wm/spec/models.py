@@ -13,9 +13,16 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ccat_ops_db.models import Backend, LocationType, Runtime, StorageType, VersionPolicy
+from ccat_ops_db.models import (
+    Backend,
+    ImageKind,
+    LocationType,
+    Runtime,
+    StorageType,
+    VersionPolicy,
+)
 from ccat_wm.paths import normalized_location_path
 from ccat_wm.selection.dimensions import DIMENSIONS
 from ccat_wm.selection.tables import (
@@ -156,6 +163,32 @@ class LocationSettingsSpec(_Strict):
     k8s_flow_secret: str | None = None
     """Secret whose keys become the flow pods' environment (CCAT_OPS_DB_URL, PREFECT_API_KEY)."""
     sif_cache_dir: str | None = None
+    podman_executable: str | None = None
+    """The podman program (default `podman` on PATH)."""
+    podman_oci_runtime: str | None = None
+    """`podman --runtime` (default runc; `""`: podman's own default)."""
+    podman_cgroup_manager: Literal["cgroupfs", "systemd", ""] | None = None
+    """`podman --cgroup-manager` (default cgroupfs; `""`: podman's own default)."""
+    podman_ulimits: dict[Annotated[str, Field(pattern=r"^[a-z]+$")], str] | None = None
+    """`--ulimit name=soft:hard` per limit (default nofile=1024:1024, nproc=4096:4096;
+    `{}`: none)."""
+    podman_pull: Literal["missing", "never", "always", "newer"] | None = None
+    """When podman pulls the image (default missing: by digest, unless it is there)."""
+    podman_gpu_device: str | None = None
+    """The CDI device of a GPU step (default nvidia.com/gpu=all)."""
+    podman_extra_args: list[str] = Field(default_factory=list)
+    """More `podman run` options, each `--name=value`."""
+
+    @field_validator("podman_extra_args")
+    @classmethod
+    def _options_only(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            if not arg.startswith("--") or "=" not in arg:
+                raise ValueError(
+                    f"extra option {arg!r} is not of the form --name=value; an option and its "
+                    "value are one argument, so nothing else can be slipped into the command"
+                )
+        return value
 
 
 class LocationSpec(_Strict):
@@ -186,10 +219,11 @@ class LocationSpec(_Strict):
                 "only PROCESSING locations take a backend or runtime"
             )
         if self.backend is Backend.KUBERNETES:
-            if self.runtime is Runtime.HOST:
+            if self.runtime in (Runtime.HOST, Runtime.PODMAN):
                 raise ValueError(
                     f"location {self.name!r}: a kubernetes location runs each step's image in "
-                    "its pods; expected runtime apptainer (the image by digest) or none, not host"
+                    "its pods; expected runtime apptainer (the image by digest) or none, not "
+                    f"{self.runtime.value}"
                 )
             if not self.settings.k8s_volumes:
                 raise ValueError(
@@ -215,7 +249,33 @@ class VersionSpec(_Strict):
 
     tag: Annotated[str, AfterValidator(_check_tag)]
     digest: Annotated[str, AfterValidator(_check_digest)] | None = None
+    """The OCI manifest digest (an OCI image, or a SIF pushed with ORAS), or for `sif_path`
+    the SHA-256 of the file."""
     is_latest: bool = False
+    image_kind: ImageKind = ImageKind.OCI
+    """`oci` (default): an OCI image; `sif`: an Apptainer SIF, in the software's OCI
+    repository (pushed with ORAS) or the file `sif_path`."""
+    sif_path: str | None = None
+    """An absolute path to the SIF file where the runs execute, instead of a registry."""
+
+    @model_validator(mode="after")
+    def _image_pinned(self) -> VersionSpec:
+        if self.sif_path is not None:
+            if self.image_kind is not ImageKind.SIF:
+                raise ValueError(
+                    f"version {self.tag!r}: sif_path {self.sif_path!r} is a SIF file; expected "
+                    "image_kind: sif with it"
+                )
+            if not self.sif_path.startswith("/"):
+                raise ValueError(
+                    f"version {self.tag!r}: sif_path {self.sif_path!r} is not absolute"
+                )
+        if self.image_kind is ImageKind.SIF and self.digest is None:
+            raise ValueError(
+                f"version {self.tag!r} is a SIF image without a digest; a SIF is always "
+                "pinned: its ORAS manifest digest, or the SHA-256 of its file (sif_path)"
+            )
+        return self
 
 
 class SoftwareSpec(_Strict):

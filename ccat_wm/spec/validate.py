@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccat_ops_db.models import LocationType
+from ccat_ops_db.models import Backend, ImageKind, LocationType, Runtime
 from ccat_wm.errors import SpecError
 from ccat_wm.selection.dimensions import finer_dimensions
 from ccat_wm.spec.loader import LoadedSpec, Loc
@@ -33,6 +33,12 @@ class DbCatalog:
     """(pipeline, step) -> number of runs, for the steps that exist."""
     used_images: dict[str, UsedImage] = field(default_factory=dict)
     """Software name -> its image repository and the digests of versions runs used."""
+    location_runtimes: dict[str, tuple[Backend | None, Runtime | None]] = field(
+        default_factory=dict
+    )
+    """Location name -> its backend and runtime."""
+    version_kinds: dict[str, dict[str, ImageKind]] = field(default_factory=dict)
+    """Software name -> version tag -> what its image is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,8 @@ class UsedImage:
     repository: str
     digests: dict[str, str | None]
     """Version tag -> digest, for the versions at least one run used."""
+    kinds: dict[str, tuple[ImageKind, str | None]] = field(default_factory=dict)
+    """Version tag -> image kind and SIF file, for the same versions."""
 
 
 def topological_order(steps: Sequence[StepSpec]) -> list[str]:
@@ -173,6 +181,15 @@ class _Checker:
                     "software",
                 )
             for v_index, version in enumerate(sw.versions):
+                was = used.kinds.get(version.tag)
+                if was is not None and was != (version.image_kind, version.sif_path):
+                    self.add(
+                        spec,
+                        ("software", index, "versions", v_index, "image_kind"),
+                        f"software version {sw.name} {version.tag} was used by runs as image "
+                        f"kind {was[0].value}" + (f" (file {was[1]})" if was[1] else "") + "; a "
+                        "used version's image never changes: publish a new version (a new tag)",
+                    )
                 if version.tag in used.digests and version.digest != used.digests[version.tag]:
                     self.add(
                         spec,
@@ -215,7 +232,39 @@ class _Checker:
                     "expected a PROCESSING location",
                 )
             self.check_steps(spec, base, pipeline, software)
+            self.check_image_kinds(spec, base, pipeline)
             self.check_removed_steps(spec, base, pipeline)
+
+    def check_image_kinds(self, spec: LoadedSpec, base: Loc, pipeline: PipelineSpec) -> None:
+        """Refuse a SIF image where the location runs OCI images only (podman, Kubernetes)."""
+        runtimes = dict(self.db.location_runtimes)
+        for _, _, loc_spec in self.each("locations"):
+            runtimes[loc_spec.name] = (loc_spec.backend, loc_spec.effective_runtime)
+        backend, runtime = runtimes.get(pipeline.processing_location, (None, None))
+        if backend is not Backend.KUBERNETES and runtime is not Runtime.PODMAN:
+            return
+        kinds = {name: dict(tags) for name, tags in self.db.version_kinds.items()}
+        latest: dict[str, str] = {}
+        for _, _, sw in self.each("software"):
+            for v in sw.versions:
+                kinds.setdefault(sw.name, {})[v.tag] = v.image_kind
+                if v.is_latest:
+                    latest[sw.name] = v.tag
+        where = "kubernetes" if backend is Backend.KUBERNETES else "podman"
+        for s_index, step in enumerate(pipeline.steps):
+            tag = step.pinned_version or latest.get(step.software)
+            if tag is None:
+                db_latest = self.db.software_versions.get(step.software, {})
+                tag = next((t for t, is_latest in db_latest.items() if is_latest), None)
+            if tag is not None and kinds.get(step.software, {}).get(tag) is ImageKind.SIF:
+                self.add(
+                    spec,
+                    (*base, "steps", s_index, "software"),
+                    f"step {step.name!r} would run {step.software} {tag}, a SIF image, at "
+                    f"location {pipeline.processing_location!r}, whose runtime ({where}) runs "
+                    "OCI images only; publish an OCI image of it as a new version, or process "
+                    "the pipeline at an apptainer location",
+                )
 
     def check_steps(
         self,

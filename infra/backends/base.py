@@ -76,6 +76,9 @@ class JobSpec:
     (it already wraps the container runtime, or runs on the host)."""
     mounts: tuple[Mount, ...] = ()
     """The contract's directories as the image sees them (with `image` only)."""
+    shown_env: tuple[str, ...] = ()
+    """Names in `env` that make up what the software's environment is (the step's and the
+    contract's variables, as the runtime passes them), shown in the stored command."""
 
 
 @dataclass(frozen=True, slots=True)

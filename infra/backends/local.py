@@ -14,10 +14,11 @@ The job's start and its outcome are also written to state files (`<pid>.json`,
 (`ccat-wm cancel`, a restarted flow) can read them; job ids are process ids.
 
 Nothing a job started outlives it: the job runs in its own PID namespace (`unshare
---pid --fork --kill-child`, with `--user --map-current-user` when not root), whose first
-process is GNU `time`; when the job's own process ends, `time` ends, and the kernel kills
-every process left in the namespace, a daemonized grandchild included, before the
-run's outputs are collected. Where no namespace can be made (no `unshare`, user
+--pid --fork --kill-child --mount-proc`, with `--user --map-current-user` when not
+root), whose first process is GNU `time`; when the job's own process ends, `time` ends,
+and the kernel kills every process left in the namespace, a daemonized grandchild
+included (podman's `conmon` and the container it watches), before the run's outputs
+are collected. Where no namespace can be made (no `unshare`, user
 namespaces disabled) the job's process group is killed when the job ends, and a
 descendant that made its own session can outlive it; collection then still detects any
 product that changes while it is registered. A job killed by a signal is reported by
@@ -350,7 +351,9 @@ def namespace_prefix() -> list[str]:
     """
     if not _NAMESPACE:
         unshare = shutil.which("unshare", path="/usr/bin:/bin")
-        prefix = [unshare, "--pid", "--fork", "--kill-child"] if unshare else []
+        # --mount-proc: /proc shows the namespace's own processes (a container runtime
+        # inside the job, runc, reads /proc/<pid> of the processes it starts).
+        prefix = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"] if unshare else []
         if prefix and os.geteuid() != 0:
             prefix[1:1] = ["--user", "--map-current-user"]
         if prefix:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chai_software.contract import job, sidecar
+from chai_software.contract import job, save_arrays, sidecar
 
 
 def subtract_baseline(
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         residual, rms = subtract_baseline(frequency, spectrum, args.order)
         name = path.name.removesuffix(".calibrated.npz")
         out = run.output / "science" / f"{name}.baselined.npz"
-        np.savez(out, frequency_ghz=frequency, t_a_k=residual)
+        save_arrays(out, frequency_ghz=frequency, t_a_k=residual)
         upstream = item.get("metadata", {})
         sidecar(out, {**upstream, "baseline_order": args.order, "rms_k": rms})
         rms_values[name] = rms

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chai_software.contract import job, sidecar
+from chai_software.contract import job, save_arrays, sidecar
 
 SKY, HOT, COLD = 0, 1, 2
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         spectrum, noise = calibrate(raw, args.mode)
         name = Path(item["path"]).name.removesuffix(".npz")
         out = run.output / "science" / f"{name}.calibrated.npz"
-        np.savez(out, frequency_ghz=raw["frequency_ghz"], t_a_k=spectrum, noise_k=noise)
+        save_arrays(out, frequency_ghz=raw["frequency_ghz"], t_a_k=spectrum, noise_k=noise)
         observation = item.get("metadata", {}).get("observation", {})
         sidecar(out, {"package": item["name"], "mode": args.mode, "observation": observation})
         run.log(f"calibrated {item['name']}: mean T_A {spectrum.mean():.2f} K")

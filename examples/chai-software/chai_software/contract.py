@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,20 @@ class Job:
         with path.open("a") as handle:
             handle.write(message + "\n")
         print(message, flush=True)
+
+
+def save_arrays(path: Path, **arrays: Any) -> None:
+    """Write arrays as an `.npz` file whose bytes depend on the arrays only.
+
+    `numpy.savez` stamps each member with the time of writing; fixed zip timestamps make
+    the same result the same bytes, wherever and whenever it is made (host or container).
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, buffer.getvalue())
 
 
 def sidecar(path: Path, metadata: dict[str, Any]) -> None:
