@@ -136,11 +136,24 @@ def build(requirements: Sequence[str] | None = None) -> BuiltImage:
     digest = _image_digest(f"{IMAGE}:{tag}")
     if digest is None:
         digest = _build(tag, requirements)
+        _remove_older_builds(tag)
     else:
         print(f"==> {IMAGE}:{tag} exists ({digest})", flush=True)
     for name in SOFTWARE_NAMES:
         _run([*PODMAN, "tag", f"{IMAGE}:{tag}", f"localhost/{name}:{tag}"])
     return BuiltImage(tag, digest)
+
+
+def _remove_older_builds(tag: str) -> None:
+    """Untag earlier builds (podman then frees their storage): one build is kept."""
+    repositories = [IMAGE, *(f"localhost/{name}" for name in SOFTWARE_NAMES)]
+    listed = subprocess.run(  # noqa: S603
+        [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    old = [ref for ref in listed if ref.rsplit(":", 1)[0] in repositories and not ref.endswith(tag)]
+    if old:
+        subprocess.run([*PODMAN, "rmi", "--force", *old], capture_output=True, check=False)  # noqa: S603
 
 
 def _build(tag: str, requirements: Sequence[str]) -> str:

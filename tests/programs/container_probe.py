@@ -1,0 +1,79 @@
+"""A program run inside a container by the real pipeline, to see what the container allows.
+
+It needs only Python's standard library (the container cannot see this file: the test
+passes its source as a config parameter, `python3 -c <source> MODE ARG`).
+
+- `isolation ARG`: tries what the contract forbids and writes what happened to
+  `$WORKFLOW_OUTPUT_DIR/science/probe.json`: appending to every input and to the
+  manifest, creating a file in input/ and config/, whether each host path in the JSON
+  list ARG exists, the network interfaces, a TCP connection to ARG's `tcp` address.
+- `symlink`: leaves a symlink to /etc/passwd among its science products.
+- `wrong-dir`: writes its science product to `$WORKFLOW_DIR/science/` (not the output
+  directory).
+"""
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def attempt(action):
+    """Run `action`; return 'allowed' or the OSError's errno name."""
+    try:
+        action()
+    except OSError as exc:
+        return f"refused: {os.strerror(exc.errno) if exc.errno else exc}"
+    return "allowed"
+
+
+def append(path):
+    def action():
+        with open(path, "ab") as handle:
+            handle.write(b"tampered")
+
+    return action
+
+
+def isolation(arg):
+    probe = json.loads(arg)
+    manifest_path = os.environ["WORKFLOW_MANIFEST"]
+    manifest = json.loads(Path(manifest_path).read_text())
+    root = Path(os.environ["WORKFLOW_DIR"])
+    seen = {
+        "inputs": {item["path"]: attempt(append(item["path"])) for item in manifest["inputs"]},
+        "manifest": attempt(append(manifest_path)),
+        "new_input": attempt(lambda: (root / "input" / "new.txt").write_text("x")),
+        "new_config": attempt(lambda: (root / "config" / "new.txt").write_text("x")),
+        "host_paths": {path: os.path.exists(path) for path in probe["host_paths"]},
+        "interfaces": sorted(name for _, name in socket.if_nameindex()),
+        "tcp": attempt(lambda: socket.create_connection(tuple(probe["tcp"]), timeout=3).close()),
+        "workflow_dir": str(root),
+        "root_listing": sorted(os.listdir("/")),
+        "workflow_listing": sorted(os.listdir(root)),
+        "environment": sorted(os.environ),
+    }
+    out = Path(os.environ["WORKFLOW_OUTPUT_DIR"]) / "science"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps(seen, indent=1, sort_keys=True))
+
+
+def main():
+    mode, arg = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
+    out = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
+    if mode == "isolation":
+        isolation(arg)
+    elif mode == "symlink":
+        (out / "science").mkdir(parents=True, exist_ok=True)
+        (out / "science" / "map.fits").write_bytes(b"SIMPLE")
+        os.symlink("/etc/passwd", out / "science" / "passwd.fits")
+    elif mode == "wrong-dir":
+        science = Path(os.environ["WORKFLOW_DIR"]) / "science"
+        science.mkdir(parents=True, exist_ok=True)
+        (science / "map.fits").write_bytes(b"SIMPLE")
+    else:
+        sys.exit(f"unknown mode {mode!r}")
+
+
+main()
