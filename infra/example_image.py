@@ -61,7 +61,7 @@ class BuiltImage:
     """`sha256:...` as `podman image inspect` reports it."""
 
     def repository(self, software: str) -> str:
-        """The image repository of one example software."""
+        """Return the image repository of one example software."""
         return f"localhost/{software}"
 
 
@@ -109,7 +109,7 @@ def _image_digest(ref: str) -> str | None:
 
 
 def _base_rootfs() -> Path:
-    """A Debian root file system with Python as a tar file, made once per suite and packages."""
+    """Return a Debian root file system with Python as a tar file (made once per inputs)."""
     key = hashlib.sha256(json.dumps([SUITE, DEBIAN_PACKAGES]).encode()).hexdigest()[:12]
     tar = CACHE_DIR / f"debian-{SUITE}-{key}.tar"
     if tar.exists():
@@ -176,7 +176,7 @@ def _build(tag: str, requirements: Sequence[str]) -> str:
         print("==> installing them into the root file system (chroot, no network)", flush=True)
         _run(
             ["chroot", str(root), "python3", "-m", "pip", "install", "--quiet", "--no-index",
-             "--no-cache-dir", "--break-system-packages", "--find-links", "/tmp/wheels",
+             "--no-cache-dir", "--break-system-packages", "--find-links", "/tmp/wheels",  # noqa: S108 - inside the chroot
              "chai-software", *requirements],
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"},
         )  # fmt: skip
@@ -202,7 +202,7 @@ def _build(tag: str, requirements: Sequence[str]) -> str:
 
 
 def spec_with_image(image: BuiltImage, spec_path: Path = DEMO_SPEC) -> dict[str, Any]:
-    """The example pipeline spec with the built image's repositories and digest."""
+    """Return the example pipeline spec with the built image's repositories and digest."""
     data: dict[str, Any] = yaml.safe_load(spec_path.read_text())
     for software in data["software"]:
         if software["name"] in SOFTWARE_NAMES:

@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccat_ops_db.models.enums import ImageKind
-
 CONTAINER_ROOT = Path("/workflow")
 """Where the contract's directories appear inside a container."""
 CONTRACT_DIRS: tuple[tuple[str, bool], ...] = (
@@ -67,9 +65,10 @@ class ImageRef:
     """`sha256:<hex>`: the OCI manifest digest, or a SIF file's own SHA-256."""
     tag: str | None = None
     """Used only when there is no digest (development)."""
-    kind: ImageKind = ImageKind.OCI
+    sif: bool = False
+    """An Apptainer SIF (pushed to a registry with ORAS, or `sif_path`), not an OCI image."""
     sif_path: str | None = None
-    """A SIF file instead of a registry (kind `sif`)."""
+    """A SIF file instead of a registry."""
 
     def _pin(self, separator_for_tag: str = ":") -> str:
         repo = self.repository.removeprefix("docker://").removeprefix("oras://")
@@ -84,13 +83,13 @@ class ImageRef:
         """What Apptainer pulls: `docker://` (OCI) or `oras://` (SIF in a registry)."""
         if self.sif_path:
             return self.sif_path
-        scheme = "oras" if self.kind is ImageKind.SIF else "docker"
+        scheme = "oras" if self.sif else "docker"
         return f"{scheme}://{self._pin()}"
 
     @property
     def oci_reference(self) -> str:
         """What podman and Kubernetes run (`repo@sha256:...`); refused for a SIF."""
-        if self.kind is not ImageKind.OCI:
+        if self.sif:
             raise RuntimeConfigError(
                 f"image {self.repository or self.sif_path!r} is a SIF; podman and Kubernetes "
                 "run OCI images only (publish an OCI image as a new version, or run the "

@@ -132,7 +132,13 @@ def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
 
 def image_ref(ctx: RunContext) -> ImageRef:
     """Return the image a run executes: its software version's, pinned by digest."""
-    return ImageRef(ctx.repository, ctx.digest, ctx.version_tag, ctx.image_kind, ctx.sif_path)
+    return ImageRef(
+        ctx.repository,
+        ctx.digest,
+        ctx.version_tag,
+        sif=ctx.image_kind is m.ImageKind.SIF,
+        sif_path=ctx.sif_path,
+    )
 
 
 def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:

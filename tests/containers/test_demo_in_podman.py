@@ -38,7 +38,9 @@ def _products(engine: Engine, pipeline: str) -> dict[tuple[str, str, str], str]:
     run, step, prod = m.ExecutedReductionStep, m.ReductionStep, m.DataProduct
     with Session(engine) as session:
         rows = session.execute(
-            select(step.name, run.sub_group_key, prod.file_path, prod.checksum, prod.data_product_type)
+            select(
+                step.name, run.sub_group_key, prod.file_path, prod.checksum, prod.data_product_type
+            )
             .join(run, run.reduction_step_id == step.id)
             .join(prod, prod.executed_reduction_step_id == run.id)
             .join(m.Pipeline, m.Pipeline.id == step.pipeline_id)

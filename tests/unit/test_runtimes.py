@@ -1,7 +1,12 @@
-"""Command building: the Apptainer argument list, the host runtime, command templates."""
+"""Command building: Apptainer and podman argument lists, the host runtime, command templates.
+
+Apptainer cannot be installed here: its argument lists are checked against its
+documented grammar (tests/unit/apptainer_grammar.py, which cites the sources).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,11 +16,16 @@ from ccat_wm.execution.launch import render_command
 from infra.runtimes import (
     ContainerJob,
     ImageRef,
+    PodmanOptions,
     RuntimeConfigError,
     apptainer_command,
     apptainer_pull_command,
+    contract_mounts,
     host_command,
+    podman_command,
+    sif_path,
 )
+from tests.unit.apptainer_grammar import GrammarError, parse_exec, parse_pull
 
 DIGEST = "sha256:" + "3f" * 32
 IMAGE = ImageRef("ghcr.io/ccatobs/chai-calibration", DIGEST, "1.4.0")
@@ -33,18 +43,26 @@ def job(gpu: int = 0, output: str = "workspace/calibrate") -> ContainerJob:
     )
 
 
+SIF = Path(f"/cache/sif/chai-calibration_sha256-{'3f' * 32}.sif")
+
+
 def test_apptainer_command_binds_the_contract_read_only_where_it_says() -> None:
-    argv, env = apptainer_command(job(), Path("/cache/sif"))
-    assert argv == [
-        "apptainer", "exec", "--cleanenv", "--no-home", "--pwd", "/workflow",
-        "--bind", f"{ROOT}/input:/workflow/input:ro",
-        "--bind", f"{ROOT}/workspace:/workflow/workspace",
-        "--bind", f"{ROOT}/output:/workflow/output",
-        "--bind", f"{ROOT}/config:/workflow/config:ro",
-        "--bind", f"{ROOT}/logs:/workflow/logs",
-        f"/cache/sif/chai-calibration_sha256-{'3f' * 32}.sif",
-        "chai-calibrate", "--mode", "hot_cold",
-    ]  # fmt: skip
+    """Checked against Apptainer 1.3's documented grammar (tests/unit/apptainer_grammar.py)."""
+    argv, env = apptainer_command(job(), SIF)
+    parsed = parse_exec(argv)
+    assert parsed.values("bind") == [
+        f"{ROOT}/input:/workflow/input:ro",
+        f"{ROOT}/workspace:/workflow/workspace",
+        f"{ROOT}/output:/workflow/output",
+        f"{ROOT}/config:/workflow/config:ro",
+        f"{ROOT}/logs:/workflow/logs",
+    ]
+    assert parsed.positionals == [str(SIF), "chai-calibrate", "--mode", "hot_cold"]
+    # Nothing of the host but the binds: no home, no system bind paths, no network.
+    assert ("containall", None) in parsed.options and ("no-home", None) in parsed.options
+    assert parsed.values("no-mount") == ["bind-paths"]
+    assert ("net", None) in parsed.options and parsed.values("network") == ["none"]
+    assert parsed.values("pwd") == ["/workflow"]
     assert env["APPTAINERENV_WORKFLOW_DIR"] == "/workflow"
     assert env["APPTAINERENV_WORKFLOW_OUTPUT_DIR"] == "/workflow/workspace/calibrate"
     assert env["APPTAINERENV_WORKFLOW_MANIFEST"] == "/workflow/config/manifest.json"
@@ -53,23 +71,105 @@ def test_apptainer_command_binds_the_contract_read_only_where_it_says() -> None:
 
 
 def test_apptainer_command_requests_gpus_with_nv() -> None:
-    argv, _ = apptainer_command(job(gpu=1), Path("/cache/sif"))
-    assert argv.count("--nv") == 1
-    assert (
-        argv.index("--nv") == argv.index(f"/cache/sif/chai-calibration_sha256-{'3f' * 32}.sif") - 1
-    )
-    assert "--nv" not in apptainer_command(job(gpu=0), Path("/c"))[0]
+    parsed = parse_exec(apptainer_command(job(gpu=1), SIF)[0])
+    assert ("nv", None) in parsed.options
+    assert parsed.positionals[0] == str(SIF)
+    assert ("nv", None) not in parse_exec(apptainer_command(job(gpu=0), SIF)[0]).options
 
 
-def test_images_are_pulled_by_digest_into_the_sif_cache() -> None:
-    assert apptainer_pull_command(IMAGE, Path("/cache")) == [
-        "apptainer", "pull", f"/cache/chai-calibration_sha256-{'3f' * 32}.sif",
+def test_the_grammar_check_can_fail() -> None:
+    """The checker refuses what Apptainer would not take (so its passing means something)."""
+    argv, _ = apptainer_command(job(), SIF)
+    with pytest.raises(GrammarError, match="no option --bnid"):
+        parse_exec([a.replace("--bind", "--bnid") for a in argv])
+    with pytest.raises(GrammarError, match="not src"):
+        parse_exec(["apptainer", "exec", "--bind", "/a:/b:ro:x", str(SIF), "true"])
+    with pytest.raises(GrammarError, match="ro or rw"):
+        parse_exec(["apptainer", "exec", "--bind", "/a:/b:readonly", str(SIF), "true"])
+    with pytest.raises(GrammarError, match="is a switch"):
+        parse_exec(["apptainer", "exec", "--nv=2", str(SIF), "true"])
+    with pytest.raises(GrammarError, match="not a URI"):
+        parse_pull(["apptainer", "pull", "x.sif", "ghcr.io/a/b@sha256:00"])
+
+
+def test_images_are_pulled_by_digest_oci_as_docker_and_sif_as_oras() -> None:
+    """OCI images: `docker://` (Apptainer converts them); SIFs in a registry: `oras://`."""
+    destination = Path("/cache/x.sif.partial")
+    oci = parse_pull(apptainer_pull_command(IMAGE, destination))
+    assert oci.positionals == [
+        str(destination),
         f"docker://ghcr.io/ccatobs/chai-calibration@{DIGEST}",
-    ]  # fmt: skip
+    ]
+    assert ("disable-cache", None) in oci.options  # our cache is the SIF cache
+    sif = ImageRef("ghcr.io/ccatobs/chai-calibration", DIGEST, "1.4.0", sif=True)
+    pulled = parse_pull(apptainer_pull_command(sif, destination))
+    assert pulled.positionals[-1] == f"oras://ghcr.io/ccatobs/chai-calibration@{DIGEST}"
     tag_only = ImageRef("ghcr.io/ccatobs/x", None, "2.0")
     assert tag_only.reference == "docker://ghcr.io/ccatobs/x:2.0"
     with pytest.raises(RuntimeConfigError, match="neither a digest nor a tag"):
         _ = ImageRef("ghcr.io/ccatobs/x").reference
+
+
+def test_podman_and_kubernetes_run_oci_images_only() -> None:
+    assert IMAGE.oci_reference == f"ghcr.io/ccatobs/chai-calibration@{DIGEST}"
+    sif = ImageRef("ghcr.io/ccatobs/chai-calibration", DIGEST, "1.4.0", sif=True)
+    with pytest.raises(RuntimeConfigError, match="is a SIF; podman and Kubernetes run OCI"):
+        _ = sif.oci_reference
+    with pytest.raises(RuntimeConfigError, match="is a SIF"):
+        podman_command(replace(job(), image=sif), PodmanOptions())
+
+
+def test_a_sif_file_is_run_in_place() -> None:
+    image = ImageRef("", DIGEST, "1.4.0", sif=True, sif_path="/data/sif/chai.sif")
+    assert sif_path(image, Path("/cache")) == Path("/data/sif/chai.sif")
+    argv, _ = apptainer_command(replace(job(), image=image), sif_path(image, Path("/cache")))
+    assert parse_exec(argv).positionals[0] == "/data/sif/chai.sif"
+
+
+def test_podman_command_mounts_the_same_contract_and_passes_values_by_name() -> None:
+    argv, env = podman_command(
+        replace(job(gpu=1), cpu=4, memory_gb=16, name="ccat-run-7-a0-calibrate"), PodmanOptions()
+    )
+    assert argv[:4] == ["podman", "--runtime", "runc", "--cgroup-manager=cgroupfs"]
+    assert argv[4] == "run"
+    volumes = [a.removeprefix("--volume=") for a in argv if a.startswith("--volume=")]
+    assert volumes == [
+        f"{m.host_path}:{m.container_path}:{'ro' if m.read_only else 'rw'}"
+        for m in contract_mounts(job())
+    ]
+    assert volumes[0] == f"{ROOT}/input:/workflow/input:ro"
+    assert volumes[3] == f"{ROOT}/config:/workflow/config:ro"
+    for option in ("--network=none", "--read-only", "--rm", "--cpus=4", "--memory=16384m",
+                   "--ulimit=nofile=1024:1024", "--ulimit=nproc=4096:4096",
+                   "--device=nvidia.com/gpu=all", "--name=ccat-run-7-a0-calibrate",
+                   "--workdir=/workflow", "--pull=missing"):  # fmt: skip
+        assert option in argv, option
+    image_at = argv.index(f"ghcr.io/ccatobs/chai-calibration@{DIGEST}")
+    assert argv[image_at + 1 :] == ["chai-calibrate", "--mode", "hot_cold"]
+    # Values by name only: none in the argument list (nor in `ps`), all in podman's env.
+    assert "--env=OMP_NUM_THREADS" in argv and "--env=WORKFLOW_DIR" in argv
+    assert not any("=4" in a for a in argv if a.startswith("--env="))
+    assert env["OMP_NUM_THREADS"] == "4" and env["WORKFLOW_DIR"] == "/workflow"
+    assert env["WORKFLOW_OUTPUT_DIR"] == "/workflow/workspace/calibrate"
+
+
+def test_podman_options_are_location_settings() -> None:
+    options = PodmanOptions.from_settings(
+        {"podman_oci_runtime": "", "podman_cgroup_manager": "systemd", "podman_ulimits": {},
+         "podman_pull": "never", "podman_extra_args": ["--security-opt=seccomp=unconfined"]}
+    )  # fmt: skip
+    argv, _ = podman_command(job(), options)
+    assert argv[:3] == ["podman", "--cgroup-manager=systemd", "run"]
+    assert not any(a.startswith("--ulimit") for a in argv)
+    assert "--pull=never" in argv and "--security-opt=seccomp=unconfined" in argv
+
+
+def test_a_path_that_would_split_a_bind_spec_is_refused() -> None:
+    bad = replace(job(), host_root=Path("/data/a:b/run-1"))
+    with pytest.raises(RuntimeConfigError, match=r"/data/a:b/run-1/input.*':'"):
+        apptainer_command(bad, SIF)
+    with pytest.raises(RuntimeConfigError, match="','"):
+        podman_command(replace(job(), host_root=Path("/data/a,b")), PodmanOptions())
 
 
 def test_host_command_points_the_contract_at_host_directories() -> None:
