@@ -29,15 +29,15 @@ def add_run(
             .join(m.Pipeline)
             .where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
         ).one()
-        version = session.scalars(
-            select(m.ReductionSoftwareVersion).where(
+        version_id = session.scalars(  # the id only: older schemas (migration tests) lack columns
+            select(m.ReductionSoftwareVersion.id).where(
                 m.ReductionSoftwareVersion.reduction_software_id == step_row.reduction_software_id,
                 m.ReductionSoftwareVersion.is_latest,
             )
         ).one()
         run = m.ExecutedReductionStep(
             reduction_step_id=step_row.id,
-            reduction_software_version_id=version.id,
+            reduction_software_version_id=version_id,
             status=status,
             sub_group_key=key,
             reason=m.GapReason.NEW,

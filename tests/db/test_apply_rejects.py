@@ -49,6 +49,14 @@ def _delete(path: tuple[Any, ...]) -> Callable[[Spec], None]:
     return mutate
 
 
+def _both(*mutations: Callable[[Spec], None]) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        for one in mutations:
+            one(spec)
+
+    return mutate
+
+
 def _pin(tag: str | None) -> Callable[[Spec], None]:
     def mutate(spec: Spec) -> None:
         _step(spec, 0)["version_policy"] = "exact"
@@ -369,6 +377,42 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         _set((*P, "priority"), 10**30),
         ["pipelines[0].priority", "less than or equal to 2147483647"],
     ),
+    # Images: what runs where, and always pinned.
+    (
+        "a SIF image at a podman location",
+        _both(
+            _set(("locations", 1, "runtime"), "podman"),
+            _set(("software", 0, "versions", 0, "image_kind"), "sif"),
+        ),
+        [
+            f"{_S0}.software",
+            "would run chai-calibration 1.4.0, a SIF image, at location 'local', whose "
+            "runtime (podman) runs OCI images only",
+        ],
+    ),
+    (
+        "a SIF without a digest",
+        _both(
+            _set(("software", 0, "versions", 0, "image_kind"), "sif"),
+            _delete(("software", 0, "versions", 0, "digest")),
+        ),
+        ["software[0].versions[0]", "a SIF image without a digest; a SIF is always pinned"],
+    ),
+    (
+        "sif_path on an OCI version",
+        _set(("software", 0, "versions", 0, "sif_path"), "/data/sif/chai.sif"),
+        ["software[0].versions[0]", "expected image_kind: sif with it"],
+    ),
+    (
+        "unknown image kind",
+        _set(("software", 0, "versions", 0, "image_kind"), "docker"),
+        ["software[0].versions[0].image_kind", "'oci' or 'sif'"],
+    ),
+    (
+        "podman option that is not --name=value",
+        _set(("locations", 1, "settings"), {"podman_extra_args": ["--privileged", "x"]}),
+        ["locations[1].settings.podman_extra_args", "'--privileged' is not of the form"],
+    ),
 ]
 
 
@@ -449,6 +493,21 @@ def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     path.write_text("sites:\n  - name: a\n    name: b\n")
     with pytest.raises(SpecError, match=r"dup.yaml:3: sites\[0\].name: duplicate key 'name'"):
         load_spec_files([path])
+
+
+def test_a_used_version_keeps_its_image_kind(baseline: Engine, tmp_path: Path) -> None:
+    from tests.db.test_apply import add_run
+
+    add_run(baseline, "chai-demo", "calibrate", key="executed_obs_unit=scan-000001")
+    spec = _full_spec(tmp_path)
+    spec["software"][0]["versions"][0]["image_kind"] = "sif"
+    path = write_yaml(tmp_path / "sif.yaml", spec)
+    before = snapshot(baseline)
+    with pytest.raises(SpecError) as info, Session(baseline) as session:
+        apply_specs(session, load_spec_files([path]), user="tester")
+    assert "software[0].versions[0].image_kind" in str(info.value)
+    assert "chai-calibration 1.4.0 was used by runs as image kind oci" in str(info.value)
+    assert snapshot(baseline) == before
 
 
 def test_removing_a_step_with_runs_is_refused(baseline: Engine, tmp_path: Path) -> None:

@@ -86,6 +86,14 @@ def test_one_in_flight_run_per_step_and_sub_group(demo: Engine) -> None:
             "UPDATE executed_reduction_step SET reduction_step_id = 999999",
             "recorded for good",
         ),
+        (
+            "UPDATE reduction_software_version SET image_kind = 'sif' WHERE tag = '1.4.0'",
+            "its image .* never changes",
+        ),
+        (
+            "UPDATE reduction_software_version SET sif_path = '/x.sif' WHERE tag = '1.4.0'",
+            "its image .* never changes",
+        ),
     ],
 )
 def test_bad_rows_are_rejected_by_the_database(demo: Engine, sql: str, constraint: str) -> None:

@@ -98,11 +98,12 @@ def test_upgrade_to_snapshots_backfills_what_it_can_and_names_the_unknown(
     from ccat_wm.gaps.steps import config_fingerprint
 
     engine = create_engine(make_database())
-    migrate.upgrade(engine, "0004")
+    migrate.upgrade(engine)
     spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
     with Session(engine) as session, session.begin():
-        # apply_specs and add_run touch only tables that exist at 0004.
         apply_specs(session, load_spec_files([spec]), user="tester")
+    # Back to 0004 with the pipeline kept; add_run touches only what exists there.
+    migrate.downgrade(engine, "0004")
     unchanged = add_run(engine, "chai-demo", "grid", m.RunStatus.COMPLETED, "source=a")
     edited = add_run(engine, "chai-demo", "grid", m.RunStatus.FAILED, "source=b")
     waiting = add_run(engine, "chai-demo", "grid", m.RunStatus.PENDING, "source=c")
@@ -133,4 +134,32 @@ def test_upgrade_to_snapshots_backfills_what_it_can_and_names_the_unknown(
         "parameters", "environment", "command_template", "image_repository", "resources"
     }  # fmt: skip
     assert waiting not in rows
+    engine.dispose()
+
+
+def test_downgrade_below_image_kinds_turns_podman_locations_into_apptainer(
+    make_database: MakeDb, tmp_path: Path
+) -> None:
+    """0007 down: podman locations become apptainer, image kinds go; up again restores."""
+    engine = create_engine(make_database())
+    migrate.upgrade(engine)
+    data = {**locations_data(tmp_path), **demo_spec_data()}
+    data["locations"][1]["runtime"] = "podman"
+    spec = write_yaml(tmp_path / "spec.yaml", data)
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="tester")
+    migrate.downgrade(engine, "0006")
+    with engine.connect() as conn:
+        runtime = conn.execute(text("SELECT runtime FROM data_location WHERE name = 'local'"))
+        assert runtime.scalar_one() == "apptainer"
+        columns = {c["name"] for c in inspect(conn).get_columns("reduction_software_version")}
+        assert "image_kind" not in columns and "sif_path" not in columns
+    migrate.upgrade(engine)
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="tester")
+    with engine.connect() as conn:
+        runtime = conn.execute(text("SELECT runtime FROM data_location WHERE name = 'local'"))
+        assert runtime.scalar_one() == "podman"
+        kinds = conn.execute(text("SELECT DISTINCT image_kind FROM reduction_software_version"))
+        assert kinds.scalars().all() == ["oci"]
     engine.dispose()
