@@ -94,8 +94,11 @@ def build_key(requirements: Sequence[str]) -> str:
     digest.update(Path(__file__).read_bytes())
     digest.update(json.dumps([SUITE, DEBIAN_PACKAGES, list(requirements)]).encode())
     for path in sorted(SOFTWARE_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
-            digest.update(str(path.relative_to(SOFTWARE_DIR)).encode())
+        rel = path.relative_to(SOFTWARE_DIR)
+        if rel.parts[0] in ("apptainer", "build") or "__pycache__" in rel.parts:
+            continue  # not in the image
+        if path.is_file() and ".egg-info" not in str(rel):
+            digest.update(str(rel).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -31,17 +31,17 @@ pytestmark = pytest.mark.db
 PROBE = Path(__file__).resolve().parent.parent / "programs" / "container_probe.py"
 
 
-def _step(mode: str, arg: str = "") -> dict[str, Any]:
+def _step(mode: str, arg: str = "", memory_gb: float = 1) -> dict[str, Any]:
     return {
         "name": "probe",
         "software": "probe",
         "group_by": ["executed_obs_unit"],
         "max_retries": 0,
         "config": {
-            "name": f"probe-{mode}",
+            "name": f"probe-{mode}-{memory_gb}",
             "parameters": {"code": PROBE.read_text(), "mode": mode, "arg": arg},
             "command": ["python3", "-c", "{code}", "{mode}", "{arg}"],
-            "resources": {"cpu": 1, "memory_gb": 1, "time_hours": 0.1},
+            "resources": {"cpu": 1, "memory_gb": memory_gb, "time_hours": 0.1},
         },
     }
 
@@ -200,3 +200,29 @@ def _run_ids(engine: Engine, pipeline: str) -> list[int]:
                 .order_by(m.ExecutedReductionStep.id)
             )
         )
+
+
+def test_the_memory_request_is_a_limit_the_container_cannot_pass(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str], example_image: BuiltImage
+) -> None:
+    """`memory_gb` becomes `--memory`: 300 MB under a 1 GB limit completes, over 100 MB not."""
+    _apply(engine, tmp_path, example_image, {
+        "fits": ("pod", _step("allocate", "300", memory_gb=1)),
+        "too-big": ("pod", _step("allocate", "300", memory_gb=0.1)),
+    })  # fmt: skip
+    assert run_cli(cli_env, "run", "fits", timeout=600).returncode == 0
+    assert run_cli(cli_env, "run", "too-big", timeout=600).returncode == 1
+    assert {status for status, _, _ in _runs(engine, "fits")} == {m.RunStatus.COMPLETED}
+    too_big = _runs(engine, "too-big")
+    assert len(too_big) == 2
+    for status, reason, _ in too_big:
+        assert status is m.RunStatus.FAILED
+        assert reason and "exit code 137" in reason, reason
+    with Session(engine) as session:
+        commands = session.scalars(
+            select(m.ExecutedReductionStep.execution_command)
+            .join(m.ReductionStep)
+            .join(m.Pipeline)
+            .where(m.Pipeline.name == "too-big")
+        ).all()
+    assert all("--memory=102m" in c for c in commands), commands

@@ -10,6 +10,7 @@ passes its source as a config parameter, `python3 -c <source> MODE ARG`).
 - `symlink`: leaves a symlink to /etc/passwd among its science products.
 - `wrong-dir`: writes its science product to `$WORKFLOW_DIR/science/` (not the output
   directory).
+- `allocate MB`: touches MB megabytes of memory, then writes a product.
 """
 
 import json
@@ -72,6 +73,11 @@ def main():
         science = Path(os.environ["WORKFLOW_DIR"]) / "science"
         science.mkdir(parents=True, exist_ok=True)
         (science / "map.fits").write_bytes(b"SIMPLE")
+    elif mode == "allocate":
+        block = bytearray(int(arg) << 20)
+        block[:: 1 << 12] = b"x" * len(block[:: 1 << 12])
+        (out / "science").mkdir(parents=True, exist_ok=True)
+        (out / "science" / "allocated.txt").write_text(arg)
     else:
         sys.exit(f"unknown mode {mode!r}")
 

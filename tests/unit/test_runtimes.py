@@ -188,3 +188,19 @@ def test_command_templates_substitute_parameters_without_interpreting_them() -> 
     ]  # fmt: skip
     with pytest.raises(ConfigurationError, match=r"\{missing\}, which is not a config parameter"):
         render_command(["prog", "{missing}"], params)
+
+
+def test_the_stored_command_shows_the_container_environment_without_secret_values() -> None:
+    from ccat_wm.execution.launch import display_command
+    from infra.backends import JobSpec
+
+    argv, env = podman_command(
+        replace(job(), env={"DB_PASSWORD": "hunter2", "OMP_NUM_THREADS": "4"}), PodmanOptions()
+    )
+    shown = tuple(k for k in env if f"--env={k}" in argv)
+    spec = JobSpec("j", tuple(argv), env, ROOT, ROOT / "log", shown_env=shown)
+    stored = display_command(spec)
+    assert stored.startswith("OMP_NUM_THREADS=4 WORKFLOW_DIR=/workflow ")
+    assert "WORKFLOW_OUTPUT_DIR=/workflow/workspace/calibrate" in stored
+    assert "'DB_PASSWORD=<withheld>' podman --runtime runc" in stored
+    assert "hunter2" not in stored and "PATH=" not in stored
