@@ -45,6 +45,8 @@ CONTRACT_DIRS: tuple[tuple[str, bool], ...] = (
 BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """Variables of the submitting process a job inherits (the runtime's own process, or a
 host-runtime command); nothing else leaks in."""
+PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+"""A job's own PID namespace whose processes all end when its first one does."""
 MOUNT_SEPARATORS = (":", ",")
 """Characters that split a bind specification in Apptainer's `--bind` and podman's
 `--volume` grammar; a host path holding one cannot be bound."""
@@ -232,6 +234,11 @@ class PodmanOptions:
     """The CDI device a GPU step gets (needs the NVIDIA Container Toolkit's CDI spec)."""
     extra_args: tuple[str, ...] = ()
     """More `podman run` options, each `--name=value`."""
+    pid_namespace: bool = False
+    """Start podman in its own PID namespace with its own /proc (`unshare --pid --fork
+    --kill-child --mount-proc`), so that `conmon` and the container stay in the job's
+    process tree: the batch system accounts their memory and CPU, and a killed job takes
+    them with it. Set for SLURM jobs run as root (the local backend makes its own)."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> PodmanOptions:
@@ -260,7 +267,8 @@ def podman_command(job: ContainerJob, options: PodmanOptions) -> tuple[list[str]
     """
     if job.image is None:
         raise RuntimeConfigError("the podman runtime needs an image")
-    argv = [options.executable]
+    argv = [*PID_NAMESPACE] if options.pid_namespace else []
+    argv.append(options.executable)
     if options.oci_runtime:
         argv += ["--runtime", options.oci_runtime]
     if options.cgroup_manager:

@@ -10,6 +10,8 @@ the software gets (`NAME=value ... argv`, secret values withheld).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shlex
 import string
 import sys
@@ -170,7 +172,10 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
             argv, env = apptainer_command(job, sif_path(image_ref_, sif_cache_dir(ctx, settings)))
             shown = [k for k in env if k.startswith("APPTAINERENV_")]
         elif runtime is m.Runtime.PODMAN:
-            argv, env = podman_command(job, PodmanOptions.from_settings(ctx.location.settings))
+            options = PodmanOptions.from_settings(ctx.location.settings)
+            if ctx.location.backend is m.Backend.SLURM and os.geteuid() == 0:
+                options = dataclasses.replace(options, pid_namespace=True)
+            argv, env = podman_command(job, options)
             shown = [k for k in env if f"--env={k}" in argv]
         elif runtime is m.Runtime.HOST:
             argv, env = host_command(job)

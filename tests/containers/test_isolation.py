@@ -47,14 +47,21 @@ def _step(mode: str, arg: str = "", memory_gb: float = 1) -> dict[str, Any]:
 
 
 def _apply(
-    engine: Engine, root: Path, image: BuiltImage, pipelines: dict[str, tuple[str, dict[str, Any]]]
+    engine: Engine,
+    root: Path,
+    image: BuiltImage,
+    pipelines: dict[str, tuple[str, dict[str, Any]]],
+    *,
+    extra_locations: list[dict[str, Any]] | None = None,
+    scans: int = 2,
 ) -> None:
-    """Apply `name -> (location, step)` pipelines over 2 simulated scans."""
+    """Apply `name -> (location, step)` pipelines over `scans` simulated scans."""
     locations = locations_data(root)["locations"]
     locations.append(
         {"name": "pod", "site": "test", "location_type": "PROCESSING", "backend": "local",
          "runtime": "podman", "path": str(root / "pod-runs")}
     )  # fmt: skip
+    locations += extra_locations or []
     spec = {
         "locations": locations,
         "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
@@ -75,7 +82,7 @@ def _apply(
     path = write_yaml(root / "spec.yaml", spec)
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([path]), user="tester")
-        register_simulation(session, SimulationRequest(scans=2, seed=11))
+        register_simulation(session, SimulationRequest(scans=scans, seed=11))
 
 
 def _runs(engine: Engine, pipeline: str) -> list[tuple[m.RunStatus, str | None, str]]:

@@ -10,13 +10,17 @@ passes its source as a config parameter, `python3 -c <source> MODE ARG`).
 - `symlink`: leaves a symlink to /etc/passwd among its science products.
 - `wrong-dir`: writes its science product to `$WORKFLOW_DIR/science/` (not the output
   directory).
-- `allocate MB`: touches MB megabytes of memory, then writes a product.
+- `allocate MB`: touches MB megabytes of memory for 3 s (the batch system samples it
+  every second), then writes a product.
+- `hold MB`: touches MB megabytes, ignores SIGTERM and sleeps (to be cancelled).
 """
 
 import json
 import os
+import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 
@@ -73,10 +77,17 @@ def main():
         science = Path(os.environ["WORKFLOW_DIR"]) / "science"
         science.mkdir(parents=True, exist_ok=True)
         (science / "map.fits").write_bytes(b"SIMPLE")
+    elif mode == "hold":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        block = bytearray(int(arg.split(":")[0]) << 20)
+        block[:: 1 << 12] = b"x" * len(block[:: 1 << 12])
+        print("holding", flush=True)
+        time.sleep(3600)
     elif mode == "allocate":
         block = bytearray(int(arg) << 20)
         block[:: 1 << 12] = b"x" * len(block[:: 1 << 12])
         (out / "science").mkdir(parents=True, exist_ok=True)
+        time.sleep(3)
         (out / "science" / "allocated.txt").write_text(arg)
     else:
         sys.exit(f"unknown mode {mode!r}")

@@ -1,0 +1,94 @@
+"""Podman jobs on the real SLURM cluster: accounted by SLURM, and ended with their job.
+
+`conmon` detaches from the process that starts a container; on SLURM, podman runs in
+its own PID namespace so that the container stays in the job's process tree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from infra.example_image import BuiltImage
+from tests.containers.test_isolation import _apply, _run_ids, _step
+from tests.helpers import CCAT_WM, SLURM_TEST_SETTINGS, run_cli
+
+pytestmark = pytest.mark.db
+
+
+def _slurm_location(root: Path) -> dict[str, object]:
+    return {"name": "slurmpod", "site": "test", "location_type": "PROCESSING",
+            "backend": "slurm", "runtime": "podman", "path": str(root / "slurm-runs"),
+            "settings": SLURM_TEST_SETTINGS}  # fmt: skip
+
+
+def _holders(token: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline[:1] == ["python3"] and any(token in arg for arg in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_slurm_accounts_the_container_and_a_cancel_ends_it(
+    engine: Engine,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    example_image: BuiltImage,
+    slurm_cluster: None,
+) -> None:
+    """The container's 300 MB are the job's MaxRSS; a cancelled run's container (which
+    ignores SIGTERM) is gone with its job, not left running."""
+    token = uuid.uuid4().hex
+    _apply(engine, tmp_path, example_image, {
+        "measured": ("slurmpod", _step("allocate", "300")),
+        "held": ("slurmpod", _step("hold", f"200:{token}", memory_gb=2)),
+    }, extra_locations=[_slurm_location(tmp_path)], scans=1)  # fmt: skip
+
+    done = run_cli(cli_env, "run", "measured", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    with Session(engine) as session:
+        peaks = session.scalars(
+            select(m.ExecutedReductionStep.peak_memory_gb)
+            .join(m.ReductionStep)
+            .join(m.Pipeline)
+            .where(m.Pipeline.name == "measured")
+        ).all()
+    assert peaks and all(p is not None and p >= 0.29 for p in peaks), peaks
+
+    # The held run: its program (ignoring SIGTERM) must end when the run is cancelled.
+    env = dict(cli_env)
+    held = subprocess.Popen(
+        [CCAT_WM, "run", "held"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not _holders(token) and time.monotonic() < deadline:
+            assert held.poll() is None, held.stdout.read().decode() if held.stdout else ""
+            time.sleep(0.5)
+        assert _holders(token), "the held container never started"
+        run_id = _run_ids(engine, "held")[0]
+        cancelled = run_cli(cli_env, "cancel", str(run_id))
+        assert cancelled.returncode == 0, cancelled.stderr
+        deadline = time.monotonic() + 90
+        while _holders(token) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _holders(token) == [], "the container outlived its cancelled SLURM job"
+        held.wait(timeout=180)
+    finally:
+        if held.poll() is None:
+            held.kill()
+    with Session(engine) as session:
+        status = session.scalars(
+            select(m.ExecutedReductionStep.status).where(m.ExecutedReductionStep.id == run_id)
+        ).one()
+    assert status is m.RunStatus.CANCELLED
