@@ -146,14 +146,14 @@ def image_ref(ctx: RunContext) -> ImageRef:
 def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
     """Return the backend job of one attempt: wrapped command, environment and log file."""
     layout = ctx.layout
-    image_ref_ = image_ref(ctx)
+    ref = image_ref(ctx)
     req = resources(ctx)
     job = ContainerJob(
         command=tuple(render_command(ctx.command_template, ctx.parameters)),
         host_root=layout.root,
         output_dir=layout.output_rel,
         env=ctx.environment,
-        image=image_ref_,
+        image=ref,
         gpu=req.gpu,
         cpu=req.cpu,
         memory_gb=req.memory_gb,
@@ -166,10 +166,10 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
         if ctx.location.backend is m.Backend.KUBERNETES:
             # The cluster runs the image itself, with the same /workflow view as Apptainer.
             argv, env = pod_container(job)
-            image, mounts = image_ref_.oci_reference, contract_mounts(job)
+            image, mounts = ref.oci_reference, contract_mounts(job)
             shown = list(env)
         elif runtime is m.Runtime.APPTAINER:
-            argv, env = apptainer_command(job, sif_path(image_ref_, sif_cache_dir(ctx, settings)))
+            argv, env = apptainer_command(job, sif_path(ref, sif_cache_dir(ctx, settings)))
             shown = [k for k in env if k.startswith("APPTAINERENV_")]
         elif runtime is m.Runtime.PODMAN:
             options = PodmanOptions.from_settings(ctx.location.settings)

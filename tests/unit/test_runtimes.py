@@ -162,6 +162,9 @@ def test_podman_options_are_location_settings() -> None:
     assert argv[:3] == ["podman", "--cgroup-manager=systemd", "run"]
     assert not any(a.startswith("--ulimit") for a in argv)
     assert "--pull=never" in argv and "--security-opt=seccomp=unconfined" in argv
+    # On SLURM, podman starts in the job's own PID namespace (its conmon stays in the job).
+    wrapped, _ = podman_command(job(), replace(options, pid_namespace=True))
+    assert wrapped[:6] == ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "podman"]
 
 
 def test_a_path_that_would_split_a_bind_spec_is_refused() -> None:
