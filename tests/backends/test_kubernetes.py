@@ -117,7 +117,9 @@ def test_the_pod_runs_the_image_by_digest_with_the_contract_mounted_by_subpath()
     ]
     assert pod["restartPolicy"] == "Never"
     spec = build_job(ctx, Settings(), attempt=0)
-    assert display_command(spec).startswith(f"ghcr.io/ccatobs/chai-calibration@{DIGEST} ")
+    stored = display_command(spec)
+    assert stored.startswith("OMP_NUM_THREADS=4 WORKFLOW_DIR=/workflow ")  # the pod's env
+    assert f" ghcr.io/ccatobs/chai-calibration@{DIGEST} chai-calibrate --mode" in stored
 
 
 def test_job_names_are_dns_labels_that_keep_run_and_attempt() -> None:
