@@ -166,15 +166,20 @@ def test_files_may_refer_to_each_other_and_to_the_db(engine: Engine, tmp_path: P
     assert Change("create", "pipeline", "chai-demo") in changes
 
 
-def test_the_example_site_with_slurm_kubernetes_and_local_locations_applies(
+def test_the_example_site_with_slurm_kubernetes_local_and_podman_locations_applies(
     engine: Engine,
 ) -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "specs" / "locations-example.yaml"
     changes = _apply(engine, example)
     assert {c.name for c in changes if c.kind == "location"} == {
-        "archive", "ramses", "laptop", "k8s-cologne",
+        "archive", "ramses", "laptop", "workstation", "k8s-cologne",
     }  # fmt: skip
     with Session(engine) as session:
+        podman = session.scalars(
+            select(m.DataLocation).where(m.DataLocation.name == "workstation")
+        ).one()
+        assert (podman.backend, podman.runtime) == (m.Backend.LOCAL, m.Runtime.PODMAN)
+        assert podman.settings["podman_ulimits"] == {"nofile": "1024:1024", "nproc": "4096:4096"}
         k8s = session.scalars(
             select(m.DataLocation).where(m.DataLocation.name == "k8s-cologne")
         ).one()
