@@ -72,12 +72,13 @@ class ImageRef:
     sif_path: str | None = None
     """A SIF file instead of a registry."""
 
-    def _pin(self, separator_for_tag: str = ":") -> str:
+    def _pin(self) -> str:
+        """Return `repo@digest`, or `repo:tag` when there is no digest."""
         repo = self.repository.removeprefix("docker://").removeprefix("oras://")
         if self.digest:
             return f"{repo}@{self.digest}"
         if self.tag:
-            return f"{repo}{separator_for_tag}{self.tag}"
+            return f"{repo}:{self.tag}"
         raise RuntimeConfigError(f"image {self.repository!r} has neither a digest nor a tag")
 
     @property
