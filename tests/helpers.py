@@ -84,6 +84,17 @@ SLURM_TEST_SETTINGS = {
 """Settings of the test SLURM location: the cluster of infra/slurm/start-cluster.sh."""
 
 
+def podman_location(name: str, path: Path, *, slurm: bool = False) -> dict[str, Any]:
+    """A processing location running podman: local, or on the test SLURM cluster."""
+    location: dict[str, Any] = {
+        "name": name, "site": "test", "location_type": "PROCESSING",
+        "backend": "slurm" if slurm else "local", "runtime": "podman", "path": str(path),
+    }  # fmt: skip
+    if slurm:
+        location["settings"] = SLURM_TEST_SETTINGS
+    return location
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:

@@ -21,7 +21,7 @@ from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 from infra.example_image import BuiltImage, spec_with_image
-from tests.helpers import SLURM_TEST_SETTINGS, locations_data, run_cli, write_yaml
+from tests.helpers import locations_data, podman_location, run_cli, write_yaml
 
 pytestmark = pytest.mark.db
 
@@ -64,12 +64,9 @@ def test_the_demo_runs_in_podman_containers_bit_identical_to_the_host_run(
     data = spec_with_image(example_image)
     locations = locations_data(tmp_path)["locations"]
     locations += [
-        {"name": "pod", "site": "test", "location_type": "PROCESSING", "backend": "local",
-         "runtime": "podman", "path": str(tmp_path / "pod-runs")},
-        {"name": "slurmpod", "site": "test", "location_type": "PROCESSING", "backend": "slurm",
-         "runtime": "podman", "path": str(tmp_path / "slurm-runs"),
-         "settings": SLURM_TEST_SETTINGS},
-    ]  # fmt: skip
+        podman_location("pod", tmp_path / "pod-runs"),
+        podman_location("slurmpod", tmp_path / "slurm-runs", slurm=True),
+    ]
     data["locations"] = locations
     data["pipelines"] = [
         _pipeline_at(data, "chai-host", "local"),

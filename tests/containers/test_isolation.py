@@ -24,7 +24,7 @@ from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 from infra.example_image import BuiltImage
-from tests.helpers import locations_data, run_cli, write_yaml
+from tests.helpers import locations_data, podman_location, run_cli, write_yaml
 
 pytestmark = pytest.mark.db
 
@@ -57,10 +57,7 @@ def _apply(
 ) -> None:
     """Apply `name -> (location, step)` pipelines over `scans` simulated scans."""
     locations = locations_data(root)["locations"]
-    locations.append(
-        {"name": "pod", "site": "test", "location_type": "PROCESSING", "backend": "local",
-         "runtime": "podman", "path": str(root / "pod-runs")}
-    )  # fmt: skip
+    locations.append(podman_location("pod", root / "pod-runs"))
     locations += extra_locations or []
     spec = {
         "locations": locations,
@@ -85,18 +82,36 @@ def _apply(
         register_simulation(session, SimulationRequest(scans=scans, seed=11))
 
 
-def _runs(engine: Engine, pipeline: str) -> list[tuple[m.RunStatus, str | None, str]]:
-    """(status, failure reason, run directory's science/probe.json path) per run."""
-    run, step = m.ExecutedReductionStep, m.ReductionStep
+def _run_column(engine: Engine, pipeline: str, column: Any) -> list[Any]:
+    """One column of a pipeline's runs, in run order."""
+    run = m.ExecutedReductionStep
     with Session(engine) as session:
-        rows = session.execute(
-            select(run.id, run.status, run.failure_reason, run.sub_group_key)
-            .join(step, step.id == run.reduction_step_id)
-            .join(m.Pipeline, m.Pipeline.id == step.pipeline_id)
-            .where(m.Pipeline.name == pipeline)
-            .order_by(run.id)
-        ).all()
-    return [(status, reason, key) for _, status, reason, key in rows]
+        return list(
+            session.execute(
+                select(column)
+                .select_from(run)
+                .join(m.ReductionStep, m.ReductionStep.id == run.reduction_step_id)
+                .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+                .where(m.Pipeline.name == pipeline)
+                .order_by(run.id)
+            ).scalars()
+        )
+
+
+def _runs(engine: Engine, pipeline: str) -> list[tuple[m.RunStatus, str | None]]:
+    """(status, failure reason) of each run of a pipeline."""
+    run = m.ExecutedReductionStep
+    return list(
+        zip(
+            _run_column(engine, pipeline, run.status),
+            _run_column(engine, pipeline, run.failure_reason),
+            strict=True,
+        )
+    )
+
+
+def _run_ids(engine: Engine, pipeline: str) -> list[int]:
+    return _run_column(engine, pipeline, m.ExecutedReductionStep.id)
 
 
 def _probe_products(engine: Engine, pipeline: str) -> list[dict[str, Any]]:
@@ -183,30 +198,17 @@ def test_an_escaping_symlink_and_science_outside_the_output_directory_fail_the_r
 
     escape = _runs(engine, "escape")
     assert len(escape) == 2
-    for status, reason, _ in escape:
+    for status, reason in escape:
         assert status is m.RunStatus.FAILED
         assert reason and "science/passwd.fits: symlink leaves the output directory" in reason
     wrong = _runs(engine, "wrongdir")
     assert len(wrong) == 2
-    for status, reason, _ in wrong:
+    for status, reason in wrong:
         assert status is m.RunStatus.FAILED
         assert reason and "exit code 1" in reason, reason
     run_id = _run_ids(engine, "wrongdir")[0]
     logs = run_cli(cli_env, "logs", str(run_id))
     assert "Read-only file system: '/workflow/science'" in logs.stdout, logs.stdout[-2000:]
-
-
-def _run_ids(engine: Engine, pipeline: str) -> list[int]:
-    with Session(engine) as session:
-        return list(
-            session.scalars(
-                select(m.ExecutedReductionStep.id)
-                .join(m.ReductionStep)
-                .join(m.Pipeline)
-                .where(m.Pipeline.name == pipeline)
-                .order_by(m.ExecutedReductionStep.id)
-            )
-        )
 
 
 def test_the_memory_request_is_a_limit_the_container_cannot_pass(
@@ -219,17 +221,11 @@ def test_the_memory_request_is_a_limit_the_container_cannot_pass(
     })  # fmt: skip
     assert run_cli(cli_env, "run", "fits", timeout=600).returncode == 0
     assert run_cli(cli_env, "run", "too-big", timeout=600).returncode == 1
-    assert {status for status, _, _ in _runs(engine, "fits")} == {m.RunStatus.COMPLETED}
+    assert {status for status, _ in _runs(engine, "fits")} == {m.RunStatus.COMPLETED}
     too_big = _runs(engine, "too-big")
     assert len(too_big) == 2
-    for status, reason, _ in too_big:
+    for status, reason in too_big:
         assert status is m.RunStatus.FAILED
         assert reason and "exit code 137" in reason, reason
-    with Session(engine) as session:
-        commands = session.scalars(
-            select(m.ExecutedReductionStep.execution_command)
-            .join(m.ReductionStep)
-            .join(m.Pipeline)
-            .where(m.Pipeline.name == "too-big")
-        ).all()
+    commands = _run_column(engine, "too-big", m.ExecutedReductionStep.execution_command)
     assert all("--memory=102m" in c for c in commands), commands

@@ -13,21 +13,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from ccat_ops_db import models as m
 from infra.example_image import BuiltImage
-from tests.containers.test_isolation import _apply, _run_ids, _step
-from tests.helpers import CCAT_WM, SLURM_TEST_SETTINGS, run_cli
+from tests.containers.test_isolation import _apply, _run_column, _run_ids, _step
+from tests.helpers import CCAT_WM, podman_location, run_cli
 
 pytestmark = pytest.mark.db
-
-
-def _slurm_location(root: Path) -> dict[str, object]:
-    return {"name": "slurmpod", "site": "test", "location_type": "PROCESSING",
-            "backend": "slurm", "runtime": "podman", "path": str(root / "slurm-runs"),
-            "settings": SLURM_TEST_SETTINGS}  # fmt: skip
 
 
 def _holders(token: str) -> list[psutil.Process]:
@@ -52,17 +45,11 @@ def test_slurm_accounts_the_container_and_a_cancel_ends_it(
     _apply(engine, tmp_path, example_image, {
         "measured": ("slurmpod", _step("allocate", "300")),
         "held": ("slurmpod", _step("hold", f"200:{token}", memory_gb=2)),
-    }, extra_locations=[_slurm_location(tmp_path)], scans=1)  # fmt: skip
+    }, extra_locations=[podman_location("slurmpod", tmp_path / "slurm-runs", slurm=True)], scans=1)  # fmt: skip
 
     done = run_cli(cli_env, "run", "measured", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    with Session(engine) as session:
-        peaks = session.scalars(
-            select(m.ExecutedReductionStep.peak_memory_gb)
-            .join(m.ReductionStep)
-            .join(m.Pipeline)
-            .where(m.Pipeline.name == "measured")
-        ).all()
+    peaks = _run_column(engine, "measured", m.ExecutedReductionStep.peak_memory_gb)
     assert peaks and all(p is not None and p >= 0.29 for p in peaks), peaks
 
     # The held run: its program (ignoring SIGTERM) must end when the run is cancelled.
@@ -87,8 +74,5 @@ def test_slurm_accounts_the_container_and_a_cancel_ends_it(
     finally:
         if held.poll() is None:
             held.kill()
-    with Session(engine) as session:
-        status = session.scalars(
-            select(m.ExecutedReductionStep.status).where(m.ExecutedReductionStep.id == run_id)
-        ).one()
+    (status,) = _run_column(engine, "held", m.ExecutedReductionStep.status)
     assert status is m.RunStatus.CANCELLED
