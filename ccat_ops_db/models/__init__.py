@@ -3,8 +3,10 @@
 from ccat_ops_db.models.base import Base
 from ccat_ops_db.models.enums import (
     IN_FLIGHT_STATUSES,
+    UNRETRYABLE_FAILURES,
     Backend,
     DataProductType,
+    FailureKind,
     GapReason,
     ImageKind,
     LocationType,
@@ -40,6 +42,7 @@ from ccat_ops_db.models.products import DataProduct, data_product_lineage
 from ccat_ops_db.models.runs import (
     ExecutedReductionStep,
     ExecutedReductionStepInput,
+    RunAttempt,
     RunSnapshot,
     RunStatusChange,
 )
@@ -48,6 +51,7 @@ from ccat_ops_db.models.users import User
 
 __all__ = [
     "IN_FLIGHT_STATUSES",
+    "UNRETRYABLE_FAILURES",
     "Backend",
     "Base",
     "DataGrouping",
@@ -57,6 +61,7 @@ __all__ = [
     "ExecutedObsUnit",
     "ExecutedReductionStep",
     "ExecutedReductionStepInput",
+    "FailureKind",
     "GapReason",
     "ImageKind",
     "Instrument",
@@ -75,6 +80,7 @@ __all__ = [
     "ReductionSoftwareVersion",
     "ReductionStep",
     "ReductionStepConfig",
+    "RunAttempt",
     "RunSnapshot",
     "RunStatus",
     "RunStatusChange",

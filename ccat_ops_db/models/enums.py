@@ -50,6 +50,42 @@ class GapReason(enum.StrEnum):
     FAILED = "failed"
 
 
+class FailureKind(enum.StrEnum):
+    """Why an attempt of a run failed, in classes an operator acts on (and badput is split by).
+
+    OUT_OF_MEMORY and TIMEOUT escalate the next attempt's memory or time; OVER_LIMIT and
+    STUCK_PENDING cannot be mended by retrying, so such a failure uses up the run's retries.
+    """
+
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    """The cluster lost the node (NODE_FAIL, BOOT_FAIL)."""
+    PREEMPTED = "PREEMPTED"
+    EXIT_CODE = "EXIT_CODE"
+    """The software exited non-zero."""
+    SIGNAL = "SIGNAL"
+    """The job was killed by a signal (other than for memory or time)."""
+    CONTRACT = "CONTRACT"
+    """The job ended but broke the container contract (outputs, checksums)."""
+    NOT_STARTED = "NOT_STARTED"
+    """Staging, the image or the submission failed: no job ran."""
+    OVER_LIMIT = "OVER_LIMIT"
+    """The request exceeds what the processing location can ever give."""
+    STUCK_PENDING = "STUCK_PENDING"
+    """The scheduler held the job for a reason that does not clear by itself."""
+    LOST = "LOST"
+    """The backend lost track of the job."""
+    INTERNAL = "INTERNAL"
+    """An error of the workflow manager itself."""
+
+
+UNRETRYABLE_FAILURES: frozenset[FailureKind] = frozenset(
+    {FailureKind.OVER_LIMIT, FailureKind.STUCK_PENDING}
+)
+"""Failures no retry can mend: a run failing so has used up its retries at once."""
+
+
 class SnapshotOrigin(enum.StrEnum):
     """Where a run's snapshot (RunSnapshot) came from."""
 

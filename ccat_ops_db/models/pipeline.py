@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -106,6 +107,8 @@ class ReductionStep(Base):
         ),
         CheckConstraint("max_concurrent_runs >= 1", name="max_concurrent_runs_positive"),
         CheckConstraint("max_retries >= 0", name="max_retries_non_negative"),
+        CheckConstraint("retry_memory_factor >= 1", name="retry_memory_factor_at_least_one"),
+        CheckConstraint("retry_time_factor >= 1", name="retry_time_factor_at_least_one"),
         CheckConstraint("step_order >= 0", name="step_order_non_negative"),
         CheckConstraint(
             "version_policy <> 'exact' OR pinned_version_id IS NOT NULL",
@@ -133,5 +136,9 @@ class ReductionStep(Base):
         pg_enum(VersionPolicy, "version_policy"), default=VersionPolicy.COMPATIBLE
     )
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    retry_memory_factor: Mapped[float] = mapped_column(Float, default=2.0, server_default="2")
+    """A retry after OUT_OF_MEMORY asks for this times the failed attempt's memory."""
+    retry_time_factor: Mapped[float] = mapped_column(Float, default=2.0, server_default="2")
+    """A retry after TIMEOUT asks for this times the failed attempt's time limit."""
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]

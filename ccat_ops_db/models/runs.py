@@ -26,6 +26,7 @@ from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
 from ccat_ops_db.models.enums import (
     IN_FLIGHT_STATUSES,
     Backend,
+    FailureKind,
     GapReason,
     RunStatus,
     Runtime,
@@ -104,6 +105,11 @@ class ExecutedReductionStep(Base):
     product_hash_sum: Mapped[Decimal | None] = mapped_column(Numeric)
     """Sum of those products' item hashes, set with `product_count`."""
     failure_reason: Mapped[str | None] = mapped_column(String)
+    failure_kind: Mapped[FailureKind | None] = mapped_column(pg_enum(FailureKind, "failure_kind"))
+    """The class of the latest failed attempt's `failure_reason` (kept while it is retried)."""
+    requested_resources: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """What the latest attempt asked for (cpu, memory_gb, time_hours, gpu): the step's
+    resources, escalated after OUT_OF_MEMORY or TIMEOUT (migration 0008)."""
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
@@ -180,3 +186,35 @@ class RunStatusChange(Base):
     status: Mapped[RunStatus] = mapped_column(pg_enum(RunStatus, "run_status"))
     retry_count: Mapped[int] = mapped_column(Integer)
     changed_at: Mapped[dt.datetime]
+
+
+class RunAttempt(Base):
+    """One attempt of a run: what it asked for, which job ran it and how it ended.
+
+    Written by a trigger on the run's row (migration 0008) when an attempt is submitted
+    and when it ends, so no code path can skip it; the run's own row holds only its
+    latest attempt. `ccat-wm resources` reads requested against used, and the CPU-hours
+    of failed attempts (badput), from here.
+    """
+
+    __tablename__ = "run_attempt"
+    __table_args__ = (UniqueConstraint("executed_reduction_step_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("executed_reduction_step.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    """0 = the first (the run's `retry_count` during it)."""
+    requested_resources: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    hpc_job_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[RunStatus | None] = mapped_column(pg_enum(RunStatus, "run_status"))
+    """COMPLETED, FAILED or CANCELLED once the attempt ended; NULL while it runs."""
+    failure_kind: Mapped[FailureKind | None] = mapped_column(pg_enum(FailureKind, "failure_kind"))
+    failure_reason: Mapped[str | None] = mapped_column(String)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    processing_time_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_gb: Mapped[float | None] = mapped_column(Float)
+    cpu_hours: Mapped[float | None] = mapped_column(Float)
+    submitted_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]

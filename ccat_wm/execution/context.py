@@ -99,6 +99,14 @@ class RunContext:
     image_kind: m.ImageKind = m.ImageKind.OCI
     """What the version's image is (never changes once a run used the version)."""
     sif_path: str | None = None
+    priority: int = 0
+    """The pipeline's priority (higher first), passed to the scheduler."""
+    retry_memory_factor: float = 2.0
+    retry_time_factor: float = 2.0
+    requested_resources: dict[str, Any] | None = None
+    """What the latest submitted attempt asked for (None before the first)."""
+    failure_kind: m.FailureKind | None = None
+    """How the latest attempt failed, if it did."""
 
     @property
     def layout(self) -> RunLayout:
@@ -168,6 +176,11 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
         execution_command=row.execution_command,
         image_kind=row.image_kind,
         sif_path=row.sif_path,
+        priority=row.priority,
+        retry_memory_factor=row.retry_memory_factor,
+        retry_time_factor=row.retry_time_factor,
+        requested_resources=row.requested_resources,
+        failure_kind=row.failure_kind,
     )
 
 
@@ -196,7 +209,12 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             run.exit_code,
             run.execution_command,
             run.sub_group_key,
+            run.requested_resources,
+            run.failure_kind,
             step.max_retries,
+            step.retry_memory_factor,
+            step.retry_time_factor,
+            pipeline.priority,
             step.name.label("step"),
             step.id.label("step_id"),
             pipeline.name.label("pipeline"),

@@ -25,6 +25,7 @@ from ccat_ops_db import models as m
 from ccat_wm.errors import ConfigurationError
 from ccat_wm.execution.context import RunContext
 from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.sizing import configured_resources
 from ccat_wm.execution.snapshot import split_secrets
 from ccat_wm.execution.staging import StagedInput
 from ccat_wm.settings import Settings
@@ -113,17 +114,6 @@ def write_manifest(layout: RunLayout, manifest: Mapping[str, Any]) -> None:
     tmp.replace(layout.manifest)
 
 
-def resources(ctx: RunContext) -> Resources:
-    """Return the step config's resource requirements."""
-    req = ctx.resources
-    return Resources(
-        cpu=int(req.get("cpu", 1)),
-        memory_gb=float(req.get("memory_gb", 1.0)),
-        time_hours=float(req.get("time_hours", 1.0)),
-        gpu=int(req.get("gpu", 0)),
-    )
-
-
 def sif_cache_dir(ctx: RunContext, settings: Settings) -> Path:
     """Return the location's image cache (its setting, SIF_CACHE_DIR, or under its path)."""
     configured = ctx.location.settings.get("sif_cache_dir")
@@ -143,11 +133,17 @@ def image_ref(ctx: RunContext) -> ImageRef:
     )
 
 
-def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
-    """Return the backend job of one attempt: wrapped command, environment and log file."""
+def build_job(
+    ctx: RunContext, settings: Settings, attempt: int, request: Resources | None = None
+) -> JobSpec:
+    """Return the backend job of one attempt: wrapped command, environment and log file.
+
+    `request`: what the attempt asks for (`sizing.attempt_request`); default the step's
+    configured resources.
+    """
     layout = ctx.layout
     ref = image_ref(ctx)
-    req = resources(ctx)
+    req = request or configured_resources(ctx.resources)
     job = ContainerJob(
         command=tuple(render_command(ctx.command_template, ctx.parameters)),
         host_root=layout.root,
@@ -199,6 +195,7 @@ def build_job(ctx: RunContext, settings: Settings, attempt: int) -> JobSpec:
         image=image,
         mounts=mounts,
         shown_env=tuple(dict.fromkeys(shown)),
+        priority=ctx.priority,
     )
 
 

@@ -32,7 +32,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from ccat_ops_db.models import DataProductType, RunStatus, Runtime
+from ccat_ops_db.models import (
+    UNRETRYABLE_FAILURES,
+    DataProductType,
+    FailureKind,
+    RunStatus,
+    Runtime,
+)
 from ccat_wm.db import Db
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
@@ -58,10 +64,30 @@ from ccat_wm.execution.launch import (
 )
 from ccat_wm.execution.lifecycle import TransitionError, current_status, transition
 from ccat_wm.execution.ownership import IN_FLIGHT
+from ccat_wm.execution.sizing import (
+    DEFAULT_PENDING_GRACE_S,
+    ImpossibleRequestError,
+    attempt_request,
+    check_request,
+    classify_failure,
+    combined_limits,
+    configured_resources,
+    describe,
+    pending_grace_s,
+    resources_json,
+)
 from ccat_wm.execution.snapshot import record_snapshot
 from ccat_wm.execution.staging import stage_inputs
 from ccat_wm.settings import Settings
-from infra.backends import Backend, BackendError, JobInfo, JobSpec, JobState
+from infra.backends import (
+    Backend,
+    BackendError,
+    JobInfo,
+    JobSpec,
+    JobState,
+    ResourceLimits,
+    Resources,
+)
 from infra.sif_cache import ImagePullError, ensure_sif
 
 S = RunStatus
@@ -90,6 +116,8 @@ class RunOutcome:
     """Attempts the run may make in all (`max_retries + 1`)."""
     job_id: str | None = None
     """The backend job of the (last) attempt, when one was submitted."""
+    final: bool = False
+    """The failure cannot be mended by retrying (`UNRETRYABLE_FAILURES`): no retry follows."""
 
 
 @contextmanager
@@ -168,7 +196,7 @@ class RunExecutor:
         with self._transaction() as conn:
             ctx = load_run_context(conn, run_id)
             outcome = replace(outcome, job_id=ctx.hpc_job_id)
-            if ctx.retry_count >= ctx.max_retries:
+            if ctx.retry_count >= ctx.max_retries or outcome.final:
                 return outcome
             try:
                 self._move(conn, run_id, S.PENDING, expected=S.FAILED)
@@ -222,25 +250,35 @@ class RunExecutor:
         Returns the backend, the job id and whether RUNNING is recorded, or how the run ended.
         """
         run_id = ctx.run_id
+        backend = backend_for(ctx, self.settings)
         try:
-            spec, backend, staged = self._prepare(ctx, attempt, conn)
+            request = self._request(ctx, backend)
+        except ImpossibleRequestError as exc:
+            return self._fail(
+                ctx, attempt, str(exc), expected=S.STAGING_DATA, conn=conn,
+                kind=FailureKind.OVER_LIMIT, requested=exc.request,
+            )  # fmt: skip
+        try:
+            spec, staged = self._prepare(ctx, attempt, conn, request)
             job_id = backend.submit(spec)
         except (CcatWmError, BackendError, OSError, ValueError) as exc:
             return self._fail(
-                ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn
-            )
+                ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn,
+                kind=FailureKind.NOT_STARTED, requested=request,
+            )  # fmt: skip
         running = backend.starts_at_once
         if not running:  # a queued job: say which while it waits and runs
             _log().info(
                 "run %s (%s[%s]) attempt %s of %s: %s input(s) staged in %s; submitted as "
-                "job %s (%s)", run_id, ctx.step, ctx.sub_group_key, attempt + 1,
+                "job %s (%s) asking for %s", run_id, ctx.step, ctx.sub_group_key, attempt + 1,
                 ctx.max_retries + 1, staged, ctx.layout.root, job_id, ctx.location.backend.value,
+                describe(request),
             )  # fmt: skip
         try:
             with self._transaction(conn):
                 self._move(
-                    conn, run_id, S.SUBMITTED, expected=S.STAGING_DATA,
-                    hpc_job_id=job_id, **_first_command(ctx, spec),
+                    conn, run_id, S.SUBMITTED, expected=S.STAGING_DATA, hpc_job_id=job_id,
+                    requested_resources=resources_json(request), **_first_command(ctx, spec),
                 )  # fmt: skip
                 if running:
                     self._move(conn, run_id, S.RUNNING, expected=S.SUBMITTED)
@@ -253,7 +291,10 @@ class RunExecutor:
         self, ctx: RunContext, attempt: int, backend: Backend, job_id: str, *, running: bool
     ) -> RunOutcome:
         """Watch the job to its end, record it (COLLECTING_RESULTS) and collect its results."""
-        info, marked_running = self._watch(ctx.run_id, backend, job_id, running=running)
+        grace = pending_grace_s(ctx.location.settings)
+        info, marked_running = self._watch(
+            ctx.run_id, backend, job_id, running=running, grace_s=grace
+        )
         if info is None:
             return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
         with self.engine.connect() as conn:
@@ -284,11 +325,15 @@ class RunExecutor:
             job_id = backend.find(job_name(ctx, attempt))
             if job_id is None:  # never submitted: stage and submit (staging is idempotent)
                 return self._start(ctx, attempt)
-            spec = build_job(ctx, self.settings, attempt)
+            try:
+                request = self._request(ctx, backend)
+            except ImpossibleRequestError:  # the limits changed since: it was submitted anyway
+                request = configured_resources(ctx.resources)
+            spec = build_job(ctx, self.settings, attempt, request)
             try:
                 self._move_now(
-                    ctx.run_id, S.SUBMITTED, expected=S.STAGING_DATA,
-                    hpc_job_id=job_id, **_first_command(ctx, spec),
+                    ctx.run_id, S.SUBMITTED, expected=S.STAGING_DATA, hpc_job_id=job_id,
+                    requested_resources=resources_json(request), **_first_command(ctx, spec),
                 )  # fmt: skip
             except TransitionError as exc:
                 backend.cancel(job_id)
@@ -308,24 +353,39 @@ class RunExecutor:
             with self._transaction() as conn:
                 ctx = load_run_context(conn, run_id)
                 if ctx.status in (S.STAGING_DATA, S.SUBMITTED, S.RUNNING, S.COLLECTING_RESULTS):
-                    transition(conn, run_id, S.FAILED, failure_reason=reason)
+                    transition(
+                        conn, run_id, S.FAILED, failure_reason=reason,
+                        failure_kind=FailureKind.INTERNAL,
+                    )  # fmt: skip
             if ctx.hpc_job_id:
                 backend_for(ctx, self.settings).cancel(ctx.hpc_job_id)
         except Exception:  # the original error is what matters; this is best effort
             LOG.exception("could not mark run %s FAILED after %s", run_id, reason)
 
+    def _request(self, ctx: RunContext, backend: Backend) -> Resources:
+        """Return what this attempt asks for, refused if the location can never give it."""
+        try:
+            scheduler = backend.limits()
+        except BackendError as exc:  # not knowing the partition's limits must not stop runs
+            _log().warning("run %s: could not read the scheduler's limits: %s", ctx.run_id, exc)
+            scheduler = ResourceLimits()
+        limits = combined_limits(ctx.location.settings, scheduler)
+        request = attempt_request(ctx, limits)
+        check_request(request, limits, ctx.location.name)
+        return request
+
     def _prepare(
-        self, ctx: RunContext, attempt: int, conn: Connection
-    ) -> tuple[JobSpec, Backend, int]:
+        self, ctx: RunContext, attempt: int, conn: Connection, request: Resources
+    ) -> tuple[JobSpec, int]:
         """Stage the inputs, write the manifest, build the job; return it with the inputs' count."""
         layout = ctx.layout
         reset_output(layout)
         staged = stage_inputs(lambda: self._transaction(conn), ctx)
         write_manifest(layout, build_manifest(ctx, staged))
-        spec = build_job(ctx, self.settings, attempt)
+        spec = build_job(ctx, self.settings, attempt, request)
         if ctx.location.runtime is Runtime.APPTAINER:
             self._ensure_image(ctx)
-        return spec, backend_for(ctx, self.settings), len(staged)
+        return spec, len(staged)
 
     def _ensure_image(self, ctx: RunContext) -> None:
         """Pull the image into the SIF cache once per digest, verified before use."""
@@ -335,10 +395,20 @@ class RunExecutor:
             raise BackendError(str(exc)) from None
 
     def _watch(
-        self, run_id: int, backend: Backend, job_id: str, *, running: bool = False
+        self,
+        run_id: int,
+        backend: Backend,
+        job_id: str,
+        *,
+        running: bool = False,
+        grace_s: float = DEFAULT_PENDING_GRACE_S,
     ) -> tuple[JobInfo | None, bool]:
-        """Poll until the job ends; return its end (None: cancelled), and if RUNNING is recorded."""
-        interval, marked_running, unknown_since = 0.002, running, None
+        """Poll until the job ends; return its end (None: cancelled), and if RUNNING is recorded.
+
+        A job the backend reports stuck (held for a reason that cannot clear by itself)
+        for longer than `grace_s` is cancelled and ends FAILED with reason STUCK_PENDING.
+        """
+        interval, marked_running, unknown_since, stuck_since = 0.002, running, None, None
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:
             while True:
@@ -358,6 +428,12 @@ class RunExecutor:
                         info = JobInfo(
                             JobState.FAILED, reason=f"backend lost the job: {info.reason}"
                         )
+                stuck_since = (stuck_since or time.monotonic()) if info.stuck else None
+                if stuck_since is not None and time.monotonic() - stuck_since > grace_s:
+                    backend.cancel(job_id)
+                    return JobInfo(JobState.FAILED, reason=_stuck_reason(job_id, info, grace_s)), (
+                        marked_running
+                    )
                 if info.state.finished:
                     return info, marked_running
                 backend.wait(job_id, interval)
@@ -384,7 +460,10 @@ class RunExecutor:
         captured = [OutputFile(log, DataProductType.LOG)] if log.exists() else []
         if info.state is not JobState.COMPLETED:
             reason = info.reason or f"exit code {info.exit_code}"
-            return self._fail(ctx, attempt, reason, captured=captured, conn=conn, job_id=job_id)
+            return self._fail(
+                ctx, attempt, reason, captured=captured, conn=conn, job_id=job_id,
+                kind=classify_failure(reason, info.exit_code),
+            )  # fmt: skip
         try:
             records = checksum_outputs([*scan_outputs(layout), *captured])
             with self._transaction(conn) as db:
@@ -392,7 +471,10 @@ class RunExecutor:
                 verify_unchanged(records)  # nothing may have changed since it was hashed
                 self._move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
         except ContractViolationError as exc:
-            return self._fail(ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id)
+            return self._fail(
+                ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id,
+                kind=FailureKind.CONTRACT,
+            )  # fmt: skip
         except TransitionError as exc:  # cancelled while it was collected
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         for record in records:
@@ -418,23 +500,35 @@ class RunExecutor:
         captured: list[OutputFile] | None = None,
         conn: Connection | None = None,
         job_id: str | None = None,
+        kind: FailureKind,
+        requested: Resources | None = None,
     ) -> RunOutcome:
-        """Keep the attempt's logs as LOG products and mark the run FAILED with `reason`."""
+        """Keep the attempt's logs as LOG products and mark the run FAILED with `reason`.
+
+        `requested`: what an attempt that failed before its submission asked for (a
+        submitted one's request is recorded already). A failure of a kind no retry can
+        mend ends the run's retries.
+        """
         logs = [*(captured or []), *preserve_failed_logs(ctx.layout, attempt)]
         records = checksum_outputs(logs)
+        values: dict[str, object] = {"failure_reason": reason, "failure_kind": kind}
+        if requested is not None:
+            values["requested_resources"] = resources_json(requested)
         try:
             with self._transaction(conn) as db:
                 register_products(db, ctx.run_id, records)
-                self._move(db, ctx.run_id, S.FAILED, expected=expected, failure_reason=reason)
+                self._move(db, ctx.run_id, S.FAILED, expected=expected, **values)
         except TransitionError as exc:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
+        final = kind in UNRETRYABLE_FAILURES
         _log().warning(
-            "run %s: attempt %s of %s%s failed: %s", ctx.run_id, attempt + 1,
-            ctx.max_retries + 1, f" (job {job_id})" if job_id else "", reason,
+            "run %s: attempt %s of %s%s failed (%s%s): %s", ctx.run_id, attempt + 1,
+            ctx.max_retries + 1, f" (job {job_id})" if job_id else "", kind.value,
+            ", not retried: no retry can mend it" if final else "", reason,
         )  # fmt: skip
         return RunOutcome(
             ctx.run_id, S.FAILED, attempt, reason,
-            log_path=ctx.layout.attempt_log(attempt), attempts=ctx.max_retries + 1,
+            log_path=ctx.layout.attempt_log(attempt), attempts=ctx.max_retries + 1, final=final,
         )  # fmt: skip
 
     def _move(
@@ -453,6 +547,15 @@ class RunExecutor:
     ) -> None:
         with self._transaction() as conn:
             self._move(conn, run_id, target, expected=expected, **values)
+
+
+def _stuck_reason(job_id: str, info: JobInfo, grace_s: float) -> str:
+    """Say why a job held for a reason that cannot clear was cancelled (kind STUCK_PENDING)."""
+    return (
+        f"STUCK_PENDING: job {job_id} was held for more than {grace_s:g} s (location setting "
+        f"pending_grace_s) for a reason that does not clear by itself: {info.reason}; "
+        "it was cancelled"
+    )
 
 
 def _first_command(ctx: RunContext, spec: JobSpec) -> dict[str, str]:

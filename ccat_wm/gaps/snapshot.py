@@ -13,7 +13,7 @@ import datetime as dt
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -32,6 +32,9 @@ from ccat_wm.selection.query import Selection, key_expression, selection
 from ccat_wm.selection.tables import FILTER_TABLES
 
 RUN = m.ExecutedReductionStep
+WHOLE_BUDGET = 2**30
+"""Failed attempts a run counts for when it failed in a way no retry can mend
+(`UNRETRYABLE_FAILURES`): more than any step's `max_retries + 1`."""
 PACKAGE = m.RawDataPackage
 
 
@@ -76,13 +79,21 @@ def _failures_query() -> Any:
         )
         .scalar_subquery()
     )
+    attempts = case(  # a failure no retry can mend uses up the whole budget
+        (
+            and_(RUN.status == m.RunStatus.FAILED,
+                 RUN.failure_kind.in_(sorted(m.UNRETRYABLE_FAILURES))),
+            literal(WHOLE_BUDGET),
+        ),
+        else_=RUN.retry_count + 1,
+    )  # fmt: skip
     failed_since = and_(
         RUN.status == m.RunStatus.FAILED,
         RUN.id > func.coalesce(latest_completed, 0),
         RUN.id >= func.coalesce(latest_reset, 0),
     )
     return (
-        select(*keys, func.sum(RUN.retry_count + 1).label("failures"))
+        select(*keys, func.sum(attempts).label("failures"))
         .where(
             RUN.reduction_step_id.in_(bindparam("step_ids", expanding=True)),
             RUN.status != m.RunStatus.COMPLETED,  # lets PostgreSQL use the partial index

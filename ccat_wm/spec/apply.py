@@ -384,6 +384,8 @@ class _Writer:
             "pinned_version_id": pinned,
             "version_policy": spec.version_policy,
             "max_retries": spec.max_retries,
+            "retry_memory_factor": spec.retry_memory_factor,
+            "retry_time_factor": spec.retry_time_factor,
         }
         return self.sync(
             m.ReductionStep,

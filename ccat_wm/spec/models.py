@@ -163,6 +163,32 @@ class LocationSettingsSpec(_Strict):
     k8s_flow_secret: str | None = None
     """Secret whose keys become the flow pods' environment (CCAT_OPS_DB_URL, PREFECT_API_KEY)."""
     sif_cache_dir: str | None = None
+    max_cpu: int | None = Field(default=None, ge=1)
+    """Most CPUs one job may ask for here (a larger request fails at once); SLURM: also
+    read from the partition, the smaller limit wins."""
+    max_memory_gb: float | None = Field(default=None, gt=0)
+    """Most memory (GiB) one job may ask for here (see max_cpu)."""
+    max_time_hours: float | None = Field(default=None, gt=0)
+    """Longest time limit (hours) one job may ask for here (see max_cpu)."""
+    max_gpu: int | None = Field(default=None, ge=0)
+    """Most GPUs one job may ask for here (see max_cpu)."""
+    pending_grace_s: float | None = Field(default=None, ge=0, le=7 * 86_400)
+    """How long a job may wait for a reason that cannot clear by itself (a partition
+    limit, down or drained nodes, an invalid account or QOS) before it is cancelled and
+    its run failed (default 600)."""
+    slurm_priority: Literal["nice", "qos", "none"] | None = None
+    """How a pipeline's priority reaches SLURM: `nice` (default: `--nice=<base - priority>`,
+    never below 0), `qos` (`--qos` from slurm_qos_by_priority) or `none`."""
+    slurm_nice_base: int | None = Field(default=None, ge=0, le=2_147_483_645)
+    """The nice value of a priority-0 pipeline (default 100)."""
+    slurm_qos_by_priority: dict[int, str] = Field(default_factory=dict)
+    """Lowest pipeline priority -> QOS, e.g. `{0: normal, 10: high}`: a pipeline gets the
+    QOS of the highest threshold at or below its priority."""
+    k8s_priority_classes: dict[int, str] = Field(default_factory=dict)
+    """Lowest pipeline priority -> PriorityClass name of its pods (as slurm_qos_by_priority)."""
+    failed_run_retention_days: float | None = Field(default=None, ge=0)
+    """`ccat-wm gc` removes a failed or cancelled run's directory (all but its registered
+    log products) this many days after it ended (default 14)."""
     podman_executable: str | None = None
     """The podman program (default `podman` on PATH)."""
     podman_oci_runtime: str | None = None
@@ -178,6 +204,15 @@ class LocationSettingsSpec(_Strict):
     """The CDI device of a GPU step (default nvidia.com/gpu=all)."""
     podman_extra_args: list[str] = Field(default_factory=list)
     """More `podman run` options, each `--name=value`."""
+
+    @model_validator(mode="after")
+    def _qos_needs_a_map(self) -> LocationSettingsSpec:
+        if self.slurm_priority == "qos" and not self.slurm_qos_by_priority:
+            raise ValueError(
+                "slurm_priority is qos but slurm_qos_by_priority is empty; expected e.g. "
+                "{0: normal, 10: high}"
+            )
+        return self
 
     @field_validator("podman_extra_args")
     @classmethod
@@ -455,6 +490,10 @@ class StepSpec(_Strict):
     schedule: CronExpr | None = None
     max_concurrent_runs: int = Field(default=1, ge=1, le=100_000)
     max_retries: int = Field(default=0, ge=0, le=100)
+    retry_memory_factor: float = Field(default=2.0, ge=1, le=64)
+    """A retry after OUT_OF_MEMORY asks for this times the failed attempt's memory."""
+    retry_time_factor: float = Field(default=2.0, ge=1, le=64)
+    """A retry after TIMEOUT asks for this times the failed attempt's time limit."""
     version_policy: VersionPolicy = VersionPolicy.COMPATIBLE
     pinned_version: str | None = None
     config: ConfigSpec

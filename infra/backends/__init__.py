@@ -6,6 +6,7 @@ from infra.backends.base import (
     JobInfo,
     JobSpec,
     JobState,
+    ResourceLimits,
     Resources,
 )
 from infra.backends.registry import BACKENDS, get_backend
@@ -17,6 +18,7 @@ __all__ = [
     "JobInfo",
     "JobSpec",
     "JobState",
+    "ResourceLimits",
     "Resources",
     "get_backend",
 ]

@@ -79,6 +79,8 @@ class JobSpec:
     shown_env: tuple[str, ...] = ()
     """Names in `env` that make up what the software's environment is (the step's and the
     contract's variables, as the runtime passes them), shown in the stored command."""
+    priority: int = 0
+    """The pipeline's priority (higher first); backends map it to the scheduler's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,23 @@ class JobInfo:
     peak_memory_gb: float | None = None
     """Peak resident memory of the whole process tree, in GiB."""
     reason: str | None = None
-    """Why it failed, in the backend's words (e.g. OUT_OF_MEMORY, exit code 3)."""
+    """Why it failed, in the backend's words (e.g. OUT_OF_MEMORY, exit code 3); for a
+    queued job, why the scheduler holds it."""
+    stuck: bool = False
+    """A queued job is held for a reason that does not clear by itself (a partition limit,
+    down or drained nodes, an invalid account or QOS): someone must change the cluster."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceLimits:
+    """The most one job may ask for at a location (None: no known limit)."""
+
+    cpu: int | None = None
+    memory_gb: float | None = None
+    time_hours: float | None = None
+    gpu: int | None = None
+    source: str = ""
+    """Where the limits come from, for messages (e.g. `SLURM partition debug`)."""
 
 
 class Backend(ABC):
@@ -127,6 +145,10 @@ class Backend(ABC):
     def logs(self, job_id: str) -> str:
         """Return the job's captured output so far."""
 
+    def limits(self) -> ResourceLimits:
+        """Return what the scheduler can ever give one job; backends that cannot tell: none."""
+        return ResourceLimits()
+
     def find(self, name: str) -> str | None:
         """Return the id of a job submitted under `name` by any process, or None.
 
@@ -148,6 +170,12 @@ class Backend(ABC):
         """
         del job_id
         time.sleep(timeout_s)
+
+
+def by_threshold(table: Mapping[int, str], priority: int) -> str | None:
+    """Return the value of the highest threshold at or below `priority` (None below all)."""
+    eligible = [threshold for threshold in table if int(threshold) <= priority]
+    return table[max(eligible)] if eligible else None
 
 
 SHELL_SIGNAL_BASE = 128

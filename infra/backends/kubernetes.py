@@ -38,6 +38,7 @@ from infra.backends.base import (
     JobSpec,
     JobState,
     Resources,
+    by_threshold,
     exit_reason,
 )
 from infra.backends.polling import PolledBackend
@@ -77,6 +78,9 @@ class KubernetesSettings(BaseModel):
     service_account: str | None = Field(default=None, alias="k8s_service_account")
     image_pull_secrets: tuple[str, ...] = Field(default=(), alias="k8s_image_pull_secrets")
     node_selector: dict[str, str] = Field(default_factory=dict, alias="k8s_node_selector")
+    priority_classes: dict[int, str] = Field(default_factory=dict, alias="k8s_priority_classes")
+    """Lowest pipeline priority -> PriorityClass of its pods (the highest threshold at or
+    below the priority wins; none below the lowest)."""
     ttl_seconds_after_finished: int = Field(
         default=7 * 86400, ge=0, alias="k8s_ttl_seconds_after_finished"
     )
@@ -166,6 +170,9 @@ def job_manifest(spec: JobSpec, settings: KubernetesSettings) -> dict[str, Any]:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
     if settings.node_selector:
         pod_spec["nodeSelector"] = dict(settings.node_selector)
+    priority_class = by_threshold(settings.priority_classes, spec.priority)
+    if priority_class:
+        pod_spec["priorityClassName"] = priority_class
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

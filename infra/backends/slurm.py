@@ -32,9 +32,9 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -43,12 +43,32 @@ from infra.backends.base import (
     JobInfo,
     JobSpec,
     JobState,
+    ResourceLimits,
     Resources,
+    by_threshold,
     exit_reason,
 )
 from infra.backends.polling import PolledBackend
 
 GIB = 1024**3
+MAX_NICE = 2_147_483_645
+"""The largest `--nice` SLURM accepts."""
+LIMITS_TTL_S = 60.0
+"""How long the partition's limits read by `limits()` are reused."""
+STUCK_REASONS = frozenset(
+    {
+        "PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "MaxMemPerLimit",
+        "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed",
+        "BadConstraints", "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit",
+        "QOSMaxMemoryPerJob", "QOSMaxNodePerJobLimit", "QOSMaxGRESPerJob",
+    }
+)  # fmt: skip
+"""Reasons a queued job waits that only a change to the cluster, its partition, account or
+QOS can clear: its request exceeds a limit, or it may never run under its association."""
+NODE_REASONS = ("ReqNodeNotAvail", "Nodes required for job are DOWN, DRAINED")
+"""Reasons (short and long form) of a job waiting for nodes that are unavailable: stuck
+when every node of its partition is down, drained or failed."""
+DEAD_NODE_STATES = ("down", "drain", "fail", "maint", "future", "inval")
 LAUNCH_SCRIPT = """#!/bin/bash
 # Written by ccat-wm (SLURM backend). Runs the command stored for this job or array task.
 # $1 is the submission's directory; the task's files hold NUL-separated values (data,
@@ -92,6 +112,10 @@ class SlurmSettings(BaseModel):
     array_window_s: float = Field(default=0.25, ge=0, alias="slurm_array_window_s")
     """How long a submission waits for others to join its job array."""
     max_array_size: int = Field(default=1000, ge=1, alias="slurm_max_array_size")
+    priority_mode: Literal["nice", "qos", "none"] = Field(default="nice", alias="slurm_priority")
+    """How a pipeline's priority reaches SLURM (see `priority_options`)."""
+    nice_base: int = Field(default=100, ge=0, le=MAX_NICE, alias="slurm_nice_base")
+    qos_by_priority: dict[int, str] = Field(default_factory=dict, alias="slurm_qos_by_priority")
 
     @field_validator("extra_args")
     @classmethod
@@ -127,6 +151,7 @@ class SlurmBackend(PolledBackend):
         self.settings = settings
         self._open: dict[tuple[str, ...], _Batch] = {}
         self._incomplete: dict[str, float] = {}
+        self._limits: tuple[float, ResourceLimits] | None = None
         self.calls: dict[str, int] = {"sbatch": 0, "squeue": 0, "sacct": 0, "scancel": 0}
         """Invocations of each SLURM command by this backend (for benchmarks and tests)."""
 
@@ -135,7 +160,7 @@ class SlurmBackend(PolledBackend):
     def submit(self, spec: JobSpec) -> str:
         """Submit the job, in a job array with others arriving within the window."""
         item = _Pending(spec)
-        options = self.resource_options(spec.resources)
+        options = self.resource_options(spec.resources, spec.priority)
         with self._lock:
             batch = self._open.get(options)
             leader = batch is None
@@ -153,8 +178,8 @@ class SlurmBackend(PolledBackend):
             self._submit_batch(batch)
         return item.done.result()
 
-    def resource_options(self, resources: Resources) -> tuple[str, ...]:
-        """Translate resources (and the location's partition and account) to sbatch options."""
+    def resource_options(self, resources: Resources, priority: int = 0) -> tuple[str, ...]:
+        """Translate resources, priority, and the location's partition and account to options."""
         minutes = max(1, math.ceil(resources.time_hours * 60))
         options = [
             f"--cpus-per-task={max(1, resources.cpu)}",
@@ -167,8 +192,58 @@ class SlurmBackend(PolledBackend):
             options.append(f"--partition={self.settings.partition}")
         if self.settings.account:
             options.append(f"--account={self.settings.account}")
+        options.extend(self.priority_options(priority))
         options.extend(self.settings.extra_args)
         return tuple(options)
+
+    def priority_options(self, priority: int) -> list[str]:
+        """Map a pipeline's priority to SLURM's (setting `slurm_priority`).
+
+        `nice`: `--nice=<slurm_nice_base - priority>`, clamped to 0..MAX_NICE: a higher
+        priority gets a smaller nice and so a higher job priority, and no value needs an
+        operator's privilege (negative nice). `qos`: the QOS of the highest threshold of
+        `slurm_qos_by_priority` at or below the priority (none below the lowest).
+        """
+        mode = self.settings.priority_mode
+        if mode == "nice":
+            return [f"--nice={min(MAX_NICE, max(0, self.settings.nice_base - priority))}"]
+        if mode == "qos":
+            qos = by_threshold(self.settings.qos_by_priority, priority)
+            return [f"--qos={qos}"] if qos else []
+        return []
+
+    def limits(self) -> ResourceLimits:
+        """Read the partition's limits and its largest node (cached for LIMITS_TTL_S)."""
+        cached = self._limits
+        if cached is not None and time.monotonic() - cached[0] < LIMITS_TTL_S:
+            return cached[1]
+        lines = self._run(["scontrol", "show", "partition", "--oneliner"]).splitlines()
+        partitions = [_fields(line) for line in lines if line.strip()]
+        wanted = self.settings.partition
+        chosen = next(
+            (p for p in partitions if (p.get("PartitionName") == wanted if wanted
+                                       else p.get("Default") == "YES")),
+            None,
+        )  # fmt: skip
+        if chosen is None:
+            raise BackendError(
+                f"SLURM has no partition {wanted!r}" if wanted else "SLURM has no default partition"
+            )
+        name = chosen["PartitionName"]
+        nodes = self._run(
+            ["sinfo", "--noheader", "--Node", f"--partition={name}", "--format=%c|%m"]
+        )
+        sizes = [line.split("|") for line in nodes.split() if "|" in line]
+        node_cpus = max((int(c) for c, _ in sizes if c.isdigit()), default=None)
+        node_mb = max((int(mb) for _, mb in sizes if mb.isdigit()), default=None)
+        limits = ResourceLimits(
+            cpu=_smaller(node_cpus, _number(chosen.get("MaxCPUsPerNode"))),
+            memory_gb=_gb(_smaller(node_mb, _number(chosen.get("MaxMemPerNode")))),
+            time_hours=_hours(chosen.get("MaxTime", "UNLIMITED")),
+            source=f"SLURM partition {name}",
+        )
+        self._limits = (time.monotonic(), limits)
+        return limits
 
     def sbatch_command(
         self, batch_dir: Path, names: Sequence[str], options: Sequence[str]
@@ -260,8 +335,10 @@ class SlurmBackend(PolledBackend):
             self._refreshed = time.monotonic()
             return
         queued = parse_squeue(
-            self._run(["squeue", "--me", "--noheader", "--array", "--format=%i|%T|%r"])
+            self._run(["squeue", "--me", "--noheader", "--array", "--format=%i|%T|%r|%P"])
         )
+        if any(_waits_for_nodes(info) for info in queued.values()):
+            queued = self._mark_dead_partitions(queued)
         gone = [j for j in open_ids if j not in queued]
         finished = {}
         if gone:
@@ -284,6 +361,23 @@ class SlurmBackend(PolledBackend):
                 if info is not None:
                     self._watched[job_id] = info
             self._refreshed = time.monotonic()
+
+    def _mark_dead_partitions(self, queued: dict[str, JobInfo]) -> dict[str, JobInfo]:
+        """Mark jobs waiting for nodes stuck when every node of their partition is dead."""
+        listing = self._run(["sinfo", "--noheader", "--Node", "--format=%P|%T"])
+        alive: dict[str, bool] = {}
+        for line in listing.split():
+            partition, _, state = line.partition("|")
+            partition = partition.rstrip("*")
+            dead = state.lower().startswith(DEAD_NODE_STATES)
+            alive[partition] = alive.get(partition, False) or not dead
+        out = {}
+        for job_id, info in queued.items():
+            where = _partition_of(info)
+            dead = _waits_for_nodes(info) and where in alive and not alive[where]
+            why = f"{info.reason} (every node of partition {where} is down or drained)"
+            out[job_id] = replace(info, stuck=True, reason=why) if dead else info
+        return out
 
     # -- cancel and logs ----------------------------------------------------------------------
 
@@ -351,7 +445,11 @@ def _escape_pattern(path: Path) -> str:
 
 
 def parse_squeue(output: str) -> dict[str, JobInfo]:
-    """Parse `squeue --format=%i|%T|%r` lines into job states (queued or running)."""
+    """Parse `squeue --format=%i|%T|%r|%P` lines into job states (queued or running).
+
+    A queued job's reason is kept, with its partition (`reason [partition P]`) when
+    listed; a reason in STUCK_REASONS marks it stuck.
+    """
     jobs = {}
     for line in output.splitlines():
         parts = line.strip().split("|")
@@ -359,7 +457,11 @@ def parse_squeue(output: str) -> dict[str, JobInfo]:
             continue
         job_id, state = parts[0], parts[1]
         if state in QUEUED_STATES:
-            jobs[job_id] = JobInfo(JobState.PENDING, reason=parts[2] if len(parts) > 2 else None)
+            reason = parts[2] if len(parts) > 2 else None
+            if reason and len(parts) > 3 and parts[3]:
+                reason = f"{reason} [partition {parts[3]}]"
+            stuck = reason is not None and reason.split(maxsplit=1)[0].rstrip(",") in STUCK_REASONS
+            jobs[job_id] = JobInfo(JobState.PENDING, reason=reason, stuck=stuck)
         elif state in RUNNING_STATES:
             jobs[job_id] = JobInfo(JobState.RUNNING)
     return jobs
@@ -448,6 +550,40 @@ def parse_duration(value: str) -> float:
         parts.insert(0, 0.0)
     hours, minutes, seconds = parts
     return (float(days) if days else 0.0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def _fields(line: str) -> dict[str, str]:
+    """Parse `scontrol show ... --oneliner` output (`Key=Value` pairs) into a dict."""
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+def _number(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    known = [v for v in (a, b) if v is not None]
+    return min(known) if known else None
+
+
+def _gb(megabytes: int | None) -> float | None:
+    return megabytes / 1024 if megabytes is not None else None
+
+
+def _hours(max_time: str) -> float | None:
+    """Hours of a partition's MaxTime (`UNLIMITED`/`INFINITE`: None)."""
+    if max_time.upper() in {"UNLIMITED", "INFINITE", "NONE", ""}:
+        return None
+    return parse_duration(max_time) / 3600.0
+
+
+def _waits_for_nodes(info: JobInfo) -> bool:
+    return info.reason is not None and info.reason.startswith(NODE_REASONS)
+
+
+def _partition_of(info: JobInfo) -> str | None:
+    match = re.search(r"\[partition ([^\]]+)\]$", info.reason or "")
+    return match.group(1) if match else None
 
 
 def settings_from(values: Mapping[str, Any]) -> SlurmSettings:

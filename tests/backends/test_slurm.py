@@ -33,10 +33,41 @@ def test_resources_translate_to_sbatch_options(tmp_path: Path) -> None:
     options = backend.resource_options(Resources(cpu=4, memory_gb=7.5, time_hours=2.5, gpu=2))
     assert options == (
         "--cpus-per-task=4", "--mem=7680M", "--time=150", "--gres=gpu:2",
-        "--partition=astro", "--account=ccat", "--qos=hi",
+        "--partition=astro", "--account=ccat", "--nice=100", "--qos=hi",
     )  # fmt: skip
     cpu_only = SlurmBackend(tmp_path, settings_from({})).resource_options(Resources())
-    assert cpu_only == ("--cpus-per-task=1", "--mem=1024M", "--time=60")
+    assert cpu_only == ("--cpus-per-task=1", "--mem=1024M", "--time=60", "--nice=100")
+
+
+def test_pipeline_priority_becomes_a_nice_value_or_a_qos(tmp_path: Path) -> None:
+    """Higher priority -> smaller nice (never negative: that needs an operator), or a QOS."""
+    nice = SlurmBackend(tmp_path, settings_from({"slurm_nice_base": 50}))
+    assert [nice.priority_options(p) for p in (0, 10, 50, 99, -20)] == [
+        ["--nice=50"], ["--nice=40"], ["--nice=0"], ["--nice=0"], ["--nice=70"],
+    ]  # fmt: skip
+    qos = SlurmBackend(
+        tmp_path,
+        settings_from(
+            {"slurm_priority": "qos", "slurm_qos_by_priority": {"0": "normal", "10": "high"}}
+        ),
+    )
+    assert [qos.priority_options(p) for p in (-1, 0, 9, 10, 500)] == [
+        [], ["--qos=normal"], ["--qos=normal"], ["--qos=high"], ["--qos=high"],
+    ]  # fmt: skip
+    off = SlurmBackend(tmp_path, settings_from({"slurm_priority": "none"}))
+    assert off.priority_options(100) == []
+
+
+def test_queued_jobs_held_for_reasons_that_cannot_clear_are_marked_stuck() -> None:
+    queued = parse_squeue(
+        "1|PENDING|Resources|debug\n2|PENDING|PartitionTimeLimit|short\n"
+        "3|PENDING|InvalidAccount|debug\n4|PENDING|Priority|debug\n"
+        "5|PENDING|ReqNodeNotAvail, UnavailableNodes:vm|debug\n"
+    )
+    assert {k: v.stuck for k, v in queued.items()} == {
+        "1": False, "2": True, "3": True, "4": False, "5": False,
+    }  # fmt: skip
+    assert queued["2"].reason == "PartitionTimeLimit [partition short]"
 
 
 def test_sbatch_command_for_one_run_and_for_an_array(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -24,8 +24,8 @@ def add_run(
 ) -> int:
     """Insert a run of `pipeline.step` with the software's latest version; return its id."""
     with Session(engine) as session, session.begin():
-        step_row = session.scalars(
-            select(m.ReductionStep)
+        step_row = session.execute(  # columns only: older schemas (migration tests) lack some
+            select(m.ReductionStep.id, m.ReductionStep.reduction_software_id)
             .join(m.Pipeline)
             .where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
         ).one()
@@ -35,18 +35,21 @@ def add_run(
                 m.ReductionSoftwareVersion.is_latest,
             )
         ).one()
-        run = m.ExecutedReductionStep(
-            reduction_step_id=step_row.id,
-            reduction_software_version_id=version_id,
-            status=status,
-            sub_group_key=key,
-            reason=m.GapReason.NEW,
-            input_fingerprint="f" * 64,
-            config_fingerprint="c" * 64,
-        )
-        session.add(run)
-        session.flush()
-        return run.id
+        run = m.ExecutedReductionStep
+        return session.execute(  # the columns every schema since 0001 has
+            insert(run)
+            .values(
+                reduction_step_id=step_row.id,
+                reduction_software_version_id=version_id,
+                status=status,
+                sub_group_key=key,
+                reason=m.GapReason.NEW,
+                input_fingerprint="f" * 64,
+                config_fingerprint="c" * 64,
+                retry_count=0,
+            )
+            .returning(run.id)
+        ).scalar_one()
 
 
 def _apply(engine: Engine, *paths: Path) -> list[Change]:
