@@ -86,6 +86,15 @@ UNRETRYABLE_FAILURES: frozenset[FailureKind] = frozenset(
 """Failures no retry can mend: a run failing so has used up its retries at once."""
 
 
+class CleanupScope(enum.StrEnum):
+    """What `ccat-wm gc` removed of a finished run's directory (docs/operations.md)."""
+
+    WORKSPACE = "workspace"
+    """A COMPLETED run's staged inputs and scratch files; its products, manifest and logs stay."""
+    RUN_DIRECTORY = "run_directory"
+    """A failed or cancelled run's whole directory but its registered products (logs)."""
+
+
 class SnapshotOrigin(enum.StrEnum):
     """Where a run's snapshot (RunSnapshot) came from."""
 

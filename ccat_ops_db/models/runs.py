@@ -26,6 +26,7 @@ from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
 from ccat_ops_db.models.enums import (
     IN_FLIGHT_STATUSES,
     Backend,
+    CleanupScope,
     FailureKind,
     GapReason,
     RunStatus,
@@ -218,3 +219,22 @@ class RunAttempt(Base):
     cpu_hours: Mapped[float | None] = mapped_column(Float)
     submitted_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+
+
+class RunCleanup(Base):
+    """What `ccat-wm gc` removed of one finished run's directory, and when (one row per run).
+
+    Registered products are never removed: a COMPLETED run keeps its products, manifest
+    and logs; a failed or cancelled one its log products.
+    """
+
+    __tablename__ = "run_cleanup"
+
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("executed_reduction_step.id", ondelete="CASCADE"), primary_key=True
+    )
+    scope: Mapped[CleanupScope] = mapped_column(pg_enum(CleanupScope, "cleanup_scope"))
+    removed_at: Mapped[dt.datetime]
+    files_removed: Mapped[int] = mapped_column(Integer)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger)
+    """Bytes whose last link was removed (a hard link to a staged copy frees nothing)."""

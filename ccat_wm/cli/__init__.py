@@ -12,8 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
+from ccat_wm.cli import cluster, demo, deploy, provenance, runs, specs
 from ccat_wm.cli import db as db_commands
-from ccat_wm.cli import demo, deploy, provenance, runs, specs
 from ccat_wm.cli.common import report_error
 from ccat_wm.prefect_settings import apply_prefect_defaults
 
@@ -41,7 +41,7 @@ for command in (
     specs.apply, specs.simulate,
     runs.plan, runs.run, runs.retry, runs.status, runs.logs, runs.cancel, runs.trigger,
     provenance.lineage, provenance.verify, provenance.reproduce, provenance.invalidate,
-    deploy.deploy, demo.demo,
+    deploy.deploy, demo.demo, cluster.resources, cluster.gc,
 ):  # fmt: skip
     cli.add_command(command)
 

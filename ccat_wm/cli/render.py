@@ -6,14 +6,16 @@ import datetime as dt
 import json
 import shlex
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ccat_wm.execution.control import Lineage
 from ccat_wm.execution.invalidation import InvalidationResult
 from ccat_wm.execution.report import RunRow
 from ccat_wm.execution.reproduce import ReproduceReport
+from ccat_wm.execution.retention import Removal
 from ccat_wm.execution.retry import RetryResult
+from ccat_wm.execution.usage import StepUsage
 from ccat_wm.execution.verify import VerifyReport
 from ccat_wm.gaps.plan import Plan, next_action
 from ccat_wm.gaps.what_if import WhatIf
@@ -120,7 +122,7 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
         return "no runs"
     header = (
         "id", "pipeline", "step", "sub_group_key", "status", "reason", "retries",
-        "hpc_job_id", "started", "finished", "time_s", "peak_gb", "cpu_h",
+        "requested", "hpc_job_id", "started", "finished", "time_s", "peak_gb", "cpu_h",
     )  # fmt: skip
     body = [
         (
@@ -131,6 +133,7 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
             r.status,
             r.reason,
             str(r.retry_count),
+            _request_cell(r.requested_resources),
             _cell(r.hpc_job_id),
             _short_time(r.started_at),
             _short_time(r.finished_at),
@@ -142,7 +145,7 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
     ]
     text = table(header, body)
     failures = [
-        f"  run {r.id}: {r.failure_reason}"
+        f"  run {r.id}: [{r.failure_kind or 'FAILED'}] {r.failure_reason}"
         for r in rows
         if r.status == "FAILED" and r.failure_reason
     ]
@@ -154,6 +157,76 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
     if links:
         parts += ["flow runs in the Prefect UI:", *links[:20]]
     return "\n".join(parts)
+
+
+def render_resources_table(report: Sequence[StepUsage]) -> str:
+    """`ccat-wm resources` as a table: one line per step, then the badput per failure kind."""
+    headers = (
+        "pipeline", "step", "runs", "failed", "cpu", "mem_req_gb", "mem_p50", "mem_p95",
+        "mem_suggest", "time_req_h", "wall_p50_h", "wall_p95_h", "time_suggest_h", "cpu_eff",
+        "badput_cpu_h",
+    )  # fmt: skip
+    rows = [
+        (
+            u.pipeline, u.step, u.completed, u.failed, u.requested.cpu,
+            f"{u.requested.memory_gb:.3g}", _cell(u.memory_gb_p50, 3), _cell(u.memory_gb_p95, 3),
+            _cell(u.suggested_memory_gb, 2), f"{u.requested.time_hours:.3g}",
+            _cell(_per_hour(u.wall_s_p50), 4), _cell(_per_hour(u.wall_s_p95), 4),
+            _cell(u.suggested_time_hours, 3),
+            f"{u.cpu_efficiency:.0%}" if u.cpu_efficiency is not None else "-",
+            _hours(u.badput_total),
+        )
+        for u in report
+    ]  # fmt: skip
+    lines = [table(headers, rows)]
+    badput = [
+        f"  {u.pipeline}.{u.step}: "
+        + ", ".join(f"{kind} {_hours(h)}" for kind, h in sorted(u.badput_cpu_hours.items()))
+        for u in report
+        if u.badput_cpu_hours
+    ]
+    if badput:
+        lines += ["CPU-hours held by failed attempts (CPUs x wall), per failure kind:", *badput]
+    lines.append(
+        "suggested = 95th percentile of COMPLETED attempts x headroom; set it as the step's "
+        "resources (memory_gb, time_hours) in its spec and apply"
+    )
+    return "\n".join(lines)
+
+
+def render_gc_table(report: Sequence[Removal]) -> str:
+    """`ccat-wm gc` as a table: per location, what was removed and the bytes freed."""
+    if not report:
+        return "no processing locations"
+    headers = (
+        "location", "staged_copies", "completed_workspaces", "failed_run_dirs", "files",
+        "bytes_freed", "products_kept",
+    )  # fmt: skip
+    rows = [
+        (r.location, r.staged_copies, r.completed_workspaces, r.failed_run_directories,
+         r.files_removed, f"{r.bytes_freed:,}", r.products_kept)
+        for r in report
+    ]  # fmt: skip
+    verb = "would free" if report[0].dry_run else "freed"
+    total = sum(r.bytes_freed for r in report)
+    return f"{table(headers, rows)}\n{verb} {total:,} bytes in all" + (
+        " (dry run: nothing was removed)" if report[0].dry_run else ""
+    )
+
+
+def _per_hour(seconds: float | None) -> float | None:
+    return seconds / 3600 if seconds is not None else None
+
+
+def _request_cell(request: Mapping[str, Any] | None) -> str:
+    """Render a latest attempt's request as a table cell: `1c 0.4G 2h` (`-`: none recorded)."""
+    if not request:
+        return "-"
+    cell = (
+        f"{request.get('cpu', 1)}c {float(request.get('memory_gb', 1)):.3g}G "
+        f"{float(request.get('time_hours', 1)):.3g}h"
+    )
+    return f"{cell} {request['gpu']}gpu" if request.get("gpu") else cell
 
 
 def _short_time(moment: dt.datetime | None) -> str:

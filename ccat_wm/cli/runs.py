@@ -24,7 +24,7 @@ from ccat_wm.cli.render import (
 )
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.control import cancel_run
-from ccat_wm.execution.logs import follow_log, read_log, run_log
+from ccat_wm.execution.logs import attempt_summary, follow_log, read_log, run_log
 from ccat_wm.execution.report import run_rows
 from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
@@ -206,6 +206,9 @@ def logs(run_id: int, attempt: int | None, follow: bool) -> None:
         f"# run {run_id} attempt {log.attempt} of {log.attempts} ({log.status}): {log.path}",
         err=True,
     )
+    summary = attempt_summary(ops_db, run_id, log.attempt)
+    if summary:
+        click.echo(f"# attempt {log.attempt}: {summary}", err=True)
     if follow:
         final = follow_log(ops_db, log, lambda text: click.echo(text, nl=False))
         click.echo(f"# run {run_id} is {final}", err=True)

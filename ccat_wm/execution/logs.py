@@ -16,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
+from ccat_ops_db import models as m
 from ccat_ops_db.models import RunStatus
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.context import RunContext, load_run_context
 from ccat_wm.execution.lifecycle import FINAL
+from ccat_wm.execution.sizing import describe
 from ccat_wm.settings import Settings
 from infra.backends import BackendError
 
@@ -67,6 +69,40 @@ def _locate(ctx: RunContext, attempt: int | None) -> RunLog:
 def run_log(engine: Engine, run_id: int, attempt: int | None = None) -> RunLog:
     """Locate attempt `attempt` (default: the latest) of run `run_id`."""
     return _locate(_load(engine, run_id), attempt)
+
+
+def attempt_summary(engine: Engine, run_id: int, attempt: int) -> str | None:
+    """Say what one attempt asked for, which job ran it, how it ended and what it used.
+
+    None for an attempt with no record (one made before attempts were recorded, or one
+    not yet submitted).
+    """
+    a = m.RunAttempt
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(a.requested_resources, a.hpc_job_id, a.status, a.failure_kind,
+                   a.failure_reason, a.processing_time_s, a.peak_memory_gb, a.cpu_hours)
+            .where(a.executed_reduction_step_id == run_id, a.attempt == attempt)
+        ).first()  # fmt: skip
+    if row is None:
+        return None
+    requested, job, status, kind, reason, wall, memory, cpu = row
+    parts = [f"asked for {describe(requested)}"]
+    parts.append(f"job {job}" if job else "no job submitted")
+    if status is None:
+        parts.append("in flight")
+    elif status is m.RunStatus.FAILED:
+        parts.append(f"FAILED ({kind.value if kind else 'unknown kind'}): {reason}")
+    else:
+        parts.append(status.value)
+    used = [
+        f"{value:.3g} {unit}"
+        for value, unit in ((memory, "GB peak"), (wall, "s"), (cpu, "CPU-h"))
+        if value is not None
+    ]
+    if used:
+        parts.append(f"used {', '.join(used)}")
+    return "; ".join(parts)
 
 
 def read_log(engine: Engine, log: RunLog, settings: Settings | None = None) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.layout import run_root
+from ccat_wm.execution.sizing import describe
 from ccat_wm.gaps.plan import make_plan
 from ccat_wm.selection.dimensions import display_key
 
@@ -50,6 +51,10 @@ class RunRow:
     """The flow run's page in the Prefect UI (only with a Prefect server)."""
     run_dir: str | None = None
     """The run's directory at its processing location (inputs, outputs, logs)."""
+    requested_resources: dict[str, Any] | None = None
+    """What its latest attempt asked for (escalated after OUT_OF_MEMORY or TIMEOUT)."""
+    failure_kind: str | None = None
+    """The class of its latest failure (OUT_OF_MEMORY, TIMEOUT, EXIT_CODE, ...)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (times as ISO 8601 in UTC)."""
@@ -80,6 +85,8 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
             RUN.finished_at,
             RUN.prefect_flow_run_id,
             m.DataLocation.path,
+            RUN.requested_resources,
+            RUN.failure_kind,
         )
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
@@ -90,12 +97,13 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
 
 def _row(values: Any, ui_url: str | None) -> RunRow:
     (rid, pipeline, step, key, status, reason, retries, job, wall, mem, cpu, why,
-     created, started, finished, flow_run, base) = values  # fmt: skip
+     created, started, finished, flow_run, base, requested, kind) = values  # fmt: skip
     url = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run}" if ui_url and flow_run else None
     run_dir = str(run_root(Path(base), pipeline, key, rid)) if base else None
     return RunRow(
         rid, pipeline, step, key, status.value, reason.value, retries, job, wall, mem, cpu, why,
-        created, started, finished, flow_run, url, run_dir,
+        created, started, finished, flow_run, url, run_dir, requested,
+        kind.value if kind else None,
     )  # fmt: skip
 
 
@@ -147,6 +155,7 @@ def run_table(rows: list[RunRow]) -> list[dict[str, Any]]:
             "failure": r.failure_reason or "",
             "attempts": r.retry_count + 1,
             "job_id": r.hpc_job_id or "",
+            "requested": describe(r.requested_resources) if r.requested_resources else "",
             "started": _utc(r.started_at),
             "finished": _utc(r.finished_at),
             "wall_s": round(r.processing_time_s, 2) if r.processing_time_s is not None else "",

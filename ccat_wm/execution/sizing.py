@@ -89,42 +89,53 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if value < 10 else f"{value:.4g}"
 
 
-def combined_limits(settings: Mapping[str, Any], scheduler: ResourceLimits) -> ResourceLimits:
-    """Return the smaller of the location's configured limits and the scheduler's."""
-    configured = ResourceLimits(
-        cpu=settings.get("max_cpu"),
-        memory_gb=settings.get("max_memory_gb"),
-        time_hours=settings.get("max_time_hours"),
-        gpu=settings.get("max_gpu"),
-    )
+@dataclass(frozen=True, slots=True)
+class LocationLimits:
+    """The most one job may ask for at a location, and where each limit comes from."""
+
+    values: ResourceLimits
+    sources: dict[str, str]
+    """Resource -> `location setting max_memory_gb` or the scheduler's source."""
+
+    def of(self, name: str) -> float | None:
+        """Return the limit of one resource (`cpu`, `memory_gb`, `time_hours`, `gpu`), or None."""
+        value: float | None = getattr(self.values, name)
+        return value
+
+
+def combined_limits(settings: Mapping[str, Any], scheduler: ResourceLimits) -> LocationLimits:
+    """Return the location's limits: the smaller of its `max_<resource>` and the scheduler's.
+
+    Each limit comes with where it is from, for the messages that name it.
+    """
     values: dict[str, Any] = {}
-    sources = []
-    for name in ("cpu", "memory_gb", "time_hours", "gpu"):
-        mine, theirs = getattr(configured, name), getattr(scheduler, name)
+    sources = {}
+    for name in _UNITS:
+        mine, theirs = settings.get(f"max_{name}"), getattr(scheduler, name)
         known = [v for v in (mine, theirs) if v is not None]
         values[name] = min(known) if known else None
         if theirs is not None and (mine is None or theirs <= mine):
-            sources.append(f"{name}: {scheduler.source}")
+            sources[name] = scheduler.source
         elif mine is not None:
-            sources.append(f"{name}: setting max_{name.removesuffix('_gb').removesuffix('_hours')}")
-    return ResourceLimits(**values, source="; ".join(sources))
+            sources[name] = f"location setting max_{name}"
+    return LocationLimits(ResourceLimits(**values), sources)
 
 
-def check_request(request: Resources, limits: ResourceLimits, location: str) -> None:
+def check_request(request: Resources, limits: LocationLimits, location: str) -> None:
     """Refuse a request that exceeds a limit, naming the resource, the request and the limit."""
     problems = []
     for name, unit in _UNITS.items():
-        limit = getattr(limits, name)
+        limit = limits.of(name)
         asked = getattr(request, name)
         if limit is not None and asked > limit + 1e-9:
             problems.append(
-                f"{name} {_number(asked)}{unit} exceeds the limit {_number(limit)}{unit}"
+                f"{name} {_number(asked)}{unit} exceeds the limit {_number(limit)}{unit} "
+                f"({limits.sources[name]})"
             )
     if problems:
         raise ImpossibleRequestError(
             f"the request ({describe(request)}) can never run at location {location!r}: "
-            f"{'; '.join(problems)} ({limits.source}); lower the step's resources or raise "
-            "the location's limit",
+            f"{'; '.join(problems)}; lower the step's resources or raise the location's limit",
             request,
         )
 
@@ -133,7 +144,7 @@ def escalate(
     previous: Resources,
     kind: FailureKind | None,
     factors: EscalationFactors,
-    limits: ResourceLimits,
+    limits: LocationLimits,
 ) -> Resources:
     """Return the request of the attempt after one that failed with `kind`.
 
@@ -141,17 +152,16 @@ def escalate(
     limit leaves no room to grow.
     """
     if kind is FailureKind.OUT_OF_MEMORY:
-        memory = _grow(previous.memory_gb, factors.memory, limits.memory_gb, "memory_gb", limits)
+        memory = _grow(previous.memory_gb, factors.memory, "memory_gb", limits)
         return Resources(previous.cpu, memory, previous.time_hours, previous.gpu)
     if kind is FailureKind.TIMEOUT:
-        hours = _grow(previous.time_hours, factors.time, limits.time_hours, "time_hours", limits)
+        hours = _grow(previous.time_hours, factors.time, "time_hours", limits)
         return Resources(previous.cpu, previous.memory_gb, hours, previous.gpu)
     return previous
 
 
-def _grow(
-    value: float, factor: float, limit: float | None, name: str, limits: ResourceLimits
-) -> float:
+def _grow(value: float, factor: float, name: str, limits: LocationLimits) -> float:
+    limit = limits.of(name)
     grown = value * factor
     if limit is not None:
         grown = min(grown, limit)
@@ -159,14 +169,15 @@ def _grow(
         unit = _UNITS[name]
         raise ImpossibleRequestError(
             f"the previous attempt failed with {name} {_number(value)}{unit}, already the limit "
-            f"{_number(limit or value)}{unit} ({limits.source}); a retry cannot ask for more"
+            f"{_number(limit or value)}{unit} ({limits.sources.get(name, 'no limit')}); a retry "
+            "cannot ask for more"
         )
     if name == "memory_gb":  # whole MiB, as schedulers take it
         grown = math.ceil(grown * 1024) / 1024
     return grown
 
 
-def attempt_request(ctx: RunContext, limits: ResourceLimits) -> Resources:
+def attempt_request(ctx: RunContext, limits: LocationLimits) -> Resources:
     """Return what this attempt of the run asks for (see the module docstring).
 
     The run's row holds the previous attempt's request and failure until this attempt is

@@ -86,11 +86,14 @@ def stage_inputs(
         source = raw.location_copy
         if source is None or not source.exists():
             source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
-        target = layout.input / source.name
-        if private:
-            copy_verified(source, target, raw.checksum, f"raw data package {raw.name!r}")
-        else:
-            _link_or_copy(source, target)
+        try:
+            target = _give_run(source, layout.input, raw, private=private)
+        except (FileNotFoundError, StagingError):
+            if source.exists():
+                raise
+            # `ccat-wm gc` removed the staged copy since it was looked up: stage it again.
+            source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
+            target = _give_run(source, layout.input, raw, private=private)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
         item = staged_product(layout.root, product)
@@ -98,6 +101,16 @@ def stage_inputs(
         copy_verified(product.path, item.host_path, product.checksum, what)
         staged.append(item)
     return staged
+
+
+def _give_run(source: Path, directory: Path, raw: RawInput, *, private: bool) -> Path:
+    """Put a staged package into a run's `input/`: a private copy, or a hard link."""
+    target = directory / source.name
+    if private:
+        copy_verified(source, target, raw.checksum, f"raw data package {raw.name!r}")
+    else:
+        _link_or_copy(source, target)
+    return target
 
 
 def staged_product(root: Path, product: ProductInput) -> StagedInput:

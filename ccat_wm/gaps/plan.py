@@ -13,18 +13,16 @@ import datetime as dt
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
 
 from croniter import CroniterBadDateError
-from sqlalchemy import BigInteger, bindparam, func, select, text, true
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.usage import measured_cpu_hours
 from ccat_wm.gaps.evaluate import evaluate
-from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot, StepInfo
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
 from ccat_wm.gaps.snapshot import load_snapshot
 from ccat_wm.selection.dimensions import display_key
 
@@ -77,44 +75,8 @@ def next_action(gap: Gap) -> str:
     return f"ccat-wm run {shlex.quote(gap.pipeline)}"
 
 
-HISTORY_SAMPLE = 200
-"""At most this many current runs per step are read for the median CPU-hours."""
-
-
-@lru_cache(maxsize=1)
-def _history_query() -> Any:
-    run = m.ExecutedReductionStep
-    step_ids = (
-        func.unnest(bindparam("step_ids", type_=ARRAY(BigInteger)))
-        .table_valued("id")
-        .render_derived(name="steps")
-    )
-    sample = (
-        select(run.cpu_hours)
-        .where(run.reduction_step_id == step_ids.c.id, run.is_current, run.cpu_hours.is_not(None))
-        .limit(HISTORY_SAMPLE)
-        .subquery()
-        .lateral("sample")
-    )
-    return (
-        select(
-            step_ids.c.id,
-            func.percentile_cont(0.5).within_group(sample.c.cpu_hours),
-            func.count(sample.c.cpu_hours),
-        )
-        .select_from(step_ids.join(sample, true()))
-        .group_by(step_ids.c.id)
-    )
-
-
-def _history(session: Session, steps: list[StepInfo]) -> dict[int, tuple[float, int]]:
-    """Median CPU-hours of up to HISTORY_SAMPLE measured current runs per step (one query)."""
-    rows = session.connection().execute(_history_query(), {"step_ids": [s.id for s in steps]})
-    return {int(step_id): (float(median), int(count)) for step_id, median, count in rows if count}
-
-
 def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -> list[StepCost]:
-    history = _history(session, snapshot.steps)
+    history = measured_cpu_hours(session, [s.id for s in snapshot.steps])
     counts = Counter(g.step for g in gaps if g.reason is not GapReason.FAILED)
     costs = []
     for step in snapshot.steps:

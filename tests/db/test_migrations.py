@@ -109,8 +109,9 @@ def test_upgrade_to_snapshots_backfills_what_it_can_and_names_the_unknown(
     waiting = add_run(engine, "chai-demo", "grid", m.RunStatus.PENDING, "source=c")
     with Session(engine) as session, session.begin():
         step = session.execute(  # the columns 0004 has
-            select(m.ReductionStep.reduction_step_config_id, m.ReductionStep.reduction_software_id)
-            .where(m.ReductionStep.name == "grid")
+            select(
+                m.ReductionStep.reduction_step_config_id, m.ReductionStep.reduction_software_id
+            ).where(m.ReductionStep.name == "grid")
         ).one()
         config = session.get(m.ReductionStepConfig, step.reduction_step_config_id)
         software = session.get(m.ReductionSoftware, step.reduction_software_id)

@@ -85,6 +85,7 @@ def setup_pipeline(
     scans: int = 3,
     name: str = "t",
     location: dict[str, Any] | None = None,
+    priority: int = 0,
 ) -> None:
     """Apply a one-location pipeline of `steps` and simulate `scans` scans.
 
@@ -110,6 +111,7 @@ def setup_pipeline(
                 "data_grouping": "g",
                 "processing_location": "local",
                 "trigger": {"type": "MANUAL"},
+                "priority": priority,
                 "steps": steps,
             }
         ],

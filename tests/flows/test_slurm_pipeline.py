@@ -32,15 +32,15 @@ T = TypeVar("T")
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server", "slurm_cluster")]
 
 
-def slurm_location(root: Path) -> dict[str, Any]:
-    """The test pipeline's processing location, on SLURM."""
+def slurm_location(root: Path, **settings: Any) -> dict[str, Any]:
+    """The test pipeline's processing location, on SLURM (`settings` added to the test's)."""
     return {
         "site": "test",
         "location_type": "PROCESSING",
         "backend": "slurm",
         "runtime": "host",
         "path": str(root / "runs"),
-        "settings": SLURM_TEST_SETTINGS,
+        "settings": {**SLURM_TEST_SETTINGS, **settings},
     }
 
 
@@ -112,53 +112,6 @@ def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
     assert (log.attempt, log.attempts) == (0, 1)
     text = read_log(engine, log)
     assert f"tool ok for {array_run.sub_group_key}" in text and "woke up after 1.5" in text
-
-
-def test_out_of_memory_and_timeout_fail_with_that_reason_and_are_retried(
-    engine: Engine, tmp_path: Path
-) -> None:
-    track = tmp_path / "track"
-    track.mkdir()
-    once = {"once": 1, "track": str(track)}
-    setup_pipeline(
-        engine,
-        tmp_path,
-        [
-            tool_step(
-                "hog",
-                max_retries=1,
-                parameters={**once, "mode": "hog", "arg": 300},
-                config_resources={"cpu": 1, "memory_gb": 0.05, "time_hours": 1},
-            ),
-            tool_step(
-                "slow",
-                max_retries=1,
-                parameters={**once, "sleep": 240},
-                config_resources={"cpu": 1, "memory_gb": 0.5, "time_hours": 1 / 60},
-            ),
-        ],
-        scans=1,
-        location=slurm_location(tmp_path),
-    )
-
-    result = run_pipeline(engine, "t")
-
-    assert result.state == "Completed", result.message
-    by_step = {r.step: r.ExecutedReductionStep for r in runs(engine)}
-    expected = {"hog": "OUT_OF_MEMORY", "slow": "TIMEOUT"}
-    for step, reason in expected.items():
-        run = by_step[step]
-        assert (run.status, run.retry_count) == (m.RunStatus.COMPLETED, 1)
-        assert run.failure_reason == reason  # the failed attempt's reason is kept
-        assert history(engine, run.id).count("FAILED") == 1
-        assert "PENDING" in history(engine, run.id)[1:]
-    with Session(engine) as session:
-        logs = session.scalars(
-            select(m.DataProduct.file_path).where(
-                m.DataProduct.data_product_type == m.DataProductType.LOG
-            )
-        ).all()
-    assert any("attempt-0" in p for p in logs)  # the failed attempts' logs were kept
 
 
 def test_cancel_runs_scancel_and_marks_the_run_cancelled(

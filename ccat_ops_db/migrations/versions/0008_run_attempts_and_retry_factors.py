@@ -11,7 +11,10 @@ row so that no code path can skip it.
   when the run enters SUBMITTED and when it reaches COMPLETED, FAILED or CANCELLED.
   Existing finished runs get one row for their last attempt (requested: their snapshot's
   resources); earlier attempts of theirs were never recorded.
+- An ended attempt's row is never updated again (a trigger refuses it).
 - `reduction_step.retry_memory_factor` and `retry_time_factor` (default 2).
+- `cleanup_scope` enum and `run_cleanup`: what `ccat-wm gc` removed of a finished run's
+  directory, when, and the bytes it freed.
 
 Downgrade drops them (the attempt history is lost with the table).
 
@@ -70,6 +73,17 @@ BEGIN
             requested_resources = coalesce(a.requested_resources, EXCLUDED.requested_resources);
     END IF;
     RETURN NULL;
+END $$"""
+
+ENDED_ATTEMPT_IS_FINAL = """
+CREATE FUNCTION ccat_ended_attempt_is_final() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status IS NOT NULL THEN
+        RAISE EXCEPTION 'attempt % of run % ended %: its record is kept as it is',
+            OLD.attempt, OLD.executed_reduction_step_id, OLD.status
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NEW;
 END $$"""
 
 BACKFILL = """
@@ -134,6 +148,30 @@ def upgrade() -> None:
         ),
     )
     op.execute(BACKFILL)
+    op.execute(ENDED_ATTEMPT_IS_FINAL)
+    op.execute(
+        "CREATE TRIGGER run_attempt_ended_is_final BEFORE UPDATE ON run_attempt "
+        "FOR EACH ROW EXECUTE FUNCTION ccat_ended_attempt_is_final()"
+    )
+    scope = postgresql.ENUM("workspace", "run_directory", name="cleanup_scope")
+    scope.create(op.get_bind())
+    op.create_table(
+        "run_cleanup",
+        sa.Column("executed_reduction_step_id", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "scope", postgresql.ENUM(name="cleanup_scope", create_type=False), nullable=False
+        ),
+        sa.Column("removed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("files_removed", sa.Integer(), nullable=False),
+        sa.Column("bytes_freed", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["executed_reduction_step_id"],
+            ["executed_reduction_step.id"],
+            ondelete="CASCADE",
+            name=op.f("fk_run_cleanup_executed_reduction_step_id_executed_reduction_step"),
+        ),
+        sa.PrimaryKeyConstraint("executed_reduction_step_id", name=op.f("pk_run_cleanup")),
+    )
     op.execute(RECORD_ATTEMPT)
     op.execute(
         "CREATE TRIGGER executed_reduction_step_attempts "
@@ -144,9 +182,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("run_cleanup")
+    op.execute("DROP TYPE cleanup_scope")
     op.execute("DROP TRIGGER executed_reduction_step_attempts ON executed_reduction_step")
     op.execute("DROP FUNCTION ccat_run_attempt_recorded()")
-    op.drop_table("run_attempt")
+    op.drop_table("run_attempt")  # its trigger goes with it
+    op.execute("DROP FUNCTION ccat_ended_attempt_is_final()")
     for name in ("retry_memory_factor", "retry_time_factor"):
         op.drop_constraint(op.f(f"ck_reduction_step_{name}_at_least_one"), "reduction_step")
         op.drop_column("reduction_step", name)
