@@ -104,7 +104,14 @@ def _locations(conn: Connection, name: str | None) -> list[_Location]:
 def _finished_runs(conn: Connection, location: _Location, now: dt.datetime) -> list[Any]:
     """Lock and return the location's finished runs that gc has not cleaned yet."""
     cutoff = now - dt.timedelta(days=location.retention_days)
-    failed = RUN.status.in_([m.RunStatus.FAILED, m.RunStatus.CANCELLED])
+    out_of_retries = or_(  # a FAILED run with retries left is about to be PENDING again
+        RUN.retry_count >= m.ReductionStep.max_retries,
+        RUN.failure_kind.in_(sorted(m.UNRETRYABLE_FAILURES)),
+    )
+    failed = or_(
+        RUN.status == m.RunStatus.CANCELLED,
+        and_(RUN.status == m.RunStatus.FAILED, out_of_retries),
+    )
     query = (
         select(RUN.id, RUN.status, RUN.sub_group_key, m.Pipeline.name)
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)

@@ -327,8 +327,8 @@ class RunExecutor:
                 return self._start(ctx, attempt)
             try:
                 request = self._request(ctx, backend)
-            except ImpossibleRequestError:  # the limits changed since: it was submitted anyway
-                request = configured_resources(ctx.resources)
+            except ImpossibleRequestError:  # the limits changed since; the job runs anyway
+                request = configured_resources(ctx.resources)  # recorded as the best known
             spec = build_job(ctx, self.settings, attempt, request)
             try:
                 self._move_now(

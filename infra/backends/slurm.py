@@ -152,6 +152,7 @@ class SlurmBackend(PolledBackend):
         self._open: dict[tuple[str, ...], _Batch] = {}
         self._incomplete: dict[str, float] = {}
         self._limits: tuple[float, ResourceLimits] | None = None
+        self._limits_lock = threading.Lock()
         self.calls: dict[str, int] = {"sbatch": 0, "squeue": 0, "sacct": 0, "scancel": 0}
         """Invocations of each SLURM command by this backend (for benchmarks and tests)."""
 
@@ -213,10 +214,19 @@ class SlurmBackend(PolledBackend):
         return []
 
     def limits(self) -> ResourceLimits:
-        """Read the partition's limits and its largest node (cached for LIMITS_TTL_S)."""
-        cached = self._limits
-        if cached is not None and time.monotonic() - cached[0] < LIMITS_TTL_S:
-            return cached[1]
+        """Read the partition's limits and its largest node (cached for LIMITS_TTL_S).
+
+        One reader at a time: the runs of a wave starting together read them once.
+        """
+        with self._limits_lock:
+            cached = self._limits
+            if cached is not None and time.monotonic() - cached[0] < LIMITS_TTL_S:
+                return cached[1]
+            limits = self._read_limits()
+            self._limits = (time.monotonic(), limits)
+            return limits
+
+    def _read_limits(self) -> ResourceLimits:
         lines = self._run(["scontrol", "show", "partition", "--oneliner"]).splitlines()
         partitions = [_fields(line) for line in lines if line.strip()]
         wanted = self.settings.partition
@@ -236,14 +246,12 @@ class SlurmBackend(PolledBackend):
         sizes = [line.split("|") for line in nodes.split() if "|" in line]
         node_cpus = max((int(c) for c, _ in sizes if c.isdigit()), default=None)
         node_mb = max((int(mb) for _, mb in sizes if mb.isdigit()), default=None)
-        limits = ResourceLimits(
+        return ResourceLimits(
             cpu=_smaller(node_cpus, _number(chosen.get("MaxCPUsPerNode"))),
             memory_gb=_gb(_smaller(node_mb, _number(chosen.get("MaxMemPerNode")))),
             time_hours=_hours(chosen.get("MaxTime", "UNLIMITED")),
             source=f"SLURM partition {name}",
         )
-        self._limits = (time.monotonic(), limits)
-        return limits
 
     def sbatch_command(
         self, batch_dir: Path, names: Sequence[str], options: Sequence[str]

@@ -10,6 +10,7 @@ unknown fields as a real API server does. The API-level tests talk HTTP to
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ccat_ops_db import models as m
 from ccat_wm.execution.context import LocationInfo, RunContext
 from ccat_wm.execution.launch import build_job, display_command
 from ccat_wm.settings import Settings
-from infra.backends import BackendError, JobSpec, JobState, get_backend
+from infra.backends import BackendError, JobSpec, JobState, Resources, get_backend
 from infra.backends.kubernetes import (
     KubernetesBackend,
     KubernetesSettings,
@@ -75,6 +76,31 @@ def test_generated_job_manifests_pass_the_kubernetes_openapi_schema(gpu: int) ->
     assert manifest["metadata"]["namespace"] == "ccat"
     assert manifest["spec"]["activeDeadlineSeconds"] == 7200
     assert manifest["spec"]["backoffLimit"] == 0
+
+
+def test_the_pipelines_priority_picks_the_pods_priority_class_and_an_escalated_request_its_limits() -> (
+    None
+):
+    """Thresholds `{0: ccat-normal, 10: ccat-high}`; priority below 0 gets no class."""
+    classes = {"k8s_priority_classes": {0: "ccat-normal", 10: "ccat-high"}}
+    picked = {}
+    for priority in (-5, 0, 9, 10, 50):
+        ctx = dataclasses.replace(context(), priority=priority)
+        manifest = manifest_of(ctx, **classes)
+        validate_manifest(manifest)
+        picked[priority] = manifest["spec"]["template"]["spec"].get("priorityClassName")
+    assert picked == {
+        -5: None,
+        0: "ccat-normal",
+        9: "ccat-normal",
+        10: "ccat-high",
+        50: "ccat-high",
+    }
+    escalated = build_job(context(), Settings(), attempt=1, request=Resources(4, 32.0, 2.0, 0))
+    container = job_manifest(escalated, settings_from({"k8s_volumes": VOLUMES}))["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "32768Mi"
 
 
 def test_the_schema_check_rejects_what_a_real_api_server_would() -> None:

@@ -70,6 +70,24 @@ def test_queued_jobs_held_for_reasons_that_cannot_clear_are_marked_stuck() -> No
     assert queued["2"].reason == "PartitionTimeLimit [partition short]"
 
 
+def test_jobs_waiting_for_nodes_are_stuck_only_when_every_node_of_their_partition_is_dead(
+    tmp_path: Path,
+) -> None:
+    """sinfo's answer is given as text here (draining the test cluster's only node would stop
+    every other test); the parsing is what is checked."""
+    backend = SlurmBackend(tmp_path, settings_from({}))
+    sinfo = "a|drained\na|down*\nb|drained\nb|mixed\ndebug*|idle\n"  # %P|%T per node
+    backend._run = lambda argv: sinfo  # type: ignore[method-assign]
+    queued = parse_squeue(
+        "1|PENDING|ReqNodeNotAvail, UnavailableNodes:n1|a\n"
+        "2|PENDING|Nodes required for job are DOWN, DRAINED or reserved for jobs in higher "
+        "priority partitions|b\n3|PENDING|Resources|a\n"
+    )
+    marked = backend._mark_dead_partitions(queued)
+    assert {k: v.stuck for k, v in marked.items()} == {"1": True, "2": False, "3": False}
+    assert marked["1"].reason is not None and "every node of partition a" in marked["1"].reason
+
+
 def test_sbatch_command_for_one_run_and_for_an_array(tmp_path: Path) -> None:
     backend = SlurmBackend(tmp_path / "jobs", settings_from({}))
     batch = tmp_path / "jobs" / "slurm" / "b%1"

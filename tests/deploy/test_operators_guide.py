@@ -93,5 +93,8 @@ def test_every_command_of_the_operators_guide_works_as_written(
     assert all(r.hpc_job_id for r in maps)  # ran on SLURM
     assert [r.status for r in runs if r.name == "site-check"] == [m.RunStatus.CANCELLED]
     assert priority == 20  # section 7 changed it
+    usage = {u["step"]: u for u in json.loads((site / "resources.json").read_text())}
+    assert usage and all(u["completed_attempts"] > 0 for u in usage.values())  # section 10
+    assert (site / "resources.png").read_bytes()[:4] == b"\x89PNG"
     status = run_cli(env, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)
