@@ -511,7 +511,9 @@ def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> Non
     )
     lines = [entry["message"] for entry in logs]
     assert any(f"submitted as job {failed.hpc_job_id}" in line for line in lines), lines
-    assert any(f"(job {failed.hpc_job_id}) failed: exit code 3" in line for line in lines), lines
+    assert any(
+        f"(job {failed.hpc_job_id}) failed (EXIT_CODE): exit code 3" in line for line in lines
+    ), lines
     assert any("retrying (attempt 2 of 2)" in line for line in lines), lines
 
     ui = site.api.removesuffix("/api")

@@ -227,8 +227,10 @@ def test_failing_sub_group_is_retried_then_failed_while_others_complete(
     assert [line.split(" (job ")[0] for line in attempts] == [
         f"run {failed.id}: attempt {k} of 3" for k in (1, 2, 3)
     ], logged
-    assert all(line.endswith(") failed: exit code 3") for line in attempts), attempts
-    assert attempts[-1].endswith(f"(job {failed.hpc_job_id}) failed: exit code 3"), attempts
+    assert all(line.endswith(") failed (EXIT_CODE): exit code 3") for line in attempts), attempts
+    assert attempts[-1].endswith(f"(job {failed.hpc_job_id}) failed (EXIT_CODE): exit code 3"), (
+        attempts
+    )
     assert sum("retrying (attempt" in line for line in logged) == 2, logged
 
 
