@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,20 +15,24 @@ from ccat_wm.execution.usage import StepUsage
 
 
 def plot_usage(report: Sequence[StepUsage], path: Path) -> None:
-    """Draw, per step, requested / p95 used / median used memory and wall time as bars."""
+    """Draw, per step, requested / p95 used / median used / suggested memory and wall time.
+
+    Bars on a log scale, so that a step using a hundredth of its request shows as clearly
+    as one using all of it; a step without COMPLETED attempts has no used bars.
+    """
     labels = [f"{u.pipeline}\n{u.step}" for u in report]
     series = {
         "memory (GB)": (
             [u.requested.memory_gb for u in report],
-            [u.memory_gb_p95 or 0.0 for u in report],
-            [u.memory_gb_p50 or 0.0 for u in report],
-            [u.suggested_memory_gb or 0.0 for u in report],
+            [u.memory_gb_p95 or math.nan for u in report],
+            [u.memory_gb_p50 or math.nan for u in report],
+            [u.suggested_memory_gb or math.nan for u in report],
         ),
         "wall time (h)": (
             [u.requested.time_hours for u in report],
-            [(u.wall_s_p95 or 0.0) / 3600 for u in report],
-            [(u.wall_s_p50 or 0.0) / 3600 for u in report],
-            [u.suggested_time_hours or 0.0 for u in report],
+            [(u.wall_s_p95 or math.nan) / 3600 for u in report],
+            [(u.wall_s_p50 or math.nan) / 3600 for u in report],
+            [u.suggested_time_hours or math.nan for u in report],
         ),
     }
     width = max(6.0, 1.4 * len(report) + 2)
@@ -41,8 +46,10 @@ def plot_usage(report: Sequence[StepUsage], path: Path) -> None:
             axis.bar(positions, heights, bar, label=name, color=colour)
         axis.set_xticks(range(len(report)), labels)
         axis.set_title(f"{title}: requested vs used per step")
-        axis.set_ylabel(title)
-        axis.grid(axis="y", alpha=0.3)
+        axis.set_ylabel(f"{title}, log scale")
+        # Log scale: use is often a hundredth of the request, and the ratio is the point.
+        axis.set_yscale("log")
+        axis.grid(axis="y", which="both", alpha=0.3)
     axes[0].legend(loc="upper right")
     figure.suptitle("ccat-wm resources: COMPLETED attempts")
     path.parent.mkdir(parents=True, exist_ok=True)
