@@ -12,7 +12,6 @@ from ccat_wm.cli.common import engine
 from ccat_wm.cli.render import render_gc_table, render_resources_table
 from ccat_wm.execution.retention import collect_garbage
 from ccat_wm.execution.usage import DEFAULT_HEADROOM, step_usage
-from ccat_wm.execution.usage_plot import plot_usage
 
 
 @click.command()
@@ -40,6 +39,8 @@ def resources(
     with Session(engine()) as session:
         report = step_usage(session, pipeline, step, headroom=headroom)
     if plot_path is not None:
+        from ccat_wm.execution.usage_plot import plot_usage  # noqa: PLC0415 - matplotlib is slow to import
+
         plot_usage(report, plot_path)
     if as_json:
         click.echo(json.dumps([u.as_dict() for u in report], indent=2))
