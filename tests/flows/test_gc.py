@@ -59,6 +59,8 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
         "settings": {"failed_run_retention_days": 0},
     }
     location.pop("name")
+    release = tmp_path / "release"  # the slow step's runs wait for this file
+    release.touch()
     setup_pipeline(
         engine,
         tmp_path,
@@ -66,7 +68,7 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
             tool_step("calibrate"),
             tool_step("grid", depends_on=["calibrate"]),
             tool_step("broken", parameters={"fail_key": "scan-000001"}),
-            tool_step("slow", parameters={"sleep": 30}),
+            tool_step("slow", parameters={"mode": "wait", "arg": str(release)}),
         ],
         scans=2,
         location=location,
@@ -74,9 +76,10 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
     run_pipeline(engine, "t")  # scan 1's `broken` run fails; the rest completes
     with Session(engine) as session, session.begin():
         register_simulation(session, SimulationRequest(scans=1, seed=8))
+    release.unlink()  # the new scan's slow run stays in flight until gc is done
     flow = threading.Thread(target=lambda: run_pipeline(engine, "t"))
     flow.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while True:  # until the new scan's first steps ended and its slow run is running
         open_runs = [r for r in runs(engine) if r.ExecutedReductionStep.status in IN_FLIGHT]
         states = [(r.step, r.ExecutedReductionStep.status) for r in open_runs]
@@ -128,6 +131,7 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
             kept = {p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file()}
             assert kept == {"logs"}
 
+    release.touch()
     flow.join(timeout=120)
     assert not flow.is_alive()
     assert runs(engine)[-1].ExecutedReductionStep.status is m.RunStatus.COMPLETED

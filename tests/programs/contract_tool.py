@@ -11,7 +11,8 @@ hard link to its first input as a product) (contract violations); tamper-write,
 tamper-append, tamper-truncate, tamper-chmod, tamper-recreate (try to change every input
 in place, then behave: what a buggy program might do to the archive); leave-writers (leaves a
 daemon and a child in its process group that append to its product a second after it
-exits); hog (holds `--arg` MB for five seconds). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
+exits); hog (holds `--arg` MB for five seconds); wait (waits until the file `--arg` exists,
+at most ten minutes, then behaves: a run held in flight for as long as a test needs). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
 first attempt only: later attempts behave (to test retries).
 """
 
@@ -53,6 +54,10 @@ def main() -> int:
         with open(Path(args.track) / "events.log", "a") as log:
             log.write(f"start {time.time()} {os.getpid()} {key}\n")
     print(f"tool {args.mode} for {key}", flush=True)
+    if args.mode == "wait":
+        deadline = time.monotonic() + 600
+        while not Path(args.arg).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     if args.sleep:
         time.sleep(args.sleep)
         print(f"woke up after {args.sleep} s", flush=True)
