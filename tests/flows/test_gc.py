@@ -80,12 +80,15 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
     flow = threading.Thread(target=lambda: run_pipeline(engine, "t"))
     flow.start()
     deadline = time.monotonic() + 180
-    while True:  # until the new scan's first steps ended and its slow run is running
-        open_runs = [r for r in runs(engine) if r.ExecutedReductionStep.status in IN_FLIGHT]
-        states = [(r.step, r.ExecutedReductionStep.status) for r in open_runs]
-        if states == [("slow", m.RunStatus.RUNNING)]:
+    while True:  # until the new scan's other steps (grid follows calibrate) have ended
+        new_runs = [r for r in runs(engine) if r.ExecutedReductionStep.sub_group_key.endswith("3")]
+        open_runs = [r for r in new_runs if r.ExecutedReductionStep.status in IN_FLIGHT]
+        states = [(r.step, r.ExecutedReductionStep.status) for r in new_runs]
+        if len(new_runs) == 4 and [(r.step, r.ExecutedReductionStep.status) for r in open_runs] == [
+            ("slow", m.RunStatus.RUNNING)
+        ]:
             break
-        assert time.monotonic() < deadline, f"runs still in flight: {states}"
+        assert time.monotonic() < deadline, f"the new scan's runs: {states}"
         time.sleep(0.2)
     in_flight = open_runs[0].ExecutedReductionStep
     base = tmp_path / "runs"
@@ -114,7 +117,7 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
     assert in_flight.id not in done["runs"]
     assert checksums(in_flight_dir) == in_flight_files  # nothing of the run in flight
     assert checksums(tmp_path / "archive") == archive  # nothing of the archive
-    assert product_checksums(engine) == products  # every product file is still there
+    assert product_checksums(engine) == products  # every product file is still there, unchanged
     staged_after = sorted(p.name for p in (base / ".staging").iterdir())
     assert len(staged_after) < len(staged_before)  # scans 1-2's copies went; scan 3's stays
     with engine.connect() as conn:
