@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -73,6 +74,13 @@ def run_cli(
     return subprocess.run(
         [CCAT_WM, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    """Run `ccat-wm ARGS` (a `--json` command), require success, return the parsed output."""
+    done = run_cli(env, *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 SLURM_TEST_SETTINGS = {

@@ -7,7 +7,6 @@ the run in flight are too, and it completes afterwards.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import runs
-from tests.helpers import locations_data, run_cli
+from tests.helpers import cli_json, locations_data
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
 
@@ -45,9 +44,7 @@ def product_checksums(engine: Engine) -> dict[str, str]:
 
 
 def gc(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
-    done = run_cli(env, "gc", "--json", *args)
-    assert done.returncode == 0, done.stderr
-    report: list[dict[str, Any]] = json.loads(done.stdout)
+    report: list[dict[str, Any]] = cli_json(env, "gc", "--json", *args)
     return report
 
 

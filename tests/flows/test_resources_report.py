@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from sqlalchemy import Engine, func, select
 from ccat_ops_db import models as m
 from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.helpers import run_cli
+from tests.helpers import cli_json, run_cli
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
 
@@ -35,10 +34,9 @@ def test_resources_compares_requested_with_used_and_counts_failed_attempts(
     )
     run_pipeline(engine, "t")
 
-    listed = run_cli(cli_env, "resources", "t", "--json", "--plot", str(tmp_path / "r.png"))
+    listed = cli_json(cli_env, "resources", "t", "--json", "--plot", str(tmp_path / "r.png"))
 
-    assert listed.returncode == 0, listed.stderr
-    report = {r["step"]: r for r in json.loads(listed.stdout)}
+    report = {r["step"]: r for r in listed}
     hog, broken = report["hog"], report["broken"]
     assert hog["requested"] == {"cpu": 2, "memory_gb": 4.0, "time_hours": 2.0, "gpu": 0}
     assert (hog["completed_attempts"], hog["failed_attempts"]) == (3, 0)

@@ -8,7 +8,6 @@ a grace period, and a pipeline's priority reaching SLURM's scheduler.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from tests.backends.test_backend_contract import wait
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import history, runs
 from tests.flows.test_slurm_pipeline import accounted_job, reread_accounting, sacct, slurm_location
-from tests.helpers import SLURM_TEST_SETTINGS, run_cli
+from tests.helpers import SLURM_TEST_SETTINGS, cli_json, run_cli
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server", "slurm_cluster")]
 
@@ -111,9 +110,7 @@ def test_retries_after_out_of_memory_and_timeout_ask_for_more_and_complete(
     assert "Nice=70" in scontrol("show", "job", jobs[2])
 
     # Operators see each attempt's request: `status` shows the latest, `logs` each one.
-    listed = run_cli(cli_env, "status", "t", "--json")
-    assert listed.returncode == 0, listed.stderr
-    shown = {r["step"]: r for r in json.loads(listed.stdout)}
+    shown = {r["step"]: r for r in cli_json(cli_env, "status", "t", "--json")}
     assert shown["hog"]["requested_resources"]["memory_gb"] == 410 / 1024
     assert shown["hog"]["failure_kind"] == "OUT_OF_MEMORY"  # the failed attempts' kind is kept
     table = run_cli(cli_env, "status", "t")

@@ -17,16 +17,14 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.helpers import CCAT_WM, demo_spec_data, locations_data, run_cli, write_yaml
+from tests.helpers import CCAT_WM, cli_json, demo_spec_data, locations_data, run_cli, write_yaml
 
 pytestmark = pytest.mark.db
 BAD = "executed_obs_unit=scan-000002"
 
 
 def _status(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
-    result = run_cli(env, "status", "t", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    rows: list[dict[str, Any]] = cli_json(env, "status", "t", "--json", *args)
     return rows
 
 
