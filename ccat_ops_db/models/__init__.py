@@ -20,6 +20,13 @@ from ccat_ops_db.models.enums import (
     TriggerType,
     VersionPolicy,
 )
+from ccat_ops_db.models.evaluation import (
+    EvaluationChange,
+    EvaluationFine,
+    EvaluationGap,
+    EvaluationMember,
+    EvaluationState,
+)
 from ccat_ops_db.models.invalidation import InvalidatedRun, Invalidation
 from ccat_ops_db.models.locations import DataLocation, RawDataPackageCopy, Site, StagingJob
 from ccat_ops_db.models.observation import (
@@ -61,6 +68,11 @@ __all__ = [
     "DataLocation",
     "DataProduct",
     "DataProductType",
+    "EvaluationChange",
+    "EvaluationFine",
+    "EvaluationGap",
+    "EvaluationMember",
+    "EvaluationState",
     "ExecutedObsUnit",
     "ExecutedReductionStep",
     "ExecutedReductionStepInput",

@@ -1,8 +1,9 @@
 """One trigger tick: the standing (CONTINUOUS) pipelines' new gaps become PENDING runs.
 
-A tick evaluates every enabled CONTINUOUS pipeline (of one processing location, or all),
-creates PENDING runs for its eligible gaps, and says which pipelines need a flow run:
-those with PENDING runs nobody claimed and those with runs left by a flow run whose
+A tick evaluates every enabled CONTINUOUS pipeline (of one processing location, or all)
+incrementally (`ccat_wm.gaps.incremental`: it reads what changed since the previous
+tick, and gives what the full evaluation would), creates PENDING runs for its eligible
+gaps, and says which pipelines need a flow run: those with PENDING runs nobody claimed and those with runs left by a flow run whose
 process died (their owner's advisory lock is free, see `ownership`). It also says when
 the next gap still in its cooldown becomes eligible, so that the trigger flow can tick
 again at that moment instead of a whole interval later.
@@ -20,9 +21,8 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
 from ccat_wm.gaps.create import create_runs
-from ccat_wm.gaps.evaluate import evaluate
+from ccat_wm.gaps.incremental import evaluate_incremental, prune_change_log
 from ccat_wm.gaps.plan import describe_evaluation_error
-from ccat_wm.gaps.snapshot import load_snapshot
 
 RUN = m.ExecutedReductionStep
 
@@ -73,9 +73,9 @@ def trigger_tick(
         name = pipeline.name
         try:
             with session.begin_nested():  # a pipeline that fails creates nothing, alone
-                snapshot = load_snapshot(session, pipeline, prune=True)
-                gaps = evaluate(snapshot, now)
-                new = create_runs(session, snapshot, [g for g in gaps if g.eligible])
+                evaluation = evaluate_incremental(session, pipeline, now)
+                gaps = evaluation.gaps
+                new = create_runs(session, evaluation.snapshot, [g for g in gaps if g.eligible])
         except Exception as exc:  # one pipeline's bad data must not stop the others
             errors[name] = describe_evaluation_error(exc)
             continue
@@ -84,6 +84,7 @@ def trigger_tick(
         upcoming += [
             g.eligible_at for g in gaps if not g.eligible and g.eligible_at and g.eligible_at > now
         ]
+    prune_change_log(session, now)
     adopting: dict[str, list[str]] = {}
     return TickResult(
         created=created,

@@ -168,12 +168,20 @@ def _hold_back(ctx: _Context, position: int, sub: _SubGroup) -> None:
                 ctx.blocked[down].add(key)
 
 
-def _step_gaps(ctx: _Context, position: int) -> list[Gap]:
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """What a gap's `eligible_at` is computed from, besides the step and `now`."""
+
+    last_change: dt.datetime | None
+    oldest_unprocessed: dt.datetime | None
+
+
+def _step_gaps(ctx: _Context, position: int) -> list[tuple[Gap, Timing]]:
     step = ctx.snapshot.steps[position]
     runs = ctx.snapshot.runs[step.name]
     blocked = ctx.blocked[position]
     subs = _sub_groups(ctx.snapshot.rows[position])
-    gaps = []
+    gaps: list[tuple[Gap, Timing]] = []
     for key in sorted(subs):
         sub = subs[key]
         if key in runs.in_flight:
@@ -186,7 +194,7 @@ def _step_gaps(ctx: _Context, position: int) -> list[Gap]:
         if reason is None:
             continue
         gap = _gap(ctx, step, key, sub, reason=reason, ready=ready)
-        gaps.append(gap)
+        gaps.append((gap, Timing(sub.last_change, sub.oldest_unprocessed)))
         if gap.reason is not GapReason.FAILED:
             _hold_back(ctx, position, sub)
     return gaps
@@ -202,14 +210,55 @@ def evaluate(
     whatever else applies), failed ones included; it needs a snapshot loaded with
     `prune=False`.
     """
+    return [gap for gap, _ in evaluate_timed(snapshot, now, manual=manual, force=force)]
+
+
+def evaluate_timed(
+    snapshot: PipelineSnapshot,
+    now: dt.datetime,
+    *,
+    manual: bool = False,
+    force: bool = False,
+    blocked: dict[int, set[str]] | None = None,
+) -> list[tuple[Gap, Timing]]:
+    """`evaluate`, with each gap's timing inputs (to re-time a kept gap at a later `now`).
+
+    `blocked`: per step index, keys already known not to be ready (an unsettled upstream
+    sub-group inside that is not in the snapshot: incremental evaluation reads only
+    what changed).
+    """
     if not snapshot.pipeline.enabled:
         return []
     if force and snapshot.pruned:
         raise ValueError("force needs a full snapshot: load_snapshot(..., prune=False)")
     names = [s.name for s in snapshot.steps]
     downstream = [[i for i, s in enumerate(snapshot.steps) if name in s.upstream] for name in names]
-    ctx = _Context(snapshot, now, manual, force, [set() for _ in names], downstream)
-    gaps: list[Gap] = []
+    seeds = blocked or {}
+    ctx = _Context(
+        snapshot, now, manual, force, [set(seeds.get(i, ())) for i in range(len(names))], downstream
+    )
+    gaps: list[tuple[Gap, Timing]] = []
     for position in range(len(names)):
         gaps.extend(_step_gaps(ctx, position))
     return gaps
+
+
+def retime(
+    snapshot: PipelineSnapshot, step: StepInfo, gap: Gap, timing: Timing, now: dt.datetime
+) -> Gap:
+    """Return a kept gap as a trigger's evaluation at `now` reports it (manual=False)."""
+    if gap.reason is GapReason.FAILED or not gap.ready:
+        return gap
+    sub = _SubGroup(last_change=timing.last_change, oldest_unprocessed=timing.oldest_unprocessed)
+    eligible_at = _eligible_at(snapshot, step, sub, now, False)
+    return Gap(
+        pipeline=gap.pipeline,
+        step=gap.step,
+        sub_group_key=gap.sub_group_key,
+        reason=gap.reason,
+        ready=True,
+        eligible_at=eligible_at,
+        eligible=eligible_at is not None and eligible_at <= now,
+        inputs=gap.inputs,
+        input_fingerprint=gap.input_fingerprint,
+    )

@@ -1,0 +1,397 @@
+"""What incremental evaluation keeps per pipeline, and the reads it makes of only what changed.
+
+Three tables (models in `ccat_ops_db.models.evaluation`), all derived data:
+
+- `evaluation_fine`: the selected packages aggregated per scan (and module, where a
+  key needs it), with every step's key as a tag `<pipeline>:<step index>:<key>`;
+- `evaluation_member`: which upstream sub-group lies inside which downstream one;
+- `evaluation_gap`: the gaps of the last evaluation, with what their timing needs.
+
+`KeptEvaluation` maintains them and builds, for a set of dirty sub-groups, the rows the
+full snapshot would hold for them (`ccat_wm.gaps.snapshot`), reading only those.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    any_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, array
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.gaps.evaluate import Timing
+from ccat_wm.gaps.model import CurrentRun, Gap, GapReason, GroupRow, StepInfo
+from ccat_wm.selection.query import (
+    dimension_joins,
+    item_hash,
+    key_expression,
+    package_foreign_keys,
+    selection,
+)
+
+RUN = m.ExecutedReductionStep
+PACKAGE = m.RawDataPackage
+FINE = m.EvaluationFine
+MEMBER = m.EvaluationMember
+KEPT = m.EvaluationGap
+_FINE_COLUMNS = [
+    "pipeline_id", "executed_obs_unit_id", "instrument_module_id", "inputs", "hash_sum",
+    "last_change", "tags",
+]  # fmt: skip
+_MEMBER_COLUMNS = ["pipeline_id", "step_index", "sub_group_key", "upstream_index", "upstream_key"]
+
+Pair = tuple[int, str, int, str]
+"""(downstream step index, its key, upstream step index, its key)."""
+
+
+def tag(pipeline_id: int, index: int, key: str) -> str:
+    """Return the `evaluation_fine.tags` element of step `index`'s sub-group `key`."""
+    return f"{pipeline_id}:{index}:{key}"
+
+
+def upstream_pairs(steps: Sequence[StepInfo]) -> list[tuple[int, int]]:
+    """Return (downstream index, upstream index) of every dependency, upstream steps first."""
+    names = [s.name for s in steps]
+    return sorted((d, names.index(u)) for d, s in enumerate(steps) for u in s.upstream)
+
+
+def _keys(keys: set[str]) -> Any:
+    return cast(sorted(keys), ARRAY(String))
+
+
+_DELETE_UNHELD_MEMBERS = text("""
+DELETE FROM evaluation_member m
+USING unnest(CAST(:down AS int[]), CAST(:down_key AS text[]), CAST(:up AS int[]),
+             CAST(:up_key AS text[])) AS g(down, down_key, up, up_key)
+WHERE m.pipeline_id = :pipeline AND m.step_index = g.down AND m.sub_group_key = g.down_key
+  AND m.upstream_index = g.up AND m.upstream_key = g.up_key
+  AND NOT EXISTS (
+    SELECT 1 FROM evaluation_fine f
+    WHERE f.pipeline_id = :pipeline
+      AND f.tags @> ARRAY[:pipeline || ':' || g.down || ':' || g.down_key,
+                          :pipeline || ':' || g.up || ':' || g.up_key])
+""")
+
+_DOWNSTREAM = text("""
+SELECT m.sub_group_key, coalesce(sum(c.product_count), 0), coalesce(sum(c.product_hash_sum), 0),
+       max(coalesce(c.finished_at, c.updated_at)),
+       min(coalesce(c.finished_at, c.updated_at))
+         FILTER (WHERE own.id IS NULL OR coalesce(c.finished_at, c.updated_at) > own.created_at)
+FROM evaluation_member m
+JOIN unnest(CAST(:up_index AS int[]), CAST(:up_step AS bigint[])) AS s(idx, step_id)
+  ON s.idx = m.upstream_index
+LEFT JOIN executed_reduction_step c
+  ON c.is_current AND c.reduction_step_id = s.step_id AND c.sub_group_key = m.upstream_key
+LEFT JOIN executed_reduction_step own
+  ON own.is_current AND own.reduction_step_id = :step_id AND own.sub_group_key = m.sub_group_key
+WHERE m.pipeline_id = :pipeline AND m.step_index = :index
+  AND m.sub_group_key = ANY(CAST(:keys AS text[]))
+GROUP BY m.sub_group_key, own.id, own.created_at
+""")
+"""A downstream sub-group's inputs: the products of its members' current runs, as the
+full statement (`pipeline_query._downstream_part`) sums them."""
+
+
+@dataclass(frozen=True)
+class KeptEvaluation:
+    """One pipeline's kept evaluation, read and written in `session`'s transaction."""
+
+    session: Session
+    pipeline_id: int
+    grouping: m.DataGrouping
+    steps: Sequence[StepInfo]
+
+    def _untag(self, index: int, value: str) -> str:
+        return value[len(tag(self.pipeline_id, index, "")) :]
+
+    def _fine_select(self, scans: list[int] | None) -> Any:
+        """Select the fine rows (of `scans` only, unless None) as the table holds them."""
+        dims = sorted({d for s in self.steps for d in s.group_by})
+        sel = selection(self.grouping.filter_rules, self.grouping.instrument_module_id, [])
+        columns = sorted({*package_foreign_keys(dims), "executed_obs_unit_id"})
+        foreign_keys = [PACKAGE.__table__.c[c] for c in columns]
+        where = sel.where
+        if scans is not None:
+            chosen = cast(scans, ARRAY(BigInteger))
+            where = and_(where, PACKAGE.executed_obs_unit_id == any_(chosen))
+        packages = (
+            select(
+                *foreign_keys,
+                func.count().label("n"),
+                func.sum(item_hash("r", PACKAGE.id, PACKAGE.checksum)).label("h"),
+                func.max(PACKAGE.created_at).label("last_change"),
+            )
+            .select_from(sel.from_clause)
+            .where(where)
+            .group_by(*foreign_keys)
+            .subquery("packages")
+        )
+        module = (
+            packages.c.instrument_module_id
+            if "instrument_module_id" in columns
+            else literal(0, BigInteger)
+        )
+        tags = [
+            literal(tag(self.pipeline_id, i, ""), String) + key_expression(s.group_by)
+            for i, s in enumerate(self.steps)
+        ]
+        return select(
+            literal(self.pipeline_id, BigInteger),
+            packages.c.executed_obs_unit_id,
+            module,
+            packages.c.n,
+            packages.c.h,
+            packages.c.last_change,
+            array(tags, type_=String),  # type: ignore[misc]
+        ).select_from(dimension_joins(packages, dims))
+
+    def _insert_members(self, fine: Any) -> None:
+        """Insert the (downstream, upstream) sub-group pairs of the fine rows `fine` selects."""
+        for down, up in upstream_pairs(self.steps):
+            source = select(
+                literal(self.pipeline_id, BigInteger),
+                literal(down, Integer),
+                func.substr(fine.c.tags[down + 1], len(tag(self.pipeline_id, down, "")) + 1),
+                literal(up, Integer),
+                func.substr(fine.c.tags[up + 1], len(tag(self.pipeline_id, up, "")) + 1),
+            ).distinct()
+            self.session.execute(
+                pg_insert(MEMBER).from_select(_MEMBER_COLUMNS, source).on_conflict_do_nothing()
+            )
+
+    def rebuild(self) -> None:
+        """Derive the fine rows and members from the whole history (gaps: `store`)."""
+        for table in (FINE, MEMBER, KEPT):
+            self.session.execute(delete(table).where(table.pipeline_id == self.pipeline_id))
+        self.session.execute(insert(FINE).from_select(_FINE_COLUMNS, self._fine_select(None)))
+        own = select(FINE.tags).where(FINE.pipeline_id == self.pipeline_id).subquery()
+        self._insert_members(own)
+
+    def refresh_scans(self, scans: set[int], dirty: list[set[str]]) -> None:
+        """Re-aggregate the changed scans; add the keys they were and are in to `dirty`."""
+        ids = cast(sorted(scans), ARRAY(BigInteger))
+        mine = and_(FINE.pipeline_id == self.pipeline_id, FINE.executed_obs_unit_id == any_(ids))
+        removed = self.session.scalars(delete(FINE).where(mine).returning(FINE.tags)).all()
+        added = self.session.scalars(
+            insert(FINE)
+            .from_select(_FINE_COLUMNS, self._fine_select(sorted(scans)))
+            .returning(FINE.tags)
+        ).all()
+        for tags in [*removed, *added]:
+            for index, value in enumerate(tags):
+                dirty[index].add(self._untag(index, value))
+        self._insert_members(select(FINE.tags).where(mine).subquery())
+        gone = sorted(self._pairs(removed) - self._pairs(added))
+        if gone:  # pairs only the removed rows held, unless another fine row holds them
+            self.session.execute(
+                _DELETE_UNHELD_MEMBERS,
+                {
+                    "pipeline": self.pipeline_id,
+                    "down": [p[0] for p in gone],
+                    "down_key": [p[1] for p in gone],
+                    "up": [p[2] for p in gone],
+                    "up_key": [p[3] for p in gone],
+                },
+            )
+
+    def _pairs(self, rows: Sequence[list[str]]) -> set[Pair]:
+        return {
+            (down, self._untag(down, tags[down]), up, self._untag(up, tags[up]))
+            for tags in rows
+            for down, up in upstream_pairs(self.steps)
+        }
+
+    def _members(self, down: int, up: int, upstream_keys: set[str]) -> Any:
+        """Select (upstream key, downstream key) of step `down`'s sub-groups holding those."""
+        return select(MEMBER.upstream_key, MEMBER.sub_group_key).where(
+            MEMBER.pipeline_id == self.pipeline_id,
+            MEMBER.upstream_index == up,
+            MEMBER.upstream_key == any_(_keys(upstream_keys)),
+            MEMBER.step_index == down,
+        )
+
+    def propagate(self, dirty: list[set[str]]) -> None:
+        """Make dirty every downstream sub-group holding a dirty upstream one."""
+        for down, up in upstream_pairs(self.steps):
+            if dirty[up]:
+                rows = self.session.execute(self._members(down, up, dirty[up]))
+                dirty[down].update(key for _, key in rows)
+
+    def current_runs(self, index: int, keys: set[str]) -> dict[str, CurrentRun]:
+        """Return the current runs of step `index`'s sub-groups `keys`."""
+        query = select(
+            RUN.sub_group_key, RUN.id, RUN.reduction_software_version_id,
+            RUN.config_fingerprint, RUN.input_fingerprint, RUN.created_at,
+            func.coalesce(RUN.finished_at, RUN.updated_at),
+        ).where(
+            RUN.reduction_step_id == self.steps[index].id,
+            RUN.is_current,
+            RUN.sub_group_key == any_(_keys(keys)),
+        )  # fmt: skip
+        return {row[0]: CurrentRun(*row[1:]) for row in self.session.execute(query)}
+
+    def root_rows(
+        self, index: int, keys: set[str], current: dict[str, CurrentRun]
+    ) -> list[GroupRow]:
+        """Return the fine rows of a root step's sub-groups `keys`, as the snapshot has them."""
+        tags = cast([tag(self.pipeline_id, index, k) for k in sorted(keys)], ARRAY(String))
+        query = select(
+            FINE.executed_obs_unit_id, FINE.instrument_module_id, FINE.inputs, FINE.hash_sum,
+            FINE.last_change, FINE.tags,
+        ).where(FINE.pipeline_id == self.pipeline_id, FINE.tags.overlap(tags))  # fmt: skip
+        fine = self.session.execute(query).all()
+        oldest: dict[tuple[int, int], dt.datetime] = {}
+        if self.steps[index].max_wait_seconds is not None and fine:
+            oldest = self._oldest_unprocessed(index, fine, current)
+        rows = []
+        for scan, module, inputs, hash_sum, last_change, row_tags in fine:
+            row_keys = tuple(self._untag(i, t) for i, t in enumerate(row_tags))
+            rows.append(
+                GroupRow(
+                    index, row_keys[index], row_keys, int(inputs), int(hash_sum), last_change,
+                    oldest.get((scan, module)),
+                )
+            )  # fmt: skip
+        return rows
+
+    def _oldest_unprocessed(
+        self, index: int, fine: Sequence[Any], current: dict[str, CurrentRun]
+    ) -> dict[tuple[int, int], dt.datetime]:
+        """Per fine row: ingest time of its oldest package the current run has not seen."""
+        sel = selection(self.grouping.filter_rules, self.grouping.instrument_module_id, [])
+        after = []
+        for row in fine:
+            run = current.get(self._untag(index, row.tags[index]))
+            after.append(run.created_at if run else None)
+        groups = (
+            func.unnest(
+                cast([row.executed_obs_unit_id for row in fine], ARRAY(BigInteger)),
+                cast([row.instrument_module_id for row in fine], ARRAY(BigInteger)),
+                cast(after, ARRAY(DateTime(timezone=True))),
+            )
+            .table_valued("scan", "module", "after")
+            .render_derived()
+        )
+        inside = and_(
+            PACKAGE.executed_obs_unit_id == groups.c.scan,
+            or_(groups.c.module == 0, PACKAGE.instrument_module_id == groups.c.module),
+        )
+        query = (
+            select(groups.c.scan, groups.c.module, func.min(PACKAGE.created_at))
+            .select_from(sel.from_clause.join(groups, inside))
+            .where(sel.where, or_(groups.c.after.is_(None), PACKAGE.created_at > groups.c.after))
+            .group_by(groups.c.scan, groups.c.module)
+        )
+        return {(scan, module): when for scan, module, when in self.session.execute(query)}
+
+    def downstream_rows(self, index: int, keys: set[str]) -> list[GroupRow]:
+        """Return one row per sub-group `keys` of a downstream step, as the snapshot has it."""
+        names = [s.name for s in self.steps]
+        upstream = [names.index(u) for u in self.steps[index].upstream]
+        params = {
+            "up_index": upstream,
+            "up_step": [self.steps[u].id for u in upstream],
+            "step_id": self.steps[index].id,
+            "pipeline": self.pipeline_id,
+            "index": index,
+            "keys": sorted(keys),
+        }
+        below = [d for d, u in upstream_pairs(self.steps) if u == index]
+        inside = {  # the sub-group of each direct downstream step holding each key
+            down: {
+                up_key: key
+                for up_key, key in self.session.execute(self._members(down, index, keys))
+            }
+            for down in below
+        }
+        rows = []
+        for key, count, hash_sum, last, oldest in self.session.execute(_DOWNSTREAM, params):
+            row_keys: list[str | None] = [None] * len(self.steps)
+            row_keys[index] = key
+            for down in below:
+                row_keys[down] = inside[down].get(key)
+            rows.append(
+                GroupRow(index, key, tuple(row_keys), int(count), int(hash_sum), last, oldest)
+            )
+        return rows
+
+    def blocked_from_outside(
+        self, dirty: list[set[str]], unsettled: list[set[str]]
+    ) -> dict[int, set[str]]:
+        """Return the dirty downstream keys holding an unsettled upstream sub-group not dirty."""
+        blocked: dict[int, set[str]] = defaultdict(set)
+        for down, up in upstream_pairs(self.steps):
+            outside = unsettled[up] - dirty[up]
+            if dirty[down] and outside:
+                rows = self.session.execute(self._members(down, up, outside))
+                blocked[down].update(key for _, key in rows if key in dirty[down])
+        return blocked
+
+    def gaps(self) -> list[Any]:
+        """Return the kept gaps (step index, key, reason, ready, inputs, fingerprint, timing)."""
+        query = select(
+            KEPT.step_index, KEPT.sub_group_key, KEPT.reason, KEPT.ready, KEPT.inputs,
+            KEPT.input_fingerprint, KEPT.last_change, KEPT.oldest_unprocessed,
+        ).where(KEPT.pipeline_id == self.pipeline_id)  # fmt: skip
+        return list(self.session.execute(query).all())
+
+    def unsettled(self, in_flight: list[set[str]]) -> list[set[str]]:
+        """Per step: keys in flight or with a kept gap that is not `failed` (they block)."""
+        out = [set(keys) for keys in in_flight]
+        for row in self.gaps():
+            if row.reason is not GapReason.FAILED:
+                out[row.step_index].add(row.sub_group_key)
+        return out
+
+    def store(self, dirty: list[set[str]] | None, gaps: Sequence[tuple[Gap, Timing]]) -> None:
+        """Replace the kept gaps of the dirty sub-groups (all of them when `dirty` is None)."""
+        if dirty is None:
+            self.session.execute(delete(KEPT).where(KEPT.pipeline_id == self.pipeline_id))
+        for index, keys in enumerate(dirty or []):
+            if keys:
+                self.session.execute(
+                    delete(KEPT).where(
+                        KEPT.pipeline_id == self.pipeline_id,
+                        KEPT.step_index == index,
+                        KEPT.sub_group_key == any_(_keys(keys)),
+                    )
+                )
+        if not gaps:
+            return
+        position = {s.name: i for i, s in enumerate(self.steps)}
+        rows = [
+            {
+                "pipeline_id": self.pipeline_id,
+                "step_index": position[gap.step],
+                "sub_group_key": gap.sub_group_key,
+                "reason": gap.reason,
+                "ready": gap.ready,
+                "inputs": gap.inputs,
+                "input_fingerprint": gap.input_fingerprint,
+                "last_change": timing.last_change,
+                "oldest_unprocessed": timing.oldest_unprocessed,
+            }
+            for gap, timing in gaps
+        ]
+        self.session.execute(insert(KEPT), rows)
