@@ -4,9 +4,10 @@ A tick evaluates every enabled CONTINUOUS pipeline (of one processing location, 
 incrementally (`ccat_wm.gaps.incremental`: it reads what changed since the previous
 tick, and gives what the full evaluation would), creates PENDING runs for its eligible
 gaps, and says which pipelines need a flow run: those with PENDING runs nobody claimed
-and those with runs left by a flow run whose process died (their owner's advisory lock is free, see `ownership`). It also says when
-the next gap still in its cooldown becomes eligible, so that the trigger flow can tick
-again at that moment instead of a whole interval later.
+and those with runs left by a flow run whose process died (their owner's advisory lock
+is free, see `ownership`). It also says when the next gap still in its cooldown becomes
+eligible, so that the trigger flow can tick again at that moment instead of a whole
+interval later.
 """
 
 from __future__ import annotations
