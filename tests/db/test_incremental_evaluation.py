@@ -56,8 +56,9 @@ class Survey:
                 base.checksum = f"{self.rng.getrandbits(64):016x}"
                 return f"package {base.id} delivered again"
             module = m.InstrumentModule(
-                instrument_id=session.get_one(m.InstrumentModule, base.instrument_module_id)
-                .instrument_id,
+                instrument_id=session.get_one(
+                    m.InstrumentModule, base.instrument_module_id
+                ).instrument_id,
                 name=f"LATE-{self.rng.getrandbits(32)}",
                 description="a module whose data came late",
             )
