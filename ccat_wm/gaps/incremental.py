@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.gaps.evaluate import Timing, evaluate_timed, retime
 from ccat_wm.gaps.kept import KeptEvaluation
-from ccat_wm.gaps.model import Gap, PipelineSnapshot, StepInfo
+from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot, StepInfo
 from ccat_wm.gaps.snapshot import load_run_states, load_snapshot
 from ccat_wm.gaps.steps import load_steps, pipeline_info
 
@@ -144,7 +144,9 @@ def evaluate_incremental(
         snapshot = load_snapshot(session, pipeline, prune=True)
         fresh = evaluate_timed(snapshot, now)
         kept.store(None, fresh)
-        result = IncrementalResult(snapshot, [], True, sum(len(r) for r in snapshot.rows))
+        result = IncrementalResult(
+            snapshot, [gap for gap, _ in fresh], True, sum(len(r) for r in snapshot.rows)
+        )
     else:
         result = _update(kept, pipeline, changes, now)
     if state is None:
@@ -154,14 +156,13 @@ def evaluate_incremental(
     state.watermark = watermark
     state.evaluated_at = now
     session.flush()
-    gaps = _timed_gaps(kept, result.snapshot, now) if pipeline.enabled else []
-    return replace(result, gaps=gaps)
+    return result if pipeline.enabled else replace(result, gaps=[])
 
 
 def _update(
     kept: KeptEvaluation, pipeline: m.Pipeline, changes: Changes, now: dt.datetime
 ) -> IncrementalResult:
-    """Re-evaluate the sub-groups `changes` touch; keep the others' gaps."""
+    """Re-evaluate the sub-groups `changes` touch; keep (and re-time) the others' gaps."""
     steps = kept.steps
     dirty: list[set[str]] = [set() for _ in steps]
     if changes.scans:
@@ -170,40 +171,36 @@ def _update(
         dirty[index].update(changes.runs.get(step.id, ()))
     kept.propagate(dirty)
     runs = load_run_states(kept.session, list(steps))
-    snapshot = PipelineSnapshot(
-        pipeline_info(pipeline), list(steps), [[] for _ in steps], runs, pruned=True
-    )
-    if not any(dirty):
-        return IncrementalResult(snapshot, [], False, 0)
-    unsettled = kept.unsettled([runs[s.name].in_flight for s in steps])
-    for index, step in enumerate(steps):
-        if not dirty[index]:
-            continue
-        current = runs[step.name].current = kept.current_runs(index, dirty[index])
-        snapshot.rows[index] = (
-            kept.downstream_rows(index, dirty[index])
-            if step.upstream
-            else kept.root_rows(index, dirty[index], current)
-        )
-    blocked = kept.blocked_from_outside(dirty, unsettled)
-    kept.store(dirty, evaluate_timed(snapshot, now, blocked=blocked))
-    return IncrementalResult(snapshot, [], False, sum(len(keys) for keys in dirty))
-
-
-def _timed_gaps(kept: KeptEvaluation, snapshot: PipelineSnapshot, now: dt.datetime) -> list[Gap]:
-    """Every kept gap, re-timed at `now`, in the order `evaluate` returns them."""
-    name = snapshot.pipeline.name
-    gaps = []
-    for row in kept.gaps():
-        step = snapshot.steps[row.step_index]
-        gap = Gap(
-            name, step.name, row.sub_group_key, row.reason, row.ready, None, False, row.inputs,
-            row.input_fingerprint,
-        )  # fmt: skip
-        timing = Timing(row.last_change, row.oldest_unprocessed)
-        gaps.append((row.step_index, row.sub_group_key, retime(snapshot, step, gap, timing, now)))
-    gaps.sort(key=lambda item: (item[0], item[1]))
-    return [gap for _, _, gap in gaps]
+    info = pipeline_info(pipeline)
+    snapshot = PipelineSnapshot(info, list(steps), [[] for _ in steps], runs, pruned=True)
+    before = kept.gaps(info.name)
+    fresh: list[tuple[Gap, Timing]] = []
+    if any(dirty):
+        unsettled: list[set[str]] = [set(runs[s.name].in_flight) for s in steps]
+        for index, gap, _ in before:
+            if gap.reason is not GapReason.FAILED:
+                unsettled[index].add(gap.sub_group_key)
+        for index, step in enumerate(steps):
+            if not dirty[index]:
+                continue
+            current = runs[step.name].current = kept.current_runs(index, dirty[index])
+            snapshot.rows[index] = (
+                kept.downstream_rows(index, dirty[index])
+                if step.upstream
+                else kept.root_rows(index, dirty[index], current)
+            )
+        blocked = kept.blocked_from_outside(dirty, unsettled)
+        fresh = evaluate_timed(snapshot, now, blocked=blocked)
+        kept.store(dirty, fresh)
+    position = {s.name: i for i, s in enumerate(steps)}
+    gaps = [
+        (index, retime(snapshot, steps[index], gap, timing, now))
+        for index, gap, timing in before
+        if gap.sub_group_key not in dirty[index]
+    ] + [(position[gap.step], gap) for gap, _ in fresh]
+    gaps.sort(key=lambda item: (item[0], item[1].sub_group_key))
+    dirty_count = sum(len(keys) for keys in dirty)
+    return IncrementalResult(snapshot, [gap for _, gap in gaps], False, dirty_count)
 
 
 def prune_change_log(session: Session, now: dt.datetime) -> int:

@@ -61,6 +61,7 @@ _FINE_COLUMNS = [
 ]  # fmt: skip
 _MEMBER_COLUMNS = ["pipeline_id", "step_index", "sub_group_key", "upstream_index", "upstream_key"]
 
+_REASONS = {reason.value: reason for reason in GapReason}
 Pair = tuple[int, str, int, str]
 """(downstream step index, its key, upstream step index, its key)."""
 
@@ -74,6 +75,23 @@ def upstream_pairs(steps: Sequence[StepInfo]) -> list[tuple[int, int]]:
     """Return (downstream index, upstream index) of every dependency, upstream steps first."""
     names = [s.name for s in steps]
     return sorted((d, names.index(u)) for d, s in enumerate(steps) for u in s.upstream)
+
+
+FINE_LEVEL = -1
+"""`evaluation_member.upstream_index` of a root sub-group's fine rows."""
+
+
+def _fine_id(scan: Any, module: Any) -> Any:
+    """Return the SQL of a fine row's `evaluation_member.upstream_key`: `<scan>:<module>`."""
+    return cast(scan, String) + literal(":", String) + cast(module, String)
+
+
+def _fine_rows(where: Any) -> Any:
+    return (
+        select(FINE.tags, FINE.executed_obs_unit_id, FINE.instrument_module_id)
+        .where(where)
+        .subquery()
+    )
 
 
 def _keys(keys: set[str]) -> Any:
@@ -167,7 +185,11 @@ class KeptEvaluation:
         ).select_from(dimension_joins(packages, dims))
 
     def _insert_members(self, fine: Any) -> None:
-        """Insert the (downstream, upstream) sub-group pairs of the fine rows `fine` selects."""
+        """Insert the members of the fine rows `fine` selects (tags, scan and module).
+
+        Pairs of sub-groups for every dependency, and for every root step its sub-groups'
+        fine rows (`upstream_index` -1, `upstream_key` `<scan>:<module>`).
+        """
         for down, up in upstream_pairs(self.steps):
             source = select(
                 literal(self.pipeline_id, BigInteger),
@@ -179,30 +201,51 @@ class KeptEvaluation:
             self.session.execute(
                 pg_insert(MEMBER).from_select(_MEMBER_COLUMNS, source).on_conflict_do_nothing()
             )
+        for root in (i for i, s in enumerate(self.steps) if not s.upstream):
+            source = select(
+                literal(self.pipeline_id, BigInteger),
+                literal(root, Integer),
+                func.substr(fine.c.tags[root + 1], len(tag(self.pipeline_id, root, "")) + 1),
+                literal(FINE_LEVEL, Integer),
+                _fine_id(fine.c.executed_obs_unit_id, fine.c.instrument_module_id),
+            )
+            self.session.execute(
+                pg_insert(MEMBER).from_select(_MEMBER_COLUMNS, source).on_conflict_do_nothing()
+            )
 
     def rebuild(self) -> None:
         """Derive the fine rows and members from the whole history (gaps: `store`)."""
         for table in (FINE, MEMBER, KEPT):
             self.session.execute(delete(table).where(table.pipeline_id == self.pipeline_id))
         self.session.execute(insert(FINE).from_select(_FINE_COLUMNS, self._fine_select(None)))
-        own = select(FINE.tags).where(FINE.pipeline_id == self.pipeline_id).subquery()
-        self._insert_members(own)
+        self._insert_members(_fine_rows(FINE.pipeline_id == self.pipeline_id))
 
     def refresh_scans(self, scans: set[int], dirty: list[set[str]]) -> None:
         """Re-aggregate the changed scans; add the keys they were and are in to `dirty`."""
         ids = cast(sorted(scans), ARRAY(BigInteger))
         mine = and_(FINE.pipeline_id == self.pipeline_id, FINE.executed_obs_unit_id == any_(ids))
-        removed = self.session.scalars(delete(FINE).where(mine).returning(FINE.tags)).all()
+        removed = self.session.execute(
+            delete(FINE)
+            .where(mine)
+            .returning(FINE.tags, FINE.executed_obs_unit_id, FINE.instrument_module_id)
+        ).all()
+        self.session.execute(
+            delete(MEMBER).where(
+                MEMBER.pipeline_id == self.pipeline_id,
+                MEMBER.upstream_index == FINE_LEVEL,
+                MEMBER.upstream_key == any_(_keys({f"{r[1]}:{r[2]}" for r in removed})),
+            )
+        )
         added = self.session.scalars(
             insert(FINE)
             .from_select(_FINE_COLUMNS, self._fine_select(sorted(scans)))
             .returning(FINE.tags)
         ).all()
-        for tags in [*removed, *added]:
+        for tags in [*(r[0] for r in removed), *added]:
             for index, value in enumerate(tags):
                 dirty[index].add(self._untag(index, value))
-        self._insert_members(select(FINE.tags).where(mine).subquery())
-        gone = sorted(self._pairs(removed) - self._pairs(added))
+        self._insert_members(_fine_rows(mine))
+        gone = sorted(self._pairs([r[0] for r in removed]) - self._pairs(added))
         if gone:  # pairs only the removed rows held, unless another fine row holds them
             self.session.execute(
                 _DELETE_UNHELD_MEMBERS,
@@ -255,11 +298,26 @@ class KeptEvaluation:
         self, index: int, keys: set[str], current: dict[str, CurrentRun]
     ) -> list[GroupRow]:
         """Return the fine rows of a root step's sub-groups `keys`, as the snapshot has them."""
-        tags = cast([tag(self.pipeline_id, index, k) for k in sorted(keys)], ARRAY(String))
-        query = select(
-            FINE.executed_obs_unit_id, FINE.instrument_module_id, FINE.inputs, FINE.hash_sum,
-            FINE.last_change, FINE.tags,
-        ).where(FINE.pipeline_id == self.pipeline_id, FINE.tags.overlap(tags))  # fmt: skip
+        member = and_(
+            MEMBER.pipeline_id == self.pipeline_id,
+            MEMBER.step_index == index,
+            MEMBER.sub_group_key == any_(_keys(keys)),
+            MEMBER.upstream_index == FINE_LEVEL,
+        )
+        query = (
+            select(
+                FINE.executed_obs_unit_id, FINE.instrument_module_id, FINE.inputs,
+                FINE.hash_sum, FINE.last_change, FINE.tags,
+            )
+            .join(MEMBER, and_(  # the fine row's primary key, from `<scan>:<module>`
+                FINE.pipeline_id == MEMBER.pipeline_id,
+                FINE.executed_obs_unit_id
+                == cast(func.split_part(MEMBER.upstream_key, ":", 1), BigInteger),
+                FINE.instrument_module_id
+                == cast(func.split_part(MEMBER.upstream_key, ":", 2), BigInteger),
+            ))
+            .where(member)
+        )  # fmt: skip
         fine = self.session.execute(query).all()
         oldest: dict[tuple[int, int], dt.datetime] = {}
         if self.steps[index].max_wait_seconds is not None and fine:
@@ -348,21 +406,23 @@ class KeptEvaluation:
                 blocked[down].update(key for _, key in rows if key in dirty[down])
         return blocked
 
-    def gaps(self) -> list[Any]:
-        """Return the kept gaps (step index, key, reason, ready, inputs, fingerprint, timing)."""
+    def gaps(self, pipeline: str) -> list[tuple[int, Gap, Timing]]:
+        """Return the kept gaps: step index, the gap (not timed: `retime`), its timing."""
         query = select(
-            KEPT.step_index, KEPT.sub_group_key, KEPT.reason, KEPT.ready, KEPT.inputs,
-            KEPT.input_fingerprint, KEPT.last_change, KEPT.oldest_unprocessed,
+            KEPT.step_index, KEPT.sub_group_key, cast(KEPT.reason, String), KEPT.ready,
+            KEPT.inputs, KEPT.input_fingerprint, KEPT.last_change, KEPT.oldest_unprocessed,
         ).where(KEPT.pipeline_id == self.pipeline_id)  # fmt: skip
-        return list(self.session.execute(query).all())
-
-    def unsettled(self, in_flight: list[set[str]]) -> list[set[str]]:
-        """Per step: keys in flight or with a kept gap that is not `failed` (they block)."""
-        out = [set(keys) for keys in in_flight]
-        for row in self.gaps():
-            if row.reason is not GapReason.FAILED:
-                out[row.step_index].add(row.sub_group_key)
-        return out
+        names = [s.name for s in self.steps]
+        return [
+            (
+                index,
+                Gap(pipeline, names[index], key, _REASONS[reason], ready, None, False, inputs,
+                    fingerprint),
+                Timing(last_change, oldest),
+            )
+            for index, key, reason, ready, inputs, fingerprint, last_change, oldest
+            in self.session.execute(query)
+        ]  # fmt: skip
 
     def store(self, dirty: list[set[str]] | None, gaps: Sequence[tuple[Gap, Timing]]) -> None:
         """Replace the kept gaps of the dirty sub-groups (all of them when `dirty` is None)."""
