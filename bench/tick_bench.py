@@ -54,10 +54,11 @@ TARGET_NEW_S = 0.250
 TARGET_SPEEDUP = 10.0
 
 HISTORY = """
+SET LOCAL session_replication_role = replica;
 INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status,
-    sub_group_key, reason, input_fingerprint, config_fingerprint, retry_count, cpu_hours,
-    created_at, finished_at)
-  SELECT :calibrate, :v1, 'COLLECTING_RESULTS', 'executed_obs_unit=' || e.name, 'new',
+    is_current, product_count, product_hash_sum, sub_group_key, reason, input_fingerprint,
+    config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
+  SELECT :calibrate, :v1, 'COMPLETED', true, 0, 0, 'executed_obs_unit=' || e.name, 'new',
          'v1:' || count(*) || ':' || sum(ccat_item_hash('r', p.id, p.checksum)), :f1, 0, 0.1,
          now() - interval '1 day', now() - interval '1 day'
   FROM executed_obs_unit e JOIN raw_data_package p ON p.executed_obs_unit_id = e.id
@@ -66,11 +67,14 @@ INSERT INTO data_product (executed_reduction_step_id, data_product_type, file_pa
     checksum, metadata)
   SELECT id, 'INTERMEDIATE', '/bench/' || id, 10, md5(id::text), '{}'
   FROM executed_reduction_step WHERE reduction_step_id = :calibrate;
-UPDATE executed_reduction_step SET status = 'COMPLETED' WHERE reduction_step_id = :calibrate;
+UPDATE executed_reduction_step r
+  SET product_count = 1, product_hash_sum = ccat_item_hash('p', dp.id, dp.checksum)
+  FROM data_product dp
+  WHERE dp.executed_reduction_step_id = r.id AND r.reduction_step_id = :calibrate;
 INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status,
-    sub_group_key, reason, input_fingerprint, config_fingerprint, retry_count, cpu_hours,
-    created_at, finished_at)
-  SELECT :grid, :v2, 'COLLECTING_RESULTS', 'line=' || l.name || '|source=' || s.name, 'new',
+    is_current, product_count, product_hash_sum, sub_group_key, reason, input_fingerprint,
+    config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
+  SELECT :grid, :v2, 'COMPLETED', true, 0, 0, 'line=' || l.name || '|source=' || s.name, 'new',
          'v1:' || count(*) || ':' || sum(ccat_item_hash('p', dp.id, dp.checksum)), :f2, 0, 1.0,
          now() - interval '20 hours', now() - interval '20 hours'
   FROM data_product dp
@@ -84,16 +88,22 @@ INSERT INTO data_product (executed_reduction_step_id, data_product_type, file_pa
     checksum, metadata)
   SELECT id, 'SCIENCE', '/bench/' || id, 10, md5(id::text), '{}'
   FROM executed_reduction_step WHERE reduction_step_id = :grid;
-UPDATE executed_reduction_step SET status = 'COMPLETED' WHERE reduction_step_id = :grid;
+UPDATE executed_reduction_step r
+  SET product_count = 1, product_hash_sum = ccat_item_hash('p', dp.id, dp.checksum)
+  FROM data_product dp
+  WHERE dp.executed_reduction_step_id = r.id AND r.reduction_step_id = :grid;
 INSERT INTO executed_reduction_step (reduction_step_id, reduction_software_version_id, status,
-    sub_group_key, reason, input_fingerprint, config_fingerprint, retry_count, cpu_hours,
-    created_at, finished_at)
-  SELECT :summary, :v3, 'COMPLETED', '', 'new',
+    is_current, product_count, product_hash_sum, sub_group_key, reason, input_fingerprint,
+    config_fingerprint, retry_count, cpu_hours, created_at, finished_at)
+  SELECT :summary, :v3, 'COMPLETED', true, 0, 0, '', 'new',
          'v1:' || count(*) || ':' || sum(ccat_item_hash('p', dp.id, dp.checksum)), :f3, 0, 2.0,
          now() - interval '10 hours', now() - interval '10 hours'
   FROM data_product dp JOIN executed_reduction_step r ON r.id = dp.executed_reduction_step_id
-  WHERE r.reduction_step_id = :grid;
+  WHERE r.reduction_step_id = :grid
 """
+"""A completed, current history of one pipeline, bulk-loaded: the database's triggers are
+off for the load (`session_replication_role`), so the current-run flags and product
+digests they would keep are set here, the way they compute them (migration 0002)."""
 
 NEW_PACKAGES = """
 INSERT INTO executed_obs_unit (name, obs_unit_id, start_time, end_time)
