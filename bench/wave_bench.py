@@ -1,0 +1,191 @@
+"""Benchmark of one large wave: N no-op sub-group runs through the pipeline flow.
+
+    python bench/wave_bench.py --runs 100000 [--workers 8]
+
+In a fresh process, with its own ephemeral Prefect server on a throwaway PostgreSQL
+database (`bench/common.py`) and a throwaway ops DB: the one-step no-op pipeline of
+`overhead_bench.py` over N simulated scans on the local backend. It times N direct
+launches of `true` (same parallelism), then the pipeline flow over the whole wave
+(evaluation, N PENDING runs, claim, staging, manifest, local job, collection, every
+transition committed), sampling the process's resident memory every 0.2 s while the
+flow runs. Then it checks what an operator would: every sub-group has exactly one run
+and it is COMPLETED, and the Prefect server recorded a completed task run for each
+(counted through its API, after waiting for its event backlog).
+
+The last line is one JSON object: `runs`, `completed`, `runs_per_sub_group_max`,
+`task_runs_recorded`, `peak_rss_mb` (the flow process while the flow ran; the Prefect
+server is another process), `rss_before_mb`, `overhead_ms_per_run` ((flow - direct) /
+N), `flow_s`, `direct_s`, `record_lag_s`, `register_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from ccat_wm.prefect_settings import apply_prefect_defaults
+
+apply_prefect_defaults()  # as the CLI does (batched recording in the server)
+
+# After the settings: these import Prefect.
+from bench.common import prefect_database, scratch_database  # noqa: E402
+from bench.overhead_bench import SPEC, direct, prefect_map, wait_until_recorded  # noqa: E402
+
+MB = 1024 * 1024
+
+
+class PeakMemory:
+    """Sample this process's resident set size in a thread; keep the peak."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, me.memory_info().rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wave(n: int, workers: int, url: str, root: Path) -> dict[str, float]:
+    """Register `n` scans, run the pipeline flow over them, check and return the figures."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from ccat_ops_db import migrate
+    from ccat_ops_db import models as m
+    from ccat_wm.db import get_engine, normalize_db_url
+    from ccat_wm.simulate.register import SimulationRequest, register_simulation
+    from ccat_wm.spec.apply import apply_specs
+    from ccat_wm.spec.loader import load_spec_files
+    from flows.run import run_pipeline
+    from tasks.runs import executor
+
+    os.environ["CCAT_OPS_DB_URL"] = url
+    executor.cache_clear()
+    engine = get_engine(normalize_db_url(url))
+    migrate.upgrade(engine)
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC.format(root=root, workers=workers))
+    started = time.perf_counter()
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="bench")
+        register_simulation(session, SimulationRequest(scans=n, seed=1))
+    register_s = time.perf_counter() - started
+    rss_before = psutil.Process().memory_info().rss
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        result = run_pipeline(engine, "bench")
+        flow_s = time.perf_counter() - started
+    run = m.ExecutedReductionStep
+    with Session(engine) as session:
+        per_key = (
+            select(run.sub_group_key, func.count().label("n"))
+            .group_by(run.sub_group_key)
+            .subquery()
+        )
+        most = session.scalar(select(func.max(per_key.c.n))) or 0
+        completed = session.scalar(
+            select(func.count(func.distinct(run.sub_group_key))).where(
+                run.status == m.RunStatus.COMPLETED
+            )
+        )
+    engine.dispose()
+    lag = wait_until_recorded(result.flow_run_id, n, timeout_s=1800)
+    recorded = task_runs_recorded(result.flow_run_id)
+    return {
+        "completed": int(completed or 0),
+        "runs_per_sub_group_max": int(most),
+        "task_runs_recorded": recorded,
+        "peak_rss_mb": round(memory.peak / MB, 1),
+        "rss_before_mb": round(rss_before / MB, 1),
+        "flow_s": round(flow_s, 2),
+        "record_lag_s": round(lag, 1),
+        "register_s": round(register_s, 1),
+    }
+
+
+def task_runs_recorded(flow_run_id: str) -> int:
+    """Completed task runs the server holds for the flow run's sub-group runs.
+
+    The flow's own tasks (preparing the wave, concurrency limits, artifacts) are not
+    sub-group runs: only task runs named `<step>[<sub-group>]` are counted.
+    """
+    from prefect.client.orchestration import get_client
+
+    body = {
+        "flow_runs": {
+            "operator": "or_",
+            "id": {"any_": [flow_run_id]},
+            "parent_flow_run_id": {"any_": [flow_run_id]},
+        },
+        "task_runs": {
+            "state": {"type": {"any_": ["COMPLETED"]}},
+            "name": {"like_": "["},
+        },
+    }
+    with get_client(sync_client=True) as client:
+        count: int = client.request("POST", "/task_runs/count", json=body).json()
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    os.environ["CCAT_WM_FLOW_WORKERS"] = str(args.workers)
+    root = Path(tempfile.mkdtemp(prefix="ccat-bench-wave-"))
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect-home"))
+    with prefect_database(), scratch_database(f"ccat_wm_wave_{os.getpid()}") as url:
+        prefect_map(10, args.workers)  # start the ephemeral server before timing
+        direct_s = direct(args.runs, args.workers)
+        figures = wave(args.runs, args.workers, url, root)
+    figures = {
+        "runs": args.runs,
+        **figures,
+        "direct_s": round(direct_s, 2),
+        "overhead_ms_per_run": round((figures["flow_s"] - direct_s) * 1000 / args.runs, 1),
+    }
+    ok = (
+        figures["completed"] == args.runs
+        and figures["runs_per_sub_group_max"] == 1
+        and figures["task_runs_recorded"] >= args.runs
+    )
+    print(
+        f"{args.runs} runs: {figures['completed']} sub-groups COMPLETED, at most "
+        f"{figures['runs_per_sub_group_max']} run per sub-group, "
+        f"{figures['task_runs_recorded']} task runs recorded by the server; flow process "
+        f"peak RSS {figures['peak_rss_mb']} MB; {figures['overhead_ms_per_run']} ms per run "
+        f"above direct launch: {'all accounted' if ok else 'NOT all accounted'}"
+    )
+    print(json.dumps(figures), flush=True)
+    print(f"(run directories left under {root}; remove them when done)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
