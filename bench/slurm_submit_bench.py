@@ -9,13 +9,16 @@ pipeline flow with N flow workers. The SLURM commands are counted through wrappe
 first on PATH (each logs its name, then runs the real command), so the counts are what
 SLURM really received. Prints the invocations of sbatch, squeue and sacct, and the time
 from the first run's SUBMITTED to the last's (from the ops DB's status history) against
-the plain loop's wall time.
+the plain loop's wall time, and how many runs completed with SLURM's accounting
+(job id, elapsed time and CPU time from `sacct`) on their record. The last line is one
+JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -138,6 +141,15 @@ def main() -> None:
                     func.min(m.RunStatusChange.changed_at), func.max(m.RunStatusChange.changed_at)
                 ).where(m.RunStatusChange.status == m.RunStatus.SUBMITTED)
             ).one()
+            run = m.ExecutedReductionStep
+            accounted = session.scalar(  # SLURM's accounting reached the run's record
+                select(func.count()).where(
+                    run.status == m.RunStatus.COMPLETED,
+                    run.hpc_job_id.is_not(None),
+                    run.processing_time_s.is_not(None),
+                    run.cpu_hours.is_not(None),
+                )
+            )
         completed = sum(1 for r in result.runs if r.status == "COMPLETED")
         engine.dispose()
     submit_s = (last - first).total_seconds()
@@ -150,6 +162,17 @@ def main() -> None:
         "pipeline invocations: "
         + ", ".join(f"{k} {calls[k]}" for k in ("sbatch", "squeue", "sacct", "scancel"))
     )
+    figures = {
+        "runs": n,
+        "completed": completed,
+        "accounted": int(accounted or 0),
+        "first_to_last_s": round(submit_s, 2),
+        "sbatch_loop_s": round(loop_s, 2),
+        "ratio": round(submit_s / loop_s, 2),
+        "flow_s": round(flow_s, 1),
+        **{f"{k}_calls": calls[k] for k in ("sbatch", "squeue", "sacct", "scancel")},
+    }
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
