@@ -22,6 +22,7 @@ from ccat_ops_db.models.enums import (
 )
 from ccat_ops_db.models.evaluation import (
     EvaluationChange,
+    EvaluationDownstream,
     EvaluationFine,
     EvaluationGap,
     EvaluationMember,
@@ -69,6 +70,7 @@ __all__ = [
     "DataProduct",
     "DataProductType",
     "EvaluationChange",
+    "EvaluationDownstream",
     "EvaluationFine",
     "EvaluationGap",
     "EvaluationMember",

@@ -4,7 +4,8 @@ A trigger tick re-evaluates only what changed since the previous one. The databa
 records every change that can move a gap (`EvaluationChange`, written by triggers, so no
 code path can forget it); per pipeline it keeps the selected packages aggregated per
 scan (`EvaluationFine`), which upstream sub-group lies inside which downstream one
-(`EvaluationMember`), and the gaps of the last evaluation (`EvaluationGap`). All of it
+(`EvaluationMember`), the inputs' digest of every downstream sub-group
+(`EvaluationDownstream`) and the gaps of the last evaluation (`EvaluationGap`). All of it
 is derived data: deleting a pipeline's `EvaluationState` makes the next tick rebuild it
 from the history, and `ccat-wm plan` never reads it.
 """
@@ -97,6 +98,26 @@ class EvaluationMember(Base):
     sub_group_key: Mapped[str] = mapped_column(String, primary_key=True)
     upstream_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     upstream_key: Mapped[str] = mapped_column(String, primary_key=True)
+
+
+class EvaluationDownstream(Base):
+    """A downstream step's sub-group as the last evaluation read it (its inputs' digest).
+
+    Re-read only when a member's current run or the membership changed; a sub-group
+    that is dirty only because an upstream sub-group's gap changed reuses it.
+    """
+
+    __tablename__ = "evaluation_downstream"
+
+    pipeline_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("pipeline.id", ondelete="CASCADE"), primary_key=True
+    )
+    step_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sub_group_key: Mapped[str] = mapped_column(String, primary_key=True)
+    inputs: Mapped[int] = mapped_column(BigInteger)
+    hash_sum: Mapped[Decimal] = mapped_column(Numeric)
+    last_change: Mapped[dt.datetime | None]
+    oldest_unprocessed: Mapped[dt.datetime | None]
 
 
 class EvaluationGap(Base):

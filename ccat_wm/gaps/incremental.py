@@ -142,6 +142,7 @@ def evaluate_incremental(
     if state is None or state.definition != definition or changes is None or changes.everything:
         kept.rebuild()
         snapshot = load_snapshot(session, pipeline, prune=True)
+        kept.keep_downstream(snapshot.rows)
         fresh = evaluate_timed(snapshot, now)
         kept.store(None, fresh)
         result = IncrementalResult(
@@ -165,11 +166,15 @@ def _update(
     """Re-evaluate the sub-groups `changes` touch; keep (and re-time) the others' gaps."""
     steps = kept.steps
     dirty: list[set[str]] = [set() for _ in steps]
+    reread: list[set[str]] = [set() for _ in steps]  # downstream: inputs may have changed
     if changes.scans:
-        kept.refresh_scans(changes.scans, dirty)
-    for index, step in enumerate(steps):
-        dirty[index].update(changes.runs.get(step.id, ()))
+        reread = kept.refresh_scans(changes.scans, dirty)
+    changed_runs = [set(changes.runs.get(step.id, ())) for step in steps]
+    for index in range(len(steps)):
+        dirty[index] |= changed_runs[index]
+        reread[index] |= changed_runs[index]
     kept.propagate(dirty)
+    kept.reread_inputs(changed_runs, reread)
     runs = load_run_states(kept.session, list(steps))
     info = pipeline_info(pipeline)
     snapshot = PipelineSnapshot(info, list(steps), [[] for _ in steps], runs, pruned=True)
@@ -185,7 +190,7 @@ def _update(
                 continue
             current = runs[step.name].current = kept.current_runs(index, dirty[index])
             snapshot.rows[index] = (
-                kept.downstream_rows(index, dirty[index])
+                kept.downstream_rows(index, dirty[index], reread[index] & dirty[index])
                 if step.upstream
                 else kept.root_rows(index, dirty[index], current)
             )

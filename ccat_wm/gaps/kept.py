@@ -55,6 +55,7 @@ PACKAGE = m.RawDataPackage
 FINE = m.EvaluationFine
 MEMBER = m.EvaluationMember
 KEPT = m.EvaluationGap
+DOWNSTREAM = m.EvaluationDownstream
 _FINE_COLUMNS = [
     "pipeline_id", "executed_obs_unit_id", "instrument_module_id", "inputs", "hash_sum",
     "last_change", "tags",
@@ -184,12 +185,14 @@ class KeptEvaluation:
             array(tags, type_=String),  # type: ignore[misc]
         ).select_from(dimension_joins(packages, dims))
 
-    def _insert_members(self, fine: Any) -> None:
+    def _insert_members(self, fine: Any) -> set[Pair]:
         """Insert the members of the fine rows `fine` selects (tags, scan and module).
 
         Pairs of sub-groups for every dependency, and for every root step its sub-groups'
-        fine rows (`upstream_index` -1, `upstream_key` `<scan>:<module>`).
+        fine rows (`upstream_index` -1, `upstream_key` `<scan>:<module>`). Returns the
+        pairs of sub-groups that were not members before.
         """
+        inserted: set[Pair] = set()
         for down, up in upstream_pairs(self.steps):
             source = select(
                 literal(self.pipeline_id, BigInteger),
@@ -198,9 +201,13 @@ class KeptEvaluation:
                 literal(up, Integer),
                 func.substr(fine.c.tags[up + 1], len(tag(self.pipeline_id, up, "")) + 1),
             ).distinct()
-            self.session.execute(
-                pg_insert(MEMBER).from_select(_MEMBER_COLUMNS, source).on_conflict_do_nothing()
+            statement = (
+                pg_insert(MEMBER)
+                .from_select(_MEMBER_COLUMNS, source)
+                .on_conflict_do_nothing()
+                .returning(MEMBER.sub_group_key, MEMBER.upstream_key)
             )
+            inserted.update((down, j, up, u) for j, u in self.session.execute(statement))
         for root in (i for i, s in enumerate(self.steps) if not s.upstream):
             source = select(
                 literal(self.pipeline_id, BigInteger),
@@ -212,16 +219,21 @@ class KeptEvaluation:
             self.session.execute(
                 pg_insert(MEMBER).from_select(_MEMBER_COLUMNS, source).on_conflict_do_nothing()
             )
+        return inserted
 
     def rebuild(self) -> None:
         """Derive the fine rows and members from the whole history (gaps: `store`)."""
-        for table in (FINE, MEMBER, KEPT):
+        for table in (FINE, MEMBER, DOWNSTREAM, KEPT):
             self.session.execute(delete(table).where(table.pipeline_id == self.pipeline_id))
         self.session.execute(insert(FINE).from_select(_FINE_COLUMNS, self._fine_select(None)))
         self._insert_members(_fine_rows(FINE.pipeline_id == self.pipeline_id))
 
-    def refresh_scans(self, scans: set[int], dirty: list[set[str]]) -> None:
-        """Re-aggregate the changed scans; add the keys they were and are in to `dirty`."""
+    def refresh_scans(self, scans: set[int], dirty: list[set[str]]) -> list[set[str]]:
+        """Re-aggregate the changed scans; add the keys they were and are in to `dirty`.
+
+        Returns, per step, the downstream sub-groups whose inputs may have changed: they
+        lost a member, or gained one that has a current run (a new scan has none).
+        """
         ids = cast(sorted(scans), ARRAY(BigInteger))
         mine = and_(FINE.pipeline_id == self.pipeline_id, FINE.executed_obs_unit_id == any_(ids))
         removed = self.session.execute(
@@ -244,7 +256,7 @@ class KeptEvaluation:
         for tags in [*(r[0] for r in removed), *added]:
             for index, value in enumerate(tags):
                 dirty[index].add(self._untag(index, value))
-        self._insert_members(_fine_rows(mine))
+        joined = self._insert_members(_fine_rows(mine))
         gone = sorted(self._pairs([r[0] for r in removed]) - self._pairs(added))
         if gone:  # pairs only the removed rows held, unless another fine row holds them
             self.session.execute(
@@ -257,6 +269,14 @@ class KeptEvaluation:
                     "up_key": [p[3] for p in gone],
                 },
             )
+        regrouped: list[set[str]] = [set() for _ in self.steps]
+        for down, key, _, _ in gone:
+            regrouped[down].add(key)
+        for down, up in upstream_pairs(self.steps):
+            new = {u: j for d, j, i, u in joined if (d, i) == (down, up)}
+            for upstream_key in self.current_runs(up, set(new)) if new else ():
+                regrouped[down].add(new[upstream_key])
+        return regrouped
 
     def _pairs(self, rows: Sequence[list[str]]) -> set[Pair]:
         return {
@@ -363,18 +383,46 @@ class KeptEvaluation:
         )
         return {(scan, module): when for scan, module, when in self.session.execute(query)}
 
-    def downstream_rows(self, index: int, keys: set[str]) -> list[GroupRow]:
-        """Return one row per sub-group `keys` of a downstream step, as the snapshot has it."""
-        names = [s.name for s in self.steps]
-        upstream = [names.index(u) for u in self.steps[index].upstream]
-        params = {
-            "up_index": upstream,
-            "up_step": [self.steps[u].id for u in upstream],
-            "step_id": self.steps[index].id,
-            "pipeline": self.pipeline_id,
-            "index": index,
-            "keys": sorted(keys),
-        }
+    def reread_inputs(self, changed_runs: list[set[str]], reread: list[set[str]]) -> None:
+        """Add to `reread` the downstream sub-groups holding a sub-group whose runs changed."""
+        for down, up in upstream_pairs(self.steps):
+            if changed_runs[up]:
+                rows = self.session.execute(self._members(down, up, changed_runs[up]))
+                reread[down].update(key for _, key in rows)
+
+    def downstream_rows(self, index: int, keys: set[str], reread: set[str]) -> list[GroupRow]:
+        """Return one row per sub-group `keys` of a downstream step, as the snapshot has it.
+
+        The inputs of the sub-groups `reread` are summed again from their members' current
+        runs (and kept); the others' did not change and are read from what was kept.
+        """
+        kept: list[tuple[Any, ...]] = []
+        if keys - reread:
+            query = select(
+                DOWNSTREAM.sub_group_key, DOWNSTREAM.inputs, DOWNSTREAM.hash_sum,
+                DOWNSTREAM.last_change, DOWNSTREAM.oldest_unprocessed,
+            ).where(
+                DOWNSTREAM.pipeline_id == self.pipeline_id,
+                DOWNSTREAM.step_index == index,
+                DOWNSTREAM.sub_group_key == any_(_keys(keys - reread)),
+            )  # fmt: skip
+            kept = [tuple(row) for row in self.session.execute(query)]
+        # A sub-group nothing was kept for (new) is read too.
+        reread = reread | (keys - reread - {row[0] for row in kept})
+        fresh: list[tuple[Any, ...]] = []
+        if reread:
+            names = [s.name for s in self.steps]
+            upstream = [names.index(u) for u in self.steps[index].upstream]
+            params = {
+                "up_index": upstream,
+                "up_step": [self.steps[u].id for u in upstream],
+                "step_id": self.steps[index].id,
+                "pipeline": self.pipeline_id,
+                "index": index,
+                "keys": sorted(reread),
+            }
+            fresh = [tuple(row) for row in self.session.execute(_DOWNSTREAM, params)]
+            self._keep_downstream(index, reread, fresh)
         below = [d for d, u in upstream_pairs(self.steps) if u == index]
         inside = {  # the sub-group of each direct downstream step holding each key
             down: {
@@ -384,7 +432,7 @@ class KeptEvaluation:
             for down in below
         }
         rows = []
-        for key, count, hash_sum, last, oldest in self.session.execute(_DOWNSTREAM, params):
+        for key, count, hash_sum, last, oldest in [*fresh, *kept]:
             row_keys: list[str | None] = [None] * len(self.steps)
             row_keys[index] = key
             for down in below:
@@ -393,6 +441,38 @@ class KeptEvaluation:
                 GroupRow(index, key, tuple(row_keys), int(count), int(hash_sum), last, oldest)
             )
         return rows
+
+    def _keep_downstream(
+        self, index: int, keys: set[str] | None, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Replace the kept inputs of step `index`'s sub-groups `keys` (None: all of them)."""
+        where = [DOWNSTREAM.pipeline_id == self.pipeline_id, DOWNSTREAM.step_index == index]
+        if keys is not None:
+            where.append(DOWNSTREAM.sub_group_key == any_(_keys(keys)))
+        self.session.execute(delete(DOWNSTREAM).where(*where))
+        if rows:
+            self.session.execute(
+                insert(DOWNSTREAM),
+                [
+                    {
+                        "pipeline_id": self.pipeline_id, "step_index": index,
+                        "sub_group_key": key, "inputs": count, "hash_sum": hash_sum,
+                        "last_change": last, "oldest_unprocessed": oldest,
+                    }
+                    for key, count, hash_sum, last, oldest in rows
+                ],
+            )  # fmt: skip
+
+    def keep_downstream(self, rows: Sequence[Sequence[GroupRow]]) -> None:
+        """Keep the inputs of every downstream sub-group of a full snapshot's rows."""
+        for index, step in enumerate(self.steps):
+            if step.upstream:
+                self._keep_downstream(
+                    index,
+                    None,
+                    [(r.key, r.inputs, r.hash_sum, r.last_change, r.oldest_unprocessed)
+                     for r in rows[index]],
+                )  # fmt: skip
 
     def blocked_from_outside(
         self, dirty: list[set[str]], unsettled: list[set[str]]

@@ -10,8 +10,9 @@ changed since the previous one; this migration gives it what it needs:
   gap evaluation reads (their step and sub-group); names and relations that keys are
   made of (scans, obs units, sources, lines, programs, modules, instruments) updated or
   deleted (`everything`: the next tick rebuilds). `xid` is the writer's transaction.
-- `evaluation_state`, `evaluation_fine`, `evaluation_member`, `evaluation_gap`: per
-  pipeline, derived data the tick keeps (see the models). Deleting them loses nothing.
+- `evaluation_state`, `evaluation_fine`, `evaluation_member`, `evaluation_downstream`,
+  `evaluation_gap`: per pipeline, derived data the tick keeps (see the models).
+  Deleting them loses nothing.
 
 Downgrade drops them and the triggers.
 
@@ -213,6 +214,19 @@ def upgrade() -> None:
         ["pipeline_id", "upstream_index", "upstream_key"],
     )
     op.create_table(
+        "evaluation_downstream",
+        _pipeline_fk("evaluation_downstream"),
+        sa.Column("step_index", sa.Integer(), nullable=False),
+        sa.Column("sub_group_key", sa.String(), nullable=False),
+        sa.Column("inputs", sa.BigInteger(), nullable=False),
+        sa.Column("hash_sum", sa.Numeric(), nullable=False),
+        sa.Column("last_change", sa.DateTime(timezone=True)),
+        sa.Column("oldest_unprocessed", sa.DateTime(timezone=True)),
+        sa.PrimaryKeyConstraint(
+            "pipeline_id", "step_index", "sub_group_key", name=op.f("pk_evaluation_downstream")
+        ),
+    )
+    op.create_table(
         "evaluation_gap",
         _pipeline_fk("evaluation_gap"),
         sa.Column("step_index", sa.Integer(), nullable=False),
@@ -250,7 +264,7 @@ def downgrade() -> None:
     ):  # fmt: skip
         op.execute(f"DROP FUNCTION {function}()")
     for table in (
-        "evaluation_gap", "evaluation_member", "evaluation_fine", "evaluation_state",
-        "evaluation_change",
+        "evaluation_gap", "evaluation_downstream", "evaluation_member", "evaluation_fine",
+        "evaluation_state", "evaluation_change",
     ):  # fmt: skip
         op.drop_table(table)
