@@ -11,8 +11,9 @@ sub-groups that changed since the pipeline's previous tick:
    started early is never skipped (one read twice is harmless).
 2. Per pipeline the database keeps the selected packages aggregated per scan and module
    with every step's key (`evaluation_fine`), which upstream sub-group lies inside which
-   downstream one (`evaluation_member`), and the last gaps (`evaluation_gap`, with what
-   their timing is computed from).
+   downstream one (`evaluation_member`), each downstream sub-group's inputs
+   (`evaluation_downstream`) and the last gaps (`evaluation_gap`, with what their timing
+   is computed from).
 3. The changed scans' aggregates are rebuilt; their keys, and the keys whose runs
    changed, are dirty; dirtiness flows downstream through the member table. Only dirty
    sub-groups are read and evaluated, by `evaluate` itself, on a snapshot holding just
@@ -73,7 +74,7 @@ class IncrementalResult:
     rebuilt: bool
     """True when it evaluated the whole history (first tick, definition changed, ...)."""
     dirty: int
-    """Sub-groups re-evaluated (all of them when rebuilt)."""
+    """Sub-groups re-evaluated (when rebuilt: the rows of the full snapshot)."""
 
 
 def transaction_watermark(session: Session) -> int:
