@@ -42,9 +42,9 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.gaps.evaluate import Timing
 from ccat_wm.gaps.model import CurrentRun, Gap, GapReason, GroupRow, StepInfo
+from ccat_wm.gaps.pipeline_query import package_groups
 from ccat_wm.selection.query import (
     dimension_joins,
-    item_hash,
     key_expression,
     package_foreign_keys,
     selection,
@@ -147,25 +147,11 @@ class KeptEvaluation:
     def _fine_select(self, scans: list[int] | None) -> Any:
         """Select the fine rows (of `scans` only, unless None) as the table holds them."""
         dims = sorted({d for s in self.steps for d in s.group_by})
-        sel = selection(self.grouping.filter_rules, self.grouping.instrument_module_id, [])
         columns = sorted({*package_foreign_keys(dims), "executed_obs_unit_id"})
-        foreign_keys = [PACKAGE.__table__.c[c] for c in columns]
-        where = sel.where
+        chosen = None
         if scans is not None:
-            chosen = cast(scans, ARRAY(BigInteger))
-            where = and_(where, PACKAGE.executed_obs_unit_id == any_(chosen))
-        packages = (
-            select(
-                *foreign_keys,
-                func.count().label("n"),
-                func.sum(item_hash("r", PACKAGE.id, PACKAGE.checksum)).label("h"),
-                func.max(PACKAGE.created_at).label("last_change"),
-            )
-            .select_from(sel.from_clause)
-            .where(where)
-            .group_by(*foreign_keys)
-            .subquery("packages")
-        )
+            chosen = PACKAGE.executed_obs_unit_id == any_(cast(scans, ARRAY(BigInteger)))
+        packages = package_groups(self.grouping, columns, chosen)
         module = (
             packages.c.instrument_module_id
             if "instrument_module_id" in columns

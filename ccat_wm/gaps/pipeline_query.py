@@ -29,6 +29,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     String,
+    and_,
     any_,
     bindparam,
     cast,
@@ -65,13 +66,18 @@ def key_column(index: int) -> str:
     return f"k{index}"
 
 
-def fine_cte(grouping: m.DataGrouping, steps: Sequence[StepInfo]) -> CTE:
-    """Aggregate the selected packages per scan and module, with every step's key."""
-    dims = sorted({d for s in steps for d in s.group_by})
-    # Only the tables the rules need: names are joined per group afterwards.
+def package_groups(
+    grouping: m.DataGrouping, columns: Sequence[str], where: ColumnElement[bool] | None = None
+) -> Subquery:
+    """Aggregate the grouping's selected packages by the RawDataPackage `columns`.
+
+    Count `n`, digest `h` and newest ingest `last_change` per group; `where` narrows the
+    packages further. Only the tables the rules need are joined: names are looked up per
+    group afterwards (`dimension_joins`).
+    """
     sel = selection(grouping.filter_rules, grouping.instrument_module_id, [])
-    foreign_keys = [PACKAGE.__table__.c[fk] for fk in package_foreign_keys(dims)]
-    packages = (
+    foreign_keys = [PACKAGE.__table__.c[c] for c in columns]
+    return (
         select(
             *foreign_keys,
             func.count().label("n"),
@@ -79,11 +85,17 @@ def fine_cte(grouping: m.DataGrouping, steps: Sequence[StepInfo]) -> CTE:
             func.max(PACKAGE.created_at).label("last_change"),
         )
         .select_from(sel.from_clause)
-        .where(sel.where)
+        .where(sel.where if where is None else and_(sel.where, where))
         .group_by(*foreign_keys)
         .having(func.count() > 0)
         .subquery("packages")
     )
+
+
+def fine_cte(grouping: m.DataGrouping, steps: Sequence[StepInfo]) -> CTE:
+    """Aggregate the selected packages per scan and module, with every step's key."""
+    dims = sorted({d for s in steps for d in s.group_by})
+    packages = package_groups(grouping, package_foreign_keys(dims))
     keys = [key_expression(s.group_by).label(key_column(i)) for i, s in enumerate(steps)]
     return (
         select(*keys, packages.c.n, packages.c.h, packages.c.last_change)
