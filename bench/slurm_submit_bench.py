@@ -1,31 +1,36 @@
-"""Benchmark of submission to SLURM: 500 sub-group runs of one step, against plain sbatch.
+"""Benchmark of submission to SLURM: N sub-group runs of one step, against plain sbatch.
 
     infra/slurm/start-cluster.sh
     CCAT_OPS_DB_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/slurm_submit_bench.py [--runs 500]
 
-In one run: (1) a plain loop of N `sbatch` calls of a no-op job; (2) a one-step pipeline
-with N sub-groups (command `true`, host runtime) on a SLURM location, run by the
-pipeline flow with N flow workers. The SLURM commands are counted through wrappers put
-first on PATH (each logs its name, then runs the real command), so the counts are what
-SLURM really received. Prints the invocations of sbatch, squeue and sacct, and the time
-from the first run's SUBMITTED to the last's (from the ops DB's status history) against
-the plain loop's wall time, and how many runs completed with SLURM's accounting
-(job id, elapsed time and CPU time from `sacct`) on their record. The last line is one
-JSON object with the figures.
+In one run: (1) a plain loop of N `sbatch` calls of a no-op job (its jobs are cancelled
+once it is timed, so that they do not hold the cluster); (2) a one-step pipeline with N
+sub-groups (command `true`, host runtime, `max_concurrent_runs` N) on a SLURM location,
+run by the pipeline flow with min(N, 1,000) flow workers. The SLURM commands are counted
+through wrappers put first on PATH (each logs its name, then runs the real command), so
+the counts are what SLURM really received. Prints the invocations of sbatch, squeue and
+sacct; the time from the first run's SUBMITTED to the last's (from the ops DB's status
+history) against the plain loop's wall time; when the attempts started (STAGING_DATA)
+and how long each took to SUBMITTED, so that staging is seen too; and how many runs
+completed with SLURM's accounting (job id, elapsed time and CPU time from `sacct`) on
+their record. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import datetime as dt
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -63,6 +68,7 @@ pipelines:
         max_concurrent_runs: {runs}
         config: {{name: noop, command: ["true"], resources: {{cpu: 1, memory_gb: 0.1, time_hours: 0.1}}}}
 """
+LOOP_JOB = "ccat-bench-loop"
 WRAPPER = (
     '#!/bin/sh\necho "${0##*/}" >>"$CCAT_BENCH_CALLS"\nexec "$CCAT_BENCH_REAL/${0##*/}" "$@"\n'
 )
@@ -87,10 +93,37 @@ def plain_loop(n: int, root: Path) -> float:
     start = time.perf_counter()
     for _ in range(n):
         subprocess.run(
-            ["sbatch", "--parsable", "--output=/dev/null", "--mem=100M", "--time=6", str(script)],
+            ["sbatch", "--parsable", "--output=/dev/null", "--mem=100M", "--time=6",
+             f"--job-name={LOOP_JOB}", str(script)],
             check=True, capture_output=True,
         )  # fmt: skip
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    # The loop's jobs would hold the cluster while the pipeline's wait: drop them.
+    subprocess.run(["scancel", f"--name={LOOP_JOB}"], check=True)
+    return elapsed
+
+
+def _phases(session: Any) -> dict[str, Any]:
+    """When the first attempts started (STAGING_DATA) and how long each took to SUBMITTED."""
+    from sqlalchemy import func, select
+
+    from ccat_ops_db import models as m
+
+    change = m.RunStatusChange
+    rows = session.execute(
+        select(
+            change.executed_reduction_step_id,
+            func.min(change.changed_at).filter(change.status == m.RunStatus.STAGING_DATA),
+            func.min(change.changed_at).filter(change.status == m.RunStatus.SUBMITTED),
+        ).group_by(change.executed_reduction_step_id)
+    ).all()
+    starts = [r[1] for r in rows if r[1] is not None]
+    waits = [(r[2] - r[1]).total_seconds() for r in rows if r[1] and r[2]]
+    return {
+        "first_start": min(starts),
+        "last_start": max(starts),
+        "median_start_to_submit_s": statistics.median(waits),
+    }
 
 
 def main() -> None:
@@ -98,7 +131,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     args = parser.parse_args()
     n = args.runs
-    os.environ["CCAT_WM_FLOW_WORKERS"] = str(n)
+    os.environ["CCAT_WM_FLOW_WORKERS"] = str(min(n, 1000))  # the setting's largest
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ccat-bench-prefect-"))
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
@@ -131,6 +164,7 @@ def main() -> None:
         with Session(engine) as session, session.begin():
             apply_specs(session, load_spec_files([spec]), user="bench")
             register_simulation(session, SimulationRequest(scans=n, seed=1))
+        started_at = dt.datetime.now(dt.UTC)
         start = time.perf_counter()
         result = run_pipeline(engine, "bench")
         flow_s = time.perf_counter() - start
@@ -141,6 +175,7 @@ def main() -> None:
                     func.min(m.RunStatusChange.changed_at), func.max(m.RunStatusChange.changed_at)
                 ).where(m.RunStatusChange.status == m.RunStatus.SUBMITTED)
             ).one()
+            phases = _phases(session)
             run = m.ExecutedReductionStep
             accounted = session.scalar(  # SLURM's accounting reached the run's record
                 select(func.count()).where(
@@ -159,6 +194,11 @@ def main() -> None:
         f"pipeline: first SUBMITTED to last: {submit_s:.2f} s; ratio to the loop: {submit_s / loop_s:.2f}"
     )
     print(
+        f"pipeline: flow start to first attempt {(phases['first_start'] - started_at).total_seconds():.2f} s, "
+        f"first attempt to last {(phases['last_start'] - phases['first_start']).total_seconds():.2f} s, "
+        f"attempt start to SUBMITTED median {phases['median_start_to_submit_s']:.2f} s"
+    )
+    print(
         "pipeline invocations: "
         + ", ".join(f"{k} {calls[k]}" for k in ("sbatch", "squeue", "sacct", "scancel"))
     )
@@ -170,6 +210,11 @@ def main() -> None:
         "sbatch_loop_s": round(loop_s, 2),
         "ratio": round(submit_s / loop_s, 2),
         "flow_s": round(flow_s, 1),
+        "flow_start_to_last_submit_s": round((last - started_at).total_seconds(), 2),
+        "first_to_last_attempt_start_s": round(
+            (phases["last_start"] - phases["first_start"]).total_seconds(), 2
+        ),
+        "median_start_to_submit_s": round(phases["median_start_to_submit_s"], 2),
         **{f"{k}_calls": calls[k] for k in ("sbatch", "squeue", "sacct", "scancel")},
     }
     print(json.dumps(figures))

@@ -29,7 +29,7 @@ from prefect.utilities.annotations import allow_failure
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.control import abandon_unstarted_runs, cancel_flow_run
 from ccat_wm.execution.ownership import hold_ownership
-from ccat_wm.execution.waves import WaveItem
+from ccat_wm.execution.waves import WaveItem, first_runs
 from ccat_wm.settings import load_settings
 from tasks.runs import (
     ensure_concurrency_limits,
@@ -39,6 +39,7 @@ from tasks.runs import (
     publish_artifacts,
     run_tags,
     sub_group_task,
+    submit_ahead_task,
 )
 from tasks.slots import close_pools, open_pool
 
@@ -47,8 +48,9 @@ class SubGroupRunsFailedError(CcatWmError):
     """Some sub-group runs of a pipeline flow run failed (the others ran)."""
 
 
-BOOKKEEPING_TASKS = 3
-"""Task runs of the parent flow besides the sub-group runs (prepare, limits, artifacts)."""
+BOOKKEEPING_TASKS = 4
+"""Task runs of a flow run besides the sub-group runs (prepare, limits, submit-ahead,
+artifacts)."""
 _SETTINGS = load_settings()
 
 
@@ -70,10 +72,24 @@ class WaveRun:
     """Prefect retries per step: the step's `max_retries`."""
     tagged: bool = True
     """Tag the task runs (`CCAT_WM_TASK_RUN_TAGS`)."""
+    submit_ahead: bool = False
+    """Submit the first runs together before their task runs follow them (SLURM)."""
 
 
 def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
-    """Submit the items in order (upstream first) and count how their task runs ended."""
+    """Submit the items in order (upstream first) and count how their task runs ended.
+
+    On a location that submits in bulk, the first runs' jobs are submitted together
+    first; if that fails, their task runs start them one by one.
+    """
+    first = first_runs(items) if wave.submit_ahead else {}
+    if first:
+        ahead = submit_ahead_task(wave.pipeline, wave.claim_as, first, return_state=True)
+        if ahead.is_failed():
+            get_run_logger().warning(
+                "submitting the first runs together failed (%s); each run's task run "
+                "submits its own", ahead.message,
+            )  # fmt: skip
     futures: list[PrefectFuture[Any]] = []
     for item in items:
         waits = [allow_failure(futures[i]) for i in item.upstream if i < len(futures)]
@@ -116,12 +132,14 @@ def pipeline_chunk(  # noqa: PLR0917 - a flow's parameters, passed positionally 
     force: bool,
     location: str = "",
     retries: dict[str, int] | None = None,
+    submit_ahead: bool = False,
 ) -> State[Any] | dict[str, int]:
     """Run one chunk of a large wave as its own flow run (items after earlier chunks)."""
     wave_items = [WaveItem(**i) for i in items]
     wave = WaveRun(
-        pipeline, location, claim_as, manual, force, retries or {}, _SETTINGS.task_run_tags
-    )
+        pipeline, location, claim_as, manual, force, retries or {}, _SETTINGS.task_run_tags,
+        submit_ahead,
+    )  # fmt: skip
     counts = _run_items(wave, wave_items)
     if counts["failed"]:
         return Failed(message=f"{counts['failed']} sub-group run(s) failed", data=counts)
@@ -203,7 +221,7 @@ def pipeline_flow(
         items = list(wave.items)
         run = WaveRun(
             pipeline, wave.location, claim_as, manual, force, wave.step_retries,
-            _SETTINGS.task_run_tags,
+            _SETTINGS.task_run_tags, wave.submit_ahead,
         )  # fmt: skip
         try:
             ensure_concurrency_limits(pipeline, wave.step_limits, claim_as)
@@ -239,7 +257,7 @@ def _run_wave(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
         for number, chunk in enumerate(_chunks(items, size), start=1):
             state = chunk_flow.with_options(flow_run_name=f"{flow_run.name} part {number}")(
                 wave.pipeline, [_as_dict(i) for i in chunk], wave.claim_as, wave.manual,
-                wave.force, wave.location, wave.retries, return_state=True,
+                wave.force, wave.location, wave.retries, wave.submit_ahead, return_state=True,
             )  # fmt: skip
             part = state.result(raise_on_failure=False)
             part = part if isinstance(part, dict) else {"failed": len(chunk)}

@@ -30,7 +30,7 @@ from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.failure import failure_message
 from ccat_wm.execution.ownership import live_other_owners
-from ccat_wm.execution.report import products_markdown, run_rows, run_table
+from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.selection.dimensions import display_key
@@ -73,6 +73,31 @@ def prepare_wave_task(
         pipeline, len(wave.items) - follow_ups, follow_ups,
     )  # fmt: skip
     return wave
+
+
+@task(name="submit-ahead", cache_policy=NO_CACHE)
+def submit_ahead_task(pipeline: str, claim_as: str, runs: dict[str, list[int]]) -> int:
+    """Submit the wave's first runs together (SLURM job arrays), before their task runs.
+
+    Each step's runs first get slots of the step's limit, in one lease, as many as it
+    allows now; those runs are staged and submitted in a few `sbatch` calls, and their
+    task runs follow the jobs. The others start one by one as slots come back. Returns
+    how many jobs were submitted.
+    """
+    logger = get_run_logger()
+    submitted = 0
+    for step, run_ids in runs.items():
+        taken = pool_for(claim_as, step, limit_name(pipeline, step)).reserve(run_ids)
+        if not taken:
+            continue
+        with run_logging(logger):
+            count = executor().start_many(taken)
+        submitted += count
+        logger.info(
+            "%s: submitted %s of %s first run(s) together; the rest start as slots come back",
+            step, count, len(run_ids),
+        )  # fmt: skip
+    return submitted
 
 
 @task(name="ensure-concurrency-limits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -181,7 +206,7 @@ def run_sub_group(
         slots.skip()
         logger.info("not due after its upstream runs; nothing to run")
         return RunOutcome(0, RunStatus.PENDING, 0, "not due")
-    with slots.slot() as held, run_logging(logger):
+    with slots.slot(run_id) as held, run_logging(logger):
         try:
             outcome = executor().run_attempt(run_id)
         except SQLAlchemyError as exc:  # the run is marked FAILED; say why without the SQL
@@ -216,12 +241,19 @@ def sub_group_task(retries: int) -> Any:
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(pipeline: str, claim_as: str) -> None:
-    """Publish the flow run's table of runs and a markdown summary of its products."""
+    """Publish the flow run's table of runs and a markdown summary of its products.
+
+    A large wave's table lists `ARTIFACT_ROWS` runs, those that did not complete first.
+    """
     with executor().session() as session:
-        rows = run_rows(session, flow_run=claim_as)
+        rows, total = artifact_rows(session, claim_as)
         markdown = products_markdown(session, claim_as)
     key = "".join(c if c.isalnum() else "-" for c in pipeline.lower())
-    create_table_artifact(
-        table=run_table(rows), key=f"{key}-runs", description=f"Runs of {pipeline} in this flow run"
-    )
+    description = f"Runs of {pipeline} in this flow run"
+    if total > len(rows):
+        description += (
+            f": {len(rows)} of {total}, those that did not complete first "
+            f"(ccat-wm status {pipeline} --limit {total} lists them all)"
+        )
+    create_table_artifact(table=run_table(rows), key=f"{key}-runs", description=description)
     create_markdown_artifact(markdown=markdown, key=f"{key}-products", description="Products")

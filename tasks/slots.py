@@ -14,10 +14,10 @@ the renewals stop and a Prefect server frees the slots when the leases expire
 `ccat-wm run` without PREFECT_API_URL) runs no repossessor and keeps its leases in the
 memory of a process that dies with the command: there, a flow run that finds no other
 live flow run of its pipeline gives the slots of dead ones back itself
-(`reclaim_dead_slots`). A
-flow run never asks Prefect for more slots than the step's limit; while other flow runs
-hold them it asks again with a backoff of up to a second, taking one of its own
-meanwhile if one comes back.
+(`reclaim_dead_slots`). A flow run never asks Prefect for more slots than the step's
+limit; while other flow runs hold them it asks again with a backoff of up to a second,
+taking one of its own meanwhile if one comes back. Runs that the flow submits ahead of
+their task runs (a wave on SLURM) get their slots in one lease (`StepSlots.reserve`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from uuid import UUID
 
@@ -95,55 +96,93 @@ class SlotUse:
 
 
 class StepSlots:
-    """The slots one flow run holds of one step's limit, shared by its task threads."""
+    """The slots one flow run holds of one step's limit, shared by its task threads.
+
+    A lease holds one slot, or several when `reserve` took slots for runs submitted ahead
+    (one API call for all of them); a lease goes back to Prefect whole, once none of its
+    slots is in use and the flow run has fewer runs of the step left than slots held.
+    """
 
     def __init__(self, limit_name: str, remaining: int, limit: int) -> None:
         """`remaining`: runs of the step this flow run may still start; `limit`: its size."""
         self.limit_name = limit_name
         self.remaining = remaining
         self.limit = max(1, limit)
-        self._free: list[UUID] = []
-        self._held: set[UUID] = set()
+        self._free: Counter[UUID] = Counter()
+        """Free slots per held lease."""
+        self._held: dict[UUID, int] = {}
+        """Held leases and how many slots each holds."""
+        self._reserved: dict[int, UUID] = {}
+        """Slots `reserve` took for runs (by run id) that their task runs will use."""
         self._cond = threading.Condition()
         self._acquiring = threading.BoundedSemaphore(MAX_ACQUIRING)
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[SlotUse]:
+    def slot(self, run_id: int | None = None) -> Iterator[SlotUse]:
         """Hold one slot for the body; it returns to the pool (or to Prefect) afterwards.
 
+        The slot is the one `reserve` took for `run_id`, if any, else a pooled or new one.
         A body that sets `done = False` (its run gets another attempt) is not counted as
         one of the runs the flow run still has to start.
         """
-        lease = self._take()
+        with self._cond:
+            lease = self._reserved.pop(run_id, None) if run_id is not None else None
+        if lease is None:
+            lease = self._take()
         use = SlotUse()
         try:
             yield use
         finally:
             self._give_back(lease, done=use.done)
 
+    def reserve(self, run_ids: list[int]) -> list[int]:
+        """Take slots for as many of these runs as the limit allows now, in one lease.
+
+        Returns the runs that got one (the first ones); their task runs use it through
+        `slot(run_id)`. Asks Prefect for fewer slots, halving, while other flow runs hold
+        too many for all of them.
+        """
+        with self._cond:
+            wanted = min(len(run_ids), self.limit - sum(self._held.values()))
+        lease = None
+        while wanted > 0 and lease is None:
+            with self._acquiring:
+                lease = self._acquire(wanted)
+            if lease is None:
+                wanted //= 2
+        if lease is None:
+            return []
+        with self._cond:
+            self._held[lease] = wanted
+            self._reserved.update(dict.fromkeys(run_ids[:wanted], lease))
+        _RENEWER.track(lease)
+        return run_ids[:wanted]
+
     def _take(self) -> UUID:
         """Take a free pooled slot, else a new one from Prefect (never beyond the limit)."""
         backoff = 0.05
         while True:
             with self._cond:
-                if self._free:
-                    return self._free.pop()
-                if len(self._held) >= self.limit:  # all ours and in use: one comes back
+                lease = next(iter(+self._free), None)
+                if lease is not None:
+                    self._free[lease] -= 1
+                    return lease
+                if sum(self._held.values()) >= self.limit:  # all ours and in use: one returns
                     self._cond.wait(timeout=MAX_BACKOFF_S)
                     continue
             with self._acquiring:
-                lease = self._acquire()
+                lease = self._acquire(1)
             if lease is not None:
                 with self._cond:
-                    self._held.add(lease)
+                    self._held[lease] = 1
                 _RENEWER.track(lease)
                 return lease
             with self._cond:  # other flow runs hold the slots: wait, or take one of ours
                 self._cond.wait(timeout=backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _acquire(self) -> UUID | None:
-        """One slot from Prefect as a lease; None while the limit is full.
+    def _acquire(self, slots: int) -> UUID | None:
+        """`slots` slots from Prefect as one lease; None while the limit has fewer free.
 
         A server error or a dropped connection is retried with a backoff (for up to
         `TRANSIENT_GIVE_UP_S`): an overloaded server must not fail the runs.
@@ -154,7 +193,7 @@ class StepSlots:
             try:
                 with get_client(sync_client=True) as client:
                     response = client.increment_concurrency_slots_with_lease(
-                        [self.limit_name], 1, "concurrency", LEASE_S
+                        [self.limit_name], slots, "concurrency", LEASE_S
                     )
                 break
             except httpx.HTTPStatusError as exc:
@@ -178,33 +217,38 @@ class StepSlots:
     def _give_back(self, lease: UUID, *, done: bool = True) -> None:
         with self._cond:
             self.remaining -= 1 if done else 0
-            surplus = len(self._held) > max(self.remaining, 0)
-            if surplus:
-                self._held.discard(lease)
-            else:
-                self._free.append(lease)
-                self._cond.notify()
-        if surplus:
-            self._release(lease)
+            self._free[lease] += 1
+            surplus = self._surplus()
+            self._cond.notify()
+        for unused in surplus:
+            self._release(unused)
+
+    def _surplus(self) -> list[UUID]:
+        """Drop (to release) whole leases with no slot in use while more are held than needed.
+
+        Called with the condition held. Slots reserved for runs count as in use.
+        """
+        dropped = []
+        for lease, size in list(self._held.items()):
+            held = sum(self._held.values())
+            if self._free[lease] == size and held - size >= max(self.remaining, 0):
+                del self._held[lease], self._free[lease]
+                dropped.append(lease)
+        return dropped
 
     def skip(self) -> None:
         """Count a run of the step that will not start (not due); free a surplus slot."""
         with self._cond:
             self.remaining -= 1
-            surplus = (
-                self._free.pop()
-                if len(self._held) > max(self.remaining, 0) and self._free
-                else None
-            )
-            if surplus is not None:
-                self._held.discard(surplus)
-        if surplus is not None:
-            self._release(surplus)
+            surplus = self._surplus()
+        for unused in surplus:
+            self._release(unused)
 
     def close(self) -> None:
         """Give every slot still held back to Prefect."""
         with self._cond:
-            leases, self._held, self._free = list(self._held), set(), []
+            leases = list(self._held)
+            self._held, self._free, self._reserved = {}, Counter(), {}
         for lease in leases:
             self._release(lease)
 

@@ -239,6 +239,24 @@ def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> s
     return "\n".join(lines)
 
 
+ARTIFACT_ROWS = 1000
+"""Runs a flow run's table artifact lists at most: a 100,000-run wave's full table was
+about half the flow process's memory at its end, and the UI cannot show it anyway."""
+
+
+def artifact_rows(
+    session: Session, flow_run: str, *, limit: int = ARTIFACT_ROWS
+) -> tuple[list[RunRow], int]:
+    """Return up to `limit` runs of a flow run, those that did not complete first, and the total."""
+    others = [s for s in m.RunStatus if s is not m.RunStatus.COMPLETED]
+    rows = run_rows(session, flow_run=flow_run, statuses=others, limit=limit)
+    if len(rows) < limit:
+        completed = [m.RunStatus.COMPLETED]
+        rows += run_rows(session, flow_run=flow_run, statuses=completed, limit=limit - len(rows))
+    total = session.scalar(select(func.count()).where(RUN.prefect_flow_run_id == flow_run))
+    return rows, int(total or 0)
+
+
 def flow_run_rows(engine: Engine, flow_run: str) -> list[RunRow]:
     """Return the runs a flow run executed (for the CLI after a flow run ended)."""
     with Session(engine) as session:

@@ -18,11 +18,14 @@ database round trips are most of what a run costs the flow process.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -94,6 +97,8 @@ S = RunStatus
 LOG = logging.getLogger(__name__)
 RunLogger = logging.Logger | logging.LoggerAdapter[Any]
 _RUN_LOG: ContextVar[RunLogger] = ContextVar("ccat_wm_run_log", default=LOG)
+AHEAD_THREADS = 4
+"""Threads `start_many` stages and records runs on (each holds an ops DB connection)."""
 CANCEL_CHECK_S = 0.25
 """How often a watched run looks in the ops DB for a person's cancel."""
 UNKNOWN_GRACE_S = 60.0
@@ -118,6 +123,29 @@ class RunOutcome:
     """The backend job of the (last) attempt, when one was submitted."""
     final: bool = False
     """The failure cannot be mended by retrying (`UNRETRYABLE_FAILURES`): no retry follows."""
+
+
+@dataclass(frozen=True, slots=True)
+class _StagedJob:
+    """An attempt's job, ready to submit: its spec, the inputs staged, what it asks for."""
+
+    spec: JobSpec
+    staged: int
+    request: Resources
+
+
+Started = RunOutcome | tuple[Backend, str, bool]
+"""What starting an attempt gave: how the run ended, or its backend, job id and whether
+RUNNING is recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class _StartedAhead:
+    """A first attempt `start_many` started, kept until the run's `attempt` follows it."""
+
+    ctx: RunContext
+    started: Started
+    job: _StagedJob | None = None
 
 
 @contextmanager
@@ -158,6 +186,9 @@ class RunExecutor:
         self.engine = engine
         self.settings = settings
         self.poll_max_s = poll_max_s
+        self._ahead: dict[int, _StartedAhead | BaseException] = {}
+        """First attempts `start_many` started (or the error it met), until `attempt` takes them."""
+        self._ahead_lock = threading.Lock()
 
     def session(self) -> Session:
         """Return a new session on the ops DB."""
@@ -207,7 +238,19 @@ class RunExecutor:
         return replace(outcome, status=S.PENDING, retry_count=ctx.retry_count + 1, will_retry=True)
 
     def attempt(self, run_id: int) -> RunOutcome:
-        """One attempt of a PENDING run, or the rest of one that a dead process left in flight."""
+        """One attempt of a PENDING run, or the rest of one that a dead process left in flight.
+
+        An attempt that `start_many` started in this process is followed from its job.
+        """
+        with self._ahead_lock:
+            ahead = self._ahead.pop(run_id, None)
+        if isinstance(ahead, BaseException):
+            raise ahead
+        if ahead is not None:
+            if isinstance(ahead.started, tuple) and ahead.job is not None:
+                _announce(ahead.ctx, ahead.ctx.retry_count, ahead.job, ahead.started[1],
+                          " with its wave")  # fmt: skip
+            return self._follow_submitted(ahead.ctx, ahead.ctx.retry_count, ahead.started)
         with self.engine.connect() as conn:
             with conn.begin():
                 try:
@@ -227,30 +270,120 @@ class RunExecutor:
             return self._resume(ctx)
         return self._follow_submitted(ctx, ctx.retry_count, started)
 
+    def start_many(self, run_ids: Sequence[int]) -> int:
+        """Start the attempts of many PENDING runs together, ahead of their `attempt` calls.
+
+        For backends that submit in bulk (SLURM job arrays), a wave's runs then reach the
+        scheduler in a few calls as soon as they are staged, instead of one by one as their
+        task runs get going. Each run moves and is staged in its own transactions, exactly
+        as `attempt` does it; the jobs of a backend go out in one `submit_many`. What started
+        (or how the attempt ended, or the error it met) is kept for the run's next `attempt`
+        in this process, which follows the job from there. Runs no longer PENDING are left
+        to `attempt`. Returns how many jobs were submitted.
+        """
+        staged = self._in_threads(self._stage_ahead, list(run_ids))
+        groups: dict[int, list[tuple[RunContext, Backend, _StagedJob]]] = {}
+        for entry in staged:
+            if entry is not None:
+                groups.setdefault(id(entry[1]), []).append(entry)
+        submitted = 0
+        for group in groups.values():
+            backend = group[0][1]
+            try:
+                results = backend.submit_many([job.spec for _, _, job in group])
+            except Exception as exc:  # every job of the group failed to start
+                results = [BackendError(f"submission failed: {exc}")] * len(group)
+            submitted += sum(1 for r in results if isinstance(r, str))
+            self._in_threads(self._record_ahead, list(zip(group, results, strict=True)))
+        return submitted
+
+    def _in_threads(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """`fn` over `items` on a few threads (database round trips overlap), in order.
+
+        Each call runs in a copy of the caller's context, so what it logs goes where the
+        caller's logs go (the Prefect run logger of the task that called `start_many`).
+        """
+        with ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="ccat-start") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, fn, i) for i in items]
+            return [f.result() for f in futures]
+
+    def _keep_ahead(self, run_id: int, kept: _StartedAhead | BaseException) -> None:
+        with self._ahead_lock:
+            self._ahead[run_id] = kept
+
+    def _stage_ahead(self, run_id: int) -> tuple[RunContext, Backend, _StagedJob] | None:
+        """Move to STAGING_DATA, record the snapshot, stage; None: nothing to submit for it."""
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    try:
+                        self._move(conn, run_id, S.STAGING_DATA, expected=S.PENDING)
+                    except TransitionError:
+                        return None  # cancelled, or in flight: its `attempt` decides
+                    ctx = load_run_context(conn, run_id)
+                    if not ctx.snapshot_recorded:
+                        record_snapshot(conn, ctx)
+                backend = backend_for(ctx, self.settings)
+                job = self._stage_job(ctx, ctx.retry_count, conn, backend)
+        except Exception as exc:  # raised by the run's `attempt`, which fails it
+            self._keep_ahead(run_id, exc)
+            return None
+        if isinstance(job, RunOutcome):
+            self._keep_ahead(run_id, _StartedAhead(ctx, job))
+            return None
+        return ctx, backend, job
+
+    def _record_ahead(
+        self, entry: tuple[tuple[RunContext, Backend, _StagedJob], str | BackendError]
+    ) -> None:
+        """Record one `start_many` submission (SUBMITTED, or FAILED: could not start)."""
+        (ctx, backend, job), result = entry
+        try:
+            if isinstance(result, BackendError):
+                started: Started = self._not_started(
+                    ctx, ctx.retry_count, None, job.request, result
+                )
+            else:
+                started = self._record_submitted(
+                    ctx, ctx.retry_count, None, backend, job=job, job_id=result, announce=False
+                )
+        except Exception as exc:  # raised by the run's `attempt`, which fails it
+            self._keep_ahead(ctx.run_id, exc)
+            return
+        self._keep_ahead(ctx.run_id, _StartedAhead(ctx, started, job))
+
     def _start(self, ctx: RunContext, attempt: int) -> RunOutcome:
         """Stage, submit and record the job of a run in STAGING_DATA, then follow it."""
         with self.engine.connect() as conn:
             started = self._submit(ctx, attempt, conn)
         return self._follow_submitted(ctx, attempt, started)
 
-    def _follow_submitted(
-        self, ctx: RunContext, attempt: int, started: RunOutcome | tuple[Backend, str, bool]
-    ) -> RunOutcome:
+    def _follow_submitted(self, ctx: RunContext, attempt: int, started: Started) -> RunOutcome:
         """Follow what `_submit` started (after its connection went back to the pool)."""
         if isinstance(started, RunOutcome):
             return started
         backend, job_id, running = started
         return self._follow(ctx, attempt, backend, job_id, running=running)
 
-    def _submit(
-        self, ctx: RunContext, attempt: int, conn: Connection
-    ) -> RunOutcome | tuple[Backend, str, bool]:
+    def _submit(self, ctx: RunContext, attempt: int, conn: Connection) -> Started:
         """Stage, submit, record SUBMITTED (and RUNNING if it runs already).
 
         Returns the backend, the job id and whether RUNNING is recorded, or how the run ended.
         """
-        run_id = ctx.run_id
         backend = backend_for(ctx, self.settings)
+        job = self._stage_job(ctx, attempt, conn, backend)
+        if isinstance(job, RunOutcome):
+            return job
+        try:
+            job_id = backend.submit(job.spec)
+        except (CcatWmError, BackendError, OSError, ValueError) as exc:
+            return self._not_started(ctx, attempt, conn, job.request, exc)
+        return self._record_submitted(ctx, attempt, conn, backend, job=job, job_id=job_id)
+
+    def _stage_job(
+        self, ctx: RunContext, attempt: int, conn: Connection, backend: Backend
+    ) -> RunOutcome | _StagedJob:
+        """Size the attempt, stage its inputs, write its manifest and build its job."""
         try:
             request = self._request(ctx, backend)
         except ImpossibleRequestError as exc:
@@ -260,28 +393,48 @@ class RunExecutor:
             )  # fmt: skip
         try:
             spec, staged = self._prepare(ctx, attempt, conn, request)
-            job_id = backend.submit(spec)
         except (CcatWmError, BackendError, OSError, ValueError) as exc:
-            return self._fail(
-                ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn,
-                kind=FailureKind.NOT_STARTED, requested=request,
-            )  # fmt: skip
-        running = backend.starts_at_once
-        if not running:  # a queued job: say which while it waits and runs
-            _log().info(
-                "run %s (%s[%s]) attempt %s of %s: %s input(s) staged in %s; submitted as "
-                "job %s (%s) asking for %s", run_id, ctx.step, ctx.sub_group_key, attempt + 1,
-                ctx.max_retries + 1, staged, ctx.layout.root, job_id, ctx.location.backend.value,
-                describe(request),
-            )  # fmt: skip
+            return self._not_started(ctx, attempt, conn, request, exc)
+        return _StagedJob(spec, staged, request)
+
+    def _not_started(
+        self, ctx: RunContext, attempt: int, conn: Connection | None, request: Resources,
+        exc: Exception,
+    ) -> RunOutcome:  # fmt: skip
+        """FAILED (NOT_STARTED): the attempt's job could not be staged or submitted."""
+        return self._fail(
+            ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn,
+            kind=FailureKind.NOT_STARTED, requested=request,
+        )  # fmt: skip
+
+    def _record_submitted(
+        self,
+        ctx: RunContext,
+        attempt: int,
+        conn: Connection | None,
+        backend: Backend,
+        *,
+        job: _StagedJob,
+        job_id: str,
+        announce: bool = True,
+    ) -> Started:
+        """Record SUBMITTED with the job id (and RUNNING for a job that starts at once).
+
+        `announce`: log the submission of a queued job now (`start_many` leaves it to the
+        run's own task run, whose Logs tab tells the run's story).
+        """
+        run_id, running = ctx.run_id, backend.starts_at_once
+        if announce and not running:  # a queued job: say which while it waits and runs
+            _announce(ctx, attempt, job, job_id)
         try:
-            with self._transaction(conn):
+            with self._transaction(conn) as db:
                 self._move(
-                    conn, run_id, S.SUBMITTED, expected=S.STAGING_DATA, hpc_job_id=job_id,
-                    requested_resources=resources_json(request), **_first_command(ctx, spec),
+                    db, run_id, S.SUBMITTED, expected=S.STAGING_DATA, hpc_job_id=job_id,
+                    requested_resources=resources_json(job.request),
+                    **_first_command(ctx, job.spec),
                 )  # fmt: skip
                 if running:
-                    self._move(conn, run_id, S.RUNNING, expected=S.SUBMITTED)
+                    self._move(db, run_id, S.RUNNING, expected=S.SUBMITTED)
         except TransitionError as exc:
             backend.cancel(job_id)
             return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
@@ -547,6 +700,16 @@ class RunExecutor:
     ) -> None:
         with self._transaction() as conn:
             self._move(conn, run_id, target, expected=expected, **values)
+
+
+def _announce(ctx: RunContext, attempt: int, job: _StagedJob, job_id: str, how: str = "") -> None:
+    """Log which queued job runs the attempt, what it asks for and where its inputs are."""
+    _log().info(
+        "run %s (%s[%s]) attempt %s of %s: %s input(s) staged in %s; submitted%s as "
+        "job %s (%s) asking for %s", ctx.run_id, ctx.step, ctx.sub_group_key, attempt + 1,
+        ctx.max_retries + 1, job.staged, ctx.layout.root, how, job_id,
+        ctx.location.backend.value, describe(job.request),
+    )  # fmt: skip
 
 
 def _stuck_reason(job_id: str, info: JobInfo, grace_s: float) -> str:

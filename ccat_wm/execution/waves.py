@@ -15,12 +15,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
@@ -54,6 +56,18 @@ class Wave:
     """`max_retries` per step (a run makes at most one more attempt than this)."""
     location: str = ""
     """The pipeline's processing location."""
+    submit_ahead: bool = False
+    """The location's backend submits in bulk (SLURM): the flow starts the wave's first runs
+    together (`RunExecutor.start_many`) before their task runs follow them."""
+
+
+def first_runs(items: Sequence[WaveItem]) -> dict[str, list[int]]:
+    """Return, by step, the runs that wait for nothing in the wave (`start_many` may start)."""
+    out: dict[str, list[int]] = {}
+    for item in items:
+        if item.run_id is not None and not item.upstream:
+            out.setdefault(item.step, []).append(item.run_id)
+    return out
 
 
 def pipeline_by_name(session: Session, name: str) -> m.Pipeline:
@@ -151,18 +165,28 @@ def prepare_wave(
             step.id.in_(list(step_ids))
         )
     ).all()
-    location = session.scalar(
-        select(m.DataLocation.name)
+    location = session.scalars(
+        select(m.DataLocation)
         .join(m.Pipeline, m.Pipeline.processing_location_id == m.DataLocation.id)
         .where(m.Pipeline.name == pipeline)
-    )
+    ).first()
     return Wave(
         pipeline,
         tuple(items),
         {r.name: max(1, r.max_concurrent_runs or 1) for r in rows},
         {r.name: max(0, r.max_retries or 0) for r in rows},
-        location or "",
+        location.name if location else "",
+        submit_ahead=location is not None and _submits_in_bulk(location),
     )
+
+
+def _submits_in_bulk(location: m.DataLocation) -> bool:
+    """Whether the location's backend hands many jobs to its scheduler in one call."""
+    if location.backend is None:
+        return False
+    return location_backend(
+        location.backend, Path(location.path), location.settings
+    ).submits_in_bulk
 
 
 def containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:

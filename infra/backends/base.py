@@ -124,10 +124,29 @@ class Backend(ABC):
     starts_at_once: bool = False
     """A submitted job is already running (a local process), not queued: the runner then
     records RUNNING in the same commit as SUBMITTED."""
+    submits_in_bulk: bool = False
+    """`submit_many` hands many jobs to the scheduler in a few calls (SLURM job arrays), so a
+    wave's first attempts are submitted together ahead of their task runs."""
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:
         """Start the job; return the backend's job id."""
+
+    def submit_many(self, specs: Sequence[JobSpec]) -> list[str | BackendError]:
+        """Submit many jobs at once; return, in order, each one's job id or why it was not.
+
+        One job's failure does not stop the others. Backends without a bulk call submit
+        one by one.
+        """
+        results: list[str | BackendError] = []
+        for spec in specs:
+            try:
+                results.append(self.submit(spec))
+            except BackendError as exc:
+                results.append(exc)
+            except (OSError, ValueError) as exc:
+                results.append(BackendError(str(exc)))
+        return results
 
     @abstractmethod
     def status(self, job_id: str) -> JobInfo:

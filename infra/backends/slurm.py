@@ -143,6 +143,7 @@ class SlurmBackend(PolledBackend):
     """Submits runs to SLURM with sbatch; see the module docstring."""
 
     name = "slurm"
+    submits_in_bulk = True
 
     def __init__(self, state_dir: Path, settings: SlurmSettings) -> None:
         """Keep submission files under `state_dir/slurm` (must be visible to the nodes)."""
@@ -178,6 +179,27 @@ class SlurmBackend(PolledBackend):
                     del self._open[options]
             self._submit_batch(batch)
         return item.done.result()
+
+    def submit_many(self, specs: Sequence[JobSpec]) -> list[str | BackendError]:
+        """Submit the jobs as job arrays (one per set of options, `max_array_size` tasks each).
+
+        No window to wait for: every job is already here. An array that `sbatch` refuses
+        fails its jobs only.
+        """
+        groups: dict[tuple[str, ...], list[_Pending]] = {}
+        pending = [_Pending(spec) for spec in specs]
+        for item in pending:
+            options = self.resource_options(item.spec.resources, item.spec.priority)
+            groups.setdefault(options, []).append(item)
+        size = self.settings.max_array_size
+        for options, items in groups.items():
+            for start in range(0, len(items), size):
+                self._submit_batch(_Batch(options, items[start : start + size]))
+        results: list[str | BackendError] = []
+        for item in pending:
+            error = item.done.exception()
+            results.append(error if isinstance(error, BackendError) else item.done.result())
+        return results
 
     def resource_options(self, resources: Resources, priority: int = 0) -> tuple[str, ...]:
         """Translate resources, priority, and the location's partition and account to options."""

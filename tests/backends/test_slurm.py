@@ -193,3 +193,25 @@ def test_submission_errors_name_the_command(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match=r"`sbatch` failed.*[Pp]artition"):
         backend.submit(job(tmp_path, "x", "true"))
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_submit_many_sends_one_array_per_set_of_options_and_fails_only_what_sbatch_refuses(
+    tmp_path: Path,
+) -> None:
+    backend = SlurmBackend(tmp_path / ".jobs", settings_from(SLURM_TEST_SETTINGS))
+    small = [job(tmp_path, f"ccat-run-{i}-a0-many", "sh", "-c", f"echo many {i}") for i in range(3)]
+    larger = job(tmp_path, "ccat-run-9-a0-larger", "sh", "-c", "echo larger", memory_gb=0.6)
+    huge = job(tmp_path, "ccat-run-10-a0-huge", "true", memory_gb=100_000)  # no node has it
+
+    results = backend.submit_many([small[0], larger, small[1], huge, small[2]])
+
+    assert backend.calls["sbatch"] == 3  # one array, one plain job, one refused
+    array_id = str(results[0]).split("_")[0]
+    assert [results[0], results[2], results[4]] == [f"{array_id}_{i}" for i in range(3)]
+    assert isinstance(results[1], str) and results[1].isdigit()
+    assert isinstance(results[3], BackendError) and "sbatch" in str(results[3])
+    for job_id, text in [(results[0], "many 0"), (results[4], "many 2"), (results[1], "larger")]:
+        assert isinstance(job_id, str)
+        assert wait(backend, job_id).state is JobState.COMPLETED
+        assert text in backend.logs(job_id)

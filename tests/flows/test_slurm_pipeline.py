@@ -18,14 +18,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterTaskRunId,
+)
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.logs import read_log, run_log
 from flows.run import run_pipeline
+from tasks.runs import task_run_name
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.flows.test_pipeline_flow import history, runs
+from tests.flows.test_pipeline_flow import (
+    history,
+    runs,
+    task_run_log_lines,
+    task_run_named,
+)
 from tests.helpers import SLURM_TEST_SETTINGS, run_cli
 
 T = TypeVar("T")
@@ -112,6 +125,109 @@ def test_a_wide_step_runs_as_a_slurm_job_array_with_accounting_metrics(
     assert (log.attempt, log.attempts) == (0, 1)
     text = read_log(engine, log)
     assert f"tool ok for {array_run.sub_group_key}" in text and "woke up after 1.5" in text
+
+
+def peak_in_flight(engine: Engine) -> int:
+    """Most runs between STAGING_DATA and their end at one moment (ops DB status history)."""
+    change = m.RunStatusChange
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(change.executed_reduction_step_id, change.status, change.changed_at)
+        ).all()
+    events = []
+    for _, status, moment in rows:
+        if status is m.RunStatus.STAGING_DATA:
+            events.append((moment, 1))
+        elif status in (m.RunStatus.COMPLETED, m.RunStatus.FAILED, m.RunStatus.CANCELLED):
+            events.append((moment, -1))
+    peak = running = 0
+    for _, delta in sorted(events):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_wave_on_slurm_is_submitted_together_within_its_step_limit(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The first runs go out as one job array before their task runs; the limit holds.
+
+    No array window, so a job array can only come from the submission together.
+    """
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", max_concurrent_runs=4, parameters={"sleep": 1.0})],
+        scans=7,
+        location=slurm_location(tmp_path, slurm_array_window_s=0),
+    )
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    done = [r.ExecutedReductionStep for r in runs(engine)]
+    assert [r.status for r in done] == [m.RunStatus.COMPLETED] * 7
+    in_arrays = sorted(r.hpc_job_id for r in done if "_" in (r.hpc_job_id or ""))
+    base = in_arrays[0].split("_")[0]
+    assert in_arrays == [f"{base}_{i}" for i in range(4)]  # the limit's worth, together
+    assert all((r.hpc_job_id or "").isdigit() for r in done if "_" not in (r.hpc_job_id or ""))
+    assert peak_in_flight(engine) == 4
+    assert history(engine, done[0].id) == [
+        "PENDING", "STAGING_DATA", "SUBMITTED", "RUNNING", "COLLECTING_RESULTS", "COMPLETED",
+    ]  # fmt: skip
+    ahead = next(r for r in done if r.hpc_job_id == f"{base}_0")
+    lines = task_run_log_lines(
+        task_run_named(result.flow_run_id, task_run_name("reduce", ahead.sub_group_key)).id
+    )
+    assert any(f"submitted with its wave as job {base}_0" in line for line in lines), lines
+    assert "reduce: submitted 4 of 7 first run(s) together" in submit_ahead_log(result.flow_run_id)
+
+
+def test_a_wave_sbatch_refuses_fails_its_runs_as_not_started_and_they_are_retried(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The submission together fails each run with sbatch's answer; the retry goes alone."""
+    setup_pipeline(
+        engine,
+        tmp_path,
+        [tool_step("reduce", max_retries=1)],
+        scans=2,
+        location=slurm_location(tmp_path, slurm_extra_args=["--constraint=nosuchfeature"]),
+    )
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Failed"
+    done = [r.ExecutedReductionStep for r in runs(engine)]
+    for run in done:
+        assert (run.status, run.failure_kind) == (m.RunStatus.FAILED, m.FailureKind.NOT_STARTED)
+        assert run.retry_count == 1 and run.hpc_job_id is None
+        assert "could not start" in (run.failure_reason or "")
+        assert "Invalid feature specification" in (run.failure_reason or "")
+        assert history(engine, run.id) == [
+            "PENDING", "STAGING_DATA", "FAILED", "PENDING", "STAGING_DATA", "FAILED",
+        ]  # fmt: skip
+    assert "2 of 2 sub-group run(s) failed" in (result.message or ""), result.message
+    assert "reduce: submitted 0 of 2 first run(s) together" in submit_ahead_log(result.flow_run_id)
+
+
+def submit_ahead_log(flow_run_id: str) -> str:
+    """What the flow run's submit-ahead task run logged (its logs arrive in batches)."""
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    [task_run] = [t for t in task_runs if t.name.startswith("submit-ahead")]
+    deadline = time.monotonic() + 20
+    text = ""
+    while "submitted" not in text and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id]))
+            )
+        text = "\n".join(log.message for log in logs)
+    return text
 
 
 def test_cancel_runs_scancel_and_marks_the_run_cancelled(
