@@ -93,10 +93,14 @@ def submit_ahead_task(pipeline: str, claim_as: str, runs: dict[str, list[int]]) 
         with run_logging(logger):
             count = executor().start_many(taken)
         submitted += count
+        notes = ""
+        if count < len(taken):
+            notes += f"; {len(taken) - count} not submitted (see their task runs)"
+        if len(taken) < len(run_ids):
+            notes += f"; {len(run_ids) - len(taken)} start as slots come back"
         logger.info(
-            "%s: submitted %s of %s first run(s) together; the rest start as slots come back",
-            step, count, len(run_ids),
-        )  # fmt: skip
+            "%s: submitted %s of %s first run(s) together%s", step, count, len(run_ids), notes
+        )
     return submitted
 
 

@@ -14,6 +14,10 @@ SUBMITTED, and RUNNING in the same commit for a backend whose jobs start at once
 local processes do) and one for its end (RUNNING, COLLECTING_RESULTS, products, final
 status), and none while the job runs: each checkout pings the server, and for short jobs the
 database round trips are most of what a run costs the flow process.
+
+`start_many` starts the first attempts of many runs together (same moves, same
+transactions per run) and hands their jobs to the backend in one `submit_many` (SLURM:
+job arrays); each run's `attempt` then follows its job from there.
 """
 
 from __future__ import annotations
