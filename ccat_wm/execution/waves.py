@@ -28,6 +28,7 @@ from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
 from ccat_wm.gaps.snapshot import load_snapshot
+from infra.backends import BackendError
 
 RUN = m.ExecutedReductionStep
 
@@ -181,12 +182,17 @@ def prepare_wave(
 
 
 def _submits_in_bulk(location: m.DataLocation) -> bool:
-    """Whether the location's backend hands many jobs to its scheduler in one call."""
+    """Whether the location's backend hands many jobs to its scheduler in one call.
+
+    A location whose backend cannot be set up says so in each run's failure instead.
+    """
     if location.backend is None:
         return False
-    return location_backend(
-        location.backend, Path(location.path), location.settings
-    ).submits_in_bulk
+    try:
+        backend = location_backend(location.backend, Path(location.path), location.settings)
+    except (BackendError, ValueError):
+        return False
+    return backend.submits_in_bulk
 
 
 def containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[str]]:
