@@ -109,9 +109,11 @@ class StepSlots:
         self.remaining = remaining
         self.limit = max(1, limit)
         self._free: Counter[UUID] = Counter()
-        """Free slots per held lease."""
+        """Free slots per held lease (leases with none are not listed)."""
         self._held: dict[UUID, int] = {}
         """Held leases and how many slots each holds."""
+        self._held_slots = 0
+        """Their sum, kept: every run's give-back reads it."""
         self._reserved: dict[int, UUID] = {}
         """Slots `reserve` took for runs (by run id) that their task runs will use."""
         self._cond = threading.Condition()
@@ -143,7 +145,7 @@ class StepSlots:
         too many for all of them.
         """
         with self._cond:
-            wanted = min(len(run_ids), self.limit - sum(self._held.values()))
+            wanted = min(len(run_ids), self.limit - self._held_slots)
         lease = None
         while wanted > 0 and lease is None:
             with self._acquiring:
@@ -154,6 +156,7 @@ class StepSlots:
             return []
         with self._cond:
             self._held[lease] = wanted
+            self._held_slots += wanted
             self._reserved.update(dict.fromkeys(run_ids[:wanted], lease))
         _RENEWER.track(lease)
         return run_ids[:wanted]
@@ -163,11 +166,13 @@ class StepSlots:
         backoff = 0.05
         while True:
             with self._cond:
-                lease = next(iter(+self._free), None)
+                lease = next(iter(self._free), None)  # leases with a free slot only
                 if lease is not None:
                     self._free[lease] -= 1
+                    if not self._free[lease]:
+                        del self._free[lease]
                     return lease
-                if sum(self._held.values()) >= self.limit:  # all ours and in use: one returns
+                if self._held_slots >= self.limit:  # all ours and in use: one returns
                     self._cond.wait(timeout=MAX_BACKOFF_S)
                     continue
             with self._acquiring:
@@ -175,6 +180,7 @@ class StepSlots:
             if lease is not None:
                 with self._cond:
                     self._held[lease] = 1
+                    self._held_slots += 1
                 _RENEWER.track(lease)
                 return lease
             with self._cond:  # other flow runs hold the slots: wait, or take one of ours
@@ -228,11 +234,14 @@ class StepSlots:
 
         Called with the condition held. Slots reserved for runs count as in use.
         """
+        needed = max(self.remaining, 0)
+        if self._held_slots <= needed:  # most of a wave: nothing to look at
+            return []
         dropped = []
         for lease, size in list(self._held.items()):
-            held = sum(self._held.values())
-            if self._free[lease] == size and held - size >= max(self.remaining, 0):
+            if self._free[lease] == size and self._held_slots - size >= needed:
                 del self._held[lease], self._free[lease]
+                self._held_slots -= size
                 dropped.append(lease)
         return dropped
 
@@ -249,6 +258,7 @@ class StepSlots:
         with self._cond:
             leases = list(self._held)
             self._held, self._free, self._reserved = {}, Counter(), {}
+            self._held_slots = 0
         for lease in leases:
             self._release(lease)
 

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,15 @@ def task_run_named(flow_run_id: str, name: str) -> Any:
     return task_run
 
 
-def task_run_log_lines(task_run_id: Any, timeout: float = 20.0) -> list[str]:
-    """The task run's log messages in the Prefect API (they arrive in batches)."""
+def _run_ended(lines: list[str]) -> bool:
+    return any("failed after" in line or "COMPLETED" in line for line in lines)
+
+
+def task_run_log_lines(
+    task_run_id: Any, timeout: float = 20.0, until: Callable[[list[str]], bool] = _run_ended
+) -> list[str]:
+    """The task run's log messages in the Prefect API, once `until` holds for them (they
+    arrive in batches), or what there is after `timeout`."""
     from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 
     deadline = time.monotonic() + timeout
@@ -80,7 +88,7 @@ def task_run_log_lines(task_run_id: Any, timeout: float = 20.0) -> list[str]:
                 log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
             )
         lines = [log.message for log in logs]
-        if any("failed after" in line or "COMPLETED" in line for line in lines):
+        if until(lines):
             return lines
         time.sleep(0.5)
     return lines

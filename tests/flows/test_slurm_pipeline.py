@@ -22,8 +22,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
-    LogFilter,
-    LogFilterTaskRunId,
 )
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -212,22 +210,17 @@ def test_a_wave_sbatch_refuses_fails_its_runs_as_not_started_and_they_are_retrie
 
 
 def submit_ahead_log(flow_run_id: str) -> str:
-    """What the flow run's submit-ahead task run logged (its logs arrive in batches)."""
+    """What the flow run's submit-ahead task run logged."""
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     [task_run] = [t for t in task_runs if t.name.startswith("submit-ahead")]
-    deadline = time.monotonic() + 20
-    text = ""
-    while "submitted" not in text and time.monotonic() < deadline:
-        time.sleep(0.5)
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(
-                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id]))
-            )
-        text = "\n".join(log.message for log in logs)
-    return text
+
+    def submitted(lines: list[str]) -> bool:
+        return any("submitted" in line for line in lines)
+
+    return "\n".join(task_run_log_lines(task_run.id, until=submitted))
 
 
 def test_cancel_runs_scancel_and_marks_the_run_cancelled(
