@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ccat_ops_db import migrate
+from ccat_ops_db.maintenance import read_autovacuum_problems
 from ccat_wm.cli.common import engine_for
 from ccat_wm.db import display_url, resolve_db_url
 from ccat_wm.embedded_pg import stop_embedded_server
@@ -18,12 +19,15 @@ def db() -> None:
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Migrate the ops DB to the current schema."""
+    """Migrate the ops DB to the current schema; warn if autovacuum cannot keep it small."""
     engine = engine_for(load_settings(), require_schema=False)
     migrate.upgrade(engine)
     click.echo(
         f"ops DB at {display_url(engine.url)} is at revision {migrate.current_revision(engine)}"
     )
+    with engine.connect() as connection:
+        for problem in read_autovacuum_problems(connection):
+            click.echo(f"warning: {problem}", err=True)
 
 
 @db.command("url")
