@@ -15,8 +15,12 @@ and it is COMPLETED, and the Prefect server recorded a completed task run for ea
 The last line is one JSON object: `runs`, `completed`, `runs_per_sub_group_max`,
 `task_runs_recorded`, `peak_rss_mb` (the flow process while the flow ran, as a worker
 runs it; the Prefect server is another process), `peak_rss_with_listing_mb` (also while
-the process then lists every run of the flow run, as `ccat-wm run` does), `rss_before_mb`, `overhead_ms_per_run` ((flow - direct) /
-N), `flow_s`, `direct_s`, `record_lag_s`, `register_s`.
+the process then lists every run of the flow run, as `ccat-wm run` does), `rss_before_mb`,
+`overhead_ms_per_run` ((flow - direct) / N), `flow_s`, `direct_s`, `record_lag_s`,
+`register_s`; the wave's pace at its start and at its end (`runs_per_s_first_tenth`,
+`runs_per_s_last_tenth`, and the CPU per run of the flow and of the Prefect server in
+both), and `progress`, one sample every 30 s: `[seconds, runs COMPLETED, flow CPU ms per
+run, server CPU ms per run, machine CPU ms per run, machine busy %]`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +50,101 @@ from bench.common import prefect_database, scratch_database  # noqa: E402
 from bench.overhead_bench import SPEC, direct, prefect_map, wait_until_recorded  # noqa: E402
 
 MB = 1024 * 1024
+
+
+class Progress:
+    """Sample the wave's progress every `interval_s`: what each process spends per run.
+
+    Each sample: seconds since the flow started, runs COMPLETED so far (ops DB), and over
+    the interval the CPU milliseconds per completed run of this process (the flow), of
+    the Prefect server (its child process) and of the whole machine, with the machine's
+    busy share. Flat columns mean the wave costs the same per run at its end as at its
+    start; a rising one says which process grows.
+    """
+
+    def __init__(self, url: str, interval_s: float = 30.0) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.samples: list[list[float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _cpu(process: psutil.Process | None) -> float:
+        if process is None:
+            return 0.0
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system + times.children_user + times.children_system
+
+    def _completed(self) -> int:
+        import psycopg
+
+        from bench.common import libpq
+
+        with psycopg.connect(libpq(self.url)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM executed_reduction_step WHERE status = 'COMPLETED'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        server = next(
+            (c for c in me.children(recursive=True) if "uvicorn" in " ".join(c.cmdline())), None
+        )
+        started = time.perf_counter()
+        last = (0, self._cpu(me), self._cpu(server), psutil.cpu_times())
+        while not self._stop.wait(self.interval_s):
+            done, flow_cpu, server_cpu = self._completed(), self._cpu(me), self._cpu(server)
+            machine = psutil.cpu_times()
+            runs = done - last[0]
+            busy = sum(machine) - machine.idle - machine.iowait
+            busy_before = sum(last[3]) - last[3].idle - last[3].iowait
+            total = sum(machine) - sum(last[3])
+            if runs > 0:
+                self.samples.append([
+                    round(time.perf_counter() - started),
+                    done,
+                    round((flow_cpu - last[1]) * 1000 / runs, 1),
+                    round((server_cpu - last[2]) * 1000 / runs, 1),
+                    round((busy - busy_before) * 1000 / runs, 1),
+                    round(100 * (busy - busy_before) / total) if total else 0,
+                ])  # fmt: skip
+            last = (done, flow_cpu, server_cpu, machine)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def tenths(samples: list[list[float]]) -> dict[str, float]:
+    """Runs per second and CPU per run (medians) in the first and the last tenth of the wave."""
+    if len(samples) < 2:
+        return {}
+    total = samples[-1][1]
+    first = [s for s in samples if s[1] <= total / 10] or samples[:1]
+    last = [s for s in samples if s[1] >= total * 9 / 10] or samples[-1:]
+
+    def rate(rows: list[list[float]], before: list[float] | None) -> float:
+        t0, n0 = (before[0], before[1]) if before else (0, 0)
+        return round((rows[-1][1] - n0) / max(rows[-1][0] - t0, 1), 1)
+
+    index = samples.index(last[0])
+    return {
+        "runs_per_s_first_tenth": rate(first, None),
+        "runs_per_s_last_tenth": rate(last, samples[index - 1] if index else None),
+        "flow_cpu_ms_per_run_first_tenth": statistics.median(s[2] for s in first),
+        "flow_cpu_ms_per_run_last_tenth": statistics.median(s[2] for s in last),
+        "server_cpu_ms_per_run_first_tenth": statistics.median(s[3] for s in first),
+        "server_cpu_ms_per_run_last_tenth": statistics.median(s[3] for s in last),
+    }
 
 
 class PeakMemory:
@@ -93,7 +193,7 @@ def wave(n: int, workers: int, url: str, root: Path) -> dict[str, float]:
     register(url, spec, n)
     register_s = time.perf_counter() - started
     rss_before = psutil.Process().memory_info().rss
-    with PeakMemory() as memory:
+    with PeakMemory() as memory, Progress(url) as progress:
         started = time.perf_counter()
         state = flow_for("bench")(pipeline="bench", manual=True, return_state=True)
         flow_s = time.perf_counter() - started
@@ -129,6 +229,8 @@ def wave(n: int, workers: int, url: str, root: Path) -> dict[str, float]:
         "flow_s": round(flow_s, 2),
         "record_lag_s": round(lag, 1),
         "register_s": round(register_s, 1),
+        **tenths(progress.samples),
+        "progress": progress.samples,
     }
 
 
