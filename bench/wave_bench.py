@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -52,7 +53,27 @@ from bench.overhead_bench import SPEC, direct, prefect_map, wait_until_recorded 
 MB = 1024 * 1024
 
 
-class Progress:
+class _Sampler:
+    """A daemon thread running `_sample` while the `with` block runs (`_stop` ends it)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Progress(_Sampler):
     """Sample the wave's progress every `interval_s`: what each process spends per run.
 
     Each sample: seconds since the flow started, runs COMPLETED so far (ops DB), and over
@@ -63,11 +84,9 @@ class Progress:
     """
 
     def __init__(self, url: str, interval_s: float = 30.0) -> None:
+        super().__init__(interval_s)
         self.url = url
-        self.interval_s = interval_s
         self.samples: list[list[float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
     @staticmethod
     def _cpu(process: psutil.Process | None) -> float:
@@ -115,14 +134,6 @@ class Progress:
                 ])  # fmt: skip
             last = (done, flow_cpu, server_cpu, machine)
 
-    def __enter__(self) -> Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
 
 def tenths(samples: list[list[float]]) -> dict[str, float]:
     """Runs per second and CPU per run (medians) in the first and the last tenth of the wave."""
@@ -147,28 +158,18 @@ def tenths(samples: list[list[float]]) -> dict[str, float]:
     }
 
 
-class PeakMemory:
+class PeakMemory(_Sampler):
     """Sample this process's resident set size in a thread; keep the peak."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
             self.peak = max(self.peak, me.memory_info().rss)
             self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def wave(n: int, workers: int, url: str, root: Path) -> dict[str, float]:
