@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     hundreds; runs that reach submission together go out as one job array."""
     max_task_runs: int = Field(default=1000, ge=10, le=1000, alias="CCAT_WM_MAX_TASK_RUNS")
     """Most task runs one flow run holds; a larger wave goes out in several flow runs."""
+    liveness_s: float = Field(default=90.0, ge=31, le=86_400, alias="CCAT_WM_LIVENESS_S")
+    """Seconds without a heartbeat after which a trigger tick marks a Running flow run
+    Crashed: three missed heartbeats at the pools' 30 s (Prefect's shortest interval, so
+    anything at or below 30 s would crash live flow runs)."""
+    slot_lease_s: float = Field(default=60.0, ge=60, le=86_400, alias="CCAT_WM_SLOT_LEASE_S")
+    """Lease of a step's concurrency slots, renewed every third of it while the flow run's
+    process lives: how long the slots of a process that died stay taken on a Prefect
+    server (plus its repossessor's loop). Prefect accepts no lease under 60 s."""
     task_run_tags: bool = Field(default=True, alias="CCAT_WM_TASK_RUN_TAGS")
     """Tag each sub-group's task run with its pipeline, step and location. Prefect makes
     every tag of a task run a concurrency check (two requests to its server per task

@@ -131,7 +131,8 @@ def render_deployments(
     Every location with an enabled pipeline gets a trigger deployment: it starts the
     CONTINUOUS pipelines, and for every pipeline it stops the runs of flow runs cancelled
     in Prefect and restarts those of flow runs that died. `trigger_intervals` gives a
-    location's interval (default 60 s).
+    location's interval in seconds (the location setting `trigger_interval_s`; default
+    `DEFAULT_TRIGGER_INTERVAL_S`, 600 s).
     """
     pipelines = sorted(pipelines, key=lambda p: p.name)
     intervals = trigger_intervals or {}

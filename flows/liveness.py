@@ -33,8 +33,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-MISSED_HEARTBEATS_S = 90
-"""Three missed heartbeats at the pools' 30 s frequency."""
+MISSED_HEARTBEATS_S = 90.0
+"""Three missed heartbeats at the pools' 30 s frequency: the default of the setting
+`CCAT_WM_LIVENESS_S` (`ccat_wm.settings.Settings.liveness_s`)."""
 MAX_CHECKED = 200
 """Running flow runs read per check (a site has a handful)."""
 

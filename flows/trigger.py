@@ -52,6 +52,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 
 from ccat_wm.execution.control import cancel_flow_run
 from ccat_wm.execution.trigger import in_flight_owners, trigger_tick_now
+from ccat_wm.settings import load_settings
 from deployments.render import DEFAULT_TRIGGER_INTERVAL_S
 from flows.liveness import crash_silent_flow_runs
 from flows.pipeline import flow_for
@@ -204,7 +205,7 @@ def trigger_flow(
     """
     logger = _logger()
     started = time.monotonic()
-    crashed = crash_silent_flow_runs()
+    crashed = crash_silent_flow_runs(missed_s=load_settings().liveness_s)
     deleted = delete_idle_and_late_ticks(interval_s)
     cancelled = stop_cancelled_flow_runs()
     created: dict[str, int] = {}

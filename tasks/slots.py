@@ -35,10 +35,12 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.settings import get_current_settings
 
 from ccat_wm.errors import ConfigurationError
+from ccat_wm.settings import load_settings
 
-LEASE_S = 60.0
-"""Lease of a slot (Prefect's shortest); renewed every third of it while the process lives.
-A killed process's slots are free at most a minute and a quarter later."""
+LEASE_S = load_settings().slot_lease_s
+"""Lease of a slot (`CCAT_WM_SLOT_LEASE_S`, default and least 60 s: Prefect's shortest);
+renewed every third of it while the process lives. With the default, a killed process's
+slots are free at most a minute and a quarter later."""
 MAX_BACKOFF_S = 1.0
 """Longest pause before asking Prefect again for a slot held by another flow run."""
 HTTP_LOCKED = 423

@@ -8,14 +8,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from sqlalchemy import Engine, select
 
 from ccat_ops_db.models import Base
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO / "examples" / "specs" / "chai-demo.yaml"
 
@@ -127,3 +129,45 @@ def wait_for_http(
             pass
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_until(what: str, check: Callable[[], T], timeout: float = 180.0, every: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy and return that; the one way tests wait.
+
+    Fails after `timeout` seconds naming `what` and the last value seen (or the last
+    exception `check` raised), so that a slow machine gives a reason, not a bare timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = check()
+        except Exception as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what}; last seen: {last!r}"
+            )
+        time.sleep(every)
+
+
+def wait_gone(token: str, timeout: float = 60.0) -> None:
+    """Wait until no process whose command line mentions `token` runs any more (zombies
+    nobody reaped yet count as gone). A job's own PID namespace hides its pids from the
+    host, so processes are found by what they were started with."""
+    import psutil
+
+    def running() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and token in " ".join(
+                proc.info["cmdline"] or []
+            ):
+                found.append(proc.pid)
+        return found
+
+    wait_until(f"processes mentioning {token} to end", lambda: not running(), timeout)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from infra.backends import Backend, JobInfo, JobSpec, JobState, Resources, get_backend
-from tests.helpers import SLURM_TEST_SETTINGS
+from tests.helpers import SLURM_TEST_SETTINGS, wait_gone, wait_until
 
 
-@pytest.fixture(params=["local", "slurm"])
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend with its job state under the test's directory."""
     if request.param == "slurm":
@@ -38,20 +38,21 @@ def job(tmp_path: Path, name: str, *argv: str, memory_gb: float = 0.5) -> JobSpe
 
 def wait(backend: Backend, job_id: str, timeout_s: float = 90.0) -> JobInfo:
     """Poll until the job finished (as the run executor does)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = backend.status(job_id)
-        if info.state.finished:
-            return info
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish within {timeout_s} s: {info}")
+    return wait_until(
+        f"job {job_id} to finish",
+        lambda: (info := backend.status(job_id)).state.finished and info,
+        timeout_s,
+        every=0.1,
+    )
 
 
 def wait_running(backend: Backend, job_id: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while backend.status(job_id).state is not JobState.RUNNING:
-        assert time.monotonic() < deadline, f"job {job_id} never ran"
-        time.sleep(0.1)
+    wait_until(
+        f"job {job_id} to run",
+        lambda: backend.status(job_id).state is JobState.RUNNING,
+        timeout_s,
+        every=0.1,
+    )
 
 
 HOLD_MEMORY = (
@@ -134,13 +135,17 @@ def test_a_job_killed_by_a_signal_is_reported_by_the_signal_name(
 def test_local_nothing_a_job_started_outlives_it(tmp_path: Path) -> None:
     """A daemonized grandchild and a child left in the job's process group both end with it."""
     backend = get_backend("local", tmp_path / ".jobs", {})
-    late = tmp_path / "late"
+    late, pids = tmp_path / "late", tmp_path / "pids"
     script = (
-        f"setsid sh -c 'sleep 2; echo daemon >> {late}' & "
-        f"sh -c 'sleep 2; echo child >> {late}' & "
+        f"setsid sh -c 'echo $$ >> {pids}; sleep 2; echo daemon >> {late}' & "
+        f"sh -c 'echo $$ >> {pids}; sleep 2; echo child >> {late}' & "
+        f"while [ $(cat {pids} 2>/dev/null | wc -l) -lt 2 ]; do sleep 0.05; done; "
         "echo started"
     )
     info = wait(backend, backend.submit(job(tmp_path, "leaves", "sh", "-c", script)))
     assert info.state is JobState.COMPLETED
-    time.sleep(3.5)
+    # Once both are gone (killed, or done writing two seconds after the job), a write of
+    # theirs cannot be missed. (Their pids, written inside the job's PID namespace, only
+    # tell that both had started before the job ended.)
+    wait_gone(str(late))
     assert not late.exists(), late.read_text()

@@ -56,7 +56,7 @@ def _products(engine: Engine, pipeline: str) -> dict[tuple[str, str, str], str]:
 def test_the_demo_runs_in_podman_containers_bit_identical_to_the_host_run(
     engine: Engine,
     tmp_path: Path,
-    cli_env: dict[str, str],
+    run_env: dict[str, str],
     example_image: BuiltImage,
     slurm_cluster: None,
 ) -> None:
@@ -78,7 +78,7 @@ def test_the_demo_runs_in_podman_containers_bit_identical_to_the_host_run(
         apply_specs(session, load_spec_files([spec]), user="tester")
         register_simulation(session, SimulationRequest(scans=3, seed=253))
     for pipeline in ("chai-host", "chai-podman", "chai-slurm-podman"):
-        done = run_cli(cli_env, "run", pipeline, timeout=900)
+        done = run_cli(run_env, "run", pipeline, timeout=900)
         assert done.returncode == 0, f"{pipeline}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     host = _products(engine, "chai-host")

@@ -138,7 +138,7 @@ def home_marker() -> Iterator[Path]:
 def test_a_container_cannot_write_inputs_or_config_nor_see_the_host_or_the_network(
     engine: Engine,
     tmp_path: Path,
-    cli_env: dict[str, str],
+    run_env: dict[str, str],
     example_image: BuiltImage,
     home_marker: Path,
 ) -> None:
@@ -151,7 +151,7 @@ def test_a_container_cannot_write_inputs_or_config_nor_see_the_host_or_the_netwo
         "on-host": ("local", _step("isolation", arg)),
     })  # fmt: skip
     for pipeline in ("in-podman", "on-host"):
-        done = run_cli(cli_env, "run", pipeline, timeout=600)
+        done = run_cli(run_env, "run", pipeline, timeout=600)
         assert done.returncode == 0, f"{pipeline}: {done.stdout[-3000:]}\n{done.stderr[-2000:]}"
 
     contained = _probe_products(engine, "in-podman")
@@ -184,7 +184,7 @@ def test_a_container_cannot_write_inputs_or_config_nor_see_the_host_or_the_netwo
 
 
 def test_an_escaping_symlink_and_science_outside_the_output_directory_fail_the_run(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], example_image: BuiltImage
+    engine: Engine, tmp_path: Path, run_env: dict[str, str], example_image: BuiltImage
 ) -> None:
     """A symlink to a host file fails collection naming the file; a program that ignores
     $WORKFLOW_OUTPUT_DIR meets a read-only root file system and fails with that error."""
@@ -193,7 +193,7 @@ def test_an_escaping_symlink_and_science_outside_the_output_directory_fail_the_r
         "wrongdir": ("pod", _step("wrong-dir")),
     })  # fmt: skip
     for pipeline in ("escape", "wrongdir"):
-        done = run_cli(cli_env, "run", pipeline, timeout=600)
+        done = run_cli(run_env, "run", pipeline, timeout=600)
         assert done.returncode == 1, f"{pipeline}: {done.stdout[-3000:]}\n{done.stderr[-2000:]}"
 
     escape = _runs(engine, "escape")
@@ -207,20 +207,20 @@ def test_an_escaping_symlink_and_science_outside_the_output_directory_fail_the_r
         assert status is m.RunStatus.FAILED
         assert reason and "exit code 1" in reason, reason
     run_id = _run_ids(engine, "wrongdir")[0]
-    logs = run_cli(cli_env, "logs", str(run_id))
+    logs = run_cli(run_env, "logs", str(run_id))
     assert "Read-only file system: '/workflow/science'" in logs.stdout, logs.stdout[-2000:]
 
 
 def test_the_memory_request_is_a_limit_the_container_cannot_pass(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], example_image: BuiltImage
+    engine: Engine, tmp_path: Path, run_env: dict[str, str], example_image: BuiltImage
 ) -> None:
     """`memory_gb` becomes `--memory`: 300 MB under a 1 GB limit completes, over 100 MB not."""
     _apply(engine, tmp_path, example_image, {
         "fits": ("pod", _step("allocate", "300", memory_gb=1)),
         "too-big": ("pod", _step("allocate", "300", memory_gb=0.1)),
     })  # fmt: skip
-    assert run_cli(cli_env, "run", "fits", timeout=600).returncode == 0
-    assert run_cli(cli_env, "run", "too-big", timeout=600).returncode == 1
+    assert run_cli(run_env, "run", "fits", timeout=600).returncode == 0
+    assert run_cli(run_env, "run", "too-big", timeout=600).returncode == 1
     assert {status for status, _ in _runs(engine, "fits")} == {m.RunStatus.COMPLETED}
     too_big = _runs(engine, "too-big")
     assert len(too_big) == 2

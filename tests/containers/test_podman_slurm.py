@@ -7,7 +7,6 @@ its own PID namespace so that the container stays in the job's process tree.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sqlalchemy import Engine
 from ccat_ops_db import models as m
 from infra.example_image import BuiltImage
 from tests.containers.test_isolation import _apply, _run_column, _run_ids, _step
-from tests.helpers import CCAT_WM, podman_location, run_cli
+from tests.helpers import CCAT_WM, podman_location, run_cli, wait_until
 
 pytestmark = pytest.mark.db
 
@@ -35,7 +34,7 @@ def _holders(token: str) -> list[psutil.Process]:
 def test_slurm_accounts_the_container_and_a_cancel_ends_it(
     engine: Engine,
     tmp_path: Path,
-    cli_env: dict[str, str],
+    run_env: dict[str, str],
     example_image: BuiltImage,
     slurm_cluster: None,
 ) -> None:
@@ -47,29 +46,32 @@ def test_slurm_accounts_the_container_and_a_cancel_ends_it(
         "held": ("slurmpod", _step("hold", f"200:{token}", memory_gb=2)),
     }, extra_locations=[podman_location("slurmpod", tmp_path / "slurm-runs", slurm=True)], scans=1)  # fmt: skip
 
-    done = run_cli(cli_env, "run", "measured", timeout=600)
+    done = run_cli(run_env, "run", "measured", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     peaks = _run_column(engine, "measured", m.ExecutedReductionStep.peak_memory_gb)
     assert peaks and all(p is not None and p >= 0.29 for p in peaks), peaks
 
     # The held run: its program (ignoring SIGTERM) must end when the run is cancelled.
-    env = dict(cli_env)
+    env = dict(run_env)
     held = subprocess.Popen(
         [CCAT_WM, "run", "held"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 240
-        while not _holders(token) and time.monotonic() < deadline:
+
+        def started() -> list[psutil.Process]:
             assert held.poll() is None, held.stdout.read().decode() if held.stdout else ""
-            time.sleep(0.5)
-        assert _holders(token), "the held container never started"
+            return _holders(token)
+
+        wait_until("the held container to start", started, timeout=240, every=0.5)
         run_id = _run_ids(engine, "held")[0]
-        cancelled = run_cli(cli_env, "cancel", str(run_id))
+        cancelled = run_cli(run_env, "cancel", str(run_id))
         assert cancelled.returncode == 0, cancelled.stderr
-        deadline = time.monotonic() + 90
-        while _holders(token) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _holders(token) == [], "the container outlived its cancelled SLURM job"
+        wait_until(
+            "the container to end with its cancelled SLURM job",
+            lambda: _holders(token) == [],
+            timeout=90,
+            every=0.5,
+        )
         held.wait(timeout=180)
     finally:
         if held.poll() is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.helpers import SLURM_TEST_SETTINGS, run_cli
+from tests.helpers import SLURM_TEST_SETTINGS, run_cli, wait_until
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("slurm_cluster")]
 RUN = m.ExecutedReductionStep
@@ -70,10 +69,12 @@ def test_the_trigger_tick_cancels_runs_and_jobs_of_a_cancelled_flow_run_without_
     assert json.loads(ticked.stdout)["cancelled"] == [run_id]
     with Session(engine) as session:
         assert session.scalar(select(RUN.status).where(RUN.id == run_id)) is m.RunStatus.CANCELLED
-    deadline = time.monotonic() + 60
-    while not (state := sacct_state(job_id)).startswith("CANCELLED"):
-        assert time.monotonic() < deadline, f"SLURM job {job_id} is {state}, not cancelled"
-        time.sleep(1)
+    wait_until(
+        f"SLURM job {job_id} to be CANCELLED in accounting",
+        lambda: sacct_state(job_id).startswith("CANCELLED"),
+        timeout=60,
+        every=1,
+    )
 
 
 def sacct_state(job_id: str) -> str:

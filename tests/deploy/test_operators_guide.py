@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from tests.helpers import REPO, free_port, run_cli
 
-pytestmark = [pytest.mark.db, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.db, pytest.mark.guide, pytest.mark.usefixtures("slurm_cluster")]
 GUIDE = REPO / "docs" / "operators-guide.md"
 BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 

@@ -31,12 +31,26 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import migrate
 from ccat_ops_db import models as m
 from tests.flows.conftest import tool_step
-from tests.helpers import REPO, SLURM_TEST_SETTINGS, locations_data, run_cli, write_yaml
+from tests.helpers import (
+    REPO,
+    SLURM_TEST_SETTINGS,
+    locations_data,
+    run_cli,
+    wait_until,
+    write_yaml,
+)
 
-pytestmark = [pytest.mark.db, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [
+    pytest.mark.db,
+    pytest.mark.xdist_group("site"),
+    pytest.mark.usefixtures("slurm_cluster"),
+]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 COOLDOWN_S = 8
 """Cooldown of the CONTINUOUS pipeline's step; its location ticks only hourly otherwise."""
+LIVENESS_S = 45
+"""The site's `CCAT_WM_LIVENESS_S`: a flow run without a heartbeat for 45 s (not the
+default 90 s) is Crashed; the pools send one every 30 s, Prefect's shortest interval."""
 CHROMIUM = "/usr/bin/chromium"
 """Debian's Chromium (.ci/run installs the package)."""
 RUN = m.ExecutedReductionStep
@@ -108,16 +122,6 @@ class Site:
                     .order_by(RUN.id)
                 )
             )
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 180.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def site_spec(root: Path) -> dict[str, Any]:
@@ -211,6 +215,7 @@ def site(
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        "CCAT_WM_LIVENESS_S": str(LIVENESS_S),
     }
     site = Site(env, engine, prefect_api["PREFECT_API_URL"], root)
     applied = run_cli(env, "apply", str(write_yaml(root / "site.yaml", site_spec(root))))
@@ -247,7 +252,7 @@ def test_a_manual_deployment_run_completes_on_the_worker_and_the_ops_db_matches(
 
         register_simulation(session, SimulationRequest(scans=2, seed=3))
     flow_run_id = run_deployment(site, "manual")
-    final = wait_for(
+    final = wait_until(
         "the manual flow run to finish",
         lambda: (
             flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"}
@@ -272,7 +277,7 @@ def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step
         assert alarm not in simulated.stderr, simulated.stderr  # it emitted the event
     [scan] = json.loads(simulated.stdout)["scan_names"]
     # Earlier tests' scans are gaps of this pipeline too: the run of *this* scan counts.
-    new = wait_for(
+    new = wait_until(
         f"the CONTINUOUS pipeline's run of {scan}, COMPLETED",
         lambda: [r for r in site.runs("standing") if r.id not in before
                  and r.sub_group_key.endswith(scan) and r.status is m.RunStatus.COMPLETED],
@@ -298,7 +303,7 @@ def test_cancelling_a_flow_run_as_the_ui_does_cancels_its_runs_and_slurm_jobs(
     site: Site,
 ) -> None:
     flow_run_id = run_deployment(site, "sleepy")
-    running = wait_for(
+    running = wait_until(
         "the sleepy runs to be RUNNING on SLURM",
         lambda: [r for r in site.runs("sleepy") if r.status is m.RunStatus.RUNNING],
         timeout=240,
@@ -309,16 +314,31 @@ def test_cancelling_a_flow_run_as_the_ui_does_cancels_its_runs_and_slurm_jobs(
         f"/flow_runs/{flow_run_id}/set_state",
         {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
     )
-    wait_for(
+    wait_until(
         "the sleepy runs to be CANCELLED in the ops DB",
         lambda: all(r.status is m.RunStatus.CANCELLED for r in site.runs("sleepy")),
         timeout=120,
     )
     for job_id in job_ids:
-        states = wait_for(
+        states = wait_until(
             f"SLURM job {job_id} to end", lambda job_id=job_id: ended_states(job_id), timeout=60
         )
         assert states[0].startswith("CANCELLED"), states
+
+
+def seconds_since_heartbeat(site: Site, flow_run_id: str) -> float:
+    """Seconds since the newest heartbeat event of a flow run reached the server."""
+    events = site.post("/events/filter", {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+            "order": "DESC",
+        },
+        "limit": 1,
+    })["events"]  # fmt: skip
+    assert events, f"flow run {flow_run_id} sent no heartbeat at all"
+    newest = dt.datetime.fromisoformat(events[0]["occurred"])
+    return (dt.datetime.now(dt.UTC) - newest).total_seconds()
 
 
 def ended_states(job_id: str) -> list[str]:
@@ -343,7 +363,7 @@ def test_on_a_saturated_pool_the_more_important_pipeline_starts_first(site: Site
         time.sleep(1)
         high = run_deployment(site, "urgent")
         patch({"is_paused": False})
-        wait_for(
+        wait_until(
             "both flow runs to finish",
             lambda: {flow_run_state(site, low), flow_run_state(site, high)} <= {"COMPLETED"},
         )
@@ -358,11 +378,12 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_trigger_tick_and_its_runs_
 ) -> None:
     """SIGKILL the worker, then the flow run's process, mid-job (as a host crash does):
     nobody reports the end, so only the heartbeat check of the trigger tick can mark the
-    flow run Crashed (not before its heartbeats stopped for 90 s); the same tick restarts
+    flow run Crashed (not before its heartbeats stopped for `CCAT_WM_LIVENESS_S`, 45 s
+    here); the same tick restarts
     the pipeline, whose new flow run adopts the runs and completes them with their SLURM
     jobs."""
     flow_run_id = run_deployment(site, "fragile")
-    wait_for(
+    wait_until(
         "the fragile run to be RUNNING",
         lambda: any(r.status is m.RunStatus.RUNNING for r in site.runs("fragile")),
         timeout=240,
@@ -373,13 +394,17 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_trigger_tick_and_its_runs_
         if (p.info["environ"] or {}).get("PREFECT__FLOW_RUN_ID") == flow_run_id
     )  # fmt: skip
     flow_process.kill()
-    killed_at = time.monotonic()
     assert flow_run_state(site, flow_run_id) == "RUNNING"  # nobody told the server
     early = run_cli(site.env, "trigger", "--location", "ramses", "--json")
     assert early.returncode == 0, early.stderr
     assert flow_run_id not in json.loads(early.stdout)["crashed"]  # a recent heartbeat
     assert flow_run_state(site, flow_run_id) == "RUNNING"
-    time.sleep(max(0.0, 95 - (time.monotonic() - killed_at)))
+    wait_until(
+        f"{LIVENESS_S} s without a heartbeat of the killed flow run",
+        lambda: seconds_since_heartbeat(site, flow_run_id) > LIVENESS_S + 1,
+        timeout=LIVENESS_S + 60,
+        every=1,
+    )
     site.start_worker()
     ticked = run_cli(site.env, "trigger", "--location", "ramses", "--json")
     assert ticked.returncode == 0, ticked.stderr
@@ -387,7 +412,7 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_trigger_tick_and_its_runs_
     assert flow_run_state(site, flow_run_id) == "CRASHED"
     assert "No heartbeat since" in site.get(f"/flow_runs/{flow_run_id}")["state"]["message"]
     # No false alarm: the flow runs that finished on the worker (pipelines and the
-    # event-started trigger ticks of the earlier tests, more than 90 s ago) stay as they
+    # event-started trigger ticks of the earlier tests, long ago) stay as they
     # ended, and nothing tried to change a finished flow run's state.
     crashed = site.post("/flow_runs/filter", {
         "flow_runs": {"state": {"type": {"any_": ["CRASHED"]}}},
@@ -402,7 +427,7 @@ def test_a_flow_run_whose_host_died_is_crashed_by_the_trigger_tick_and_its_runs_
         (e["resource"].get("prefect.resource.name"), e["payload"]) for e in failed_actions
     ]
     assert "fragile" in json.loads(ticked.stdout)["started"]
-    done = wait_for(
+    done = wait_until(
         "the adopted runs to complete",
         lambda: (
             (runs := site.runs("fragile"))
@@ -419,7 +444,7 @@ def test_a_quick_run_of_a_cron_deployment_does_the_ready_work_now(site: Site) ->
     now, although the pipeline's cron tick is months away; the flow run appears under
     the pipeline's own flow with a name saying who started it."""
     flow_run_id = run_deployment(site, "yearly")
-    final = wait_for(
+    final = wait_until(
         "the yearly flow run to finish",
         lambda: flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"}
         and flow_run_state(site, flow_run_id),
@@ -431,6 +456,50 @@ def test_a_quick_run_of_a_cron_deployment_does_the_ready_work_now(site: Site) ->
     flow_run = site.get(f"/flow_runs/{flow_run_id}")
     assert flow_run["name"].startswith("yearly manual ")
     assert site.get(f"/flows/{flow_run['flow_id']}")["name"] == "yearly"
+
+
+def test_a_cron_schedule_fires_and_its_flow_run_does_the_ready_work(site: Site) -> None:
+    """A CRON pipeline deployed with `* * * * *`: the Prefect server's scheduler creates
+    its flow runs (nobody presses Run), the worker starts the first at the next minute,
+    and that flow run does the ready work on SLURM. Paused afterwards, so that it does
+    not run during the later tests."""
+    spec = site_spec(site.root)
+    spec["pipelines"].append({
+        "name": "minutely", "data_grouping": "g", "processing_location": "ramses",
+        "trigger": {"type": "CRON", "cron": "* * * * *"}, "steps": [tool_step("calibrate")],
+    })  # fmt: skip
+    applied = run_cli(site.env, "apply", str(write_yaml(site.root / "site.yaml", spec)))
+    assert applied.returncode == 0, applied.stderr
+    simulated = run_cli(site.env, "simulate", "--scans", "1", "--seed", "12")
+    assert simulated.returncode == 0, simulated.stderr
+    prefect_yaml = site.root / "prefect.yaml"
+    deployed = run_cli(site.env, "deploy", "--prefect-yaml", str(prefect_yaml))
+    assert deployed.returncode == 0, deployed.stderr
+    registered = site.prefect("deploy", "--all", "--prefect-file", str(prefect_yaml))
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    deployment = site.get("/deployments/name/minutely/minutely")
+    assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["* * * * *"]
+    try:
+        scheduled = wait_until(
+            "a flow run of the minutely deployment made by the scheduler, COMPLETED",
+            lambda: [
+                f for f in site.post("/flow_runs/filter", {
+                    "deployments": {"id": {"any_": [deployment["id"]]}},
+                    "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+                })
+                if f["auto_scheduled"]
+            ],
+            timeout=180,
+        )  # fmt: skip
+    finally:
+        httpx.patch(
+            f"{site.api}/deployments/{deployment['id']}", json={"paused": True}, timeout=30
+        ).raise_for_status()
+    runs = site.runs("minutely")
+    assert runs and {r.status for r in runs} == {m.RunStatus.COMPLETED}, runs
+    by_schedule = {f["id"] for f in scheduled}
+    assert {r.prefect_flow_run_id for r in runs} <= by_schedule  # nobody else ran them
+    assert all(f["parameters"].get("started_by") == "schedule" for f in scheduled)
 
 
 def test_trigger_ticks_do_not_bury_the_runs_nor_pile_up_without_a_worker(site: Site) -> None:
@@ -458,13 +527,14 @@ def test_trigger_ticks_do_not_bury_the_runs_nor_pile_up_without_a_worker(site: S
     ramses = site.get("/deployments/name/ccat-trigger/trigger-ramses")
     for _ in range(2):
         tick = site.post(f"/deployments/{ramses['id']}/create_flow_run", {})["id"]
-        wait_for("a trigger tick to finish", lambda tick=tick: flow_run_state(site, tick)
+        wait_until("a trigger tick to finish", lambda tick=tick: flow_run_state(site, tick)
                  in {"COMPLETED", "FAILED", "CRASHED"})  # fmt: skip
         assert flow_run_state(site, tick) == "COMPLETED"
     idle = [r for r in trigger_runs() if "ccat-idle" in r["tags"]]
     assert len(idle) == 1 and idle[0]["id"] == tick and idle[0]["name"].endswith(": idle")
 
 
+@pytest.mark.browser
 def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> None:
     """The failed sub-group's task run: Failed with the job's stderr line, its job id and
     its log's path as the message; two attempts counted by Prefect; tagged; its Logs tab
@@ -473,14 +543,14 @@ def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> Non
     from playwright.sync_api import sync_playwright
 
     flow_run_id = run_deployment(site, "broken")
-    wait_for(
+    wait_until(
         "the broken flow run to finish",
         lambda: flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"},
     )
     assert flow_run_state(site, flow_run_id) == "FAILED"
     [failed] = [r for r in site.runs("broken") if r.status is m.RunStatus.FAILED]
     # The server records task run states in batches (up to a second behind the flow run).
-    [task_run] = wait_for(
+    [task_run] = wait_until(
         "the failed task run on the server",
         lambda: [
             t
@@ -496,7 +566,7 @@ def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> Non
     assert message.startswith(f"run {failed.id} (calibrate[")  # the run id, not a tag
     assert task_run["run_count"] == 2
     assert set(task_run["tags"]) == {"step:calibrate", "pipeline:broken", "location:ramses"}
-    logs = wait_for(
+    logs = wait_until(
         "the task run's logs",
         lambda: (
             [
@@ -528,6 +598,7 @@ def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> Non
         browser.close()
 
 
+@pytest.mark.browser
 def test_browser_renders_a_map_inline_in_a_products_artifact(site: Site) -> None:
     """The products artifact's maps are PNG data URIs: the UI's markdown shows them."""
     import matplotlib
@@ -557,6 +628,7 @@ def test_browser_renders_a_map_inline_in_a_products_artifact(site: Site) -> None
         browser.close()
 
 
+@pytest.mark.browser
 def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
     site: Site, tmp_path: Path
 ) -> None:

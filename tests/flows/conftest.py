@@ -1,4 +1,4 @@
-"""Flow tests: the real pipeline flow on Prefect's test harness and the real PostgreSQL."""
+"""Flow tests: the real pipeline flow on the session's Prefect server and the real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
+from prefect.context import _temporary_global_settings_context, get_settings_context
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
@@ -23,15 +24,20 @@ TOOL = Path(__file__).resolve().parent.parent / "programs" / "contract_tool.py"
 
 
 @pytest.fixture(scope="session")
-def prefect_server(migrated_url: URL) -> Iterator[None]:
-    """One Prefect test harness per session; the tasks' ops DB is the test database."""
+def prefect_server(migrated_url: URL, prefect_api: dict[str, str]) -> Iterator[None]:
+    """Flows of this process run against the session's Prefect server; the tasks' ops DB
+    is the test database."""
     os.environ["CCAT_OPS_DB_URL"] = migrated_url.set(drivername="postgresql").render_as_string(
         hide_password=False
     )
     from tasks.runs import executor
 
     executor.cache_clear()
-    with prefect_test_harness(server_startup_timeout=60):
+    updates = {PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}
+    with (
+        temporary_settings(updates=updates),
+        _temporary_global_settings_context(get_settings_context()),
+    ):
         yield
     executor.cache_clear()
 
@@ -40,6 +46,7 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
     """A step running tests/programs/contract_tool.py with parameters `mode` and `arg`."""
     parameters = {
         "mode": "ok", "arg": "", "fail_key": "", "track": "", "sleep": 0, "once": 0, "fixed": "",
+        "hold_key": "",
     }  # fmt: skip
     parameters |= overrides.pop("parameters", {})
     resources = overrides.pop("config_resources", {"cpu": 1, "memory_gb": 1, "time_hours": 1})
@@ -69,6 +76,8 @@ def tool_step(name: str, **overrides: Any) -> dict[str, Any]:
                 "{once}",
                 "--fixed",
                 "{fixed}",
+                "--hold-key",
+                "{hold_key}",
             ],
             "resources": resources,
         },

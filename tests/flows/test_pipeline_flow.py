@@ -1,4 +1,4 @@
-"""The pipeline flow end to end: real PostgreSQL, Prefect test harness, host runtime, local backend."""
+"""The pipeline flow end to end: real PostgreSQL, the session's Prefect server, host runtime, local backend."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
 )
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
@@ -34,7 +35,7 @@ from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_gone, wait_until
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
 LIFECYCLE = ["PENDING", "STAGING_DATA", "SUBMITTED", "RUNNING", "COLLECTING_RESULTS", "COMPLETED"]
@@ -60,13 +61,27 @@ def runs(engine: Engine) -> list[Any]:
         ).all()
 
 
-def task_run_named(flow_run_id: str, name: str) -> Any:
+def flow_task_runs(flow_run_id: str) -> list[Any]:
+    """The task runs of a flow run, as the Prefect server has recorded them so far."""
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        return list(
+            client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
         )
-    [task_run] = [t for t in task_runs if t.name == name]
-    return task_run
+
+
+def task_run_named(flow_run_id: str, name: str) -> Any:
+    """The task run `name` of a flow run once the server recorded its final state (the
+    server records task run states in batches, so they arrive after the flow's end)."""
+    return wait_until(
+        f"task run {name} of flow run {flow_run_id} in a final state",
+        lambda: next(
+            (t for t in flow_task_runs(flow_run_id) if t.name == name and t.state.is_final()),
+            None,
+        ),
+        timeout=30,
+    )
 
 
 def _run_ended(lines: list[str]) -> bool:
@@ -94,12 +109,13 @@ def task_run_log_lines(
     return lines
 
 
-def task_run_names(flow_run_id: str) -> set[str]:
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {t.name for t in task_runs}
+def task_run_names(flow_run_id: str, until: Callable[[set[str]], bool] = bool) -> set[str]:
+    """Names of the task runs of a flow run, once `until` holds for them."""
+    return wait_until(
+        f"the task runs of flow run {flow_run_id}",
+        lambda: (names := {t.name for t in flow_task_runs(flow_run_id)}) and until(names) and names,
+        timeout=30,
+    )
 
 
 def test_demo_pipeline_runs_every_step_with_products_and_lineage(
@@ -160,7 +176,13 @@ def test_demo_pipeline_runs_every_step_with_products_and_lineage(
             )
         )
         assert lineage == expected and len(expected) == cube.metadata_["spectra"]
-    names = task_run_names(result.flow_run_id)
+    names = task_run_names(
+        result.flow_run_id,
+        until=lambda names: (
+            "calibrate[executed_obs_unit=scan-000001]" in names
+            and any(n.startswith("grid[line=") for n in names)
+        ),
+    )
     assert "calibrate[executed_obs_unit=scan-000001]" in names
     assert any(n.startswith("grid[line=") for n in names)
     with get_client(sync_client=True) as client:
@@ -306,14 +328,15 @@ def test_a_collection_failure_names_the_file_and_keeps_the_log(
 def test_nothing_the_job_left_running_rewrites_a_registered_product(
     engine: Engine, tmp_path: Path
 ) -> None:
-    setup_pipeline(
-        engine, tmp_path, [tool_step("reduce", parameters={"mode": "leave-writers"})], scans=1
-    )
+    step = tool_step("reduce", parameters={"mode": "leave-writers"})
+    setup_pipeline(engine, tmp_path, [step], scans=1)
 
     result = run_pipeline(engine, "t")
 
     assert result.state == "Completed", result.message
-    time.sleep(2.5)  # the leftovers would have written a second after the job's end
+    # Once the leftovers are gone (killed, or done writing a second after the job's end),
+    # a write of theirs cannot be missed.
+    wait_gone(str(tmp_path / "runs"))  # they name the product they append to
     with engine.connect() as conn:
         products = conn.execute(
             select(m.DataProduct.file_path, m.DataProduct.file_size, m.DataProduct.checksum)
@@ -430,6 +453,46 @@ def test_step_concurrency_never_exceeds_max_concurrent_runs(engine: Engine, tmp_
     assert peak == 2
 
 
+def test_a_downstream_run_starts_without_waiting_for_unrelated_upstream_sub_groups(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """`second[scan 1]` needs only `first[scan 1]`: it runs to its end while
+    `first[scan 2]` is still held in flight, not after the whole upstream step."""
+    release = tmp_path / "release"
+    first = tool_step("first", parameters={"hold_key": "scan-000002", "arg": str(release)})
+    second = tool_step("second", depends_on=["first"])
+    setup_pipeline(engine, tmp_path, [first, second], scans=2)
+
+    def statuses() -> dict[tuple[str, str], m.RunStatus]:
+        return {
+            (r.step, r.ExecutedReductionStep.sub_group_key.split("=")[1]):
+            r.ExecutedReductionStep.status
+            for r in runs(engine)
+        }  # fmt: skip
+
+    flow = threading.Thread(target=lambda: run_pipeline(engine, "t"))
+    flow.start()
+    try:
+        wait_until(
+            "first[scan-000002] RUNNING (held)",
+            lambda: statuses().get(("first", "scan-000002")) is m.RunStatus.RUNNING,
+            timeout=120,
+        )
+        seen = wait_until(
+            "second[scan-000001] COMPLETED while first[scan-000002] is held",
+            lambda: (
+                (now := statuses()).get(("second", "scan-000001")) is m.RunStatus.COMPLETED and now
+            ),
+            timeout=120,
+        )
+        assert seen[("first", "scan-000002")] is m.RunStatus.RUNNING, seen
+    finally:
+        release.touch()
+        flow.join(timeout=120)
+    assert not flow.is_alive()
+    assert set(statuses().values()) == {m.RunStatus.COMPLETED}
+
+
 def test_cancel_stops_the_process_and_marks_the_run_cancelled(
     engine: Engine, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -494,20 +557,23 @@ def test_a_wave_larger_than_the_task_run_budget_goes_out_in_several_flow_runs(
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(result.flow_run_id)
         children = [
-            f for f in client.read_flow_runs(limit=200)
-            if f.parent_task_run_id is not None and f.name.startswith(f"{parent.name} part ")
+            f for f in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])
+                )
+            )
+            if f.name.startswith(f"{parent.name} part ")
         ]  # fmt: skip
         # The parts are flow runs of the pipeline's own flow, as the parent is.
         assert {f.flow_id for f in children} == {parent.flow_id}
-        sizes = {
-            f.name.removeprefix(parent.name).strip(): len(
-                client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[f.id]))
-                )
-            )
+
+    def sizes() -> dict[str, int]:
+        return {
+            f.name.removeprefix(parent.name).strip(): len(flow_task_runs(str(f.id)))
             for f in children
         }
-    assert sizes == {"part 1": 6, "part 2": 3}
+
+    wait_until("6 and 3 task runs in the parts", lambda: sizes() == {"part 1": 6, "part 2": 3}, 30)
     assert len(task_run_names(result.flow_run_id)) <= 10
 
 

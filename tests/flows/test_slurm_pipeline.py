@@ -18,11 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-)
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -32,12 +27,13 @@ from flows.run import run_pipeline
 from tasks.runs import task_run_name
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import (
+    flow_task_runs,
     history,
     runs,
     task_run_log_lines,
     task_run_named,
 )
-from tests.helpers import SLURM_TEST_SETTINGS, run_cli
+from tests.helpers import SLURM_TEST_SETTINGS, run_cli, wait_until
 
 T = TypeVar("T")
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server", "slurm_cluster")]
@@ -211,11 +207,13 @@ def test_a_wave_sbatch_refuses_fails_its_runs_as_not_started_and_they_are_retrie
 
 def submit_ahead_log(flow_run_id: str) -> str:
     """What the flow run's submit-ahead task run logged."""
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    [task_run] = [t for t in task_runs if t.name.startswith("submit-ahead")]
+    task_run = wait_until(
+        f"the submit-ahead task run of flow run {flow_run_id}",
+        lambda: next(
+            (t for t in flow_task_runs(flow_run_id) if t.name.startswith("submit-ahead")), None
+        ),
+        timeout=30,
+    )
 
     def submitted(lines: list[str]) -> bool:
         return any("submitted" in line for line in lines)
@@ -235,13 +233,13 @@ def test_cancel_runs_scancel_and_marks_the_run_cancelled(
     )
     worker = threading.Thread(target=lambda: run_pipeline(engine, "t"))
     worker.start()
-    deadline = time.monotonic() + 60
-    while (
-        runs(engine)[:1] == []
-        or runs(engine)[0].ExecutedReductionStep.status is not m.RunStatus.RUNNING
-    ):
-        assert time.monotonic() < deadline, "the run never started on SLURM"
-        time.sleep(0.2)
+    wait_until(
+        "the run to be RUNNING on SLURM",
+        lambda: [
+            r for r in runs(engine)[:1] if r.ExecutedReductionStep.status is m.RunStatus.RUNNING
+        ],
+        timeout=60,
+    )
     run = runs(engine)[0].ExecutedReductionStep
 
     cancelled = run_cli(cli_env, "cancel", str(run.id))
@@ -250,12 +248,15 @@ def test_cancel_runs_scancel_and_marks_the_run_cancelled(
     worker.join(timeout=60)
     assert not worker.is_alive()
     assert runs(engine)[0].ExecutedReductionStep.status is m.RunStatus.CANCELLED
-    deadline = time.monotonic() + 30
-    while (state := sacct(run.hpc_job_id, "JobID,State")[0][1]) != "CANCELLED by 0":
-        assert time.monotonic() < deadline, f"SLURM job {run.hpc_job_id} is {state}"
-        time.sleep(0.5)
+    wait_until(
+        f"SLURM job {run.hpc_job_id} CANCELLED by 0 in accounting",
+        lambda: sacct(run.hpc_job_id, "JobID,State")[0][1] == "CANCELLED by 0",
+        timeout=30,
+        every=0.5,
+    )
 
 
+@pytest.mark.prefect_ephemeral
 def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
     engine: Engine, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -299,7 +300,9 @@ def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
     assert history(engine, run.id).count("SUBMITTED") == 1
     # One SLURM job, never resubmitted (a second job never goes away: still fails).
     jobs = reread_accounting(
-        lambda: [r[0] for r in sacct_by_name(f"ccat-run-{run.id}-", since) if "." not in r[0]],
+        lambda: [
+            r[0] for r in sacct_by_name(f"ccat-run-{run.id}-", since, tmp_path) if "." not in r[0]
+        ],
         lambda found: found == [run.hpc_job_id],
     )
     assert jobs == [run.hpc_job_id]
@@ -312,10 +315,12 @@ def test_a_flow_killed_while_its_slurm_job_runs_is_recovered_exactly_once(
     assert len(paths) == len(set(paths)) >= 3 and all(f"run-{run.id}" in p for p in paths)
 
 
-def sacct_by_name(prefix: str, since: str) -> list[list[str]]:
-    """Accounting rows of the jobs since `since` whose name starts with `prefix`."""
+def sacct_by_name(prefix: str, since: str, under: Path) -> list[list[str]]:
+    """Accounting rows of the jobs since `since` whose name starts with `prefix` and whose
+    working directory is under `under` (another test's database has the same run ids)."""
     out = subprocess.run(
-        ["sacct", "-n", "-P", "-a", f"--starttime={since}", "--format=JobID,JobName"],
+        ["sacct", "-n", "-P", "-a", f"--starttime={since}", "--format=JobID,JobName,WorkDir"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return [line.split("|") for line in out.splitlines() if line.split("|")[1].startswith(prefix)]
+    rows = [line.split("|") for line in out.splitlines()]
+    return [r for r in rows if r[1].startswith(prefix) and r[2].startswith(str(under))]

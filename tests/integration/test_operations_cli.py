@@ -1,15 +1,14 @@
 """Daily operations as an operator types them: retry, logs, status filters, errors.
 
 The installed `ccat-wm` as a subprocess against the real test PostgreSQL, with flows on
-Prefect's ephemeral server (no PREFECT_API_URL), running tests/programs/contract_tool.py
-on the local backend.
+the session's Prefect server (`run_env`), running tests/programs/contract_tool.py on the
+local backend.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,15 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.helpers import CCAT_WM, cli_json, demo_spec_data, locations_data, run_cli, write_yaml
+from tests.helpers import (
+    CCAT_WM,
+    cli_json,
+    demo_spec_data,
+    locations_data,
+    run_cli,
+    wait_until,
+    write_yaml,
+)
 
 pytestmark = pytest.mark.db
 BAD = "executed_obs_unit=scan-000002"
@@ -29,7 +36,7 @@ def _status(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
 
 
 def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixes_it(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+    engine: Engine, tmp_path: Path, run_env: dict[str, str]
 ) -> None:
     fixed = tmp_path / "fixed"
     step = tool_step(
@@ -37,7 +44,7 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
     )
     setup_pipeline(engine, tmp_path, [step], scans=2)
 
-    first = run_cli(cli_env, "run", "t")
+    first = run_cli(run_env, "run", "t")
     assert first.returncode == 1
     hint = (
         "1 sub-group(s) of t failed with their retries exhausted; retry them with: ccat-wm retry t"
@@ -46,62 +53,63 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
     errors = [line for line in first.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: pipeline 't' flow run")
 
-    plan = json.loads(run_cli(cli_env, "plan", "t", "--json").stdout)
+    plan = json.loads(run_cli(run_env, "plan", "t", "--json").stdout)
     assert [(g["sub_group_key"], g["reason"], g["ready"], g["next"]) for g in plan["gaps"]] == [
         (BAD, "failed", False, f"ccat-wm retry t --step reduce --sub-group {BAD}")
     ]
-    again = run_cli(cli_env, "run", "t")  # what plan says: nothing ready, and why
+    again = run_cli(run_env, "run", "t")  # what plan says: nothing ready, and why
     assert again.returncode == 0, again.stderr
     assert "no gaps: nothing to run" in again.stdout and hint in again.stdout
 
-    failed = _status(cli_env, "--status", "FAILED")
+    failed = _status(run_env, "--status", "FAILED")
     assert [(r["sub_group_key"], r["retry_count"]) for r in failed] == [(BAD, 1)]
     assert failed[0]["started_at"] and failed[0]["finished_at"]
     assert failed[0]["failure_reason"] == "exit code 3"
-    assert _status(cli_env, "--status", "completed", "--step", "reduce")[0]["status"] == (
+    assert _status(run_env, "--status", "completed", "--step", "reduce")[0]["status"] == (
         "COMPLETED"
     )
-    assert _status(cli_env, "--since", "2099-01-01T00:00Z") == []
-    assert len(_status(cli_env, "--since", "1d")) == 2
-    assert _status(cli_env, "--step", "nope") == []
-    assert failed[0]["flow_run_url"] is None  # no Prefect server set
-    served = _status(cli_env | {"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
+    assert _status(run_env, "--since", "2099-01-01T00:00Z") == []
+    assert len(_status(run_env, "--since", "1d")) == 2
+    assert _status(run_env, "--step", "nope") == []
+    unserved = {k: v for k, v in run_env.items() if k != "PREFECT_API_URL"}
+    assert _status(unserved, "--status", "FAILED")[0]["flow_run_url"] is None  # no server set
+    served = _status(run_env | {"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
     assert served[0]["flow_run_url"] == (
         f"http://127.0.0.1:4200/runs/flow-run/{served[0]['flow_run_id']}"
     )
 
     run_id = str(failed[0]["id"])
-    log = run_cli(cli_env, "logs", run_id)
+    log = run_cli(run_env, "logs", run_id)
     assert log.returncode == 0, log.stderr
     assert "boom: failing on purpose" in log.stdout
     assert f"# run {run_id} attempt 1 of 2 (FAILED)" in log.stderr
     assert "tool.log" in log.stderr  # what the software wrote itself is listed
-    assert "boom" in run_cli(cli_env, "logs", run_id, "--attempt", "0").stdout
-    beyond = run_cli(cli_env, "logs", run_id, "--attempt", "5")
+    assert "boom" in run_cli(run_env, "logs", run_id, "--attempt", "0").stdout
+    beyond = run_cli(run_env, "logs", run_id, "--attempt", "5")
     assert beyond.returncode == 1
     assert (
         beyond.stderr.strip()
         == f"error: run {run_id} has attempts 0..1 (0 is the first); got --attempt 5"
     )
 
-    not_failed = run_cli(cli_env, "retry", "t", "--sub-group", "executed_obs_unit=scan-000001")
+    not_failed = run_cli(run_env, "retry", "t", "--sub-group", "executed_obs_unit=scan-000001")
     assert not_failed.returncode == 1
     assert "no step of pipeline 't' has a failed sub-group" in not_failed.stderr
 
     fixed.touch()  # the operator's fix
-    retried = run_cli(cli_env, "retry", "t")
+    retried = run_cli(run_env, "retry", "t")
     assert retried.returncode == 0, retried.stderr
     assert "1 failed sub-group(s) of t get a fresh retry budget" in retried.stdout
-    newest = _status(cli_env, "--step", "reduce")[0]
+    newest = _status(run_env, "--step", "reduce")[0]
     assert (newest["sub_group_key"], newest["reason"], newest["status"]) == (
         BAD, "retry", "COMPLETED",
     )  # fmt: skip
-    assert json.loads(run_cli(cli_env, "plan", "t", "--json").stdout)["gaps"] == []
-    assert "nothing to retry" in run_cli(cli_env, "retry", "t").stdout
+    assert json.loads(run_cli(run_env, "plan", "t", "--json").stdout)["gaps"] == []
+    assert "nothing to retry" in run_cli(run_env, "retry", "t").stdout
 
-    forced = run_cli(cli_env, "run", "t", "--force", "--sub-group", "executed_obs_unit=scan-000001")
+    forced = run_cli(run_env, "run", "t", "--force", "--sub-group", "executed_obs_unit=scan-000001")
     assert forced.returncode == 0, forced.stderr
-    newest = _status(cli_env)[0]
+    newest = _status(run_env)[0]
     assert (newest["sub_group_key"], newest["reason"]) == (
         "executed_obs_unit=scan-000001",
         "forced",
@@ -109,20 +117,17 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
 
 
 def test_logs_follow_prints_a_running_job_until_it_ends(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+    engine: Engine, tmp_path: Path, run_env: dict[str, str]
 ) -> None:
     setup_pipeline(engine, tmp_path, [tool_step("reduce", parameters={"sleep": 6})], scans=1)
     runner = subprocess.Popen(
-        [CCAT_WM, "run", "t"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [CCAT_WM, "run", "t"], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 120
-        running: list[dict[str, Any]] = []
-        while not running and time.monotonic() < deadline:
-            running = _status(cli_env, "--status", "RUNNING")
-            time.sleep(0.3)
-        assert running, "the run never showed RUNNING"
-        follow = run_cli(cli_env, "logs", str(running[0]["id"]), "--follow")
+        running = wait_until(
+            "the run to show RUNNING", lambda: _status(run_env, "--status", "RUNNING"), 120
+        )
+        follow = run_cli(run_env, "logs", str(running[0]["id"]), "--follow")
         assert follow.returncode == 0, follow.stderr
         # Written before and after the 6 s sleep: the follower saw the job to its end.
         assert "tool ok for executed_obs_unit=scan-000001" in follow.stdout

@@ -26,40 +26,17 @@ from tests.helpers import (
     snapshot,
     write_yaml,
 )
+from tests.integration.conftest import GRID, DemoCopy, edit
 
 pytestmark = pytest.mark.db
 
-GRID = ("pipelines", 0, "steps", 2, "config")
-
-
-def _edit(data: dict[str, Any], path: tuple[Any, ...], key: str, value: Any) -> dict[str, Any]:
-    edited = copy.deepcopy(data)
-    node = edited
-    for part in path:
-        node = node[part]
-    node[key] = value
-    return edited
-
-
-@pytest.fixture
-def demo_done(engine: Engine, tmp_path: Path, cli_env: dict[str, str]) -> dict[str, Any]:
-    """The demo pipeline run to the end once, with a secret and a plain variable in grid."""
-    data = {**locations_data(tmp_path), **demo_spec_data()}
-    data = _edit(data, GRID, "environment", {"OMP_NUM_THREADS": "1", "DB_PASSWORD": "hunter2"})
-    spec = write_yaml(tmp_path / "spec.yaml", data)
-    with Session(engine) as session, session.begin():
-        apply_specs(session, load_spec_files([spec]), user="tester")
-        register_simulation(session, SimulationRequest(scans=4, seed=253))
-    done = run_cli(cli_env, "run", "chai-demo")
-    assert done.returncode == 0, done.stderr
-    return data
-
 
 def test_lineage_after_a_config_edit_shows_the_config_the_product_was_made_with(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
-    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
-    edited = _edit(demo_done, GRID, "parameters", {"pixel_arcsec": 12})
+    engine, cli_env, demo = demo_done.engine, demo_done.env, demo_done.data
+    cube = next((demo_done.root / "runs").rglob("*.cube.fits"))
+    edited = edit(demo, GRID, "parameters", {"pixel_arcsec": 12})
     applied = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "edited.yaml", edited)))
     assert applied.returncode == 0, applied.stderr
     assert "pixel_arcsec" in applied.stdout  # the config itself stays editable
@@ -73,7 +50,7 @@ def test_lineage_after_a_config_edit_shows_the_config_the_product_was_made_with(
     assert grid["environment"] == {"OMP_NUM_THREADS": "1"}
     assert grid["withheld_environment"] == ["DB_PASSWORD"]
     assert grid["resources"] == {"cpu": 2, "memory_gb": 2, "time_hours": 1, "gpu": 0}
-    assert grid["digest"] == demo_done["software"][2]["versions"][0]["digest"]
+    assert grid["digest"] == demo["software"][2]["versions"][0]["digest"]
     assert grid["image_repository"] == "ghcr.io/ccatobs/chai-gridding"
     assert (grid["location"], grid["backend"], grid["runtime"]) == ("local", "local", "host")
     assert grid["unknown"] == []
@@ -89,10 +66,11 @@ def test_lineage_after_a_config_edit_shows_the_config_the_product_was_made_with(
 
 
 def test_a_used_versions_digest_cannot_change_through_apply_or_sql(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
+    engine, cli_env, demo = demo_done.engine, demo_done.env, demo_done.data
     new_digest = "sha256:" + "e" * 64
-    bumped = _edit(demo_done, ("software", 1, "versions", 0), "digest", new_digest)
+    bumped = edit(demo, ("software", 1, "versions", 0), "digest", new_digest)
     before = snapshot(engine)
     refused = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "bumped.yaml", bumped)))
     assert refused.returncode == 1
@@ -100,7 +78,7 @@ def test_a_used_versions_digest_cannot_change_through_apply_or_sql(
     assert "publish a new version" in refused.stderr and "software[1].versions[0].digest" in (
         refused.stderr
     )
-    moved = _edit(demo_done, ("software", 1), "ghcr_url", "ghcr.io/elsewhere/chai-baseline")
+    moved = edit(demo, ("software", 1), "ghcr_url", "ghcr.io/elsewhere/chai-baseline")
     refused = run_cli(cli_env, "apply", str(write_yaml(tmp_path / "moved.yaml", moved)))
     assert refused.returncode == 1 and "image reference never changes" in refused.stderr
     assert snapshot(engine) == before
@@ -121,7 +99,7 @@ def test_a_used_versions_digest_cannot_change_through_apply_or_sql(
     assert snapshot(engine) == before
 
     # A new version is the way: published, applied, and old runs keep their digest.
-    published = copy.deepcopy(demo_done)
+    published = copy.deepcopy(demo)
     published["software"][1]["versions"] = [
         {**published["software"][1]["versions"][0], "is_latest": False},
         {"tag": "0.9.3", "digest": new_digest, "is_latest": True},
@@ -134,12 +112,13 @@ def test_a_used_versions_digest_cannot_change_through_apply_or_sql(
                 select(m.RunSnapshot.image_digest).where(m.RunSnapshot.software == "chai-baseline")
             )
         )
-    assert digests == {demo_done["software"][1]["versions"][0]["digest"]}
+    assert digests == {demo["software"][1]["versions"][0]["digest"]}
 
 
 def test_verify_reports_missing_changed_and_unexpected_files(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
+    engine, cli_env = demo_done.engine, demo_done.env
     clean = run_cli(cli_env, "verify")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert clean.stdout.startswith("verified ") and ": OK" in clean.stdout
@@ -185,8 +164,9 @@ def test_verify_reports_missing_changed_and_unexpected_files(
 
 
 def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
+    cli_env, demo = demo_done.env, demo_done.data
     from prov.model import (
         PROV_ATTR_ACTIVITY,
         PROV_ATTR_AGENT,
@@ -201,7 +181,7 @@ def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
         ProvUsage,
     )
 
-    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+    cube = next((demo_done.root / "runs").rglob("*.cube.fits"))
     shown = run_cli(cli_env, "lineage", str(cube), "--prov")
     assert shown.returncode == 0, shown.stderr
     doc = ProvDocument.deserialize(content=shown.stdout, format="json")
@@ -226,7 +206,7 @@ def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
     }
     agents = {str(a.identifier): a for a in doc.get_records(ProvAgent)}
     grid_agent = agents["ccat:software/chai-gridding/2.1.0"]
-    digest = demo_done["software"][2]["versions"][0]["digest"]
+    digest = demo["software"][2]["versions"][0]["digest"]
     assert {str(v) for v in grid_agent.get_attribute("ccat:digest")} == {digest}
     assert "ccat:user/tester" in agents
     associations = {
@@ -251,16 +231,17 @@ def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
 
 
 def test_plan_with_shows_what_a_version_bump_would_cost_and_writes_nothing(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
-    bumped = copy.deepcopy(demo_done)
+    engine, cli_env, demo = demo_done.engine, demo_done.env, demo_done.data
+    bumped = copy.deepcopy(demo)
     bumped["software"][1]["versions"] = [
         {**bumped["software"][1]["versions"][0], "is_latest": False},
         {"tag": "1.0.0", "digest": "sha256:" + "e" * 64, "is_latest": True},
     ]
     spec = write_yaml(tmp_path / "bumped.yaml", bumped)
     edited = write_yaml(
-        tmp_path / "edited.yaml", _edit(demo_done, GRID, "parameters", {"pixel_arcsec": 12})
+        tmp_path / "edited.yaml", edit(demo, GRID, "parameters", {"pixel_arcsec": 12})
     )
     assert json.loads(run_cli(cli_env, "plan", "--json").stdout)["gaps"] == []
     before = snapshot(engine)
@@ -299,9 +280,10 @@ def test_plan_with_shows_what_a_version_bump_would_cost_and_writes_nothing(
 
 
 def test_reproduce_remakes_the_demo_map_bit_for_bit_and_detects_a_changed_config(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
-    cube = next((tmp_path / "runs").rglob("*.cube.fits"))
+    engine, cli_env = demo_done.engine, demo_done.env
+    cube = next((demo_done.root / "runs").rglob("*.cube.fits"))
     before = snapshot(engine)
     keep = tmp_path / "remade"
 
@@ -367,12 +349,13 @@ def _gaps(env: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def test_invalidate_takes_bad_data_out_and_marks_what_it_reached_then_undo_restores(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str], demo_done: dict[str, Any]
+    tmp_path: Path, demo_done: DemoCopy
 ) -> None:
+    engine, cli_env = demo_done.engine, demo_done.env
     # The map with the most raw data: invalidating one package leaves it the others.
     lineages = [
         json.loads(run_cli(cli_env, "lineage", str(cube), "--json").stdout)
-        for cube in (tmp_path / "runs").rglob("*.cube.fits")
+        for cube in (demo_done.root / "runs").rglob("*.cube.fits")
     ]
     lineage = max(lineages, key=lambda found: len(found["raw_data_packages"]))
     assert len(lineage["raw_data_packages"]) >= 2
@@ -448,8 +431,9 @@ def test_invalidate_takes_bad_data_out_and_marks_what_it_reached_then_undo_resto
 
 
 def test_invalidating_a_run_makes_it_and_everything_downstream_a_gap(
-    engine: Engine, cli_env: dict[str, str], demo_done: dict[str, Any]
+    demo_done: DemoCopy,
 ) -> None:
+    engine, cli_env = demo_done.engine, demo_done.env
     with Session(engine) as session:
         calibrate = session.scalars(
             select(m.ExecutedReductionStep)
@@ -470,7 +454,7 @@ def test_invalidating_a_run_makes_it_and_everything_downstream_a_gap(
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_reproduce_remakes_a_map_made_on_slurm_with_slurm_jobs(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+    engine: Engine, tmp_path: Path, run_env: dict[str, str]
 ) -> None:
     data = {**locations_data(tmp_path), **demo_spec_data()}
     data["locations"][1] |= {"backend": "slurm", "runtime": "host", "settings": SLURM_TEST_SETTINGS}
@@ -478,11 +462,11 @@ def test_reproduce_remakes_a_map_made_on_slurm_with_slurm_jobs(
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([spec]), user="tester")
         register_simulation(session, SimulationRequest(scans=1, seed=253))
-    done = run_cli(cli_env, "run", "chai-demo", timeout=600)
+    done = run_cli(run_env, "run", "chai-demo", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     cube = next((tmp_path / "runs").rglob("*.cube.fits"))
 
-    shown = run_cli(cli_env, "reproduce", str(cube), "--json", timeout=600)
+    shown = run_cli(run_env, "reproduce", str(cube), "--json", timeout=600)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     report = json.loads(shown.stdout)
     assert report["identical"] and len(report["runs"]) == 3

@@ -20,21 +20,21 @@ pytestmark = pytest.mark.db
 
 
 def test_run_status_and_lineage_from_the_command_line(
-    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+    engine: Engine, tmp_path: Path, run_env: dict[str, str]
 ) -> None:
     spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([spec]), user="tester")
         register_simulation(session, SimulationRequest(scans=2, seed=253))
 
-    unknown = run_cli(cli_env, "run", "nope")
+    unknown = run_cli(run_env, "run", "nope")
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == "error: unknown pipeline 'nope'; known: chai-demo"
 
-    only = run_cli(cli_env, "run", "chai-demo", "--sub-group", "executed_obs_unit=scan-000001")
+    only = run_cli(run_env, "run", "chai-demo", "--sub-group", "executed_obs_unit=scan-000001")
     assert only.returncode == 0, only.stderr
     assert "Completed" in only.stdout
-    status = run_cli(cli_env, "status", "chai-demo", "--json")
+    status = run_cli(run_env, "status", "chai-demo", "--json")
     rows = json.loads(status.stdout)
     assert {(r["step"], r["sub_group_key"], r["status"]) for r in rows} == {
         ("calibrate", "executed_obs_unit=scan-000001", "COMPLETED"),
@@ -46,14 +46,14 @@ def test_run_status_and_lineage_from_the_command_line(
         "hpc_job_id", "processing_time_s", "peak_memory_gb", "cpu_hours",
     }  # fmt: skip
 
-    rest = run_cli(cli_env, "run", "chai-demo")
+    rest = run_cli(run_env, "run", "chai-demo")
     assert rest.returncode == 0, rest.stderr
-    rows = json.loads(run_cli(cli_env, "status", "--json").stdout)
+    rows = json.loads(run_cli(run_env, "status", "--json").stdout)
     grid = [r for r in rows if r["step"] == "grid"]
     assert grid and all(r["status"] == "COMPLETED" for r in rows)
 
     cube = next((tmp_path / "runs").rglob("*.cube.fits"))
-    shown = run_cli(cli_env, "lineage", str(cube), "--json")
+    shown = run_cli(run_env, "lineage", str(cube), "--json")
     assert shown.returncode == 0, shown.stderr
     lineage = json.loads(shown.stdout)
     assert lineage["data_product_type"] == "SCIENCE"
@@ -63,7 +63,7 @@ def test_run_status_and_lineage_from_the_command_line(
     assert lineage["raw_data_packages"] and all(
         p["name"].endswith("-CHAI-LFA") for p in lineage["raw_data_packages"]
     )
-    text = run_cli(cli_env, "lineage", str(lineage["product_id"]))
+    text = run_cli(run_env, "lineage", str(lineage["product_id"]))
     assert "software chai-gridding 2.1.0" in text.stdout and "raw data packages (" in text.stdout
     # Each software version, config and template once, with the runs that used it.
     calibrate_runs = [r for r in lineage["runs"] if r["step"] == "calibrate"]
@@ -72,7 +72,7 @@ def test_run_status_and_lineage_from_the_command_line(
     assert f"chai-demo / calibrate: {len(calibrate_runs)} run(s), ids" in text.stdout
 
     done = rows[0]["id"]
-    refused = run_cli(cli_env, "cancel", str(done))
+    refused = run_cli(run_env, "cancel", str(done))
     assert refused.returncode == 1
     assert refused.stderr.startswith(
         f"error: run {done} is COMPLETED; it can move to CANCELLED only from"
@@ -82,6 +82,7 @@ def test_run_status_and_lineage_from_the_command_line(
 ALARMS = ("ERROR", "WARNING", "Traceback", "Still processing items")
 
 
+@pytest.mark.prefect_ephemeral
 def test_successful_commands_print_no_false_alarms(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """What an operator sees from a healthy site: no ERROR, WARNING, traceback or stray
     Prefect progress line from `apply`, `simulate`, `run`, `trigger` and `deploy`, with
@@ -103,6 +104,7 @@ def test_successful_commands_print_no_false_alarms(tmp_path: Path, cli_env: dict
         assert not [a for a in ALARMS if a in output], (command, output[-3000:])
 
 
+@pytest.mark.prefect_ephemeral
 def test_trigger_without_a_prefect_server_starts_a_cron_pipeline_whose_tick_has_come(
     engine: Engine, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

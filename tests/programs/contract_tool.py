@@ -1,17 +1,19 @@
 """A reduction program for tests: follows (or breaks, on request) the container contract.
 
 Usage: contract_tool.py --mode MODE [--arg VALUE] [--fail-key TEXT] [--track DIR] [--sleep S]
-                        [--once 0|1] [--fixed FILE]
+                        [--once 0|1] [--fixed FILE] [--hold-key TEXT]
 
 `--fail-key TEXT` fails sub-groups whose key contains TEXT (exit code 3), until the file
-`--fixed` names exists (an operator's fix, for tests of `ccat-wm retry`).
+`--fixed` names exists (an operator's fix, for tests of `ccat-wm retry`). `--hold-key TEXT`
+holds sub-groups whose key contains TEXT until the file `--arg` exists (one sub-group kept
+in flight while the others go on).
 
 Modes: ok; outside, symlink, bad-sidecar, fifo (a named pipe), nan-sidecar, link-input (a
 hard link to its first input as a product) (contract violations); tamper-write,
 tamper-append, tamper-truncate, tamper-chmod, tamper-recreate (try to change every input
 in place, then behave: what a buggy program might do to the archive); leave-writers (leaves a
 daemon and a child in its process group that append to its product a second after it
-exits); hog (holds `--arg` MB for five seconds); wait (waits until the file `--arg` exists,
+exits; their command lines name the product); hog (holds `--arg` MB for five seconds); wait (waits until the file `--arg` exists,
 at most ten minutes, then behaves: a run held in flight for as long as a test needs). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
 first attempt only: later attempts behave (to test retries).
 """
@@ -36,6 +38,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--once", type=int, default=0)
     parser.add_argument("--fixed", default="")
+    parser.add_argument("--hold-key", default="")
     args = parser.parse_args()
     manifest = json.loads(Path(os.environ["WORKFLOW_MANIFEST"]).read_text())
     out = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
@@ -54,7 +57,7 @@ def main() -> int:
         with open(Path(args.track) / "events.log", "a") as log:
             log.write(f"start {time.time()} {os.getpid()} {key}\n")
     print(f"tool {args.mode} for {key}", flush=True)
-    if args.mode == "wait":
+    if args.mode == "wait" or (args.hold_key and args.hold_key in key):
         deadline = time.monotonic() + 600
         while not Path(args.arg).exists() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -12,6 +12,7 @@ import pytest
 
 from infra.backends import BackendError, JobSpec, JobState, get_backend
 from infra.backends.local import LocalBackend
+from tests.helpers import wait_until
 
 TREE = """
 import subprocess, sys, time
@@ -44,13 +45,13 @@ def _pgid(pid: int) -> int | None:
 
 
 def wait(backend: LocalBackend, job_id: str, timeout: float = 30) -> JobState:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = backend.status(job_id)
-        if info.state.finished:
-            return info.state
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
+    info = wait_until(
+        f"job {job_id} to finish",
+        lambda: (found := backend.status(job_id)).state.finished and found,
+        timeout,
+        every=0.05,
+    )
+    return info.state
 
 
 def test_metrics_cover_the_whole_process_tree(tmp_path: Path) -> None:
@@ -79,7 +80,12 @@ def test_cancel_from_another_backend_instance_kills_the_process_group(tmp_path: 
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     backend = LocalBackend(tmp_path / "jobs")
     job_id = backend.submit(spec(tmp_path, code))
-    time.sleep(0.5)
+    wait_until(  # the job and the child it started
+        "two processes in the job's group",
+        lambda: len([p for p in psutil.pids() if _pgid(p) == int(job_id)]) >= 2,
+        timeout=30,
+        every=0.05,
+    )
     LocalBackend(tmp_path / "jobs").cancel(job_id)
     assert wait(backend, job_id, timeout=10) is JobState.CANCELLED
     assert backend.status(job_id).exit_code == -15

@@ -81,6 +81,24 @@ def test_documented_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert settings.sif_cache_dir == tmp_path / "sif"
 
 
+def test_clocks_are_settings_with_their_defaults_and_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The liveness threshold and the slot lease are settings (tests set them short); a
+    value Prefect cannot honour is refused at start, naming the variable."""
+    for name in ("CCAT_WM_LIVENESS_S", "CCAT_WM_SLOT_LEASE_S"):
+        monkeypatch.delenv(name, raising=False)
+    assert (Settings().liveness_s, Settings().slot_lease_s) == (90.0, 60.0)
+    monkeypatch.setenv("CCAT_WM_LIVENESS_S", "45")
+    monkeypatch.setenv("CCAT_WM_SLOT_LEASE_S", "120")
+    assert (Settings().liveness_s, Settings().slot_lease_s) == (45.0, 120.0)
+    for name, value in (("CCAT_WM_LIVENESS_S", "30"), ("CCAT_WM_SLOT_LEASE_S", "10")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=name):
+            Settings()
+        monkeypatch.delenv(name)
+
+
 @pytest.mark.parametrize(
     ("tag", "major"), [("1.4.0", 1), ("v2.0.1-rc1", 2), ("10", 10), ("3.1", 3)]
 )
