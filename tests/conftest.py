@@ -201,10 +201,24 @@ another database's run ids would match). A module that shares one expensive fixt
 FIXTURE_GROUPS = {"demo_done": "demo"}
 """Tests of a session-scoped fixture worth making once: on one worker, so it is made once."""
 
+FIRST = ("guide", "site", "podman", "slurm", "demo", "tests/integration/", "tests/deploy/")
+"""What starts first, longest first (groups, then directories): pytest-xdist hands out
+tests in collection order, so the long serial groups start at once and the many short
+tests fill the workers' gaps at the end."""
+
+
+def _start_order(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("xdist_group")
+    for rank, first in enumerate(FIRST):
+        if (marker is not None and marker.args[0] == first) or item.nodeid.startswith(first):
+            return rank
+    return len(FIRST)
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
-    """Mark each test with the components it starts and put it in its serial group.
+    """Mark each test with the components it starts, put it in its serial group, and
+    order the tests so that the longest start first.
 
     A wrapper, so that it runs before marker selection (`-m`) and before pytest-xdist's
     worker reads the groups (`tryfirst` does not order it before that plugin's hook).
@@ -221,4 +235,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
             )
             if group is not None:
                 item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=_start_order)  # stable: a module's tests keep their order
     return (yield)
