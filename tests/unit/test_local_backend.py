@@ -80,12 +80,15 @@ def test_cancel_from_another_backend_instance_kills_the_process_group(tmp_path: 
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     backend = LocalBackend(tmp_path / "jobs")
     job_id = backend.submit(spec(tmp_path, code))
-    wait_until(  # the job and the child it started
-        "two processes in the job's group",
-        lambda: len([p for p in psutil.pids() if _pgid(p) == int(job_id)]) >= 2,
-        timeout=30,
-        every=0.05,
-    )
+
+    def child_started() -> bool:  # the program runs: the child it starts is there
+        return any(
+            p.info["cmdline"] == [sys.executable, "-c", "import time; time.sleep(60)"]
+            and _pgid(p.pid) == int(job_id)
+            for p in psutil.process_iter(["cmdline"])
+        )
+
+    wait_until("the job's child process", child_started, timeout=30, every=0.05)
     LocalBackend(tmp_path / "jobs").cancel(job_id)
     assert wait(backend, job_id, timeout=10) is JobState.CANCELLED
     assert backend.status(job_id).exit_code == -15
