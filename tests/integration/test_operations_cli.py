@@ -119,7 +119,13 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
 def test_logs_follow_prints_a_running_job_until_it_ends(
     engine: Engine, tmp_path: Path, run_env: dict[str, str]
 ) -> None:
-    setup_pipeline(engine, tmp_path, [tool_step("reduce", parameters={"sleep": 6})], scans=1)
+    """The job is held after its first line until the follower has printed that line, then
+    sleeps 6 s: what the follower prints after it, it read from a running job."""
+    release = tmp_path / "release"
+    step = tool_step(
+        "reduce", parameters={"sleep": 6, "hold_key": "scan-000001", "arg": str(release)}
+    )
+    setup_pipeline(engine, tmp_path, [step], scans=1)
     runner = subprocess.Popen(
         [CCAT_WM, "run", "t"], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -127,13 +133,25 @@ def test_logs_follow_prints_a_running_job_until_it_ends(
         running = wait_until(
             "the run to show RUNNING", lambda: _status(run_env, "--status", "RUNNING"), 120
         )
-        follow = run_cli(run_env, "logs", str(running[0]["id"]), "--follow")
-        assert follow.returncode == 0, follow.stderr
-        # Written before and after the 6 s sleep: the follower saw the job to its end.
-        assert "tool ok for executed_obs_unit=scan-000001" in follow.stdout
-        assert "woke up after 6" in follow.stdout
-        assert follow.stderr.strip().endswith(f"# run {running[0]['id']} is COMPLETED")
+        run_id = str(running[0]["id"])
+        follower = subprocess.Popen(
+            [CCAT_WM, "logs", run_id, "--follow"], env=run_env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert follower.stdout is not None
+        seen = []
+        while not any("tool ok for executed_obs_unit=scan-000001" in line for line in seen):
+            line = follower.stdout.readline()
+            assert line, f"the follower ended before the job's first line: {seen}"
+            seen.append(line)
+        release.touch()  # the job goes on: sleeps 6 s, then writes its last line
+        rest, errors = follower.communicate(timeout=120)
+        assert follower.returncode == 0, errors
+        # Written after the follower attached and the 6 s sleep: it saw the job to its end.
+        assert "woke up after 6" in rest
+        assert errors.strip().endswith(f"# run {run_id} is COMPLETED")
     finally:
+        release.touch()
         runner.wait(timeout=120)
 
 
