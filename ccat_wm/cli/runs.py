@@ -24,7 +24,7 @@ from ccat_wm.cli.render import (
 )
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.control import cancel_run
-from ccat_wm.execution.logs import attempt_summary, follow_log, read_log, run_log
+from ccat_wm.execution.logs import attempt_summary, follow_log, run_log, stream_log
 from ccat_wm.execution.report import run_rows
 from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
@@ -213,7 +213,7 @@ def logs(run_id: int, attempt: int | None, follow: bool) -> None:
         final = follow_log(ops_db, log, lambda text: click.echo(text, nl=False))
         click.echo(f"# run {run_id} is {final}", err=True)
     else:
-        click.echo(read_log(ops_db, log), nl=False)
+        stream_log(ops_db, log, lambda text: click.echo(text, nl=False))
     for path in log.extra:
         click.echo(f"# also written by the software in this attempt: {path}", err=True)
 

@@ -1,28 +1,25 @@
-"""Result collection (docs/concepts.md section 4): classify, checksum and register a run's outputs.
+"""Result collection (docs/concepts.md section 4): checksum and register a run's outputs.
 
-`scan_outputs` walks `$WORKFLOW_OUTPUT_DIR` and reports every contract violation at
-once, each naming its file and the rule it broke: files outside the declared
-sub-directories (top-level files are allowed only as intermediates of a step with
-downstream steps); anything that is not a regular file (a named pipe, a socket, a device)
-or is a hard link to a file the run did not write (an input); symlinks that leave the
-directory, dangle or loop; names that are not UTF-8; malformed or orphaned
-`<file>.meta.json` sidecars, including `NaN`/`Infinity` and the NUL character, which
-the ops DB cannot store. Files are opened without blocking and hashed only when they are
-regular. `register_products` inserts the products and their lineage set-based, in the
-caller's transaction, so a run becomes COMPLETED together with its products or not at
-all; `verify_unchanged` re-hashes every product at the end, so that a file changed
-while it was collected fails the run instead of being registered under a stale checksum.
+`scan_outputs` (`ccat_wm.execution.scan`) classifies what the job left and names every
+contract violation. `checksum_outputs` hashes the files, reopening each from the run's
+root without following a link; `register_products` inserts the products and their
+lineage set-based, in the caller's transaction, so a run becomes COMPLETED together with
+its products or not at all; `verify_unchanged` re-hashes every product at the end, so
+that a file changed while it was collected fails the run instead of being registered
+under a stale checksum. `preserve_failed_logs` moves a failed attempt's `logs/` outputs
+into the run's log directory with directory descriptors (`runtree.move_into`): a link
+the job planted at the target fails the run naming it, and nothing lands outside the
+run's tree.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -31,40 +28,38 @@ from sqlalchemy import Insert, Table, insert, text
 
 from ccat_ops_db import models as m
 from ccat_wm.db import Db, connection_of
-from ccat_wm.errors import CcatWmError
-from ccat_wm.execution.checksums import NotRegularFileError, sha256_file
-from ccat_wm.execution.layout import OUTPUT_CLASSES, RunLayout
+from ccat_wm.execution.checksums import sha256_file
+from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.runtree import (
+    DIR_FLAGS,
+    UnsafeEntryError,
+    move_into,
+    open_dir,
+    open_regular,
+    open_regular_path,
+    shown,
+)
+from ccat_wm.execution.scan import (
+    SIDECAR,
+    ContractViolationError,
+    OutputFile,
+    scan_outputs,
+)
 
-SIDECAR = ".meta.json"
+__all__ = [
+    "ContractViolationError",
+    "OutputFile",
+    "ProductRecord",
+    "checksum_outputs",
+    "preserve_failed_logs",
+    "register_products",
+    "reset_output",
+    "scan_outputs",
+    "verify_unchanged",
+]
 T = m.DataProductType
-CLASSES: dict[str, m.DataProductType] = {
-    "science": T.SCIENCE,
-    "qa": T.QA_METRIC,
-    "plots": T.PLOT,
-    "statistics": T.STATISTICS,
-    "logs": T.LOG,
-}
 HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 """Files hashed in parallel (hashlib releases the GIL while hashing)."""
-assert set(CLASSES) == set(OUTPUT_CLASSES)
-
-
-class ContractViolationError(CcatWmError):
-    """A run's outputs break the container contract; lists every offending file."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        """Keep every problem; the message names each file."""
-        self.problems = list(problems)
-        super().__init__("contract violation: " + "; ".join(self.problems))
-
-
-@dataclass(frozen=True, slots=True)
-class OutputFile:
-    """One product file found in a run's output directory."""
-
-    path: Path
-    data_product_type: m.DataProductType
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,231 +71,8 @@ class ProductRecord:
     size: int
     checksum: str
     metadata: dict[str, Any]
-
-
-def scan_outputs(layout: RunLayout) -> list[OutputFile]:
-    """Classify every file under the run's output directory; raise on any violation."""
-    root = layout.output
-    problems: list[str] = []
-    files: list[tuple[Path, m.DataProductType]] = []
-    sidecars: dict[Path, Path] = {}
-    real_root = root.resolve()
-    for entry in sorted(root.iterdir()) if root.exists() else []:
-        rel = entry.relative_to(root)
-        problem = _file_problem(entry, real_root)
-        if problem is not None:
-            problems.append(problem)
-        elif entry.is_dir() and not entry.is_symlink() and entry.name in CLASSES:
-            kind = CLASSES[entry.name]
-            if kind is T.SCIENCE and not layout.is_final:
-                kind = T.INTERMEDIATE
-            _walk(entry, kind, real_root, files=files, sidecars=sidecars, problems=problems)
-        elif entry.is_file() and not layout.is_final:
-            _add(entry, T.INTERMEDIATE, files, sidecars)
-        else:
-            what = "directory" if entry.is_dir() else "file"
-            allowed = ", ".join(f"{c}/" for c in OUTPUT_CLASSES)
-            problems.append(
-                f"{shown(entry)}: {what} {shown(rel)!r} is outside the declared output directories "
-                f"({allowed}{'' if layout.is_final else ' or top-level intermediates'})"
-            )
-    outputs = _attach_sidecars(files, sidecars, problems)
-    if problems:
-        raise ContractViolationError(problems)
-    return outputs
-
-
-def _attach_sidecars(
-    files: list[tuple[Path, m.DataProductType]], sidecars: dict[Path, Path], problems: list[str]
-) -> list[OutputFile]:
-    """Pair files with their sidecars; malformed and orphaned sidecars are problems."""
-    outputs = []
-    known = {path for path, _ in files}
-    for sidecar, target in sidecars.items():
-        if target not in known:
-            problems.append(f"{shown(sidecar)}: sidecar of {target.name!r}, which does not exist")
-    for path, kind in files:
-        metadata: dict[str, Any] = {}
-        sidecar = path.with_name(path.name + SIDECAR)
-        if sidecar in sidecars:
-            parsed, problem = read_sidecar(sidecar)
-            if problem is not None:
-                problems.append(f"{shown(sidecar)}: malformed sidecar, {problem}")
-                continue
-            metadata = parsed
-        outputs.append(OutputFile(path, kind, metadata))
-    return outputs
-
-
-def shown(path: Path | str) -> str:
-    r"""Return a path as text that can be printed and stored (bytes not UTF-8 as \x..)."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number the ops DB can store; expected finite numbers")
-
-
-def read_sidecar(sidecar: Path) -> tuple[dict[str, Any], str | None]:
-    """Parse a sidecar; return its metadata, or the rule it breaks (None: it is fine).
-
-    The ops DB stores metadata as JSONB, which has no NaN or Infinity and no NUL
-    character: such sidecars are rejected here, naming the file, not by the database.
-    """
-    try:
-        parsed = _parse_sidecar(sidecar)
-    except _SidecarError as exc:
-        return {}, str(exc)
-    if not isinstance(parsed, dict):
-        return {}, f"expected a JSON object, got {type(parsed).__name__}"
-    if _holds_nul(parsed):
-        return {}, "holds the NUL character (\\u0000), which the ops DB cannot store"
-    return parsed, None
-
-
-class _SidecarError(Exception):
-    """Why a sidecar cannot be read as JSON."""
-
-
-def _parse_sidecar(sidecar: Path) -> Any:
-    try:
-        with _open_regular(sidecar) as handle:
-            return json.loads(handle.read().decode("utf-8"), parse_constant=_reject_constant)
-    except NotRegularFileError as exc:
-        raise _SidecarError(str(exc).split(": ", 1)[-1]) from None
-    except UnicodeDecodeError as exc:
-        raise _SidecarError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except ValueError as exc:
-        raise _SidecarError(f"not JSON ({exc})") from None
-    except RecursionError:
-        raise _SidecarError("nested too deeply to be read") from None
-    except OSError as exc:
-        raise _SidecarError(f"cannot be read ({exc.strerror})") from None
-
-
-def _holds_nul(value: Any) -> bool:
-    """Whether a parsed JSON value has the NUL character in any key or string."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
-
-
-def _open_regular(path: Path) -> Any:
-    """Open a file for reading without blocking; raise unless it is a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFileError(f"{shown(path)}: {_kind(mode)}, not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
-
-
-def _kind(mode: int) -> str:
-    """Name the kind of a non-regular file."""
-    kinds = (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-    )
-    return next((name for test, name in kinds if test(mode)), "a special file")
-
-
-def _file_problem(path: Path, real_root: Path) -> str | None:
-    """Return the contract rule one directory entry breaks (None: it may be collected).
-
-    Directories are walked, not judged here; everything else must be a regular file
-    with a UTF-8 name, written by the run (one link), or a symlink to such a file
-    inside the output directory.
-    """
-    name = shown(path)
-    try:
-        os.fsencode(path).decode("utf-8")
-        info = path.lstat()
-    except UnicodeDecodeError:
-        return f"{name}: file name is not UTF-8; product names must be UTF-8 text"
-    except OSError as exc:
-        return f"{name}: cannot be read ({exc.strerror})"
-    if stat.S_ISLNK(info.st_mode):
-        return _symlink_problem(path, real_root)
-    if stat.S_ISDIR(info.st_mode):
-        return None
-    return _regular_problem(name, info)
-
-
-def _regular_problem(name: str, info: os.stat_result) -> str | None:
-    """Return why a non-directory entry is not a product file the run wrote (None: it is)."""
-    if not stat.S_ISREG(info.st_mode):
-        return f"{name}: {_kind(info.st_mode)}, not a regular file; products must be files"
-    if info.st_nlink > 1:
-        return (
-            f"{name}: a hard link shared with {info.st_nlink - 1} other file(s) (an input?); "
-            "a product must be a file the run wrote, not a link to another location's file"
-        )
-    return None
-
-
-def _symlink_problem(path: Path, real_root: Path) -> str | None:
-    """Return why a symlink cannot be collected (None: it names a file or directory inside)."""
-    name = shown(path)
-    try:
-        target = path.resolve(strict=True)
-        mode = target.stat().st_mode
-    except RuntimeError:
-        return f"{name}: symlink loop; a product must be a file"
-    except FileNotFoundError:
-        return f"{name}: dangling symlink to {shown(os.readlink(path))!r}"
-    except OSError as exc:
-        return f"{name}: symlink cannot be followed ({exc.strerror})"
-    if target != real_root and real_root not in target.parents:
-        return f"{name}: symlink leaves the output directory {shown(real_root)}"
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        return f"{name}: symlink to {_kind(mode)}, not a regular file; products must be files"
-    return None
-
-
-def _walk(
-    directory: Path,
-    kind: m.DataProductType,
-    real_root: Path,
-    *,
-    files: list[tuple[Path, m.DataProductType]],
-    sidecars: dict[Path, Path],
-    problems: list[str],
-) -> None:
-    for dirpath, dirnames, filenames in os.walk(directory):
-        base = Path(dirpath)
-        for name in sorted(dirnames):
-            problem = _file_problem(base / name, real_root)
-            if problem is not None:
-                problems.append(problem)
-        for name in sorted(filenames):
-            path = base / name
-            problem = _file_problem(path, real_root)
-            if problem is not None:
-                problems.append(problem)
-            else:  # os.walk lists a symlink to a directory among the directories
-                _add(path, kind, files, sidecars)
-
-
-def _add(
-    path: Path,
-    kind: m.DataProductType,
-    files: list[tuple[Path, m.DataProductType]],
-    sidecars: dict[Path, Path],
-) -> None:
-    if path.name.endswith(SIDECAR) and len(path.name) > len(SIDECAR):
-        sidecars[path] = path.with_name(path.name.removesuffix(SIDECAR))
-    else:
-        files.append((path, kind))
+    root: Path | None = None
+    """The run's root the file is reopened from (following no link); None: the path alone."""
 
 
 def checksum_outputs(outputs: Iterable[OutputFile]) -> list[ProductRecord]:
@@ -310,12 +82,12 @@ def checksum_outputs(outputs: Iterable[OutputFile]) -> list[ProductRecord]:
     file (replaced since the scan).
     """
     items = list(outputs)
-    hashed = _hash_all([o.path for o in items])
+    hashed = _hash_all([(o.root, o.path) for o in items])
     problems = [problem for _, problem in hashed if problem is not None]
     if problems:
         raise ContractViolationError(problems)
     return [
-        ProductRecord(o.path, o.data_product_type, size, digest, o.metadata)
+        ProductRecord(o.path, o.data_product_type, size, digest, o.metadata, o.root)
         for o, ((size, digest), _) in zip(items, hashed, strict=True)
     ]
 
@@ -327,7 +99,7 @@ def verify_unchanged(records: Sequence[ProductRecord]) -> None:
     that wrote to a product meanwhile would otherwise leave a registered checksum that
     does not match the file.
     """
-    hashed = _hash_all([r.path for r in records])
+    hashed = _hash_all([(r.root, r.path) for r in records])
     problems = []
     for record, (found, problem) in zip(records, hashed, strict=True):
         if problem is not None:
@@ -342,46 +114,91 @@ def verify_unchanged(records: Sequence[ProductRecord]) -> None:
         raise ContractViolationError(problems)
 
 
-def _hash_one(path: Path) -> tuple[tuple[int, str], str | None]:
+def _hash_one(item: tuple[Path | None, Path]) -> tuple[tuple[int, str], str | None]:
     """(size, SHA-256) of a regular file, or the problem that prevents it."""
+    root, path = item
     try:
-        with _open_regular(path) as handle:
+        with open_regular(root, path) if root is not None else open_regular_path(path) as handle:
             size = os.fstat(handle.fileno()).st_size
-            return (size, sha256_file(handle)), None
-    except NotRegularFileError as exc:
+            return (size, sha256_file(handle)), None  # type: ignore[arg-type]
+    except UnsafeEntryError as exc:
         return (0, ""), str(exc)
     except OSError as exc:
         return (0, ""), f"{shown(path)}: cannot be read ({exc.strerror})"
 
 
-def _hash_all(paths: Sequence[Path]) -> list[tuple[tuple[int, str], str | None]]:
-    if len(paths) < 2 * HASH_WORKERS:  # a pool costs more than it saves here
-        return [_hash_one(p) for p in paths]
+def _hash_all(
+    items: Sequence[tuple[Path | None, Path]],
+) -> list[tuple[tuple[int, str], str | None]]:
+    if len(items) < 2 * HASH_WORKERS:  # a pool costs more than it saves here
+        return [_hash_one(i) for i in items]
     with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
-        return list(pool.map(_hash_one, paths))
+        return list(pool.map(_hash_one, items))
 
 
-def preserve_failed_logs(layout: RunLayout, attempt: int) -> list[OutputFile]:
-    """Move a failed attempt's `logs/` outputs to the run's log directory; return them."""
-    source = layout.output / "logs"
-    if not source.is_dir():
-        return []
-    target = layout.logs / f"{layout.step}-attempt-{attempt}"
-    moved = []
-    for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
-        if path.name.endswith(SIDECAR) or _file_problem(path, source.resolve()) is not None:
-            continue  # what cannot be a product stays where it is, on disk
-        destination = target / path.relative_to(source)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, destination)
-        moved.append(OutputFile(destination, T.LOG))
-    return moved
+def preserve_failed_logs(layout: RunLayout, attempt: int) -> tuple[list[OutputFile], list[str]]:
+    """Move a failed attempt's `logs/` outputs to the run's log directory.
+
+    Returns the moved files and what could not be preserved, each naming its entry: the
+    target `logs/<step>-attempt-N/` (or a directory below it) that the job replaced by a
+    link or a file, a source entry that is not a regular file (left where it is, unread).
+    """
+    target = Path("logs") / f"{layout.step}-attempt-{attempt}"
+    source_rel = Path(layout.output_rel) / "logs"
+    moved: list[OutputFile] = []
+    problems: list[str] = []
+    try:
+        with open_dir(layout.root, source_rel) as source:
+            _move_tree(layout.root, source, target, moved=moved, problems=problems)
+    except UnsafeEntryError as exc:
+        if exc.what != "is missing":
+            problems.append(f"the failed attempt's logs were not preserved: {exc}")
+    return moved, problems
+
+
+def _move_tree(
+    root: Path, source: int, target: Path, *, moved: list[OutputFile], problems: list[str]
+) -> None:
+    with os.scandir(source) as it:
+        entries = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
+    for name, info in entries:
+        if stat.S_ISDIR(info.st_mode):
+            fd = os.open(name, DIR_FLAGS, dir_fd=source)
+            try:
+                _move_tree(root, fd, target / name, moved=moved, problems=problems)
+            finally:
+                os.close(fd)
+        elif not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or name.endswith(SIDECAR):
+            continue  # what cannot be a product stays where it is, unread
+        else:
+            try:
+                move_into(root, source, name, target / name)
+            except UnsafeEntryError as exc:
+                problems.append(f"the failed attempt's logs were not preserved: {exc}")
+                return
+            moved.append(OutputFile(root / target / name, T.LOG, root=root))
 
 
 def reset_output(layout: RunLayout) -> None:
-    """Create the run's directories with an empty output directory (nothing in it is registered)."""
-    if layout.output.exists():
-        shutil.rmtree(layout.output)
+    """Create the run's directories with an empty output directory (nothing in it is registered).
+
+    Whatever the job left at the output directory's place is removed without following
+    it: a link is unlinked (not what it names), a directory removed with descriptors.
+    """
+    rel = Path(layout.output_rel)
+    try:
+        with open_dir(layout.root, rel.parent) as parent:
+            try:
+                mode = os.stat(rel.name, dir_fd=parent, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and stat.S_ISDIR(mode):
+                shutil.rmtree(rel.name, dir_fd=parent)
+            elif mode is not None:
+                os.unlink(rel.name, dir_fd=parent)
+    except UnsafeEntryError as exc:
+        if exc.what != "is missing":
+            raise
     layout.create()
 
 

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccat_wm.execution.runtree import open_dir
 from ccat_wm.paths import from_path_component, path_component
 
 ALL_DIR = "all"
@@ -89,16 +90,18 @@ class RunLayout:
         """Create the contract's directories if missing (the software makes its classes).
 
         A new run's root is created first and its subdirectories then without existence
-        checks (a few system calls per run instead of twenty); an existing root (a retry,
-        a resumed run) gets each directory only if it is missing.
+        checks (a few system calls per run instead of twenty); in an existing root (a
+        retry, a resumed run) each directory is made if missing and must be a real
+        directory: one an earlier attempt's job replaced by a link raises
+        `UnsafeEntryError` naming it (nothing is followed).
         """
         subs = ("input", "workspace", "output", "config", "logs")
         try:
             self.root.mkdir(parents=True)
         except FileExistsError:
-            for sub in subs:
-                os.makedirs(self.root / sub, exist_ok=True)
-            os.makedirs(self.output, exist_ok=True)
+            for sub in (*subs, self.output_rel):
+                with open_dir(self.root, sub, create=True):
+                    pass
             return
         for sub in subs:
             os.mkdir(self.root / sub)

@@ -6,6 +6,11 @@ the processing location's shared filesystem; where that file is not on this host
 (a Kubernetes pod's log), the backend's own `logs()` is read instead. The files the
 software itself wrote under `logs/` in a failed attempt are kept beside it, in
 `<step>-attempt-<N>/`, and listed.
+
+The log is in a directory the job could write: it is opened from the run's root without
+following a link, read only if it is a regular file (a symlink or FIFO left in its
+place is named, never read), and streamed in chunks, so a log of many gigabytes is
+printed (or followed) with flat memory.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.context import RunContext, load_run_context
 from ccat_wm.execution.lifecycle import FINAL
+from ccat_wm.execution.runtree import UnsafeEntryError, open_regular
 from ccat_wm.execution.sizing import describe
 from ccat_wm.settings import Settings
 from infra.backends import BackendError
@@ -45,6 +51,8 @@ class RunLog:
     """Attempts so far: `retry_count + 1`."""
     path: Path
     extra: tuple[Path, ...]
+    root: Path
+    """The run's directory: the log is opened from there, following no link."""
     """Log files the software wrote itself in that attempt (kept when it failed)."""
 
 
@@ -62,8 +70,11 @@ def _locate(ctx: RunContext, attempt: int | None) -> RunLog:
         )
     layout = ctx.layout
     kept = layout.logs / f"{layout.step}-attempt-{chosen}"
-    extra = tuple(sorted(p for p in kept.rglob("*") if p.is_file())) if kept.is_dir() else ()
-    return RunLog(ctx.run_id, ctx.status, chosen, last + 1, layout.attempt_log(chosen), extra)
+    listed = kept.rglob("*") if kept.is_dir() and not kept.is_symlink() else ()
+    extra = tuple(sorted(p for p in listed if p.is_file() and not p.is_symlink()))
+    return RunLog(
+        ctx.run_id, ctx.status, chosen, last + 1, layout.attempt_log(chosen), extra, layout.root
+    )
 
 
 def run_log(engine: Engine, run_id: int, attempt: int | None = None) -> RunLog:
@@ -106,15 +117,27 @@ def attempt_summary(engine: Engine, run_id: int, attempt: int) -> str | None:
 
 
 def read_log(engine: Engine, log: RunLog, settings: Settings | None = None) -> str:
-    """Return the attempt's whole log: the file, else what the backend still holds."""
-    if log.path.exists():
-        return log.path.read_text(errors="replace")
+    """Return the attempt's whole log as text (for small logs; `stream_log` prints any size)."""
+    parts: list[str] = []
+    stream_log(engine, log, parts.append, settings)
+    return "".join(parts)
+
+
+def stream_log(
+    engine: Engine, log: RunLog, write: Callable[[str], object], settings: Settings | None = None
+) -> None:
+    """Write the attempt's log in chunks: the file, else what the backend still holds."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    if _write_new(log, 0, lambda chunk: write(decoder.decode(chunk))) is not None:
+        write(decoder.decode(b"", final=True))
+        return
     ctx = _load(engine, log.run_id)
     if ctx.hpc_job_id and log.attempt == ctx.retry_count:
         location = ctx.location
         backend = location_backend(location.backend, location.path, location.settings, settings)
         try:
-            return backend.logs(ctx.hpc_job_id)
+            write(backend.logs(ctx.hpc_job_id))
+            return
         except BackendError as exc:
             raise CcatWmError(
                 f"run {log.run_id} attempt {log.attempt}: no log file at {log.path}, "
@@ -145,24 +168,32 @@ def follow_log(
     while True:
         ctx = _load(engine, log.run_id)
         done = ctx.status in FINAL or ctx.retry_count > log.attempt
-        offset = _write_new(log.path, offset, lambda chunk: write(decoder.decode(chunk)))
+        offset = _write_new(log, offset, lambda chunk: write(decoder.decode(chunk))) or offset
         if done:
             write(decoder.decode(b"", final=True))
             return ctx.status
         sleep(poll_s)
 
 
-def _write_new(path: Path, offset: int, write: Callable[[bytes], object]) -> int:
-    """Hand on what was appended to `path` since `offset`; return the new offset.
+def _write_new(log: RunLog, offset: int, write: Callable[[bytes], object]) -> int | None:
+    """Hand on what was appended to the log since `offset`; return the new offset.
 
-    Bytes, not text: a character split across two reads is decoded whole by the caller.
+    None: there is no log file (yet). Bytes, not text: a character split across two
+    reads is decoded whole by the caller. A log replaced by a link or a FIFO raises
+    CcatWmError saying so: it is never read.
     """
     try:
-        with path.open("rb") as handle:
+        with open_regular(log.root, log.path) as handle:
             handle.seek(offset)
             while chunk := handle.read(_CHUNK):
                 write(chunk)
                 offset += len(chunk)
+    except UnsafeEntryError as exc:
+        if exc.what == "is missing":
+            return None
+        raise CcatWmError(
+            f"run {log.run_id} attempt {log.attempt}: the attempt log {exc.path} {exc.what}"
+        ) from None
     except FileNotFoundError:
-        pass
+        return None
     return offset

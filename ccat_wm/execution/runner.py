@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -69,8 +68,16 @@ from ccat_wm.execution.launch import (
     sif_cache_dir,
     write_manifest,
 )
+from ccat_wm.execution.layout import RunLayout
 from ccat_wm.execution.lifecycle import TransitionError, current_status, transition
 from ccat_wm.execution.ownership import IN_FLIGHT
+from ccat_wm.execution.runtree import (
+    UnsafeEntryError,
+    create_log,
+    make_read_only,
+    shown,
+    unexpected_kind,
+)
 from ccat_wm.execution.sizing import (
     DEFAULT_PENDING_GRACE_S,
     ImpossibleRequestError,
@@ -397,6 +404,11 @@ class RunExecutor:
             )  # fmt: skip
         try:
             spec, staged = self._prepare(ctx, attempt, conn, request)
+        except UnsafeEntryError as exc:  # an earlier attempt's job planted it: no retry mends it
+            return self._fail(
+                ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn,
+                kind=FailureKind.CONTRACT, requested=request,
+            )  # fmt: skip
         except (CcatWmError, BackendError, OSError, ValueError) as exc:
             return self._not_started(ctx, attempt, conn, request, exc)
         return _StagedJob(spec, staged, request)
@@ -537,6 +549,7 @@ class RunExecutor:
         """Stage the inputs, write the manifest, build the job; return it with the inputs' count."""
         layout = ctx.layout
         reset_output(layout)
+        create_log(layout.root, layout.attempt_log(attempt))
         staged = stage_inputs(lambda: self._transaction(conn), ctx)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt, request)
@@ -613,15 +626,18 @@ class RunExecutor:
         """Register the finished job's products (COMPLETED) or keep its logs (FAILED)."""
         job_id = job_id or ctx.hpc_job_id  # resumed: the job recorded before the process died
         layout = ctx.layout
-        log = layout.attempt_log(attempt)
-        captured = [OutputFile(log, DataProductType.LOG)] if log.exists() else []
+        captured, log_problem = _captured_log(layout, attempt)
         if info.state is not JobState.COMPLETED:
             reason = info.reason or f"exit code {info.exit_code}"
+            if log_problem:
+                reason = f"{reason}; {log_problem}"
             return self._fail(
                 ctx, attempt, reason, captured=captured, conn=conn, job_id=job_id,
                 kind=classify_failure(reason, info.exit_code),
             )  # fmt: skip
         try:
+            if log_problem:
+                raise ContractViolationError([log_problem])
             records = checksum_outputs([*scan_outputs(layout), *captured])
             with self._transaction(conn) as db:
                 register_products(db, ctx.run_id, records)
@@ -635,7 +651,7 @@ class RunExecutor:
         except TransitionError as exc:  # cancelled while it was collected
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         for record in records:
-            _make_read_only(record.path)
+            _make_read_only(ctx.run_id, record.root or layout.root, record.path)
         # One record for a successful attempt of a job that started at once: each record
         # goes to the Prefect server and cost about 2 ms per run here (bench/README.md).
         _log().info(
@@ -666,8 +682,10 @@ class RunExecutor:
         submitted one's request is recorded already). A failure of a kind no retry can
         mend ends the run's retries.
         """
-        logs = [*(captured or []), *preserve_failed_logs(ctx.layout, attempt)]
-        records = checksum_outputs(logs)
+        moved, unpreserved = preserve_failed_logs(ctx.layout, attempt)
+        if unpreserved:
+            reason = "; ".join([reason, *unpreserved])
+        records = checksum_outputs([*(captured or []), *moved])
         values: dict[str, object] = {"failure_reason": reason, "failure_kind": kind}
         if requested is not None:
             values["requested_resources"] = resources_json(requested)
@@ -730,7 +748,27 @@ def _first_command(ctx: RunContext, spec: JobSpec) -> dict[str, str]:
     return {} if ctx.execution_command else {"execution_command": display_command(spec)}
 
 
-def _make_read_only(path: Path) -> None:
-    """Drop write permission: registered products are immutable (hard links share it)."""
-    mode = path.stat().st_mode
-    os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+def _captured_log(layout: RunLayout, attempt: int) -> tuple[list[OutputFile], str | None]:
+    """Return the attempt's captured log as a LOG product, or why it is not one (never followed)."""
+    log = layout.attempt_log(attempt)
+    try:
+        kind = unexpected_kind(layout.root, log)
+    except UnsafeEntryError as exc:
+        return [], f"the attempt log {shown(log)} was not read: {exc}"
+    if kind is not None:
+        return [], f"the attempt log {shown(log)} was replaced by {kind}; it was not read"
+    if not os.path.lexists(log):
+        return [], None
+    return [OutputFile(log, DataProductType.LOG, root=layout.root)], None
+
+
+def _make_read_only(run_id: int, root: Path, path: Path) -> None:
+    """Drop write permission: registered products are immutable (hard links share it).
+
+    Through a descriptor reached without following links; a product something replaced
+    after it was verified is left alone and named.
+    """
+    try:
+        make_read_only(root, path)
+    except (UnsafeEntryError, OSError) as exc:
+        _log().warning("run %s: product not made read-only: %s", run_id, exc)

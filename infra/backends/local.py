@@ -38,6 +38,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -112,7 +113,10 @@ class LocalBackend(Backend):
         """Start the job in a new session, with its output in `spec.log_path`."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        rusage = spec.log_path.with_name(spec.log_path.name + ".rusage")
+        # GNU time writes here: in the backend's own directory, which no job can write,
+        # not beside the log (a link planted there would redirect the write).
+        rusage = self.state_dir / f"{spec.name.replace('/', '_')}.rusage"
+        rusage.unlink(missing_ok=True)
         argv = list(spec.argv)
         program = _which(argv[0], spec.env.get("PATH", os.defpath))
         if program is None:
@@ -123,7 +127,7 @@ class LocalBackend(Backend):
         isolation = namespace_prefix() if GNU_TIME is not None else []
         if GNU_TIME is not None:  # not --quiet: it records "Command terminated by signal N"
             argv = [*isolation, GNU_TIME, "--format", "%M", "--output", str(rusage), *argv]
-        with spec.log_path.open("ab") as log:
+        with _append_log(spec.log_path, spec.name) as log:
             try:
                 process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
                     argv,
@@ -393,6 +397,23 @@ def _unwatched_end(record: _Record) -> _Record | None:
     else:
         record.state, record.reason = JobState.FAILED.value, exit_reason(code)
     return record
+
+
+def _append_log(path: Path, name: str) -> Any:
+    """Open the job's log for appending: a regular file only, never through a final link.
+
+    The log lives in a directory the job writes: a link or FIFO an earlier attempt left
+    at its name must not redirect the next job's output to a host file.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise BackendError(f"cannot open the log {path} of job {name}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BackendError(f"the log {path} of job {name} is not a regular file; it is not used")
+    return os.fdopen(fd, "ab")
 
 
 def _signalled(rusage_path: str) -> int | None:

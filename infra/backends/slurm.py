@@ -78,6 +78,10 @@ mapfile -d '' -t meta <"$task/meta" || exit 125
 mapfile -d '' -t envs <"$task/env" || exit 125
 mapfile -d '' -t argv <"$task/argv" || exit 125
 cd -- "${meta[0]}" || exit 125
+# The log is in a directory earlier jobs could write: never append through a link.
+if [[ -L ${meta[1]} || ( -e ${meta[1]} && ! -f ${meta[1]} ) ]]; then
+    echo "ccat-wm: the log ${meta[1]} is not a regular file; not used" >&2; exit 125
+fi
 exec >>"${meta[1]}" 2>&1
 for kv in "${envs[@]}"; do export -- "$kv"; done
 exec -- "${argv[@]}"

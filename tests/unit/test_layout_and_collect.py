@@ -98,11 +98,16 @@ def test_every_contract_violation_is_reported_with_its_file(tmp_path: Path) -> N
     assert len(info.value.problems) == 6
 
 
-def test_a_symlink_inside_the_output_directory_is_allowed(tmp_path: Path) -> None:
+def test_a_symlink_inside_the_output_directory_is_an_alias_kept_but_not_registered(
+    tmp_path: Path,
+) -> None:
+    """A link is judged by its text, never followed: the file it names is the product."""
     run = layout(tmp_path, final=True)
     (run.output / "science" / "a.dat").write_text("a")
     (run.output / "science" / "latest").symlink_to(run.output / "science" / "a.dat")
-    assert sorted(o.path.name for o in scan_outputs(run)) == ["a.dat", "latest"]
+    (run.output / "science" / "relative").symlink_to("a.dat")
+    assert sorted(o.path.name for o in scan_outputs(run)) == ["a.dat"]
+    assert (run.output / "science" / "latest").is_symlink()
 
 
 def test_collection_opens_only_regular_files_and_names_every_broken_rule(
@@ -147,7 +152,7 @@ def test_hashing_a_file_replaced_by_a_pipe_fails_at_once_naming_it(tmp_path: Pat
     outputs = scan_outputs(run)
     product.unlink()
     os.mkfifo(product)  # swapped in after the scan: opened without blocking, refused
-    with pytest.raises(ContractViolationError, match=r"map\.fits: a named pipe"):
+    with pytest.raises(ContractViolationError, match=r"map\.fits: was replaced by a named pipe"):
         checksum_outputs(outputs)
 
 
