@@ -86,7 +86,10 @@ def open_dir(root: Path, rel: Path | str = "", *, create: bool = False) -> Itera
     or a non-directory on the way raises `UnsafeEntryError` naming it.
     """
     with ExitStack() as stack:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UnsafeEntryError(root, "is missing") from None
         stack.callback(os.close, fd)
         here = root
         for part in _parts(root, rel):

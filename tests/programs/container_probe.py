@@ -13,6 +13,13 @@ passes its source as a config parameter, `python3 -c <source> MODE ARG`).
 - `allocate MB`: touches MB megabytes of memory for 3 s (the batch system samples it
   every second), then writes a product.
 - `hold MB`: touches MB megabytes, ignores SIGTERM and sleeps (to be cancelled).
+- Hostile modes, ARG a JSON object with a host directory `dir` and a host file `file`
+  (paths the container cannot see; its links name them all the same):
+  `plant-logs` leaves a software log, links the run's log directory for its failed
+  attempt (`logs/<step>-attempt-0`) to `dir` and the next attempt's log to `file`, then
+  fails; `swap-log` writes a product and replaces its own attempt log by a link to
+  `file`; `link-output` replaces `$WORKFLOW_OUTPUT_DIR` by a link to `dir`.
+- `ok`: writes one science product.
 """
 
 import json
@@ -64,6 +71,29 @@ def isolation(arg):
     (out / "probe.json").write_text(json.dumps(seen, indent=1, sort_keys=True))
 
 
+def hostile(mode, host, out):
+    """Plant what a hostile step program could, to make the manager reach the host."""
+    step = json.loads(Path(os.environ["WORKFLOW_MANIFEST"]).read_text())["step"]
+    logs = Path(os.environ["WORKFLOW_DIR"]) / "logs"
+    if mode == "plant-logs":
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "logs" / "tool.log").write_text("the software's own log")
+        os.symlink(host["dir"], logs / f"{step}-attempt-0")
+        os.symlink(host["file"], logs / f"{step}-attempt-1.log")
+        sys.exit(1)
+    if mode == "swap-log":
+        (out / "science").mkdir(parents=True, exist_ok=True)
+        (out / "science" / "map.fits").write_bytes(b"SIMPLE")
+        log = logs / f"{step}-attempt-0.log"
+        os.unlink(log)
+        os.symlink(host["file"], log)
+    elif mode == "link-output":
+        for entry in list(out.iterdir()):
+            entry.rmdir()
+        out.rmdir()
+        os.symlink(host["dir"], out)
+
+
 def main():
     mode, arg = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
     out = Path(os.environ["WORKFLOW_OUTPUT_DIR"])
@@ -77,6 +107,11 @@ def main():
         science = Path(os.environ["WORKFLOW_DIR"]) / "science"
         science.mkdir(parents=True, exist_ok=True)
         (science / "map.fits").write_bytes(b"SIMPLE")
+    elif mode in ("plant-logs", "swap-log", "link-output"):
+        hostile(mode, json.loads(arg), out)
+    elif mode == "ok":
+        (out / "science").mkdir(parents=True, exist_ok=True)
+        (out / "science" / "ok.txt").write_text("ok")
     elif mode == "hold":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         block = bytearray(int(arg.split(":")[0]) << 20)

@@ -172,9 +172,7 @@ def test_a_replaced_attempt_log_is_named_and_never_read(run: RunLayout, host: Pa
         open_regular(run.root, log)
 
 
-def test_reset_removes_a_planted_output_link_not_what_it_names(
-    run: RunLayout, host: Path
-) -> None:
+def test_reset_removes_a_planted_output_link_not_what_it_names(run: RunLayout, host: Path) -> None:
     os.rmdir(run.output)
     run.output.symlink_to(host)
     reset_output(run)
