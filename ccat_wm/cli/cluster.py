@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -61,3 +62,10 @@ def gc(location: str | None, dry_run: bool, as_json: bool) -> None:
         click.echo(json.dumps([r.as_dict() for r in report], indent=2))
     else:
         click.echo(render_gc_table(report))
+    for removal in report:
+        for warning in removal.warnings:
+            click.echo(f"warning: {removal.location}: {warning}", err=True)
+        if removal.error:
+            click.echo(f"error: {removal.location}: gc failed there: {removal.error}", err=True)
+    if any(r.error for r in report):
+        sys.exit(1)

@@ -203,8 +203,9 @@ def render_gc_table(report: Sequence[Removal]) -> str:
         "bytes_freed", "products_kept",
     )  # fmt: skip
     rows = [
-        (r.location, r.staged_copies, r.completed_workspaces, r.failed_run_directories,
-         r.files_removed, f"{r.bytes_freed:,}", r.products_kept)
+        (r.location + (" (FAILED, see below)" if r.error else ""), r.staged_copies,
+         r.completed_workspaces, r.failed_run_directories, r.files_removed,
+         f"{r.bytes_freed:,}", r.products_kept)
         for r in report
     ]  # fmt: skip
     verb = "would free" if report[0].dry_run else "freed"

@@ -12,13 +12,20 @@ What is removed, per processing location:
   setting, default 14) after the run ended: everything but its registered products
   (the logs of its attempts).
 
-Never removed: a registered product's file, anything outside the run directories and
+Never removed: a file recorded as a product (of any run: each candidate is looked up
+in the product table by its path and by its real path, so a location whose `path` was
+respelled through a symlink still protects its products), a file whose place below its
+run directory is that of one of the run's products while its real path is not (the
+location's directory looks moved: it is kept and reported as a warning, in `--dry-run`
+too), anything outside the run directories and
 the staging cache (archive copies live elsewhere; a run's `input/` holds hard links or
 private copies, and removing a link never changes the file it shares), and anything of
 a run that is PENDING or in flight. Runs are chosen and locked (`FOR UPDATE`) in one
 transaction that also records what was removed (`run_cleanup`), so a run whose status
 changes meanwhile is left alone, and a run is cleaned once. Symbolic links are removed,
-never followed. `bytes_freed` counts files whose last link was removed.
+never followed. `bytes_freed` counts files whose last link was removed. A location whose
+pass fails (its disk unreadable, say) is reported with its error, and the other
+locations are still processed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, insert, or_, select
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Engine,
+    String,
+    and_,
+    any_,
+    delete,
+    exists,
+    insert,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
@@ -58,6 +79,10 @@ class Removal:
     products_kept: int = 0
     """Registered product files found inside what was removed, and left in place."""
     runs: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Files kept because they look registered although no record names them."""
+    error: str | None = None
+    """Why this location's pass failed (nothing of it was recorded as removed)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -71,6 +96,8 @@ class Removal:
             "bytes_freed": self.bytes_freed,
             "products_kept": self.products_kept,
             "runs": self.runs,
+            "warnings": self.warnings,
+            "error": self.error,
         }
 
 
@@ -130,14 +157,42 @@ def _finished_runs(conn: Connection, location: _Location, now: dt.datetime) -> l
     return list(conn.execute(query))
 
 
-def _product_paths(conn: Connection, run_ids: list[int]) -> set[Path]:
+@dataclass(frozen=True, slots=True)
+class _Registered:
+    """What gc must not remove among the files of the runs it cleans."""
+
+    real_paths: set[str]
+    """Real paths of the products of the runs being cleaned."""
+    places: dict[tuple[int, str], str]
+    """(run id, path below `run-<id>/`) -> the stored path, for each of those products."""
+
+
+def _registered(conn: Connection, run_ids: list[int]) -> _Registered:
     if not run_ids:
+        return _Registered(set(), {})
+    product = m.DataProduct
+    rows = conn.execute(
+        select(product.executed_reduction_step_id, product.file_path).where(
+            product.executed_reduction_step_id.in_(run_ids)
+        )
+    )
+    real, places = set(), {}
+    for run_id, path in rows:
+        real.add(os.path.realpath(path))
+        below = path.partition(f"/run-{run_id}/")[2]
+        if below:
+            places[(run_id, below)] = path
+    return _Registered(real, places)
+
+
+def _recorded_anywhere(conn: Connection, paths: list[Path]) -> set[str]:
+    """Which of these paths (or their real paths) the product table records, for any run."""
+    spellings = {str(p) for p in paths} | {os.path.realpath(p) for p in paths}
+    if not spellings:
         return set()
     product = m.DataProduct
-    paths = conn.scalars(
-        select(product.file_path).where(product.executed_reduction_step_id.in_(run_ids))
-    )
-    return {Path(p) for p in paths}
+    wanted = literal(sorted(spellings), ARRAY(String()))  # one parameter, any count
+    return set(conn.scalars(select(product.file_path).where(product.file_path == any_(wanted))))
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -173,24 +228,39 @@ def _prune_empty(root: Path) -> None:
 
 
 def _clean_run(
-    root: Path, completed: bool, products: set[Path], removal: Removal
+    conn: Connection, run: tuple[int, Path, bool], registered: _Registered, removal: Removal
 ) -> tuple[int, int]:
     """Remove what the policy removes of one run's directory; return (files, bytes)."""
+    run_id, root, completed = run
     before = (removal.files_removed, removal.bytes_freed)
-    if not root.is_dir():
+    if not root.is_dir() or root.is_symlink():
         return 0, 0
     tops = [
         child for child in root.iterdir()
         if not (completed and child.name in KEPT_IN_A_COMPLETED_RUN)
     ]  # fmt: skip
+    candidates = [
+        path
+        for top in tops
+        for path in ([top] if top.is_symlink() or not top.is_dir() else list(_files(top)))
+    ]
+    recorded = _recorded_anywhere(conn, candidates)
     doomed: list[Path] = []
-    for top in tops:
-        candidates = [top] if top.is_symlink() or not top.is_dir() else list(_files(top))
-        for path in candidates:
-            if path in products:
-                removal.products_kept += 1
-            else:
-                doomed.append(path)
+    for path in candidates:
+        real = os.path.realpath(path)
+        if real in registered.real_paths or str(path) in recorded or real in recorded:
+            removal.products_kept += 1
+            continue
+        stored = registered.places.get((run_id, str(path.relative_to(root))))
+        if stored is not None:  # where a product of this run belongs, yet not that file
+            removal.products_kept += 1
+            removal.warnings.append(
+                f"kept {path}: it is where run {run_id}'s product {stored} belongs, but the "
+                "two paths are not the same file; has the location's directory moved? "
+                "(see `ccat-wm apply` on changing a location's path)"
+            )
+            continue
+        doomed.append(path)
     _remove(doomed, removal)
     if not removal.dry_run:
         for top in tops:
@@ -203,12 +273,12 @@ def _clean_run(
 
 def _clean_runs(conn: Connection, location: _Location, now: dt.datetime, removal: Removal) -> None:
     runs = _finished_runs(conn, location, now)
-    products = _product_paths(conn, [r.id for r in runs])
+    registered = _registered(conn, [r.id for r in runs])
     records = []
     for run_id, status, key, pipeline in runs:
         completed = status is m.RunStatus.COMPLETED
         root = run_root(location.path, pipeline, key, run_id)
-        files, freed = _clean_run(root, completed, products, removal)
+        files, freed = _clean_run(conn, (run_id, root, completed), registered, removal)
         if completed:
             removal.completed_workspaces += 1
         else:
@@ -269,8 +339,11 @@ def collect_garbage(
     report = []
     for place in places:
         removal = Removal(place.name, dry_run)
-        with engine.begin() as conn:
-            _clean_runs(conn, place, moment, removal)
-            _clean_staging(conn, place, removal)
+        try:
+            with engine.begin() as conn:
+                _clean_runs(conn, place, moment, removal)
+                _clean_staging(conn, place, removal)
+        except (OSError, CcatWmError, SQLAlchemyError) as exc:  # the next location still runs
+            removal = Removal(place.name, dry_run, error=f"{type(exc).__name__}: {exc}"[:2000])
         report.append(removal)
     return report

@@ -121,6 +121,17 @@ def load_catalog(session: Session) -> DbCatalog:
         .group_by(m.Pipeline.name, m.ReductionStep.name)
     )
     catalog.step_run_counts = {(p, s): n for p, s, n in session.execute(runs)}
+    place, run = m.DataLocation, m.ExecutedReductionStep
+    with_runs = (
+        select(place.name, place.path, func.count(run.id))
+        .join(m.Pipeline, m.Pipeline.processing_location_id == place.id)
+        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
+        .join(run, run.reduction_step_id == m.ReductionStep.id)
+        .group_by(place.name, place.path)
+    )
+    catalog.location_paths_with_runs = {
+        name: (path, n) for name, path, n in session.execute(with_runs)
+    }
     sw, version, run = m.ReductionSoftware, m.ReductionSoftwareVersion, m.ExecutedReductionStep
     used = (
         select(

@@ -6,6 +6,7 @@ reference may point at an object in any of the files being applied or in the DB.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class DbCatalog:
     """Location name -> its backend and runtime."""
     version_kinds: dict[str, dict[str, ImageKind]] = field(default_factory=dict)
     """Software name -> version tag -> what its image is."""
+    location_paths_with_runs: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Processing location name -> its stored path and how many runs it has (runs > 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,30 @@ class _Checker:
             for v in versions:
                 tags[v.tag] = v.is_latest
         return merged
+
+    def check_location_paths(self) -> None:
+        """Refuse moving a location that has runs: their records name files under its path.
+
+        A respelling that resolves to the same directory (a symlink alias) is accepted;
+        so is a move done as the refusal describes (the old path left as a link to the new
+        directory), since both spellings then resolve to the same place.
+        """
+        for spec, index, location in self.each("locations"):
+            known = self.db.location_paths_with_runs.get(location.name)
+            if known is None or location.path is None or location.path == known[0]:
+                continue
+            old, runs = known
+            if same_directory(old, location.path):
+                continue
+            self.add(
+                spec,
+                ("locations", index, "path"),
+                f"location {location.name!r} has {runs} run(s) whose files and records are "
+                f"under {old!r}; path {location.path!r} is a different directory. To move a "
+                f"location: stop its pipelines, move the directory, leave a symlink at {old!r} "
+                "pointing to the new one, then change `path` (accepted once both resolve to "
+                "the same directory); or add a new location for new runs",
+            )
 
     def check_used_images(self) -> None:
         """Refuse an edit of a used version's image (repository or digest): it never changes."""
@@ -344,6 +371,15 @@ def validate_bundle(loaded: Sequence[LoadedSpec], db: DbCatalog) -> None:
     checker.check_configs()
     checker.check_groupings()
     checker.check_used_images()
+    checker.check_location_paths()
     checker.check_pipelines()
     if checker.problems:
         raise SpecError(checker.problems)
+
+
+def same_directory(a: str, b: str) -> bool:
+    """Whether two spellings of a path resolve to the same existing directory."""
+    try:
+        return os.path.samefile(a, b) and os.path.isdir(a)
+    except OSError:
+        return False
