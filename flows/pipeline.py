@@ -22,13 +22,14 @@ from prefect import Flow, flow, get_run_logger, tags
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.control import abandon_unstarted_runs, cancel_flow_run
 from ccat_wm.execution.ownership import hold_ownership
+from ccat_wm.execution.stopping import reinstall, stop_requested, stop_signal
 from ccat_wm.execution.waves import WaveItem, first_runs
 from ccat_wm.settings import load_settings
 from tasks.runs import (
@@ -109,7 +110,15 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
             )
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     for future in futures:
-        future.wait()
+        if not _wait(future):  # the command is stopping: task runs not begun never will
+            for queued in futures:
+                queued.wrapped_future.cancel()  # only those a thread has not taken yet
+            if not future.wrapped_future.cancelled():
+                future.wait()  # a begun one sees the stop within a poll and returns
+        if future.wrapped_future.cancelled():
+            counts["cancelled"] += 1
+            continue
+        future.wait()  # done: keeps the task run's final state
         state = future.state
         if state.is_failed() or state.is_crashed():
             counts["failed"] += 1
@@ -165,6 +174,25 @@ def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
     return out
 
 
+def _wait(future: Any) -> bool:
+    """Wait for a task run; False as soon as the command was asked to stop."""
+    while not stop_requested():
+        if future.wrapped_future.done():
+            return True
+        future.wait(0.2)
+    return future.wrapped_future.done()
+
+
+def _stopped_state(counts: dict[str, int]) -> State[Any]:
+    """Return the flow run's end after SIGTERM or Ctrl-C: Cancelled, saying what was left."""
+    signal_name = stop_signal().name if stop_signal() else "a signal"  # type: ignore[union-attr]
+    return Cancelled(
+        message=f"stopped by {signal_name}: {counts['completed']} run(s) completed, "
+        f"{counts['cancelled']} left in flight or not started for the next flow run of the "
+        "pipeline to adopt (their jobs keep running); `ccat-wm cancel RUN_ID` stops one"
+    )
+
+
 def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """On cancellation in Prefect: cancel the flow run's unfinished runs and their jobs.
 
@@ -172,6 +200,8 @@ def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any
     stopped the process). When neither can run it, the next trigger tick does the same.
     """
     del flow, state
+    if stop_requested():  # this process stopped on a signal: its runs are left for adoption
+        return
     cancel_flow_run(executor().engine, str(flow_run.id))
 
 
@@ -214,6 +244,7 @@ def pipeline_flow(
     `started_by` only names the flow run.
     """
     del started_by
+    reinstall()  # a foreground command's graceful stop, over the engine's SIGTERM handler
     claim_as = str(flow_run.id)
     # Owned while this process lives; a later flow run adopts the runs if it dies.
     with hold_ownership(executor().engine, claim_as):
@@ -236,6 +267,8 @@ def pipeline_flow(
         finally:
             close_pools(claim_as)
         publish_artifacts(pipeline, claim_as)
+    if stop_requested():
+        return _stopped_state(counts)
     if counts["failed"]:
         message = f"{counts['failed']} of {len(items)} sub-group run(s) failed"
         # An exception as the data: a worker's engine raises it (a dict cannot be raised).

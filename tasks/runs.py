@@ -32,6 +32,7 @@ from ccat_wm.execution.failure import failure_message
 from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
+from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
@@ -179,7 +180,7 @@ def run_tags(pipeline: str, step: str, location: str) -> list[str]:
     task_run_name=_sub_group_task_run_name,
     retry_condition_fn=_retry_when_the_run_is_pending_again,
 )
-def run_sub_group(
+def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt ends
     pipeline: str,
     step: str,
     sub_group_key: str,
@@ -197,6 +198,8 @@ def run_sub_group(
     its job's log as the message.
     """
     logger = get_run_logger()
+    if stop_requested():  # a claimed run stays PENDING: the next flow run adopts it
+        return Cancelled(message=f"run {run_id}: not started; the command was stopped")
     if run_id is None:
         with executor().session() as session, session.begin():
             run_id = claim_follow_up(
@@ -210,12 +213,19 @@ def run_sub_group(
         slots.skip()
         logger.info("not due after its upstream runs; nothing to run")
         return RunOutcome(0, RunStatus.PENDING, 0, "not due")
-    with slots.slot(run_id) as held, run_logging(logger):
-        try:
-            outcome = executor().run_attempt(run_id)
-        except SQLAlchemyError as exc:  # the run is marked FAILED; say why without the SQL
-            raise RunFailedError(f"run {run_id}: {describe(exc)}") from None
-        held.done = not outcome.will_retry
+    try:
+        with slots.slot(run_id) as held, run_logging(logger):
+            try:
+                outcome = executor().run_attempt(run_id)
+            except StopRequestedError as exc:  # a job in flight runs on; so does its slot
+                held.kept = exc.in_flight
+                raise
+            except SQLAlchemyError as exc:  # the run is marked FAILED; say why without the SQL
+                raise RunFailedError(f"run {run_id}: {describe(exc)}") from None
+            held.done = not outcome.will_retry
+    except StopRequestedError as exc:  # left for the next flow run of the pipeline to adopt
+        logger.warning("run %s: %s", run_id, exc)
+        return Cancelled(message=f"run {run_id}: {exc}")
     if outcome.will_retry:
         return Failed(
             name=ATTEMPT_FAILED,

@@ -35,6 +35,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.settings import get_current_settings
 
 from ccat_wm.errors import ConfigurationError
+from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.settings import load_settings
 
 LEASE_S = load_settings().slot_lease_s
@@ -89,12 +90,18 @@ _RENEWER = _Renewer()
 
 
 class SlotUse:
-    """One use of a slot; `done` is False when its run will make another attempt."""
+    """One use of a slot; `done` is False when its run will make another attempt.
 
-    __slots__ = ("done",)
+    `kept`: the run was left in flight (the command is stopping) with its job still
+    running, so its slot is never handed back by this process (its lease lapses once
+    the process is gone; the flow run that adopts the run takes a slot of its own).
+    """
+
+    __slots__ = ("done", "kept")
 
     def __init__(self) -> None:
         self.done = True
+        self.kept = False
 
 
 class StepSlots:
@@ -120,6 +127,8 @@ class StepSlots:
         """Slots `reserve` took for runs (by run id) that their task runs will use."""
         self._cond = threading.Condition()
         self._acquiring = threading.BoundedSemaphore(MAX_ACQUIRING)
+        self._kept: set[UUID] = set()
+        """Leases with a slot of a run left in flight: never released by this process."""
 
     @contextlib.contextmanager
     def slot(self, run_id: int | None = None) -> Iterator[SlotUse]:
@@ -137,7 +146,11 @@ class StepSlots:
         try:
             yield use
         finally:
-            self._give_back(lease, done=use.done)
+            if use.kept:
+                with self._cond:
+                    self._kept.add(lease)
+            else:
+                self._give_back(lease, done=use.done)
 
     def reserve(self, run_ids: list[int]) -> list[int]:
         """Take slots for as many of these runs as the limit allows now, in one lease.
@@ -167,6 +180,8 @@ class StepSlots:
         """Take a free pooled slot, else a new one from Prefect (never beyond the limit)."""
         backoff = 0.05
         while True:
+            if stop_requested():  # the command is stopping: this run will not start
+                raise StopRequestedError("not started: the command was stopped")
             with self._cond:
                 lease = next(iter(self._free), None)  # leases with a free slot only
                 if lease is not None:
@@ -256,9 +271,9 @@ class StepSlots:
             self._release(unused)
 
     def close(self) -> None:
-        """Give every slot still held back to Prefect."""
+        """Give every slot still held back to Prefect, but those of runs left in flight."""
         with self._cond:
-            leases = list(self._held)
+            leases = [lease for lease in self._held if lease not in self._kept]
             self._held, self._free, self._reserved = {}, Counter(), {}
             self._held_slots = 0
         for lease in leases:

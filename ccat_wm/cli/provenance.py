@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ccat_wm.cli.render import (
     render_reproduce,
     render_verify,
 )
+from ccat_wm.execution import stopping
 from ccat_wm.execution.control import product_lineage
 from ccat_wm.execution.invalidation import Target, TargetKind, undo_invalidation
 from ccat_wm.execution.invalidation import invalidate as mark_invalid
@@ -90,11 +92,15 @@ def reproduce(product: str, as_json: bool, keep: Path | None) -> None:
         )
     scratch = keep or Path(tempfile.mkdtemp(prefix="ccat-reproduce-"))
     scratch.mkdir(parents=True, exist_ok=True)
+    stopping.arm()
     try:
         with Session(engine()) as session:
             report = reproduce_product(
                 session, product, scratch.resolve(), load_settings(), keep=keep is not None
             )
+    except stopping.StopRequestedError as exc:
+        click.echo(f"stopped: {exc}; nothing was recorded", err=True)
+        sys.exit(stopping.exit_code())
     finally:
         if keep is None:
             shutil.rmtree(scratch, ignore_errors=True)

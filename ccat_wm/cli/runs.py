@@ -6,6 +6,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from ccat_wm.cli.render import (
     render_what_if_json,
 )
 from ccat_wm.errors import CcatWmError
+from ccat_wm.execution import stopping
 from ccat_wm.execution.control import cancel_run
 from ccat_wm.execution.logs import attempt_summary, follow_log, run_log, stream_log
 from ccat_wm.execution.report import run_rows
@@ -45,6 +47,9 @@ def _report_flow_run(pipeline: str, result: FlowRunResult) -> None:
     """Print the runs a flow run executed and what is failed; raise if the flow run failed."""
     click.echo(render_runs_table(result.runs) if result.runs else "no gaps: nothing to run")
     click.echo(f"flow run {result.flow_run_id}: {result.state}")
+    if stopping.stop_requested():
+        click.echo(f"stopped: {result.message}", err=True)
+        sys.exit(stopping.exit_code())
     if result.failed_sub_groups:
         click.echo(
             f"{result.failed_sub_groups} sub-group(s) of {pipeline} failed with their retries "
@@ -112,6 +117,7 @@ def _fail_on_evaluation_errors(errors: dict[str, str]) -> None:
 )
 def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
     """Run a pipeline now (a manual run): every ready gap, or the given sub-groups."""
+    stopping.arm()
     from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only for commands that run flows
 
     result = run_pipeline(engine(), pipeline, sub_groups=_keys(sub_groups) or None, force=force)
@@ -129,6 +135,7 @@ def retry(
     pipeline: str, step: str | None, sub_groups: tuple[str, ...], run_ids: tuple[int, ...]
 ) -> None:
     """Give failed sub-groups (retries exhausted) a fresh retry budget and run them now."""
+    stopping.arm()
     from flows.run import retry_pipeline  # noqa: PLC0415 - loads Prefect
 
     retried, outcome = retry_pipeline(

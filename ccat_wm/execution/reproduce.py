@@ -37,6 +37,7 @@ from ccat_wm.execution.control import product_lineage
 from ccat_wm.execution.launch import build_job, build_manifest, display_command, write_manifest
 from ccat_wm.execution.runner import backend_for
 from ccat_wm.execution.staging import StagedInput, copy_verified, staged_product
+from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.settings import Settings
 from infra.backends import BackendError, JobInfo, JobState
 
@@ -206,9 +207,15 @@ def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str, str]
     spec = build_job(remade, settings, 0)
     spec = dataclasses.replace(spec, name=f"ccat-reproduce-{remade.run_id}-{remade.step}")
     backend = backend_for(remade, settings)
+    if stop_requested():
+        raise StopRequestedError("reproduce stopped before its next job")
     job_id = backend.submit(spec)
     interval = 0.01
     while not (info := backend.status(job_id)).state.finished:
+        if stop_requested():  # nothing to adopt: scratch runs are not in the ops DB
+            backend.cancel(job_id)
+            backend.forget(job_id)
+            raise StopRequestedError(f"reproduce stopped: its job {job_id} was cancelled")
         backend.wait(job_id, interval)
         interval = min(interval * 2, POLL_MAX_S)
     backend.forget(job_id)
@@ -232,6 +239,8 @@ def reproduce_product(
         try:
             write_manifest(remade.layout, build_manifest(remade, _stage(ctx, remade, made)))
             info, command, job_id = _execute(remade, settings)
+        except StopRequestedError:
+            raise
         except (CcatWmError, BackendError, OSError) as exc:
             report.runs.append(
                 RemadeRun(

@@ -92,6 +92,7 @@ from ccat_wm.execution.sizing import (
 )
 from ccat_wm.execution.snapshot import record_snapshot
 from ccat_wm.execution.staging import stage_inputs
+from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.settings import Settings
 from infra.backends import (
     Backend,
@@ -230,6 +231,8 @@ class RunExecutor:
         """
         try:
             outcome = self.attempt(run_id)
+        except StopRequestedError:  # left as it is, for the next flow run to adopt
+            raise
         except Exception as exc:
             self._fail_after_error(run_id, exc)
             raise
@@ -255,6 +258,8 @@ class RunExecutor:
         """
         with self._ahead_lock:
             ahead = self._ahead.pop(run_id, None)
+        if ahead is None and stop_requested():
+            raise StopRequestedError("not started: the command is stopping")
         if isinstance(ahead, BaseException):
             raise ahead
         if ahead is not None:
@@ -292,6 +297,8 @@ class RunExecutor:
         in this process, which follows the job from there. Runs no longer PENDING are left
         to `attempt`. Returns how many jobs were submitted.
         """
+        if stop_requested():
+            return 0
         staged = self._in_threads(self._stage_ahead, list(run_ids))
         groups: dict[int, list[tuple[RunContext, Backend, _StagedJob]]] = {}
         for entry in staged:
@@ -299,6 +306,8 @@ class RunExecutor:
                 groups.setdefault(id(entry[1]), []).append(entry)
         submitted = 0
         for group in groups.values():
+            if stop_requested():  # staged, not submitted: the adopting run submits them
+                break
             backend = group[0][1]
             try:
                 results = backend.submit_many([job.spec for _, _, job in group])
@@ -385,6 +394,8 @@ class RunExecutor:
         job = self._stage_job(ctx, attempt, conn, backend)
         if isinstance(job, RunOutcome):
             return job
+        if stop_requested():  # staged, never submitted: the adopting run submits it
+            raise StopRequestedError("staged, not submitted: the command is stopping")
         try:
             job_id = backend.submit(job.spec)
         except (CcatWmError, BackendError, OSError, ValueError) as exc:
@@ -582,6 +593,12 @@ class RunExecutor:
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:
             while True:
+                if stop_requested():
+                    raise StopRequestedError(
+                        f"left in flight with job {job_id} running, "
+                        "for the next run of the pipeline to adopt",
+                        in_flight=True,
+                    )
                 info = backend.status(job_id)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + CANCEL_CHECK_S
