@@ -24,7 +24,7 @@ from ccat_wm.execution.control import product_lineage
 from ccat_wm.execution.invalidation import Target, TargetKind, undo_invalidation
 from ccat_wm.execution.invalidation import invalidate as mark_invalid
 from ccat_wm.execution.prov_export import product_prov
-from ccat_wm.execution.reproduce import reproduce_product
+from ccat_wm.execution.reproduce import keep_problem, reproduce_product
 from ccat_wm.execution.verify import verify as verify_files
 from ccat_wm.settings import load_settings
 
@@ -86,6 +86,11 @@ def reproduce(product: str, as_json: bool, keep: Path | None) -> None:
     products as re-made); nothing is written to the ops DB. Exits 1 unless every file
     the final run recorded comes out bit-identical.
     """
+    if keep is not None:
+        with Session(engine()) as session:
+            problem = keep_problem(session, keep)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--keep")
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise click.BadParameter(
             f"{keep} is not empty; give a new or empty directory", param_hint="--keep"

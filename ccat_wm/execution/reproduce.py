@@ -222,6 +222,26 @@ def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str, str]
     return info, display_command(spec), job_id
 
 
+def keep_problem(session: Session, keep: Path) -> str | None:
+    """Say why `keep` cannot hold a re-execution (None: it can).
+
+    A kept scratch directory must be outside every location (the archive, every run
+    tree, every staging cache): reproduce writes runs there that the ops DB does not
+    know, which `gc` could remove and a person could take for registered products.
+    Real paths are compared, so a symlinked spelling of a location is found too.
+    """
+    real = Path(os.path.realpath(keep))
+    rows = session.execute(select(m.DataLocation.name, m.DataLocation.path)).all()
+    for name, path in sorted(rows):
+        place = Path(os.path.realpath(path))
+        if real == place or place in real.parents:
+            return (
+                f"{keep} is inside location {name!r} ({path}); give a directory outside "
+                "every location: reproduce never writes into the archive or a run tree"
+            )
+    return None
+
+
 def reproduce_product(
     session: Session, product: str, scratch: Path, settings: Settings, *, keep: bool
 ) -> ReproduceReport:

@@ -12,6 +12,7 @@ runs and starts the third: each job ran exactly once.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import subprocess
 import time
@@ -23,8 +24,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.execution.runner import RunExecutor
+from ccat_wm.execution.waves import prepare_wave
+from ccat_wm.settings import Settings
 from tests.flows.conftest import setup_pipeline, tool_step
-from tests.helpers import CCAT_WM, run_cli, wait_until
+from tests.helpers import CCAT_WM, run_cli, wait_gone, wait_until
 
 RUN = m.ExecutedReductionStep
 
@@ -189,3 +193,66 @@ def test_a_second_ctrl_c_exits_at_once_and_leaves_no_prefect_server(
     rerun = run_cli(env, "run", "twice", timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _statuses(engine) == ["COMPLETED"] * 2
+
+
+def _complete_one_run(engine: Engine, tmp_path: Path, release: Path, track: Path) -> str:
+    """Run a one-step pipeline's single run (no Prefect); return its science product's path."""
+    step = tool_step(
+        "reduce", parameters={"mode": "wait", "arg": str(release), "track": str(track)}
+    )
+    setup_pipeline(engine, tmp_path, [step], scans=1, name="remake")
+    with Session(engine) as session, session.begin():
+        wave = prepare_wave(session, "remake", dt.datetime.now(dt.UTC), claim_as="t", manual=True)
+    (run_id,) = [i.run_id for i in wave.items if i.run_id is not None]
+    release.touch()
+    assert RunExecutor(engine, Settings()).execute(run_id).status is m.RunStatus.COMPLETED
+    with Session(engine) as session:
+        return session.scalars(
+            select(m.DataProduct.file_path).where(
+                m.DataProduct.data_product_type == m.DataProductType.SCIENCE
+            )
+        ).one()
+
+
+def test_sigterm_stops_reproduce_and_cancels_its_job(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Nothing of a re-execution is kept: its job is stopped and the scratch removed."""
+    release, track, scratch = tmp_path / "release", tmp_path / "track", tmp_path / "tmp"
+    track.mkdir()
+    scratch.mkdir()
+    product = _complete_one_run(engine, tmp_path, release, track)
+    release.unlink()  # the re-execution waits for it
+    env = cli_env | {"TMPDIR": str(scratch)}
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        command = subprocess.Popen(
+            [CCAT_WM, "reproduce", product], env=env, text=True, stdout=out, stderr=err
+        )
+    command.outputs = tmp_path  # type: ignore[attr-defined]
+    wait_until("the re-execution's job to start", lambda: len(_starts(track)) == 2)
+    command.send_signal(signal.SIGTERM)
+    out, err, took = _finish(command, 60)
+    assert took <= 10, f"exited {took:.1f} s after SIGTERM"
+    assert command.returncode == 143, out + err
+    assert "Traceback" not in out + err, err
+    assert "stopped: reproduce stopped: its job" in err and "was cancelled" in err, err
+    wait_gone(f"--track {track}", timeout=10)  # the re-execution's job is gone
+    assert list(scratch.iterdir()) == []  # its scratch directory too
+
+
+def test_reproduce_keep_refuses_the_archive_and_run_trees(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    release, track = tmp_path / "release", tmp_path / "track"
+    track.mkdir()
+    product = _complete_one_run(engine, tmp_path, release, track)
+    for inside in (tmp_path / "archive" / "remade", tmp_path / "runs" / "remade"):
+        done = run_cli(cli_env, "reproduce", product, "--keep", str(inside))
+        assert done.returncode != 0
+        assert "--keep" in done.stderr and "inside location" in done.stderr, done.stderr
+        assert not inside.exists()
+    alias = tmp_path / "alias"
+    alias.symlink_to(tmp_path / "runs")
+    done = run_cli(cli_env, "reproduce", product, "--keep", str(alias / "x"))
+    assert done.returncode != 0 and "inside location 'local'" in done.stderr, done.stderr
+    assert len(_starts(track)) == 1  # nothing was re-executed
