@@ -13,6 +13,8 @@ from ccat_ops_db.models.base import Base, CreatedAt, IntPK
 class Invalidation(Base):
     """A raw data package, run or product marked bad, with who, when and why.
 
+    At most one invalidation per target is active (a unique partial index per kind).
+
     An active invalidation (not undone) takes a raw package out of every selection and
     makes every run its data flowed into stop being current (`InvalidatedRun`).
     """
@@ -29,6 +31,15 @@ class Invalidation(Base):
             "ix_invalidation_active_package",
             "raw_data_package_id",
             postgresql_where=text("undone_at IS NULL AND raw_data_package_id IS NOT NULL"),
+        ),
+        *(
+            Index(
+                f"uq_invalidation_active_{column.removesuffix('_id')}",
+                column,
+                unique=True,
+                postgresql_where=text(f"undone_at IS NULL AND {column} IS NOT NULL"),
+            )
+            for column in ("raw_data_package_id", "executed_reduction_step_id", "data_product_id")
         ),
     )
 

@@ -14,7 +14,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, Name, UpdatedAt
@@ -53,6 +53,9 @@ class ReductionStepConfig(Base):
     config_parameters: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     environment_variables: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     command_template: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    secret_env: Mapped[list[str]] = mapped_column(ARRAY(String), default=list, server_default="{}")
+    """Names in `environment_variables` whose values no record may hold (besides the
+    names that look secret; see `ccat_wm.execution.secrets`)."""
     resource_requirements: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]

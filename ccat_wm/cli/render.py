@@ -356,6 +356,8 @@ def render_verify(report: VerifyReport, *, listed: int = 20) -> str:
                 detail = f"expected {f.expected_size} bytes"
             elif f.problem == "size":
                 detail = f"{f.actual_size} bytes, recorded {f.expected_size}"
+            elif f.problem == "not-a-file":
+                detail = f"{f.note} (a regular file was recorded)"
             else:
                 detail = f"sha256 {f.actual_sha256}, recorded {f.expected_sha256}"
             lines.append(f"  {f.path}  ({f.kind} {f.id}): {detail}")

@@ -92,6 +92,8 @@ class RunContext:
     raw_inputs: tuple[RawInput, ...]
     product_inputs: tuple[ProductInput, ...]
     config_name: str = ""
+    secret_env: tuple[str, ...] = ()
+    """Names the config lists as secrets (`ccat_wm.execution.secrets`)."""
     snapshot_recorded: bool = False
     """The run has its snapshot: software, config and resources above are read from it."""
     execution_command: str | None = None
@@ -172,6 +174,7 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
         raw_inputs=() if row.has_upstream else _raw_inputs(session, run_id, row.location_id),
         product_inputs=_product_inputs(session, run_id) if row.has_upstream else (),
         config_name=_recorded(row.s_config, row.config_name),
+        secret_env=tuple(row.secret_env or ()),
         snapshot_recorded=row.s_origin is not None,
         execution_command=row.execution_command,
         image_kind=row.image_kind,
@@ -234,6 +237,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             version.sif_path,
             config.config_parameters,
             config.environment_variables,
+            config.secret_env,
             config.command_template,
             config.resource_requirements,
             config.name.label("config_name"),

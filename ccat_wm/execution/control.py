@@ -16,7 +16,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.lifecycle import TransitionError, transition
 from ccat_wm.execution.ownership import IN_FLIGHT
-from ccat_wm.execution.snapshot import split_secrets
+from ccat_wm.execution.secrets import split_secrets
 
 RUN = m.ExecutedReductionStep
 

@@ -15,6 +15,11 @@ active:
 `undo` records the undo on the invalidation and makes each affected sub-group's latest
 COMPLETED run current again where no newer run has replaced it and no other active
 invalidation covers it.
+
+Invalidations are a set: a target named twice counts once, operators who invalidate
+at the same moment take turns (a transaction-level advisory lock), and the database
+allows one active invalidation per target (a unique partial index per kind), so the
+second of two operators is told the target is already invalidated.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
+
+INVALIDATION_LOCK = 0x0CCA7B1D
+"""Advisory lock taken by `invalidate` and `undo_invalidation` (they take turns)."""
 
 
 class TargetKind(enum.StrEnum):
@@ -198,6 +206,8 @@ def invalidate(
         raise CcatWmError("name what to invalidate: --raw-package, --run or --product ID")
     if not reason.strip():
         raise CcatWmError("--reason must say why the data is bad")
+    targets = list(dict.fromkeys(targets))  # the same target twice is one invalidation
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INVALIDATION_LOCK})
     _check_targets(session, targets)
     already = _active(session, targets)
     if already:
@@ -261,6 +271,8 @@ def undo_invalidation(
     """Undo the active invalidations of `targets` (recorded, never deleted)."""
     if not targets:
         raise CcatWmError("name what to un-invalidate: --raw-package, --run or --product ID")
+    targets = list(dict.fromkeys(targets))
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INVALIDATION_LOCK})
     _check_targets(session, targets)
     active = _active(session, targets)
     missing = [str(t) for t in targets if t not in active]

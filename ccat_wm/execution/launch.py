@@ -25,8 +25,8 @@ from ccat_ops_db import models as m
 from ccat_wm.errors import ConfigurationError
 from ccat_wm.execution.context import RunContext
 from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.secrets import WITHHELD, mask_passwords, split_secrets
 from ccat_wm.execution.sizing import configured_resources
-from ccat_wm.execution.snapshot import split_secrets
 from ccat_wm.execution.staging import StagedInput
 from ccat_wm.settings import Settings
 from infra.backends import JobSpec, Resources
@@ -204,15 +204,16 @@ def job_name(ctx: RunContext, attempt: int) -> str:
     return f"ccat-run-{ctx.run_id}-a{attempt}-{ctx.step}"
 
 
-def display_command(spec: JobSpec) -> str:
+def display_command(spec: JobSpec, secret_env: Sequence[str] = ()) -> str:
     """Return the command as stored in `execution_command` (for reading, never running).
 
     The environment the software gets comes first, as `NAME=value` (a secret's value as
-    `<withheld>`), then the argument list; a job whose image the backend runs itself
-    (Kubernetes) reads `NAME=value ... <image> <command>`.
+    `<withheld>`, a password inside a URL or DSN value too; see `execution.secrets`),
+    then the argument list (passwords in URLs masked); a job whose image the backend
+    runs itself (Kubernetes) reads `NAME=value ... <image> <command>`.
     """
-    public, secret = split_secrets({k: spec.env[k] for k in spec.shown_env if k in spec.env})
-    assignments = [f"{k}={v}" for k, v in public.items()]
-    assignments += [f"{k}=<withheld>" for k in secret]
+    shown = {k: spec.env[k] for k in spec.shown_env if k in spec.env}
+    public, _ = split_secrets(shown, secret_env)
+    assignments = [f"{k}={public.get(k, WITHHELD)}" for k in shown]
     image = [spec.image] if spec.image else []
-    return shlex.join([*assignments, *image, *spec.argv])
+    return shlex.join([*assignments, *image, *(mask_passwords(a) for a in spec.argv)])

@@ -219,7 +219,7 @@ def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str, str]
         backend.wait(job_id, interval)
         interval = min(interval * 2, POLL_MAX_S)
     backend.forget(job_id)
-    return info, display_command(spec), job_id
+    return info, display_command(spec, remade.secret_env), job_id
 
 
 def keep_problem(session: Session, keep: Path) -> str | None:

@@ -762,7 +762,9 @@ def _stuck_reason(job_id: str, info: JobInfo, grace_s: float) -> str:
 
 def _first_command(ctx: RunContext, spec: JobSpec) -> dict[str, str]:
     """`execution_command` to record: the first attempt's; the database keeps it from then on."""
-    return {} if ctx.execution_command else {"execution_command": display_command(spec)}
+    if ctx.execution_command:
+        return {}
+    return {"execution_command": display_command(spec, ctx.secret_env)}
 
 
 def _captured_log(layout: RunLayout, attempt: int) -> tuple[list[OutputFile], str | None]:

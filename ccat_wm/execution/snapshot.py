@@ -4,16 +4,15 @@ Lineage, later attempts and `ccat-wm reproduce` read this copy rather than the
 current config and software rows, so editing a config never rewrites what an old run
 is said to have used; the database refuses any change to it (migration 0005).
 
-Secrets: the value of an environment variable whose name holds one of the words in
-`SECRET_WORDS` (split at `_`, any case: `DB_PASSWORD`, `API_KEY`, `GITHUB_TOKEN`,
-`AWS_SECRET_ACCESS_KEY`) is never copied into a snapshot; only its name is, in
-`withheld_environment`. A later attempt takes such a value from the current config.
+Secrets (`ccat_wm.execution.secrets`): the value of a secret-named variable, of one the
+config lists in `secret_env`, and the password inside a URL or DSN value are never copied
+into a snapshot; the name is, in `withheld_environment`. A later attempt takes such a
+value from the current config.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from functools import lru_cache
 
 from sqlalchemy import Connection, Insert
@@ -21,23 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.context import RunContext
-
-SECRET_WORDS = frozenset(
-    {"SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "KEY", "APIKEY", "CREDENTIAL",
-     "CREDENTIALS", "PRIVATE"}
-)  # fmt: skip
-"""A variable whose name contains one of these words (between underscores) is a secret."""
-
-
-def is_secret_name(name: str) -> bool:
-    """Return whether an environment variable's name marks its value as a secret."""
-    return any(word in SECRET_WORDS for word in name.upper().split("_"))
-
-
-def split_secrets(environment: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Return the variables that may be stored, and the sorted names of the withheld ones."""
-    stored = {k: v for k, v in environment.items() if not is_secret_name(k)}
-    return stored, sorted(k for k in environment if is_secret_name(k))
+from ccat_wm.execution.secrets import split_secrets
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +38,7 @@ def record_snapshot(conn: Connection, ctx: RunContext) -> None:
     """
     if ctx.snapshot_recorded:
         return
-    environment, withheld = split_secrets(ctx.environment)
+    environment, withheld = split_secrets(ctx.environment, ctx.secret_env)
     conn.execute(
         _insert(),
         {

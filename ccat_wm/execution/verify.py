@@ -28,6 +28,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.checksums import sha256_file
 from ccat_wm.execution.collect import SIDECAR
 from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.runtree import UnsafeEntryError, open_regular_path
 from ccat_wm.execution.staging import STAGING_CACHE
 
 _IN_PROGRESS = re.compile(r"^\..+\.tmp-\d+$")
@@ -55,11 +56,14 @@ class Finding:
     kind: str
     id: int
     problem: str
-    """`missing`, `size` or `checksum`."""
+    """`missing`, `size`, `checksum`, or `not-a-file` (a symlink, FIFO or device in its place:
+    never followed, never read)."""
     expected_size: int
     actual_size: int | None = None
     expected_sha256: str = ""
     actual_sha256: str | None = None
+    note: str | None = None
+    """What stands in a `not-a-file` finding's place."""
 
 
 @dataclass(slots=True)
@@ -149,16 +153,18 @@ def watched_directories(session: Session, pipeline: str | None = None) -> list[P
 
 
 def _check(item: Expected) -> Finding | None:
+    """Compare one file with its record; open only a regular file, without following a link."""
     try:
-        size = os.stat(item.path).st_size
+        with open_regular_path(Path(item.path)) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size != item.size:
+                return Finding(item.path, item.kind, item.id, "size", item.size, size, item.sha256)
+            actual = sha256_file(handle)  # type: ignore[arg-type]
     except FileNotFoundError:
         return Finding(item.path, item.kind, item.id, "missing", item.size, None, item.sha256)
-    if size != item.size:
-        return Finding(item.path, item.kind, item.id, "size", item.size, size, item.sha256)
-    try:
-        actual = sha256_file(Path(item.path))
-    except FileNotFoundError:  # removed between stat and open
-        return Finding(item.path, item.kind, item.id, "missing", item.size, None, item.sha256)
+    except UnsafeEntryError as exc:
+        return Finding(item.path, item.kind, item.id, "not-a-file", item.size, None, item.sha256,
+                       note=exc.what)  # fmt: skip
     if actual != item.sha256:
         return Finding(item.path, item.kind, item.id, "checksum", item.size, size, item.sha256,
                        actual)  # fmt: skip

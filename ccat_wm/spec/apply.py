@@ -367,6 +367,7 @@ class _Writer:
             {
                 "config_parameters": config.parameters,
                 "environment_variables": config.environment,
+                "secret_env": list(config.secret_env),
                 "command_template": list(config.command),
                 "resource_requirements": config.resources.model_dump(mode="json"),
             },

@@ -422,12 +422,20 @@ class ConfigSpec(_Strict):
     name: Identifier
     parameters: dict[str, Any] = Field(default_factory=dict)
     environment: dict[EnvName, str] = Field(default_factory=dict)
+    secret_env: list[EnvName] = Field(default_factory=list)
+    """Names in `environment` whose values are secrets although their names do not say so:
+    no record (snapshot, execution command, provenance) holds their values."""
     command: list[str] = Field(min_length=1)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")
     def _placeholders_have_parameters(self) -> ConfigSpec:
-        problems = []
+        problems = [
+            f"secret_env names {name!r}, which environment does not set; expected one of: "
+            f"{', '.join(self.environment) or 'none'}"
+            for name in self.secret_env
+            if name not in self.environment
+        ]
         for index, arg in enumerate(self.command):
             try:
                 parsed = [

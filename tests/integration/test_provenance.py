@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,15 @@ def test_verify_reports_missing_changed_and_unexpected_files(
     staged = [p for p in staged if "/.staging/" in p]
     assert len(products) > 5 and staged
     science = [Path(p) for p in products if "/science/" in p]
+    assert len(science) >= 4
     flipped, shortened, removed = science[0], science[1], Path(products[-1])
+    linked, piped = science[2], science[3]
+    outside = tmp_path / "identical-copy"  # same bytes, outside the run tree: not followed
+    outside.write_bytes(linked.read_bytes())
+    linked.unlink()
+    linked.symlink_to(outside)
+    piped.unlink()
+    os.mkfifo(piped)  # opened without blocking, named, never read
     for path in (flipped, shortened, Path(staged[0])):
         path.chmod(0o644)
     data = bytearray(flipped.read_bytes())
@@ -146,7 +155,9 @@ def test_verify_reports_missing_changed_and_unexpected_files(
     report = json.loads(found.stdout)
     assert [f["path"] for f in report["missing"]] == [str(removed)]
     changed = {f["path"]: f for f in report["changed"]}
-    assert set(changed) == {str(flipped), str(shortened)}
+    assert set(changed) == {str(flipped), str(shortened), str(linked), str(piped)}
+    assert "replaced by a symlink" in changed[str(linked)]["note"]
+    assert "replaced by a named pipe" in changed[str(piped)]["note"]
     assert changed[str(flipped)]["problem"] == "checksum"
     assert (
         changed[str(flipped)]["actual_sha256"] == hashlib.sha256(flipped.read_bytes()).hexdigest()
@@ -157,7 +168,7 @@ def test_verify_reports_missing_changed_and_unexpected_files(
 
     text_view = run_cli(cli_env, "verify", "chai-demo")
     assert text_view.returncode == 1
-    assert "1 missing, 2 changed, 2 unexpected" in text_view.stdout
+    assert "1 missing, 4 changed, 2 unexpected" in text_view.stdout
     assert f"{flipped}  (product " in text_view.stdout
     unknown = run_cli(cli_env, "verify", "nope")
     assert unknown.returncode == 1 and "unknown pipeline 'nope'" in unknown.stderr
