@@ -163,14 +163,14 @@ class LocationSettingsSpec(_Strict):
     k8s_flow_secret: str | None = None
     """Secret whose keys become the flow pods' environment (CCAT_OPS_DB_URL, PREFECT_API_KEY)."""
     sif_cache_dir: str | None = None
-    max_cpu: int | None = Field(default=None, ge=1)
+    max_cpu: int | None = Field(default=None, ge=1, le=4096)
     """Most CPUs one job may ask for here (a larger request fails at once); SLURM: also
     read from the partition, the smaller limit wins."""
-    max_memory_gb: float | None = Field(default=None, gt=0)
+    max_memory_gb: float | None = Field(default=None, gt=0, le=65536)
     """Most memory (GiB) one job may ask for here (see max_cpu)."""
-    max_time_hours: float | None = Field(default=None, gt=0)
+    max_time_hours: float | None = Field(default=None, gt=0, le=8784)
     """Longest time limit (hours) one job may ask for here (see max_cpu)."""
-    max_gpu: int | None = Field(default=None, ge=0)
+    max_gpu: int | None = Field(default=None, ge=0, le=64)
     """Most GPUs one job may ask for here (see max_cpu)."""
     pending_grace_s: float | None = Field(default=None, ge=0, le=7 * 86_400)
     """How long a job may wait for a reason that cannot clear by itself (a partition
@@ -186,9 +186,9 @@ class LocationSettingsSpec(_Strict):
     QOS of the highest threshold at or below its priority."""
     k8s_priority_classes: dict[int, str] = Field(default_factory=dict)
     """Lowest pipeline priority -> PriorityClass name of its pods (as slurm_qos_by_priority)."""
-    failed_run_retention_days: float | None = Field(default=None, ge=0)
+    failed_run_retention_days: float | None = Field(default=None, ge=0, le=36_500)
     """`ccat-wm gc` removes a failed or cancelled run's directory (all but its registered
-    log products) this many days after it ended (default 14)."""
+    log products) this many days after it ended (default 14, at most 100 years)."""
     podman_executable: str | None = None
     """The podman program (default `podman` on PATH)."""
     podman_oci_runtime: str | None = None

@@ -408,6 +408,21 @@ CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
         _set(("software", 0, "versions", 0, "image_kind"), "docker"),
         ["software[0].versions[0].image_kind", "'oci' or 'sif'"],
     ),
+    *(
+        (
+            f"unbounded {name}",
+            _set(("locations", 1, "settings"), {name: value}),
+            [f"locations[1].settings.{name}", expected],
+        )
+        for name, value, expected in (
+            ("failed_run_retention_days", 1e300, "less than or equal to 36500"),
+            ("failed_run_retention_days", float("nan"), "a finite number"),
+            ("max_cpu", 10**12, "less than or equal to 4096"),
+            ("max_memory_gb", 1e7, "less than or equal to 65536"),
+            ("max_time_hours", 1e9, "less than or equal to 8784"),
+            ("max_gpu", 10**6, "less than or equal to 64"),
+        )
+    ),
     (
         "podman option that is not --name=value",
         _set(("locations", 1, "settings"), {"podman_extra_args": ["--privileged", "x"]}),

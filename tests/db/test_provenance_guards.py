@@ -221,9 +221,9 @@ def test_invalidation_is_a_set_under_repetition_and_concurrency(
      "invalidated_run"],
 )  # fmt: skip
 def test_provenance_tables_refuse_truncate(engine: Engine, table: str) -> None:
-    with pytest.raises(DBAPIError, match=f"{table} is provenance: TRUNCATE is refused"):
-        with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {table} CASCADE"))
+    refused = pytest.raises(DBAPIError, match=f"{table} is provenance: TRUNCATE is refused")
+    with refused, engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {table} CASCADE"))
 
 
 def test_a_recorded_input_cannot_be_deleted(engine: Engine, completed_run: int) -> None:
