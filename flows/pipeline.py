@@ -12,6 +12,7 @@ A flow run in which any sub-group run failed ends Failed; the others still run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import enum
 from collections import Counter
@@ -112,10 +113,10 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
     for future in futures:
         if not _wait(future):  # the command is stopping: task runs not begun never will
             for queued in futures:
-                queued.wrapped_future.cancel()  # only those a thread has not taken yet
-            if not future.wrapped_future.cancelled():
+                _thread_future(queued).cancel()  # only those a thread has not taken yet
+            if not _thread_future(future).cancelled():
                 future.wait()  # a begun one sees the stop within a poll and returns
-        if future.wrapped_future.cancelled():
+        if _thread_future(future).cancelled():
             counts["cancelled"] += 1
             continue
         future.wait()  # done: keeps the task run's final state
@@ -174,13 +175,19 @@ def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
     return out
 
 
-def _wait(future: Any) -> bool:
+def _thread_future(future: PrefectFuture[Any]) -> concurrent.futures.Future[Any]:
+    """The thread pool's future behind a task run's (the flow's task runner is a thread pool)."""
+    wrapped: concurrent.futures.Future[Any] = getattr(future, "wrapped_future")  # noqa: B009
+    return wrapped
+
+
+def _wait(future: PrefectFuture[Any]) -> bool:
     """Wait for a task run; False as soon as the command was asked to stop."""
     while not stop_requested():
-        if future.wrapped_future.done():
+        if _thread_future(future).done():
             return True
         future.wait(0.2)
-    return future.wrapped_future.done()
+    return _thread_future(future).done()
 
 
 def _stopped_state(counts: dict[str, int]) -> State[Any]:

@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, aliased
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.checksums import sha256_file
-from ccat_wm.execution.collect import SIDECAR
 from ccat_wm.execution.layout import RunLayout
 from ccat_wm.execution.runtree import UnsafeEntryError, open_regular_path
+from ccat_wm.execution.scan import SIDECAR
 from ccat_wm.execution.staging import STAGING_CACHE
 
 _IN_PROGRESS = re.compile(r"^\..+\.tmp-\d+$")
