@@ -176,7 +176,7 @@ def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
 
 
 def _thread_future(future: PrefectFuture[Any]) -> concurrent.futures.Future[Any]:
-    """The thread pool's future behind a task run's (the flow's task runner is a thread pool)."""
+    """Return the thread pool's future behind a task run's (the task runner is a thread pool)."""
     wrapped: concurrent.futures.Future[Any] = getattr(future, "wrapped_future")  # noqa: B009
     return wrapped
 
