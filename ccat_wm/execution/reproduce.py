@@ -186,7 +186,8 @@ def _stage(
                 f"(looked at {', '.join(map(str, candidates)) or 'none recorded'})"
             )
         target = layout.input / source.name
-        copy_verified(source, target, raw.checksum, f"raw data package {raw.name!r}")
+        what = f"raw data package {raw.name!r}"
+        copy_verified(source, target, raw.checksum, what, root=layout.root)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
         source = made.get(product.run_id, {}).get(product.path)

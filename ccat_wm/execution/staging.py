@@ -45,6 +45,8 @@ from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.checksums import sha256_file
 from ccat_wm.execution.context import ProductInput, RawInput, RunContext
+from ccat_wm.execution.layout import RunLayout
+from ccat_wm.execution.runtree import UnsafeEntryError, open_dir, open_regular_path
 
 DEFAULT_STAGING_TIMEOUT_S = 3600.0
 """How long a run waits for an external StagingJob unless the location sets one."""
@@ -87,27 +89,28 @@ def stage_inputs(
         if source is None or not source.exists():
             source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
         try:
-            target = _give_run(source, layout.input, raw, private=private)
+            target = _give_run(source, layout, raw, private=private)
         except (FileNotFoundError, StagingError):
             if source.exists():
                 raise
             # `ccat-wm gc` removed the staged copy since it was looked up: stage it again.
             source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
-            target = _give_run(source, layout.input, raw, private=private)
+            target = _give_run(source, layout, raw, private=private)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
         item = staged_product(layout.root, product)
         what = f"product of run {product.run_id} ({product.step})"
-        copy_verified(product.path, item.host_path, product.checksum, what)
+        copy_verified(product.path, item.host_path, product.checksum, what, root=layout.root)
         staged.append(item)
     return staged
 
 
-def _give_run(source: Path, directory: Path, raw: RawInput, *, private: bool) -> Path:
+def _give_run(source: Path, layout: RunLayout, raw: RawInput, *, private: bool) -> Path:
     """Put a staged package into a run's `input/`: a private copy, or a hard link."""
-    target = directory / source.name
+    target = layout.input / source.name
     if private:
-        copy_verified(source, target, raw.checksum, f"raw data package {raw.name!r}")
+        what = f"raw data package {raw.name!r}"
+        copy_verified(source, target, raw.checksum, what, root=layout.root)
     else:
         _link_or_copy(source, target)
     return target
@@ -129,26 +132,35 @@ def _mismatch(source: Path, expected: str, actual: str, what: str) -> StagingErr
     )
 
 
-def copy_verified(source: Path, target: Path, expected: str, what: str) -> None:
-    """Copy `source` to a read-only `target`, hashing as it reads; refuse a changed source."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    digest = hashlib.sha256()
+def copy_verified(source: Path, target: Path, expected: str, what: str, *, root: Path) -> None:
+    """Copy `source` to a read-only `target` below run root `root`, hashing as it reads.
+
+    A changed source is refused. The source is opened without following a final link
+    or blocking, and only if it is a regular file (an upstream product lives in a
+    directory its job wrote); the target's directories are entered without following
+    links below `root` (an earlier attempt's job could have planted one), and the copy
+    is written beside it and renamed into place through the directory's descriptor.
+    """
+    rel = target.relative_to(root)
     try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
+        src = open_regular_path(source)
+    except FileNotFoundError:
+        raise StagingError(f"input {source} ({what}) is missing") from None
+    except UnsafeEntryError as exc:
+        raise StagingError(f"input {source} ({what}) {exc.what}") from None
+    digest = hashlib.sha256()
+    tmp = f".{rel.name}.tmp-{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with src, open_dir(root, rel.parent, create=True) as dir_fd:
+        with os.fdopen(os.open(tmp, flags, 0o644, dir_fd=dir_fd), "wb") as dst:
             while chunk := src.read(COPY_CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
-    except FileNotFoundError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.filename == str(source):
-            raise StagingError(f"input {source} ({what}) is missing") from None
-        raise
-    if digest.hexdigest() != expected:
-        tmp.unlink()
-        raise _mismatch(source, expected, digest.hexdigest(), what)
-    os.chmod(tmp, 0o444)
-    tmp.replace(target)
+            os.fchmod(dst.fileno(), 0o444)
+        if digest.hexdigest() != expected:
+            os.unlink(tmp, dir_fd=dir_fd)
+            raise _mismatch(source, expected, digest.hexdigest(), what)
+        os.rename(tmp, rel.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _relative_to_run(product: ProductInput) -> Path:

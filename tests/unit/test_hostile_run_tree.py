@@ -9,6 +9,7 @@ nor chmodded. The same cases through a real run are in tests/db/test_hostile_ste
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -32,6 +33,7 @@ from ccat_wm.execution.runtree import (
     open_regular,
     unexpected_kind,
 )
+from ccat_wm.execution.staging import StagingError, copy_verified
 from infra.backends.base import BackendError
 from infra.backends.local import _append_log
 
@@ -188,3 +190,26 @@ def test_a_contract_directory_replaced_by_a_link_stops_the_next_attempt(
     with pytest.raises(UnsafeEntryError, match=r"/logs: was replaced by a symlink"):
         run.create()
     _untouched(host)
+
+
+def test_staging_never_copies_a_linked_source_nor_writes_through_a_planted_link(
+    run: RunLayout, host: Path, tmp_path: Path
+) -> None:
+    """An upstream product swapped for a link is not copied downstream; a link an earlier
+    attempt planted in `workspace/` does not redirect the copy to the host."""
+    product = tmp_path / "upstream.npz"
+    product.write_text("upstream product")
+    digest = hashlib.sha256(b"upstream product").hexdigest()
+    linked = tmp_path / "swapped.npz"
+    linked.symlink_to(host / "secret.txt")
+    target = run.root / "workspace" / "calibrate" / "run-1" / "science" / "upstream.npz"
+    with pytest.raises(StagingError, match=r"swapped\.npz \(product\) was replaced by a symlink"):
+        copy_verified(linked, target, digest, "product", root=run.root)
+    (run.root / "workspace" / "calibrate").symlink_to(host)
+    with pytest.raises(UnsafeEntryError, match=r"workspace/calibrate: was replaced by a symlink"):
+        copy_verified(product, target, digest, "product", root=run.root)
+    _untouched(host)
+    (run.root / "workspace" / "calibrate").unlink()
+    copy_verified(product, target, digest, "product", root=run.root)
+    assert target.read_text() == "upstream product"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o444
