@@ -8,6 +8,7 @@ domain functions (`ccat_wm`), never with a session of its own here.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ def run_pipeline(
 ) -> FlowRunResult:
     """Run the pipeline's flow now and wait for it; the pipeline is checked first."""
     check_pipeline(engine, pipeline)  # unknown pipeline: a clear error before Prefect starts
+    _quiet_ephemeral_server()
     state: Any = flow_for(pipeline)(
         pipeline=pipeline, sub_groups=sub_groups, force=force, manual=manual,
         started_by=started_by, return_state=True,
@@ -60,6 +62,20 @@ def run_pipeline(
         flow_run_rows(engine, flow_run_id),
         failed_sub_group_count(engine, pipeline, dt.datetime.now(dt.UTC)),
     )
+
+
+def _quiet_ephemeral_server() -> None:
+    """Keep the ephemeral Prefect server's own log out of the command's output.
+
+    Without PREFECT_API_URL the first flow run starts a Prefect server as a child process
+    that writes to this command's stderr; when the command ends soon after its last task
+    run (a quick run, or a stop on Ctrl-C), the server's task-run recorder can still be
+    flushing as it is stopped and prints a traceback of Prefect's own. It is nothing an
+    operator can act on (the flow and task run states are recorded by then); only
+    CRITICAL server messages are shown. An explicit PREFECT_SERVER_LOGGING_LEVEL wins.
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
 def retry_pipeline(

@@ -214,6 +214,7 @@ def display_command(spec: JobSpec, secret_env: Sequence[str] = ()) -> str:
     """
     shown = {k: spec.env[k] for k in spec.shown_env if k in spec.env}
     public, _ = split_secrets(shown, secret_env)
-    assignments = [f"{k}={public.get(k, WITHHELD)}" for k in shown]
+    assignments = [f"{k}={public[k]}" for k in shown if k in public]
+    assignments += [f"{k}={WITHHELD}" for k in shown if k not in public]
     image = [spec.image] if spec.image else []
     return shlex.join([*assignments, *image, *(mask_passwords(a) for a in spec.argv)])

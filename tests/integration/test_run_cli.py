@@ -83,10 +83,15 @@ ALARMS = ("ERROR", "WARNING", "Traceback", "Still processing items")
 
 
 @pytest.mark.prefect_ephemeral
-def test_successful_commands_print_no_false_alarms(tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_successful_commands_print_no_false_alarms(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
     """What an operator sees from a healthy site: no ERROR, WARNING, traceback or stray
     Prefect progress line from `apply`, `simulate`, `run`, `trigger` and `deploy`, with
-    Prefect's analytics left at ccat-wm's default (off: no telemetry error offline)."""
+    Prefect's analytics left at ccat-wm's default (off: no telemetry error offline).
+    `engine` empties the database first: another test's location of the same name, with
+    runs under another path, would make `apply` refuse the path change."""
+    del engine
     env = {k: v for k, v in cli_env.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
     spec = write_yaml(tmp_path / "spec.yaml", {**locations_data(tmp_path), **demo_spec_data()})
     commands = [

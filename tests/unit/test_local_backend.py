@@ -141,9 +141,12 @@ def test_the_end_record_is_a_second_file_and_replaces_none(tmp_path: Path) -> No
     inode = start_record.stat().st_ino
     assert wait(backend, job_id) is JobState.COMPLETED
     assert start_record.stat().st_ino == inode
+    # GNU time's record is in the backend's own directory too, not beside the job's log
+    # (which the job can write): `<job name>.rusage`.
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [
         f"{job_id}.end.json",
         f"{job_id}.json",
+        "job.rusage",
     ]
     # Another process reads the end record, not the start record (which says RUNNING).
     assert LocalBackend(tmp_path / "jobs").status(job_id).state is JobState.COMPLETED
