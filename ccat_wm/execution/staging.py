@@ -142,6 +142,7 @@ def copy_verified(source: Path, target: Path, expected: str, what: str, *, root:
     is written beside it and renamed into place through the directory's descriptor.
     """
     rel = target.relative_to(root)
+    root.mkdir(parents=True, exist_ok=True)  # the manager's own directory, not the job's
     try:
         src = open_regular_path(source)
     except FileNotFoundError:
