@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import enum
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +24,13 @@ from prefect import Flow, flow, get_run_logger, tags
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Failed
+from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.control import abandon_unstarted_runs, cancel_flow_run
+from ccat_wm.execution.failures import failures_message
 from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.stopping import reinstall, stop_requested, stop_signal
 from ccat_wm.execution.waves import WaveItem, first_runs
@@ -39,6 +41,7 @@ from tasks.runs import (
     limit_name,
     prepare_wave_task,
     publish_artifacts,
+    retry_failures_task,
     run_tags,
     sub_group_task,
     submit_ahead_task,
@@ -48,6 +51,27 @@ from tasks.slots import close_pools, open_pool
 
 class SubGroupRunsFailedError(CcatWmError):
     """Some sub-group runs of a pipeline flow run failed (the others ran)."""
+
+
+class _DataFailureIsNotACrash(logging.Filter):
+    """Drop Prefect's "unexpected exception" traceback for a flow run that failed on data.
+
+    A worker runs a flow through Prefect's engine, which asks a Failed flow run for its
+    result; that raises the state's exception, and the engine logs it with a traceback as
+    "Engine execution exited with unexpected exception", in the flow run's logs and the
+    worker's output. For a pipeline whose sub-groups failed this is no crash: the flow run
+    is Failed with a message naming each failure and what to do. Any other exception (a
+    bug) keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record but a traceback of `SubGroupRunsFailedError`."""
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, SubGroupRunsFailedError)
+
+
+for _logger in ("prefect.flow_runs", "prefect.engine"):
+    logging.getLogger(_logger).addFilter(_DataFailureIsNotACrash())
 
 
 BOOKKEEPING_TASKS = 4
@@ -255,6 +279,11 @@ def pipeline_flow(
     claim_as = str(flow_run.id)
     # Owned while this process lives; a later flow run adopts the runs if it dies.
     with hold_ownership(executor().engine, claim_as):
+        if flow_run.run_count > 1:  # Prefect's Retry of this flow run: retry what it failed
+            retried = retry_failures_task(pipeline, claim_as)
+            if not retried.created:
+                return Completed(message="nothing to retry: no sub-group it failed is failed now")
+            sub_groups, manual, force = retried.follow_keys, True, False
         wave = prepare_wave_task(pipeline, sub_groups, manual, force, claim_as)
         items = list(wave.items)
         run = WaveRun(
@@ -273,11 +302,15 @@ def pipeline_flow(
             raise
         finally:
             close_pools(claim_as)
-        publish_artifacts(pipeline, claim_as)
+        failures, owned = publish_artifacts(pipeline, claim_as)
     if stop_requested():
         return _stopped_state(counts)
     if counts["failed"]:
-        message = f"{counts['failed']} of {len(items)} sub-group run(s) failed"
+        message = (
+            failures_message(failures, owned)
+            if failures
+            else (f"{counts['failed']} of {len(items)} sub-group run(s) failed")
+        )
         # An exception as the data: a worker's engine raises it (a dict cannot be raised).
         return Failed(message=message, data=SubGroupRunsFailedError(message))
     return counts

@@ -28,9 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
-from ccat_wm.execution.failure import failure_message
+from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message
+from ccat_wm.execution.failures import Failure, flow_run_failures, retry_command
 from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
+from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
@@ -55,7 +57,11 @@ def executor() -> RunExecutor:
     return RunExecutor(get_engine(resolve_db_url(settings)), settings)
 
 
-@task(name="prepare-wave", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+BOOKKEEPING = "[bookkeeping] "
+"""Prefix of the flow's own task runs, so an operator tells them from sub-group runs."""
+
+
+@task(name=f"{BOOKKEEPING}prepare-wave", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def prepare_wave_task(
     pipeline: str, sub_groups: list[str] | None, manual: bool, force: bool, claim_as: str
 ) -> Wave:
@@ -76,7 +82,7 @@ def prepare_wave_task(
     return wave
 
 
-@task(name="submit-ahead", cache_policy=NO_CACHE)
+@task(name=f"{BOOKKEEPING}submit-ahead", cache_policy=NO_CACHE)
 def submit_ahead_task(pipeline: str, claim_as: str, runs: dict[str, list[int]]) -> int:
     """Submit the wave's first runs together (SLURM job arrays), before their task runs.
 
@@ -105,7 +111,12 @@ def submit_ahead_task(pipeline: str, claim_as: str, runs: dict[str, list[int]]) 
     return submitted
 
 
-@task(name="ensure-concurrency-limits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(
+    name=f"{BOOKKEEPING}ensure-concurrency-limits",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+)
 def ensure_concurrency_limits(pipeline: str, limits: dict[str, int], claim_as: str) -> None:
     """Create or update one global concurrency limit per step (`max_concurrent_runs`).
 
@@ -233,12 +244,16 @@ def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt e
             f"(job {outcome.job_id}) failed: {outcome.message}; retrying",
         )
     if outcome.status is RunStatus.FAILED:
-        return Failed(
-            message=failure_message(
-                run_id, task_run_name(step, sub_group_key), outcome.retry_count + 1,
-                outcome.message, outcome.log_path, job_id=outcome.job_id,
-            )
+        failed = FailedRun(
+            run_id, task_run_name(step, sub_group_key), outcome.retry_count + 1,
+            outcome.message, outcome.log_path, outcome.job_id,
+            f"fix the cause, then press Retry on the flow run, or run "
+            f"`{retry_command(pipeline, sub_group_key, step)}`",
         )  # fmt: skip
+        create_markdown_artifact(
+            markdown=failure_markdown(failed), description=f"Why {failed.name} failed"
+        )
+        return Failed(message=failure_message(failed))
     if outcome.status is RunStatus.CANCELLED:
         return Cancelled(message=f"run {run_id} was cancelled")
     return outcome
@@ -253,15 +268,35 @@ def sub_group_task(retries: int) -> Any:
     return run_sub_group.with_options(retries=retries, retry_delay_seconds=0)
 
 
-@task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(pipeline: str, claim_as: str) -> None:
-    """Publish the flow run's table of runs and a markdown summary of its products.
+@task(name=f"{BOOKKEEPING}retry-failed-sub-groups", cache_policy=NO_CACHE)
+def retry_failures_task(pipeline: str, claim_as: str) -> RetryResult:
+    """Prefect's Retry of this flow run: a fresh budget for the sub-groups it failed."""
+    retried = retry_flow_run_failures(executor().engine, pipeline, claim_as)
+    logger = get_run_logger()
+    if retried.created:
+        logger.info(
+            "Retry: %s failed sub-group run(s) get a fresh budget (reason retry): %s",
+            len(retried.created),
+            ", ".join(task_run_name(c.step, c.sub_group_key) for c in retried.created),
+        )
+    else:
+        logger.info("Retry: no sub-group this flow run failed is failed any more; nothing to do")
+    return retried
+
+
+@task(name=f"{BOOKKEEPING}publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(pipeline: str, claim_as: str) -> tuple[list[Failure], int]:
+    """Publish the flow run's table of runs, its failures and a summary of its products.
 
     A large wave's table lists `ARTIFACT_ROWS` runs, those that did not complete first.
+    The failures table names each failed sub-group's step, key, kind, reason, attempts,
+    log and the command that retries it; it is returned, with the number of runs the
+    flow run owns (what the runs table counts), for the flow run's message.
     """
     with executor().session() as session:
         rows, total = artifact_rows(session, claim_as)
         markdown = products_markdown(session, claim_as)
+        failures = flow_run_failures(session, claim_as)
     key = "".join(c if c.isalnum() else "-" for c in pipeline.lower())
     description = f"Runs of {pipeline} in this flow run"
     if total > len(rows):
@@ -271,3 +306,13 @@ def publish_artifacts(pipeline: str, claim_as: str) -> None:
         )
     create_table_artifact(table=run_table(rows), key=f"{key}-runs", description=description)
     create_markdown_artifact(markdown=markdown, key=f"{key}-products", description="Products")
+    if failures:
+        create_table_artifact(
+            table=[f.as_row() for f in failures],
+            key=f"{key}-failures",
+            description=(
+                f"Sub-groups of {pipeline} that failed in this flow run: fix the cause, then "
+                "press Retry on the flow run, or run the command of a row"
+            ),
+        )
+    return failures, total

@@ -1,15 +1,19 @@
 """What an operator reads about a failed run: its reason and the end of its job's log.
 
-One paragraph, built from the run's outcome, becomes the message of the failed Prefect
-task run (its page in the UI) so that nobody has to open the run directory to see why.
+One line, built from the run's outcome, becomes the message of the failed Prefect task
+run, and a markdown artifact of that task run holds the end of its job's log as lines
+(Prefect shows a state message as one text): nobody has to open the run directory to
+see why, nor to know what to do next.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
+from ccat_wm.execution.failures import first_line
 from ccat_wm.execution.runtree import UnsafeEntryError, kind_of, open_regular_path
 
 TAIL_LINES = 20
@@ -47,26 +51,67 @@ def _not_a_file(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else kind_of(mode)
 
 
-def failure_message(
-    run_id: int,
-    name: str,
-    attempts_made: int,
-    reason: str,
-    log_path: Path | None,
-    *,
-    job_id: str | None = None,
-    lines: int = TAIL_LINES,
-) -> str:
-    """Say why run `run_id` (task run `name`) failed, with the end of its log and the log's path."""
-    job = f", last job {job_id}" if job_id else ""
-    head = f"run {run_id} ({name}) failed after {attempts_made} attempt(s){job}: {reason}"
-    if log_path is None:
-        return head
-    tail = log_tail(log_path, lines)
-    replaced = _not_a_file(log_path)
-    if replaced:
-        return f"{head}\nIts log {log_path} was replaced by {replaced}; it was not read."
-    if not tail:
-        return f"{head}\nIts log {log_path} is empty or missing (`ccat-wm logs {run_id}`)."
-    body = "\n".join(f"    {line}" for line in tail)
-    return f"{head}\nLast {len(tail)} line(s) of its log {log_path}:\n{body}"
+@dataclass(frozen=True, slots=True)
+class FailedRun:
+    """A sub-group's run that failed for good, as its task run's page tells it."""
+
+    run_id: int
+    name: str
+    """The task run's name, `step[sub-group]`."""
+    attempts_made: int
+    reason: str
+    log_path: Path | None
+    job_id: str | None = None
+    next_step: str = ""
+    """What to do once the cause is fixed (the retry command, the Retry button)."""
+
+    @property
+    def head(self) -> str:
+        """Return the failure on one line: which run, how many attempts, why."""
+        job = f", last job {self.job_id}" if self.job_id else ""
+        return (
+            f"run {self.run_id} ({self.name}) failed after {self.attempts_made} "
+            f"attempt(s){job}: {first_line(self.reason, 500)}"
+        )
+
+
+def failure_message(failed: FailedRun, *, lines: int = TAIL_LINES) -> str:
+    """Say on one line why the run failed, its log's last line and path, and what to do.
+
+    The task run's state message: Prefect shows it as one text, so it holds no line
+    breaks; the log's last lines are in the task run's failure artifact
+    (`failure_markdown`).
+    """
+    parts = [failed.head]
+    if failed.log_path is not None:
+        replaced = _not_a_file(failed.log_path)
+        tail = [] if replaced else log_tail(failed.log_path, lines)
+        if replaced:
+            parts.append(f"its log {failed.log_path} was replaced by {replaced}; it was not read")
+        elif tail:
+            parts.append(f"last log line: {first_line(tail[-1], 300)!r}; log {failed.log_path}")
+        else:
+            parts.append(f"its log {failed.log_path} is empty or missing")
+    if failed.next_step:
+        parts.append(f"next: {failed.next_step}")
+    return ". ".join(parts)
+
+
+def failure_markdown(failed: FailedRun, *, lines: int = TAIL_LINES) -> str:
+    """Return the failed task run's artifact: reason, the log's last lines as lines, next step."""
+    out = [f"### {failed.name} failed", "", failed.head, ""]
+    if failed.reason.strip() and "\n" in failed.reason.strip():
+        out += ["Reason in full:", "", "```text", failed.reason.strip(), "```", ""]
+    if failed.log_path is not None:
+        replaced = _not_a_file(failed.log_path)
+        tail = [] if replaced else log_tail(failed.log_path, lines)
+        if replaced:
+            out += [f"Its log `{failed.log_path}` was replaced by {replaced}; it was not read.", ""]
+        elif tail:
+            out += [f"Last {len(tail)} line(s) of its log `{failed.log_path}`:", "", "```text",
+                    *tail, "```", ""]  # fmt: skip
+        else:
+            out += [f"Its log `{failed.log_path}` is empty or missing.", ""]
+    if failed.next_step:
+        out += ["**Next:** " + failed.next_step]
+    return "\n".join(out)

@@ -8,6 +8,10 @@ at once. Nothing is deleted or rewritten: the failed runs stay in the history.
 
 Only failed sub-groups are retried. Naming a sub-group or run that is not failed is an
 error that says what it is and which command runs it instead.
+
+Prefect's Retry on a pipeline flow run does the same for the sub-groups that flow run
+failed (`retry_flow_run_failures`): those still failed get a fresh budget, the others
+(retried or fixed since) are left alone.
 """
 
 from __future__ import annotations
@@ -144,10 +148,46 @@ def retry_failed(
     if problems:
         raise CcatWmError("; ".join(problems))
     chosen = [failed[k] for k in sorted(named)] if named else list(failed.values())
+    return _retry(session, snapshot, pipeline, chosen)
+
+
+def _retry(
+    session: Session, snapshot: PipelineSnapshot, pipeline: str, chosen: list[Gap]
+) -> RetryResult:
+    """Create a `retry` run (a fresh budget) for each chosen failed sub-group."""
     retries = [dataclasses.replace(g, reason=GapReason.RETRY, eligible=True) for g in chosen]
     created = create_runs(session, snapshot, retries)
     retried = {(c.step, c.sub_group_key) for c in created}
     return RetryResult(pipeline, created, _follow_keys(snapshot, retried) if retried else [])
+
+
+def retry_flow_run_failures(engine: Engine, pipeline: str, flow_run_id: str) -> RetryResult:
+    """Give the sub-groups a flow run failed, and that are still failed, a fresh budget.
+
+    What Prefect's Retry of a pipeline flow run means: the flow run then executes the
+    returned keys (downstream included). Committed; an empty result when nothing it
+    failed is still failed.
+    """
+    with Session(engine) as session, session.begin():
+        owned = set(
+            session.execute(
+                select(m.ReductionStep.name, RUN.sub_group_key)
+                .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+                .where(RUN.prefect_flow_run_id == flow_run_id, RUN.status == m.RunStatus.FAILED)
+            ).tuples()
+        )
+        record = pipeline_by_name(session, pipeline)
+        snapshot = load_snapshot(session, record)
+        gaps = evaluate(snapshot, dt.datetime.now(dt.UTC), manual=True)
+        chosen = [
+            g for g in gaps
+            if g.reason is GapReason.FAILED and (g.step, g.sub_group_key) in owned
+        ]  # fmt: skip
+        if not chosen:
+            return RetryResult(pipeline, [], [])
+        return _retry(
+            session, snapshot, pipeline, sorted(chosen, key=lambda g: (g.step, g.sub_group_key))
+        )
 
 
 def retry_failed_now(

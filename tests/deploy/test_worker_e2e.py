@@ -142,6 +142,13 @@ def site_spec(root: Path) -> dict[str, Any]:
     fragile["config"]["name"] = "fragile-config"
     broken = tool_step("calibrate", max_retries=1, parameters={"fail_key": "scan-000001"})
     broken["config"]["name"] = "broken-config"
+    # Every sub-group fails until the operator's fix (the file `failday-fixed`) exists.
+    failing = tool_step(
+        "calibrate", parameters={"fail_key": "scan-", "fixed": str(root / "failday-fixed")}
+    )
+    failing["config"]["name"] = "failday-config"
+    mapping = tool_step("grid", depends_on=["calibrate"])
+    mapping["config"]["name"] = "failday-grid-config"
     return {
         **spec,
         "instruments": [{"name": "CHAI", "modules": ["LFA", "HFA"]}],
@@ -179,6 +186,12 @@ def site_spec(root: Path) -> dict[str, Any]:
                 **base,
                 "trigger": {"type": "MANUAL"},
                 "steps": [broken],
+            },
+            {
+                "name": "failday",
+                **base,
+                "trigger": {"type": "MANUAL"},
+                "steps": [failing, mapping],
             },
             {  # a cron tick that never comes during the tests
                 "name": "yearly",
@@ -664,3 +677,122 @@ def test_browser_shows_the_flow_run_page_with_named_task_runs_and_the_run_table(
         page.get_by_text("manual-runs").first.wait_for(timeout=30_000)  # the run table's key
         page.screenshot(path=str(artifacts / "flow-run-artifacts.png"), full_page=True)
         browser.close()
+
+
+def flow_run_logs(site: Site, flow_run_id: str) -> list[str]:
+    """Every log line of a flow run and its task runs, as the UI's Logs tab shows them."""
+    return [
+        str(entry["message"])
+        for entry in site.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
+    ]
+
+
+@pytest.mark.browser
+def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None:
+    """Two or more sub-groups fail: the flow run is Failed with one message naming each
+    (`step[sub-group]: reason`) and what to do, no traceback in its logs or the worker's
+    output, a failures artifact with each sub-group's next command, and each failed task
+    run's artifact shows the log's last lines as lines. The cause is fixed, Retry is set
+    as the UI's button does (AwaitingRetry): the same flow run retries exactly the failed
+    sub-groups with a fresh budget, their downstream runs follow, and it ends Completed.
+    Chromium screenshots the flow run's and a task run's pages into `test-artifacts/`."""
+    from playwright.sync_api import sync_playwright
+
+    simulated = run_cli(site.env, "simulate", "--scans", "2", "--seed", "21")
+    assert simulated.returncode == 0, simulated.stderr
+    worker_log = site.root / "worker.log"
+    seen = worker_log.stat().st_size
+    flow_run_id = run_deployment(site, "failday")
+    wait_until(
+        "the failday flow run to fail",
+        lambda: flow_run_state(site, flow_run_id) in {"COMPLETED", "FAILED", "CRASHED"},
+    )
+    assert flow_run_state(site, flow_run_id) == "FAILED"
+    failed = [r for r in site.runs("failday") if r.status is m.RunStatus.FAILED]
+    assert len(failed) >= 2
+    message = site.get(f"/flow_runs/{flow_run_id}")["state"]["message"]
+    assert f"{len(failed)} of {len(failed)} sub-group run(s) failed: calibrate[" in message
+    assert "exit code 3" in message and "press Retry on this flow run" in message, message
+
+    lines = wait_until(
+        "the flow run's logs", lambda: [x for x in flow_run_logs(site, flow_run_id) if x]
+    )
+    worker_output = worker_log.read_text()[seen:]
+    for text in ("\n".join(lines), worker_output):
+        assert "Traceback" not in text and "unexpected exception" not in text, text[-3000:]
+
+    [failures] = wait_until(
+        "the failures artifact",
+        lambda: site.post("/artifacts/filter", {
+            "artifacts": {"key": {"any_": ["failday-failures"]}},
+            "flow_runs": {"id": {"any_": [flow_run_id]}},
+        }),
+    )  # fmt: skip
+    rows = failures["data"] if isinstance(failures["data"], list) else json.loads(failures["data"])
+    assert sorted(r["sub_group"] for r in rows) == sorted(r.sub_group_key for r in failed)
+    assert all(r["step"] == "calibrate" and r["kind"] == "EXIT_CODE" for r in rows)
+    assert all(r["next"] == f"ccat-wm retry failday --step calibrate --sub-group {r['sub_group']}"
+               for r in rows)  # fmt: skip
+
+    def all_final() -> list[Any] | None:  # the server records task run states in batches
+        runs = site.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        final = {"COMPLETED", "FAILED", "CANCELLED"}
+        return runs if all(t["state_type"] in final for t in runs) else None
+
+    task_runs = wait_until("every task run of the flow run in a final state", all_final, 30)
+    failed_task = next(t for t in task_runs if t["state_type"] == "FAILED")
+    assert "\n" not in failed_task["state"]["message"]
+    assert "last log line: 'boom: failing on purpose'" in failed_task["state"]["message"]
+    [why] = site.post("/artifacts/filter", {"task_runs": {"id": {"any_": [failed_task["id"]]}}})
+    assert "```text\n" in why["data"] and "\nboom: failing on purpose\n" in why["data"]
+    others = {t["name"].split("-")[0] for t in task_runs if not t["name"].startswith(
+        ("calibrate[", "grid["))}  # fmt: skip
+    assert others <= {"[bookkeeping] prepare", "[bookkeeping] ensure", "[bookkeeping] submit",
+                      "[bookkeeping] publish"}, [(t["name"], t["state_type"]) for t in task_runs]  # fmt: skip
+
+    ui = site.api.removesuffix("/api")
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+        page.get_by_text("press Retry on this flow run").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-flow-run.png"), full_page=True)
+        page.goto(f"{ui}/runs/task-run/{failed_task['id']}", wait_until="networkidle")
+        page.get_by_text("last log line").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-task-run.png"), full_page=True)
+        page.goto(f"{ui}/artifacts/artifact/{why['id']}", wait_until="networkidle")
+        page.get_by_text("boom: failing on purpose").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-task-run-artifact.png"), full_page=True)
+        browser.close()
+
+    (site.root / "failday-fixed").touch()  # the operator fixes the cause
+    site.post(f"/flow_runs/{flow_run_id}/set_state", {  # what the UI's Retry button sends
+        "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+        "force": True,
+    })  # fmt: skip
+    retried = wait_until(
+        "the retried flow run to end",
+        lambda: (
+            (state := site.get(f"/flow_runs/{flow_run_id}"))["run_count"] > 1
+            and state["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED"}
+            and state
+        ),
+        timeout=300,
+    )
+    assert retried["state"]["type"] == "COMPLETED", retried["state"]["message"]
+    runs = site.runs("failday")
+    latest = {}
+    with Session(site.engine) as session:
+        for run_id, step, key, reason, status in session.execute(
+            select(RUN.id, m.ReductionStep.name, RUN.sub_group_key, RUN.reason, RUN.status)
+            .join(m.ReductionStep).join(m.Pipeline).where(m.Pipeline.name == "failday")
+            .order_by(RUN.id)
+        ):  # fmt: skip
+            latest[(step, key)] = (reason, status, run_id)
+    assert len(runs) == 3 * len(failed)  # the failed runs, their retries, the grid runs
+    for (step, _), (reason, status, _) in latest.items():
+        assert status is m.RunStatus.COMPLETED
+        assert reason is (m.GapReason.RETRY if step == "calibrate" else m.GapReason.NEW)
+    assert {r.prefect_flow_run_id for r in runs} == {flow_run_id}  # the same flow run

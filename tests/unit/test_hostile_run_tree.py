@@ -24,7 +24,7 @@ from ccat_wm.execution.collect import (
     reset_output,
     scan_outputs,
 )
-from ccat_wm.execution.failure import failure_message, log_tail
+from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message, log_tail
 from ccat_wm.execution.layout import RunLayout
 from ccat_wm.execution.runtree import (
     UnsafeEntryError,
@@ -167,8 +167,9 @@ def test_a_replaced_attempt_log_is_named_and_never_read(run: RunLayout, host: Pa
     log.symlink_to(host / "secret.txt")
     assert unexpected_kind(run.root, log) == "a symlink"
     assert log_tail(log) == []
-    message = failure_message(7, "grid[k=v]", 1, "exit code 1", log)
-    assert f"Its log {log} was replaced by a symlink; it was not read." in message
+    message = failure_message(FailedRun(7, "grid[k=v]", 1, "exit code 1", log))
+    assert f"its log {log} was replaced by a symlink; it was not read" in message
+    assert "was replaced by a symlink" in failure_markdown(FailedRun(7, "g", 1, "x", log))
     assert "host secret" not in message
     with pytest.raises(UnsafeEntryError, match="was replaced by a symlink"):
         open_regular(run.root, log)
