@@ -121,7 +121,7 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
     if not rows:
         return "no runs"
     header = (
-        "id", "pipeline", "step", "sub_group_key", "status", "reason", "retries",
+        "id", "pipeline", "step", "sub_group_key", "status", "reason", "attempts",
         "requested", "hpc_job_id", "started", "finished", "time_s", "peak_gb", "cpu_h",
     )  # fmt: skip
     body = [
@@ -132,7 +132,7 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
             display_key(r.sub_group_key),
             r.status,
             r.reason,
-            str(r.retry_count),
+            str(r.retry_count + 1),  # attempts count from 1 wherever people read them
             _request_cell(r.requested_resources),
             _cell(r.hpc_job_id),
             _short_time(r.started_at),

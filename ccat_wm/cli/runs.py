@@ -202,7 +202,7 @@ def status(  # noqa: PLR0917 - one parameter per click option
     "--attempt",
     type=click.IntRange(min=0),
     default=None,
-    help="Which attempt (0 = the first, as retry_count counts); default the latest.",
+    help="Which attempt (1 = the first); default the latest.",
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the attempt ends.")
 def logs(run_id: int, attempt: int | None, follow: bool) -> None:
@@ -210,12 +210,12 @@ def logs(run_id: int, attempt: int | None, follow: bool) -> None:
     ops_db = engine()
     log = run_log(ops_db, run_id, attempt)
     click.echo(
-        f"# run {run_id} attempt {log.attempt} of {log.attempts} ({log.status}): {log.path}",
+        f"# run {run_id} attempt {log.attempt + 1} of {log.attempts} ({log.status}): {log.path}",
         err=True,
     )
     summary = attempt_summary(ops_db, run_id, log.attempt)
     if summary:
-        click.echo(f"# attempt {log.attempt}: {summary}", err=True)
+        click.echo(f"# attempt {log.attempt + 1}: {summary}", err=True)
     if follow:
         final = follow_log(ops_db, log, lambda text: click.echo(text, nl=False))
         click.echo(f"# run {run_id} is {final}", err=True)

@@ -63,10 +63,10 @@ def _load(engine: Engine, run_id: int) -> RunContext:
 
 def _locate(ctx: RunContext, attempt: int | None) -> RunLog:
     last = ctx.retry_count
-    chosen = last if attempt is None else attempt
+    chosen = last if attempt is None else attempt - 1
     if not 0 <= chosen <= last:
         raise CcatWmError(
-            f"run {ctx.run_id} has attempts 0..{last} (0 is the first); got --attempt {attempt}"
+            f"run {ctx.run_id} has attempts 1..{last + 1} (1 is the first); got --attempt {attempt}"
         )
     layout = ctx.layout
     kept = layout.logs / f"{layout.step}-attempt-{chosen}"
@@ -78,7 +78,7 @@ def _locate(ctx: RunContext, attempt: int | None) -> RunLog:
 
 
 def run_log(engine: Engine, run_id: int, attempt: int | None = None) -> RunLog:
-    """Locate attempt `attempt` (default: the latest) of run `run_id`."""
+    """Locate attempt `attempt` (counted from 1; default: the latest) of run `run_id`."""
     return _locate(_load(engine, run_id), attempt)
 
 

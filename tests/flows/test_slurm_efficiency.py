@@ -115,9 +115,9 @@ def test_retries_after_out_of_memory_and_timeout_ask_for_more_and_complete(
     assert shown["hog"]["failure_kind"] == "OUT_OF_MEMORY"  # the failed attempts' kind is kept
     table = run_cli(cli_env, "status", "t")
     assert "1c 0.4G 1h" in table.stdout and "1c 0.5G 0.0333h" in table.stdout
-    first = run_cli(cli_env, "logs", str(hog.id), "--attempt", "0")
+    first = run_cli(cli_env, "logs", str(hog.id), "--attempt", "1")
     assert first.returncode == 0, first.stderr
-    assert f"# attempt 0: asked for 1 CPU, 0.1 GB, 1 h; job {jobs[0]}; " in first.stderr
+    assert f"# attempt 1: asked for 1 CPU, 0.1 GB, 1 h; job {jobs[0]}; " in first.stderr
     assert "FAILED (OUT_OF_MEMORY): OUT_OF_MEMORY" in first.stderr
     last = run_cli(cli_env, "logs", str(hog.id))
     assert "asked for 1 CPU, 0.4 GB, 1 h" in last.stderr and "COMPLETED; used 0.3" in last.stderr

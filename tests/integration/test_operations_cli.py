@@ -82,14 +82,14 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
     log = run_cli(run_env, "logs", run_id)
     assert log.returncode == 0, log.stderr
     assert "boom: failing on purpose" in log.stdout
-    assert f"# run {run_id} attempt 1 of 2 (FAILED)" in log.stderr
+    assert f"# run {run_id} attempt 2 of 2 (FAILED)" in log.stderr  # counted from 1
     assert "tool.log" in log.stderr  # what the software wrote itself is listed
-    assert "boom" in run_cli(run_env, "logs", run_id, "--attempt", "0").stdout
+    assert "boom" in run_cli(run_env, "logs", run_id, "--attempt", "1").stdout
     beyond = run_cli(run_env, "logs", run_id, "--attempt", "5")
     assert beyond.returncode == 1
     assert (
         beyond.stderr.strip()
-        == f"error: run {run_id} has attempts 0..1 (0 is the first); got --attempt 5"
+        == f"error: run {run_id} has attempts 1..2 (1 is the first); got --attempt 5"
     )
 
     not_failed = run_cli(run_env, "retry", "t", "--sub-group", "executed_obs_unit=scan-000001")
