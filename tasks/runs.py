@@ -29,14 +29,13 @@ from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message
-from ccat_wm.execution.failures import Failure, flow_run_failures, retry_command
+from ccat_wm.execution.failures import Failure, flow_run_failures, retry_command, task_run_name
 from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
 from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
-from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import load_settings
 from tasks.slots import pool_for, reclaim_dead_slots, uses_ephemeral_server
 
@@ -132,11 +131,6 @@ def ensure_concurrency_limits(pipeline: str, limits: dict[str, int], claim_as: s
         others = live_other_owners(session, pipeline, claim_as)
     if not others:
         reclaim_dead_slots([limit_name(pipeline, step) for step in limits])
-
-
-def task_run_name(step: str, key: str) -> str:
-    """Return `<step>[<sub_group_key>]`, as the Prefect UI shows a sub-group's task run."""
-    return f"{step}[{display_key(key)}]"
 
 
 def _sub_group_task_run_name() -> str:

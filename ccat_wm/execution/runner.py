@@ -59,6 +59,7 @@ from ccat_wm.execution.collect import (
     verify_unchanged,
 )
 from ccat_wm.execution.context import RunContext, load_run_context
+from ccat_wm.execution.failures import task_run_name
 from ccat_wm.execution.launch import (
     build_job,
     build_manifest,
@@ -247,7 +248,7 @@ class RunExecutor:
                 self._move(conn, run_id, S.PENDING, expected=S.FAILED)
             except TransitionError:
                 return outcome
-        _log().info("run %s: retrying (attempt %s of %s)", run_id, ctx.retry_count + 2,
+        _log().info("%s: retrying (attempt %s of %s)", _who(ctx), ctx.retry_count + 2,
                     ctx.max_retries + 1)  # fmt: skip
         return replace(outcome, status=S.PENDING, retry_count=ctx.retry_count + 1, will_retry=True)
 
@@ -498,9 +499,7 @@ class RunExecutor:
     def _resume(self, ctx: RunContext) -> RunOutcome:
         """Drive on a run that a process which died left in flight (see `ownership`)."""
         attempt, backend = ctx.retry_count, backend_for(ctx, self.settings)
-        _log().warning(
-            "run %s was left %s by a process that died; resuming it", ctx.run_id, ctx.status
-        )
+        _log().warning("%s was left %s by a process that died; resuming it", _who(ctx), ctx.status)
         if ctx.status is S.STAGING_DATA:
             job_id = backend.find(job_name(ctx, attempt))
             if job_id is None:  # never submitted: stage and submit (staging is idempotent)
@@ -547,7 +546,7 @@ class RunExecutor:
         try:
             scheduler = backend.limits()
         except BackendError as exc:  # not knowing the partition's limits must not stop runs
-            _log().warning("run %s: could not read the scheduler's limits: %s", ctx.run_id, exc)
+            _log().warning("%s: could not read the scheduler's limits: %s", _who(ctx), exc)
             scheduler = ResourceLimits()
         limits = combined_limits(ctx.location.settings, scheduler)
         request = attempt_request(ctx, limits)
@@ -714,7 +713,7 @@ class RunExecutor:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         final = kind in UNRETRYABLE_FAILURES
         _log().warning(
-            "run %s: attempt %s of %s%s failed (%s%s): %s", ctx.run_id, attempt + 1,
+            "%s: attempt %s of %s%s failed (%s%s): %s", _who(ctx), attempt + 1,
             ctx.max_retries + 1, f" (job {job_id})" if job_id else "", kind.value,
             ", not retried: no retry can mend it" if final else "", reason,
         )  # fmt: skip
@@ -739,6 +738,11 @@ class RunExecutor:
     ) -> None:
         with self._transaction() as conn:
             self._move(conn, run_id, target, expected=expected, **values)
+
+
+def _who(ctx: RunContext) -> str:
+    """Name a run the way people find it: `run 12 (calibrate[executed_obs_unit=scan-1])`."""
+    return f"run {ctx.run_id} ({task_run_name(ctx.step, ctx.sub_group_key)})"
 
 
 def _announce(ctx: RunContext, attempt: int, job: _StagedJob, job_id: str, how: str = "") -> None:

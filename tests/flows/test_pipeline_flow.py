@@ -254,9 +254,10 @@ def test_failing_sub_group_is_retried_then_failed_while_others_complete(
     assert str(Path(captured[-1])) in message and "Traceback" not in message
     assert set(task_run.tags) == {"step:reduce", "pipeline:t", "location:local"}
     logged = task_run_log_lines(task_run.id)
-    attempts = [line for line in logged if line.startswith(f"run {failed.id}: attempt")]
+    who = f"run {failed.id} (reduce[executed_obs_unit=scan-000002])"  # names the data
+    attempts = [line for line in logged if line.startswith(f"{who}: attempt")]
     assert [line.split(" (job ")[0] for line in attempts] == [
-        f"run {failed.id}: attempt {k} of 3" for k in (1, 2, 3)
+        f"{who}: attempt {k} of 3" for k in (1, 2, 3)
     ], logged
     assert all(line.endswith(") failed (EXIT_CODE): exit code 3") for line in attempts), attempts
     assert attempts[-1].endswith(f"(job {failed.hpc_job_id}) failed (EXIT_CODE): exit code 3"), (

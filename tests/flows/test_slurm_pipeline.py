@@ -210,7 +210,12 @@ def submit_ahead_log(flow_run_id: str) -> str:
     task_run = wait_until(
         f"the submit-ahead task run of flow run {flow_run_id}",
         lambda: next(
-            (t for t in flow_task_runs(flow_run_id) if t.name.startswith("[bookkeeping] submit-ahead")), None
+            (
+                t
+                for t in flow_task_runs(flow_run_id)
+                if t.name.startswith("[bookkeeping] submit-ahead")
+            ),
+            None,
         ),
         timeout=30,
     )
