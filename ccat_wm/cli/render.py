@@ -69,6 +69,15 @@ def render_plan_table(plan: Plan) -> str:
             f"total: {sum(c.runs for c in plan.costs)} runs, "
             f"{_hours(plan.total_cpu_hours)} CPU-hours"
         )
+    failed = [g for g in plan.gaps if g.reason.value == "failed"]
+    if plan.retry_costs:
+        pipelines = sorted({c.pipeline for c in plan.retry_costs})
+        parts.append(
+            f"retrying the {len(failed)} failed sub-group(s) would run "
+            f"{sum(c.runs for c in plan.retry_costs)} run(s), downstream included, about "
+            f"{_hours(sum(c.cpu_hours for c in plan.retry_costs))} CPU-hours: "
+            + "; ".join(f"ccat-wm retry {p}" for p in pipelines)
+        )
     return "\n".join(parts)
 
 
@@ -91,6 +100,16 @@ def render_plan_json(plan: Plan) -> str:
                 "next": next_action(g),
             }
             for g in plan.gaps
+        ],
+        "retry_cost": [
+            {
+                "pipeline": c.pipeline,
+                "step": c.step,
+                "runs": c.runs,
+                "cpu_hours": c.cpu_hours,
+                "basis": c.basis,
+            }
+            for c in plan.retry_costs
         ],
         "blast_radius": [
             {

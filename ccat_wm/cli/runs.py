@@ -27,7 +27,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution import stopping
 from ccat_wm.execution.control import cancel_run
 from ccat_wm.execution.logs import attempt_summary, follow_log, run_log, stream_log
-from ccat_wm.execution.report import run_rows
+from ccat_wm.execution.report import hidden_history, run_rows
 from ccat_wm.execution.waves import pipeline_by_name
 from ccat_wm.gaps.plan import make_plan
 from ccat_wm.gaps.what_if import plan_with
@@ -174,6 +174,11 @@ def prefect_ui_url() -> str | None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Also failed or cancelled runs whose sub-group completed since (hidden by default).",
+)
 def status(  # noqa: PLR0917 - one parameter per click option
     pipeline: str | None,
     statuses: tuple[str, ...],
@@ -181,19 +186,34 @@ def status(  # noqa: PLR0917 - one parameter per click option
     since: dt.datetime | None,
     as_json: bool,
     limit: int,
+    history: bool,
 ) -> None:
-    """List runs, newest first: status, reason, retries, job id, times and metrics."""
+    """List runs, newest first: status, reason, attempts, job id, times and metrics.
+
+    Current problems by default: a failed or cancelled run whose sub-group has a later
+    COMPLETED run of its step is shown only with `--history` (the table says how many
+    it hid).
+    """
+    wanted = [RunStatus(s.upper()) for s in statuses]
     with Session(engine()) as session:
         if pipeline is not None:
             pipeline_by_name(session, pipeline)
         rows = run_rows(
-            session, pipeline=pipeline, statuses=[RunStatus(s.upper()) for s in statuses],
-            step=step, since=since, limit=limit, ui_url=prefect_ui_url(),
+            session, pipeline=pipeline, statuses=wanted, step=step, since=since, limit=limit,
+            ui_url=prefect_ui_url(), history=history,
+        )  # fmt: skip
+        hidden = 0 if history else hidden_history(
+            session, pipeline=pipeline, statuses=wanted, step=step, since=since
         )  # fmt: skip
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
-    else:
-        click.echo(render_runs_table(rows))
+        return
+    click.echo(render_runs_table(rows))
+    if hidden:
+        click.echo(
+            f"{hidden} failed or cancelled run(s) whose sub-group completed since are not "
+            "shown; --history lists them"
+        )
 
 
 @click.command()

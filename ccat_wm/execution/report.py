@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Engine, Select, and_, exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.layout import run_root
@@ -117,13 +117,17 @@ def run_rows(
     since: dt.datetime | None = None,
     limit: int | None = None,
     ui_url: str | None = None,
+    history: bool = True,
 ) -> list[RunRow]:
     """Return runs, newest first, narrowed by pipeline, flow run, statuses, step and time.
 
     `since`: runs created at or after that moment. `ui_url`: the Prefect UI's base URL,
-    to link each run's flow run.
+    to link each run's flow run. `history=False`: leave out failures that are no longer
+    a problem (`superseded`).
     """
     query = _runs_query().order_by(RUN.id.desc())
+    if not history:
+        query = query.where(~superseded())
     if pipeline is not None:
         query = query.where(m.Pipeline.name == pipeline)
     if flow_run is not None:
@@ -137,6 +141,47 @@ def run_rows(
     if limit is not None:
         query = query.limit(limit)
     return [_row(r, ui_url) for r in session.execute(query)]
+
+
+def superseded() -> ColumnElement[bool]:
+    """Select FAILED or CANCELLED runs whose sub-group has a later COMPLETED run of its step."""
+    later = aliased(RUN)
+    return and_(
+        RUN.status.in_([m.RunStatus.FAILED, m.RunStatus.CANCELLED]),
+        exists().where(
+            later.reduction_step_id == RUN.reduction_step_id,
+            later.sub_group_key == RUN.sub_group_key,
+            later.id > RUN.id,
+            later.status == m.RunStatus.COMPLETED,
+        ),
+    )
+
+
+def hidden_history(
+    session: Session,
+    *,
+    pipeline: str | None = None,
+    statuses: Sequence[m.RunStatus] = (),
+    step: str | None = None,
+    since: dt.datetime | None = None,
+) -> int:
+    """Count the superseded failures that `run_rows(..., history=False)` leaves out."""
+    query = (
+        select(func.count())
+        .select_from(RUN)
+        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .where(superseded())
+    )
+    if pipeline is not None:
+        query = query.where(m.Pipeline.name == pipeline)
+    if statuses:
+        query = query.where(RUN.status.in_(list(statuses)))
+    if step is not None:
+        query = query.where(m.ReductionStep.name == step)
+    if since is not None:
+        query = query.where(RUN.created_at >= since)
+    return int(session.scalar(query) or 0)
 
 
 def _utc(moment: dt.datetime | None) -> str:

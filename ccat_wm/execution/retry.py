@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
-from ccat_wm.execution.waves import containment, pipeline_by_name
+from ccat_wm.execution.waves import downstream_closure, pipeline_by_name
 from ccat_wm.gaps.create import CreatedRun, create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
@@ -87,20 +87,7 @@ def _not_failed_message(pipeline: str, step: str, key: str, gaps: list[Gap]) -> 
 
 def _follow_keys(snapshot: PipelineSnapshot, retried: set[tuple[str, str]]) -> list[str]:
     """Return the retried keys and, transitively, the downstream keys containing them."""
-    inside = containment(snapshot)
-    keys = {key for _, key in retried}
-    frontier = set(retried)
-    while frontier:
-        reached = {
-            (down, down_key)
-            for (up, down, down_key), up_keys in inside.items()
-            for step, key in frontier
-            if up == step and key in up_keys
-        }
-        frontier = reached - retried
-        retried = retried | reached
-        keys |= {key for _, key in reached}
-    return sorted(keys)
+    return sorted({key for _, key in downstream_closure(snapshot, retried)})
 
 
 def retry_failed(

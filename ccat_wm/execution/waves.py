@@ -210,6 +210,24 @@ def containment(snapshot: PipelineSnapshot) -> dict[tuple[str, str, str], set[st
     return out
 
 
+def downstream_closure(
+    snapshot: PipelineSnapshot, start: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Return `(step, key)`s of `start` and, transitively, the downstream ones containing them."""
+    inside = containment(snapshot)
+    reached, frontier = set(start), set(start)
+    while frontier:
+        found = {
+            (down, down_key)
+            for (up, down, down_key), up_keys in inside.items()
+            for step, key in frontier
+            if up == step and key in up_keys
+        }
+        frontier = found - reached
+        reached |= found
+    return reached
+
+
 def claim_follow_up(
     session: Session,
     pipeline: str,

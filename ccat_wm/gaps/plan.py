@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.usage import measured_cpu_hours
+from ccat_wm.execution.waves import downstream_closure
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
 from ccat_wm.gaps.snapshot import load_snapshot
@@ -49,6 +50,8 @@ class Plan:
     evaluated_at: dt.datetime
     gaps: list[Gap]
     costs: list[StepCost]
+    retry_costs: list[StepCost] = field(default_factory=list)
+    """What retrying the failed sub-groups would run (downstream included), per step."""
     errors: dict[str, str] = field(default_factory=dict)
     """Pipelines whose evaluation failed, with why; the others are evaluated all the same."""
 
@@ -75,10 +78,15 @@ def next_action(gap: Gap) -> str:
     return f"ccat-wm run {shlex.quote(gap.pipeline)}"
 
 
-def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -> list[StepCost]:
+def _step_costs(
+    session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]
+) -> tuple[list[StepCost], list[StepCost]]:
+    """Return the cost of the due gaps, and of retrying the failed sub-groups, per step."""
     history = measured_cpu_hours(session, [s.id for s in snapshot.steps])
     counts = Counter(g.step for g in gaps if g.reason is not GapReason.FAILED)
-    costs = []
+    failed = {(g.step, g.sub_group_key) for g in gaps if g.reason is GapReason.FAILED}
+    retried = Counter(step for step, _ in downstream_closure(snapshot, failed)) if failed else {}
+    costs, retry_costs = [], []
     for step in snapshot.steps:
         if step.id in history:
             each, measured = history[step.id]
@@ -87,7 +95,12 @@ def _step_costs(session: Session, snapshot: PipelineSnapshot, gaps: list[Gap]) -
             each, basis = step.configured_cpu_hours, "configured resources"
         runs = counts[step.name]
         costs.append(StepCost(snapshot.pipeline.name, step.name, runs, each, each * runs, basis))
-    return costs
+        if retried.get(step.name):
+            again = retried[step.name]
+            retry_costs.append(
+                StepCost(snapshot.pipeline.name, step.name, again, each, each * again, basis)
+            )
+    return costs, retry_costs
 
 
 def make_plan(
@@ -116,6 +129,7 @@ def make_plan(
         )
     gaps: list[Gap] = []
     costs: list[StepCost] = []
+    retry_costs: list[StepCost] = []
     errors: dict[str, str] = {}
     for pipeline in pipelines:
         if not pipeline.enabled:
@@ -125,13 +139,14 @@ def make_plan(
             with session.begin_nested():  # a failed query spoils only this pipeline's savepoint
                 snapshot = load_snapshot(session, pipeline)
                 pipeline_gaps = evaluate(snapshot, now, manual=manual)
-                pipeline_costs = _step_costs(session, snapshot, pipeline_gaps)
+                pipeline_costs, pipeline_retry = _step_costs(session, snapshot, pipeline_gaps)
         except Exception as exc:  # one pipeline's bad data must not hide the others' plans
             errors[name] = describe_evaluation_error(exc)
             continue
         gaps.extend(pipeline_gaps)
         costs.extend(pipeline_costs)
-    return Plan(now, gaps, costs, errors)
+        retry_costs.extend(pipeline_retry)
+    return Plan(now, gaps, costs, retry_costs, errors)
 
 
 def describe_evaluation_error(exc: Exception) -> str:

@@ -55,6 +55,7 @@ def _only(plan: Plan, pipeline: str | None) -> Plan:
         plan.evaluated_at,
         [g for g in plan.gaps if g.pipeline == pipeline],
         [c for c in plan.costs if c.pipeline == pipeline],
+        [c for c in plan.retry_costs if c.pipeline == pipeline],
         {k: v for k, v in plan.errors.items() if k == pipeline},
     )
 

@@ -57,6 +57,10 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
     assert [(g["sub_group_key"], g["reason"], g["ready"], g["next"]) for g in plan["gaps"]] == [
         (BAD, "failed", False, f"ccat-wm retry t --step reduce --sub-group {BAD}")
     ]
+    shown_plan = run_cli(run_env, "plan", "t").stdout
+    assert "retrying the 1 failed sub-group(s) would run 1 run(s), downstream included" in (
+        shown_plan
+    ) and "ccat-wm retry t" in shown_plan, shown_plan
     again = run_cli(run_env, "run", "t")  # what plan says: nothing ready, and why
     assert again.returncode == 0, again.stderr
     assert "no gaps: nothing to run" in again.stdout and hint in again.stdout
@@ -106,6 +110,14 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
     )  # fmt: skip
     assert json.loads(run_cli(run_env, "plan", "t", "--json").stdout)["gaps"] == []
     assert "nothing to retry" in run_cli(run_env, "retry", "t").stdout
+    # Current problems by default: the failure its retry fixed is history.
+    assert _status(run_env, "--status", "FAILED") == []
+    shown = run_cli(run_env, "status", "t", "--status", "FAILED")
+    assert "1 failed or cancelled run(s) whose sub-group completed since are not shown" in (
+        shown.stdout
+    )
+    history = _status(run_env, "--status", "FAILED", "--history")
+    assert [(r["sub_group_key"], r["status"]) for r in history] == [(BAD, "FAILED")]
 
     forced = run_cli(run_env, "run", "t", "--force", "--sub-group", "executed_obs_unit=scan-000001")
     assert forced.returncode == 0, forced.stderr
