@@ -30,6 +30,7 @@ from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message
 from ccat_wm.execution.failures import Failure, flow_run_failures, retry_command, task_run_name
+from ccat_wm.execution.overview import overview_markdown, overview_picture, pipeline_overview
 from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
 from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
@@ -300,6 +301,13 @@ def publish_artifacts(pipeline: str, claim_as: str) -> tuple[list[Failure], int]
         )
     create_table_artifact(table=run_table(rows), key=f"{key}-runs", description=description)
     create_markdown_artifact(markdown=markdown, key=f"{key}-products", description="Products")
+    with executor().session() as session:
+        overview = pipeline_overview(session, pipeline, dt.datetime.now(dt.UTC))
+    create_markdown_artifact(
+        markdown=overview_markdown(overview, picture=overview_picture(overview)),
+        key=f"{key}-overview",
+        description=f"{pipeline} at a glance: per step, sub-groups current, due, in flight, failed",
+    )
     if failures:
         create_table_artifact(
             table=[f.as_row() for f in failures],

@@ -796,3 +796,22 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
         assert status is m.RunStatus.COMPLETED
         assert reason is (m.GapReason.RETRY if step == "calibrate" else m.GapReason.NEW)
     assert {r.prefect_flow_run_id for r in runs} == {flow_run_id}  # the same flow run
+    still_failed = run_cli(site.env, "status", "failday", "--status", "FAILED", "--json")
+    assert json.loads(still_failed.stdout) == []  # current problems only, by default
+
+    [overview] = site.post("/artifacts/filter", {  # the pipeline at a glance, latest version
+        "artifacts": {"key": {"any_": ["failday-overview"]}}, "sort": "CREATED_DESC", "limit": 1,
+    })  # fmt: skip
+    assert "failday at a glance" in overview["data"]
+    assert "| calibrate | " in overview["data"] and "| grid | " in overview["data"]
+    assert "Failed sub-groups" not in overview["data"]  # all fixed now
+    assert "](data:image/png;base64," in overview["data"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(f"{ui}/artifacts/artifact/{overview['id']}", wait_until="networkidle")
+        page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-overview.png"), full_page=True)
+        page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+        page.screenshot(path=str(artifacts / "failday-flow-run-retried.png"), full_page=True)
+        browser.close()

@@ -58,9 +58,10 @@ def test_a_failed_sub_group_is_explained_its_log_read_and_one_retry_command_fixe
         (BAD, "failed", False, f"ccat-wm retry t --step reduce --sub-group {BAD}")
     ]
     shown_plan = run_cli(run_env, "plan", "t").stdout
-    assert "retrying the 1 failed sub-group(s) would run 1 run(s), downstream included" in (
-        shown_plan
-    ) and "ccat-wm retry t" in shown_plan, shown_plan
+    assert (
+        "retrying the 1 failed sub-group(s) would run 1 run(s), downstream included" in (shown_plan)
+        and "ccat-wm retry t" in shown_plan
+    ), shown_plan
     again = run_cli(run_env, "run", "t")  # what plan says: nothing ready, and why
     assert again.returncode == 0, again.stderr
     assert "no gaps: nothing to run" in again.stdout and hint in again.stdout
