@@ -43,6 +43,8 @@ from infra.backends import BackendError, JobInfo, JobState
 
 NEEDED = ("parameters", "environment", "command_template")
 """Snapshot columns without which a run cannot be re-made exactly."""
+STOP_WAIT_S = 5.0
+"""How long a stopped reproduce waits for its cancelled job's end to be recorded."""
 POLL_MAX_S = 1.0
 
 
@@ -215,6 +217,9 @@ def _execute(remade: RunContext, settings: Settings) -> tuple[JobInfo, str, str]
     while not (info := backend.status(job_id)).state.finished:
         if stop_requested():  # nothing to adopt: scratch runs are not in the ops DB
             backend.cancel(job_id)
+            deadline = time.monotonic() + STOP_WAIT_S  # its end recorded before the scratch goes
+            while not backend.status(job_id).state.finished and time.monotonic() < deadline:
+                backend.wait(job_id, 0.1)
             backend.forget(job_id)
             raise StopRequestedError(f"reproduce stopped: its job {job_id} was cancelled")
         backend.wait(job_id, interval)

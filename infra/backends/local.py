@@ -249,7 +249,8 @@ class LocalBackend(Backend):
         except Exception as exc:  # recorded as the job's end, not lost
             record.state = JobState.FAILED.value
             record.reason = f"the local backend lost track of the job: {exc!r}"[:500]
-            self._write(record)
+            with contextlib.suppress(OSError):  # its state directory is gone: nobody reads it
+                self._write(record)
         with _LIVE_LOCK:
             ended = _ENDED.get(str(record.pid))
         if ended is not None:
