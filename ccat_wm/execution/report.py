@@ -126,21 +126,34 @@ def run_rows(
     a problem (`superseded`).
     """
     query = _runs_query().order_by(RUN.id.desc())
+    query = query.where(*_narrowed(pipeline, flow_run, statuses, step, since))
     if not history:
         query = query.where(~superseded())
-    if pipeline is not None:
-        query = query.where(m.Pipeline.name == pipeline)
-    if flow_run is not None:
-        query = query.where(RUN.prefect_flow_run_id == flow_run)
-    if statuses:
-        query = query.where(RUN.status.in_(list(statuses)))
-    if step is not None:
-        query = query.where(m.ReductionStep.name == step)
-    if since is not None:
-        query = query.where(RUN.created_at >= since)
     if limit is not None:
         query = query.limit(limit)
     return [_row(r, ui_url) for r in session.execute(query)]
+
+
+def _narrowed(
+    pipeline: str | None,
+    flow_run: str | None,
+    statuses: Sequence[m.RunStatus],
+    step: str | None,
+    since: dt.datetime | None,
+) -> list[ColumnElement[bool]]:
+    """Return the conditions narrowing runs (over RUN joined to its step and pipeline)."""
+    conditions: list[ColumnElement[bool]] = []
+    if pipeline is not None:
+        conditions.append(m.Pipeline.name == pipeline)
+    if flow_run is not None:
+        conditions.append(RUN.prefect_flow_run_id == flow_run)
+    if statuses:
+        conditions.append(RUN.status.in_(list(statuses)))
+    if step is not None:
+        conditions.append(m.ReductionStep.name == step)
+    if since is not None:
+        conditions.append(RUN.created_at >= since)
+    return conditions
 
 
 def superseded() -> ColumnElement[bool]:
@@ -171,16 +184,8 @@ def hidden_history(
         .select_from(RUN)
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .where(superseded())
+        .where(superseded(), *_narrowed(pipeline, None, statuses, step, since))
     )
-    if pipeline is not None:
-        query = query.where(m.Pipeline.name == pipeline)
-    if statuses:
-        query = query.where(RUN.status.in_(list(statuses)))
-    if step is not None:
-        query = query.where(m.ReductionStep.name == step)
-    if since is not None:
-        query = query.where(RUN.created_at >= since)
     return int(session.scalar(query) or 0)
 
 
