@@ -35,12 +35,13 @@ from ccat_wm.execution.ownership import hold_ownership
 from ccat_wm.execution.stopping import reinstall, stop_requested, stop_signal
 from ccat_wm.execution.waves import WaveItem, first_runs
 from ccat_wm.settings import load_settings
+from tasks.artifacts import publish_artifacts
+from tasks.not_run import NOT_DUE, NOT_READY, UPSTREAM_FAILED, end_not_ready
 from tasks.runs import (
     ensure_concurrency_limits,
     executor,
     limit_name,
     prepare_wave_task,
-    publish_artifacts,
     retry_failures_task,
     run_tags,
     sub_group_task,
@@ -133,7 +134,7 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
                     wait_for=waits,
                 )
             )
-    counts = {"completed": 0, "failed": 0, "cancelled": 0}
+    counts = _no_counts()
     for future in futures:
         if not _wait(future):  # the command is stopping: task runs not begun never will
             for queued in futures:
@@ -144,14 +145,30 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
             counts["cancelled"] += 1
             continue
         future.wait()  # done: keeps the task run's final state
-        state = future.state
-        if state.is_failed() or state.is_crashed():
-            counts["failed"] += 1
-        elif state.is_cancelled():
-            counts["cancelled"] += 1
-        else:
-            counts["completed"] += 1
+        counts[_outcome(future.state)] += 1
+    if counts["not_run"] and not stop_requested():
+        end_not_ready(items, futures)
     return counts
+
+
+def _no_counts() -> dict[str, int]:
+    """Return zero counts of how a wave's task runs ended (the flow run's result)."""
+    return {"completed": 0, "failed": 0, "cancelled": 0, "not_run": 0, "not_due": 0}
+
+
+def _outcome(state: State[Any]) -> str:
+    """Classify a sub-group task run's end (a key of `_no_counts`).
+
+    A run completed, failed or was cancelled; a follow-up without a run was `not_run`
+    (its upstream failed) or `not_due`.
+    """
+    if state.is_failed() or state.is_crashed():
+        return "failed"
+    if state.is_cancelled():
+        return "not_run" if state.name == UPSTREAM_FAILED else "cancelled"
+    if state.is_pending() and state.name == NOT_READY:  # waited for a follow-up not run
+        return "not_run"
+    return "not_due" if state.name == NOT_DUE else "completed"
 
 
 @flow(
@@ -307,7 +324,7 @@ def pipeline_flow(
         return _stopped_state(counts)
     if counts["failed"]:
         message = (
-            failures_message(failures, owned)
+            failures_message(failures, owned, counts["not_run"])
             if failures
             else (f"{counts['failed']} of {len(items)} sub-group run(s) failed")
         )
@@ -322,7 +339,7 @@ def _run_wave(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
     The sub-flow runs appear under the pipeline's flow too, named after this flow run.
     """
     size = _SETTINGS.max_task_runs - BOOKKEEPING_TASKS
-    counts = {"completed": 0, "failed": 0, "cancelled": 0}
+    counts = _no_counts()
     if len(items) <= size:
         counts = _run_items(wave, items)
     else:

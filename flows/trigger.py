@@ -56,6 +56,7 @@ from ccat_wm.settings import load_settings
 from deployments.render import DEFAULT_TRIGGER_INTERVAL_S
 from flows.liveness import crash_silent_flow_runs
 from flows.pipeline import flow_for
+from tasks.artifacts import publish_overview
 from tasks.runs import executor
 
 STOPPED = (StateType.CANCELLED, StateType.CANCELLING)
@@ -239,6 +240,8 @@ def trigger_flow(
         time.sleep(max(wait_s, 0.0) + 0.5)
     if not (created or launched or cancelled or crashed):
         mark_idle(location)
+    for pipeline in sorted({*created, *launched}):  # the pipelines this tick touched
+        publish_overview(pipeline)
     return {
         "created": created,
         "started": launched,

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
@@ -29,15 +29,14 @@ from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message
-from ccat_wm.execution.failures import Failure, flow_run_failures, retry_command, task_run_name
-from ccat_wm.execution.overview import overview_markdown, overview_picture, pipeline_overview
+from ccat_wm.execution.failures import retry_command, task_run_name
 from ccat_wm.execution.ownership import live_other_owners
-from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
 from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
 from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.settings import load_settings
+from tasks.not_run import not_run
 from tasks.slots import pool_for, reclaim_dead_slots, uses_ephemeral_server
 
 
@@ -206,19 +205,20 @@ def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt e
     logger = get_run_logger()
     if stop_requested():  # a claimed run stays PENDING: the next flow run adopts it
         return Cancelled(message=f"run {run_id}: not started; the command was stopped")
+    blocked: tuple[tuple[str, str], ...] = ()
     if run_id is None:
         with executor().session() as session, session.begin():
-            run_id = claim_follow_up(
+            follow_up = claim_follow_up(
                 session, pipeline, step, sub_group_key, dt.datetime.now(dt.UTC),
                 claim_as=claim_as, manual=manual, force=force,
             )  # fmt: skip
+        run_id, blocked = follow_up.run_id, follow_up.failed_upstream
         if run_id is not None:
             logger.info("claimed run %s now that its upstream runs are done", run_id)
     slots = pool_for(claim_as, step, limit_name(pipeline, step))
     if run_id is None:
         slots.skip()
-        logger.info("not due after its upstream runs; nothing to run")
-        return RunOutcome(0, RunStatus.PENDING, 0, "not due")
+        return not_run(step, sub_group_key, blocked)
     try:
         with slots.slot(run_id) as held, run_logging(logger):
             try:
@@ -277,44 +277,3 @@ def retry_failures_task(pipeline: str, claim_as: str) -> RetryResult:
     else:
         logger.info("Retry: no sub-group this flow run failed is failed any more; nothing to do")
     return retried
-
-
-@task(name=f"{BOOKKEEPING}publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(pipeline: str, claim_as: str) -> tuple[list[Failure], int]:
-    """Publish the flow run's table of runs, its failures and a summary of its products.
-
-    A large wave's table lists `ARTIFACT_ROWS` runs, those that did not complete first.
-    The failures table names each failed sub-group's step, key, kind, reason, attempts,
-    log and the command that retries it; it is returned, with the number of runs the
-    flow run owns (what the runs table counts), for the flow run's message.
-    """
-    with executor().session() as session:
-        rows, total = artifact_rows(session, claim_as)
-        markdown = products_markdown(session, claim_as)
-        failures = flow_run_failures(session, claim_as)
-    key = "".join(c if c.isalnum() else "-" for c in pipeline.lower())
-    description = f"Runs of {pipeline} in this flow run"
-    if total > len(rows):
-        description += (
-            f": {len(rows)} of {total}, those that did not complete first "
-            f"(ccat-wm status {pipeline} --limit {total} lists them all)"
-        )
-    create_table_artifact(table=run_table(rows), key=f"{key}-runs", description=description)
-    create_markdown_artifact(markdown=markdown, key=f"{key}-products", description="Products")
-    with executor().session() as session:
-        overview = pipeline_overview(session, pipeline, dt.datetime.now(dt.UTC))
-    create_markdown_artifact(
-        markdown=overview_markdown(overview, picture=overview_picture(overview)),
-        key=f"{key}-overview",
-        description=f"{pipeline} at a glance: per step, sub-groups current, due, in flight, failed",
-    )
-    if failures:
-        create_table_artifact(
-            table=[f.as_row() for f in failures],
-            key=f"{key}-failures",
-            description=(
-                f"Sub-groups of {pipeline} that failed in this flow run: fix the cause, then "
-                "press Retry on the flow run, or run the command of a row"
-            ),
-        )
-    return failures, total

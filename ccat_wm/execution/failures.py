@@ -105,18 +105,22 @@ def flow_run_failures(session: Session, flow_run_id: str) -> list[Failure]:
     return failures
 
 
-def failures_message(failures: list[Failure], total: int) -> str:
+def failures_message(failures: list[Failure], total: int, not_run: int = 0) -> str:
     """Return the flow run's one-line message: how many failed of how many, and which.
 
     `total`: the runs the flow run executed (its runs artifact counts the same); a
-    follow-up whose upstream failed never became a run and is not counted.
+    follow-up whose upstream failed never became a run and is not counted there, but
+    `not_run` of them (task runs ending `UpstreamFailed`) are named as such.
     """
     named = "; ".join(
         f"{f.name}: {first_line(f.reason, 160)}" for f in failures[:LISTED_IN_MESSAGE]
     )
     more = len(failures) - LISTED_IN_MESSAGE
     tail = f"; and {more} more (the flow run's failures artifact lists them)" if more > 0 else ""
+    waiting = (
+        f" {not_run} downstream sub-group(s) were not run: they wait for these." if not_run else ""
+    )
     return (
-        f"{len(failures)} of {total} sub-group run(s) failed: {named}{tail}. Fix the cause, "
-        "then press Retry on this flow run (or run the command in the failures artifact)"
+        f"{len(failures)} of {total} sub-group run(s) failed: {named}{tail}.{waiting} Fix the "
+        "cause, then press Retry on this flow run (or run the command in the failures artifact)"
     )

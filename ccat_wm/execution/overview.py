@@ -2,7 +2,8 @@
 
 The view an operator opens first (Dagster users know it from its partition pages): one
 Prefect artifact per pipeline under a stable key (`<pipeline>-overview`), replaced by
-every flow run of the pipeline. Per step: how many sub-groups are current, the gaps by
+every flow run of the pipeline and every trigger tick that created or started its runs
+(`tasks.artifacts`). Per step: how many sub-groups are current, the gaps by
 reason, the runs in flight, the failed sub-groups with the command that retries each;
 and, when it fits, a picture of step x sub-group coloured by state.
 """

@@ -228,6 +228,34 @@ def downstream_closure(
     return reached
 
 
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What became of a follow-up once the items it waited for were done."""
+
+    run_id: int | None
+    """Its claimed run; None when it is not due."""
+    failed_upstream: tuple[tuple[str, str], ...] = ()
+    """`(step, key)`s upstream of it (at any depth) that are failed: why it is not due."""
+
+
+def upstream_closure(snapshot: PipelineSnapshot, step: str, key: str) -> set[tuple[str, str]]:
+    """Return the `(step, key)`s inside the sub-group `(step, key)`, transitively upstream."""
+    inside = containment(snapshot)
+    reached: set[tuple[str, str]] = set()
+    frontier = {(step, key)}
+    while frontier:
+        found = {
+            (up, up_key)
+            for (up, down, down_key), up_keys in inside.items()
+            for f_step, f_key in frontier
+            if down == f_step and down_key == f_key
+            for up_key in up_keys
+        }
+        frontier = found - reached
+        reached |= found
+    return reached
+
+
 def claim_follow_up(
     session: Session,
     pipeline: str,
@@ -238,17 +266,23 @@ def claim_follow_up(
     claim_as: str,
     manual: bool = False,
     force: bool = False,
-) -> int | None:
-    """Create (if due) and claim the run of one sub-group; None when it is not due. No commit."""
+) -> FollowUp:
+    """Create (if due) and claim the run of one sub-group. No commit.
+
+    When it is not due, say which failed sub-groups upstream of it keep it from running
+    (an operator sees "not run: calibrate[scan-1] failed", not a run that did nothing).
+    """
     run_id = _claim(session, pipeline, step, key, claim_as)
     if run_id is not None:
-        return run_id
+        return FollowUp(run_id)
     snapshot, gaps = _evaluate(session, pipeline, now, manual=manual, force=force)
     due = [g for g in gaps if g.step == step and g.sub_group_key == key and g.eligible]
     if not due:
-        return None
+        failed = {(g.step, g.sub_group_key) for g in gaps if g.reason is GapReason.FAILED}
+        blocking = sorted(failed & upstream_closure(snapshot, step, key)) if failed else []
+        return FollowUp(None, tuple(blocking))
     create_runs(session, snapshot, due)
-    return _claim(session, pipeline, step, key, claim_as)
+    return FollowUp(_claim(session, pipeline, step, key, claim_as))
 
 
 def _claim(session: Session, pipeline: str, step: str, key: str, claim_as: str) -> int | None:

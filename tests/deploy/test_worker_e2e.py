@@ -692,10 +692,11 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
     """Two or more sub-groups fail: the flow run is Failed with one message naming each
     (`step[sub-group]: reason`) and what to do, no traceback in its logs or the worker's
     output, a failures artifact with each sub-group's next command, and each failed task
-    run's artifact shows the log's last lines as lines. The cause is fixed, Retry is set
-    as the UI's button does (AwaitingRetry): the same flow run retries exactly the failed
-    sub-groups with a fresh budget, their downstream runs follow, and it ends Completed.
-    Chromium screenshots the flow run's and a task run's pages into `test-artifacts/`."""
+    run's artifact shows the log's last lines as lines; the maps that wait for them end
+    `UpstreamFailed`, counted apart. The cause is fixed and Chromium presses Retry on the
+    flow run's page: the same flow run retries exactly the failed sub-groups with a fresh
+    budget, their downstream runs follow, and it ends Completed. Each page is screenshot
+    into `test-artifacts/` (the operator's guide shows them)."""
     from playwright.sync_api import sync_playwright
 
     simulated = run_cli(site.env, "simulate", "--scans", "2", "--seed", "21")
@@ -741,6 +742,9 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
 
     task_runs = wait_until("every task run of the flow run in a final state", all_final, 30)
     failed_task = next(t for t in task_runs if t["state_type"] == "FAILED")
+    waiting = [t for t in task_runs if t["name"].startswith("grid[")]
+    assert waiting and all(t["state"]["name"] == "UpstreamFailed" for t in waiting), waiting
+    assert f" {len(waiting)} downstream sub-group(s) were not run: they wait for these." in message
     assert "\n" not in failed_task["state"]["message"]
     assert "last log line: 'boom: failing on purpose'" in failed_task["state"]["message"]
     [why] = site.post("/artifacts/filter", {"task_runs": {"id": {"any_": [failed_task["id"]]}}})
@@ -768,10 +772,20 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
         browser.close()
 
     (site.root / "failday-fixed").touch()  # the operator fixes the cause
-    site.post(f"/flow_runs/{flow_run_id}/set_state", {  # what the UI's Retry button sends
-        "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
-        "force": True,
-    })  # fmt: skip
+    with sync_playwright() as playwright:  # and presses Retry on the flow run's page
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+        page.get_by_role("button", name="Retry").first.click()
+        dialog = page.locator(".p-modal")
+        dialog.get_by_text("This will retry flow run").wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-retry.png"), full_page=True)
+        dialog.get_by_role("button", name="Retry").click()
+        wait_until(
+            "the Retry button to put the flow run in AwaitingRetry or later",
+            lambda: site.get(f"/flow_runs/{flow_run_id}")["state"]["type"] != "FAILED",
+        )
+        browser.close()
     retried = wait_until(
         "the retried flow run to end",
         lambda: (

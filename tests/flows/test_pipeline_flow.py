@@ -273,6 +273,36 @@ def test_failing_sub_group_is_retried_then_failed_while_others_complete(
     assert shown[0].id == failed.id
 
 
+def test_a_follow_up_whose_upstream_failed_is_not_run_and_says_so(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """`first[scan 2]` fails: `second[scan 2]` and `third[scan 2]` (two steps down) end
+    Cancelled `UpstreamFailed` naming `first[scan 2]`, not a green "not due"; the flow
+    run's message counts them apart from the runs (which its runs table counts)."""
+    first = tool_step("first", parameters={"fail_key": "scan-000002"})
+    second = tool_step("second", depends_on=["first"])
+    third = tool_step("third", depends_on=["second"])
+    setup_pipeline(engine, tmp_path, [first, second, third], scans=2)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Failed"
+    assert result.message.startswith(
+        "1 of 4 sub-group run(s) failed: first[executed_obs_unit=scan-000002]: exit code 3."
+        " 2 downstream sub-group(s) were not run: they wait for these."
+    ), result.message
+    for step in ("second", "third"):
+        task_run = task_run_named(result.flow_run_id, f"{step}[executed_obs_unit=scan-000002]")
+        assert (task_run.state.type.value, task_run.state.name) == ("CANCELLED", "UpstreamFailed")
+        assert task_run.state.message == (
+            f"{step}[executed_obs_unit=scan-000002]: not run, because "
+            "first[executed_obs_unit=scan-000002] upstream of it failed; it runs once they "
+            "complete (press Retry on the flow run)"
+        )
+    done = task_run_named(result.flow_run_id, "third[executed_obs_unit=scan-000001]")
+    assert done.state.type.value == "COMPLETED" and done.state.name == "Completed"
+
+
 def test_contract_violation_fails_the_run_naming_the_file(engine: Engine, tmp_path: Path) -> None:
     setup_pipeline(engine, tmp_path, [tool_step("reduce", parameters={"mode": "outside"})], scans=1)
 

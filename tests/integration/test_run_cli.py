@@ -134,3 +134,23 @@ def test_trigger_without_a_prefect_server_starts_a_cron_pipeline_whose_tick_has_
     assert "chai-demo" in result["started"], result
     rows = json.loads(run_cli(cli_env, "status", "chai-demo", "--json").stdout)
     assert rows and all(r["status"] == "COMPLETED" for r in rows), rows
+
+
+@pytest.mark.prefect_ephemeral
+def test_a_failing_run_prints_its_failures_by_name_without_a_traceback(
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A data failure is not a crash: `ccat-wm run` of a pipeline whose sub-group fails
+    exits 1 and names `step[sub-group]` and its reason, with no traceback or Prefect
+    "unexpected exception" anywhere in its output (the ephemeral server, as a newcomer)."""
+    from tests.flows.conftest import setup_pipeline, tool_step
+
+    setup_pipeline(engine, tmp_path, [tool_step("reduce", parameters={"fail_key": "scan-000002"})],
+                   scans=2)  # fmt: skip
+    failed = run_cli(cli_env, "run", "t")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 1, output
+    assert "reduce[executed_obs_unit=scan-000002]: exit code 3" in output, output
+    assert "ccat-wm retry t" in output, output
+    for alarm in ("Traceback", "unexpected exception", "SubGroupRunsFailedError"):
+        assert alarm not in output, output
