@@ -52,11 +52,11 @@ class Failure:
         return retry_command(self.pipeline, self.sub_group_key, self.step)
 
     def as_row(self) -> dict[str, Any]:
-        """Return the `failures` artifact's row."""
+        """Return the `failures` artifact's row (the command before the long log path)."""
         return {
             "step": self.step, "sub_group": display_key(self.sub_group_key), "run": self.run_id,
             "kind": self.kind, "reason": first_line(self.reason), "attempts": self.attempts,
-            "log": self.log_path or "", "next": self.next_command,
+            "next": self.next_command, "log": self.log_path or "",
         }  # fmt: skip
 
 

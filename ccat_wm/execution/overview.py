@@ -28,6 +28,8 @@ RUN = m.ExecutedReductionStep
 PICTURE_CELLS = 4000
 """Largest step x sub-group grid drawn (beyond it the counts say it all)."""
 STATES = ("current", "due", "in flight", "failed")
+NO_RUN = "#eeeeee"
+"""Colour of a cell without a run or gap: waiting for its upstream, or not a key of the step."""
 COLOURS = {"current": "#2e9e44", "due": "#e0b000", "in flight": "#2f6fd6", "failed": "#d62f2f"}
 
 
@@ -152,7 +154,7 @@ def overview_picture(overview: Overview) -> bytes | None:
 
     index = {state: i + 1 for i, state in enumerate(STATES)}
     grid = [[index.get(overview.cells.get((step, key), ""), 0) for key in keys] for step in steps]
-    colours = ListedColormap(["#eeeeee", *(COLOURS[s] for s in STATES)])
+    colours = ListedColormap([NO_RUN, *(COLOURS[s] for s in STATES)])
     width = min(16.0, 4.0 + 0.3 * len(keys))
     figure, axes = pyplot.subplots(figsize=(width, 1.5 + 0.45 * len(steps)), dpi=100)
     cells = len(steps) * len(keys)
@@ -167,7 +169,10 @@ def overview_picture(overview: Overview) -> bytes | None:
     axes.tick_params(axis="x", labelrotation=90, labelsize=7)
     axes.set_xlabel(f"{len(keys)} sub-group(s)")
     axes.legend(
-        handles=[Patch(color=COLOURS[s], label=s) for s in STATES],
+        handles=[
+            *(Patch(color=COLOURS[s], label=s) for s in STATES),
+            Patch(color=NO_RUN, label="no run (yet)"),
+        ],
         loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
     )  # fmt: skip
     buffer = io.BytesIO()

@@ -298,6 +298,13 @@ def test_new_scans_lead_to_runs_of_the_continuous_pipeline_without_a_manual_step
     )  # fmt: skip
     assert new, (site.root / "worker.log").read_text()[-5000:]
     assert all(r.prefect_flow_run_id for r in new)  # run by a flow run of the deployment
+    # The trigger tick that created the runs published the pipeline's overview too.
+    overviews = site.post(
+        "/artifacts/filter", {"artifacts": {"key": {"any_": ["standing-overview"]}}}
+    )
+    ticks = [a for a in overviews if a["flow_run_id"]
+             and "trigger" in site.get(f"/flow_runs/{a['flow_run_id']}")["tags"]]  # fmt: skip
+    assert ticks and "standing at a glance" in ticks[0]["data"], overviews
     with Session(site.engine) as session:
         created = session.scalar(select(RUN.created_at).where(RUN.id == new[0].id))
         newest_data = session.scalar(  # the newest of the run's own input packages
@@ -763,6 +770,22 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
         page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
         page.get_by_text("press Retry on this flow run").first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "failday-flow-run.png"), full_page=True)
+        page.get_by_text("Task Runs", exact=True).first.click()
+        page.get_by_text("UpstreamFailed").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-task-runs.png"), full_page=True)
+        page.goto(f"{ui}/artifacts/artifact/{failures['id']}", wait_until="networkidle")
+        page.get_by_text("ccat-wm retry failday").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-failures.png"), full_page=True)
+        [overview] = site.post("/artifacts/filter", {
+            "artifacts": {"key": {"any_": ["failday-overview"]}}, "sort": "CREATED_DESC",
+            "limit": 1,
+        })  # fmt: skip
+        assert (
+            "Failed sub-groups" in overview["data"] and "ccat-wm retry failday" in overview["data"]
+        )
+        page.goto(f"{ui}/artifacts/artifact/{overview['id']}", wait_until="networkidle")
+        page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "failday-overview-failed.png"), full_page=True)
         page.goto(f"{ui}/runs/task-run/{failed_task['id']}", wait_until="networkidle")
         page.get_by_text("last log line").first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "failday-task-run.png"), full_page=True)
