@@ -11,11 +11,14 @@ a Cancelled one Pending (`NotReady`) for ever; the flow ends those `UpstreamFail
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
+import httpx
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Completed
@@ -30,6 +33,9 @@ NOT_DUE = "NotDue"
 NOT_READY = "NotReady"
 """Prefect's name of the Pending state of a task run whose upstream did not complete."""
 LISTED_UPSTREAM = 3
+RECORDED_WITHIN_S = 15.0
+"""How long the server may take to record a task run that never started (it records task
+run states from events, in batches)."""
 
 
 def upstream_failed(name: str, failed: Sequence[str], how: str = "failed") -> State[Any]:
@@ -95,4 +101,25 @@ def end_not_ready(items: Sequence[WaveItem], futures: Sequence[PrefectFuture[Any
                 task_run_name(items[i].step, items[i].sub_group_key), names,
                 "failed" if failed else "did not complete",
             )  # fmt: skip
-            client.set_task_run_state(futures[i].task_run_id, state, force=True)
+            _set_state(client, futures[i].task_run_id, state)
+
+
+def _set_state(client: SyncPrefectClient, task_run_id: UUID, state: State[Any]) -> None:
+    """Set a task run's state once the server has recorded the task run; never raise.
+
+    Only what the UI shows is at stake (the flow run's message counts the sub-group
+    already), so a server that does not record it in time is logged, not an error.
+    """
+    deadline = time.monotonic() + RECORDED_WITHIN_S
+    while True:
+        try:
+            client.set_task_run_state(task_run_id, state, force=True)
+            return
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != httpx.codes.NOT_FOUND or time.monotonic() > deadline:
+                get_run_logger().warning("could not mark task run %s: %s", task_run_id, exc)
+                return
+        except Exception as exc:  # the API is away: the UI keeps Prefect's NotReady
+            get_run_logger().warning("could not mark task run %s: %s", task_run_id, exc)
+            return
+        time.sleep(0.5)

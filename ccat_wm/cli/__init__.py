@@ -8,27 +8,59 @@ One module per command group (`db`, `specs`, `runs`, `provenance`, `deploy`, `de
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 import click
 
-from ccat_wm.cli import cluster, demo, deploy, provenance, runs, specs
-from ccat_wm.cli import db as db_commands
-from ccat_wm.cli.common import report_error
-from ccat_wm.prefect_settings import apply_prefect_defaults
+from ccat_wm.cli.lazy import LazyCommand, LazyGroup
 
 DISTRIBUTION = "ccat-workflow-manager"
 
+COMMANDS = {
+    name: LazyCommand(f"ccat_wm.cli.{module}", attribute, short_help)
+    for name, module, attribute, short_help in [
+        ("apply", "specs", "apply",
+         "Create or update sites, locations, software, groupings and pipelines from YAML."),
+        ("cancel", "runs", "cancel",
+         "Cancel a run that has not finished, and stop its backend job."),
+        ("db", "db", "db",
+         "Manage the ops DB (CCAT_OPS_DB_URL, or the embedded server when unset)."),
+        ("demo", "demo", "demo",
+         "Run the example pipeline end to end on the embedded defaults (again: nothing to do)."),
+        ("deploy", "deploy", "deploy",
+         "Sync the pipelines into prefect.yaml and the locations into Prefect work pools."),
+        ("gc", "cluster", "gc",
+         "Apply the retention policy: staged copies, COMPLETED workspaces, old failed runs."),
+        ("invalidate", "provenance", "invalidate",
+         "Mark raw data packages, runs or products bad (recorded, never deleted), or --undo it."),
+        ("lineage", "provenance", "lineage",
+         "Show a product's provenance (by id or file path): runs, software, configs, raw data."),
+        ("logs", "runs", "logs",
+         "Print a run's job log (stdout and stderr of one attempt), on any backend."),
+        ("plan", "runs", "plan",
+         "Show what needs (re)processing, why, when, and which command runs it; writes nothing."),
+        ("reproduce", "provenance", "reproduce",
+         "Re-make a product from what its runs recorded, and compare it bit for bit."),
+        ("resources", "cluster", "resources",
+         "Per step: requested vs used (median, p95), CPU efficiency, a suggestion, badput."),
+        ("retry", "runs", "retry",
+         "Give failed sub-groups (retries exhausted) a fresh retry budget and run them now."),
+        ("run", "runs", "run",
+         "Run a pipeline now (a manual run): every ready gap, or the given sub-groups."),
+        ("simulate", "specs", "simulate",
+         "Register synthetic CHAI observations with real small files in an archive location."),
+        ("status", "runs", "status",
+         "List runs, newest first: status, reason, attempts, job id, times and metrics."),
+        ("trigger", "runs", "trigger",
+         "One trigger tick: create the due runs and start their flows."),
+        ("verify", "provenance", "verify",
+         "Recompute size and SHA-256 of every product and staged copy; compare with the ops DB."),
+    ]
+}  # fmt: skip
+"""Every command: module, attribute and one-line help (imported only when it runs)."""
 
-def _version() -> str:
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), "--version", "-V", prog_name="ccat-wm")
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "--version", "-V", package_name=DISTRIBUTION, prog_name="ccat-wm")
 @click.option("--debug", is_flag=True, help="Print the full traceback of an error.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -36,18 +68,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-cli.add_command(db_commands.db)
-for command in (
-    specs.apply, specs.simulate,
-    runs.plan, runs.run, runs.retry, runs.status, runs.logs, runs.cancel, runs.trigger,
-    provenance.lineage, provenance.verify, provenance.reproduce, provenance.invalidate,
-    deploy.deploy, demo.demo, cluster.resources, cluster.gc,
-):  # fmt: skip
-    cli.add_command(command)
-
-
 def main() -> None:
     """Entry point: run the CLI; any error becomes a one-line cause and exit code 1."""
+    from ccat_wm.prefect_settings import apply_prefect_defaults
+
     apply_prefect_defaults()  # before Prefect is imported; a user's value wins
     debug = "--debug" in sys.argv[1:]
     try:
@@ -64,4 +88,6 @@ def main() -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
+        from ccat_wm.cli.common import report_error
+
         sys.exit(report_error(exc, debug=debug))

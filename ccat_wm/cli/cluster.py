@@ -40,7 +40,7 @@ def resources(
     with Session(engine()) as session:
         report = step_usage(session, pipeline, step, headroom=headroom)
     if plot_path is not None:
-        from ccat_wm.execution.usage_plot import plot_usage  # noqa: PLC0415 - matplotlib is slow to import
+        from ccat_wm.execution.usage_plot import plot_usage
 
         plot_usage(report, plot_path)
     if as_json:

@@ -21,7 +21,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from ccat_ops_db import migrate
+from ccat_ops_db.schema_version import HEAD_REVISION, stored_revision
 from ccat_wm.db import display_url, get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, DatabaseError, describe
 from ccat_wm.settings import Settings, load_settings
@@ -48,17 +48,16 @@ def engine() -> Engine:
 def check_schema(engine: Engine) -> None:
     """Refuse to work on an ops DB that is not at the current schema."""
     try:
-        current = migrate.current_revision(engine)
+        current = stored_revision(engine)
     except Exception as exc:
         raise DatabaseError(
             f"cannot reach the ops DB at {display_url(engine.url)}: {type(exc).__name__}; "
             "check CCAT_OPS_DB_URL"
         ) from None
-    heads = migrate.head_revisions()
-    if current not in heads:
+    if current != HEAD_REVISION:
         raise DatabaseError(
             f"the ops DB is at schema revision {current or 'none (empty)'}, expected "
-            f"{', '.join(heads)}; run `ccat-wm db upgrade`"
+            f"{HEAD_REVISION}; run `ccat-wm db upgrade`"
         )
 
 
@@ -106,7 +105,7 @@ def error_log_path() -> Path:
     try:
         return load_settings().error_log
     except Exception:
-        import tempfile  # noqa: PLC0415 - only when the settings themselves are broken
+        import tempfile
 
         return Path(tempfile.gettempdir()) / "ccat-wm-errors.log"
 

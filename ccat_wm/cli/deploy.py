@@ -28,7 +28,7 @@ from ccat_wm.cli.common import engine
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 def deploy(prefect_yaml: Path, dry_run: bool, as_json: bool) -> None:
     """Sync the pipelines into prefect.yaml and the locations into Prefect work pools."""
-    from deployments.sync import deploy as deploy_pipelines  # noqa: PLC0415 - loads Prefect
+    from deployments.sync import deploy as deploy_pipelines
 
     with Session(engine()) as session:
         result = deploy_pipelines(session, prefect_yaml, dry_run=dry_run)

@@ -7,19 +7,21 @@ import json
 import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ccat_wm.execution.control import Lineage
-from ccat_wm.execution.invalidation import InvalidationResult
-from ccat_wm.execution.report import RunRow
-from ccat_wm.execution.reproduce import ReproduceReport
-from ccat_wm.execution.retention import Removal
-from ccat_wm.execution.retry import RetryResult
-from ccat_wm.execution.usage import StepUsage
-from ccat_wm.execution.verify import VerifyReport
-from ccat_wm.gaps.plan import Plan, next_action
-from ccat_wm.gaps.what_if import WhatIf
 from ccat_wm.selection.dimensions import display_key
+
+if TYPE_CHECKING:  # types only: a command imports what it runs, not every command's
+    from ccat_wm.execution.control import Lineage
+    from ccat_wm.execution.invalidation import InvalidationResult
+    from ccat_wm.execution.report import RunRow
+    from ccat_wm.execution.reproduce import ReproduceReport
+    from ccat_wm.execution.retention import Removal
+    from ccat_wm.execution.retry import RetryResult
+    from ccat_wm.execution.usage import StepUsage
+    from ccat_wm.execution.verify import VerifyReport
+    from ccat_wm.gaps.plan import Plan
+    from ccat_wm.gaps.what_if import WhatIf
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
@@ -42,6 +44,8 @@ def _hours(value: float) -> str:
 
 def render_plan_table(plan: Plan) -> str:
     """Render the plan as people read it: gaps, then blast radius and cost per step."""
+    from ccat_wm.gaps.plan import next_action
+
     headers = (
         "pipeline", "step", "sub_group_key", "reason", "ready", "eligible_at", "inputs", "next",
     )  # fmt: skip
@@ -83,6 +87,8 @@ def render_plan_table(plan: Plan) -> str:
 
 def render_plan_json(plan: Plan) -> str:
     """Render the plan as JSON: `gaps`, `blast_radius` per step, `total_cpu_hours`."""
+    from ccat_wm.gaps.plan import next_action
+
     payload = {
         "evaluated_at": _iso(plan.evaluated_at),
         "errors": plan.errors,

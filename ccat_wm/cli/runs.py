@@ -1,9 +1,13 @@
-"""Commands about runs: `plan`, `run`, `retry`, `status`, `logs`, `cancel`, `trigger`."""
+"""Commands about runs: `plan`, `run`, `retry`, `status`, `logs`, `cancel`, `trigger`.
+
+Each command imports the domain modules it uses when it runs (`ccat-wm status` loads no
+gap evaluator, `plan` no log reader, neither Prefect): a command starts in a fraction
+of a second (`bench/cli_bench.py`).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import sys
@@ -11,28 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import RunStatus
 from ccat_wm.cli.common import RUN_ID, Moment, engine
-from ccat_wm.cli.render import (
-    render_plan_json,
-    render_plan_table,
-    render_retry,
-    render_runs_table,
-    render_what_if,
-    render_what_if_json,
-)
+from ccat_wm.cli.render import render_runs_table
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution import stopping
-from ccat_wm.execution.control import cancel_run
-from ccat_wm.execution.logs import attempt_summary, follow_log, run_log, stream_log
-from ccat_wm.execution.report import hidden_history, run_rows
-from ccat_wm.execution.waves import pipeline_by_name
-from ccat_wm.gaps.plan import make_plan
-from ccat_wm.gaps.what_if import plan_with
 from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
-from ccat_wm.spec.loader import load_spec_files
 
 if TYPE_CHECKING:  # flows load Prefect: only for commands that run flows
     from flows.run import FlowRunResult
@@ -82,6 +71,20 @@ def plan(
     With `--with SPEC.yaml`, the files are applied in a transaction that is rolled
     back: the plan shows the gaps and CPU-hours that applying them would cause.
     """
+    import getpass
+
+    from sqlalchemy.orm import Session
+
+    from ccat_wm.cli.render import (
+        render_plan_json,
+        render_plan_table,
+        render_what_if,
+        render_what_if_json,
+    )
+    from ccat_wm.gaps.plan import make_plan
+    from ccat_wm.gaps.what_if import plan_with
+    from ccat_wm.spec.loader import load_spec_files
+
     now = at or dt.datetime.now(dt.UTC)
     if with_specs:
         loaded = load_spec_files(list(with_specs))
@@ -118,7 +121,7 @@ def _fail_on_evaluation_errors(errors: dict[str, str]) -> None:
 def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
     """Run a pipeline now (a manual run): every ready gap, or the given sub-groups."""
     stopping.arm()
-    from flows.run import run_pipeline  # noqa: PLC0415 - Prefect loads only for commands that run flows
+    from flows.run import run_pipeline  # Prefect loads only for commands that run flows
 
     result = run_pipeline(engine(), pipeline, sub_groups=_keys(sub_groups) or None, force=force)
     _report_flow_run(pipeline, result)
@@ -136,7 +139,8 @@ def retry(
 ) -> None:
     """Give failed sub-groups (retries exhausted) a fresh retry budget and run them now."""
     stopping.arm()
-    from flows.run import retry_pipeline  # noqa: PLC0415 - loads Prefect
+    from ccat_wm.cli.render import render_retry
+    from flows.run import retry_pipeline  # loads Prefect
 
     retried, outcome = retry_pipeline(
         engine(), pipeline, step=step, sub_groups=_keys(sub_groups), run_ids=list(run_ids)
@@ -194,6 +198,11 @@ def status(  # noqa: PLR0917 - one parameter per click option
     COMPLETED run of its step is shown only with `--history` (the table says how many
     it hid).
     """
+    from sqlalchemy.orm import Session
+
+    from ccat_wm.execution.report import hidden_history, run_rows
+    from ccat_wm.execution.waves import pipeline_by_name
+
     wanted = [RunStatus(s.upper()) for s in statuses]
     with Session(engine()) as session:
         if pipeline is not None:
@@ -227,6 +236,8 @@ def status(  # noqa: PLR0917 - one parameter per click option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the attempt ends.")
 def logs(run_id: int, attempt: int | None, follow: bool) -> None:
     """Print a run's job log (stdout and stderr of one attempt), on any backend."""
+    from ccat_wm.execution.logs import attempt_summary, follow_log, run_log, stream_log
+
     ops_db = engine()
     log = run_log(ops_db, run_id, attempt)
     click.echo(
@@ -249,6 +260,10 @@ def logs(run_id: int, attempt: int | None, follow: bool) -> None:
 @click.argument("run_id", type=RUN_ID)
 def cancel(run_id: int) -> None:
     """Cancel a run that has not finished, and stop its backend job."""
+    from sqlalchemy.orm import Session
+
+    from ccat_wm.execution.control import cancel_run
+
     with Session(engine()) as session:
         result = cancel_run(session, run_id)
     job = f"; job {result.hpc_job_id} stopped" if result.job_cancelled else ""
@@ -265,7 +280,7 @@ def trigger(location: str | None, as_json: bool) -> None:
     tick has come: a site may run this from the system's cron instead of a Prefect server.
     """
     engine()  # the schema check, before Prefect starts
-    from flows.trigger import trigger_flow  # noqa: PLC0415 - loads Prefect
+    from flows.trigger import trigger_flow  # loads Prefect
 
     result = trigger_flow(location=location, interval_s=0.0, include_cron=True)
     if as_json:

@@ -143,7 +143,7 @@ def preserve_failed_logs(layout: RunLayout, attempt: int) -> tuple[list[OutputFi
     target `logs/<step>-attempt-N/` (or a directory below it) that the job replaced by a
     link or a file, a source entry that is not a regular file (left where it is, unread).
     """
-    target = Path("logs") / f"{layout.step}-attempt-{attempt}"
+    target = Path("logs") / layout.attempt_name(attempt)
     source_rel = Path(layout.output_rel) / "logs"
     moved: list[OutputFile] = []
     problems: list[str] = []

@@ -82,9 +82,17 @@ class RunLayout:
         """The run's own log directory (captured job output of every attempt)."""
         return self.root / "logs"
 
+    def attempt_name(self, attempt: int) -> str:
+        """Return `<step>-attempt-<N>` of an attempt (`retry_count` 0 is attempt 1).
+
+        Files count attempts from 1, as every message does (run directories of builds
+        before 2026-12-07 named the first attempt 0).
+        """
+        return f"{self.step}-attempt-{attempt + 1}"
+
     def attempt_log(self, attempt: int) -> Path:
         """Return the file of one attempt's captured stdout and stderr (0 = the first)."""
-        return self.logs / f"{self.step}-attempt-{attempt}.log"
+        return self.logs / f"{self.attempt_name(attempt)}.log"
 
     def create(self) -> None:
         """Create the contract's directories if missing (the software makes its classes).

@@ -1,7 +1,7 @@
 """`ccat-wm logs`: a run's job log, by attempt, on any backend, optionally followed.
 
 Every backend writes an attempt's stdout and stderr to the run's log file
-(`<run dir>/logs/<step>-attempt-<N>.log`, N counting from 0 like `retry_count`), on
+(`<run dir>/logs/<step>-attempt-<N>.log`, N counting from 1 as `--attempt` does), on
 the processing location's shared filesystem; where that file is not on this host
 (a Kubernetes pod's log), the backend's own `logs()` is read instead. The files the
 software itself wrote under `logs/` in a failed attempt are kept beside it, in
@@ -69,7 +69,7 @@ def _locate(ctx: RunContext, attempt: int | None) -> RunLog:
             f"run {ctx.run_id} has attempts 1..{last + 1} (1 is the first); got --attempt {attempt}"
         )
     layout = ctx.layout
-    kept = layout.logs / f"{layout.step}-attempt-{chosen}"
+    kept = layout.logs / layout.attempt_name(chosen)
     listed = kept.rglob("*") if kept.is_dir() and not kept.is_symlink() else ()
     extra = tuple(sorted(p for p in listed if p.is_file() and not p.is_symlink()))
     return RunLog(

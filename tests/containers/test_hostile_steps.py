@@ -128,12 +128,12 @@ def test_planted_links_redirect_no_write_read_or_chmod_to_the_host(
 
     assert planted.status is m.RunStatus.FAILED and planted.retry_count == 1
     attempts = _attempts(engine, planted.id)
-    assert "probe-attempt-0: was replaced by a symlink" in attempts[0], attempts
-    assert "probe-attempt-1.log: was replaced by a symlink" in attempts[1], attempts
+    assert "probe-attempt-1: was replaced by a symlink" in attempts[0], attempts
+    assert "probe-attempt-2.log: was replaced by a symlink" in attempts[1], attempts
     assert planted.failure_kind is m.FailureKind.CONTRACT
     assert swapped.status is m.RunStatus.FAILED
     assert swapped.failure_reason and (
-        "probe-attempt-0.log was replaced by a symlink; it was not read" in swapped.failure_reason
+        "probe-attempt-1.log was replaced by a symlink; it was not read" in swapped.failure_reason
     ), swapped.failure_reason
     assert linked.status is m.RunStatus.FAILED
     assert linked.failure_reason and (

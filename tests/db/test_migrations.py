@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import migrate
 from ccat_ops_db.models import Base
+from ccat_ops_db.schema_version import HEAD_REVISION, stored_revision
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
@@ -22,15 +23,17 @@ from tests.helpers import demo_spec_data, locations_data, write_yaml
 MakeDb = Callable[[], URL]
 
 
-def test_single_head() -> None:
-    assert len(migrate.head_revisions()) == 1
+def test_single_head_which_the_commands_expect_without_alembic() -> None:
+    assert migrate.head_revisions() == (HEAD_REVISION,)
 
 
 def test_upgrade_from_empty_creates_every_table(make_database: MakeDb) -> None:
     engine = create_engine(make_database())
     assert migrate.current_revision(engine) is None
+    assert stored_revision(engine) is None
     migrate.upgrade(engine)
     assert migrate.current_revision(engine) == migrate.head_revisions()[0]
+    assert stored_revision(engine) == HEAD_REVISION
     tables = set(inspect(engine).get_table_names())
     assert {t.name for t in Base.metadata.sorted_tables} <= tables
     engine.dispose()

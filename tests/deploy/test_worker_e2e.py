@@ -582,7 +582,7 @@ def test_a_failed_run_says_why_on_its_task_run_page_in_the_ui(site: Site) -> Non
     assert task_run["name"] == f"calibrate[{failed.sub_group_key}]"
     message = task_run["state"]["message"]
     assert "boom: failing on purpose" in message and f"last job {failed.hpc_job_id}" in message
-    assert "exit code 3" in message and "/logs/calibrate-attempt-1.log" in message
+    assert "exit code 3" in message and "/logs/calibrate-attempt-2.log" in message
     assert message.startswith(f"run {failed.id} (calibrate[")  # the run id, not a tag
     assert task_run["run_count"] == 2
     assert set(task_run["tags"]) == {"step:calibrate", "pipeline:broken", "location:ramses"}

@@ -60,7 +60,7 @@ def test_a_program_that_changes_its_inputs_harms_only_its_own_copy(
     result = run_pipeline(engine, "t")
 
     assert result.state == "Completed", result.message
-    logs = "".join(p.read_text() for p in (tmp_path / "runs").rglob("*-attempt-0.log"))
+    logs = "".join(p.read_text() for p in (tmp_path / "runs").rglob("*-attempt-1.log"))
     assert f"({how})" in logs  # the program did try
     assert {p: _sha256(p) for p in archive} == archive
     recorded = _recorded(engine)

@@ -353,7 +353,7 @@ def test_a_collection_failure_names_the_file_and_keeps_the_log(
                 m.DataProduct.executed_reduction_step_id == run.id
             )
         ).all()
-    assert any(path.endswith("reduce-attempt-0.log") for path in logs), logs
+    assert any(path.endswith("reduce-attempt-1.log") for path in logs), logs
     assert "tool " + mode in Path(next(p for p in logs if p.endswith(".log"))).read_text()
     assert {p: p.stat().st_mode for p in archive_modes} == archive_modes
 

@@ -29,7 +29,7 @@ def run_log(engine: Engine, tmp_path: Path) -> Path:
     track.mkdir()
     product = Path(_complete_one_run(engine, tmp_path, release, track))
     run_root = next(p for p in product.parents if p.name.startswith("run-"))
-    (log,) = (run_root / "logs").glob("*-attempt-0.log")
+    (log,) = (run_root / "logs").glob("*-attempt-1.log")
     return log
 
 

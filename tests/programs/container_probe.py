@@ -16,7 +16,7 @@ passes its source as a config parameter, `python3 -c <source> MODE ARG`).
 - Hostile modes, ARG a JSON object with a host directory `dir` and a host file `file`
   (paths the container cannot see; its links name them all the same):
   `plant-logs` leaves a software log, links the run's log directory for its failed
-  attempt (`logs/<step>-attempt-0`) to `dir` and the next attempt's log to `file`, then
+  attempt (`logs/<step>-attempt-1`) to `dir` and the next attempt's log to `file`, then
   fails; `swap-log` writes a product and replaces its own attempt log by a link to
   `file`; `link-output` replaces `$WORKFLOW_OUTPUT_DIR` by a link to `dir`.
 - `ok`: writes one science product.
@@ -78,13 +78,13 @@ def hostile(mode, host, out):
     if mode == "plant-logs":
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "logs" / "tool.log").write_text("the software's own log")
-        os.symlink(host["dir"], logs / f"{step}-attempt-0")
-        os.symlink(host["file"], logs / f"{step}-attempt-1.log")
+        os.symlink(host["dir"], logs / f"{step}-attempt-1")
+        os.symlink(host["file"], logs / f"{step}-attempt-2.log")
         sys.exit(1)
     if mode == "swap-log":
         (out / "science").mkdir(parents=True, exist_ok=True)
         (out / "science" / "map.fits").write_bytes(b"SIMPLE")
-        log = logs / f"{step}-attempt-0.log"
+        log = logs / f"{step}-attempt-1.log"
         os.unlink(log)
         os.symlink(host["file"], log)
     elif mode == "link-output":

@@ -108,10 +108,10 @@ def test_failed_logs_are_not_moved_into_a_link_the_job_planted_at_their_target(
 ) -> None:
     (run.output / "logs").mkdir()
     (run.output / "logs" / "tool.log").write_text("the software's own log")
-    (run.logs / "grid-attempt-0").symlink_to(host)
+    (run.logs / "grid-attempt-1").symlink_to(host)
     moved, problems = preserve_failed_logs(run, 0)
     assert moved == []
-    assert len(problems) == 1 and "grid-attempt-0: was replaced by a symlink" in problems[0]
+    assert len(problems) == 1 and "grid-attempt-1: was replaced by a symlink" in problems[0]
     assert (run.output / "logs" / "tool.log").exists()  # left where it was
     _untouched(host)
 
@@ -122,10 +122,10 @@ def test_failed_logs_are_not_moved_through_a_link_below_a_real_target(
     (run.output / "logs" / "sub").mkdir(parents=True)
     (run.output / "logs" / "sub" / "deep.log").write_text("x")
     (run.output / "logs" / "top.log").write_text("y")
-    (run.logs / "grid-attempt-0").mkdir()
-    (run.logs / "grid-attempt-0" / "sub").symlink_to(host)
+    (run.logs / "grid-attempt-1").mkdir()
+    (run.logs / "grid-attempt-1" / "sub").symlink_to(host)
     moved, problems = preserve_failed_logs(run, 0)
-    assert problems and "grid-attempt-0/sub: was replaced by a symlink" in problems[0]
+    assert problems and "grid-attempt-1/sub: was replaced by a symlink" in problems[0]
     _untouched(host)
     assert all(run.root in p.path.parents for p in moved)
 
@@ -137,7 +137,7 @@ def test_failed_logs_move_into_the_run_log_directory(run: RunLayout) -> None:
     os.mkfifo(run.output / "logs" / "fifo")
     moved, problems = preserve_failed_logs(run, 2)
     assert problems == []
-    assert [p.path for p in moved] == [run.logs / "grid-attempt-2" / "sub" / "deep.log"]
+    assert [p.path for p in moved] == [run.logs / "grid-attempt-3" / "sub" / "deep.log"]
     assert all(p.data_product_type is T.LOG for p in moved)
     assert (run.output / "logs" / "fifo").exists()  # not a file: stays, unread
 
@@ -147,7 +147,7 @@ def test_an_attempt_log_planted_as_a_link_or_fifo_is_refused_before_a_job_starts
 ) -> None:
     link = run.attempt_log(1)
     link.symlink_to(host / "secret.txt")
-    with pytest.raises(UnsafeEntryError, match=r"grid-attempt-1\.log: was replaced by a symlink"):
+    with pytest.raises(UnsafeEntryError, match=r"grid-attempt-2\.log: was replaced by a symlink"):
         create_log(run.root, link)
     with pytest.raises(BackendError, match="cannot open the log"):
         _append_log(link, "job-1")
@@ -155,7 +155,7 @@ def test_an_attempt_log_planted_as_a_link_or_fifo_is_refused_before_a_job_starts
     os.mkfifo(fifo)
     with pytest.raises(UnsafeEntryError, match="was replaced by a named pipe"):
         create_log(run.root, fifo)
-    with pytest.raises(BackendError, match=r"grid-attempt-2\.log of job job-2"):
+    with pytest.raises(BackendError, match=r"grid-attempt-3\.log of job job-2"):
         _append_log(fifo, "job-2")
     create_log(run.root, run.attempt_log(0))  # a regular file is created (or kept)
     assert run.attempt_log(0).is_file()
