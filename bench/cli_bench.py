@@ -5,7 +5,8 @@
 Each command runs as a user types it, in a fresh process, on the demo's embedded ops
 DB (`--home` is a CCAT_WM_HOME where `ccat-wm demo` ran; without it, the demo runs once
 in a temporary home first). The baseline `python -c "import click"` runs interleaved
-with the commands, so a busy machine slows both. Prints the median wall time of each
+with the commands, so a busy machine slows both, and so does the floor of a command that
+reads the ops DB (importing the ORM models, the settings and the driver). Prints the median wall time of each
 and its ratio to the baseline; the last line is one JSON object with the medians (s).
 """
 
@@ -24,6 +25,13 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 COMMANDS = {
     "import click": [sys.executable, "-c", "import click"],
+    # What any command that reads the ops DB must import: SQLAlchemy's ORM with the
+    # models, the pydantic settings and the PostgreSQL driver (the floor of status).
+    "import floor": [
+        sys.executable,
+        "-c",
+        "import ccat_ops_db.models, ccat_wm.settings, psycopg, click",
+    ],
     "--version": [str(BIN / "ccat-wm"), "--version"],
     "--help": [str(BIN / "ccat-wm"), "--help"],
     "status": [str(BIN / "ccat-wm"), "status"],

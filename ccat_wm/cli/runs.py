@@ -201,7 +201,7 @@ def status(  # noqa: PLR0917 - one parameter per click option
     from sqlalchemy.orm import Session
 
     from ccat_wm.execution.report import hidden_history, run_rows
-    from ccat_wm.execution.waves import pipeline_by_name
+    from ccat_wm.lookup import pipeline_by_name
 
     wanted = [RunStatus(s.upper()) for s in statuses]
     with Session(engine()) as session:

@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
-from ccat_wm.execution.waves import downstream_closure, pipeline_by_name
+from ccat_wm.execution.waves import downstream_closure
 from ccat_wm.gaps.create import CreatedRun, create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
 from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.lookup import pipeline_by_name
 from ccat_wm.selection.dimensions import display_key
 
 RUN = m.ExecutedReductionStep

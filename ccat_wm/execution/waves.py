@@ -21,13 +21,13 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
 from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.lookup import pipeline_by_name
 from infra.backends import BackendError
 
 RUN = m.ExecutedReductionStep
@@ -69,15 +69,6 @@ def first_runs(items: Sequence[WaveItem]) -> dict[str, list[int]]:
         if item.run_id is not None and not item.upstream:
             out.setdefault(item.step, []).append(item.run_id)
     return out
-
-
-def pipeline_by_name(session: Session, name: str) -> m.Pipeline:
-    """Return the pipeline called `name`; an unknown name is an error listing the known ones."""
-    pipeline = session.scalars(select(m.Pipeline).where(m.Pipeline.name == name)).first()
-    if pipeline is None:
-        known = session.scalars(select(m.Pipeline.name).order_by(m.Pipeline.name)).all()
-        raise CcatWmError(f"unknown pipeline {name!r}; known: {', '.join(known) or 'none'}")
-    return pipeline
 
 
 def check_pipeline(engine: Engine, name: str) -> None:
