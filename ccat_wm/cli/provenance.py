@@ -115,20 +115,18 @@ def reproduce(product: str, as_json: bool, keep: Path | None) -> None:
 
 
 @click.command()
-@click.option(
-    "--raw-package", "packages", multiple=True, type=RUN_ID, help="A raw data package id."
-)
+@click.option("--raw-package", "packages", multiple=True, help="A raw data package, by id or name.")
 @click.option("--run", "runs", multiple=True, type=RUN_ID, help="A run id.")
-@click.option("--product", "products", multiple=True, type=RUN_ID, help="A data product id.")
+@click.option("--product", "products", multiple=True, help="A data product, by id or path.")
 @click.option("--reason", default="", help="Why the data is bad (required; for --undo, why not).")
 @click.option("--dry-run", is_flag=True, help="Show the blast radius and CPU-hours; write nothing.")
 @click.option("--undo", is_flag=True, help="Undo the active invalidations of the given ids.")
 @click.option("--user", default=None, help="Who marks it (default: login name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def invalidate(  # noqa: PLR0917 - one parameter per click option
-    packages: tuple[int, ...],
+    packages: tuple[str, ...],
     runs: tuple[int, ...],
-    products: tuple[int, ...],
+    products: tuple[str, ...],
     reason: str,
     dry_run: bool,
     undo: bool,
@@ -141,13 +139,15 @@ def invalidate(  # noqa: PLR0917 - one parameter per click option
     being current, downstream as far as it went, and those sub-groups become gaps with
     the reason `invalidated`. `--dry-run` prints that blast radius and its CPU-hours first.
     """
-    targets = [
-        *(Target(TargetKind.RAW_PACKAGE, i) for i in packages),
-        *(Target(TargetKind.RUN, i) for i in runs),
-        *(Target(TargetKind.PRODUCT, i) for i in products),
-    ]
+    from ccat_wm.lookup import product_id, raw_package_id
+
     who = user or getpass.getuser()
     with Session(engine()) as session:
+        targets = [
+            *(Target(TargetKind.RAW_PACKAGE, raw_package_id(session, p)) for p in packages),
+            *(Target(TargetKind.RUN, i) for i in runs),
+            *(Target(TargetKind.PRODUCT, product_id(session, p)) for p in products),
+        ]
         if undo:
             result = undo_invalidation(session, targets, reason, user=who, dry_run=dry_run)
         else:

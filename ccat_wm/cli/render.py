@@ -463,6 +463,27 @@ def render_reproduce(report: ReproduceReport) -> str:
     return "\n".join(lines)
 
 
+NAMED = 10
+"""Sub-groups and products named per step; `--json` lists them all."""
+
+
+def _listed(items: Sequence[str]) -> str:
+    more = f", and {len(items) - NAMED} more" if len(items) > NAMED else ""
+    return ", ".join(items[:NAMED]) + more
+
+
+def _named_impact(result: InvalidationResult) -> list[str]:
+    """Name the sub-groups that become gaps and the products that stop being current."""
+    lines = []
+    for step in result.impact:
+        if step.sub_groups:
+            keys = [f"{step.step}[{display_key(k)}]" for k in step.sub_groups]
+            lines.append(f"  {step.pipeline} sub-groups to re-make: {_listed(keys)}")
+        if step.product_paths:
+            lines.append(f"  {step.pipeline}/{step.step} products: {_listed(step.product_paths)}")
+    return lines
+
+
 def render_invalidation(result: InvalidationResult) -> str:
     """`ccat-wm invalidate` as text: what was marked, then the runs it reached per step."""
     verb = "undid the invalidation of" if result.undo else "invalidated"
@@ -470,7 +491,8 @@ def render_invalidation(result: InvalidationResult) -> str:
         verb = "would " + ("undo the invalidation of" if result.undo else "invalidate")
     why = f" -- {result.reason!r}" if result.reason else ""
     ids = ", ".join(map(str, result.invalidation_ids))
-    lines = [f"{verb} {', '.join(result.targets)} (invalidation {ids}) by {result.user}{why}"]
+    recorded = "" if result.dry_run else f" (invalidation {ids})"  # a dry run records none
+    lines = [f"{verb} {', '.join(result.targets)}{recorded} by {result.user}{why}"]
     if result.impact:
         lines.append("runs the data flowed into:" if not result.undo else "runs it had reached:")
         rows = [
@@ -479,6 +501,8 @@ def render_invalidation(result: InvalidationResult) -> str:
         ]
         headers = ("pipeline", "step", "runs", "current", "products", "cpu_h")
         lines.append(table(headers, rows))
+        if not result.undo:
+            lines += _named_impact(result)
     if result.undo:
         lines.append(f"{result.restored_runs} run(s) current again")
     else:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -83,6 +84,10 @@ class StepImpact:
     """Products (but logs) of those current runs, which stop being current."""
     cpu_hours: float
     """CPU-hours those current runs took: the estimated cost of re-making them."""
+    sub_groups: list[str] = field(default_factory=list)
+    """Keys of the sub-groups whose current run it reached (they become gaps)."""
+    product_paths: list[str] = field(default_factory=list)
+    """Paths of those products."""
 
 
 @dataclass(slots=True)
@@ -175,7 +180,7 @@ def _impact(session: Session, ids: list[int]) -> list[StepImpact]:
     )
     runs = (
         select(run.id, run.is_current, run.cpu_hours, products.label("products"), step.step_order,
-               step.name.label("step"), m.Pipeline.name.label("pipeline"))
+               step.name.label("step"), m.Pipeline.name.label("pipeline"), run.sub_group_key)
         .join(step, step.id == run.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == step.pipeline_id)
         .where(run.id.in_(select(reached.executed_reduction_step_id).where(
@@ -191,11 +196,25 @@ def _impact(session: Session, ids: list[int]) -> list[StepImpact]:
             func.count().filter(current),
             func.coalesce(func.sum(runs.c.products).filter(current), 0),
             func.coalesce(func.sum(runs.c.cpu_hours).filter(current), 0.0),
+            func.array_agg(aggregate_order_by(runs.c.sub_group_key, runs.c.sub_group_key)).filter(
+                current
+            ),
         )
         .group_by(runs.c.pipeline, runs.c.step, runs.c.step_order)
         .order_by(runs.c.pipeline, runs.c.step_order)
     ).all()
-    return [StepImpact(p, s, n, c, int(pn), float(h)) for p, s, n, c, pn, h in rows]
+    paths: dict[tuple[str, str], list[str]] = {}
+    for pipeline, step_name, path in session.execute(
+        select(runs.c.pipeline, runs.c.step, m.DataProduct.file_path)
+        .join(m.DataProduct, m.DataProduct.executed_reduction_step_id == runs.c.id)
+        .where(current, m.DataProduct.data_product_type != m.DataProductType.LOG)
+        .order_by(m.DataProduct.file_path)
+    ):
+        paths.setdefault((pipeline, step_name), []).append(path)
+    return [
+        StepImpact(p, s, n, c, int(pn), float(h), list(keys or []), paths.get((p, s), []))
+        for p, s, n, c, pn, h, keys in rows
+    ]
 
 
 def invalidate(
