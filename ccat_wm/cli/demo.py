@@ -197,7 +197,23 @@ def _summary(session: Session, echo: Callable[[str], object]) -> None:
     )
 
 
+def left_running(settings: Settings) -> str | None:
+    """Say what the demo leaves running (the embedded PostgreSQL) and how to stop it."""
+    if settings.ops_db_url:
+        return None
+    from ccat_wm.embedded_pg import data_dir
+
+    return (
+        f"      left running: the embedded PostgreSQL (data in {data_dir(settings.home)}), so "
+        "that the next command starts at once; `ccat-wm db stop` stops it"
+    )
+
+
 @click.command()
 def demo() -> None:
     """Run the example pipeline end to end on the embedded defaults (again: nothing to do)."""
-    run_demo(load_settings(), click.echo)
+    settings = load_settings()
+    run_demo(settings, click.echo)
+    running = left_running(settings)
+    if running:
+        click.echo(running)

@@ -40,6 +40,8 @@ def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> No
         assert maps and all(Path(p).exists() for p in maps)
         assert any(p.endswith(".moment0.png") for p in maps)
         assert (home / "postgres" / "PG_VERSION").exists()
+        assert f"left running: the embedded PostgreSQL (data in {home / 'postgres'})" in first
+        assert "`ccat-wm db stop` stops it" in first
         assert len(list((home / "archive").rglob("*.npz"))) == 48
 
         second = run_cli(env, "demo")
