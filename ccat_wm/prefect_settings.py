@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
 EPHEMERAL_STARTUP_TIMEOUT_S = "120"
 """How long a command waits for Prefect's ephemeral server (Prefect's default, 20 s, is
@@ -78,8 +79,33 @@ def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> N
     if environ is None:
         quiet_prefect_progress()
     target = os.environ if environ is None else environ
+    if environ is None:
+        _homes_under_ccat_wm_home(target)
     target.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
     )
     for name, value in {**SERVER_DEFAULTS, **ANALYTICS}.items():
         target.setdefault(name, value)
+
+
+def ccat_wm_home(environ: Mapping[str, str]) -> Path:
+    """Return `CCAT_WM_HOME` (or its default) as the settings read it, without loading them."""
+    return Path(environ.get("CCAT_WM_HOME") or "~/.local/share/ccat-wm").expanduser()
+
+
+def _homes_under_ccat_wm_home(environ: MutableMapping[str, str]) -> None:
+    """Keep what Prefect and matplotlib write under `CCAT_WM_HOME`, not in the user's home.
+
+    With `PREFECT_HOME` unset, Prefect keeps its ephemeral server's database, slot leases
+    and memo store in `~/.prefect`: ccat-wm points it at `$CCAT_WM_HOME/prefect` instead,
+    unless no server URL is set and `~/.prefect/profiles.toml` exists (a Prefect set up by
+    its user, whose profile may name the server: it is left as it is). Matplotlib's
+    config and font cache go to `$CCAT_WM_HOME/matplotlib` unless `MPLCONFIGDIR` is set.
+    """
+    home = ccat_wm_home(environ)
+    profiles = Path(environ.get("HOME") or "~").expanduser() / ".prefect" / "profiles.toml"
+    if "PREFECT_HOME" not in environ and not (
+        "PREFECT_API_URL" not in environ and profiles.exists()
+    ):
+        environ["PREFECT_HOME"] = str(home / "prefect")
+    environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))

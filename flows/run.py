@@ -65,7 +65,7 @@ def run_pipeline(
 
 
 def _quiet_ephemeral_server() -> None:
-    """Keep the ephemeral Prefect server's own log out of the command's output.
+    """Keep the ephemeral server's log out of the output and its expired leases off disk.
 
     Without PREFECT_API_URL the first flow run starts a Prefect server as a child process
     that writes to this command's stderr; when the command ends soon after its last task
@@ -76,6 +76,35 @@ def _quiet_ephemeral_server() -> None:
     """
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        remove_expired_leases()
+
+
+def remove_expired_leases() -> int:
+    """Remove the expired slot leases the ephemeral server left in its Prefect home.
+
+    The ephemeral server lives only as long as a command; task runs' leases it had not
+    yet taken back when the command ended stay as files under `PREFECT_HOME` (a server
+    that runs on takes them back when they expire). A command that starts the ephemeral
+    server removes those that expired, through Prefect's own lease storage; leases of a
+    command still running elsewhere have not expired and stay.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from prefect.server.concurrency.lease_storage.filesystem import (  # noqa: PLC0415
+        ConcurrencyLeaseStorage,
+    )
+
+    storage = ConcurrencyLeaseStorage()
+    if not storage.storage_path.is_dir():
+        return 0
+
+    async def revoke() -> int:
+        expired = await storage.read_expired_lease_ids(limit=10_000)
+        for lease_id in expired:
+            await storage.revoke_lease(lease_id)
+        return len(expired)
+
+    return asyncio.run(revoke())
 
 
 def retry_pipeline(

@@ -42,9 +42,11 @@ CONTRACT_DIRS: tuple[tuple[str, bool], ...] = (
     ("logs", False),
 )
 """The contract's top-level directories and whether the software may only read them."""
-BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "MPLCONFIGDIR")
 """Variables of the submitting process a job inherits (the runtime's own process, or a
-host-runtime command); nothing else leaks in."""
+host-runtime command); nothing else leaks in. `MPLCONFIGDIR` (which `ccat-wm` sets to
+`$CCAT_WM_HOME/matplotlib`) keeps software that plots from writing its font cache into
+the user's home directory."""
 PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
 """A job's own PID namespace whose processes all end when its first one does."""
 MOUNT_SEPARATORS = (":", ",")
