@@ -41,7 +41,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 SOFTWARE_DIR = REPO / "examples" / "chai-software"
-DEMO_SPEC = REPO / "examples" / "specs" / "chai-demo.yaml"
+DEMO_SPEC = REPO / "ccat_wm" / "examples" / "chai-demo.yaml"
 CACHE_DIR = Path(os.environ.get("CCAT_IMAGE_CACHE", "/var/cache/ccat-wm/images"))
 SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-pip")

@@ -19,7 +19,7 @@ from ccat_ops_db.models import Base
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
-DEMO_SPEC = REPO / "examples" / "specs" / "chai-demo.yaml"
+DEMO_SPEC = REPO / "ccat_wm" / "examples" / "chai-demo.yaml"
 
 
 def write_yaml(path: Path, data: Any) -> Path:

@@ -32,8 +32,9 @@ from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "specs"
-DEMO_SPEC = EXAMPLES_DIR / "chai-demo.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[1] / "examples" / "chai-demo.yaml"
+"""The demo pipeline's spec: package data, so the demo runs from a wheel as from a checkout
+(`examples/specs/chai-demo.yaml` in the repository links to it)."""
 DEMO_SCANS = 24
 DEMO_SEED = 253
 DEMO_PIPELINE = "chai-demo"
