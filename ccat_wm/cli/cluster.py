@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from sqlalchemy.orm import Session
 
+from ccat_wm.cli import complete
 from ccat_wm.cli.common import engine
 from ccat_wm.cli.render import render_gc_table, render_resources_table
 from ccat_wm.execution.retention import collect_garbage
@@ -16,8 +17,8 @@ from ccat_wm.execution.usage import DEFAULT_HEADROOM, step_usage
 
 
 @click.command()
-@click.argument("pipeline", required=False)
-@click.option("--step", default=None, help="Only this step.")
+@click.argument("pipeline", required=False, shell_complete=complete.pipelines)
+@click.option("--step", default=None, help="Only this step.", shell_complete=complete.steps)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--plot",
@@ -52,7 +53,12 @@ def resources(
 
 
 @click.command()
-@click.option("--location", default=None, help="Only this processing location.")
+@click.option(
+    "--location",
+    default=None,
+    help="Only this processing location.",
+    shell_complete=complete.locations,
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gc(location: str | None, dry_run: bool, as_json: bool) -> None:

@@ -8,6 +8,7 @@ import json
 import click
 
 from ccat_ops_db.models import DataProductType
+from ccat_wm.cli import complete
 from ccat_wm.cli.common import Moment, engine
 from ccat_wm.cli.render import table
 from ccat_wm.selection.dimensions import display_key
@@ -38,8 +39,10 @@ AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print them as JS
 
 
 @click.command()
-@click.argument("pipeline", required=False)
-@click.option("--step", default=None, help="Only products of this step.")
+@click.argument("pipeline", required=False, shell_complete=complete.pipelines)
+@click.option(
+    "--step", default=None, help="Only products of this step.", shell_complete=complete.steps
+)
 @click.option(
     "--type",
     "product_type",

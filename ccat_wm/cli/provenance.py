@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from sqlalchemy.orm import Session
 
+from ccat_wm.cli import complete
 from ccat_wm.cli.common import RUN_ID, engine
 from ccat_wm.cli.render import (
     render_invalidation,
@@ -51,7 +52,7 @@ def lineage(product: str, as_json: bool, as_prov: bool) -> None:
 
 
 @click.command()
-@click.argument("pipeline", required=False)
+@click.argument("pipeline", required=False, shell_complete=complete.pipelines)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every finding).")
 @click.option(
     "--workers", type=click.IntRange(1, 256), default=None, help="Files hashed at once [CPUs]."

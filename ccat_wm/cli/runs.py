@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ccat_ops_db.models import RunStatus
+from ccat_wm.cli import complete
 from ccat_wm.cli.common import RUN_ID, Moment, engine
 from ccat_wm.cli.render import render_runs_table
 from ccat_wm.errors import CcatWmError
@@ -53,7 +54,7 @@ def _report_flow_run(pipeline: str, result: FlowRunResult) -> None:
 
 
 @click.command()
-@click.argument("pipeline", required=False)
+@click.argument("pipeline", required=False, shell_complete=complete.pipelines)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--at", type=Moment(), default=None, help="Evaluate as of this time (ISO 8601).")
 @click.option(
@@ -108,7 +109,7 @@ def _fail_on_evaluation_errors(errors: dict[str, str]) -> None:
 
 
 @click.command()
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete.pipelines)
 @click.option(
     "--sub-group",
     "sub_groups",
@@ -128,8 +129,13 @@ def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
 
 
 @click.command()
-@click.argument("pipeline")
-@click.option("--step", default=None, help="Only failed sub-groups of this step.")
+@click.argument("pipeline", shell_complete=complete.pipelines)
+@click.option(
+    "--step",
+    default=None,
+    help="Only failed sub-groups of this step.",
+    shell_complete=complete.steps,
+)
 @click.option(
     "--sub-group", "sub_groups", multiple=True, help="Only this sub-group key (repeatable)."
 )
@@ -164,7 +170,7 @@ def prefect_ui_url() -> str | None:
 
 
 @click.command()
-@click.argument("pipeline", required=False)
+@click.argument("pipeline", required=False, shell_complete=complete.pipelines)
 @click.option(
     "--status",
     "statuses",
@@ -172,7 +178,7 @@ def prefect_ui_url() -> str | None:
     type=click.Choice([s.value for s in RunStatus], case_sensitive=False),
     help="Only runs in this status (repeatable).",
 )
-@click.option("--step", default=None, help="Only runs of this step.")
+@click.option("--step", default=None, help="Only runs of this step.", shell_complete=complete.steps)
 @click.option(
     "--since", type=Moment(), default=None, help="Only runs created since (ISO 8601, or 6h, 2d)."
 )
@@ -271,7 +277,12 @@ def cancel(run_id: int) -> None:
 
 
 @click.command()
-@click.option("--location", default=None, help="Only this processing location's pipelines.")
+@click.option(
+    "--location",
+    default=None,
+    help="Only this processing location's pipelines.",
+    shell_complete=complete.locations,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what the tick did as JSON.")
 def trigger(location: str | None, as_json: bool) -> None:
     """One trigger tick: create the due runs and start their flows.

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from sqlalchemy.orm import Session
 
+from ccat_wm.cli import complete
 from ccat_wm.cli.common import Moment, engine, split_commas
 from ccat_wm.simulate.catalog import DEFAULT_LINES, DEFAULT_PROGRAM, DEFAULT_SOURCES
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
@@ -67,7 +68,10 @@ def apply(files: tuple[Path, ...], dry_run: bool, user: str | None, as_json: boo
 )
 @click.option("--program", default=DEFAULT_PROGRAM, show_default=True, help="Observing program.")
 @click.option(
-    "--location", default=None, help="Archive location (default: the only LONG_TERM_ARCHIVE one)."
+    "--location",
+    default=None,
+    help="Archive location (default: the only LONG_TERM_ARCHIVE one).",
+    shell_complete=complete.locations,
 )
 @click.option(
     "--start", type=Moment(), default=None, help="Start of the first scan (ISO 8601; naive = UTC)."
