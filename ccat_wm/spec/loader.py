@@ -11,6 +11,7 @@ linear in the file's size.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ccat_wm.errors import SpecError
+from ccat_wm.spec.expand import expand_environment
 from ccat_wm.spec.models import SpecFile
 
 Loc = tuple[str | int, ...]
@@ -327,7 +329,10 @@ def _line_of(problem: str) -> int:
 
 
 def load_spec_file(path: Path) -> LoadedSpec:
-    """Read and validate one spec file; raise SpecError listing every problem with its place."""
+    """Read and validate one spec file; raise SpecError listing every problem with its place.
+
+    `${VAR}` in a string value is the environment variable VAR (`ccat_wm.spec.expand`).
+    """
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_SPEC_BYTES + 1)
@@ -342,6 +347,11 @@ def load_spec_file(path: Path) -> LoadedSpec:
         data = {}
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: expected a mapping of sections at the top level"])
+    data, unset = expand_environment(data, os.environ)
+    if unset:  # checked before the values: an empty path would only confuse what follows
+        where = LoadedSpec(path, SpecFile(), node).where
+        raise SpecError(sorted([*problems, *(f"{where(loc)}: {why}" for loc, why in unset)],
+                               key=_line_of))  # fmt: skip
     try:
         spec = SpecFile.model_validate(data)
     except ValidationError as exc:

@@ -2,7 +2,8 @@
 
 Every `$ ` line of its `console` blocks becomes one line of a bash script, in order
 (`export` carries over, `&` starts a service in the background), and every
-```` ```yaml file=NAME ```` block is written to `$SITE/NAME` with `${SITE}` filled in.
+```` ```yaml file=NAME ```` block is written to `$SITE/NAME` as it stands (`ccat-wm apply`
+expands `${SITE}` in its values from the environment).
 The script runs with `set -euo pipefail` against a fresh ops DB, the real SLURM cluster
 and a Prefect server the guide itself starts; its background services are stopped at
 the end. The test then checks what the guide promises happened.
@@ -41,7 +42,7 @@ def guide_script(guide: str, site: Path) -> str:
     ]
     for kind, info, body in BLOCK.findall(guide):
         if kind == "yaml" and (name := re.search(r"file=(\S+)", info)):
-            (site / name.group(1)).write_text(body.replace("${SITE}", str(site)))
+            (site / name.group(1)).write_text(body)  # as written: `apply` expands ${SITE}
         elif kind == "console":
             lines += [line[2:] for line in body.splitlines() if line.startswith("$ ")]
     return "\n".join(lines) + "\n"
