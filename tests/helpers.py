@@ -72,7 +72,12 @@ CCAT_WM = str(Path(sys.executable).with_name("ccat-wm"))
 def run_cli(
     env: dict[str, str], *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run `ccat-wm ARGS` as a user would; never raises on a non-zero exit."""
+    """Run `ccat-wm ARGS` as a user would; never raises on a non-zero exit.
+
+    Without `COLUMNS` (a pipe): tables print every value whole, whatever the terminal
+    that started the tests.
+    """
+    env = {k: v for k, v in env.items() if k != "COLUMNS"}
     return subprocess.run(
         [CCAT_WM, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -10,7 +10,7 @@ import click
 from ccat_ops_db.models import DataProductType
 from ccat_wm.cli import complete
 from ccat_wm.cli.common import Moment, engine
-from ccat_wm.cli.render import table
+from ccat_wm.cli.render import short_time, table
 from ccat_wm.selection.dimensions import display_key
 
 
@@ -22,11 +22,6 @@ def _size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{size} B"  # pragma: no cover - the loop returns
-
-
-def _time(moment: dt.datetime) -> str:
-    """Return a time to the second with its zone (UTC)."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 LIMIT = click.option(
@@ -81,7 +76,7 @@ def products(  # noqa: PLR0917 - one parameter per click option
     click.echo(table(
         ("id", "type", "pipeline", "step", "sub_group", "run", "size", "created", "path"),
         [(r.id, r.type, r.pipeline, r.step, display_key(r.sub_group_key), r.run_id,
-          _size(r.size), _time(r.created_at), r.path) for r in rows],
+          _size(r.size), short_time(r.created_at), r.path) for r in rows],
     ))  # fmt: skip
 
 
@@ -110,5 +105,5 @@ def raw(
     click.echo(table(
         ("id", "name", "scan", "source", "line", "module", "size", "state", "created", "copies"),
         [(r.id, r.name, r.scan, r.source, r.line, r.module, _size(r.size), r.state,
-          _time(r.created_at), ", ".join(r.paths) or "-") for r in rows],
+          short_time(r.created_at), ", ".join(r.paths) or "-") for r in rows],
     ))  # fmt: skip

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shlex
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,12 +31,55 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds") if moment else None
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Render left-aligned columns separated by two spaces."""
+NARROWEST = 20
+"""Columns are not elided below this width (nor below their header's): times, statuses
+and ids stay whole, long paths and keys give way."""
+
+
+def terminal_width() -> int | None:
+    """Return the width tables must fit: the terminal's, or `COLUMNS`; None when piped."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None  # a pipe or a file: whole values, for grep and scripts
+
+
+def _elide(text: str, width: int) -> str:
+    """Shorten `text` to `width` by dropping its middle (a path keeps its file name)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def _fit(widths: list[int], floors: list[int], width: int) -> list[int]:
+    """Narrow the widest columns until the table fits `width` (or none can narrow)."""
+    widths = list(widths)
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        widest = max(range(len(widths)), key=lambda i: widths[i] - floors[i])
+        if widths[widest] <= floors[widest]:
+            break
+        widths[widest] -= 1
+    return widths
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int | None = None) -> str:
+    """Render left-aligned columns separated by two spaces, fitting the terminal.
+
+    On a terminal (or with `COLUMNS` set) the widest columns are elided in the middle
+    until the table fits; `--json` always has every value whole.
+    """
     cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    width = terminal_width() if width is None else width
+    if width is not None:
+        floors = [min(w, max(len(str(h)), NARROWEST)) for w, h in zip(widths, headers, strict=True)]
+        widths = _fit(widths, floors, width)
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+        "  ".join(_elide(c, w).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
     )
 
 
@@ -160,8 +206,8 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
             str(r.retry_count + 1),  # attempts count from 1 wherever people read them
             _request_cell(r.requested_resources),
             _cell(r.hpc_job_id),
-            _short_time(r.started_at),
-            _short_time(r.finished_at),
+            short_time(r.started_at),
+            short_time(r.finished_at),
             _cell(r.processing_time_s, 2),
             _cell(r.peak_memory_gb, 3),
             _cell(r.cpu_hours, 5),
@@ -255,9 +301,9 @@ def _request_cell(request: Mapping[str, Any] | None) -> str:
     return f"{cell} {request['gpu']}gpu" if request.get("gpu") else cell
 
 
-def _short_time(moment: dt.datetime | None) -> str:
-    """`2026-11-29 23:57:05` in UTC, or `-`."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+def short_time(moment: dt.datetime | None) -> str:
+    """`2026-11-29 23:57:05Z` (UTC, marked as such), or `-`."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
 
 
 def render_retry(result: RetryResult) -> str:

@@ -11,7 +11,7 @@ The caller owns the transaction: commit to apply, roll back for `--dry-run`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 from typing import cast as typing_cast
 
@@ -445,11 +445,20 @@ class _Writer:
                     for a, b in sorted(wanted - existing)
                 ],
             )
+        created = {c.name: i for i, c in enumerate(self.changes)
+                   if c.action == "create" and c.kind == "step"}  # fmt: skip
         for step in spec.steps:
             sid = step_ids[step.name]
             before = sorted(names[b] for a, b in existing if a == sid)
             after = sorted(names[b] for a, b in wanted if a == sid)
-            if before != after:
+            name = f"{pipeline.name}.{step.name}"
+            if name in created:  # a new step: its upstream steps are part of its creation
+                if after:
+                    change = self.changes[created[name]]
+                    self.changes[created[name]] = replace(
+                        change, details=(*change.details, f"depends_on: {after}")
+                    )
+            elif before != after:
                 self.changes.append(
                     Change(
                         "update",

@@ -64,6 +64,10 @@ def test_apply_creates_every_object(engine: Engine, tmp_path: Path) -> None:
     changes = _apply(engine, path)
     kinds = {(c.action, c.kind) for c in changes}
     assert ("create", "pipeline") in kinds and ("create", "step") in kinds
+    # Only real changes: a new step's upstream steps are part of its creation, not an update.
+    assert not [c for c in changes if c.action == "update"], [c.render() for c in changes]
+    [grid] = [c for c in changes if c.name == "chai-demo.grid"]
+    assert grid.render() == "+ step chai-demo.grid (depends_on: ['baseline'])"
     with Session(engine) as session:
         pipeline = session.scalars(select(m.Pipeline)).one()
         assert pipeline.name == "chai-demo" and pipeline.priority == 10
