@@ -350,6 +350,27 @@ def _known(value: dict[str, Any] | None, withheld: list[str] | None = None) -> s
     return shown + (f" (secret values withheld: {', '.join(withheld)})" if withheld else "")
 
 
+def _where(location: str, backend: str, runtime: str, runs: Sequence[Any]) -> str:
+    """Say where a group of runs ran and for how long: location, backend, runtime, wall time."""
+    spent = [
+        (
+            dt.datetime.fromisoformat(r.finished_at) - dt.datetime.fromisoformat(r.started_at)
+        ).total_seconds()
+        for r in runs
+        if r.started_at and r.finished_at
+    ]
+    where = f"{location or 'unknown location'} ({backend or 'unknown backend'}, "
+    where += "no container" if runtime == "host" else f"{runtime or 'unknown'} container"
+    if spent:
+        total = sum(spent)
+        where += f"); {total:.1f} s in all" + (
+            f", {min(spent):.1f}-{max(spent):.1f} s per run" if len(spent) > 1 else ""
+        )
+    else:
+        where += ")"
+    return where
+
+
 def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
     """`ccat-wm lineage` as text: the product, what made it, the raw data.
 
@@ -370,18 +391,22 @@ def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
             run.image_repository or "", run.config, _known(run.parameters),
             shlex.join(run.command_template) if run.command_template is not None else "unknown",
             _known(run.environment, run.withheld_environment), _known(run.resources),
-            run.snapshot, ", ".join(run.unknown),
+            run.snapshot, ", ".join(run.unknown), run.location or "", run.backend or "",
+            run.runtime or "",
         )  # fmt: skip
         groups.setdefault(what, []).append(run)
     for (
         pipeline, step, software, version, digest, image, config, params, template,
-        environment, resources, snapshot, unknown,
+        environment, resources, snapshot, unknown, location, backend, runtime,
     ), runs in groups.items():  # fmt: skip
         lines.append(
             f"  {pipeline} / {step}: {len(runs)} run(s), ids {_id_ranges([r.run_id for r in runs])}"
         )
+        lines.append(f"    ran on   {_where(location, backend, runtime, runs)}")
+        container = runtime not in ("", "host")  # an image exists only where a container ran
         lines.append(
-            f"    software {software} {version} ({digest})" + (f" {image}" if image else "")
+            f"    software {software} {version}"
+            + (f" image {image or software}@{digest}" if container else "")
         )
         lines.append(f"    config   {config} {params}")
         lines.append(f"    template {template}")

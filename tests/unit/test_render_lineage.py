@@ -45,3 +45,30 @@ def test_runs_that_differ_in_config_are_separate_groups() -> None:
     text = render_lineage(Lineage(1, "/x", "SCIENCE", "d" * 64, 1, runs, []))
     assert "chai / calibrate: 2 run(s), ids 1, 3" in text
     assert "chai / calibrate: 1 run(s), ids 2" in text
+
+
+def test_each_group_says_where_and_how_long_it_ran_and_an_image_only_for_a_container() -> None:
+    host = [
+        LineageRun(
+            i, "chai", "calibrate", f"k{i}", "COMPLETED", "chai-calibration", "1.4.0",
+            "sha256:" + "a" * 64, "hot-cold", {}, "chai-calibrate", ["chai-calibrate"],
+            image_repository="ghcr.io/ccatobs/chai-calibration", location="local",
+            backend="local", runtime="host", started_at=f"2026-12-07T04:00:0{i}+00:00",
+            finished_at=f"2026-12-07T04:00:0{2 * i}+00:00",
+        )
+        for i in (1, 2)
+    ]  # fmt: skip
+    podman = LineageRun(
+        3, "chai", "grid", "g", "COMPLETED", "chai-gridding", "2.1.0", "sha256:" + "b" * 64,
+        "grid", {}, "chai-grid", ["chai-grid"], image_repository="ghcr.io/ccatobs/chai-gridding",
+        location="ramses", backend="slurm", runtime="podman",
+    )  # fmt: skip
+    text = render_lineage(Lineage(1, "/x", "SCIENCE", "d" * 64, 1, [podman, *host], []))
+    assert "    ran on   ramses (slurm, podman container)\n" in text
+    assert (
+        f"software chai-gridding 2.1.0 image ghcr.io/ccatobs/chai-gridding@sha256:{'b' * 64}"
+        in text
+    )
+    assert "    ran on   local (local, no container); 3.0 s in all, 1.0-2.0 s per run\n" in text
+    assert "    software chai-calibration 1.4.0\n" in text  # no image: none ran
+    assert "ghcr.io/ccatobs/chai-calibration" not in text
