@@ -134,3 +134,45 @@ def list_raw(
         RawRow(rid, name, scan, src, ln, module, size, state.value, created, sorted(paths or []))
         for rid, name, scan, src, ln, module, size, state, created, paths in session.execute(query)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class MadeProducts:
+    """What a flow run's runs made: counts by type, and the maps and plots by path."""
+
+    counts: dict[str, int]
+    maps: list[str]
+    """FITS science products (cubes and maps), up to the listed number."""
+    plots: list[str]
+    """PLOT products, up to the listed number."""
+
+
+def flow_run_products(session: Session, flow_run_id: str, listed: int = 10) -> MadeProducts:
+    """Return what the runs of one flow run made (`ccat-wm run` ends with it)."""
+    product = m.DataProduct
+
+    def mine(*columns: Any) -> Any:
+        return (
+            select(*columns)
+            .join(RUN, RUN.id == product.executed_reduction_step_id)
+            .where(RUN.prefect_flow_run_id == flow_run_id)
+        )
+
+    counts = {
+        kind.value: n
+        for kind, n in session.execute(
+            mine(product.data_product_type, func.count())
+            .group_by(product.data_product_type)
+            .order_by(product.data_product_type)
+        )
+    }
+    fits = mine(product.file_path).where(
+        product.data_product_type == m.DataProductType.SCIENCE,
+        product.file_path.ilike("%.fits") | product.file_path.ilike("%.fits.gz"),
+    )
+    plots = mine(product.file_path).where(product.data_product_type == m.DataProductType.PLOT)
+    return MadeProducts(
+        counts,
+        list(session.scalars(fits.order_by(product.file_path).limit(listed))),
+        list(session.scalars(plots.order_by(product.file_path).limit(listed))),
+    )

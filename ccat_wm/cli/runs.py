@@ -37,6 +37,11 @@ def _report_flow_run(pipeline: str, result: FlowRunResult) -> None:
     """Print the runs a flow run executed and what is failed; raise if the flow run failed."""
     click.echo(render_runs_table(result.runs) if result.runs else "no gaps: nothing to run")
     click.echo(f"flow run {result.flow_run_id}: {result.state}")
+    if result.runs:
+        _summarize_products(result.flow_run_id)
+    ui = prefect_ui_url()
+    if ui:
+        click.echo(f"in the Prefect UI: {ui}/runs/flow-run/{result.flow_run_id}")
     if stopping.stop_requested():
         click.echo(f"stopped: {result.message}", err=True)
         sys.exit(stopping.exit_code())
@@ -51,6 +56,24 @@ def _report_flow_run(pipeline: str, result: FlowRunResult) -> None:
             f"{result.message}; see `ccat-wm status {pipeline} --status FAILED` and "
             "`ccat-wm logs RUN_ID`"
         )
+
+
+def _summarize_products(flow_run_id: str) -> None:
+    """Print what the flow run's runs made: counts by type, then the maps and plots."""
+    from sqlalchemy.orm import Session
+
+    from ccat_wm.catalog import flow_run_products
+
+    with Session(engine()) as session:
+        made = flow_run_products(session, flow_run_id)
+    counts = ", ".join(f"{n} {kind}" for kind, n in made.counts.items())
+    click.echo(f"products made: {counts or 'none'}")
+    for path in made.maps:
+        click.echo(f"  map:  {path}")
+    for path in made.plots:
+        click.echo(f"  plot: {path}")
+    if made.maps or made.plots:
+        click.echo("  (`ccat-wm products --since 1h` lists them all)")
 
 
 @click.command()

@@ -26,7 +26,18 @@ def test_products_and_raw_packages_are_listed_and_found_by_name(
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([spec]), user="tester")
         register_simulation(session, SimulationRequest(scans=2, seed=31))
-    assert run_cli(run_env, "run", "chai-demo").returncode == 0
+    ran = run_cli(run_env, "run", "chai-demo")
+    assert ran.returncode == 0, ran.stderr
+    # `run` ends with what it made, the maps and plots by path, and the flow run's page.
+    summary = ran.stdout[ran.stdout.index("products made: ") :]
+    assert "SCIENCE" in summary.splitlines()[0] and "PLOT" in summary.splitlines()[0]
+    made_maps = [line.split("map:  ")[1] for line in summary.splitlines() if "map:  " in line]
+    assert made_maps and all(p.endswith(".fits") and Path(p).is_file() for p in made_maps)
+    assert any(
+        line.startswith("  plot: ") and line.endswith(".png") for line in summary.splitlines()
+    )
+    ui = run_env["PREFECT_API_URL"].removesuffix("/api")
+    assert f"in the Prefect UI: {ui}/runs/flow-run/" in summary
 
     listed = json.loads(run_cli(run_env, "products", "chai-demo", "--json").stdout)
     with Session(engine) as session:
