@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ccat_wm.cli import complete
 from ccat_wm.cli.common import RUN_ID, engine
-from ccat_wm.cli.render import (
+from ccat_wm.cli.render_provenance import (
     render_invalidation,
     render_lineage,
     render_reproduce,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ccat_wm.cli.render import render_lineage
+from ccat_wm.cli.render_provenance import render_lineage
 from ccat_wm.execution.control import Lineage, LineageRun
 
 

@@ -4,6 +4,8 @@ and a pipe gets every value whole (for grep and scripts; `--json` always has the
 from __future__ import annotations
 
 import datetime as dt
+import os
+import pty
 import subprocess
 import sys
 
@@ -27,19 +29,26 @@ def test_a_table_too_wide_elides_its_long_column_in_the_middle() -> None:
 
 
 def test_a_table_that_fits_or_has_no_width_is_left_whole() -> None:
-    whole = table(HEADERS, ROWS, width=None)
+    whole = table(HEADERS, ROWS, detect=False)
     assert ROWS[0][3] in whole and "…" not in whole
     assert table(HEADERS, ROWS, width=400) == whole
 
 
-def test_the_width_comes_from_columns_and_a_pipe_has_none() -> None:
+def test_a_command_on_a_terminal_fits_it_and_a_pipe_gets_whole_values() -> None:
+    """`ccat-wm --help`'s sibling: the width a command's table fits, on a pseudo-terminal
+    of 90 columns (COLUMNS) and on a pipe (none, whatever COLUMNS says)."""
     code = "from ccat_wm.cli.render import terminal_width; print(terminal_width())"
+    env = {"PATH": "/usr/bin", "COLUMNS": "90"}
     piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PATH": "/usr/bin"})  # fmt: skip
+                           check=True, env=env)  # fmt: skip
     assert piped.stdout.strip() == "None"
-    sized = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PATH": "/usr/bin", "COLUMNS": "90"})  # fmt: skip
-    assert sized.stdout.strip() == "90"
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", code], stdout=follower, check=True, env=env)
+        assert os.read(leader, 100).decode().strip() == "90"
+    finally:
+        os.close(leader)
+        os.close(follower)
 
 
 def test_times_carry_their_zone() -> None:
