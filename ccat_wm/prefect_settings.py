@@ -9,6 +9,7 @@ its environment (docs/operators-guide.md, section 2).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
@@ -108,4 +109,6 @@ def _homes_under_ccat_wm_home(environ: MutableMapping[str, str]) -> None:
         "PREFECT_API_URL" not in environ and profiles.exists()
     ):
         environ["PREFECT_HOME"] = str(home / "prefect")
+        with contextlib.suppress(OSError):  # Prefect makes its home without parents
+            (home / "prefect").mkdir(parents=True, exist_ok=True)
     environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))

@@ -33,7 +33,7 @@ NOT_DUE = "NotDue"
 NOT_READY = "NotReady"
 """Prefect's name of the Pending state of a task run whose upstream did not complete."""
 LISTED_UPSTREAM = 3
-RECORDED_WITHIN_S = 15.0
+RECORDED_WITHIN_S = 30.0
 """How long the server may take to record a task run that never started (it records task
 run states from events, in batches)."""
 
@@ -105,21 +105,28 @@ def end_not_ready(items: Sequence[WaveItem], futures: Sequence[PrefectFuture[Any
 
 
 def _set_state(client: SyncPrefectClient, task_run_id: UUID, state: State[Any]) -> None:
-    """Set a task run's state once the server has recorded the task run; never raise.
+    """Set a task run's state and see that it holds; never raise.
 
-    Only what the UI shows is at stake (the flow run's message counts the sub-group
-    already), so a server that does not record it in time is logged, not an error.
+    The server records a task run from its events, in batches: until it has, setting its
+    state fails (404), and an event it records later could replace a state set too early.
+    So the state is set until the server reads it back, for `RECORDED_WITHIN_S`. Only
+    what the UI shows is at stake (the flow run's message counts the sub-group already),
+    so a server that does not take it in time is logged, not an error.
     """
     deadline = time.monotonic() + RECORDED_WITHIN_S
-    while True:
+    problem = "the server did not record the task run in time"
+    while time.monotonic() < deadline:
         try:
             client.set_task_run_state(task_run_id, state, force=True)
-            return
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != httpx.codes.NOT_FOUND or time.monotonic() > deadline:
-                get_run_logger().warning("could not mark task run %s: %s", task_run_id, exc)
+            current = client.read_task_run(task_run_id).state
+            if current is not None and current.name == state.name:
                 return
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != httpx.codes.NOT_FOUND:
+                problem = str(exc)
+                break
         except Exception as exc:  # the API is away: the UI keeps Prefect's NotReady
-            get_run_logger().warning("could not mark task run %s: %s", task_run_id, exc)
-            return
+            problem = str(exc)
+            break
         time.sleep(0.5)
+    get_run_logger().warning("could not mark task run %s %s: %s", task_run_id, state.name, problem)

@@ -16,9 +16,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import URL
 
 from tests.helpers import REPO
 
@@ -41,7 +43,7 @@ def build_wheels(out: Path, scratch: Path) -> list[Path]:
 
 
 def test_the_demo_runs_from_installed_wheels_in_an_unrelated_directory(
-    tmp_path: Path, cli_env: dict[str, str]
+    tmp_path: Path, cli_env: dict[str, str], make_database: Callable[[], URL]
 ) -> None:
     wheels = build_wheels(tmp_path / "dist", tmp_path)
     assert [w.name.split("-")[0] for w in wheels] == ["ccat_workflow_manager", "chai_software"]
@@ -67,6 +69,10 @@ def test_the_demo_runs_from_installed_wheels_in_an_unrelated_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in cli_env.items() if k not in ("PYTHONPATH", "PREFECT_API_URL")}
+    fresh = make_database()  # an empty ops DB: the demo migrates it, as on a new site
+    env["CCAT_OPS_DB_URL"] = fresh.set(drivername="postgresql").render_as_string(
+        hide_password=False
+    )
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     demo = subprocess.run(
         [str(venv / "bin" / "ccat-wm"), "demo"], env=env, cwd=elsewhere,
