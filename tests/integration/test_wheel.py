@@ -6,7 +6,8 @@ fresh virtual environment without their dependencies; those are borrowed from th
 environment through a `.pth` file (installing Prefect, SQLAlchemy, numpy and astropy
 again would only test PyPI). The test's own editable install is not visible there (a
 `.pth` path is not a site directory, so its editable finder is not loaded), which the
-test checks: the demo runs the wheel's code, from an unrelated directory.
+test checks: the demo runs the wheel's code, from an unrelated directory, and writes
+nothing in the user's home (an empty read-only `HOME`).
 """
 
 from __future__ import annotations
@@ -68,12 +69,18 @@ def test_the_demo_runs_from_installed_wheels_in_an_unrelated_directory(
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    user_home = tmp_path / "user"  # the demo writes nothing in the user's home
+    user_home.mkdir()
+    user_home.chmod(0o555)
     env = {k: v for k, v in cli_env.items() if k not in ("PYTHONPATH", "PREFECT_API_URL")}
     fresh = make_database()  # an empty ops DB: the demo migrates it, as on a new site
     env["CCAT_OPS_DB_URL"] = fresh.set(drivername="postgresql").render_as_string(
         hide_password=False
     )
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["HOME"] = str(user_home)
+    for unset in ("PREFECT_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        env.pop(unset, None)
     demo = subprocess.run(
         [str(venv / "bin" / "ccat-wm"), "demo"], env=env, cwd=elsewhere,
         capture_output=True, text=True, timeout=600, check=False,
@@ -82,3 +89,4 @@ def test_the_demo_runs_from_installed_wheels_in_an_unrelated_directory(
     assert demo.returncode == 0, output[-3000:]
     assert "[2/5] applied chai-demo.yaml" in output and "COMPLETED" in output, output[-3000:]
     assert "map: " in output and "Traceback" not in output
+    assert os.listdir(user_home) == []
