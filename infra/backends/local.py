@@ -42,7 +42,7 @@ import stat
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,14 +283,15 @@ class LocalBackend(Backend):
         record.cpu_hours = (usage.ru_utime + usage.ru_stime) / 3600.0
         record.peak_memory_gb = max(peak_rss, _largest_process(record.rusage_path)) / GIB
         if code == 0:
-            record.state = JobState.COMPLETED.value
+            state, reason = JobState.COMPLETED.value, record.reason
         elif record.cancel_requested:
-            record.state = JobState.CANCELLED.value
-            record.reason = "cancelled"
+            state, reason = JobState.CANCELLED.value, "cancelled"
         else:
-            record.state = JobState.FAILED.value
-            record.reason = exit_reason(code)
-        self._write(record)
+            state, reason = JobState.FAILED.value, exit_reason(code)
+        # The end record is on disk before this process says the job ended: a status read
+        # here and one read by another process from the files never disagree.
+        self._write(replace(record, state=state, reason=reason))
+        record.state, record.reason = state, reason
 
     def _path(self, job_id: str, *, ended: bool = False) -> Path:
         return self.state_dir / f"{job_id}{'.end' if ended else ''}.json"
