@@ -10,6 +10,7 @@ the ops DB and its SLURM job cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -255,6 +256,19 @@ def run_deployment(site: Site, name: str) -> str:
     deployment = site.get(f"/deployments/name/{name}/{name}")  # flow named after the pipeline
     flow_run = site.post(f"/deployments/{deployment['id']}/create_flow_run", {})
     return str(flow_run["id"])
+
+
+@contextlib.contextmanager
+def ui_page(height: int = 1200) -> Iterator[Any]:
+    """A page of headless Chromium, 1600 px wide (closed at the end)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1600, "height": height})
+        finally:
+            browser.close()
 
 
 def test_a_manual_deployment_run_completes_on_the_worker_and_the_ops_db_matches(
@@ -704,8 +718,6 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
     flow run's page: the same flow run retries exactly the failed sub-groups with a fresh
     budget, their downstream runs follow, and it ends Completed. Each page is screenshot
     into `test-artifacts/` (the operator's guide shows them)."""
-    from playwright.sync_api import sync_playwright
-
     simulated = run_cli(site.env, "simulate", "--scans", "2", "--seed", "21")
     assert simulated.returncode == 0, simulated.stderr
     worker_log = site.root / "worker.log"
@@ -764,9 +776,7 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
     ui = site.api.removesuffix("/api")
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+    with ui_page() as page:
         page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
         page.get_by_text("press Retry on this flow run").first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "failday-flow-run.png"), full_page=True)
@@ -792,12 +802,9 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
         page.goto(f"{ui}/artifacts/artifact/{why['id']}", wait_until="networkidle")
         page.get_by_text("boom: failing on purpose").first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "failday-task-run-artifact.png"), full_page=True)
-        browser.close()
 
     (site.root / "failday-fixed").touch()  # the operator fixes the cause
-    with sync_playwright() as playwright:  # and presses Retry on the flow run's page
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+    with ui_page() as page:  # and presses Retry on the flow run's page
         page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
         page.get_by_role("button", name="Retry").first.click()
         dialog = page.locator(".p-modal")
@@ -808,7 +815,6 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
             "the Retry button to put the flow run in AwaitingRetry or later",
             lambda: site.get(f"/flow_runs/{flow_run_id}")["state"]["type"] != "FAILED",
         )
-        browser.close()
     retried = wait_until(
         "the retried flow run to end",
         lambda: (
@@ -843,12 +849,9 @@ def test_a_failure_day_reads_well_and_prefects_retry_retries(site: Site) -> None
     assert "| calibrate | " in overview["data"] and "| grid | " in overview["data"]
     assert "Failed sub-groups" not in overview["data"]  # all fixed now
     assert "](data:image/png;base64," in overview["data"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+    with ui_page() as page:
         page.goto(f"{ui}/artifacts/artifact/{overview['id']}", wait_until="networkidle")
         page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "failday-overview.png"), full_page=True)
         page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
         page.screenshot(path=str(artifacts / "failday-flow-run-retried.png"), full_page=True)
-        browser.close()
