@@ -1,10 +1,20 @@
-"""Deterministic generation of scans and their raw counts (no database access).
+"""Deterministic generation of on-the-fly (OTF) map scans and their raw counts (no DB access).
+
+A scan maps the square field around its source in rows: before the rows the receiver
+looks at the hot and the cold load, and before each row at a reference position off the
+source (OFF); along a row it records a spectrum every dump (ON). Even scans run their
+rows along RA, odd ones along Dec, and every other pair is shifted by half a row, so
+scans of one source cross and interleave. What the receiver sees is the sky (the
+atmosphere's emission, the source's line through the atmosphere's transmission) or a
+load, plus its own noise temperature, times a gain that ripples across the band, with
+the radiometer noise of the system temperature (Tsys) in each channel and dump.
 
 A raw data package file is an `.npz` archive written with fixed zip timestamps, so the
-same seed gives byte-identical files. It holds `counts` (dumps x channels, float32),
-`phase` (0 sky, 1 hot load, 2 cold load per dump), `frequency_ghz` (channel axis),
-`time_s` and the load temperatures `t_hot_k` and `t_cold_k`, so the calibration
-software can compute T_sky = T_hot - (T_hot - T_cold) * (C_hot - C_sky) / (C_hot - C_cold).
+same seed gives byte-identical files. It holds per dump `counts` (dumps x channels,
+float32), `phase` (0 ON, 1 hot load, 2 cold load, 3 OFF), `integration_s`, `time_s`,
+`row` (-1 off the rows), `offset_x_arcsec` and `offset_y_arcsec` (east and north of the
+source; NaN off the rows), the channel axis `frequency_ghz`, and the scalars `t_hot_k`,
+`t_cold_k`, `t_atm_k` and `elevation_deg`.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -19,19 +30,32 @@ from typing import Any
 import numpy as np
 
 from ccat_wm.simulate.catalog import (
-    CHANNEL_WIDTH_GHZ,
     DUMP_SECONDS,
+    FIELD_ARCSEC,
     INSTRUMENT,
     MODULES,
     N_CHANNELS,
+    ROW_SPACING_ARCSEC,
+    SAMPLE_SPACING_ARCSEC,
+    T_ATM_K,
     T_COLD_K,
     T_HOT_K,
+    TELESCOPE,
+    LineInfo,
+    ModuleInfo,
+    beam_fwhm_arcsec,
     tuned_line,
 )
+from ccat_wm.simulate.sky import SourceModel, brightness, source_info, source_model
 
-PHASE_SKY, PHASE_HOT, PHASE_COLD = 0, 1, 2
-FILE_FORMAT = "ccat-raw-counts-npz/1"
+PHASE_ON, PHASE_HOT, PHASE_COLD, PHASE_OFF = 0, 1, 2, 3
+FILE_FORMAT = "ccat-raw-otf-npz/2"
 SPEED_OF_LIGHT_KM_S = 299_792.458
+LOAD_DUMPS = 2
+LOAD_SECONDS = 1.0
+OFF_SECONDS = 4.0
+"""The reference of a row integrates longer than an ON dump, so its noise stays small."""
+TURNAROUND_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +71,7 @@ class SimulatedPackage:
     checksum: str
     """SHA-256 of `content`, hex."""
     metadata: dict[str, Any]
-    """Metadata JSON: observation (frequency, source, line, timing) and instrument."""
+    """Metadata JSON: observation (frequency, source, line, timing, field) and instrument."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +94,62 @@ class SimulatedScan:
     """One package per instrument module."""
 
 
+@dataclass(frozen=True, slots=True)
+class ScanPattern:
+    """Where the telescope points in each dump of a scan, and for how long."""
+
+    phase: np.ndarray
+    """Per dump: ON, HOT, COLD or OFF."""
+    row: np.ndarray
+    """Per dump: the row it belongs to (-1 for loads)."""
+    x_arcsec: np.ndarray
+    """Per dump: offset east of the source (NaN off the rows)."""
+    y_arcsec: np.ndarray
+    """Per dump: offset north of the source (NaN off the rows)."""
+    integration_s: np.ndarray
+    """Per dump: integration time."""
+    direction: str
+    """`RA` or `Dec`: the direction of the rows."""
+
+    @property
+    def duration_s(self) -> float:
+        """Time on the loads, the references and the rows, with the turnarounds."""
+        rows = int(self.row.max()) + 1
+        return float(self.integration_s.sum()) + rows * TURNAROUND_SECONDS
+
+
+def scan_pattern(number: int) -> ScanPattern:
+    """Return the OTF pattern of scan `number`: loads, then per row an OFF and its dumps."""
+    half = FIELD_ARCSEC / 2
+    along = np.arange(-half, half + 1e-9, SAMPLE_SPACING_ARCSEC)
+    shift = ROW_SPACING_ARCSEC / 2 if (number // 2) % 2 else 0.0
+    across = np.arange(-half + shift, half + 1e-9, ROW_SPACING_ARCSEC)
+    direction = "RA" if number % 2 == 0 else "Dec"
+    phase = [PHASE_HOT] * LOAD_DUMPS + [PHASE_COLD] * LOAD_DUMPS
+    row = [-1] * (2 * LOAD_DUMPS)
+    xs, ys = [math.nan] * (2 * LOAD_DUMPS), [math.nan] * (2 * LOAD_DUMPS)
+    seconds = [LOAD_SECONDS] * (2 * LOAD_DUMPS)
+    for index, offset in enumerate(across):
+        path = along if index % 2 == 0 else along[::-1]  # back and forth
+        phase += [PHASE_OFF] + [PHASE_ON] * len(path)
+        row += [index] * (len(path) + 1)
+        seconds += [OFF_SECONDS] + [DUMP_SECONDS] * len(path)
+        if direction == "RA":
+            xs += [math.nan, *path]
+            ys += [math.nan] + [offset] * len(path)
+        else:
+            xs += [math.nan] + [offset] * len(path)
+            ys += [math.nan, *path]
+    return ScanPattern(
+        phase=np.array(phase, dtype=np.int8),
+        row=np.array(row, dtype=np.int16),
+        x_arcsec=np.array(xs),
+        y_arcsec=np.array(ys),
+        integration_s=np.array(seconds),
+        direction=direction,
+    )
+
+
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -80,31 +160,63 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _raw_counts(
-    rng: np.random.Generator, centre_ghz: float, line_ghz: float, n_dumps: int
+def band(module: ModuleInfo, line: LineInfo, v_lsr_kms: float) -> np.ndarray:
+    """Channel frequencies (GHz): the band centred on the line at the source's velocity."""
+    centre = line.rest_frequency_ghz * (1 - v_lsr_kms / SPEED_OF_LIGHT_KM_S)
+    return centre + (np.arange(N_CHANNELS) - N_CHANNELS / 2) * module.channel_width_ghz
+
+
+def raw_counts(
+    rng: np.random.Generator,
+    pattern: ScanPattern,
+    *,
+    module: ModuleInfo,
+    line: LineInfo,
+    model: SourceModel,
 ) -> dict[str, np.ndarray]:
+    """Return the counts a CHAI module records during a scan of `model` in `line`."""
+    frequency = band(module, line, model.info.v_lsr_kms)
+    velocity = SPEED_OF_LIGHT_KM_S * (1 - frequency / line.rest_frequency_ghz)
     channels = np.arange(N_CHANNELS)
-    frequency = centre_ghz + (channels - N_CHANNELS / 2) * CHANNEL_WIDTH_GHZ
-    gain = 1000.0 * (1.0 + 0.1 * np.sin(channels / 9.0 + rng.uniform(0, 6.28)))
-    t_receiver = 120.0 + rng.uniform(-10, 10)
-    velocity_km_s = rng.uniform(-30, 30)
-    observed_ghz = line_ghz * (1 - velocity_km_s / SPEED_OF_LIGHT_KM_S)
-    sigma_ghz = line_ghz * rng.uniform(10, 40) / 2.355 / SPEED_OF_LIGHT_KM_S
-    line_k = rng.uniform(2.0, 8.0) * np.exp(-0.5 * ((frequency - observed_ghz) / sigma_ghz) ** 2)
-    baseline_k = 30.0 + rng.uniform(-2, 2) + rng.uniform(-3, 3) * (channels / N_CHANNELS - 0.5)
-    phase = np.full(n_dumps, PHASE_SKY, dtype=np.int8)
-    phase[:2], phase[2:4] = PHASE_HOT, PHASE_COLD
-    load_k = np.where(phase == PHASE_HOT, T_HOT_K, T_COLD_K)[:, None]
-    sky_k = (baseline_k + line_k)[None, :] + rng.normal(0, 0.3, (n_dumps, N_CHANNELS))
-    temperature = np.where((phase == PHASE_SKY)[:, None], sky_k, load_k)
-    counts = gain[None, :] * (temperature + t_receiver) + rng.normal(0, 5, (n_dumps, N_CHANNELS))
+    gain = 1000.0 * (1.0 + 0.1 * np.sin(channels / 9.0 + rng.uniform(0, 2 * math.pi)))
+    scale = line.rest_frequency_ghz / 461.0
+    t_receiver = rng.uniform(90.0, 130.0) * scale
+    elevation = rng.uniform(35.0, 70.0)
+    opacity = rng.uniform(0.3, 0.7) * scale / math.sin(math.radians(elevation))
+    transmission = math.exp(-opacity)
+    t_sky = T_ATM_K * (1 - transmission)
+    n_rows = int(pattern.row.max()) + 1
+    drift = rng.normal(0.0, 0.15, (n_rows, 2))  # per row: offset and slope across the band
+    on = pattern.phase == PHASE_ON
+    temperature = np.empty((len(pattern.phase), N_CHANNELS))
+    temperature[pattern.phase == PHASE_HOT] = T_HOT_K
+    temperature[pattern.phase == PHASE_COLD] = T_COLD_K
+    temperature[pattern.phase == PHASE_OFF] = t_sky
+    source = brightness(
+        model, line, beam_fwhm_arcsec(line.rest_frequency_ghz),
+        x_arcsec=pattern.x_arcsec[on], y_arcsec=pattern.y_arcsec[on], velocity_kms=velocity,
+    )  # fmt: skip
+    rows = pattern.row[on]
+    ripple = drift[rows, :1] + drift[rows, 1:] * (channels / N_CHANNELS - 0.5)
+    temperature[on] = t_sky + transmission * source + ripple
+    channel_hz = module.channel_width_ghz * 1e9
+    noise = (temperature + t_receiver) / np.sqrt(channel_hz * pattern.integration_s)[:, None]
+    system = temperature + t_receiver + rng.normal(0.0, 1.0, temperature.shape) * noise
+    counts = gain[None, :] * system
+    start = np.concatenate([[0.0], np.cumsum(pattern.integration_s)[:-1]])
     return {
         "counts": counts.astype(np.float32),
-        "phase": phase,
+        "phase": pattern.phase,
+        "integration_s": pattern.integration_s,
+        "time_s": start + np.maximum(pattern.row, 0) * TURNAROUND_SECONDS,
+        "row": pattern.row,
+        "offset_x_arcsec": pattern.x_arcsec,
+        "offset_y_arcsec": pattern.y_arcsec,
         "frequency_ghz": frequency,
-        "time_s": np.arange(n_dumps) * DUMP_SECONDS,
         "t_hot_k": np.array(T_HOT_K),
         "t_cold_k": np.array(T_COLD_K),
+        "t_atm_k": np.array(T_ATM_K),
+        "elevation_deg": np.array(round(elevation, 3)),
     }
 
 
@@ -121,14 +233,15 @@ def simulate_scan(
     rng = np.random.default_rng([seed, number])
     source = sources[int(rng.integers(len(sources)))]
     line = lines[int(rng.integers(len(lines)))]
-    n_dumps = int(rng.integers(24, 64))
-    end = start + dt.timedelta(seconds=n_dumps * DUMP_SECONDS)
+    pattern = scan_pattern(number)
+    end = start + dt.timedelta(seconds=pattern.duration_s)
     name = f"scan-{number:06d}"
     ra, dec = positions[source]
+    model = source_model(source)
     packages = []
     for module in MODULES:
         tuned = tuned_line(module, line)
-        arrays = _raw_counts(rng, tuned.rest_frequency_ghz, tuned.rest_frequency_ghz, n_dumps)
+        arrays = raw_counts(rng, pattern, module=module, line=tuned, model=model)
         content = _npz_bytes(arrays)
         metadata = {
             "format": FILE_FORMAT,
@@ -140,16 +253,23 @@ def simulate_scan(
                 "frequency_ghz": tuned.rest_frequency_ghz,
                 "ra_deg": ra,
                 "dec_deg": dec,
+                "v_lsr_kms": model.info.v_lsr_kms,
+                "line_window_kms": model.line_window_kms(),
+                "mode": "otf",
+                "scan_direction": pattern.direction,
+                "field_arcsec": FIELD_ARCSEC,
                 "start_time": start.isoformat(),
                 "end_time": end.isoformat(),
-                "duration_s": n_dumps * DUMP_SECONDS,
+                "duration_s": pattern.duration_s,
             },
             "instrument": {
+                "telescope": TELESCOPE,
                 "name": INSTRUMENT,
                 "module": module.name,
                 "n_channels": N_CHANNELS,
-                "n_dumps": n_dumps,
-                "channel_width_ghz": CHANNEL_WIDTH_GHZ,
+                "n_dumps": len(pattern.phase),
+                "channel_width_ghz": module.channel_width_ghz,
+                "beam_fwhm_arcsec": round(beam_fwhm_arcsec(tuned.rest_frequency_ghz), 2),
                 "t_hot_k": T_HOT_K,
                 "t_cold_k": T_COLD_K,
             },
@@ -166,11 +286,7 @@ def simulate_scan(
     return SimulatedScan(number, name, source, line, start, end, tuple(packages))
 
 
-def source_position(name: str, known: dict[str, tuple[float, float]]) -> tuple[float, float]:
+def source_position(name: str) -> tuple[float, float]:
     """Return a source's (RA, Dec) in degrees; unknown names get a stable one from their hash."""
-    if name in known:
-        return known[name]
-    digest = hashlib.sha256(name.encode()).digest()
-    ra = int.from_bytes(digest[:4], "big") / 2**32 * 360.0
-    dec = int.from_bytes(digest[4:8], "big") / 2**32 * 120.0 - 60.0
-    return round(ra, 4), round(dec, 4)
+    info = source_info(name)
+    return info.ra_deg, info.dec_deg

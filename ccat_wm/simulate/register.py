@@ -27,7 +27,6 @@ from ccat_wm.simulate.catalog import (
     INSTRUMENT,
     LINES,
     MODULES,
-    SOURCES,
 )
 from ccat_wm.simulate.generator import SimulatedScan, simulate_scan, source_position
 
@@ -148,7 +147,7 @@ def _dimension_ids(session: Session, request: SimulationRequest) -> dict[str, di
         session,
         m.Source,
         [
-            dict(zip(("name", "ra_deg", "dec_deg"), (s, *source_position(s, SOURCES)), strict=True))
+            dict(zip(("name", "ra_deg", "dec_deg"), (s, *source_position(s)), strict=True))
             for s in request.sources
         ],
         "name",
@@ -208,7 +207,7 @@ def register_simulation(
     root = Path(archive.path)
     ids = _dimension_ids(session, request)
     first, start = _next_scan(session, request)
-    positions = {s: source_position(s, SOURCES) for s in request.sources}
+    positions = {s: source_position(s) for s in request.sources}
     written: list[Path] = []
     try:
         scans = []

@@ -71,13 +71,25 @@ def test_packages_are_real_files_with_size_checksum_metadata_and_copy(
         assert set(data.files) == {
             "counts",
             "phase",
-            "frequency_ghz",
+            "integration_s",
             "time_s",
+            "row",
+            "offset_x_arcsec",
+            "offset_y_arcsec",
+            "frequency_ghz",
             "t_hot_k",
             "t_cold_k",
+            "t_atm_k",
+            "elevation_deg",
         }
-        assert {0, 1, 2} <= set(data["phase"].tolist())
-        assert data["counts"].shape == (obs["duration_s"] / 5, 128)
+        assert set(data["phase"].tolist()) == {0, 1, 2, 3}  # ON, hot, cold, OFF
+        dumps = package.metadata_["instrument"]["n_dumps"]
+        assert data["counts"].shape == (dumps, 128)
+        on = data["phase"] == 0
+        # An on-the-fly map: the ON dumps cover the 320" field around the source.
+        assert np.nanmax(data["offset_x_arcsec"][on]) == pytest.approx(160, abs=5)
+        assert np.nanmin(data["offset_y_arcsec"][on]) == pytest.approx(-160, abs=5)
+        assert obs["duration_s"] >= data["integration_s"].sum()
 
 
 def test_raw_counts_calibrate_to_a_line_above_the_sky(engine: Engine, tmp_path: Path) -> None:
@@ -88,10 +100,15 @@ def test_raw_counts_calibrate_to_a_line_above_the_sky(engine: Engine, tmp_path: 
     assert path is not None
     data = np.load(path)
     counts, phase = data["counts"].astype(float), data["phase"]
-    hot, cold, sky = (counts[phase == p].mean(axis=0) for p in (1, 2, 0))
-    t_sky = data["t_hot_k"] - (data["t_hot_k"] - data["t_cold_k"]) * (hot - sky) / (hot - cold)
-    assert 20 < np.median(t_sky) < 40  # atmosphere
-    assert t_sky.max() - np.median(t_sky) > 1.0  # the line
+    hot, cold, off = (counts[phase == p].mean(axis=0) for p in (1, 2, 3))
+    gain = (hot - cold) / (data["t_hot_k"] - data["t_cold_k"])
+    t_rx = hot / gain - data["t_hot_k"]
+    t_off = off / gain - t_rx
+    assert 60 < np.median(t_rx) < 160  # the receiver
+    assert 50 < np.median(t_off) < 250  # the atmosphere's emission
+    centre = (phase == 0) & (np.hypot(data["offset_x_arcsec"], data["offset_y_arcsec"]) < 15)
+    line = (counts[centre].mean(axis=0) - off) / gain
+    assert line.max() - np.median(line) > 1.0  # the source's line above the sky
 
 
 def test_same_seed_gives_identical_data_on_fresh_databases(

@@ -67,3 +67,12 @@ def job() -> Job:
     for kind in ("science", "qa", "plots", "statistics", "logs"):
         (output / kind).mkdir(parents=True, exist_ok=True)
     return Job(manifest, output)
+
+
+SPEED_OF_LIGHT_KM_S = 299_792.458
+
+
+def velocity_axis(frequency_ghz: np.ndarray, rest_ghz: float | None) -> np.ndarray:
+    """Radio velocity (km/s) of each channel relative to the line's rest frequency."""
+    rest = float(rest_ghz) if rest_ghz else float(np.mean(frequency_ghz))
+    return SPEED_OF_LIGHT_KM_S * (1.0 - np.asarray(frequency_ghz) / rest)

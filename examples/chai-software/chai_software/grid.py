@@ -1,90 +1,63 @@
-"""chai-grid: spectra gridded into a FITS cube, with an integrated-intensity map and statistics.
+"""chai-grid: baselined OTF spectra gridded into a FITS cube, a moment-0 map and its figure.
 
-Each scan of the simulated survey observes one position of a 5 x 5 raster around its
-source (the position follows from the scan number); spectra falling on the same pixel
-are averaged with equal weights. The cube has axes (frequency, dec, ra) with a simple
-CAR world coordinate system; the map is the sum over channels times the channel width
-in km/s (K km/s), drawn with matplotlib: offsets from the source in arcseconds, a
-colour bar in K km/s and a title naming the source and the line.
+All spectra of a source and line (every scan the manifest lists) go onto one grid
+centred on the source (`--pixel-arcsec`; the grid covers every spectrum), with a
+Gaussian kernel a third of the beam wide and weights from each spectrum's measured
+noise (`chai_software.gridding`). The cube's velocity axis runs upwards; the moment-0
+map integrates the line window around the systemic velocity. QA reports the noise per
+channel, the empty fraction and the peak; see `chai_software.maps` for the files.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import datetime as dt
 import sys
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
 
-from chai_software.contract import job, sidecar
+from chai_software.contract import Job, job, sidecar
+from chai_software.gridding import GridGeometry, Kernel, grid_spectra
+from chai_software.maps import MapInfo, channel_noise, cube_header, moment0_header, write_map_figure
 
-RASTER = 5
 C_KMS = 299_792.458
 
 
-def raster_offset(scan: str) -> tuple[int, int]:
-    """Pixel offset (x, y) of a scan in the 5 x 5 raster, from its number."""
-    match = re.search(r"(\d+)$", scan)
-    number = int(match.group(1)) if match else 0
-    return number % RASTER - RASTER // 2, (number // RASTER) % RASTER - RASTER // 2
+def _software() -> str:
+    try:
+        return f"chai-software {version('chai-software')}"
+    except PackageNotFoundError:
+        return "chai-software"
 
 
-def grid(
-    spectra: list[tuple[dict[str, Any], np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (cube [chan, y, x], frequency axis) from (metadata, frequency, spectrum)."""
-    frequency = spectra[0][1]
-    cube = np.zeros((len(frequency), RASTER, RASTER))
-    hits = np.zeros((RASTER, RASTER))
-    for metadata, _, spectrum in spectra:
-        dx, dy = raster_offset(metadata.get("observation", {}).get("scan", ""))
-        x, y = dx + RASTER // 2, dy + RASTER // 2
-        cube[:, y, x] += spectrum
-        hits[y, x] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cube = np.where(hits > 0, cube / np.maximum(hits, 1), np.nan)
-    return cube, frequency
-
-
-def line_label(line: str) -> str:
-    """`CO43` -> `CO(4-3)`, `CI10` -> `[CI](1-0)`: how astronomers write the transitions."""
-    match = re.fullmatch(r"(CO|CI|CII)(\d)(\d)", line)
-    if not match:
-        return line
-    species, upper, lower = match.groups()
-    species = f"[{species}]" if species.startswith("CI") else species
-    return f"{species}({upper}-{lower})"
-
-
-def write_map(
-    path: Path, image: np.ndarray, *, pixel_arcsec: float, source: str, line: str, spectra: int
-) -> None:
-    """Write the integrated-intensity map as a figure: offset axes, colour bar, title."""
-    import matplotlib  # noqa: PLC0415 - only the gridding step draws
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    half = RASTER * pixel_arcsec / 2
-    figure, axes = plt.subplots(figsize=(5.6, 4.8), dpi=100, layout="constrained")
-    shown = axes.imshow(
-        np.ma.masked_invalid(image),
-        origin="lower",
-        extent=(half, -half, -half, half),  # RA offset grows to the east (left)
-        cmap="inferno",
-        interpolation="nearest",
-    )
-    colour_bar = figure.colorbar(shown, ax=axes)
-    colour_bar.set_label(r"integrated intensity $\int T_A^* \, dv$ [K km s$^{-1}$]")
-    axes.set_xlabel(r"$\Delta\alpha$ (RA offset) [arcsec]")
-    axes.set_ylabel(r"$\Delta\delta$ (Dec offset) [arcsec]")
-    axes.set_title(f"{source} {line_label(line)}: moment 0 ({spectra} spectra)")
-    axes.set_facecolor("0.85")  # pixels without data
-    figure.savefig(path)
-    plt.close(figure)
+def _load(run: Job) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Return the baselined inputs' metadata and their spectra stacked (velocity upwards)."""
+    metadata, parts = [], []
+    for item in run.inputs:
+        if item["kind"] != "product" or not item["path"].endswith(".baselined.npz"):
+            continue
+        with np.load(item["path"]) as data:
+            parts.append({k: data[k] for k in data.files})
+        metadata.append(item.get("metadata", {}))
+    if not parts:
+        return [], {}
+    velocity = parts[0]["velocity_kms"]
+    for part, meta in zip(parts[1:], metadata[1:], strict=True):
+        if not np.array_equal(part["velocity_kms"], velocity):
+            scan = meta.get("observation", {}).get("scan", "?")
+            raise ValueError(f"scan {scan} has another velocity axis than the first scan")
+    flip = slice(None, None, -1) if velocity[1] < velocity[0] else slice(None)
+    stacked = {
+        "velocity_kms": velocity[flip],
+        "t_a_k": np.concatenate([p["t_a_k"] for p in parts]).astype(np.float64)[:, flip],
+        "x": np.concatenate([p["offset_x_arcsec"] for p in parts]),
+        "y": np.concatenate([p["offset_y_arcsec"] for p in parts]),
+        "rms": np.concatenate([p["rms_k"] for p in parts]),
+    }
+    return metadata, stacked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,67 +66,86 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-arcsec", type=float, default=10.0)
     args = parser.parse_args(argv)
     run = job()
-    spectra = []
-    for item in run.inputs:
-        if item["kind"] != "product" or not item["path"].endswith(".baselined.npz"):
-            continue
-        with np.load(item["path"]) as data:
-            spectra.append((item.get("metadata", {}), data["frequency_ghz"], data["t_a_k"]))
-    if not spectra:
+    metadata, data = _load(run)
+    if not metadata:
         print("no baselined spectra in the manifest", file=sys.stderr)
         return 2
-    cube, frequency = grid(spectra)
-    observation = spectra[0][0].get("observation", {})
+    observation = metadata[0].get("observation", {})
+    instrument = metadata[0].get("instrument", {})
     source, line = observation.get("source", "unknown"), observation.get("line", "unknown")
-    channel_kms = abs(float(frequency[1] - frequency[0])) / float(frequency.mean()) * C_KMS
-    moment0 = np.nansum(cube, axis=0) * channel_kms
-    moment0[np.all(np.isnan(cube), axis=0)] = np.nan
-    header = fits.Header()
-    for axis, (ctype, crval, cdelt, unit) in enumerate(
-        [
-            ("RA---CAR", observation.get("ra_deg", 0.0), -args.pixel_arcsec / 3600, "deg"),
-            ("DEC--CAR", observation.get("dec_deg", 0.0), args.pixel_arcsec / 3600, "deg"),
-            ("FREQ", float(frequency[0]) * 1e9, float(frequency[1] - frequency[0]) * 1e9, "Hz"),
-        ],
-        start=1,
-    ):
-        header[f"CTYPE{axis}"], header[f"CRVAL{axis}"] = ctype, crval
-        header[f"CDELT{axis}"], header[f"CUNIT{axis}"] = cdelt, unit
-        header[f"CRPIX{axis}"] = RASTER // 2 + 1 if axis < 3 else 1
-    header["BUNIT"], header["OBJECT"], header["LINE"] = "K", source, line
+    rest_ghz = float(observation["frequency_ghz"])
+    beam = float(
+        instrument.get("beam_fwhm_arcsec") or 1.2 * C_KMS / 1e6 / rest_ghz / 6.0 * 206_264.806
+    )
+    geometry = GridGeometry.covering(data["x"], data["y"], args.pixel_arcsec)
+    kernel = Kernel.for_beam(beam, args.pixel_arcsec)
+    weights = 1.0 / np.maximum(data["rms"], 1e-6) ** 2
+    gridded = grid_spectra(
+        data["x"], data["y"], data["t_a_k"], weights, geometry=geometry, kernel=kernel
+    )
+    velocity = data["velocity_kms"]
+    info = MapInfo(
+        source=source, line=line, ra_deg=float(observation.get("ra_deg", 0.0)),
+        dec_deg=float(observation.get("dec_deg", 0.0)), rest_frequency_ghz=rest_ghz,
+        date_obs=min(dt.datetime.fromisoformat(m["observation"]["start_time"]) for m in metadata),
+        pixel_arcsec=args.pixel_arcsec, centre=geometry.centre,
+        beam_arcsec=kernel.resolution(beam), software=_software(),
+    )  # fmt: skip
+    v_lsr = float(observation.get("v_lsr_kms", 0.0))
+    window = float(metadata[0].get("line_window_kms", observation.get("line_window_kms", 100.0)))
+    in_line = np.abs(velocity - v_lsr) <= window / 2
+    channel_kms = float(velocity[1] - velocity[0])
+    moment0 = np.nansum(gridded.cube[in_line], axis=0) * channel_kms
+    moment0[gridded.weight <= 0] = np.nan
+    noise = channel_noise(gridded.cube)
+    rms = float(np.median(noise[~in_line])) if (~in_line).any() else float(np.median(noise))
+    sigma0 = rms * channel_kms * float(np.sqrt(in_line.sum()))
     stem = f"{source}_{line}".replace(" ", "_").replace("/", "_")
-    cube_path = run.output / "science" / f"{stem}.cube.fits"
-    fits.PrimaryHDU(cube.astype(np.float32), header=header).writeto(cube_path, overwrite=True)
+    science = run.output / "science"
+    cube_path, moment0_path = science / f"{stem}.cube.fits", science / f"{stem}.mom0.fits"
+    fits.PrimaryHDU(gridded.cube.astype(np.float32), header=cube_header(info, velocity)).writeto(
+        cube_path
+    )
+    v_from, v_to = float(velocity[in_line][0]), float(velocity[in_line][-1])
+    m0_header = moment0_header(info, v_from, v_to)
+    fits.PrimaryHDU(moment0.astype(np.float32), header=m0_header).writeto(moment0_path)
+    empty = float(np.mean(gridded.weight <= 0))
+    described = {
+        "source": source, "line": line, "scans": len(metadata), "spectra": len(data["t_a_k"]),
+        "pixel_arcsec": args.pixel_arcsec, "shape": list(gridded.cube.shape),
+        "beam_arcsec": round(info.beam_arcsec, 2),
+    }  # fmt: skip
+    sidecar(cube_path, described)
     sidecar(
-        cube_path,
-        {
-            "source": source,
-            "line": line,
-            "spectra": len(spectra),
-            "pixel_arcsec": args.pixel_arcsec,
-            "shape": list(cube.shape),
-        },
+        moment0_path,
+        {**described, "unit": "K km/s", "velocity_kms": [round(v_from, 2), round(v_to, 2)]},
     )
     map_path = run.output / "plots" / f"{stem}.moment0.png"
-    write_map(
-        map_path,
-        moment0,
-        pixel_arcsec=args.pixel_arcsec,
-        source=source,
-        line=line,
-        spectra=len(spectra),
+    caption = (
+        f"{len(data['t_a_k']):,} spectra from {len(metadata)} scans;  "
+        f"{v_from:.0f} to {v_to:.0f} km/s;  "
+        f'contours 3, 6, 12, ... x {sigma0:.2f} K km/s;  beam {info.beam_arcsec:.1f}"'
     )
+    write_map_figure(map_path, moment0, m0_header, info=info, sigma=sigma0, caption=caption)
     sidecar(map_path, {"source": source, "line": line, "unit": "K km/s"})
     finite = moment0[np.isfinite(moment0)]
-    stats = {
-        "spectra": len(spectra),
-        "pixels_filled": int(finite.size),
-        "peak_k_kms": float(finite.max()) if finite.size else None,
-        "mean_k_kms": float(finite.mean()) if finite.size else None,
-        "cube_rms_k": float(np.nanstd(cube)),
-    }
-    run.write_json("statistics", f"{stem}.stats.json", stats)
-    run.log(f"gridded {len(spectra)} spectra of {source} {line} into {cube_path.name}")
+    run.write_json("qa", f"{stem}.map.json", {
+        "rms_k": round(rms, 4),
+        "rms_per_channel_k": [round(float(v), 4) for v in noise],
+        "empty_fraction": round(empty, 4),
+        "peak_k": round(float(np.nanmax(gridded.cube)), 3),
+        "moment0_sigma_k_kms": round(sigma0, 4),
+    })  # fmt: skip
+    run.write_json("statistics", f"{stem}.stats.json", {
+        "scans": len(metadata), "spectra": len(data["t_a_k"]),
+        "pixels_filled": int(finite.size), "pixels": int(moment0.size),
+        "peak_k_kms": round(float(finite.max()), 3) if finite.size else None,
+        "mean_k_kms": round(float(finite.mean()), 3) if finite.size else None,
+    })  # fmt: skip
+    run.log(
+        f"gridded {len(data['t_a_k'])} spectra of {source} {line} from {len(metadata)} scans "
+        f"onto {geometry.size} x {geometry.size} pixels ({empty:.1%} empty); rms {rms:.3f} K"
+    )
     return 0
 
 
