@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from ccat_ops_db import migrate
 from tests.helpers import run_cli
@@ -39,6 +42,14 @@ def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> No
         maps = [line.split("map: ")[1] for line in first.splitlines() if "map: " in line]
         assert maps and all(Path(p).exists() for p in maps)
         assert any(p.endswith(".moment0.png") for p in maps)
+        # 24 scans, about six per source and line: four filled maps an astronomer's tools read.
+        cubes = [Path(p) for p in maps if p.endswith(".cube.fits")]
+        assert len(cubes) == 4
+        for cube in cubes:
+            data, header = fits.getdata(cube), fits.getheader(cube)
+            assert data.shape[1] >= 32 and data.shape[2] >= 32
+            assert np.isnan(data).all(axis=0).mean() < 0.10, cube
+            assert WCS(header).has_celestial and header["TELESCOP"] == "FYST"
         assert (home / "postgres" / "PG_VERSION").exists()
         assert f"left running: the embedded PostgreSQL (data in {home / 'postgres'})" in first
         assert "`ccat-wm db stop` stops it" in first
