@@ -9,6 +9,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.local/share/ccat-wm")
 ERROR_LOG = "logs/ccat-wm-errors.log"
+RAW_DATA_EVENT = "ccat.raw-data.registered"
+"""Prefect event emitted when raw data packages are registered (`ccat-wm simulate`); the
+trigger deployments `ccat-wm deploy` renders run on it."""
+DEFAULT_TRIGGER_INTERVAL_S = 600
+"""The trigger's safety-net tick (raw-data events start the work; this catches the rest)."""
 """Under the home directory: tracebacks of the errors the CLI reported in one line."""
 
 

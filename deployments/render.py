@@ -22,15 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccat_ops_db.models import TriggerType
+from ccat_wm.settings import DEFAULT_TRIGGER_INTERVAL_S, RAW_DATA_EVENT
 
 PIPELINE_ENTRYPOINT = "flows/pipelines.py:{pipeline}"
 TRIGGER_ENTRYPOINT = "flows/trigger.py:trigger_flow"
 TRIGGER_QUEUE = "trigger"
 """Work queue of the trigger deployments: Prefect priority 1 in every pool."""
-RAW_DATA_EVENT = "ccat.raw-data.registered"
-"""Prefect event emitted when raw data packages are registered (`ccat-wm simulate`)."""
-DEFAULT_TRIGGER_INTERVAL_S = 600
-"""The trigger's safety-net tick (raw-data events start the work; this catches the rest)."""
 MANAGED_TAG = "ccat-wm"
 """Tag on every deployment `ccat-wm deploy` renders (how the sync recognises its own)."""
 

@@ -8,7 +8,7 @@ from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL
 
-from deployments.render import RAW_DATA_EVENT
+from ccat_wm.settings import RAW_DATA_EVENT
 
 DRAIN_TIMEOUT_S = 10.0
 

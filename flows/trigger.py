@@ -52,8 +52,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 
 from ccat_wm.execution.control import cancel_flow_run
 from ccat_wm.execution.trigger import in_flight_owners, trigger_tick_now
-from ccat_wm.settings import load_settings
-from deployments.render import DEFAULT_TRIGGER_INTERVAL_S
+from ccat_wm.settings import DEFAULT_TRIGGER_INTERVAL_S, load_settings
 from flows.liveness import crash_silent_flow_runs
 from flows.pipeline import flow_for
 from tasks.artifacts import publish_overview

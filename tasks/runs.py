@@ -30,9 +30,10 @@ from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
 from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message
 from ccat_wm.execution.failures import retry_command, task_run_name
+from ccat_wm.execution.outcome import RunOutcome, run_logging
 from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
-from ccat_wm.execution.runner import RunExecutor, RunOutcome, run_logging
+from ccat_wm.execution.runner import RunExecutor
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
 from ccat_wm.settings import load_settings

@@ -34,8 +34,8 @@ from ccat_wm.execution.checksums import sha256_file
 from ccat_wm.execution.collect import ContractViolationError, checksum_outputs, scan_outputs
 from ccat_wm.execution.context import RunContext, load_run_context
 from ccat_wm.execution.control import product_lineage
+from ccat_wm.execution.job_start import backend_for
 from ccat_wm.execution.launch import build_job, build_manifest, display_command, write_manifest
-from ccat_wm.execution.runner import backend_for
 from ccat_wm.execution.staging import StagedInput, copy_verified, staged_product
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.settings import Settings

@@ -323,11 +323,12 @@ class SlurmBackend(PolledBackend):
                 with self._lock:
                     self._watched[job] = None
                 item.done.set_result(job)
-        except BaseException as exc:
+        except Exception as exc:
             error = exc if isinstance(exc, BackendError) else BackendError(f"sbatch failed: {exc}")
-            for item in batch.items:
-                if not item.done.done():
-                    item.done.set_exception(error)
+            _fail_waiting(batch.items, error)
+        except BaseException as exc:  # Ctrl-C, exit: the waiting submitters see it as it is
+            _fail_waiting(batch.items, exc)
+            raise
 
     def _launcher(self) -> Path:
         path = self.root / "launch.sh"
@@ -629,3 +630,10 @@ def settings_from(values: Mapping[str, Any]) -> SlurmSettings:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise BackendError(f"invalid SLURM settings of the location: {problems}") from None
+
+
+def _fail_waiting(items: Sequence[_Pending], error: BaseException) -> None:
+    """Hand `error` to every submitter of a batch still waiting for its job id."""
+    for item in items:
+        if not item.done.done():
+            item.done.set_exception(error)

@@ -240,13 +240,13 @@ def test_a_staging_job_that_is_not_served_times_out(engine: Engine, run_id: int)
 def test_an_unexpected_error_fails_the_run_instead_of_leaving_it_in_flight(
     engine: Engine, run_id: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccat_wm.execution import runner
+    from ccat_wm.execution import job_end, runner
     from ccat_wm.settings import Settings
 
     def broken(*args: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(runner, "scan_outputs", broken)
+    monkeypatch.setattr(job_end, "scan_outputs", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         runner.RunExecutor(engine, Settings()).execute(run_id)
     with Session(engine) as session:

@@ -18,7 +18,7 @@ LAYERS = {
     "ccat_wm": {"prefect", "flows", "tasks", "deployments", CLI},
     "ccat_ops_db": OURS - {"ccat_ops_db"} | {"prefect"},
     "infra": {"prefect", "ccat_ops_db", "sqlalchemy", "flows", "tasks", "deployments"},
-    "flows": {CLI},
+    "flows": {CLI, "deployments"},  # shared constants live in ccat_wm.settings
     "tasks": {"flows", CLI},
     "deployments": {CLI},
 }
