@@ -3,6 +3,7 @@
 from ccat_ops_db.models.base import Base
 from ccat_ops_db.models.enums import (
     IN_FLIGHT_STATUSES,
+    UNFINISHED_STATUSES,
     UNRETRYABLE_FAILURES,
     Backend,
     CleanupScope,
@@ -61,6 +62,7 @@ from ccat_ops_db.models.users import User
 
 __all__ = [
     "IN_FLIGHT_STATUSES",
+    "UNFINISHED_STATUSES",
     "UNRETRYABLE_FAILURES",
     "Backend",
     "Base",

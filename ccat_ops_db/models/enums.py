@@ -21,12 +21,13 @@ class RunStatus(enum.StrEnum):
 
 
 IN_FLIGHT_STATUSES: tuple[RunStatus, ...] = (
-    RunStatus.PENDING,
     RunStatus.STAGING_DATA,
     RunStatus.SUBMITTED,
     RunStatus.RUNNING,
     RunStatus.COLLECTING_RESULTS,
 )
+"""Statuses of a run that started and has not ended: a job may be running for it."""
+UNFINISHED_STATUSES: tuple[RunStatus, ...] = (RunStatus.PENDING, *IN_FLIGHT_STATUSES)
 """Statuses of a run that still holds its (step, sub-group): at most one such run each."""
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
 from ccat_ops_db.models.enums import (
-    IN_FLIGHT_STATUSES,
+    UNFINISHED_STATUSES,
     Backend,
     CleanupScope,
     FailureKind,
@@ -35,7 +35,7 @@ from ccat_ops_db.models.enums import (
     pg_enum,
 )
 
-_IN_FLIGHT_SQL = ", ".join(f"'{s.value}'" for s in IN_FLIGHT_STATUSES)
+_UNFINISHED_SQL = ", ".join(f"'{s.value}'" for s in UNFINISHED_STATUSES)
 
 
 class ExecutedReductionStep(Base):
@@ -48,7 +48,7 @@ class ExecutedReductionStep(Base):
             "reduction_step_id",
             "sub_group_key",
             unique=True,
-            postgresql_where=text(f"status IN ({_IN_FLIGHT_SQL})"),
+            postgresql_where=text(f"status IN ({_UNFINISHED_SQL})"),
         ),
         Index("ix_executed_reduction_step_step_key", "reduction_step_id", "sub_group_key"),
         Index(

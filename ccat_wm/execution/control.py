@@ -15,7 +15,6 @@ from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.lifecycle import TransitionError, transition
-from ccat_wm.execution.ownership import IN_FLIGHT
 from ccat_wm.execution.secrets import split_secrets
 
 RUN = m.ExecutedReductionStep
@@ -63,7 +62,7 @@ def cancel_flow_run_runs(session: Session, flow_run_id: str) -> list[CancelResul
         select(RUN.id)
         .where(
             RUN.prefect_flow_run_id == flow_run_id,
-            RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]),
+            RUN.status.in_(m.UNFINISHED_STATUSES),
         )
         .order_by(RUN.id)
     ).all()

@@ -69,7 +69,7 @@ def pipeline_overview(session: Session, pipeline: str, now: dt.datetime) -> Over
             .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
             .where(
                 m.Pipeline.name == pipeline,
-                or_(RUN.is_current, RUN.status.in_(list(m.IN_FLIGHT_STATUSES))),
+                or_(RUN.is_current, RUN.status.in_(list(m.UNFINISHED_STATUSES))),
             )
         ).all()
         order = session.scalars(
@@ -80,7 +80,7 @@ def pipeline_overview(session: Session, pipeline: str, now: dt.datetime) -> Over
         ).all()
     cells: dict[tuple[str, str], str] = {}
     for step, key, status, current in rows:
-        state = "in flight" if status in m.IN_FLIGHT_STATUSES else "current" if current else None
+        state = "in flight" if status in m.UNFINISHED_STATUSES else "current" if current else None
         if state is not None and cells.get((step, key)) != "in flight":
             cells[(step, key)] = state
     failed = []

@@ -22,15 +22,9 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_ops_db.models import RunStatus
+from ccat_ops_db.models import UNFINISHED_STATUSES
 
 OWNER_LOCK_SPACE = 0x6363_6174  # "ccat": the first key of our advisory locks
-IN_FLIGHT = (
-    RunStatus.STAGING_DATA,
-    RunStatus.SUBMITTED,
-    RunStatus.RUNNING,
-    RunStatus.COLLECTING_RESULTS,
-)
 _LOCK = text("SELECT pg_advisory_lock(:space, hashtext(:owner))")
 _TRY = text("SELECT pg_try_advisory_lock(:space, hashtext(:owner))")
 _UNLOCK = text("SELECT pg_advisory_unlock(:space, hashtext(:owner))")
@@ -75,7 +69,7 @@ def live_other_owners(session: Session, pipeline: str, me: str) -> set[str]:
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
         .where(
             m.Pipeline.name == pipeline,
-            run.status.in_([RunStatus.PENDING, *IN_FLIGHT]),
+            run.status.in_(UNFINISHED_STATUSES),
             run.prefect_flow_run_id.is_not(None),
             run.prefect_flow_run_id != me,
         )

@@ -303,7 +303,7 @@ def _clean_staging(conn: Connection, location: _Location, removal: Removal) -> N
     needed = exists().where(
         inp.raw_data_package_id == copy.raw_data_package_id,
         RUN.id == inp.executed_reduction_step_id,
-        RUN.status.in_(m.IN_FLIGHT_STATUSES),
+        RUN.status.in_(m.UNFINISHED_STATUSES),
     )
     unused = and_(
         copy.data_location_id == location.id,

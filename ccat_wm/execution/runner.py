@@ -35,14 +35,13 @@ from dataclasses import replace
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from ccat_ops_db.models import FailureKind, RunStatus
+from ccat_ops_db.models import IN_FLIGHT_STATUSES, FailureKind, RunStatus
 from ccat_wm.execution.ahead import AheadError, AheadStarts
 from ccat_wm.execution.context import load_run_context
 from ccat_wm.execution.job_end import JobFollower
 from ccat_wm.execution.job_start import JobStarter, backend_for
 from ccat_wm.execution.lifecycle import TransitionError, transition
 from ccat_wm.execution.outcome import RunOutcome, Submitted, announce, run_log, who
-from ccat_wm.execution.ownership import IN_FLIGHT
 from ccat_wm.execution.recorder import RunRecorder
 from ccat_wm.execution.resume import resume
 from ccat_wm.execution.snapshot import record_snapshot
@@ -124,7 +123,7 @@ class RunExecutor:
                 try:
                     self.recorder.move(conn, run_id, S.STAGING_DATA, expected=S.PENDING)
                 except TransitionError as exc:
-                    if exc.current not in IN_FLIGHT:
+                    if exc.current not in IN_FLIGHT_STATUSES:
                         return RunOutcome(run_id, exc.current or S.CANCELLED, 0, str(exc))
                     resumed = True
                 else:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
+from ccat_wm.execution.ownership import dead_owners
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.incremental import evaluate_incremental, prune_change_log
 from ccat_wm.gaps.plan import describe_evaluation_error
@@ -108,7 +108,7 @@ def pipelines_waiting(
         .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
         .join(RUN, RUN.reduction_step_id == m.ReductionStep.id)
         .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
-        .where(m.Pipeline.enabled, RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]))
+        .where(m.Pipeline.enabled, RUN.status.in_(m.UNFINISHED_STATUSES))
         .distinct()
     )
     if location is not None:
@@ -138,9 +138,7 @@ def owners_of_in_flight_runs(session: Session, pipelines: Sequence[str] | None =
         select(RUN.prefect_flow_run_id)
         .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
         .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .where(
-            RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]), RUN.prefect_flow_run_id.is_not(None)
-        )
+        .where(RUN.status.in_(m.UNFINISHED_STATUSES), RUN.prefect_flow_run_id.is_not(None))
         .distinct()
     )
     if pipelines is not None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.backends import location_backend
-from ccat_wm.execution.ownership import IN_FLIGHT, dead_owners
+from ccat_wm.execution.ownership import dead_owners
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
@@ -106,7 +106,7 @@ def prepare_wave(
         select(RUN.prefect_flow_run_id)
         .where(
             RUN.reduction_step_id.in_(list(step_ids)),
-            RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]),
+            RUN.status.in_(m.UNFINISHED_STATUSES),
             RUN.prefect_flow_run_id.is_not(None),
             RUN.prefect_flow_run_id != claim_as,
         )
@@ -118,7 +118,7 @@ def prepare_wave(
         .where(
             RUN.reduction_step_id.in_(list(step_ids)),
             (RUN.status == m.RunStatus.PENDING) & RUN.prefect_flow_run_id.is_(None)
-            | RUN.status.in_([m.RunStatus.PENDING, *IN_FLIGHT]) & RUN.prefect_flow_run_id.in_(dead),
+            | RUN.status.in_(m.UNFINISHED_STATUSES) & RUN.prefect_flow_run_id.in_(dead),
         )
         .values(prefect_flow_run_id=claim_as)
         .returning(RUN.id, RUN.reduction_step_id, RUN.sub_group_key)

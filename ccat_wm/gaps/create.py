@@ -51,7 +51,7 @@ class CreatedRun:
 
 
 def _in_flight_index_where() -> TextClause:
-    statuses = ", ".join(f"'{s.value}'" for s in m.IN_FLIGHT_STATUSES)
+    statuses = ", ".join(f"'{s.value}'" for s in m.UNFINISHED_STATUSES)
     return text(f"status IN ({statuses})")
 
 

@@ -50,7 +50,7 @@ def _failures_query() -> Any:
     rows through the index on runs that are not COMPLETED, so this stays cheap with a
     long history.
     """
-    in_flight = [s.value for s in m.IN_FLIGHT_STATUSES]
+    in_flight = [s.value for s in m.UNFINISHED_STATUSES]
     current = aliased(RUN)
     latest_completed = (  # the latest COMPLETED run, current or since invalidated
         select(func.max(current.id))

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from infra.backends.base import (
     BackendError,
@@ -41,6 +41,7 @@ from infra.backends.base import (
     by_threshold,
     exit_reason,
 )
+from infra.backends.location_settings import validated_settings
 from infra.backends.polling import PolledBackend
 from infra.runtimes import CONTAINER_ROOT
 
@@ -108,13 +109,7 @@ class KubernetesSettings(BaseModel):
 
 def settings_from(values: Mapping[str, Any]) -> KubernetesSettings:
     """Validate a location's settings for Kubernetes; the error names the setting."""
-    try:
-        return KubernetesSettings.model_validate(dict(values))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise BackendError(f"invalid Kubernetes settings of the location: {problems}") from None
+    return validated_settings(KubernetesSettings, values, "Kubernetes")
 
 
 def k8s_name(name: str) -> str:

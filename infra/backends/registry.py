@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from infra.backends import kubernetes, slurm
+from infra.backends import kubernetes, slurm, slurm_settings
 from infra.backends.base import Backend, BackendError
 from infra.backends.local import LocalBackend
 
@@ -23,7 +23,7 @@ def _local(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
 
 
 def _slurm(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
-    return slurm.SlurmBackend(state_dir, slurm.settings_from(settings))
+    return slurm.SlurmBackend(state_dir, slurm_settings.settings_from(settings))
 
 
 def _kubernetes(state_dir: Path, settings: Mapping[str, Any]) -> Backend:

@@ -25,109 +25,45 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from infra.backends.base import (
     BackendError,
     JobInfo,
     JobSpec,
-    JobState,
     ResourceLimits,
     Resources,
     by_threshold,
-    exit_reason,
 )
 from infra.backends.polling import PolledBackend
+from infra.backends.slurm_files import LAUNCH_SCRIPT, escape_pattern, file_name, write_task
+from infra.backends.slurm_output import (
+    DEAD_NODE_STATES,
+    SACCT_FIELDS,
+    megabytes_to_gb,
+    parse_sacct,
+    parse_squeue,
+    partition_hours,
+    partition_number,
+    partition_of,
+    scontrol_fields,
+    smaller,
+    waits_for_nodes,
+)
+from infra.backends.slurm_settings import MAX_NICE, SlurmSettings
 
-GIB = 1024**3
-MAX_NICE = 2_147_483_645
-"""The largest `--nice` SLURM accepts."""
 LIMITS_TTL_S = 60.0
 """How long the partition's limits read by `limits()` are reused."""
-STUCK_REASONS = frozenset(
-    {
-        "PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "MaxMemPerLimit",
-        "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed",
-        "BadConstraints", "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit",
-        "QOSMaxMemoryPerJob", "QOSMaxNodePerJobLimit", "QOSMaxGRESPerJob",
-    }
-)  # fmt: skip
-"""Reasons a queued job waits that only a change to the cluster, its partition, account or
-QOS can clear: its request exceeds a limit, or it may never run under its association."""
-NODE_REASONS = ("ReqNodeNotAvail", "Nodes required for job are DOWN, DRAINED")
-"""Reasons (short and long form) of a job waiting for nodes that are unavailable: stuck
-when every node of its partition is down, drained or failed."""
-DEAD_NODE_STATES = ("down", "drain", "fail", "maint", "future", "inval")
-LAUNCH_SCRIPT = """#!/bin/bash
-# Written by ccat-wm (SLURM backend). Runs the command stored for this job or array task.
-# $1 is the submission's directory; the task's files hold NUL-separated values (data,
-# never shell code): meta = working directory and log file, env = NAME=VALUE, argv.
-task="$1/${SLURM_ARRAY_TASK_ID:-0}"
-mapfile -d '' -t meta <"$task/meta" || exit 125
-mapfile -d '' -t envs <"$task/env" || exit 125
-mapfile -d '' -t argv <"$task/argv" || exit 125
-cd -- "${meta[0]}" || exit 125
-# The log is in a directory earlier jobs could write: never append through a link.
-if [[ -L ${meta[1]} || ( -e ${meta[1]} && ! -f ${meta[1]} ) ]]; then
-    echo "ccat-wm: the log ${meta[1]} is not a regular file; not used" >&2; exit 125
-fi
-exec >>"${meta[1]}" 2>&1
-for kv in "${envs[@]}"; do export -- "$kv"; done
-exec -- "${argv[@]}"
-"""
-FAILURE_STATES = frozenset(
-    {"OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
-)
-"""SLURM end states that are the cluster's doing: the run fails with the state as reason."""
-QUEUED_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
-)
-RUNNING_STATES = frozenset(
-    {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "SUSPENDED", "STOPPED", "RESIZING"}
-)
-SACCT_FIELDS = "JobID,State,ExitCode,ElapsedRaw,TotalCPU,MaxRSS,ReqMem"
 ACCOUNTING_GRACE_S = 15.0
 """How long a finished job's state waits for its `.batch` step to reach accounting (a job
 that never started a batch step, e.g. cancelled while queued, is final after this)."""
-
-
-class SlurmSettings(BaseModel):
-    """A slurm location's settings (location settings `slurm_*`, env defaults applied)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    partition: str | None = Field(default=None, alias="slurm_partition")
-    account: str | None = Field(default=None, alias="slurm_account")
-    extra_args: tuple[str, ...] = Field(default=(), alias="slurm_extra_args")
-    """More `sbatch` options, each one argument starting with `--` (e.g. `--qos=high`)."""
-    poll_interval_s: float = Field(default=5.0, gt=0, alias="slurm_poll_interval_s")
-    """Seconds between two squeue/sacct refreshes of the shared status cache."""
-    array_window_s: float = Field(default=0.25, ge=0, alias="slurm_array_window_s")
-    """How long a submission waits for others to join its job array."""
-    max_array_size: int = Field(default=1000, ge=1, alias="slurm_max_array_size")
-    priority_mode: Literal["nice", "qos", "none"] = Field(default="nice", alias="slurm_priority")
-    """How a pipeline's priority reaches SLURM (see `priority_options`)."""
-    nice_base: int = Field(default=100, ge=0, le=MAX_NICE, alias="slurm_nice_base")
-    qos_by_priority: dict[int, str] = Field(default_factory=dict, alias="slurm_qos_by_priority")
-
-    @field_validator("extra_args")
-    @classmethod
-    def _options_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [a for a in value if not a.startswith("--")]
-        if bad:
-            raise ValueError(f"expected sbatch options of the form --name=value, got {bad}")
-        return value
 
 
 @dataclass(slots=True)
@@ -254,7 +190,7 @@ class SlurmBackend(PolledBackend):
 
     def _read_limits(self) -> ResourceLimits:
         lines = self._run(["scontrol", "show", "partition", "--oneliner"]).splitlines()
-        partitions = [_fields(line) for line in lines if line.strip()]
+        partitions = [scontrol_fields(line) for line in lines if line.strip()]
         wanted = self.settings.partition
         chosen = next(
             (p for p in partitions if (p.get("PartitionName") == wanted if wanted
@@ -273,9 +209,11 @@ class SlurmBackend(PolledBackend):
         node_cpus = max((int(c) for c, _ in sizes if c.isdigit()), default=None)
         node_mb = max((int(mb) for _, mb in sizes if mb.isdigit()), default=None)
         return ResourceLimits(
-            cpu=_smaller(node_cpus, _number(chosen.get("MaxCPUsPerNode"))),
-            memory_gb=_gb(_smaller(node_mb, _number(chosen.get("MaxMemPerNode")))),
-            time_hours=_hours(chosen.get("MaxTime", "UNLIMITED")),
+            cpu=smaller(node_cpus, partition_number(chosen.get("MaxCPUsPerNode"))),
+            memory_gb=megabytes_to_gb(
+                smaller(node_mb, partition_number(chosen.get("MaxMemPerNode")))
+            ),
+            time_hours=partition_hours(chosen.get("MaxTime", "UNLIMITED")),
             source=f"SLURM partition {name}",
         )
 
@@ -284,7 +222,7 @@ class SlurmBackend(PolledBackend):
     ) -> list[str]:
         """Return the sbatch argument list of one submission of `len(names)` runs."""
         argv = ["sbatch", "--parsable", "--export=NONE", f"--chdir={batch_dir}"]
-        out = _escape_pattern(batch_dir)
+        out = escape_pattern(batch_dir)
         if len(names) == 1:
             argv += [f"--job-name={names[0]}", f"--output={out}/0/slurm.out"]
         else:
@@ -300,14 +238,14 @@ class SlurmBackend(PolledBackend):
         names = [i.spec.name for i in batch.items]
         try:
             for index, item in enumerate(batch.items):
-                _write_task(batch_dir / str(index), item.spec)
+                write_task(batch_dir / str(index), item.spec)
             argv = self.sbatch_command(batch_dir, names, batch.options)
             job_name = argv[4].removeprefix("--job-name=")
             (batch_dir / "submission").write_text(f"{job_name}\n{len(names)}\n")
             markers = self.root / "names"
             markers.mkdir(parents=True, exist_ok=True)
             for index, name in enumerate(names):  # found again by `find` after a crash
-                (markers / _file_name(name)).write_text(f"{batch_dir}\n{index}\n")
+                (markers / file_name(name)).write_text(f"{batch_dir}\n{index}\n")
             output = self._run(argv).strip()
             job_id = output.split(";")[0]  # --parsable: "id" or "id;cluster"
             if not job_id.isdigit():
@@ -343,7 +281,7 @@ class SlurmBackend(PolledBackend):
     def find(self, name: str) -> str | None:
         """Return the job (or array task) submitted under `name`, even if its id was lost."""
         try:
-            batch_dir, index = (self.root / "names" / _file_name(name)).read_text().split()
+            batch_dir, index = (self.root / "names" / file_name(name)).read_text().split()
             job_name, count = (Path(batch_dir) / "submission").read_text().split("\n")[:2]
         except (OSError, ValueError):
             return None
@@ -372,7 +310,7 @@ class SlurmBackend(PolledBackend):
         queued = parse_squeue(
             self._run(["squeue", "--me", "--noheader", "--array", "--format=%i|%T|%r|%P"])
         )
-        if any(_waits_for_nodes(info) for info in queued.values()):
+        if any(waits_for_nodes(info) for info in queued.values()):
             queued = self._mark_dead_partitions(queued)
         gone = [j for j in open_ids if j not in queued]
         finished = {}
@@ -408,8 +346,8 @@ class SlurmBackend(PolledBackend):
             alive[partition] = alive.get(partition, False) or not dead
         out = {}
         for job_id, info in queued.items():
-            where = _partition_of(info)
-            dead = _waits_for_nodes(info) and where in alive and not alive[where]
+            where = partition_of(info)
+            dead = waits_for_nodes(info) and where in alive and not alive[where]
             why = f"{info.reason} (every node of partition {where} is down or drained)"
             out[job_id] = replace(info, stuck=True, reason=why) if dead else info
         return out
@@ -451,185 +389,6 @@ class SlurmBackend(PolledBackend):
                 f"`{command}` failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"
             )
         return result.stdout
-
-
-def _write_task(task_dir: Path, spec: JobSpec) -> None:
-    """Write one run's command, environment, working directory and log path as NUL lists."""
-    for value in (*spec.argv, *spec.env, *spec.env.values(), str(spec.cwd), str(spec.log_path)):
-        if "\0" in value:
-            raise BackendError(f"job {spec.name}: a NUL character in {value!r} cannot be passed")
-    task_dir.mkdir(parents=True, exist_ok=True)
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    (task_dir / "argv").write_bytes(_nul_list(spec.argv))
-    (task_dir / "env").write_bytes(_nul_list(f"{k}={v}" for k, v in spec.env.items()))
-    (task_dir / "meta").write_bytes(_nul_list([str(spec.cwd), str(spec.log_path)]))
-
-
-def _file_name(job_name: str) -> str:
-    """Return a job name usable as a file name."""
-    return job_name.replace("/", "_")
-
-
-def _nul_list(values: Any) -> bytes:
-    return b"".join(str(v).encode() + b"\0" for v in values)
-
-
-def _escape_pattern(path: Path) -> str:
-    """Escape `%` for sbatch's filename patterns."""
-    return str(path).replace("%", "%%")
-
-
-def parse_squeue(output: str) -> dict[str, JobInfo]:
-    """Parse `squeue --format=%i|%T|%r|%P` lines into job states (queued or running).
-
-    A queued job's reason is kept, with its partition (`reason [partition P]`) when
-    listed; a reason in STUCK_REASONS marks it stuck.
-    """
-    jobs = {}
-    for line in output.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 2:
-            continue
-        job_id, state = parts[0], parts[1]
-        if state in QUEUED_STATES:
-            reason = parts[2] if len(parts) > 2 else None
-            if reason and len(parts) > 3 and parts[3]:
-                reason = f"{reason} [partition {parts[3]}]"
-            stuck = reason is not None and reason.split(maxsplit=1)[0].rstrip(",") in STUCK_REASONS
-            jobs[job_id] = JobInfo(JobState.PENDING, reason=reason, stuck=stuck)
-        elif state in RUNNING_STATES:
-            jobs[job_id] = JobInfo(JobState.RUNNING)
-    return jobs
-
-
-def parse_sacct(output: str) -> dict[str, tuple[JobInfo, bool]]:
-    """Parse `sacct --parsable2 --format=SACCT_FIELDS` into job states.
-
-    Each state comes with whether accounting is complete: slurmdbd records the `.batch`
-    step, and its MaxRSS, a moment after the job itself.
-    """
-    rows: dict[str, dict[str, str]] = {}
-    batch_rss: dict[str, int] = {}
-    batch_state: dict[str, str] = {}
-    names = SACCT_FIELDS.split(",")
-    for line in output.splitlines():
-        values = line.split("|")
-        if len(values) != len(names):
-            continue
-        row = dict(zip(names, values, strict=True))
-        job_id, _, step = row["JobID"].partition(".")
-        if step == "batch":
-            if row["MaxRSS"]:
-                batch_rss[job_id] = parse_memory(row["MaxRSS"])
-            batch_state[job_id] = row["State"].split()[0]
-        elif not step:
-            rows[job_id] = row
-    jobs = {}
-    for job_id, row in rows.items():
-        info = _job_info(row, batch_rss.get(job_id, 0), batch_state.get(job_id, ""))
-        # A job killed by SIGKILL may have been over its memory: MaxRSS and ReqMem decide
-        # (ReqMem reads `16?` until slurmdbd has the job's final record).
-        complete = job_id in batch_state and (
-            info.exit_code != -9 or (job_id in batch_rss and parse_memory(row["ReqMem"]) > 0)
-        )
-        jobs[job_id] = (info, complete)
-    return jobs
-
-
-def _job_info(row: Mapping[str, str], max_rss: int, batch_state: str) -> JobInfo:
-    state = row["State"].split()[0]
-    code, _, signal = row["ExitCode"].partition(":")
-    exit_code = -int(signal) if signal.isdigit() and int(signal) else int(code or 0)
-    metrics: dict[str, Any] = {
-        "exit_code": exit_code,
-        "wall_time_s": float(row["ElapsedRaw"] or 0),
-        "cpu_hours": parse_duration(row["TotalCPU"]) / 3600.0,
-        "peak_memory_gb": max_rss / GIB if max_rss else None,
-    }
-    if state in QUEUED_STATES:
-        return JobInfo(JobState.PENDING)
-    if state in RUNNING_STATES:
-        return JobInfo(JobState.RUNNING, wall_time_s=metrics["wall_time_s"])
-    requested = parse_memory(row["ReqMem"])
-    if batch_state == "OUT_OF_MEMORY" or (exit_code == -9 and requested and max_rss > requested):
-        state = "OUT_OF_MEMORY"
-    if state == "COMPLETED" and exit_code == 0:
-        return JobInfo(JobState.COMPLETED, **metrics)
-    if state == "CANCELLED":
-        return JobInfo(JobState.CANCELLED, **metrics, reason="cancelled in SLURM")
-    if state in FAILURE_STATES:
-        return JobInfo(JobState.FAILED, **metrics, reason=state)
-    return JobInfo(JobState.FAILED, **metrics, reason=exit_reason(exit_code))
-
-
-_MEMORY = re.compile(r"^([0-9.]+)([KMGTP]?)[nc]?$")
-
-
-def parse_memory(value: str) -> int:
-    """Bytes of a SLURM memory figure (`320676K`, `50M`, `1.5G`, `4000Mn`); 0 if empty."""
-    match = _MEMORY.match(value.strip())
-    if not match:
-        return 0
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** ("BKMGTP".index(unit) if unit else 0))
-
-
-def parse_duration(value: str) -> float:
-    """Seconds of a SLURM duration (`[D-][HH:]MM:SS[.mmm]`); 0 if empty."""
-    value = value.strip()
-    if not value:
-        return 0.0
-    days, _, clock = value.rpartition("-")
-    parts = [float(p) for p in clock.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0.0)
-    hours, minutes, seconds = parts
-    return (float(days) if days else 0.0) * 86400 + hours * 3600 + minutes * 60 + seconds
-
-
-def _fields(line: str) -> dict[str, str]:
-    """Parse `scontrol show ... --oneliner` output (`Key=Value` pairs) into a dict."""
-    return dict(part.split("=", 1) for part in line.split() if "=" in part)
-
-
-def _number(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
-def _smaller(a: int | None, b: int | None) -> int | None:
-    known = [v for v in (a, b) if v is not None]
-    return min(known) if known else None
-
-
-def _gb(megabytes: int | None) -> float | None:
-    return megabytes / 1024 if megabytes is not None else None
-
-
-def _hours(max_time: str) -> float | None:
-    """Hours of a partition's MaxTime (`UNLIMITED`/`INFINITE`: None)."""
-    if max_time.upper() in {"UNLIMITED", "INFINITE", "NONE", ""}:
-        return None
-    return parse_duration(max_time) / 3600.0
-
-
-def _waits_for_nodes(info: JobInfo) -> bool:
-    return info.reason is not None and info.reason.startswith(NODE_REASONS)
-
-
-def _partition_of(info: JobInfo) -> str | None:
-    match = re.search(r"\[partition ([^\]]+)\]$", info.reason or "")
-    return match.group(1) if match else None
-
-
-def settings_from(values: Mapping[str, Any]) -> SlurmSettings:
-    """Validate a location's settings for SLURM; the error names the setting."""
-    try:
-        return SlurmSettings.model_validate(dict(values))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise BackendError(f"invalid SLURM settings of the location: {problems}") from None
 
 
 def _fail_waiting(items: Sequence[_Pending], error: BaseException) -> None:

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from infra.backends import BackendError, JobState, Resources
-from infra.backends.slurm import (
-    SlurmBackend,
-    parse_duration,
-    parse_memory,
-    parse_sacct,
-    parse_squeue,
-    settings_from,
-)
+from infra.backends.slurm import SlurmBackend
+from infra.backends.slurm_output import parse_duration, parse_memory, parse_sacct, parse_squeue
+from infra.backends.slurm_settings import settings_from
 from tests.backends.test_backend_contract import job, wait
 from tests.helpers import SLURM_TEST_SETTINGS
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_ops_db.models import IN_FLIGHT_STATUSES as IN_FLIGHT
+from ccat_ops_db.models import UNFINISHED_STATUSES
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
@@ -79,7 +79,7 @@ def test_gc_removes_what_the_policy_says_and_nothing_of_products_archive_or_runs
     deadline = time.monotonic() + 180
     while True:  # until the new scan's other steps (grid follows calibrate) have ended
         new_runs = [r for r in runs(engine) if r.ExecutedReductionStep.sub_group_key.endswith("3")]
-        open_runs = [r for r in new_runs if r.ExecutedReductionStep.status in IN_FLIGHT]
+        open_runs = [r for r in new_runs if r.ExecutedReductionStep.status in UNFINISHED_STATUSES]
         states = [(r.step, r.ExecutedReductionStep.status) for r in new_runs]
         if len(new_runs) == 4 and [(r.step, r.ExecutedReductionStep.status) for r in open_runs] == [
             ("slow", m.RunStatus.RUNNING)

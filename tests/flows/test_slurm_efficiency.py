@@ -21,7 +21,8 @@ from sqlalchemy import Engine, select
 from ccat_ops_db import models as m
 from flows.run import run_pipeline
 from infra.backends import JobSpec, JobState, Resources
-from infra.backends.slurm import SlurmBackend, settings_from
+from infra.backends.slurm import SlurmBackend
+from infra.backends.slurm_settings import settings_from
 from tests.backends.test_backend_contract import wait
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import history, runs
