@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -50,6 +48,15 @@ import orjson
 import psutil
 
 from infra.backends.base import Backend, BackendError, JobInfo, JobSpec, JobState, exit_reason
+from infra.backends.local_launch import append_log, namespace_prefix, which
+from infra.backends.process_measure import (
+    EXITED,
+    TERMINATED,
+    largest_process,
+    process_tree,
+    signalled,
+    tree_memory,
+)
 
 GIB = 1024**3
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
@@ -118,7 +125,7 @@ class LocalBackend(Backend):
         rusage = self.state_dir / f"{spec.name.replace('/', '_')}.rusage"
         rusage.unlink(missing_ok=True)
         argv = list(spec.argv)
-        program = _which(argv[0], spec.env.get("PATH", os.defpath))
+        program = which(argv[0], spec.env.get("PATH", os.defpath))
         if program is None:
             raise BackendError(
                 f"cannot start {argv[0]!r} for job {spec.name}: no such executable "
@@ -127,7 +134,7 @@ class LocalBackend(Backend):
         isolation = namespace_prefix() if GNU_TIME is not None else []
         if GNU_TIME is not None:  # not --quiet: it records "Command terminated by signal N"
             argv = [*isolation, GNU_TIME, "--format", "%M", "--output", str(rusage), *argv]
-        with _append_log(spec.log_path, spec.name) as log:
+        with append_log(spec.log_path, spec.name) as log:
             try:
                 process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
                     argv,
@@ -213,7 +220,7 @@ class LocalBackend(Backend):
             return
         record.cancel_requested = True  # the monitor reports the exit as CANCELLED
         if record.isolated:  # SIGTERM to the job's processes, not to its wrappers
-            for pid in _tree(record.pid)[2:]:
+            for pid in process_tree(record.pid)[2:]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)
         else:
@@ -266,7 +273,7 @@ class LocalBackend(Backend):
         waiter.register(exited, select.POLLIN)
         try:
             while not waiter.poll(interval * 1000):
-                total, high_water = _tree_memory(process.pid)
+                total, high_water = tree_memory(process.pid)
                 peak_rss = max(peak_rss, total, high_water)
                 interval = min(interval * 2, MAX_SAMPLE_INTERVAL_S)
         finally:
@@ -276,12 +283,12 @@ class LocalBackend(Backend):
         _signal_group(process.pid, signal.SIGKILL)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - start
-        code = _signalled(record.rusage_path) or os.waitstatus_to_exitcode(status)
+        code = signalled(record.rusage_path) or os.waitstatus_to_exitcode(status)
         process.returncode = code
         record.exit_code = code
         record.wall_time_s = wall
         record.cpu_hours = (usage.ru_utime + usage.ru_stime) / 3600.0
-        record.peak_memory_gb = max(peak_rss, _largest_process(record.rusage_path)) / GIB
+        record.peak_memory_gb = max(peak_rss, largest_process(record.rusage_path)) / GIB
         if code == 0:
             state, reason = JobState.COMPLETED.value, record.reason
         elif record.cancel_requested:
@@ -334,47 +341,6 @@ def _alive(record: _Record) -> bool:
         return False
 
 
-_FOUND: dict[tuple[str, str], str] = {}
-
-
-def _which(program: str, path: str) -> str | None:
-    """Resolve a program on a PATH; found ones are remembered (a step runs one program)."""
-    found = _FOUND.get((program, path))
-    if found is None or not os.access(found, os.X_OK):
-        found = shutil.which(program, path=path)
-        if found is not None:
-            _FOUND[(program, path)] = found
-    return found
-
-
-_NAMESPACE: list[list[str]] = []
-
-
-def namespace_prefix() -> list[str]:
-    """Return the `unshare` arguments giving a job its own PID namespace ([]: impossible).
-
-    Probed once per process by running `true` in one (a few milliseconds).
-    """
-    if not _NAMESPACE:
-        unshare = shutil.which("unshare", path="/usr/bin:/bin")
-        # --mount-proc: /proc shows the namespace's own processes (a container runtime
-        # inside the job, runc, reads /proc/<pid> of the processes it starts).
-        prefix = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"] if unshare else []
-        if prefix and os.geteuid() != 0:
-            prefix[1:1] = ["--user", "--map-current-user"]
-        if prefix:
-            probe = subprocess.run(  # noqa: S603 - an argument list
-                [*prefix, "true"], capture_output=True, check=False, timeout=30
-            )
-            prefix = prefix if probe.returncode == 0 else []
-        _NAMESPACE.append([str(part) for part in prefix])
-    return _NAMESPACE[0]
-
-
-_TERMINATED = re.compile(r"Command terminated by signal (\d+)")
-_EXITED = re.compile(r"Command exited with non-zero status (\d+)")
-
-
 def _unwatched_end(record: _Record) -> _Record | None:
     """How a job ended that no process reaped (its supervisor died), from GNU time's record.
 
@@ -388,7 +354,7 @@ def _unwatched_end(record: _Record) -> _Record | None:
     lines = text.split()
     if not lines or not lines[-1].isdigit():
         return None
-    signalled, exited = _TERMINATED.search(text), _EXITED.search(text)
+    signalled, exited = TERMINATED.search(text), EXITED.search(text)
     code = -int(signalled.group(1)) if signalled else int(exited.group(1)) if exited else 0
     record.exit_code = code
     record.peak_memory_gb = int(lines[-1]) * 1024 / GIB
@@ -399,84 +365,6 @@ def _unwatched_end(record: _Record) -> _Record | None:
     else:
         record.state, record.reason = JobState.FAILED.value, exit_reason(code)
     return record
-
-
-def _append_log(path: Path, name: str) -> Any:
-    """Open the job's log for appending: a regular file only, never through a final link.
-
-    The log lives in a directory the job writes: a link or FIFO an earlier attempt left
-    at its name must not redirect the next job's output to a host file.
-    """
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as exc:
-        raise BackendError(f"cannot open the log {path} of job {name}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BackendError(f"the log {path} of job {name} is not a regular file; it is not used")
-    return os.fdopen(fd, "ab")
-
-
-def _signalled(rusage_path: str) -> int | None:
-    """Minus the signal that killed the job, as GNU `time` recorded it (None: not killed)."""
-    try:
-        found = _TERMINATED.search(Path(rusage_path).read_text(errors="replace"))
-    except OSError:
-        return None
-    return -int(found.group(1)) if found else None
-
-
-def _largest_process(rusage_path: str) -> int:
-    """Max resident bytes of the largest process of the job, as GNU `time` reported it."""
-    try:
-        return int(Path(rusage_path).read_text().split()[-1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """Resident bytes of a process tree now, and the largest peak (VmHWM) of one member.
-
-    The high-water mark is per address space, so it starts afresh at `exec` and does not
-    count the forked copy of the submitting process (unlike `ru_maxrss`).
-    """
-    total = high_water = 0
-    for member in _tree(pid):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            rss, hwm = _vm_rss_hwm(member)
-            total += rss
-            high_water = max(high_water, hwm)
-    return total, high_water
-
-
-def _tree(pid: int) -> list[int]:
-    """List the process and its descendants from /proc/<pid>/task/*/children (no scan)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{current}/task"):
-                with (
-                    contextlib.suppress(OSError),
-                    open(f"/proc/{current}/task/{task}/children") as f,
-                ):
-                    todo.extend(int(child) for child in f.read().split())
-    return found
-
-
-def _vm_rss_hwm(pid: int) -> tuple[int, int]:
-    """Resident and peak resident bytes of one process (Linux /proc), 0 where unknown."""
-    rss = hwm = 0
-    with Path(f"/proc/{pid}/status").open() as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-            elif line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-                break
-    return rss, hwm
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

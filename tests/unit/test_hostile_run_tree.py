@@ -35,7 +35,7 @@ from ccat_wm.execution.runtree import (
 )
 from ccat_wm.execution.staging import StagingError, copy_verified
 from infra.backends.base import BackendError
-from infra.backends.local import _append_log
+from infra.backends.local_launch import append_log as _append_log
 
 
 @pytest.fixture
