@@ -34,7 +34,7 @@ from ccat_wm.selection.tables import (
     is_json_column,
 )
 from ccat_wm.spec.versions import DIGEST, parse_major
-from infra.backends import BackendError, kubernetes
+from infra.backends import BackendError, kubernetes_manifest
 
 _JSON_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*)*$")
 
@@ -266,7 +266,7 @@ class LocationSpec(_Strict):
                     f"mapping its path {self.path!r} to the volume that holds it in the cluster"
                 )
             try:
-                kubernetes.settings_from(self.settings.model_dump(exclude_none=True))
+                kubernetes_manifest.settings_from(self.settings.model_dump(exclude_none=True))
             except BackendError as exc:
                 raise ValueError(f"location {self.name!r}: {exc}") from None
         return self

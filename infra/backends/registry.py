@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from infra.backends import kubernetes, slurm, slurm_settings
+from infra.backends import kubernetes, kubernetes_manifest, slurm, slurm_settings
 from infra.backends.base import Backend, BackendError
 from infra.backends.local import LocalBackend
 
@@ -27,7 +27,7 @@ def _slurm(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
 
 
 def _kubernetes(state_dir: Path, settings: Mapping[str, Any]) -> Backend:
-    return kubernetes.KubernetesBackend(state_dir, kubernetes.settings_from(settings))
+    return kubernetes.KubernetesBackend(state_dir, kubernetes_manifest.settings_from(settings))
 
 
 BACKENDS: dict[str, Callable[[Path, Mapping[str, Any]], Backend]] = {

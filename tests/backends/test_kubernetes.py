@@ -22,8 +22,8 @@ from ccat_wm.execution.context import LocationInfo, RunContext
 from ccat_wm.execution.launch import build_job, display_command
 from ccat_wm.settings import Settings
 from infra.backends import BackendError, JobSpec, JobState, Resources, get_backend
-from infra.backends.kubernetes import (
-    KubernetesBackend,
+from infra.backends.kubernetes import KubernetesBackend
+from infra.backends.kubernetes_manifest import (
     KubernetesSettings,
     job_manifest,
     k8s_name,
