@@ -33,11 +33,11 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.spec.loader import LoadedSpec
+from ccat_wm.spec.location_models import LocationSpec
 from ccat_wm.spec.models import (
     CronTrigger,
     DataGroupingSpec,
     InstrumentSpec,
-    LocationSpec,
     PipelineSpec,
     SoftwareSpec,
     StepSpec,

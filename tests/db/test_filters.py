@@ -40,8 +40,9 @@ CASES: list[tuple[dict[str, Any], Callable[[Row], bool]]] = [
     ({"table": "Source", "column": "name", "operator": "in", "value": ["NGC253", "M83"]}, lambda r: r["source"] in ("NGC253", "M83")),
     ({"table": "Source", "column": "name", "operator": "not_in", "value": ["NGC253"]}, lambda r: r["source"] != "NGC253"),
     ({"table": "Line", "column": "name", "operator": "like", "value": "CO%"}, lambda r: r["line"].startswith("CO")),
-    ({"table": "RawDataPackage", "column": "size", "operator": "gt", "value": 30000}, lambda r: r["size"] > 30000),
-    ({"table": "RawDataPackage", "column": "size", "operator": "lte", "value": 30000}, lambda r: r["size"] <= 30000),
+    # Packages of a scan of 33 rows are 619,766 bytes, of one shifted by half a row (32) 601,168.
+    ({"table": "RawDataPackage", "column": "size", "operator": "gt", "value": 610000}, lambda r: r["size"] > 610000),
+    ({"table": "RawDataPackage", "column": "size", "operator": "lte", "value": 610000}, lambda r: r["size"] <= 610000),
     ({"table": "ExecutedObsUnit", "column": "start_time", "operator": "gte", "value": T10.isoformat()}, lambda r: r["start_time"] >= T10),
     ({"table": "RawDataPackage", "column": "metadata", "json_path": "observation.frequency_ghz", "operator": "gt", "value": 700},
      lambda r: r["metadata_"]["observation"]["frequency_ghz"] > 700),
