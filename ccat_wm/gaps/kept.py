@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -37,11 +36,24 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
 
-from ccat_ops_db import models as m
 from ccat_wm.gaps.evaluate import Timing
-from ccat_wm.gaps.model import CurrentRun, Gap, GapReason, GroupRow, StepInfo
+from ccat_wm.gaps.kept_downstream import KeptDownstream
+from ccat_wm.gaps.kept_scope import (
+    DOWNSTREAM,
+    FINE,
+    FINE_LEVEL,
+    KEPT,
+    MEMBER,
+    PACKAGE,
+    REASONS,
+    RUN,
+    Pair,
+    key_array,
+    tag,
+    upstream_pairs,
+)
+from ccat_wm.gaps.model import CurrentRun, Gap, GroupRow
 from ccat_wm.gaps.pipeline_query import package_groups
 from ccat_wm.selection.query import (
     dimension_joins,
@@ -50,36 +62,11 @@ from ccat_wm.selection.query import (
     selection,
 )
 
-RUN = m.ExecutedReductionStep
-PACKAGE = m.RawDataPackage
-FINE = m.EvaluationFine
-MEMBER = m.EvaluationMember
-KEPT = m.EvaluationGap
-DOWNSTREAM = m.EvaluationDownstream
 _FINE_COLUMNS = [
     "pipeline_id", "executed_obs_unit_id", "instrument_module_id", "inputs", "hash_sum",
     "last_change", "tags",
 ]  # fmt: skip
 _MEMBER_COLUMNS = ["pipeline_id", "step_index", "sub_group_key", "upstream_index", "upstream_key"]
-
-_REASONS = {reason.value: reason for reason in GapReason}
-Pair = tuple[int, str, int, str]
-"""(downstream step index, its key, upstream step index, its key)."""
-
-
-def tag(pipeline_id: int, index: int, key: str) -> str:
-    """Return the `evaluation_fine.tags` element of step `index`'s sub-group `key`."""
-    return f"{pipeline_id}:{index}:{key}"
-
-
-def upstream_pairs(steps: Sequence[StepInfo]) -> list[tuple[int, int]]:
-    """Return (downstream index, upstream index) of every dependency, upstream steps first."""
-    names = [s.name for s in steps]
-    return sorted((d, names.index(u)) for d, s in enumerate(steps) for u in s.upstream)
-
-
-FINE_LEVEL = -1
-"""`evaluation_member.upstream_index` of a root sub-group's fine rows."""
 
 
 def _fine_id(scan: Any, module: Any) -> Any:
@@ -95,10 +82,6 @@ def _fine_rows(where: Any) -> Any:
     )
 
 
-def _keys(keys: set[str]) -> Any:
-    return cast(sorted(keys), ARRAY(String))
-
-
 _DELETE_UNHELD_MEMBERS = text("""
 DELETE FROM evaluation_member m
 USING unnest(CAST(:down AS int[]), CAST(:down_key AS text[]), CAST(:up AS int[]),
@@ -112,37 +95,9 @@ WHERE m.pipeline_id = :pipeline AND m.step_index = g.down AND m.sub_group_key = 
                           :pipeline || ':' || g.up || ':' || g.up_key])
 """)
 
-_DOWNSTREAM = text("""
-SELECT m.sub_group_key, coalesce(sum(c.product_count), 0), coalesce(sum(c.product_hash_sum), 0),
-       max(coalesce(c.finished_at, c.updated_at)),
-       min(coalesce(c.finished_at, c.updated_at))
-         FILTER (WHERE own.id IS NULL OR coalesce(c.finished_at, c.updated_at) > own.created_at)
-FROM evaluation_member m
-JOIN unnest(CAST(:up_index AS int[]), CAST(:up_step AS bigint[])) AS s(idx, step_id)
-  ON s.idx = m.upstream_index
-LEFT JOIN executed_reduction_step c
-  ON c.is_current AND c.reduction_step_id = s.step_id AND c.sub_group_key = m.upstream_key
-LEFT JOIN executed_reduction_step own
-  ON own.is_current AND own.reduction_step_id = :step_id AND own.sub_group_key = m.sub_group_key
-WHERE m.pipeline_id = :pipeline AND m.step_index = :index
-  AND m.sub_group_key = ANY(CAST(:keys AS text[]))
-GROUP BY m.sub_group_key, own.id, own.created_at
-""")
-"""A downstream sub-group's inputs: the products of its members' current runs, as the
-full statement (`pipeline_query._downstream_part`) sums them."""
 
-
-@dataclass(frozen=True)
-class KeptEvaluation:
-    """One pipeline's kept evaluation, read and written in `session`'s transaction."""
-
-    session: Session
-    pipeline_id: int
-    grouping: m.DataGrouping
-    steps: Sequence[StepInfo]
-
-    def _untag(self, index: int, value: str) -> str:
-        return value[len(tag(self.pipeline_id, index, "")) :]
+class KeptEvaluation(KeptDownstream):
+    """One pipeline's kept evaluation: its members, root rows and gaps (inputs: below)."""
 
     def _fine_select(self, scans: list[int] | None) -> Any:
         """Select the fine rows (of `scans` only, unless None) as the table holds them."""
@@ -231,7 +186,7 @@ class KeptEvaluation:
             delete(MEMBER).where(
                 MEMBER.pipeline_id == self.pipeline_id,
                 MEMBER.upstream_index == FINE_LEVEL,
-                MEMBER.upstream_key == any_(_keys({f"{r[1]}:{r[2]}" for r in removed})),
+                MEMBER.upstream_key == any_(key_array({f"{r[1]}:{r[2]}" for r in removed})),
             )
         )
         added = self.session.scalars(
@@ -241,7 +196,7 @@ class KeptEvaluation:
         ).all()
         for tags in [*(r[0] for r in removed), *added]:
             for index, value in enumerate(tags):
-                dirty[index].add(self._untag(index, value))
+                dirty[index].add(self.untag(index, value))
         joined = self._insert_members(_fine_rows(mine))
         gone = sorted(self._pairs([r[0] for r in removed]) - self._pairs(added))
         if gone:  # pairs only the removed rows held, unless another fine row holds them
@@ -266,25 +221,16 @@ class KeptEvaluation:
 
     def _pairs(self, rows: Sequence[list[str]]) -> set[Pair]:
         return {
-            (down, self._untag(down, tags[down]), up, self._untag(up, tags[up]))
+            (down, self.untag(down, tags[down]), up, self.untag(up, tags[up]))
             for tags in rows
             for down, up in upstream_pairs(self.steps)
         }
-
-    def _members(self, down: int, up: int, upstream_keys: set[str]) -> Any:
-        """Select (upstream key, downstream key) of step `down`'s sub-groups holding those."""
-        return select(MEMBER.upstream_key, MEMBER.sub_group_key).where(
-            MEMBER.pipeline_id == self.pipeline_id,
-            MEMBER.upstream_index == up,
-            MEMBER.upstream_key == any_(_keys(upstream_keys)),
-            MEMBER.step_index == down,
-        )
 
     def propagate(self, dirty: list[set[str]]) -> None:
         """Make dirty every downstream sub-group holding a dirty upstream one."""
         for down, up in upstream_pairs(self.steps):
             if dirty[up]:
-                rows = self.session.execute(self._members(down, up, dirty[up]))
+                rows = self.session.execute(self.members(down, up, dirty[up]))
                 dirty[down].update(key for _, key in rows)
 
     def current_runs(self, index: int, keys: set[str]) -> dict[str, CurrentRun]:
@@ -296,7 +242,7 @@ class KeptEvaluation:
         ).where(
             RUN.reduction_step_id == self.steps[index].id,
             RUN.is_current,
-            RUN.sub_group_key == any_(_keys(keys)),
+            RUN.sub_group_key == any_(key_array(keys)),
         )  # fmt: skip
         return {row[0]: CurrentRun(*row[1:]) for row in self.session.execute(query)}
 
@@ -307,7 +253,7 @@ class KeptEvaluation:
         member = and_(
             MEMBER.pipeline_id == self.pipeline_id,
             MEMBER.step_index == index,
-            MEMBER.sub_group_key == any_(_keys(keys)),
+            MEMBER.sub_group_key == any_(key_array(keys)),
             MEMBER.upstream_index == FINE_LEVEL,
         )
         query = (
@@ -330,7 +276,7 @@ class KeptEvaluation:
             oldest = self._oldest_unprocessed(index, fine, current)
         rows = []
         for scan, module, inputs, hash_sum, last_change, row_tags in fine:
-            row_keys = tuple(self._untag(i, t) for i, t in enumerate(row_tags))
+            row_keys = tuple(self.untag(i, t) for i, t in enumerate(row_tags))
             rows.append(
                 GroupRow(
                     index, row_keys[index], row_keys, int(inputs), int(hash_sum), last_change,
@@ -346,7 +292,7 @@ class KeptEvaluation:
         sel = selection(self.grouping.filter_rules, self.grouping.instrument_module_id, [])
         after = []
         for row in fine:
-            run = current.get(self._untag(index, row.tags[index]))
+            run = current.get(self.untag(index, row.tags[index]))
             after.append(run.created_at if run else None)
         groups = (
             func.unnest(
@@ -373,92 +319,8 @@ class KeptEvaluation:
         """Add to `reread` the downstream sub-groups holding a sub-group whose runs changed."""
         for down, up in upstream_pairs(self.steps):
             if changed_runs[up]:
-                rows = self.session.execute(self._members(down, up, changed_runs[up]))
+                rows = self.session.execute(self.members(down, up, changed_runs[up]))
                 reread[down].update(key for _, key in rows)
-
-    def downstream_rows(self, index: int, keys: set[str], reread: set[str]) -> list[GroupRow]:
-        """Return one row per sub-group `keys` of a downstream step, as the snapshot has it.
-
-        The inputs of the sub-groups `reread` are summed again from their members' current
-        runs (and kept); the others' did not change and are read from what was kept.
-        """
-        kept: list[tuple[Any, ...]] = []
-        if keys - reread:
-            query = select(
-                DOWNSTREAM.sub_group_key, DOWNSTREAM.inputs, DOWNSTREAM.hash_sum,
-                DOWNSTREAM.last_change, DOWNSTREAM.oldest_unprocessed,
-            ).where(
-                DOWNSTREAM.pipeline_id == self.pipeline_id,
-                DOWNSTREAM.step_index == index,
-                DOWNSTREAM.sub_group_key == any_(_keys(keys - reread)),
-            )  # fmt: skip
-            kept = [tuple(row) for row in self.session.execute(query)]
-        # A sub-group nothing was kept for (new) is read too.
-        reread = reread | (keys - reread - {row[0] for row in kept})
-        fresh: list[tuple[Any, ...]] = []
-        if reread:
-            names = [s.name for s in self.steps]
-            upstream = [names.index(u) for u in self.steps[index].upstream]
-            params = {
-                "up_index": upstream,
-                "up_step": [self.steps[u].id for u in upstream],
-                "step_id": self.steps[index].id,
-                "pipeline": self.pipeline_id,
-                "index": index,
-                "keys": sorted(reread),
-            }
-            fresh = [tuple(row) for row in self.session.execute(_DOWNSTREAM, params)]
-            self._keep_downstream(index, reread, fresh)
-        below = [d for d, u in upstream_pairs(self.steps) if u == index]
-        inside = {  # the sub-group of each direct downstream step holding each key
-            down: {
-                up_key: key
-                for up_key, key in self.session.execute(self._members(down, index, keys))
-            }
-            for down in below
-        }
-        rows = []
-        for key, count, hash_sum, last, oldest in [*fresh, *kept]:
-            row_keys: list[str | None] = [None] * len(self.steps)
-            row_keys[index] = key
-            for down in below:
-                row_keys[down] = inside[down].get(key)
-            rows.append(
-                GroupRow(index, key, tuple(row_keys), int(count), int(hash_sum), last, oldest)
-            )
-        return rows
-
-    def _keep_downstream(
-        self, index: int, keys: set[str] | None, rows: Sequence[tuple[Any, ...]]
-    ) -> None:
-        """Replace the kept inputs of step `index`'s sub-groups `keys` (None: all of them)."""
-        where = [DOWNSTREAM.pipeline_id == self.pipeline_id, DOWNSTREAM.step_index == index]
-        if keys is not None:
-            where.append(DOWNSTREAM.sub_group_key == any_(_keys(keys)))
-        self.session.execute(delete(DOWNSTREAM).where(*where))
-        if rows:
-            self.session.execute(
-                insert(DOWNSTREAM),
-                [
-                    {
-                        "pipeline_id": self.pipeline_id, "step_index": index,
-                        "sub_group_key": key, "inputs": count, "hash_sum": hash_sum,
-                        "last_change": last, "oldest_unprocessed": oldest,
-                    }
-                    for key, count, hash_sum, last, oldest in rows
-                ],
-            )  # fmt: skip
-
-    def keep_downstream(self, rows: Sequence[Sequence[GroupRow]]) -> None:
-        """Keep the inputs of every downstream sub-group of a full snapshot's rows."""
-        for index, step in enumerate(self.steps):
-            if step.upstream:
-                self._keep_downstream(
-                    index,
-                    None,
-                    [(r.key, r.inputs, r.hash_sum, r.last_change, r.oldest_unprocessed)
-                     for r in rows[index]],
-                )  # fmt: skip
 
     def blocked_from_outside(
         self, dirty: list[set[str]], unsettled: list[set[str]]
@@ -468,7 +330,7 @@ class KeptEvaluation:
         for down, up in upstream_pairs(self.steps):
             outside = unsettled[up] - dirty[up]
             if dirty[down] and outside:
-                rows = self.session.execute(self._members(down, up, outside))
+                rows = self.session.execute(self.members(down, up, outside))
                 blocked[down].update(key for _, key in rows if key in dirty[down])
         return blocked
 
@@ -482,7 +344,7 @@ class KeptEvaluation:
         return [
             (
                 index,
-                Gap(pipeline, names[index], key, _REASONS[reason], ready, None, False, inputs,
+                Gap(pipeline, names[index], key, REASONS[reason], ready, None, False, inputs,
                     fingerprint),
                 Timing(last_change, oldest),
             )
@@ -500,7 +362,7 @@ class KeptEvaluation:
                     delete(KEPT).where(
                         KEPT.pipeline_id == self.pipeline_id,
                         KEPT.step_index == index,
-                        KEPT.sub_group_key == any_(_keys(keys)),
+                        KEPT.sub_group_key == any_(key_array(keys)),
                     )
                 )
         if not gaps:
