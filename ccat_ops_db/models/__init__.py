@@ -1,6 +1,6 @@
 """Every ops DB model, re-exported from its domain module."""
 
-from ccat_ops_db.models.base import Base
+from ccat_ops_db.models.base import Base, table_of
 from ccat_ops_db.models.enums import (
     IN_FLIGHT_STATUSES,
     UNFINISHED_STATUSES,
@@ -116,4 +116,5 @@ __all__ = [
     "VersionPolicy",
     "data_product_lineage",
     "reduction_step_dependency",
+    "table_of",
 ]

@@ -20,7 +20,8 @@ from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.gaps.model import Gap
 from ccat_wm.gaps.plan import Plan, make_plan
-from ccat_wm.spec.apply import Change, apply_specs
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.changes import Change
 from ccat_wm.spec.loader import LoadedSpec
 
 

@@ -11,9 +11,9 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -109,15 +109,11 @@ def _archive(session: Session, name: str | None) -> m.DataLocation:
     return found[0]
 
 
-def _table(model: type[m.Base]) -> Table:
-    return cast(Table, model.__table__)
-
-
 def _ids(
     session: Session, model: type[m.Base], rows: Sequence[dict[str, Any]], key: str
 ) -> dict[str, int]:
     """Insert rows that are missing (by unique `key`), return key -> id for all of them."""
-    table = _table(model)
+    table = m.table_of(model)
     if rows:
         session.execute(pg_insert(table).on_conflict_do_nothing(), list(rows))
     keys = [r[key] for r in rows]
@@ -135,7 +131,7 @@ def _dimension_ids(session: Session, request: SimulationRequest) -> dict[str, di
     module_rows = [
         {"instrument_id": instrument, "name": mod.name, "description": ""} for mod in MODULES
     ]
-    session.execute(pg_insert(_table(m.InstrumentModule)).on_conflict_do_nothing(), module_rows)
+    session.execute(pg_insert(m.table_of(m.InstrumentModule)).on_conflict_do_nothing(), module_rows)
     modules = dict(
         session.execute(
             select(m.InstrumentModule.name, m.InstrumentModule.id).where(
@@ -259,7 +255,7 @@ def _insert_rows(
     ]
     scan_ids = dict(
         session.execute(
-            insert(_table(m.ExecutedObsUnit)).returning(
+            insert(m.table_of(m.ExecutedObsUnit)).returning(
                 m.ExecutedObsUnit.name, m.ExecutedObsUnit.id
             ),
             scan_rows,
@@ -280,7 +276,9 @@ def _insert_rows(
     ]
     package_ids = dict(
         session.execute(
-            insert(_table(m.RawDataPackage)).returning(m.RawDataPackage.name, m.RawDataPackage.id),
+            insert(m.table_of(m.RawDataPackage)).returning(
+                m.RawDataPackage.name, m.RawDataPackage.id
+            ),
             package_rows,
         ).all()
     )
@@ -295,5 +293,5 @@ def _insert_rows(
         for s in scans
         for p in s.packages
     ]
-    session.execute(insert(_table(m.RawDataPackageCopy)), copy_rows)
+    session.execute(insert(m.table_of(m.RawDataPackageCopy)), copy_rows)
     return sum(len(p.content) for s in scans for p in s.packages)

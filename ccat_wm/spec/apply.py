@@ -11,18 +11,15 @@ The caller owns the transaction: commit to apply, roll back for `--dry-run`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
-from typing import cast as typing_cast
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ARRAY,
     String,
-    Table,
     bindparam,
     cast,
     delete,
-    exists,
     func,
     insert,
     select,
@@ -32,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.spec.changes import Change, short_value
+from ccat_wm.spec.db_catalog import load_catalog
 from ccat_wm.spec.loader import LoadedSpec
 from ccat_wm.spec.location_models import LocationSpec
 from ccat_wm.spec.models import (
@@ -42,114 +41,12 @@ from ccat_wm.spec.models import (
     SoftwareSpec,
     StepSpec,
 )
-from ccat_wm.spec.validate import DbCatalog, UsedImage, topological_order, validate_bundle
+from ccat_wm.spec.validate import topological_order, validate_bundle
 
 APPLY_LOCK_ID = 0x0CCA7A99
 """Advisory lock serializing concurrent `apply` calls."""
 
 ModelT = TypeVar("ModelT", bound=m.Base)
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One create, update or delete that applying the files makes."""
-
-    action: Literal["create", "update", "delete"]
-    """What happens to the object."""
-    kind: str
-    """Object kind, e.g. `pipeline` or `step`."""
-    name: str
-    """Object name (`pipeline.step` for steps)."""
-    details: tuple[str, ...] = ()
-    """For updates: `field: old -> new` per changed field."""
-
-    def render(self) -> str:
-        """One line per change, `+` create, `~` update, `-` delete."""
-        sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
-        tail = f" ({'; '.join(self.details)})" if self.details else ""
-        return f"{sign} {self.kind} {self.name}{tail}"
-
-
-def _short(value: Any) -> str:
-    text_value = repr(value.value if hasattr(value, "value") else value)
-    return text_value if len(text_value) <= 60 else text_value[:57] + "..."
-
-
-def load_catalog(session: Session) -> DbCatalog:
-    """Load the names the spec validation resolves references against."""
-    catalog = DbCatalog()
-    catalog.sites = set(session.scalars(select(m.Site.name)))
-    catalog.locations = {
-        name: kind
-        for name, kind in session.execute(select(m.DataLocation.name, m.DataLocation.location_type))
-    }
-    for name, backend, runtime in session.execute(
-        select(m.DataLocation.name, m.DataLocation.backend, m.DataLocation.runtime)
-    ):
-        catalog.location_runtimes[name] = (backend, runtime)
-    for sw_name, tag, latest, kind in session.execute(
-        select(
-            m.ReductionSoftware.name,
-            m.ReductionSoftwareVersion.tag,
-            m.ReductionSoftwareVersion.is_latest,
-            m.ReductionSoftwareVersion.image_kind,
-        ).outerjoin(m.ReductionSoftwareVersion)
-    ):
-        tags = catalog.software_versions.setdefault(sw_name, {})
-        if tag is not None:
-            tags[tag] = latest
-            catalog.version_kinds.setdefault(sw_name, {})[tag] = kind
-    catalog.groupings = set(session.scalars(select(m.DataGrouping.name)))
-    catalog.instrument_modules = {
-        f"{i}/{mod}"
-        for i, mod in session.execute(
-            select(m.Instrument.name, m.InstrumentModule.name).join(
-                m.InstrumentModule, m.InstrumentModule.instrument_id == m.Instrument.id
-            )
-        )
-    }
-    runs = (
-        select(
-            m.Pipeline.name,
-            m.ReductionStep.name,
-            func.count(m.ExecutedReductionStep.id),
-        )
-        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
-        .outerjoin(
-            m.ExecutedReductionStep, m.ExecutedReductionStep.reduction_step_id == m.ReductionStep.id
-        )
-        .group_by(m.Pipeline.name, m.ReductionStep.name)
-    )
-    catalog.step_run_counts = {(p, s): n for p, s, n in session.execute(runs)}
-    place, run = m.DataLocation, m.ExecutedReductionStep
-    with_runs = (
-        select(place.name, place.path, func.count(run.id))
-        .join(m.Pipeline, m.Pipeline.processing_location_id == place.id)
-        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
-        .join(run, run.reduction_step_id == m.ReductionStep.id)
-        .group_by(place.name, place.path)
-    )
-    catalog.location_paths_with_runs = {
-        name: (path, n) for name, path, n in session.execute(with_runs)
-    }
-    sw, version, run = m.ReductionSoftware, m.ReductionSoftwareVersion, m.ExecutedReductionStep
-    used = (
-        select(
-            sw.name, sw.ghcr_url, version.tag, version.digest, version.image_kind, version.sif_path
-        )
-        .join(version, version.reduction_software_id == sw.id)
-        .where(exists().where(run.reduction_software_version_id == version.id))
-    )
-    for name, url, tag, digest, kind, path in session.execute(used):
-        image = catalog.used_images.setdefault(name, UsedImage(url, {}))
-        image.digests[tag] = digest
-        image.kinds[tag] = (kind, path)
-    return catalog
-
-
-def _table(table: Any) -> Table:
-    """Return a mapped class's table, typed as a Table (for Core INSERT and UPDATE)."""
-    return typing_cast(Table, table)
 
 
 class _Writer:
@@ -175,7 +72,7 @@ class _Writer:
             old = getattr(obj, attr)
             if old != new:
                 setattr(obj, attr, new)
-                details.append(f"{attr}: {_short(old)} -> {_short(new)}")
+                details.append(f"{attr}: {short_value(old)} -> {short_value(new)}")
         if details:
             self.session.flush()
             self.changes.append(Change("update", kind, name, tuple(details)))
@@ -194,7 +91,7 @@ class _Writer:
             for loc in f.spec.locations:
                 declared.setdefault(loc.site, None)  # an undeclared site keeps its description
         names = list(declared)
-        table = _table(m.Site.__table__)
+        table = m.table_of(m.Site)
         existing = dict(
             self.session.execute(
                 select(m.Site.name, m.Site.description).where(
@@ -229,7 +126,12 @@ class _Writer:
             )
         self.changes.extend(Change("create", "site", n) for n in created)
         self.changes.extend(
-            Change("update", "site", n, (f"description: {_short(existing[n])} -> {_short(d)}",))
+            Change(
+                "update",
+                "site",
+                n,
+                (f"description: {short_value(existing[n])} -> {short_value(d)}",),
+            )
             for n, d in changed.items()
         )
 

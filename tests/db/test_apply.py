@@ -10,7 +10,8 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.spec.apply import Change, apply_specs
+from ccat_wm.spec.apply import apply_specs
+from ccat_wm.spec.changes import Change
 from ccat_wm.spec.loader import load_spec_files
 from tests.helpers import demo_spec_data, locations_data, run_cli, snapshot, write_yaml
 
