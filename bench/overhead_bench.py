@@ -137,11 +137,11 @@ def lifecycle(
     from sqlalchemy.orm import Session
 
     from ccat_ops_db import migrate
+    from ccat_wm.cli.driver import run_pipeline
     from ccat_wm.db import get_engine, normalize_db_url
     from ccat_wm.simulate.register import SimulationRequest, register_simulation
     from ccat_wm.spec.apply import apply_specs
     from ccat_wm.spec.loader import load_spec_files
-    from flows.run import run_pipeline
     from tasks.runs import executor
 
     os.environ["CCAT_OPS_DB_URL"] = url

@@ -149,7 +149,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         scratch_database(f"ccat_wm_slurm_bench_{os.getpid()}") as url,
     ):
-        from flows.run import run_pipeline
+        from ccat_wm.cli.driver import run_pipeline
 
         root = Path(tmp)
         calls_log = counting_path(root)

@@ -180,7 +180,7 @@ def wave(n: int, workers: int, url: str, root: Path) -> dict[str, float]:
     from ccat_ops_db import migrate
     from ccat_ops_db import models as m
     from ccat_wm.db import get_engine, normalize_db_url
-    from ccat_wm.execution.report import flow_run_rows
+    from ccat_wm.execution.report import run_rows
     from flows.pipeline import flow_for
     from tasks.runs import executor
 
@@ -201,7 +201,8 @@ def wave(n: int, workers: int, url: str, root: Path) -> dict[str, float]:
         flow_peak = max(memory.peak, psutil.Process().memory_info().rss)
         # What `ccat-wm run` does after the flow (not part of a worker's flow run): list
         # every run of the flow run.
-        listed = len(flow_run_rows(engine, str(state.state_details.flow_run_id)))
+        with Session(engine) as session:
+            listed = len(run_rows(session, flow_run=str(state.state_details.flow_run_id)))
     flow_run_id = str(state.state_details.flow_run_id)
     run = m.ExecutedReductionStep
     with Session(engine) as session:

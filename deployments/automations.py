@@ -5,7 +5,7 @@ flow run Crashed when its heartbeats stopped. Prefect also fires it for flow run
 completed normally when a heartbeat reaches the server after their final state (Prefect
 issues 18653 and 21932); every such firing is an `automation.action.failed` event, a
 false alarm. Dead flow runs are now marked Crashed by the trigger tick, which checks the
-state first (`flows.liveness`), and `ccat-wm deploy` removes the old automation.
+state first (`tasks.liveness`), and `ccat-wm deploy` removes the old automation.
 """
 
 from __future__ import annotations

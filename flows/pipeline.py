@@ -28,18 +28,16 @@ from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
-from ccat_wm.errors import CcatWmError, describe
-from ccat_wm.execution.control import abandon_unstarted_runs, cancel_flow_run
-from ccat_wm.execution.failures import failures_message
-from ccat_wm.execution.ownership import hold_ownership
+from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.stopping import reinstall, stop_requested, stop_signal
-from ccat_wm.execution.waves import WaveItem, first_runs
 from ccat_wm.settings import load_settings
 from tasks.artifacts import publish_artifacts
+from tasks.claim import cancel_claimed_runs, claimed_runs
 from tasks.not_run import NOT_DUE, NOT_READY, UPSTREAM_FAILED, end_not_ready
 from tasks.runs import (
+    WaveItem,
     ensure_concurrency_limits,
-    executor,
+    first_runs,
     limit_name,
     prepare_wave_task,
     retry_failures_task,
@@ -78,12 +76,15 @@ for _logger in ("prefect.flow_runs", "prefect.engine"):
 BOOKKEEPING_TASKS = 4
 """Task runs of a flow run besides the sub-group runs (prepare, limits, submit-ahead,
 artifacts)."""
-_SETTINGS = load_settings()
 
 
 def _bounded_runner() -> Any:
-    """Return a thread pool of `CCAT_WM_FLOW_WORKERS` threads (Prefect's default is unbounded)."""
-    return ThreadPoolTaskRunner(max_workers=_SETTINGS.flow_workers)
+    """Return a thread pool of `CCAT_WM_FLOW_WORKERS` threads (Prefect's default is unbounded).
+
+    Read when a flow is made for a pipeline (`flow_for`), so that the settings in force
+    then count, not those of the moment this module was imported.
+    """
+    return ThreadPoolTaskRunner(max_workers=load_settings().flow_workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +172,7 @@ def _outcome(state: State[Any]) -> str:
     return "not_due" if state.name == NOT_DUE else "completed"
 
 
-@flow(
-    name="ccat-pipeline-chunk",
-    task_runner=_bounded_runner(),
-)
+@flow(name="ccat-pipeline-chunk")
 def pipeline_chunk(  # noqa: PLR0917 - a flow's parameters, passed positionally by _run_wave
     pipeline: str,
     items: list[dict[str, Any]],
@@ -188,8 +186,8 @@ def pipeline_chunk(  # noqa: PLR0917 - a flow's parameters, passed positionally 
     """Run one chunk of a large wave as its own flow run (items after earlier chunks)."""
     wave_items = [WaveItem(**i) for i in items]
     wave = WaveRun(
-        pipeline, location, claim_as, manual, force, retries or {}, _SETTINGS.task_run_tags,
-        submit_ahead,
+        pipeline, location, claim_as, manual, force, retries or {},
+        load_settings().task_run_tags, submit_ahead,
     )  # fmt: skip
     counts = _run_items(wave, wave_items)
     if counts["failed"]:
@@ -250,7 +248,7 @@ def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any
     del flow, state
     if stop_requested():  # this process stopped on a signal: its runs are left for adoption
         return
-    cancel_flow_run(executor().engine, str(flow_run.id))
+    cancel_claimed_runs(str(flow_run.id))
 
 
 class StartedBy(enum.StrEnum):
@@ -276,7 +274,6 @@ def pipeline_flow_run_name() -> str:
 
 @flow(
     name="ccat-pipeline",
-    task_runner=_bounded_runner(),
     flow_run_name=pipeline_flow_run_name,
     on_cancellation=[_cancel_owned_runs],
 )
@@ -295,7 +292,7 @@ def pipeline_flow(
     reinstall()  # a foreground command's graceful stop, over the engine's SIGTERM handler
     claim_as = str(flow_run.id)
     # Owned while this process lives; a later flow run adopts the runs if it dies.
-    with hold_ownership(executor().engine, claim_as):
+    with claimed_runs(claim_as):
         if flow_run.run_count > 1:  # Prefect's Retry of this flow run: retry what it failed
             retried = retry_failures_task(pipeline, claim_as)
             if not retried.created:
@@ -305,7 +302,7 @@ def pipeline_flow(
         items = list(wave.items)
         run = WaveRun(
             pipeline, wave.location, claim_as, manual, force, wave.step_retries,
-            _SETTINGS.task_run_tags, wave.submit_ahead,
+            load_settings().task_run_tags, wave.submit_ahead,
         )  # fmt: skip
         try:
             ensure_concurrency_limits(pipeline, wave.step_limits, claim_as)
@@ -313,21 +310,13 @@ def pipeline_flow(
                 limit = wave.step_limits[step]
                 open_pool(claim_as, step, limit_name(pipeline, step), count, limit)
             counts = _run_wave(run, items)
-        except Exception as exc:  # the flow could not run its wave: no run waits for it
-            abandoned = abandon_unstarted_runs(executor().engine, claim_as, describe(exc))
-            get_run_logger().error("%s run(s) never started were cancelled: %s", abandoned, exc)
-            raise
         finally:
             close_pools(claim_as)
-        failures, owned = publish_artifacts(pipeline, claim_as)
+        failed_message = publish_artifacts(pipeline, claim_as, counts["not_run"])
     if stop_requested():
         return _stopped_state(counts)
     if counts["failed"]:
-        message = (
-            failures_message(failures, owned, counts["not_run"])
-            if failures
-            else (f"{counts['failed']} of {len(items)} sub-group run(s) failed")
-        )
+        message = failed_message or f"{counts['failed']} of {len(items)} sub-group run(s) failed"
         # An exception as the data: a worker's engine raises it (a dict cannot be raised).
         return Failed(message=message, data=SubGroupRunsFailedError(message))
     return counts
@@ -338,12 +327,12 @@ def _run_wave(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
 
     The sub-flow runs appear under the pipeline's flow too, named after this flow run.
     """
-    size = _SETTINGS.max_task_runs - BOOKKEEPING_TASKS
+    size = load_settings().max_task_runs - BOOKKEEPING_TASKS
     counts = _no_counts()
     if len(items) <= size:
         counts = _run_items(wave, items)
     else:
-        chunk_flow = pipeline_chunk.with_options(name=wave.pipeline)
+        chunk_flow = pipeline_chunk.with_options(name=wave.pipeline, task_runner=_bounded_runner())
         for number, chunk in enumerate(_chunks(items, size), start=1):
             state = chunk_flow.with_options(flow_run_name=f"{flow_run.name} part {number}")(
                 wave.pipeline, [_as_dict(i) for i in chunk], wave.claim_as, wave.manual,
@@ -366,5 +355,8 @@ def _as_dict(item: WaveItem) -> dict[str, Any]:
 
 
 def flow_for(pipeline: str) -> Flow[..., Any]:
-    """Return the pipeline's flow: `pipeline_flow` under the pipeline's name."""
-    return pipeline_flow.with_options(name=pipeline)
+    """Return the pipeline's flow: `pipeline_flow` under the pipeline's name.
+
+    Its task runner has as many threads as the settings give flow workers now.
+    """
+    return pipeline_flow.with_options(name=pipeline, task_runner=_bounded_runner())

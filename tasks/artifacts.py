@@ -13,7 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ccat_wm.execution.failures import Failure, flow_run_failures
+from ccat_wm.execution.failures import failures_message, flow_run_failures
 from ccat_wm.execution.overview import overview_markdown, overview_picture, pipeline_overview
 from ccat_wm.execution.report import artifact_rows, products_markdown, run_table
 from tasks.runs import BOOKKEEPING, executor
@@ -41,13 +41,13 @@ def publish_overview(pipeline: str) -> None:
 
 
 @task(name=f"{BOOKKEEPING}publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(pipeline: str, claim_as: str) -> tuple[list[Failure], int]:
+def publish_artifacts(pipeline: str, claim_as: str, not_run: int = 0) -> str | None:
     """Publish the flow run's table of runs, its failures and a summary of its products.
 
     A large wave's table lists `ARTIFACT_ROWS` runs, those that did not complete first.
     The failures table names each failed sub-group's step, key, kind, reason, attempts,
-    log and the command that retries it; it is returned, with the number of runs the
-    flow run owns (what the runs table counts), for the flow run's message.
+    log and the command that retries it. Returns the flow run's message when runs failed
+    (`failures_message`, counting the `not_run` follow-ups apart), else None.
     """
     with executor().session() as session:
         rows, total = artifact_rows(session, claim_as)
@@ -72,4 +72,4 @@ def publish_artifacts(pipeline: str, claim_as: str) -> tuple[list[Failure], int]
                 "press Retry on the flow run, or run the command of a row"
             ),
         )
-    return failures, total
+    return failures_message(failures, total, not_run) if failures else None

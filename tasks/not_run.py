@@ -105,22 +105,26 @@ def end_not_ready(items: Sequence[WaveItem], futures: Sequence[PrefectFuture[Any
 
 
 def _set_state(client: SyncPrefectClient, task_run_id: UUID, state: State[Any]) -> None:
-    """Set a task run's state and see that it holds; never raise.
+    """Set a task run's state once the server has recorded its `NotReady`; never raise.
 
-    The server records a task run from its events, in batches: until it has, setting its
-    state fails (404), and an event it records later could replace a state set too early.
-    So the state is set until the server reads it back, for `RECORDED_WITHIN_S`. Only
-    what the UI shows is at stake (the flow run's message counts the sub-group already),
-    so a server that does not take it in time is logged, not an error.
+    The server records a task run from its events, in batches, and keeps a batch's
+    fields only when its state is newer than the one it holds. Setting the state before
+    the `NotReady` event is recorded would lose that event's fields, among them the task
+    run's name (the UI would list it under the task's function name). So this waits,
+    for `RECORDED_WITHIN_S`, until the server reads back `NotReady`, then sets the state
+    and sees that it holds. Only what the UI shows is at stake (the flow run's message
+    counts the sub-group already), so a server that does not take it in time is logged,
+    not an error.
     """
     deadline = time.monotonic() + RECORDED_WITHIN_S
     problem = "the server did not record the task run in time"
     while time.monotonic() < deadline:
         try:
-            client.set_task_run_state(task_run_id, state, force=True)
             current = client.read_task_run(task_run_id).state
             if current is not None and current.name == state.name:
                 return
+            if current is not None and current.name == NOT_READY:
+                client.set_task_run_state(task_run_id, state, force=True)  # read back next
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != httpx.codes.NOT_FOUND:
                 problem = str(exc)

@@ -35,10 +35,27 @@ from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
 from ccat_wm.execution.runner import RunExecutor
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
-from ccat_wm.execution.waves import Wave, claim_follow_up, prepare_wave
+from ccat_wm.execution.waves import Wave, WaveItem, claim_follow_up, first_runs, prepare_wave
 from ccat_wm.settings import load_settings
 from tasks.not_run import not_run
 from tasks.slots import pool_for, reclaim_dead_slots, uses_ephemeral_server
+
+__all__ = [  # what flows use; `WaveItem` and `first_runs` pass on the wave's records
+    "ATTEMPT_FAILED",
+    "BOOKKEEPING",
+    "RunFailedError",
+    "WaveItem",
+    "ensure_concurrency_limits",
+    "executor",
+    "first_runs",
+    "limit_name",
+    "prepare_wave_task",
+    "retry_failures_task",
+    "run_sub_group",
+    "run_tags",
+    "sub_group_task",
+    "submit_ahead_task",
+]
 
 
 class RunFailedError(CcatWmError):

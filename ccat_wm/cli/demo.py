@@ -128,7 +128,7 @@ def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
         echo(f"[4/5] running {DEMO_PIPELINE}: {len(due)} sub-group(s) due now, more as they finish")
         echo("      starting Prefect's local server for the flow run (about 10 s the first time);")
         echo("      Prefect then logs each task run below")
-        from flows.run import run_pipeline
+        from ccat_wm.cli.driver import run_pipeline
 
         outcome = run_pipeline(engine, DEMO_PIPELINE)
         echo(f"      flow run {outcome.flow_run_id}: {outcome.state} ({len(outcome.runs)} runs)")

@@ -24,8 +24,8 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution import stopping
 from ccat_wm.selection.dimensions import ALL_KEY_DISPLAY
 
-if TYPE_CHECKING:  # flows load Prefect: only for commands that run flows
-    from flows.run import FlowRunResult
+if TYPE_CHECKING:  # the driver loads Prefect: only for commands that run flows
+    from ccat_wm.cli.driver import FlowRunResult
 
 
 def _keys(sub_groups: tuple[str, ...]) -> list[str]:
@@ -145,7 +145,7 @@ def _fail_on_evaluation_errors(errors: dict[str, str]) -> None:
 def run(pipeline: str, sub_groups: tuple[str, ...], force: bool) -> None:
     """Run a pipeline now (a manual run): every ready gap, or the given sub-groups."""
     stopping.arm()
-    from flows.run import run_pipeline  # Prefect loads only for commands that run flows
+    from ccat_wm.cli.driver import run_pipeline  # loads Prefect
 
     result = run_pipeline(engine(), pipeline, sub_groups=_keys(sub_groups) or None, force=force)
     _report_flow_run(pipeline, result)
@@ -168,8 +168,8 @@ def retry(
 ) -> None:
     """Give failed sub-groups (retries exhausted) a fresh retry budget and run them now."""
     stopping.arm()
+    from ccat_wm.cli.driver import retry_pipeline  # loads Prefect
     from ccat_wm.cli.render import render_retry
-    from flows.run import retry_pipeline  # loads Prefect
 
     retried, outcome = retry_pipeline(
         engine(), pipeline, step=step, sub_groups=_keys(sub_groups), run_ids=list(run_ids)

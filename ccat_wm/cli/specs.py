@@ -106,7 +106,7 @@ def simulate(
 
     with Session(ops_db) as session, session.begin():
         result = register_simulation(session, request, progress)
-    from flows.events import announce_raw_data
+    from tasks.events import announce_raw_data
 
     announce_raw_data(result.archive, result.package_count, result.scan_names)
     if as_json:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, func, literal, select, update
+from sqlalchemy import BigInteger, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -76,29 +76,22 @@ def cancel_flow_run_runs(session: Session, flow_run_id: str) -> list[CancelResul
     return results
 
 
-def abandon_unstarted_runs(engine: Engine, flow_run_id: str, why: str) -> int:
+def abandon_unstarted_runs(session: Session, flow_run_id: str, why: str) -> int:
     """Cancel the PENDING runs a flow run claimed but could not start; return how many.
 
     For a flow run that fails before or while starting its wave (its tasks could not be
     created, its server went away): a run must not stay PENDING for a flow that will
     never run it. Its reason says why; the sub-group is a gap again, so the next
-    evaluation makes a new run. Runs already in flight are left to be adopted.
+    evaluation makes a new run. Runs already in flight are left to be adopted. No commit.
     """
     reason = f"flow run {flow_run_id} failed before starting it: {why}"[:2000]
-    with Session(engine) as session, session.begin():
-        cancelled = session.scalars(
-            update(RUN)
-            .where(RUN.prefect_flow_run_id == flow_run_id, RUN.status == m.RunStatus.PENDING)
-            .values(status=m.RunStatus.CANCELLED, failure_reason=reason, finished_at=func.now())
-            .returning(RUN.id)
-        ).all()
+    cancelled = session.scalars(
+        update(RUN)
+        .where(RUN.prefect_flow_run_id == flow_run_id, RUN.status == m.RunStatus.PENDING)
+        .values(status=m.RunStatus.CANCELLED, failure_reason=reason, finished_at=func.now())
+        .returning(RUN.id)
+    ).all()
     return len(cancelled)
-
-
-def cancel_flow_run(engine: Engine, flow_run_id: str) -> list[CancelResult]:
-    """`cancel_flow_run_runs` with a session of its own (for a flow's cancellation hook)."""
-    with Session(engine) as session:
-        return cancel_flow_run_runs(session, flow_run_id)
 
 
 @dataclass(frozen=True, slots=True)

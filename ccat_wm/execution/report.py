@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -306,16 +306,9 @@ def artifact_rows(
     return rows, int(total or 0)
 
 
-def flow_run_rows(engine: Engine, flow_run: str) -> list[RunRow]:
-    """Return the runs a flow run executed (for the CLI after a flow run ended)."""
-    with Session(engine) as session:
-        return run_rows(session, flow_run=flow_run)
-
-
-def failed_sub_group_count(engine: Engine, pipeline: str, now: dt.datetime) -> int:
+def count_failed_sub_groups(session: Session, pipeline: str, now: dt.datetime) -> int:
     """How many sub-groups of the pipeline are `failed` (retries exhausted) at `now`."""
     from ccat_wm.gaps.plan import make_plan  # noqa: PLC0415 - `status` needs no gap evaluator
 
-    with Session(engine) as session, session.begin():
-        plan = make_plan(session, now, pipeline)
+    plan = make_plan(session, now, pipeline)
     return sum(1 for g in plan.gaps if g.reason is m.GapReason.FAILED)

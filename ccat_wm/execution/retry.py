@@ -176,19 +176,3 @@ def retry_flow_run_failures(engine: Engine, pipeline: str, flow_run_id: str) -> 
         return _retry(
             session, snapshot, pipeline, sorted(chosen, key=lambda g: (g.step, g.sub_group_key))
         )
-
-
-def retry_failed_now(
-    engine: Engine,
-    pipeline: str,
-    *,
-    step: str | None = None,
-    sub_groups: Sequence[str] = (),
-    run_ids: Sequence[int] = (),
-) -> RetryResult:
-    """`retry_failed` in a transaction of its own, committed (all runs or none)."""
-    with Session(engine) as session, session.begin():
-        return retry_failed(
-            session, pipeline, dt.datetime.now(dt.UTC),
-            step=step, sub_groups=sub_groups, run_ids=run_ids,
-        )  # fmt: skip

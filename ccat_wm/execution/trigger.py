@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -144,17 +144,3 @@ def owners_of_in_flight_runs(session: Session, pipelines: Sequence[str] | None =
     if pipelines is not None:
         query = query.where(m.Pipeline.name.in_(list(pipelines)))
     return sorted(o for o in session.scalars(query) if o)
-
-
-def trigger_tick_now(
-    engine: Engine, now: dt.datetime, *, location: str | None = None, include_cron: bool = False
-) -> TickResult:
-    """`trigger_tick` in a committed transaction of its own."""
-    with Session(engine) as session, session.begin():
-        return trigger_tick(session, now, location=location, include_cron=include_cron)
-
-
-def in_flight_owners(engine: Engine) -> list[str]:
-    """`owners_of_in_flight_runs` of every pipeline, with a session of its own."""
-    with Session(engine) as session:
-        return owners_of_in_flight_runs(session)

@@ -16,8 +16,9 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -71,18 +72,74 @@ def first_runs(items: Sequence[WaveItem]) -> dict[str, list[int]]:
     return out
 
 
-def check_pipeline(engine: Engine, name: str) -> None:
-    """Raise the error of `pipeline_by_name` for an unknown pipeline (its own session)."""
-    with Session(engine) as session:
-        pipeline_by_name(session, name)
-
-
 def _evaluate(
     session: Session, name: str, now: dt.datetime, *, manual: bool, force: bool
 ) -> tuple[PipelineSnapshot, list[Gap]]:
     pipeline = pipeline_by_name(session, name)
     snapshot = load_snapshot(session, pipeline, prune=not force)
     return snapshot, evaluate(snapshot, now, manual=manual, force=force)
+
+
+def _claim_wave(session: Session, step_ids: list[int], claim_as: str) -> list[Any]:
+    """Claim the steps' unclaimed PENDING runs and the unfinished runs of dead owners.
+
+    Returns (run id, step id, sub-group key) of each run now claimed as `claim_as`.
+    """
+    owners = session.scalars(
+        select(RUN.prefect_flow_run_id)
+        .where(
+            RUN.reduction_step_id.in_(step_ids),
+            RUN.status.in_(m.UNFINISHED_STATUSES),
+            RUN.prefect_flow_run_id.is_not(None),
+            RUN.prefect_flow_run_id != claim_as,
+        )
+        .distinct()
+    ).all()
+    dead = sorted(dead_owners(session, [o for o in owners if o]))
+    claim = (
+        update(RUN)
+        .where(
+            RUN.reduction_step_id.in_(step_ids),
+            (RUN.status == m.RunStatus.PENDING) & RUN.prefect_flow_run_id.is_(None)
+            | RUN.status.in_(m.UNFINISHED_STATUSES) & RUN.prefect_flow_run_id.in_(dead),
+        )
+        .values(prefect_flow_run_id=claim_as)
+        .returning(RUN.id, RUN.reduction_step_id, RUN.sub_group_key)
+    )
+    return list(session.execute(claim, execution_options={"synchronize_session": False}).all())
+
+
+def _follow_ups(
+    snapshot: PipelineSnapshot, gaps: Sequence[Gap], items: Sequence[WaveItem]
+) -> list[WaveItem]:
+    """Return the follow-ups of the claimed `items`: the waiting gaps downstream of them.
+
+    Each waits for the indices (into `items`, then the follow-ups before it) upstream.
+    """
+    steps = {s.name: s for s in snapshot.steps}
+    order = {s.name: i for i, s in enumerate(snapshot.steps)}
+    index = {(i.step, i.sub_group_key): n for n, i in enumerate(items)}
+    waiting = sorted(
+        (g for g in gaps if not g.ready and g.reason is not GapReason.FAILED),
+        key=lambda g: (order[g.step], g.sub_group_key),
+    )
+    inside = containment(snapshot)
+    follow: list[WaveItem] = []
+    for gap in waiting:
+        if (gap.step, gap.sub_group_key) in index:
+            continue
+        upstream = sorted(
+            {
+                index[(up, up_key)]
+                for up in steps[gap.step].upstream
+                for up_key in inside.get((up, gap.step, gap.sub_group_key), ())
+                if (up, up_key) in index
+            }
+        )
+        if upstream:
+            index[(gap.step, gap.sub_group_key)] = len(items) + len(follow)
+            follow.append(WaveItem(gap.step, gap.sub_group_key, None, tuple(upstream)))
+    return follow
 
 
 def prepare_wave(
@@ -100,30 +157,8 @@ def prepare_wave(
     snapshot, gaps = _evaluate(session, pipeline, now, manual=manual, force=force)
     gaps = [g for g in gaps if wanted is None or g.sub_group_key in wanted]
     create_runs(session, snapshot, [g for g in gaps if g.eligible])
-    steps = {s.name: s for s in snapshot.steps}
     step_ids = {s.id: s.name for s in snapshot.steps}
-    owners = session.scalars(
-        select(RUN.prefect_flow_run_id)
-        .where(
-            RUN.reduction_step_id.in_(list(step_ids)),
-            RUN.status.in_(m.UNFINISHED_STATUSES),
-            RUN.prefect_flow_run_id.is_not(None),
-            RUN.prefect_flow_run_id != claim_as,
-        )
-        .distinct()
-    ).all()
-    dead = sorted(dead_owners(session, [o for o in owners if o]))
-    claim = (
-        update(RUN)
-        .where(
-            RUN.reduction_step_id.in_(list(step_ids)),
-            (RUN.status == m.RunStatus.PENDING) & RUN.prefect_flow_run_id.is_(None)
-            | RUN.status.in_(m.UNFINISHED_STATUSES) & RUN.prefect_flow_run_id.in_(dead),
-        )
-        .values(prefect_flow_run_id=claim_as)
-        .returning(RUN.id, RUN.reduction_step_id, RUN.sub_group_key)
-    )
-    claimed = session.execute(claim, execution_options={"synchronize_session": False}).all()
+    claimed = _claim_wave(session, list(step_ids), claim_as)
     order = {s.name: i for i, s in enumerate(snapshot.steps)}
     items: list[WaveItem] = [
         WaveItem(step_ids[step_id], key, run_id)
@@ -131,26 +166,7 @@ def prepare_wave(
             claimed, key=lambda r: (order[step_ids[r[1]]], r[2], r[0])
         )
     ]
-    index = {(i.step, i.sub_group_key): n for n, i in enumerate(items)}
-    waiting = sorted(
-        (g for g in gaps if not g.ready and g.reason is not GapReason.FAILED),
-        key=lambda g: (order[g.step], g.sub_group_key),
-    )
-    inside = containment(snapshot)
-    for gap in waiting:
-        if (gap.step, gap.sub_group_key) in index:
-            continue
-        upstream = sorted(
-            {
-                index[(up, up_key)]
-                for up in steps[gap.step].upstream
-                for up_key in inside.get((up, gap.step, gap.sub_group_key), ())
-                if (up, up_key) in index
-            }
-        )
-        if upstream:
-            index[(gap.step, gap.sub_group_key)] = len(items)
-            items.append(WaveItem(gap.step, gap.sub_group_key, None, tuple(upstream)))
+    items += _follow_ups(snapshot, gaps, items)
     step = m.ReductionStep
     rows = session.execute(
         select(step.name, step.max_concurrent_runs, step.max_retries).where(

@@ -16,9 +16,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.cli.driver import run_pipeline
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
-from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.helpers import write_yaml
 

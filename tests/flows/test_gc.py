@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_ops_db.models import UNFINISHED_STATUSES
+from ccat_wm.cli.driver import run_pipeline
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
-from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import runs
 from tests.helpers import cli_json, locations_data

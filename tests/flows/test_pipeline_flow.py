@@ -27,13 +27,13 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.cli.demo import DEMO_SPEC, demo_locations_file
+from ccat_wm.cli.driver import run_pipeline
 from ccat_wm.execution.control import product_lineage
 from ccat_wm.execution.report import artifact_rows
 from ccat_wm.settings import Settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
-from flows.run import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.helpers import run_cli, wait_gone, wait_until
 
@@ -74,14 +74,20 @@ def flow_task_runs(flow_run_id: str) -> list[Any]:
 def task_run_named(flow_run_id: str, name: str) -> Any:
     """The task run `name` of a flow run once the server recorded its final state (the
     server records task run states in batches, so they arrive after the flow's end)."""
-    return wait_until(
-        f"task run {name} of flow run {flow_run_id} in a final state",
-        lambda: next(
-            (t for t in flow_task_runs(flow_run_id) if t.name == name and t.state.is_final()),
-            None,
-        ),
-        timeout=30,
-    )
+    seen: list[Any] = []
+
+    def final() -> Any:
+        seen[:] = [t for t in flow_task_runs(flow_run_id) if t.name == name]
+        return next((t for t in seen if t.state.is_final()), None)
+
+    try:
+        return wait_until(
+            f"task run {name} of flow run {flow_run_id} in a final state", final, timeout=30
+        )
+    except AssertionError as exc:
+        states = [(str(t.id), t.state.type.value, t.state.name, t.state.timestamp) for t in seen]
+        every = [(t.name, str(t.id), t.state.name) for t in flow_task_runs(flow_run_id)]
+        raise AssertionError(f"{exc}; task runs of that name: {states}; all: {every}") from None
 
 
 def _run_ended(lines: list[str]) -> bool:
@@ -578,9 +584,7 @@ def test_cancel_stops_the_process_and_marks_the_run_cancelled(
 def test_a_wave_larger_than_the_task_run_budget_goes_out_in_several_flow_runs(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.pipeline
-
-    monkeypatch.setattr(flows.pipeline, "_SETTINGS", Settings(CCAT_WM_MAX_TASK_RUNS=10))
+    monkeypatch.setenv("CCAT_WM_MAX_TASK_RUNS", "10")
     setup_pipeline(engine, tmp_path, [tool_step("reduce")], scans=9)
 
     result = run_pipeline(engine, "t")
@@ -657,9 +661,7 @@ def test_task_run_tags_can_be_turned_off(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`CCAT_WM_TASK_RUN_TAGS=false`: no tags, so no concurrency check per task run."""
-    import flows.pipeline
-
-    monkeypatch.setattr(flows.pipeline, "_SETTINGS", Settings(CCAT_WM_TASK_RUN_TAGS=False))
+    monkeypatch.setenv("CCAT_WM_TASK_RUN_TAGS", "false")
     setup_pipeline(engine, tmp_path, [tool_step("reduce")], scans=1)
 
     result = run_pipeline(engine, "t")

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from ccat_ops_db import models as m
-from flows.run import run_pipeline
+from ccat_wm.cli.driver import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.helpers import cli_json, run_cli
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from ccat_ops_db import models as m
-from flows.run import run_pipeline
+from ccat_wm.cli.driver import run_pipeline
 from infra.backends import JobSpec, JobState, Resources
 from infra.backends.slurm import SlurmBackend
 from infra.backends.slurm_settings import settings_from

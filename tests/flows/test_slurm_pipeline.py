@@ -22,8 +22,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.cli.driver import run_pipeline
 from ccat_wm.execution.logs import read_log, run_log
-from flows.run import run_pipeline
 from tasks.runs import task_run_name
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import (

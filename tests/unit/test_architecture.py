@@ -18,7 +18,7 @@ LAYERS = {
     "ccat_wm": {"prefect", "flows", "tasks", "deployments", CLI},
     "ccat_ops_db": OURS - {"ccat_ops_db"} | {"prefect"},
     "infra": {"prefect", "ccat_ops_db", "sqlalchemy", "flows", "tasks", "deployments"},
-    "flows": {CLI, "deployments"},  # shared constants live in ccat_wm.settings
+    "flows": {CLI, "deployments"},  # and of ours only FLOWS_MAY_IMPORT (test below)
     "tasks": {"flows", CLI},
     "deployments": {CLI},
 }
@@ -64,6 +64,79 @@ def test_the_cli_is_one_package_with_a_module_per_command_group() -> None:
     assert not (REPO / "ccat_wm" / "cli.py").exists()
     modules = {p.stem for p in (REPO / "ccat_wm" / "cli").glob("*.py")}
     assert {"db", "specs", "runs", "provenance", "deploy", "demo"} <= modules
+
+
+FLOWS_MAY_IMPORT = {
+    "ccat_wm.settings": "settings, read when used, and the constants deployments share",
+    "ccat_wm.errors": "the error records a flow run ends with",
+    "ccat_wm.execution.stopping": "the command's stop signal, which the flow's wait loop watches",
+}
+"""What flows import of ours besides `tasks` and `flows`: tasks are Prefect's only door
+into the ops DB and the domain, and flows only define flows and sequence tasks."""
+PRODUCT_PACKAGES = ("ccat_wm", "ccat_ops_db", "flows", "tasks", "deployments", "infra")
+MODULE_LINES = 400
+FUNCTION_LINES = 50
+LONG_FUNCTION = "# long:"
+"""The comment that says why a function is longer than `FUNCTION_LINES`."""
+
+
+def _our_modules(path: Path) -> set[str]:
+    """The modules of ours that `path` imports (absolute imports)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        found |= {n for n in names if n.split(".")[0] in OURS}
+    return found
+
+
+def test_flows_import_only_tasks_settings_and_records() -> None:
+    offenders = {
+        str(path.relative_to(REPO)): sorted(bad)
+        for path in (REPO / "flows").rglob("*.py")
+        if (
+            bad := {
+                m for m in _our_modules(path)
+                if m.split(".")[0] not in {"tasks", "flows"} and m not in FLOWS_MAY_IMPORT
+            }
+        )
+    }  # fmt: skip
+    assert offenders == {}
+
+
+def _product_files() -> list[Path]:
+    return [
+        path
+        for package in PRODUCT_PACKAGES
+        for path in (REPO / package).rglob("*.py")
+        if "migrations" not in path.parts
+    ]
+
+
+def test_no_product_module_is_over_400_lines() -> None:
+    """Migrations aside: a longer module holds more than one thing; split it by what."""
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in _product_files()
+        if (n := len(p.read_text().splitlines())) > MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_a_function_over_50_lines_says_why() -> None:
+    """A function longer than `FUNCTION_LINES` carries a `# long: <why>` comment."""
+    unexplained = []
+    for path in _product_files():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            assert node.end_lineno is not None
+            body = lines[node.lineno - 1 : node.end_lineno]
+            if len(body) > FUNCTION_LINES and not any(LONG_FUNCTION in line for line in body):
+                unexplained.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert unexplained == []
 
 
 def test_flows_open_no_orm_sessions() -> None:

@@ -1,8 +1,12 @@
-"""Start a pipeline flow run from this process (`ccat-wm run`, `retry`, `demo`).
+"""Drive a pipeline flow run from a command (`ccat-wm run`, `retry`, `demo`) and report it.
 
-With `PREFECT_API_URL` unset this uses Prefect's ephemeral local server, which the
-first flow run starts by itself. The ops DB is read and written only through the
-domain functions (`ccat_wm`), never with a session of its own here.
+The command line is the top layer: it reads and writes the ops DB through the domain
+(each step in a transaction of its own, committed before the flow starts), starts the
+pipeline's flow in this process and waits for it. With `PREFECT_API_URL` unset the
+flow uses Prefect's ephemeral local server, which the first flow run starts by itself.
+
+Importing this module loads Prefect (through the flows): commands import it only when
+they run a flow, so that `status` and `plan` start without it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from ccat_wm.execution.report import RunRow, failed_sub_group_count, flow_run_rows
-from ccat_wm.execution.retry import RetryResult, retry_failed_now
-from ccat_wm.execution.waves import check_pipeline
+from ccat_wm.execution.report import RunRow, count_failed_sub_groups, run_rows
+from ccat_wm.execution.retry import RetryResult, retry_failed
+from ccat_wm.lookup import pipeline_by_name
 from flows.pipeline import StartedBy, flow_for
 
 
@@ -48,19 +53,44 @@ def run_pipeline(
     started_by: StartedBy = StartedBy.MANUAL,
 ) -> FlowRunResult:
     """Run the pipeline's flow now and wait for it; the pipeline is checked first."""
-    check_pipeline(engine, pipeline)  # unknown pipeline: a clear error before Prefect starts
+    with Session(engine) as session:  # unknown pipeline: a clear error before Prefect starts
+        pipeline_by_name(session, pipeline)
     _quiet_ephemeral_server()
     state: Any = flow_for(pipeline)(
         pipeline=pipeline, sub_groups=sub_groups, force=force, manual=manual,
         started_by=started_by, return_state=True,
     )  # fmt: skip
     flow_run_id = str(state.state_details.flow_run_id)
+    with Session(engine) as session, session.begin():
+        runs = run_rows(session, flow_run=flow_run_id)
+        failed = count_failed_sub_groups(session, pipeline, dt.datetime.now(dt.UTC))
     return FlowRunResult(
-        flow_run_id,
-        state.name or state.type.value,
-        state.message or "",
-        flow_run_rows(engine, flow_run_id),
-        failed_sub_group_count(engine, pipeline, dt.datetime.now(dt.UTC)),
+        flow_run_id, state.name or state.type.value, state.message or "", runs, failed
+    )
+
+
+def retry_pipeline(
+    engine: Engine,
+    pipeline: str,
+    *,
+    step: str | None = None,
+    sub_groups: list[str] | None = None,
+    run_ids: list[int] | None = None,
+) -> tuple[RetryResult, FlowRunResult | None]:
+    """Give the failed sub-groups a fresh retry budget, then run them (and what follows) now.
+
+    The retry runs are committed (all or none) before the flow starts, so that the flow
+    run finds them like any other PENDING runs.
+    """
+    with Session(engine) as session, session.begin():
+        retried = retry_failed(
+            session, pipeline, dt.datetime.now(dt.UTC),
+            step=step, sub_groups=sub_groups or (), run_ids=run_ids or (),
+        )  # fmt: skip
+    if not retried.created:
+        return retried, None
+    return retried, run_pipeline(
+        engine, pipeline, sub_groups=retried.follow_keys, started_by=StartedBy.RETRY
     )
 
 
@@ -88,9 +118,9 @@ def remove_expired_leases() -> int:
     server removes those that expired, through Prefect's own lease storage; leases of a
     command still running elsewhere have not expired and stay.
     """
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from prefect.server.concurrency.lease_storage.filesystem import (  # noqa: PLC0415
+    from prefect.server.concurrency.lease_storage.filesystem import (
         ConcurrencyLeaseStorage,
     )
 
@@ -105,22 +135,3 @@ def remove_expired_leases() -> int:
         return len(expired)
 
     return asyncio.run(revoke())
-
-
-def retry_pipeline(
-    engine: Engine,
-    pipeline: str,
-    *,
-    step: str | None = None,
-    sub_groups: list[str] | None = None,
-    run_ids: list[int] | None = None,
-) -> tuple[RetryResult, FlowRunResult | None]:
-    """Give the failed sub-groups a fresh retry budget, then run them (and what follows) now."""
-    retried = retry_failed_now(
-        engine, pipeline, step=step, sub_groups=sub_groups or (), run_ids=run_ids or ()
-    )
-    if not retried.created:
-        return retried, None
-    return retried, run_pipeline(
-        engine, pipeline, sub_groups=retried.follow_keys, started_by=StartedBy.RETRY
-    )
