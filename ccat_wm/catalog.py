@@ -74,8 +74,8 @@ def list_products(  # noqa: PLR0917 - one filter per parameter, all optional
             m.DataProduct.created_at,
         )
         .join(RUN, RUN.id == m.DataProduct.executed_reduction_step_id)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
         .order_by(m.DataProduct.created_at.desc(), m.DataProduct.id.desc())
         .limit(limit)
     )  # fmt: skip

@@ -80,6 +80,7 @@ class DeployResult:
 
 def load_deploy_inputs(session: Session) -> DeployInputs:
     """Read the active processing locations and every pipeline with its steps."""
+    # long: two queries whose rows map one to one onto the records they fill
     locations = [
         ProcessingLocation(row.name, row.backend, row.runtime, Path(row.path), dict(row.settings))
         for row in session.execute(
@@ -118,7 +119,7 @@ def load_deploy_inputs(session: Session) -> DeployInputs:
             m.DataGrouping.name.label("grouping"),
             steps.c.steps,
         )
-        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .join(m.Pipeline.processing_location)
         .join(m.DataGrouping, m.DataGrouping.id == m.Pipeline.data_grouping_id)
         .outerjoin(steps, steps.c.pipeline_id == m.Pipeline.id)
         .order_by(m.Pipeline.name)

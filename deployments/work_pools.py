@@ -174,6 +174,7 @@ def sync_work_pools(specs: list[PoolSpec], *, dry_run: bool = False) -> list[Poo
     Every pool is checked before any is changed: a type conflict changes nothing.
     `dry_run`: only read, and report what would be done.
     """
+    # long: every pool is checked before any is changed; the two passes share one client
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - heavy
     from prefect.client.schemas.actions import (  # noqa: PLC0415
         WorkPoolCreate,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -33,6 +34,7 @@ from ccat_wm.settings import DEFAULT_TRIGGER_INTERVAL_S, load_settings
 from flows.pipeline import StartedBy, flow_for
 from tasks.artifacts import publish_overview
 from tasks.trigger import (
+    TickResult,
     crash_silent_task,
     delete_ticks_task,
     mark_idle_task,
@@ -55,49 +57,60 @@ def trigger_flow(
     also starts the CRON pipelines whose cron tick is due (`ccat-wm trigger` does; a
     Prefect server's schedules do it otherwise).
     """
-    logger = get_run_logger()
     started = time.monotonic()
     crashed = crash_silent_task(load_settings().liveness_s)
     deleted = delete_ticks_task(interval_s)
     cancelled = stop_cancelled_task()
-    created: dict[str, int] = {}
-    launched: dict[str, str] = {}
-    errors: dict[str, str] = {}
+    ticks = _Ticks()
     while True:
         result = tick_task(location, include_cron)
-        for name, count in result.created.items():
-            created[name] = created.get(name, 0) + count
-            logger.info("%s: %d new run(s)", name, count)
-        for name, why in result.errors.items():
-            if errors.get(name) != why:
-                logger.error("%s: not evaluated, the other pipelines were: %s", name, why)
-            errors[name] = why
-        for pipeline in result.to_start:
-            for owner in result.dead_owners.get(pipeline, []):
-                logger.warning(
-                    "%s: flow run %s holds runs but its process is gone; a new flow run "
-                    "adopts them", pipeline, owner,
-                )  # fmt: skip
-            launched[pipeline] = _start(pipeline)
-            logger.info("%s: %s", pipeline, launched[pipeline])
+        ticks.add(result)
         if result.next_eligible_at is None:
             break
         wait_s = (result.next_eligible_at - dt.datetime.now(dt.UTC)).total_seconds()
         if time.monotonic() - started + wait_s >= interval_s:
             break  # the next scheduled tick comes first
         time.sleep(max(wait_s, 0.0) + 0.5)
-    if not (created or launched or cancelled or crashed):
+    if not (ticks.created or ticks.launched or cancelled or crashed):
         mark_idle_task(location)
-    for pipeline in sorted({*created, *launched}):  # the pipelines this tick touched
+    for pipeline in sorted({*ticks.created, *ticks.launched}):  # the pipelines it touched
         publish_overview(pipeline)
     return {
-        "created": created,
-        "started": launched,
+        "created": ticks.created,
+        "started": ticks.launched,
         "cancelled": cancelled,
         "crashed": crashed,
         "deleted_ticks": deleted,
-        "errors": errors,
+        "errors": ticks.errors,
     }
+
+
+@dataclass
+class _Ticks:
+    """What the ticks of one trigger flow run did, summed; each tick's news is logged."""
+
+    created: dict[str, int] = field(default_factory=dict)
+    launched: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def add(self, result: TickResult) -> None:
+        """Count a tick's new runs and errors, and start the pipelines it asks for."""
+        logger = get_run_logger()
+        for name, count in result.created.items():
+            self.created[name] = self.created.get(name, 0) + count
+            logger.info("%s: %d new run(s)", name, count)
+        for name, why in result.errors.items():
+            if self.errors.get(name) != why:
+                logger.error("%s: not evaluated, the other pipelines were: %s", name, why)
+            self.errors[name] = why
+        for pipeline in result.to_start:
+            for owner in result.dead_owners.get(pipeline, []):
+                logger.warning(
+                    "%s: flow run %s holds runs but its process is gone; a new flow run "
+                    "adopts them", pipeline, owner,
+                )  # fmt: skip
+            self.launched[pipeline] = _start(pipeline)
+            logger.info("%s: %s", pipeline, self.launched[pipeline])
 
 
 def _start(pipeline: str) -> str:

@@ -203,7 +203,7 @@ def run_tags(pipeline: str, step: str, location: str) -> list[str]:
     task_run_name=_sub_group_task_run_name,
     retry_condition_fn=_retry_when_the_run_is_pending_again,
 )
-def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt ends
+def run_sub_group(
     pipeline: str,
     step: str,
     sub_group_key: str,
@@ -225,14 +225,9 @@ def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt e
         return Cancelled(message=f"run {run_id}: not started; the command was stopped")
     blocked: tuple[tuple[str, str], ...] = ()
     if run_id is None:
-        with executor().session() as session, session.begin():
-            follow_up = claim_follow_up(
-                session, pipeline, step, sub_group_key, dt.datetime.now(dt.UTC),
-                claim_as=claim_as, manual=manual, force=force,
-            )  # fmt: skip
-        run_id, blocked = follow_up.run_id, follow_up.failed_upstream
-        if run_id is not None:
-            logger.info("claimed run %s now that its upstream runs are done", run_id)
+        run_id, blocked = _claim_follow_up(
+            pipeline, step, sub_group_key, claim_as=claim_as, manual=manual, force=force
+        )
     slots = pool_for(claim_as, step, limit_name(pipeline, step))
     if run_id is None:
         slots.skip()
@@ -250,6 +245,29 @@ def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt e
     except StopRequestedError as exc:  # left for the next flow run of the pipeline to adopt
         logger.warning("run %s: %s", run_id, exc)
         return Cancelled(message=f"run {run_id}: {exc}")
+    return _task_run_end(pipeline, step, sub_group_key, run_id, outcome)
+
+
+def _claim_follow_up(
+    pipeline: str, step: str, key: str, *, claim_as: str, manual: bool, force: bool
+) -> tuple[int | None, tuple[tuple[str, str], ...]]:
+    """Create (if due) and claim a follow-up's run; else say which failures upstream block it."""
+    with executor().session() as session, session.begin():
+        follow_up = claim_follow_up(
+            session, pipeline, step, key, dt.datetime.now(dt.UTC),
+            claim_as=claim_as, manual=manual, force=force,
+        )  # fmt: skip
+    if follow_up.run_id is not None:
+        get_run_logger().info(
+            "claimed run %s now that its upstream runs are done", follow_up.run_id
+        )
+    return follow_up.run_id, follow_up.failed_upstream
+
+
+def _task_run_end(
+    pipeline: str, step: str, key: str, run_id: int, outcome: RunOutcome
+) -> RunOutcome | State[Any]:
+    """Return how the task run of an attempt ends: the outcome, or a state saying why not."""
     if outcome.will_retry:
         return Failed(
             name=ATTEMPT_FAILED,
@@ -258,10 +276,10 @@ def run_sub_group(  # noqa: PLR0911 - one return per way a sub-group's attempt e
         )
     if outcome.status is RunStatus.FAILED:
         failed = FailedRun(
-            run_id, task_run_name(step, sub_group_key), outcome.retry_count + 1,
+            run_id, task_run_name(step, key), outcome.retry_count + 1,
             outcome.message, outcome.log_path, outcome.job_id,
             f"fix the cause, then press Retry on the flow run, or run "
-            f"`{retry_command(pipeline, sub_group_key, step)}`",
+            f"`{retry_command(pipeline, key, step)}`",
         )  # fmt: skip
         create_markdown_artifact(
             markdown=failure_markdown(failed), description=f"Why {failed.name} failed"

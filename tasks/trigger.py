@@ -23,6 +23,16 @@ from tasks.ticks import (
     stop_cancelled_flow_runs,
 )
 
+__all__ = [  # TickResult: the record the flow reads
+    "TickResult",
+    "crash_silent_task",
+    "delete_ticks_task",
+    "mark_idle_task",
+    "start_deployment_task",
+    "stop_cancelled_task",
+    "tick_task",
+]
+
 
 @task(name=f"{BOOKKEEPING}crash-silent-flow-runs", cache_policy=NO_CACHE)
 def crash_silent_task(liveness_s: float) -> list[str]:

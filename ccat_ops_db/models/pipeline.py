@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -15,10 +15,13 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, Name, UpdatedAt
 from ccat_ops_db.models.enums import TriggerType, VersionPolicy, pg_enum
+
+if TYPE_CHECKING:
+    from ccat_ops_db.models.locations import DataLocation
 
 RESOURCE_KEYS = ("cpu", "memory_gb", "time_hours", "gpu")
 
@@ -78,6 +81,9 @@ class Pipeline(Base):
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 
+    processing_location: Mapped[DataLocation] = relationship(lazy="raise", viewonly=True)
+    """For joins (`.join(Pipeline.processing_location)`); never loaded by attribute access."""
+
 
 reduction_step_dependency = Table(
     "reduction_step_dependency",
@@ -123,6 +129,8 @@ class ReductionStep(Base):
     pipeline_id: Mapped[int] = mapped_column(
         ForeignKey("pipeline.id", ondelete="CASCADE"), index=True
     )
+    pipeline: Mapped[Pipeline] = relationship(lazy="raise", viewonly=True)
+    """For joins (`.join(ReductionStep.pipeline)`); never loaded by attribute access."""
     name: Mapped[Name]
     step_order: Mapped[int] = mapped_column(Integer)
     reduction_software_id: Mapped[int] = mapped_column(ForeignKey("reduction_software.id"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ccat_ops_db.models.base import Base, CreatedAt, IntPK, UpdatedAt
 from ccat_ops_db.models.enums import (
@@ -34,6 +34,9 @@ from ccat_ops_db.models.enums import (
     SnapshotOrigin,
     pg_enum,
 )
+
+if TYPE_CHECKING:
+    from ccat_ops_db.models.pipeline import ReductionStep
 
 _UNFINISHED_SQL = ", ".join(f"'{s.value}'" for s in UNFINISHED_STATUSES)
 
@@ -82,6 +85,8 @@ class ExecutedReductionStep(Base):
 
     id: Mapped[IntPK]
     reduction_step_id: Mapped[int] = mapped_column(ForeignKey("reduction_step.id"))
+    reduction_step: Mapped[ReductionStep] = relationship(lazy="raise", viewonly=True)
+    """For joins (`.join(ExecutedReductionStep.reduction_step)`); never loaded by access."""
     reduction_software_version_id: Mapped[int] = mapped_column(
         ForeignKey("reduction_software_version.id"), index=True
     )

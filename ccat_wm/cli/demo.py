@@ -94,6 +94,7 @@ def check_demo_programs() -> None:
 
 def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
     """Run the walk-through, reporting each stage through `echo`."""
+    # long: the demo's five stages in the order it prints them
     check_demo_programs()
     url = resolve_db_url(settings)
     engine = get_engine(url)
@@ -162,8 +163,8 @@ def _pending_runs(session: Session) -> int:
         session.scalar(
             select(func.count())
             .select_from(run)
-            .join(m.ReductionStep, m.ReductionStep.id == run.reduction_step_id)
-            .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+            .join(run.reduction_step)
+            .join(m.ReductionStep.pipeline)
             .where(m.Pipeline.name == DEMO_PIPELINE, run.status == m.RunStatus.PENDING)
         )
         or 0

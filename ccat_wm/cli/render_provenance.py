@@ -77,6 +77,7 @@ def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
     template): each distinct combination is printed once with the runs that used it,
     so a map made from 1,000 scans stays a screenful. `--json` has every run in full.
     """
+    # long: the report's lines in the order they print, one block per kind of run
     lines = [
         f"product {lineage.product_id} ({lineage.data_product_type}, {lineage.file_size} bytes)",
         f"  path      {lineage.file_path}",

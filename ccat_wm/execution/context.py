@@ -134,6 +134,7 @@ class RunNotFoundError(CcatWmError):
 
 def load_run_context(session: Db, run_id: int) -> RunContext:
     """Load run `run_id` and everything its execution needs (three queries, columns only)."""
+    # long: one record filled field by field from one row
     row = connection_of(session).execute(_context_query(), {"run_id": run_id}).first()
     if row is None:
         raise RunNotFoundError(f"no run with id {run_id}; see `ccat-wm status` for run ids")
@@ -198,6 +199,7 @@ def _recorded(snapshot: T | None, live: T) -> T:
 @lru_cache(maxsize=1)
 def _context_query() -> Select[*tuple[Any, ...]]:
     """Select the run with its step, config, version, software, pipeline and location."""
+    # long: one SELECT of a run's whole context, a column per line
     run, step, config = m.ExecutedReductionStep, m.ReductionStep, m.ReductionStepConfig
     version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
     pipeline, location, snap = m.Pipeline, m.DataLocation, m.RunSnapshot
@@ -253,12 +255,12 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             snap.resources.label("s_resources"),
             snap.config_name.label("s_config"),
         )
-        .join(step, step.id == run.reduction_step_id)
+        .join(run.reduction_step)
         .join(config, config.id == step.reduction_step_config_id)
         .join(version, version.id == run.reduction_software_version_id)
         .join(software, software.id == version.reduction_software_id)
-        .join(pipeline, pipeline.id == step.pipeline_id)
-        .join(location, location.id == pipeline.processing_location_id)
+        .join(step.pipeline)
+        .join(pipeline.processing_location)
         .outerjoin(snap, snap.executed_reduction_step_id == run.id)
         .where(run.id == bindparam("run_id"))
     )
@@ -338,7 +340,7 @@ def _product_inputs_query() -> Select[*tuple[Any, ...]]:
             m.ExecutedReductionStep,
             m.ExecutedReductionStep.id == product.executed_reduction_step_id,
         )
-        .join(m.ReductionStep, m.ReductionStep.id == m.ExecutedReductionStep.reduction_step_id)
+        .join(m.ExecutedReductionStep.reduction_step)
         .where(inp.executed_reduction_step_id == bindparam("run_id"))
         .order_by(product.file_path)
     )

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, func, literal, select, update
+from sqlalchemy import BigInteger, Select, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
@@ -40,8 +40,9 @@ def cancel_run(session: Session, run_id: int) -> CancelResult:
         ).one()
         location = session.execute(
             select(m.DataLocation.backend, m.DataLocation.path, m.DataLocation.settings)
-            .join(m.Pipeline, m.Pipeline.processing_location_id == m.DataLocation.id)
-            .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
+            .select_from(m.ReductionStep)
+            .join(m.ReductionStep.pipeline)
+            .join(m.Pipeline.processing_location)
             .where(m.ReductionStep.id == step_id)
         ).one()
     cancelled = False
@@ -169,6 +170,53 @@ def path_candidates(session: Session, given: str) -> list[str]:
     return sorted(candidates)
 
 
+def _chain_runs(run_id: int) -> Select[*tuple[Any, ...]]:
+    """Select the run and every run upstream of it (through the products they used).
+
+    Each with its pipeline, step, snapshot, software version and config; last step first.
+    """
+    p = m.DataProduct
+    inp = m.ExecutedReductionStepInput
+    chain = select(literal(run_id, BigInteger).label("id")).cte("chain", recursive=True)
+    chain = chain.union(
+        select(p.executed_reduction_step_id)
+        .join(inp, inp.data_product_id == p.id)
+        .join(chain, inp.executed_reduction_step_id == chain.c.id)
+    )
+    snap, config = m.RunSnapshot, m.ReductionStepConfig
+    version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
+    return (
+        select(
+            RUN.id,
+            m.Pipeline.name,
+            m.ReductionStep.name,
+            RUN.sub_group_key,
+            RUN.status,
+            RUN.execution_command,
+            RUN.started_at,
+            RUN.finished_at,
+            snap,
+            software.name,
+            software.ghcr_url,
+            version.tag,
+            version.digest,
+            config.name,
+            config.config_parameters,
+            config.environment_variables,
+            config.command_template,
+            config.resource_requirements,
+        )
+        .join(chain, chain.c.id == RUN.id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
+        .join(version, version.id == RUN.reduction_software_version_id)
+        .join(software, software.id == version.reduction_software_id)
+        .join(config, config.id == m.ReductionStep.reduction_step_config_id)
+        .outerjoin(snap, snap.executed_reduction_step_id == RUN.id)
+        .order_by(m.ReductionStep.step_order.desc(), RUN.id)
+    )
+
+
 def product_lineage(session: Session, product: str) -> Lineage:
     """Trace a product given by id or file path: its run, upstream runs, raw packages."""
     p = m.DataProduct
@@ -191,45 +239,7 @@ def product_lineage(session: Session, product: str) -> Lineage:
     if row is None:
         raise CcatWmError(f"no data product with id or path {product!r}")
     product_id, path, kind, checksum, size, run_id = row
-    inp = m.ExecutedReductionStepInput
-    chain = select(literal(run_id, BigInteger).label("id")).cte("chain", recursive=True)
-    chain = chain.union(
-        select(p.executed_reduction_step_id)
-        .join(inp, inp.data_product_id == p.id)
-        .join(chain, inp.executed_reduction_step_id == chain.c.id)
-    )
-    snap, config = m.RunSnapshot, m.ReductionStepConfig
-    version, software = m.ReductionSoftwareVersion, m.ReductionSoftware
-    runs = session.execute(
-        select(
-            RUN.id,
-            m.Pipeline.name,
-            m.ReductionStep.name,
-            RUN.sub_group_key,
-            RUN.status,
-            RUN.execution_command,
-            RUN.started_at,
-            RUN.finished_at,
-            snap,
-            software.name,
-            software.ghcr_url,
-            version.tag,
-            version.digest,
-            config.name,
-            config.config_parameters,
-            config.environment_variables,
-            config.command_template,
-            config.resource_requirements,
-        )
-        .join(chain, chain.c.id == RUN.id)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .join(version, version.id == RUN.reduction_software_version_id)
-        .join(software, software.id == version.reduction_software_id)
-        .join(config, config.id == m.ReductionStep.reduction_step_config_id)
-        .outerjoin(snap, snap.executed_reduction_step_id == RUN.id)
-        .order_by(m.ReductionStep.step_order.desc(), RUN.id)
-    ).all()
+    runs = session.execute(_chain_runs(run_id)).all()
     pkg, lineage = m.RawDataPackage, m.data_product_lineage
     packages = session.execute(
         select(pkg.id, pkg.name, pkg.checksum, pkg.size)

@@ -87,9 +87,9 @@ def flow_run_failures(session: Session, flow_run_id: str) -> list[Failure]:
             RUN.failure_reason, RUN.retry_count, m.DataLocation.path,
             ~exists().where(DEPENDS.c.depends_on_step_id == m.ReductionStep.id),
         )
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
+        .join(m.Pipeline.processing_location)
         .where(RUN.prefect_flow_run_id == flow_run_id, RUN.status == m.RunStatus.FAILED)
         .order_by(m.ReductionStep.name, RUN.sub_group_key, RUN.id)
     ).all()  # fmt: skip

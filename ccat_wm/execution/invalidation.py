@@ -181,8 +181,8 @@ def _impact(session: Session, ids: list[int]) -> list[StepImpact]:
     runs = (
         select(run.id, run.is_current, run.cpu_hours, products.label("products"), step.step_order,
                step.name.label("step"), m.Pipeline.name.label("pipeline"), run.sub_group_key)
-        .join(step, step.id == run.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == step.pipeline_id)
+        .join(run.reduction_step)
+        .join(step.pipeline)
         .where(run.id.in_(select(reached.executed_reduction_step_id).where(
             reached.invalidation_id.in_(ids))))
         .subquery()

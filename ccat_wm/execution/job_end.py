@@ -109,6 +109,7 @@ class JobFollower:
         A job the backend reports stuck (held for a reason that cannot clear by itself)
         for longer than `grace_s` is cancelled and ends FAILED with reason STUCK_PENDING.
         """
+        # long: one polling loop; its branches are the ways a job ends, read best side by side
         interval, marked_running, unknown_since, stuck_since = 0.002, running, None, None
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:

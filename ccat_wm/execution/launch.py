@@ -155,47 +155,62 @@ def build_job(
         memory_gb=req.memory_gb,
         name=job_name(ctx, attempt),
     )
+    wrapped = _wrap(ctx, settings, job, ref)
+    return JobSpec(
+        name=job_name(ctx, attempt),
+        argv=tuple(wrapped.argv),
+        env=wrapped.env,
+        cwd=layout.root,
+        log_path=layout.attempt_log(attempt),
+        resources=req,
+        image=wrapped.image,
+        mounts=wrapped.mounts,
+        shown_env=tuple(dict.fromkeys(wrapped.shown)),
+        priority=ctx.priority,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Wrapped:
+    """A job's command wrapped for the location's runtime."""
+
+    argv: list[str]
+    env: dict[str, str]
+    shown: list[str]
+    """The environment variables the recorded command shows (not their values)."""
     image: str | None = None
+    """The image the backend runs itself (Kubernetes); None when the command runs it."""
     mounts: tuple[Mount, ...] = ()
+
+
+def _wrap(ctx: RunContext, settings: Settings, job: ContainerJob, ref: ImageRef) -> _Wrapped:
+    """Wrap the job's command for the location's backend and container runtime."""
     runtime = ctx.location.runtime
     try:
         if ctx.location.backend is m.Backend.KUBERNETES:
             # The cluster runs the image itself, with the same /workflow view as Apptainer.
             argv, env = pod_container(job)
-            image, mounts = ref.oci_reference, contract_mounts(job)
-            shown = list(env)
-        elif runtime is m.Runtime.APPTAINER:
+            return _Wrapped(argv, env, list(env), ref.oci_reference, contract_mounts(job))
+        if runtime is m.Runtime.APPTAINER:
             argv, env = apptainer_command(job, sif_path(ref, sif_cache_dir(ctx, settings)))
-            shown = [k for k in env if k.startswith("APPTAINERENV_")]
-        elif runtime is m.Runtime.PODMAN:
+            return _Wrapped(argv, env, [k for k in env if k.startswith("APPTAINERENV_")])
+        if runtime is m.Runtime.PODMAN:
             options = PodmanOptions.from_settings(ctx.location.settings)
             if ctx.location.backend is m.Backend.SLURM and os.geteuid() == 0:
                 options = dataclasses.replace(options, pid_namespace=True)
             argv, env = podman_command(job, options)
-            shown = [k for k in env if f"--env={k}" in argv]
-        elif runtime is m.Runtime.HOST:
+            return _Wrapped(argv, env, [k for k in env if f"--env={k}" in argv])
+        if runtime is m.Runtime.HOST:
             argv, env = host_command(job)
             # Programs installed next to this interpreter (the examples) are found first.
             env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
             shown = [*ctx.environment, "WORKFLOW_DIR", "WORKFLOW_OUTPUT_DIR", "WORKFLOW_MANIFEST"]
-        else:
-            raise ConfigurationError(
-                f"location {ctx.location.name!r} has runtime {runtime.value!r}; "
-                "expected apptainer, podman or host"
-            )
+            return _Wrapped(argv, env, shown)
     except RuntimeConfigError as exc:
         raise ConfigurationError(f"location {ctx.location.name!r}: {exc}") from None
-    return JobSpec(
-        name=job_name(ctx, attempt),
-        argv=tuple(argv),
-        env=env,
-        cwd=layout.root,
-        log_path=layout.attempt_log(attempt),
-        resources=req,
-        image=image,
-        mounts=mounts,
-        shown_env=tuple(dict.fromkeys(shown)),
-        priority=ctx.priority,
+    raise ConfigurationError(
+        f"location {ctx.location.name!r} has runtime {runtime.value!r}; "
+        "expected apptainer, podman or host"
     )
 
 

@@ -60,13 +60,14 @@ class Overview:
 
 def pipeline_overview(session: Session, pipeline: str, now: dt.datetime) -> Overview:
     """Build the pipeline's overview (read-only: a plan and one query of its runs)."""
+    # long: one plan and one query folded into one record
     with session.begin():
         plan = make_plan(session, now, pipeline)
     with session.begin():
         rows = session.execute(
             select(m.ReductionStep.name, RUN.sub_group_key, RUN.status, RUN.is_current)
-            .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-            .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+            .join(RUN.reduction_step)
+            .join(m.ReductionStep.pipeline)
             .where(
                 m.Pipeline.name == pipeline,
                 or_(RUN.is_current, RUN.status.in_(list(m.UNFINISHED_STATUSES))),
@@ -74,7 +75,7 @@ def pipeline_overview(session: Session, pipeline: str, now: dt.datetime) -> Over
         ).all()
         order = session.scalars(
             select(m.ReductionStep.name)
-            .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+            .join(m.ReductionStep.pipeline)
             .where(m.Pipeline.name == pipeline)
             .order_by(m.ReductionStep.step_order)
         ).all()

@@ -65,8 +65,8 @@ def live_other_owners(session: Session, pipeline: str, me: str) -> set[str]:
     owners = session.scalars(
         select(run.prefect_flow_run_id)
         .distinct()
-        .join(m.ReductionStep, m.ReductionStep.id == run.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(run.reduction_step)
+        .join(m.ReductionStep.pipeline)
         .where(
             m.Pipeline.name == pipeline,
             run.status.in_(UNFINISHED_STATUSES),

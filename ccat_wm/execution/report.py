@@ -87,9 +87,9 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
             RUN.requested_resources,
             RUN.failure_kind,
         )
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
-        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
+        .join(m.Pipeline.processing_location)
     )
     return query
 
@@ -181,8 +181,8 @@ def hidden_history(
     query = (
         select(func.count())
         .select_from(RUN)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
         .where(superseded(), *_narrowed(pipeline, None, statuses, step, since))
     )
     return int(session.scalar(query) or 0)
@@ -241,6 +241,7 @@ def products_markdown(session: Session, flow_run: str, *, listed: int = 25) -> s
     Maps and plots (PNG products) are shown inline, up to `INLINE_IMAGES`; every science
     product's path is listed (up to `listed`).
     """
+    # long: the markdown's sections in the order they print
     product = m.DataProduct
     in_run = product.executed_reduction_step_id == RUN.id
     counts = session.execute(

@@ -248,6 +248,47 @@ def keep_problem(session: Session, keep: Path) -> str | None:
     return None
 
 
+def _remake(
+    ctx: RunContext, scratch: Path, settings: Settings, made: dict[int, dict[Path, Path]]
+) -> tuple[RemadeRun, dict[Path, Path]]:
+    """Re-execute one run under `scratch` with the files re-made upstream (`made`).
+
+    Returns how it went and its outputs: recorded product path -> the re-made file.
+    """
+    remade = _in_scratch(ctx, scratch)
+    remade.layout.create()
+    backend = ctx.location.backend.value
+    started = time.perf_counter()
+    try:
+        write_manifest(remade.layout, build_manifest(remade, _stage(ctx, remade, made)))
+        info, command, job_id = _execute(remade, settings)
+    except StopRequestedError:
+        raise
+    except (CcatWmError, BackendError, OSError) as exc:
+        failed = RemadeRun(
+            ctx.run_id, ctx.step, ctx.sub_group_key, "", backend, None, "FAILED", None, 0.0,
+            "", str(exc),
+        )  # fmt: skip
+        return failed, {}
+    outputs: dict[Path, Path] = {}
+    problem = None
+    if info.state is JobState.COMPLETED:
+        try:
+            for record in checksum_outputs(scan_outputs(remade.layout)):
+                relative = record.path.relative_to(remade.layout.output)
+                outputs[ctx.layout.output / relative] = record.path
+        except ContractViolationError as exc:
+            problem = str(exc)
+    else:
+        problem = info.reason or f"exit code {info.exit_code}"
+    run = RemadeRun(
+        ctx.run_id, ctx.step, ctx.sub_group_key, command, backend, job_id, info.state.value,
+        info.exit_code, time.perf_counter() - started,
+        str(remade.layout.attempt_log(0)), problem,
+    )  # fmt: skip
+    return run, outputs
+
+
 def reproduce_product(
     session: Session, product: str, scratch: Path, settings: Settings, *, keep: bool
 ) -> ReproduceReport:
@@ -257,52 +298,9 @@ def reproduce_product(
     made: dict[int, dict[Path, Path]] = {}
     """Run id -> recorded product path -> the re-made file."""
     for ctx in chain.contexts:
-        remade = _in_scratch(ctx, scratch)
-        remade.layout.create()
-        backend = ctx.location.backend.value
-        started = time.perf_counter()
-        problem = None
-        try:
-            write_manifest(remade.layout, build_manifest(remade, _stage(ctx, remade, made)))
-            info, command, job_id = _execute(remade, settings)
-        except StopRequestedError:
-            raise
-        except (CcatWmError, BackendError, OSError) as exc:
-            report.runs.append(
-                RemadeRun(
-                    ctx.run_id,
-                    ctx.step,
-                    ctx.sub_group_key,
-                    "",
-                    backend,
-                    None,
-                    "FAILED",
-                    None,
-                    0.0,
-                    "",
-                    str(exc),
-                )
-            )
-            break
-        outputs: dict[Path, Path] = {}
-        if info.state is JobState.COMPLETED:
-            try:
-                for record in checksum_outputs(scan_outputs(remade.layout)):
-                    relative = record.path.relative_to(remade.layout.output)
-                    outputs[ctx.layout.output / relative] = record.path
-            except ContractViolationError as exc:
-                problem = str(exc)
-        else:
-            problem = info.reason or f"exit code {info.exit_code}"
-        made[ctx.run_id] = outputs
-        report.runs.append(
-            RemadeRun(
-                ctx.run_id, ctx.step, ctx.sub_group_key, command, backend, job_id, info.state.value,
-                info.exit_code, time.perf_counter() - started,
-                str(remade.layout.attempt_log(0)), problem,
-            )
-        )  # fmt: skip
-        if problem:
+        run, made[ctx.run_id] = _remake(ctx, scratch, settings, made)
+        report.runs.append(run)
+        if run.problem:
             break
     final = made.get(chain.contexts[-1].run_id, {})
     for path, recorded in chain.final_products:

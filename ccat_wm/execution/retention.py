@@ -141,8 +141,8 @@ def _finished_runs(conn: Connection, location: _Location, now: dt.datetime) -> l
     )
     query = (
         select(RUN.id, RUN.status, RUN.sub_group_key, m.Pipeline.name)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
         .where(
             m.Pipeline.processing_location_id == location.id,
             or_(

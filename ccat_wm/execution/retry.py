@@ -55,8 +55,8 @@ def _runs_sub_groups(
         return set()
     rows = session.execute(
         select(RUN.id, m.ReductionStep.name, RUN.sub_group_key, m.Pipeline.name)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
         .where(RUN.id.in_(list(run_ids)))
     ).all()
     found = {rid: (step, key, owner) for rid, step, key, owner in rows}
@@ -160,7 +160,7 @@ def retry_flow_run_failures(engine: Engine, pipeline: str, flow_run_id: str) -> 
         owned = set(
             session.execute(
                 select(m.ReductionStep.name, RUN.sub_group_key)
-                .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+                .join(RUN.reduction_step)
                 .where(RUN.prefect_flow_run_id == flow_run_id, RUN.status == m.RunStatus.FAILED)
             ).tuples()
         )

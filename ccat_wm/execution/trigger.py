@@ -60,7 +60,7 @@ def trigger_tick(
     kinds = [m.TriggerType.CONTINUOUS, *([m.TriggerType.CRON] if include_cron else [])]
     query = (
         select(m.Pipeline)
-        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .join(m.Pipeline.processing_location)
         .where(m.Pipeline.enabled, m.Pipeline.trigger_type.in_(kinds))
         .order_by(m.Pipeline.priority.desc(), m.Pipeline.name)
     )
@@ -107,7 +107,7 @@ def pipelines_waiting(
         select(m.Pipeline.name, RUN.prefect_flow_run_id, RUN.status)
         .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
         .join(RUN, RUN.reduction_step_id == m.ReductionStep.id)
-        .join(m.DataLocation, m.DataLocation.id == m.Pipeline.processing_location_id)
+        .join(m.Pipeline.processing_location)
         .where(m.Pipeline.enabled, RUN.status.in_(m.UNFINISHED_STATUSES))
         .distinct()
     )
@@ -136,8 +136,8 @@ def owners_of_in_flight_runs(session: Session, pipelines: Sequence[str] | None =
     """Return the flow run ids that own PENDING or in-flight runs (to check in Prefect)."""
     query = (
         select(RUN.prefect_flow_run_id)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
         .where(RUN.status.in_(m.UNFINISHED_STATUSES), RUN.prefect_flow_run_id.is_not(None))
         .distinct()
     )

@@ -113,7 +113,7 @@ def _used_query() -> Any:
             func.sum(allocated).filter(done, ATTEMPT.cpu_hours.is_not(None)),
         )
         .join(RUN, RUN.id == ATTEMPT.executed_reduction_step_id)
-        .join(m.ReductionStep, m.ReductionStep.id == RUN.reduction_step_id)
+        .join(RUN.reduction_step)
         .where(m.ReductionStep.id.in_(bindparam("step_ids", expanding=True)))
         .group_by(m.ReductionStep.id)
     )
@@ -142,18 +142,12 @@ def _suggest(p95: float | None, headroom: float, unit: float, least: float) -> f
     return max(least, math.ceil(p95 * headroom / unit) * unit)
 
 
-def step_usage(
-    session: Session,
-    pipeline: str | None = None,
-    step: str | None = None,
-    *,
-    headroom: float = DEFAULT_HEADROOM,
-) -> list[StepUsage]:
-    """Return requested against used resources per step (of one pipeline, or all)."""
+def _steps(session: Session, pipeline: str | None, step: str | None) -> list[Any]:
+    """Return the steps asked for, with their configured resources; raise if there is none."""
     query = (
         select(m.Pipeline.name, m.ReductionStep.name, m.ReductionStep.id,
                m.ReductionStepConfig.resource_requirements)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(m.ReductionStep.pipeline)
         .join(m.ReductionStepConfig,
               m.ReductionStepConfig.id == m.ReductionStep.reduction_step_config_id)
         .order_by(m.Pipeline.name, m.ReductionStep.step_order, m.ReductionStep.name)
@@ -162,7 +156,7 @@ def step_usage(
         query = query.where(m.Pipeline.name == pipeline)
     if step is not None:
         query = query.where(m.ReductionStep.name == step)
-    steps = session.execute(query).all()
+    steps = list(session.execute(query).all())
     if not steps:
         what = f"step {step!r} of " if step else ""
         raise CcatWmError(
@@ -172,6 +166,18 @@ def step_usage(
             if step
             else "no pipelines; apply a spec first"
         )
+    return steps
+
+
+def step_usage(
+    session: Session,
+    pipeline: str | None = None,
+    step: str | None = None,
+    *,
+    headroom: float = DEFAULT_HEADROOM,
+) -> list[StepUsage]:
+    """Return requested against used resources per step (of one pipeline, or all)."""
+    steps = _steps(session, pipeline, step)
     params = {"step_ids": [s.id for s in steps]}
     used = {row[0]: row[1:] for row in session.execute(_used_query(), params)}
     badput: dict[int, dict[str, float]] = defaultdict(dict)

@@ -102,7 +102,7 @@ def expected_files(session: Session, pipeline: str | None = None) -> list[Expect
     products = (
         select(product.file_path, product.id, product.file_size, product.checksum)
         .join(run, run.id == product.executed_reduction_step_id)
-        .join(step, step.id == run.reduction_step_id)
+        .join(run.reduction_step)
     )
     copy, pkg, place = m.RawDataPackageCopy, m.RawDataPackage, m.DataLocation
     copies = (
@@ -133,9 +133,9 @@ def watched_directories(session: Session, pipeline: str | None = None) -> list[P
             place.path, pipe.name, run.sub_group_key, run.id, step.name,
             ~exists().where(downstream.c.depends_on_step_id == step.id),
         )
-        .join(step, step.id == run.reduction_step_id)
-        .join(pipe, pipe.id == step.pipeline_id)
-        .join(place, place.id == pipe.processing_location_id)
+        .join(run.reduction_step)
+        .join(step.pipeline)
+        .join(pipe.processing_location)
         .where(run.status == m.RunStatus.COMPLETED)
     )  # fmt: skip
     locations = select(place.path).where(place.location_type == m.LocationType.PROCESSING)

@@ -175,7 +175,8 @@ def prepare_wave(
     ).all()
     location = session.scalars(
         select(m.DataLocation)
-        .join(m.Pipeline, m.Pipeline.processing_location_id == m.DataLocation.id)
+        .select_from(m.Pipeline)
+        .join(m.Pipeline.processing_location)
         .where(m.Pipeline.name == pipeline)
     ).first()
     return Wave(
@@ -295,7 +296,7 @@ def claim_follow_up(
 def _claim(session: Session, pipeline: str, step: str, key: str, claim_as: str) -> int | None:
     step_id = (
         select(m.ReductionStep.id)
-        .join(m.Pipeline, m.Pipeline.id == m.ReductionStep.pipeline_id)
+        .join(m.ReductionStep.pipeline)
         .where(m.Pipeline.name == pipeline, m.ReductionStep.name == step)
         .scalar_subquery()
     )

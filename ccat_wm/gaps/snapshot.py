@@ -50,6 +50,7 @@ def _failures_query() -> Any:
     rows through the index on runs that are not COMPLETED, so this stays cheap with a
     long history.
     """
+    # long: one SQL statement whose parts refer to each other
     in_flight = [s.value for s in m.UNFINISHED_STATUSES]
     current = aliased(RUN)
     latest_completed = (  # the latest COMPLETED run, current or since invalidated

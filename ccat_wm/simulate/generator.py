@@ -166,6 +166,27 @@ def band(module: ModuleInfo, line: LineInfo, v_lsr_kms: float) -> np.ndarray:
     return centre + (np.arange(N_CHANNELS) - N_CHANNELS / 2) * module.channel_width_ghz
 
 
+def _raw_arrays(
+    pattern: ScanPattern, counts: np.ndarray, frequency: np.ndarray, elevation: float
+) -> dict[str, np.ndarray]:
+    """Return the arrays of a raw file: the counts, and each dump's phase, time and offset."""
+    start = np.concatenate([[0.0], np.cumsum(pattern.integration_s)[:-1]])
+    return {
+        "counts": counts.astype(np.float32),
+        "phase": pattern.phase,
+        "integration_s": pattern.integration_s,
+        "time_s": start + np.maximum(pattern.row, 0) * TURNAROUND_SECONDS,
+        "row": pattern.row,
+        "offset_x_arcsec": pattern.x_arcsec,
+        "offset_y_arcsec": pattern.y_arcsec,
+        "frequency_ghz": frequency,
+        "t_hot_k": np.array(T_HOT_K),
+        "t_cold_k": np.array(T_COLD_K),
+        "t_atm_k": np.array(T_ATM_K),
+        "elevation_deg": np.array(round(elevation, 3)),
+    }
+
+
 def raw_counts(
     rng: np.random.Generator,
     pattern: ScanPattern,
@@ -203,20 +224,52 @@ def raw_counts(
     noise = (temperature + t_receiver) / np.sqrt(channel_hz * pattern.integration_s)[:, None]
     system = temperature + t_receiver + rng.normal(0.0, 1.0, temperature.shape) * noise
     counts = gain[None, :] * system
-    start = np.concatenate([[0.0], np.cumsum(pattern.integration_s)[:-1]])
+    return _raw_arrays(pattern, counts, frequency, elevation)
+
+
+def _package_metadata(  # noqa: PLR0917 - the facts of one package, each its own
+    name: str,
+    source: str,
+    line: str,
+    tuned: LineInfo,
+    module: ModuleInfo,
+    model: SourceModel,
+    pattern: ScanPattern,
+    position: tuple[float, float],
+    times: tuple[dt.datetime, dt.datetime],
+) -> dict[str, Any]:
+    """Return the sidecar metadata of one module's package of a scan."""
+    (ra, dec), (start, end) = position, times
     return {
-        "counts": counts.astype(np.float32),
-        "phase": pattern.phase,
-        "integration_s": pattern.integration_s,
-        "time_s": start + np.maximum(pattern.row, 0) * TURNAROUND_SECONDS,
-        "row": pattern.row,
-        "offset_x_arcsec": pattern.x_arcsec,
-        "offset_y_arcsec": pattern.y_arcsec,
-        "frequency_ghz": frequency,
-        "t_hot_k": np.array(T_HOT_K),
-        "t_cold_k": np.array(T_COLD_K),
-        "t_atm_k": np.array(T_ATM_K),
-        "elevation_deg": np.array(round(elevation, 3)),
+        "format": FILE_FORMAT,
+        "observation": {
+            "scan": name,
+            "source": source,
+            "line": tuned.name,
+            "target_line": line,
+            "frequency_ghz": tuned.rest_frequency_ghz,
+            "ra_deg": ra,
+            "dec_deg": dec,
+            "v_lsr_kms": model.info.v_lsr_kms,
+            "line_window_kms": model.line_window_kms(),
+            "mode": "otf",
+            "scan_direction": pattern.direction,
+            "field_arcsec": FIELD_ARCSEC,
+            "start_time": start.isoformat(),
+            "end_time": end.isoformat(),
+            "duration_s": pattern.duration_s,
+        },
+        "instrument": {
+            "telescope": TELESCOPE,
+            "name": INSTRUMENT,
+            "module": module.name,
+            "n_channels": N_CHANNELS,
+            "n_dumps": len(pattern.phase),
+            "channel_width_ghz": module.channel_width_ghz,
+            "beam_fwhm_arcsec": round(beam_fwhm_arcsec(tuned.rest_frequency_ghz), 2),
+            "t_hot_k": T_HOT_K,
+            "t_cold_k": T_COLD_K,
+        },
     }
 
 
@@ -243,37 +296,9 @@ def simulate_scan(
         tuned = tuned_line(module, line)
         arrays = raw_counts(rng, pattern, module=module, line=tuned, model=model)
         content = _npz_bytes(arrays)
-        metadata = {
-            "format": FILE_FORMAT,
-            "observation": {
-                "scan": name,
-                "source": source,
-                "line": tuned.name,
-                "target_line": line,
-                "frequency_ghz": tuned.rest_frequency_ghz,
-                "ra_deg": ra,
-                "dec_deg": dec,
-                "v_lsr_kms": model.info.v_lsr_kms,
-                "line_window_kms": model.line_window_kms(),
-                "mode": "otf",
-                "scan_direction": pattern.direction,
-                "field_arcsec": FIELD_ARCSEC,
-                "start_time": start.isoformat(),
-                "end_time": end.isoformat(),
-                "duration_s": pattern.duration_s,
-            },
-            "instrument": {
-                "telescope": TELESCOPE,
-                "name": INSTRUMENT,
-                "module": module.name,
-                "n_channels": N_CHANNELS,
-                "n_dumps": len(pattern.phase),
-                "channel_width_ghz": module.channel_width_ghz,
-                "beam_fwhm_arcsec": round(beam_fwhm_arcsec(tuned.rest_frequency_ghz), 2),
-                "t_hot_k": T_HOT_K,
-                "t_cold_k": T_COLD_K,
-            },
-        }
+        metadata = _package_metadata(
+            name, source, line, tuned, module, model, pattern, (ra, dec), (start, end)
+        )
         packages.append(
             SimulatedPackage(
                 name=f"{name}-{INSTRUMENT}-{module.name}",

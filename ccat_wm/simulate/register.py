@@ -122,6 +122,7 @@ def _ids(
 
 
 def _dimension_ids(session: Session, request: SimulationRequest) -> dict[str, dict[str, int]]:
+    # long: the dimension rows inserted in dependency order, each needing the ids before it
     instrument = _ids(
         session,
         m.Instrument,
@@ -244,6 +245,7 @@ def _insert_rows(
     scans: list[SimulatedScan],
     root: Path,
 ) -> int:
+    # long: three bulk INSERTs, each needing the ids the one before returned
     scan_rows = [
         {
             "name": s.name,

@@ -84,6 +84,7 @@ class _Writer:
 
     def sites(self, loaded: Sequence[LoadedSpec]) -> None:
         """Create and update sites set-based: a spec may declare 100,000 of them."""
+        # long: one set-based upsert: read, insert the new, update the changed
         declared: dict[str, str | None] = {
             s.name: s.description for f in loaded for s in f.spec.sites
         }

@@ -42,30 +42,38 @@ def load_catalog(session: Session) -> DbCatalog:
             )
         )
     }
+    _load_run_counts(session, catalog)
+    _load_used_images(session, catalog)
+    return catalog
+
+
+def _load_run_counts(session: Session, catalog: DbCatalog) -> None:
+    """Count runs per step, and per location with runs keep its path (it must not move)."""
+    run = m.ExecutedReductionStep
     runs = (
-        select(
-            m.Pipeline.name,
-            m.ReductionStep.name,
-            func.count(m.ExecutedReductionStep.id),
-        )
-        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
-        .outerjoin(
-            m.ExecutedReductionStep, m.ExecutedReductionStep.reduction_step_id == m.ReductionStep.id
-        )
+        select(m.Pipeline.name, m.ReductionStep.name, func.count(run.id))
+        .select_from(m.ReductionStep)
+        .join(m.ReductionStep.pipeline)
+        .outerjoin(run, run.reduction_step_id == m.ReductionStep.id)
         .group_by(m.Pipeline.name, m.ReductionStep.name)
     )
     catalog.step_run_counts = {(p, s): n for p, s, n in session.execute(runs)}
-    place, run = m.DataLocation, m.ExecutedReductionStep
+    place = m.DataLocation
     with_runs = (
         select(place.name, place.path, func.count(run.id))
-        .join(m.Pipeline, m.Pipeline.processing_location_id == place.id)
-        .join(m.ReductionStep, m.ReductionStep.pipeline_id == m.Pipeline.id)
-        .join(run, run.reduction_step_id == m.ReductionStep.id)
+        .select_from(run)
+        .join(run.reduction_step)
+        .join(m.ReductionStep.pipeline)
+        .join(m.Pipeline.processing_location)
         .group_by(place.name, place.path)
     )
     catalog.location_paths_with_runs = {
         name: (path, n) for name, path, n in session.execute(with_runs)
     }
+
+
+def _load_used_images(session: Session, catalog: DbCatalog) -> None:
+    """Record the images runs used, by software and tag (digest and kind must not change)."""
     sw, version, run = m.ReductionSoftware, m.ReductionSoftwareVersion, m.ExecutedReductionStep
     used = (
         select(
@@ -78,4 +86,3 @@ def load_catalog(session: Session) -> DbCatalog:
         image = catalog.used_images.setdefault(name, UsedImage(url, {}))
         image.digests[tag] = digest
         image.kinds[tag] = (kind, path)
-    return catalog

@@ -300,6 +300,7 @@ class _Checker:
         pipeline: PipelineSpec,
         software: dict[str, dict[str, bool]],
     ) -> None:
+        # long: one check per field of a step, in the order the spec declares them
         names = {s.name for s in pipeline.steps}
         by_name = {s.name: s for s in pipeline.steps}
         for s_index, step in enumerate(pipeline.steps):

@@ -87,6 +87,7 @@ def resource_quantities(resources: Resources) -> dict[str, str]:
 
 def job_manifest(spec: JobSpec, settings: KubernetesSettings) -> dict[str, Any]:
     """Return the `batch/v1` Job of one run, as the API takes it (a pure function of its inputs)."""
+    # long: one literal Job manifest, shaped like the Kubernetes API's schema
     if spec.image is None:
         raise BackendError(f"job {spec.name}: the kubernetes backend needs the step's image")
     volumes: dict[str, dict[str, Any]] = {}
