@@ -104,10 +104,10 @@ class _Ticks:
                 logger.error("%s: not evaluated, the other pipelines were: %s", name, why)
             self.errors[name] = why
         for pipeline in result.to_start:
-            for owner in result.dead_owners.get(pipeline, []):
+            for claim in result.dead_claims.get(pipeline, []):
                 logger.warning(
                     "%s: flow run %s holds runs but its process is gone; a new flow run "
-                    "adopts them", pipeline, owner,
+                    "adopts them", pipeline, claim,
                 )  # fmt: skip
             self.launched[pipeline] = _start(pipeline)
             logger.info("%s: %s", pipeline, self.launched[pipeline])

@@ -2,7 +2,7 @@
 
 A flow run claims its wave's runs under its Prefect flow run id (their
 `prefect_flow_run_id`, the claim) and owns them while its process lives: it holds a
-PostgreSQL advisory lock on that id (`ccat_wm.execution.ownership`). When the process
+PostgreSQL advisory lock on that id (`ccat_wm.execution.claims`). When the process
 dies the lock is free and the pipeline's next flow run adopts the runs. When the flow
 run fails before it could start its wave (its tasks could not be created, the Prefect
 server went away), the runs it claimed but never started are cancelled with the reason,
@@ -20,9 +20,8 @@ from contextlib import contextmanager
 from prefect import get_run_logger
 
 from ccat_wm.errors import describe
+from ccat_wm.execution.claims import claims_of_unfinished_runs, hold_claim
 from ccat_wm.execution.control import CancelResult, abandon_unstarted_runs, cancel_flow_run_runs
-from ccat_wm.execution.ownership import hold_ownership
-from ccat_wm.execution.trigger import owners_of_in_flight_runs
 from tasks.runs import executor
 
 
@@ -33,7 +32,7 @@ def claimed_runs(claim_as: str) -> Iterator[None]:
     On an error, the unstarted ones are cancelled (saying why) and the error re-raised.
     """
     engine = executor().engine
-    with hold_ownership(engine, claim_as):
+    with hold_claim(engine, claim_as):
         try:
             yield
         except Exception as exc:  # the flow could not run its wave: no run waits for it
@@ -50,7 +49,7 @@ def cancel_claimed_runs(claim_as: str) -> list[CancelResult]:
         return cancel_flow_run_runs(session, claim_as)
 
 
-def in_flight_claims() -> list[str]:
+def unfinished_claims() -> list[str]:
     """Return the claims (flow run ids) that hold unfinished runs of any pipeline."""
     with executor().session() as session:
-        return owners_of_in_flight_runs(session)
+        return claims_of_unfinished_runs(session)

@@ -7,7 +7,7 @@ trigger tick (and `ccat-wm trigger`) reads the Running flow runs and the newest
 heartbeat of each; one that did send heartbeats but none for `MISSED_HEARTBEATS_S` is
 set Crashed (an ordinary, non-forced state change: a run that finished meanwhile keeps
 its final state). The ops DB runs it owned are adopted by the pipeline's next flow run
-(their owner's advisory lock is free).
+(their claim is dead: its lock is free).
 
 Prefect's documented alternative, a proactive automation on heartbeats, also fires for
 flow runs that completed normally when a heartbeat reaches the server after their

@@ -28,10 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from ccat_ops_db.models import RunStatus
 from ccat_wm.db import get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError, describe
+from ccat_wm.execution.claims import live_other_claims
 from ccat_wm.execution.failure import FailedRun, failure_markdown, failure_message
 from ccat_wm.execution.failures import retry_command, task_run_name
 from ccat_wm.execution.outcome import RunOutcome, run_logging
-from ccat_wm.execution.ownership import live_other_owners
 from ccat_wm.execution.retry import RetryResult, retry_flow_run_failures
 from ccat_wm.execution.runner import RunExecutor
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
@@ -146,7 +146,7 @@ def ensure_concurrency_limits(pipeline: str, limits: dict[str, int], claim_as: s
     if not uses_ephemeral_server():
         return
     with executor().session() as session, session.begin():
-        others = live_other_owners(session, pipeline, claim_as)
+        others = live_other_claims(session, pipeline, claim_as)
     if not others:
         reclaim_dead_slots([limit_name(pipeline, step) for step in limits])
 

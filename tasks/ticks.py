@@ -36,7 +36,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as prefect_flow_run
 
-from tasks.claim import cancel_claimed_runs, in_flight_claims
+from tasks.claim import cancel_claimed_runs, unfinished_claims
 
 STOPPED = (StateType.CANCELLED, StateType.CANCELLING)
 WAITING = (StateType.SCHEDULED, StateType.PENDING)
@@ -65,9 +65,9 @@ def _logger() -> Any:
 def stop_cancelled_flow_runs() -> list[int]:
     """Cancel the ops DB runs (and jobs) of pipeline flow runs cancelled in Prefect."""
     ids = []
-    for owner in in_flight_claims():
+    for claim in unfinished_claims():
         try:
-            ids.append(UUID(owner))
+            ids.append(UUID(claim))
         except ValueError:
             continue  # a claim that is not a Prefect flow run id (tests, tools)
     if not ids:
@@ -78,13 +78,13 @@ def stop_cancelled_flow_runs() -> list[int]:
         )
     stopped = [str(r.id) for r in flow_runs if r.state is not None and r.state.type in STOPPED]
     cancelled: list[int] = []
-    for owner in stopped:  # cancelled flow runs: a handful
-        results = cancel_claimed_runs(owner)
+    for claim in stopped:  # cancelled flow runs: a handful
+        results = cancel_claimed_runs(claim)
         cancelled += [r.run_id for r in results]
         if results:
             _logger().info(
                 "flow run %s was cancelled in Prefect: cancelled runs %s",
-                owner, ", ".join(str(r.run_id) for r in results),
+                claim, ", ".join(str(r.run_id) for r in results),
             )  # fmt: skip
     return cancelled
 

@@ -1,4 +1,4 @@
-"""Driving on a run that a process which died left in flight (see `ownership`).
+"""Driving on a run that a process which died left in flight (see `claims`).
 
 STAGING_DATA: the job is looked up by its name; never submitted, the attempt starts
 again (staging is idempotent), else SUBMITTED is recorded for it. SUBMITTED or RUNNING:

@@ -3,7 +3,7 @@
 The first SIGTERM or Ctrl-C asks the command to stop: no new job starts from then on,
 and every run whose job is in flight is *left* in flight (its job keeps running, its
 status stays SUBMITTED or RUNNING, no concurrency slot of it is handed back) and the
-command exits within seconds. Its ownership lock goes with the process, so the next
+command exits within seconds. Its claim's lock goes with the process, so the next
 `ccat-wm run` of the pipeline (or a trigger tick) adopts those runs, and the PENDING
 ones it had claimed, exactly once, and follows each job to its end: hours of work are
 not thrown away because a terminal closed. The Prefect flow run ends Cancelled with a

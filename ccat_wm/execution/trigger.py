@@ -4,8 +4,8 @@ A tick evaluates every enabled CONTINUOUS pipeline (of one processing location, 
 incrementally (`ccat_wm.gaps.incremental`: it reads what changed since the previous
 tick, and gives what the full evaluation would), creates PENDING runs for its eligible
 gaps, and says which pipelines need a flow run: those with PENDING runs nobody claimed
-and those with runs left by a flow run whose process died (their owner's advisory lock
-is free, see `ownership`). It also says when the next gap still in its cooldown becomes
+and those with runs left by a flow run whose process died (their claim is dead, see
+`claims`). It also says when the next gap still in its cooldown becomes
 eligible, so that the trigger flow can tick again at that moment instead of a whole
 interval later.
 """
@@ -13,14 +13,13 @@ interval later.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.execution.ownership import dead_owners
+from ccat_wm.execution.claims import dead_claims
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.incremental import evaluate_incremental, prune_change_log
 from ccat_wm.gaps.plan import describe_evaluation_error
@@ -35,10 +34,10 @@ class TickResult:
     created: dict[str, int] = field(default_factory=dict)
     """Runs created, by pipeline."""
     to_start: list[str] = field(default_factory=list)
-    """Pipelines with runs waiting for a flow run (new, unclaimed, or a dead owner's)."""
+    """Pipelines with runs waiting for a flow run (new, unclaimed, or a dead claim's)."""
     next_eligible_at: dt.datetime | None = None
     """Soonest moment a gap now in its cooldown becomes eligible (None: no such gap)."""
-    dead_owners: dict[str, list[str]] = field(default_factory=dict)
+    dead_claims: dict[str, list[str]] = field(default_factory=dict)
     """Per pipeline to start: flow runs whose process is gone and whose runs it adopts."""
     errors: dict[str, str] = field(default_factory=dict)
     """Pipelines whose evaluation failed (nothing created for them), with why."""
@@ -91,7 +90,7 @@ def trigger_tick(
         created=created,
         to_start=pipelines_waiting(session, location=location, adopting=adopting),
         next_eligible_at=min(upcoming, default=None),
-        dead_owners=adopting,
+        dead_claims=adopting,
         errors=errors,
     )
 
@@ -114,8 +113,8 @@ def pipelines_waiting(
     if location is not None:
         base = base.where(m.DataLocation.name == location)
     rows = session.execute(base).all()
-    owners = sorted({r.prefect_flow_run_id for r in rows if r.prefect_flow_run_id})
-    dead = dead_owners(session, owners)
+    claims = sorted({r.prefect_flow_run_id for r in rows if r.prefect_flow_run_id})
+    dead = dead_claims(session, claims)
     if adopting is not None:
         for row in rows:
             if row.prefect_flow_run_id in dead:
@@ -130,17 +129,3 @@ def pipelines_waiting(
             or r.prefect_flow_run_id in dead
         }
     )
-
-
-def owners_of_in_flight_runs(session: Session, pipelines: Sequence[str] | None = None) -> list[str]:
-    """Return the flow run ids that own PENDING or in-flight runs (to check in Prefect)."""
-    query = (
-        select(RUN.prefect_flow_run_id)
-        .join(RUN.reduction_step)
-        .join(m.ReductionStep.pipeline)
-        .where(RUN.status.in_(m.UNFINISHED_STATUSES), RUN.prefect_flow_run_id.is_not(None))
-        .distinct()
-    )
-    if pipelines is not None:
-        query = query.where(m.Pipeline.name.in_(list(pipelines)))
-    return sorted(o for o in session.scalars(query) if o)

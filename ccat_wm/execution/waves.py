@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.backends import location_backend
-from ccat_wm.execution.ownership import dead_owners
+from ccat_wm.execution.claims import dead_claims
 from ccat_wm.gaps.create import create_runs
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
@@ -81,11 +81,11 @@ def _evaluate(
 
 
 def _claim_wave(session: Session, step_ids: list[int], claim_as: str) -> list[Any]:
-    """Claim the steps' unclaimed PENDING runs and the unfinished runs of dead owners.
+    """Claim the steps' unclaimed PENDING runs and the unfinished runs of dead claims.
 
     Returns (run id, step id, sub-group key) of each run now claimed as `claim_as`.
     """
-    owners = session.scalars(
+    claims = session.scalars(
         select(RUN.prefect_flow_run_id)
         .where(
             RUN.reduction_step_id.in_(step_ids),
@@ -95,7 +95,7 @@ def _claim_wave(session: Session, step_ids: list[int], claim_as: str) -> list[An
         )
         .distinct()
     ).all()
-    dead = sorted(dead_owners(session, [o for o in owners if o]))
+    dead = sorted(dead_claims(session, [c for c in claims if c]))
     claim = (
         update(RUN)
         .where(

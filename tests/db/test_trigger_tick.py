@@ -11,13 +11,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.execution.claims import claims_of_unfinished_runs
 from ccat_wm.execution.control import cancel_flow_run_runs
-from ccat_wm.execution.trigger import (
-    TickResult,
-    owners_of_in_flight_runs,
-    pipelines_waiting,
-    trigger_tick,
-)
+from ccat_wm.execution.trigger import TickResult, pipelines_waiting, trigger_tick
 from ccat_wm.gaps.plan import make_plan
 from tests.gapkit import PIPELINE, GapKit
 
@@ -70,7 +66,7 @@ def test_manual_disabled_and_other_location_pipelines_are_left_alone(
     assert tick(kit, later, location="local").created == {PIPELINE: 2}
 
 
-def test_claimed_runs_of_a_live_owner_do_not_wait_but_a_dead_owners_do(
+def test_claimed_runs_of_a_live_owner_do_not_wait_but_a_dead_claims_do(
     engine: Engine, tmp_path: Path
 ) -> None:
     kit = GapKit(engine, tmp_path)
@@ -80,8 +76,8 @@ def test_claimed_runs_of_a_live_owner_do_not_wait_but_a_dead_owners_do(
         session.execute(update(RUN).values(prefect_flow_run_id="flow-run-of-a-dead-process"))
     with Session(engine) as session:  # nobody holds that owner's lock: it is dead
         assert pipelines_waiting(session) == [PIPELINE]
-        assert owners_of_in_flight_runs(session) == ["flow-run-of-a-dead-process"]
-        assert owners_of_in_flight_runs(session, ["other"]) == []
+        assert claims_of_unfinished_runs(session) == ["flow-run-of-a-dead-process"]
+        assert claims_of_unfinished_runs(session, ["other"]) == []
 
 
 def test_cancelling_a_flow_runs_runs_cancels_only_its_unfinished_runs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,19 @@ def test_no_shell_true_anywhere() -> None:
         if "shell=True" in p.read_text()
     ]
     assert hits == []
+
+
+def test_the_layers_picture_finds_no_import_against_the_rule() -> None:
+    """`docs/layers.py` (which draws docs/images/layers.png) reads the same imports and
+    finds every pair of layers it draws allowed; it does see the arrows it draws."""
+    spec = importlib.util.spec_from_file_location("layers", REPO / "docs" / "layers.py")
+    assert spec is not None and spec.loader is not None
+    layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers)
+    pairs, against, lines = layers.imports_between_layers()
+    assert against == set()
+    assert {("CLI", "flows"), ("flows", "tasks"), ("tasks", "domain"), ("domain", "models")} <= set(
+        pairs
+    )
+    assert ("flows", "domain") not in pairs and ("domain", "tasks") not in pairs
+    assert lines["domain"] > lines["flows"] > 0

@@ -11,17 +11,17 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from ccat_wm.execution.ownership import dead_owners, hold_ownership
+from ccat_wm.execution.claims import dead_claims, hold_claim
 
 pytestmark = pytest.mark.db
 
 
 def test_an_owner_is_alive_while_it_holds_its_lock_and_dead_after(engine: Engine) -> None:
     with Session(engine) as session:
-        with hold_ownership(engine, "flow-a"):
-            assert dead_owners(session, ["flow-a", "flow-b"]) == {"flow-b"}
-            assert dead_owners(session, ["flow-a"]) == set()  # asking took no lock
-        assert dead_owners(session, ["flow-a", "flow-b"]) == {"flow-a", "flow-b"}
+        with hold_claim(engine, "flow-a"):
+            assert dead_claims(session, ["flow-a", "flow-b"]) == {"flow-b"}
+            assert dead_claims(session, ["flow-a"]) == set()  # asking took no lock
+        assert dead_claims(session, ["flow-a", "flow-b"]) == {"flow-a", "flow-b"}
 
 
 def test_the_lock_of_a_killed_process_is_released(engine: Engine) -> None:
@@ -29,8 +29,8 @@ def test_the_lock_of_a_killed_process_is_released(engine: Engine) -> None:
     holder = (
         "import sys, time\n"
         "from sqlalchemy import create_engine\n"
-        "from ccat_wm.execution.ownership import hold_ownership\n"
-        "with hold_ownership(create_engine(sys.argv[1].replace('postgresql:', 'postgresql+psycopg:', 1)), 'flow-c'):\n"
+        "from ccat_wm.execution.claims import hold_claim\n"
+        "with hold_claim(create_engine(sys.argv[1].replace('postgresql:', 'postgresql+psycopg:', 1)), 'flow-c'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )
     process = subprocess.Popen(
@@ -39,12 +39,12 @@ def test_the_lock_of_a_killed_process_is_released(engine: Engine) -> None:
     try:
         assert process.stdout is not None and process.stdout.readline() == "held\n"
         with Session(engine) as session:
-            assert dead_owners(session, ["flow-c"]) == set()
+            assert dead_claims(session, ["flow-c"]) == set()
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     deadline = time.monotonic() + 10
     with Session(engine) as session:
-        while dead_owners(session, ["flow-c"]) != {"flow-c"}:
+        while dead_claims(session, ["flow-c"]) != {"flow-c"}:
             assert time.monotonic() < deadline, "the killed owner still looks alive"
             time.sleep(0.1)
