@@ -239,7 +239,7 @@ def _stopped_state(counts: dict[str, int]) -> State[Any]:
     )
 
 
-def _cancel_owned_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+def _cancel_claimed_runs(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """On cancellation in Prefect: cancel the flow run's unfinished runs and their jobs.
 
     Runs where the flow run is cancelled (in the flow's process, or by the worker after it
@@ -275,7 +275,7 @@ def pipeline_flow_run_name() -> str:
 @flow(
     name="ccat-pipeline",
     flow_run_name=pipeline_flow_run_name,
-    on_cancellation=[_cancel_owned_runs],
+    on_cancellation=[_cancel_claimed_runs],
 )
 def pipeline_flow(
     pipeline: str,
@@ -291,7 +291,7 @@ def pipeline_flow(
     del started_by
     reinstall()  # a foreground command's graceful stop, over the engine's SIGTERM handler
     claim_as = str(flow_run.id)
-    # Owned while this process lives; a later flow run adopts the runs if it dies.
+    # The claim is held while this process lives; a later flow run adopts its runs if it dies.
     with claimed_runs(claim_as):
         if flow_run.run_count > 1:  # Prefect's Retry of this flow run: retry what it failed
             retried = retry_failures_task(pipeline, claim_as)

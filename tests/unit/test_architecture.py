@@ -174,3 +174,19 @@ def test_the_layers_picture_finds_no_import_against_the_rule() -> None:
     )
     assert ("flows", "domain") not in pairs and ("domain", "tasks") not in pairs
     assert lines["domain"] > lines["flows"] > 0
+
+
+def test_except_base_exception_only_cleans_up_and_re_raises() -> None:
+    """Ctrl-C and exit pass through: a handler of `BaseException` ends by re-raising it."""
+    swallowing = []
+    for path in _product_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ExceptHandler) or node.type is None:
+                continue
+            names = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            if not any(isinstance(n, ast.Name) and n.id == "BaseException" for n in names):
+                continue
+            last = node.body[-1]
+            if not (isinstance(last, ast.Raise) and last.exc is None):
+                swallowing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert swallowing == []
