@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.runtime import task_run
-from prefect.states import Cancelled, Failed
+from prefect.states import Cancelled, Completed, Failed
 from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_ops_db.models import RunStatus
@@ -287,6 +287,12 @@ def _task_run_end(
         return Failed(message=failure_message(failed))
     if outcome.status is RunStatus.CANCELLED:
         return Cancelled(message=f"run {run_id} was cancelled")
+    if outcome.qa_rejection:  # the software worked: Completed, saying what the gate found
+        return Completed(
+            message=f"run {run_id} ({task_run_name(step, key)}) {outcome.qa_rejection} by "
+            "the step's QA gate; its products feed no downstream step",
+            data=outcome,
+        )
     return outcome
 
 

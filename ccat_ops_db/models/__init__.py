@@ -49,6 +49,7 @@ from ccat_ops_db.models.pipeline import (
     reduction_step_dependency,
 )
 from ccat_ops_db.models.products import DataProduct, data_product_lineage
+from ccat_ops_db.models.quality import QaDecision, QaSource
 from ccat_ops_db.models.runs import (
     ExecutedReductionStep,
     ExecutedReductionStepInput,
@@ -93,6 +94,8 @@ __all__ = [
     "ObservingProgram",
     "PackageState",
     "Pipeline",
+    "QaDecision",
+    "QaSource",
     "RawDataPackage",
     "RawDataPackageCopy",
     "ReductionSoftware",

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -146,6 +147,9 @@ class ReductionStep(Base):
     version_policy: Mapped[VersionPolicy] = mapped_column(
         pg_enum(VersionPolicy, "version_policy"), default=VersionPolicy.COMPATIBLE
     )
+    qa_gate: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    """The step's quality gate: rules `{metric, operator, value}` a completed run's QA
+    metrics must pass, else its products feed no downstream step (migration 0011)."""
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     retry_memory_factor: Mapped[float] = mapped_column(Float, default=2.0, server_default="2")
     """A retry after OUT_OF_MEMORY asks for this times the failed attempt's memory."""

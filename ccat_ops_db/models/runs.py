@@ -106,6 +106,9 @@ class ExecutedReductionStep(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     is_current: Mapped[bool] = mapped_column(default=False, server_default=false())
     """The sub-group's latest COMPLETED run; maintained by a trigger (migration 0002)."""
+    qa_rejected: Mapped[bool] = mapped_column(server_default=false())
+    """The quality decision in force rejects this run: its products are no inputs of
+    downstream sub-groups; it stays COMPLETED and current for its step (migration 0011)."""
     product_count: Mapped[int | None] = mapped_column(Integer)
     """Products downstream steps consume (all but LOG), counted by the trigger at COMPLETED."""
     product_hash_sum: Mapped[Decimal | None] = mapped_column(Numeric)

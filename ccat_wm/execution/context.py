@@ -20,6 +20,7 @@ from ccat_ops_db import models as m
 from ccat_wm.db import Db, connection_of
 from ccat_wm.errors import CcatWmError, ConfigurationError
 from ccat_wm.execution.layout import RunLayout
+from ccat_wm.quality.gate import QaRule
 
 EnumT = TypeVar("EnumT", bound=enum.Enum)
 
@@ -108,6 +109,8 @@ class RunContext:
     requested_resources: dict[str, Any] | None = None
     """What the latest submitted attempt asked for (None before the first)."""
     failure_kind: m.FailureKind | None = None
+    qa_gate: tuple[QaRule, ...] = ()
+    """The step's quality gate now: the rules its QA metrics must pass when it completes."""
     """How the latest attempt failed, if it did."""
 
     @property
@@ -185,6 +188,7 @@ def load_run_context(session: Db, run_id: int) -> RunContext:
         retry_time_factor=row.retry_time_factor,
         requested_resources=row.requested_resources,
         failure_kind=row.failure_kind,
+        qa_gate=tuple(QaRule.model_validate(rule) for rule in row.qa_gate or ()),
     )
 
 
@@ -219,6 +223,7 @@ def _context_query() -> Select[*tuple[Any, ...]]:
             step.max_retries,
             step.retry_memory_factor,
             step.retry_time_factor,
+            step.qa_gate,
             pipeline.priority,
             step.name.label("step"),
             step.id.label("step_id"),

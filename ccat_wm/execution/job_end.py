@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ccat_ops_db.models import DataProductType, FailureKind, RunStatus
 from ccat_wm.execution.collect import (
     ContractViolationError,
     OutputFile,
+    ProductRecord,
     checksum_outputs,
     register_products,
     scan_outputs,
@@ -32,9 +34,17 @@ from ccat_wm.execution.layout import RunLayout
 from ccat_wm.execution.lifecycle import TransitionError, current_status
 from ccat_wm.execution.outcome import RunOutcome, Started, run_log
 from ccat_wm.execution.recorder import RunRecorder
-from ccat_wm.execution.runtree import UnsafeEntryError, make_read_only, shown, unexpected_kind
+from ccat_wm.execution.runtree import (
+    UnsafeEntryError,
+    make_read_only,
+    open_regular,
+    shown,
+    unexpected_kind,
+)
 from ccat_wm.execution.sizing import DEFAULT_PENDING_GRACE_S, classify_failure, pending_grace_s
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
+from ccat_wm.quality.decide import Judgement, judge, record_judgement
+from ccat_wm.quality.metrics import QaMetricsError
 from infra.backends import Backend, JobInfo, JobState
 
 S = RunStatus
@@ -176,9 +186,12 @@ class JobFollower:
             if log_problem:
                 raise ContractViolationError([log_problem])
             records = checksum_outputs([*scan_outputs(layout), *captured])
+            judgement = _judge(ctx, records)
             with self.recorder.transaction(conn) as db:
                 register_products(db, ctx.run_id, records)
                 verify_unchanged(records)  # nothing may have changed since it was hashed
+                if judgement is not None:  # with the products, in the same transaction
+                    record_judgement(db, ctx.run_id, judgement)
                 self.recorder.move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
         except ContractViolationError as exc:
             return self.recorder.fail(
@@ -189,16 +202,56 @@ class JobFollower:
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
         for record in records:
             _make_read_only(ctx.run_id, record.root or layout.root, record.path)
-        # One record for a successful attempt of a job that started at once: each record
-        # goes to the Prefect server and cost about 2 ms per run here (bench/README.md).
+        return _completed(ctx, attempt, info, job_id, products=len(records), judgement=judgement)
+
+
+def _completed(
+    ctx: RunContext,
+    attempt: int,
+    info: JobInfo,
+    job_id: str | None,
+    *,
+    products: int,
+    judgement: Judgement | None,
+) -> RunOutcome:
+    """Say that the run completed (and what its QA gate decided); return its outcome."""
+    # One record for a successful attempt of a job that started at once: each record
+    # goes to the Prefect server and cost about 2 ms per run here (bench/README.md).
+    run_log().info(
+        "run %s (%s[%s]) attempt %s of %s: %s input(s) staged, job %s (%s) ran %.1f s; "
+        "COMPLETED with %s product(s) under %s", ctx.run_id, ctx.step, ctx.sub_group_key,
+        attempt + 1, ctx.max_retries + 1, len(ctx.raw_inputs) + len(ctx.product_inputs),
+        job_id, ctx.location.backend.value, info.wall_time_s or 0.0,
+        products, ctx.layout.root,
+    )  # fmt: skip
+    if judgement is not None and not judgement.decision.accepted:
+        rejection = judgement.decision.message()
         run_log().info(
-            "run %s (%s[%s]) attempt %s of %s: %s input(s) staged, job %s (%s) ran %.1f s; "
-            "COMPLETED with %s product(s) under %s", ctx.run_id, ctx.step, ctx.sub_group_key,
-            attempt + 1, ctx.max_retries + 1, len(ctx.raw_inputs) + len(ctx.product_inputs),
-            job_id, ctx.location.backend.value, info.wall_time_s or 0.0,
-            len(records), layout.root,
+            "run %s (%s[%s]): %s by the step's QA gate; its products feed no downstream "
+            "step", ctx.run_id, ctx.step, ctx.sub_group_key, rejection,
         )  # fmt: skip
-        return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
+        return RunOutcome(ctx.run_id, S.COMPLETED, attempt, qa_rejection=rejection)
+    return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
+
+
+def _judge(ctx: RunContext, records: Sequence[ProductRecord]) -> Judgement | None:
+    """Hold the run's QA metrics to its step's gate (None: the step has none).
+
+    The QA files are the QA_METRIC products ending in `.json`, read from the run's tree
+    following no link; files that cannot give the metrics are a contract violation.
+    """
+    if not ctx.qa_gate:
+        return None
+    output = ctx.layout.output
+    files: dict[str, bytes] = {}
+    for record in records:
+        if record.data_product_type is DataProductType.QA_METRIC and record.path.suffix == ".json":
+            with open_regular(record.root or ctx.layout.root, record.path) as handle:
+                files[str(record.path.relative_to(output))] = handle.read()
+    try:
+        return judge(ctx.qa_gate, files)
+    except QaMetricsError as exc:
+        raise ContractViolationError([str(exc)]) from None
 
 
 def _stuck_reason(job_id: str, info: JobInfo, grace_s: float) -> str:

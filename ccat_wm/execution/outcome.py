@@ -45,6 +45,9 @@ class RunOutcome:
     """The backend job of the (last) attempt, when one was submitted."""
     final: bool = False
     """The failure cannot be mended by retrying (`UNRETRYABLE_FAILURES`): no retry follows."""
+    qa_rejection: str | None = None
+    """Why the step's quality gate rejected the COMPLETED run (its products then feed no
+    downstream step): `rejected: tsys_k = 2000 (needs tsys_k < 400)`."""
 
 
 @dataclass(frozen=True, slots=True)

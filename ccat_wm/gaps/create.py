@@ -168,7 +168,10 @@ def _record_product_inputs(
     position: int,
     runs: Subquery,
 ) -> None:
-    """Record the products of the current upstream runs inside each new run's sub-group."""
+    """Record the products of the current upstream runs inside each new run's sub-group.
+
+    A run a quality decision rejects gives none: its data is in no downstream product.
+    """
     fine = fine_cte(grouping, steps)
     product = m.DataProduct
     names = [s.name for s in steps]
@@ -188,7 +191,10 @@ def _record_product_inputs(
                 .join(current, current.c.sub_group_key == pairs.c.uk)
                 .join(product, product.executed_reduction_step_id == current.c.id)
             )
-            .where(product.data_product_type != m.DataProductType.LOG)
+            .where(
+                product.data_product_type != m.DataProductType.LOG,
+                current.c.qa_rejected.is_not(True),  # a rejected run's products feed none
+            )
         )
         session.execute(
             insert(INPUT).from_select(

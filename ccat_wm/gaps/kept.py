@@ -91,9 +91,11 @@ WHERE m.pipeline_id = :pipeline AND m.step_index = g.down AND m.sub_group_key = 
   AND NOT EXISTS (
     SELECT 1 FROM evaluation_fine f
     WHERE f.pipeline_id = :pipeline
-      AND f.tags @> ARRAY[:pipeline || ':' || g.down || ':' || g.down_key,
-                          :pipeline || ':' || g.up || ':' || g.up_key])
+      AND f.tags @> CAST(ARRAY[:pipeline || ':' || g.down || ':' || g.down_key,
+                               :pipeline || ':' || g.up || ':' || g.up_key] AS varchar[]))
 """)
+"""Forget the member pairs no fine row holds any more (tags are `varchar[]`: the array
+built here is cast to it, as `@>` compares arrays of one type only)."""
 
 
 class KeptEvaluation(KeptDownstream):

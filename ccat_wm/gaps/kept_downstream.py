@@ -16,7 +16,9 @@ from ccat_wm.gaps.kept_scope import DOWNSTREAM, KeptScope, key_array, upstream_p
 from ccat_wm.gaps.model import GroupRow
 
 _DOWNSTREAM = text("""
-SELECT m.sub_group_key, coalesce(sum(c.product_count), 0), coalesce(sum(c.product_hash_sum), 0),
+SELECT m.sub_group_key,
+       coalesce(sum(c.product_count) FILTER (WHERE c.qa_rejected IS NOT TRUE), 0),
+       coalesce(sum(c.product_hash_sum) FILTER (WHERE c.qa_rejected IS NOT TRUE), 0),
        max(coalesce(c.finished_at, c.updated_at)),
        min(coalesce(c.finished_at, c.updated_at))
          FILTER (WHERE own.id IS NULL OR coalesce(c.finished_at, c.updated_at) > own.created_at)
@@ -31,8 +33,9 @@ WHERE m.pipeline_id = :pipeline AND m.step_index = :index
   AND m.sub_group_key = ANY(CAST(:keys AS text[]))
 GROUP BY m.sub_group_key, own.id, own.created_at
 """)
-"""A downstream sub-group's inputs: the products of its members' current runs, as the
-full statement (`pipeline_query._downstream_part`) sums them."""
+"""A downstream sub-group's inputs: the products of its members' current runs that no
+quality decision rejects, as the full statement (`pipeline_query._downstream_part`)
+sums them."""
 
 
 class KeptDownstream(KeptScope):

@@ -32,6 +32,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     func,
     literal,
@@ -118,6 +119,7 @@ def current_runs_cte(step: StepInfo) -> CTE:
             func.coalesce(RUN.finished_at, RUN.updated_at).label("finished_at"),
             RUN.product_count.label("pn"),
             RUN.product_hash_sum.label("ph"),
+            RUN.qa_rejected,
         )
         .where(RUN.reduction_step_id == step.id, RUN.is_current)
         .cte(f"current_{step.id}")
@@ -214,12 +216,13 @@ def _members(
             .subquery()
         )
         current = ctes.current(steps[upstream])
+        accepted = current.c.qa_rejected.is_not(True)  # a rejected run's products feed none
         members.append(
             select(
                 pairs.c[key_column(index)].label("dk"),
                 *[pairs.c[key_column(i)] for i in determined],
-                current.c.pn,
-                current.c.ph,
+                case((accepted, current.c.pn), else_=0).label("pn"),
+                case((accepted, current.c.ph), else_=0).label("ph"),
                 current.c.finished_at,
             ).select_from(pairs.outerjoin(current, current.c.sub_group_key == pairs.c.uk))
         )

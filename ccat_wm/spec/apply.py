@@ -301,6 +301,7 @@ class _Writer:
             "max_retries": spec.max_retries,
             "retry_memory_factor": spec.retry_memory_factor,
             "retry_time_factor": spec.retry_time_factor,
+            "qa_gate": [rule.model_dump(mode="json") for rule in spec.qa_gate],
         }
         return self.sync(
             m.ReductionStep,

@@ -16,6 +16,7 @@ from ccat_ops_db.models import (
     ImageKind,
     VersionPolicy,
 )
+from ccat_wm.quality.gate import QaRule
 from ccat_wm.selection.tables import (
     FILTER_OPERATORS,
     FILTER_TABLES,
@@ -282,6 +283,9 @@ class StepSpec(StrictSpec):
     version_policy: VersionPolicy = VersionPolicy.COMPATIBLE
     pinned_version: str | None = None
     config: ConfigSpec
+    qa_gate: list[QaRule] = Field(default_factory=list)
+    """Rules a completed run's QA metrics must pass (`ccat_wm.quality.gate`); a run that
+    fails one is rejected: its products feed no downstream step."""
 
     @model_validator(mode="after")
     def _pin_matches_policy(self) -> StepSpec:

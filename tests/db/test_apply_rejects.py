@@ -103,6 +103,21 @@ S0 = (*P, "steps", 0)
 _S0 = "pipelines[0].steps[0]"
 CASES: list[tuple[str, Callable[[Spec], None], list[str]]] = [
     (
+        "qa gate: unknown operator",
+        _set((*S0, "qa_gate"), [{"metric": "tsys_k", "operator": "below", "value": 400}]),
+        ["pipelines[0].steps[0].qa_gate[0].operator", "'below'"],
+    ),
+    (
+        "qa gate: a list where one number is expected",
+        _set((*S0, "qa_gate"), [{"metric": "tsys_k", "operator": "lt", "value": [400]}]),
+        ["pipelines[0].steps[0].qa_gate[0]", "operator 'lt' takes one number, not a list"],
+    ),
+    (
+        "qa gate: a rule without its metric",
+        _set((*S0, "qa_gate"), [{"operator": "lt", "value": 400}]),
+        ["pipelines[0].steps[0].qa_gate[0].metric", "missing required key 'metric'"],
+    ),
+    (
         "unknown key",
         _set((*S0, "cooldown"), 5),
         ["pipelines[0].steps[0].cooldown", "unknown key 'cooldown'"],

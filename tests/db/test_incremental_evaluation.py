@@ -2,7 +2,7 @@
 
 A randomized sequence of the changes a survey sees (new scans, late data, version bumps,
 config edits, runs created, finishing and failing, packages and runs invalidated and
-un-invalidated), on the three-step pipeline of the gap scenarios with a cooldown and a
+un-invalidated, runs rejected and accepted again by a quality decision), on the three-step pipeline of the gap scenarios with a cooldown and a
 maximum wait; after every change the incremental gaps must be the full evaluation's.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, insert, select
+from sqlalchemy import Engine, create_engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import migrate
@@ -156,11 +156,24 @@ class Survey:
             invalidate(session, [target], "bad", user="tester", dry_run=False)
             return f"invalidated {target}"
 
+    def quality_decision(self) -> str:
+        """Reject a current run, or take a rejection back: its products leave or rejoin
+        the inputs downstream (as `ccat-wm qa` and a step's gate decide)."""
+        with Session(self.kit.engine) as session, session.begin():
+            runs = session.execute(
+                select(RUN.id, RUN.qa_rejected).where(RUN.is_current).order_by(RUN.id)
+            ).all()
+            if not runs:
+                return "no current run to decide on"
+            run_id, rejected = self.rng.choice(runs)
+            session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=not rejected))
+        return f"run {run_id} {'accepted again' if rejected else 'rejected'}"
+
     def step(self) -> str:
         change = self.rng.choices(
             [self.new_scans, self.late_data, self.version_bump, self.config_edit,
-             self.create_runs, self.finish_runs, self.invalidate_data],
-            weights=[3, 2, 0.7, 0.7, 5, 5, 1],
+             self.create_runs, self.finish_runs, self.invalidate_data, self.quality_decision],
+            weights=[3, 2, 0.7, 0.7, 5, 5, 1, 1.5],
         )[0]  # fmt: skip
         return change()
 

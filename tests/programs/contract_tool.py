@@ -13,7 +13,8 @@ hard link to its first input as a product) (contract violations); tamper-write,
 tamper-append, tamper-truncate, tamper-chmod, tamper-recreate (try to change every input
 in place, then behave: what a buggy program might do to the archive); leave-writers (leaves a
 daemon and a child in its process group that append to its product a second after it
-exits; their command lines name the product); hog (holds `--arg` MB for five seconds); wait (waits until the file `--arg` exists,
+exits; their command lines name the product); qa (`--arg TEXT=VALUE`: the sub-groups whose
+key holds TEXT report the QA metric `value` = VALUE, the others 1.0); hog (holds `--arg` MB for five seconds); wait (waits until the file `--arg` exists,
 at most ten minutes, then behaves: a run held in flight for as long as a test needs). With `--once 1` (and `--track`), the mode and the sleep apply to the run's
 first attempt only: later attempts behave (to test retries).
 """
@@ -78,7 +79,11 @@ def main() -> int:
     (out / "science" / "result.json.meta.json").write_text(
         json.dumps({"inputs": len(manifest["inputs"])})
     )
-    (out / "qa" / "metric.json").write_text(json.dumps({"value": 1.0}))
+    value = 1.0
+    if args.mode == "qa":  # --arg TEXT=VALUE: sub-groups whose key holds TEXT report VALUE
+        text, _, reported = args.arg.partition("=")
+        value = float(reported) if text in key else value
+    (out / "qa" / "metric.json").write_text(json.dumps({"value": value, "note": "a metric"}))
     if args.mode == "outside":
         (out / "stray.txt").write_text("not allowed at the top of a final step")
     elif args.mode == "symlink":

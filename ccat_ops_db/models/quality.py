@@ -1,0 +1,48 @@
+"""Quality decisions on completed runs: recorded, never deleted (docs/concepts.md)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ccat_ops_db.models.base import Base, CreatedAt, IntPK
+from ccat_ops_db.models.enums import pg_enum
+
+
+class QaSource(enum.StrEnum):
+    """Who decided on a run's quality."""
+
+    GATE = "gate"
+    """The step's `qa_gate` rules, held against the run's metrics when it completed."""
+    PERSON = "person"
+    """A person, who decides last (overrides the gate)."""
+
+
+class QaDecision(Base):
+    """One decision on a completed run's quality: accepted or rejected, by what, and why.
+
+    The run's `qa_rejected` holds the decision in force (the newest); this table keeps
+    every decision, so that `status`, `lineage` and the PROV export say who or what left
+    a scan out of a map, when, and with which values.
+    """
+
+    __tablename__ = "qa_decision"
+
+    id: Mapped[IntPK]
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        ForeignKey("executed_reduction_step.id"), index=True
+    )
+    rejected: Mapped[bool]
+    source: Mapped[QaSource] = mapped_column(pg_enum(QaSource, "qa_source"))
+    message: Mapped[str] = mapped_column(String)
+    """One line: `rejected: tsys_k = 2000 (needs tsys_k < 400)`, or a person's reason."""
+    rules: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    """Each rule of the gate with the value seen and whether it passed (gate decisions)."""
+    metrics: Mapped[dict[str, float]] = mapped_column(JSONB, default=dict)
+    """The run's metrics when it was decided."""
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[CreatedAt]

@@ -1,0 +1,60 @@
+"""The gate's decision on a completed run, recorded with its products.
+
+When a run of a step with a `qa_gate` completes, its QA files are read (the JSON files
+it wrote under `qa/`), its metrics held to the gate, and the decision recorded in the
+transaction that registers its products: a `qa_decision` row (the rules, the values
+seen, the run's metrics) and the run's `qa_rejected`, which gap evaluation reads (a
+rejected run's products feed no downstream sub-group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import insert, update
+
+from ccat_ops_db import models as m
+from ccat_wm.db import Db, connection_of
+from ccat_wm.quality.gate import GateDecision, QaRule, evaluate_gate
+from ccat_wm.quality.metrics import run_metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A gate's decision on one run, with the metrics it was made from."""
+
+    decision: GateDecision
+    metrics: dict[str, float]
+
+
+def judge(rules: Sequence[QaRule], files: Mapping[str, str | bytes]) -> Judgement:
+    """Hold a run's QA files (`name -> content`) to a gate's rules.
+
+    Raises `QaMetricsError` when the files cannot give the metrics (a contract
+    violation: not a JSON object, or a metric reported twice).
+    """
+    metrics = run_metrics(files)
+    return Judgement(evaluate_gate(rules, metrics), metrics)
+
+
+def record_judgement(db: Db, run_id: int, judgement: Judgement) -> None:
+    """Record the gate's decision on run `run_id` and put it in force. No commit."""
+    decision = judgement.decision
+    rules = [
+        {**o.rule.model_dump(mode="json"), "seen": o.value, "passed": o.passed}
+        for o in decision.outcomes
+    ]
+    conn = connection_of(db)
+    conn.execute(
+        insert(m.table_of(m.QaDecision)).values(
+            executed_reduction_step_id=run_id,
+            rejected=not decision.accepted,
+            source=m.QaSource.GATE,
+            message=decision.message(),
+            rules=rules,
+            metrics=judgement.metrics,
+        )
+    )
+    run = m.ExecutedReductionStep
+    conn.execute(update(run).where(run.id == run_id).values(qa_rejected=not decision.accepted))

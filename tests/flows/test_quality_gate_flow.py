@@ -1,0 +1,75 @@
+"""A step's QA gate in a real flow run: a bad scan is rejected at its own step, recorded,
+and its data is in no downstream product (real PostgreSQL, a real Prefect server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.cli.driver import run_pipeline
+from tests.flows.conftest import setup_pipeline, tool_step
+from tests.flows.test_pipeline_flow import task_run_named
+
+pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
+RUN = m.ExecutedReductionStep
+
+
+def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
+    engine: Engine, tmp_path: Path
+) -> None:
+    calibrate = tool_step(
+        "calibrate",
+        parameters={"mode": "qa", "arg": "scan-000002=9"},
+        qa_gate=[{"metric": "value", "operator": "lt", "value": 5}],
+    )
+    grid = tool_step("grid", depends_on=["calibrate"], group_by=[])
+    setup_pipeline(engine, tmp_path, [calibrate, grid], scans=3)
+
+    result = run_pipeline(engine, "t")
+
+    assert result.state == "Completed", result.message
+    with Session(engine) as session:
+        rows = session.execute(
+            select(RUN.id, RUN.sub_group_key, RUN.status, RUN.qa_rejected, m.ReductionStep.name)
+            .join(RUN.reduction_step)
+            .order_by(RUN.id)
+        ).all()
+        calibrations = {r.sub_group_key: r for r in rows if r.name == "calibrate"}
+        bad = calibrations["executed_obs_unit=scan-000002"]
+        assert {r.status for r in rows} == {m.RunStatus.COMPLETED}  # the software worked
+        assert [k for k, r in calibrations.items() if r.qa_rejected] == [bad.sub_group_key]
+        (decision,) = session.scalars(
+            select(m.QaDecision).where(m.QaDecision.executed_reduction_step_id == bad.id)
+        ).all()
+        assert decision.rejected and decision.source is m.QaSource.GATE
+        assert decision.message == "rejected: value = 9 (needs value < 5)"
+        assert decision.rules == [
+            {"metric": "value", "operator": "lt", "value": 5.0, "seen": 9.0, "passed": False}
+        ]
+        assert decision.metrics == {"value": 9.0}
+        accepted = session.scalars(
+            select(m.QaDecision.rejected).where(m.QaDecision.executed_reduction_step_id != bad.id)
+        ).all()
+        assert accepted == [False, False]  # every gated run's decision is recorded
+        (grid_run,) = [r for r in rows if r.name == "grid"]
+        used = set(
+            session.scalars(
+                select(m.DataProduct.executed_reduction_step_id)
+                .join(
+                    m.ExecutedReductionStepInput,
+                    m.ExecutedReductionStepInput.data_product_id == m.DataProduct.id,
+                )
+                .where(m.ExecutedReductionStepInput.executed_reduction_step_id == grid_run.id)
+            )
+        )
+    assert used == {r.id for r in calibrations.values()} - {bad.id}
+    task_run = task_run_named(result.flow_run_id, "calibrate[executed_obs_unit=scan-000002]")
+    assert task_run.state.type.value == "COMPLETED"
+    assert task_run.state.message == (
+        f"run {bad.id} (calibrate[executed_obs_unit=scan-000002]) rejected: value = 9 "
+        "(needs value < 5) by the step's QA gate; its products feed no downstream step"
+    )
