@@ -109,9 +109,9 @@ class RunContext:
     requested_resources: dict[str, Any] | None = None
     """What the latest submitted attempt asked for (None before the first)."""
     failure_kind: m.FailureKind | None = None
+    """How the latest attempt failed, if it did."""
     qa_gate: tuple[QaRule, ...] = ()
     """The step's quality gate now: the rules its QA metrics must pass when it completes."""
-    """How the latest attempt failed, if it did."""
 
     @property
     def layout(self) -> RunLayout:
