@@ -20,6 +20,7 @@ import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import State
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Completed
 
@@ -125,6 +126,8 @@ def _set_state(client: SyncPrefectClient, task_run_id: UUID, state: State[Any]) 
                 return
             if current is not None and current.name == NOT_READY:
                 client.set_task_run_state(task_run_id, state, force=True)  # read back next
+        except ObjectNotFound:  # not recorded yet (the client's 404 when reading)
+            pass
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != httpx.codes.NOT_FOUND:
                 problem = str(exc)

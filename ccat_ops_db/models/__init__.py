@@ -49,7 +49,7 @@ from ccat_ops_db.models.pipeline import (
     reduction_step_dependency,
 )
 from ccat_ops_db.models.products import DataProduct, data_product_lineage
-from ccat_ops_db.models.quality import QaDecision, QaSource
+from ccat_ops_db.models.quality import QaChange, QaDecision, QaSource
 from ccat_ops_db.models.runs import (
     ExecutedReductionStep,
     ExecutedReductionStepInput,
@@ -94,6 +94,7 @@ __all__ = [
     "ObservingProgram",
     "PackageState",
     "Pipeline",
+    "QaChange",
     "QaDecision",
     "QaSource",
     "RawDataPackage",

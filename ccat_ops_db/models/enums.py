@@ -48,6 +48,8 @@ class GapReason(enum.StrEnum):
     RETRY = "retry"
     INVALIDATED = "invalidated"
     """Its current run was made from data a person invalidated (`ccat-wm invalidate`)."""
+    QA_CHANGED = "qa_changed"
+    """A person's quality decision (`ccat-wm qa`) changed which upstream runs feed it."""
     FAILED = "failed"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String, false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,5 +44,29 @@ class QaDecision(Base):
     """Each rule of the gate with the value seen and whether it passed (gate decisions)."""
     metrics: Mapped[dict[str, float]] = mapped_column(JSONB, default=dict)
     """The run's metrics when it was decided."""
+    undo: Mapped[bool] = mapped_column(server_default=false())
+    """A person took their earlier decision back: the gate's decides again."""
     decided_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[CreatedAt]
+
+
+class QaChange(Base):
+    """A downstream sub-group whose inputs a person's decision changed (reason `qa_changed`).
+
+    Written with the decision: every sub-group of a downstream step that holds the
+    decided run's sub-group. Its gap says `qa_changed` while its current run predates
+    the decision.
+    """
+
+    __tablename__ = "qa_change"
+    __table_args__ = (
+        Index("ix_qa_change_reduction_step_id", "reduction_step_id", "sub_group_key"),
+    )
+
+    qa_decision_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("qa_decision.id"), primary_key=True
+    )
+    reduction_step_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("reduction_step.id", ondelete="CASCADE"), primary_key=True
+    )
+    sub_group_key: Mapped[str] = mapped_column(String, primary_key=True)

@@ -40,6 +40,8 @@ COMMANDS = {
          "Show what needs (re)processing, why, when, and which command runs it; writes nothing."),
         ("products", "data", "products",
          "List products, newest first: id, type, step, sub-group, run, size, time and path."),
+        ("qa", "quality", "qa",
+         "Accept or reject completed runs' quality (overrides the step's QA gate), or --undo."),
         ("raw", "data", "raw",
          "List raw data packages, newest first: id, name, scan, source, line, size, copies."),
         ("reproduce", "provenance", "reproduce",

@@ -67,16 +67,27 @@ def _version_valid(step: StepInfo, run: CurrentRun) -> bool:
 
 
 def _reason(
-    step: StepInfo, run: CurrentRun | None, sub: _SubGroup, ready: bool, invalidated: bool
+    step: StepInfo,
+    run: CurrentRun | None,
+    sub: _SubGroup,
+    ready: bool,
+    *,
+    invalidated: bool,
+    qa_changed: bool,
 ) -> GapReason | None:
     if run is None:
         if not (sub.count or not ready):
             return None
         # Its result was made from data a person invalidated: re-made for that reason.
-        return GapReason.INVALIDATED if invalidated else GapReason.NEW
+        if invalidated:
+            return GapReason.INVALIDATED
+        return GapReason.QA_CHANGED if qa_changed else GapReason.NEW
     if not ready:
         return GapReason.INPUTS_CHANGED
-    return _stale(step, run, sub)
+    reason = _stale(step, run, sub)
+    if reason is GapReason.INPUTS_CHANGED and qa_changed:  # a person's decision did it
+        return GapReason.QA_CHANGED
+    return reason
 
 
 def _stale(step: StepInfo, run: CurrentRun, sub: _SubGroup) -> GapReason | None:
@@ -188,7 +199,10 @@ def _step_gaps(ctx: _Context, position: int) -> list[tuple[Gap, Timing]]:
             _hold_back(ctx, position, sub)
             continue
         ready = key not in blocked
-        reason = _reason(step, runs.current.get(key), sub, ready, key in runs.invalidated)
+        reason = _reason(
+            step, runs.current.get(key), sub, ready,
+            invalidated=key in runs.invalidated, qa_changed=key in runs.qa_changed,
+        )  # fmt: skip
         if ready and ctx.force and sub.count:
             reason = GapReason.FORCED  # a person's force is the cause, whatever else applies
         if reason is None:

@@ -113,6 +113,9 @@ class StepRuns:
     failures: dict[str, list[FailureRecord]] = field(default_factory=dict)
     invalidated: set[str] = field(default_factory=set)
     """Keys with a COMPLETED run that invalidated data flowed into (`ccat-wm invalidate`)."""
+    qa_changed: set[str] = field(default_factory=set)
+    """Keys whose inputs a person's quality decision changed since their current run
+    (`ccat-wm qa`): a gap of theirs says `qa_changed`."""
 
 
 class GroupRow(NamedTuple):

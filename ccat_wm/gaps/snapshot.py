@@ -123,7 +123,33 @@ def load_run_states(session: Session, steps: list[StepInfo]) -> dict[str, StepRu
             state.in_flight.add(fail.sub_group_key)
     for step_id, key in session.connection().execute(_invalidated_query(), params):
         runs[names[step_id]].invalidated.add(key)
+    for step_id, key in session.connection().execute(_qa_changed_query(), params):
+        runs[names[step_id]].qa_changed.add(key)
     return runs
+
+
+@lru_cache(maxsize=1)
+def _qa_changed_query() -> Any:
+    """Select the keys a person's quality decision changed since their current run."""
+    change, decision = m.QaChange, m.QaDecision
+    current = (
+        select(RUN.created_at)
+        .where(
+            RUN.reduction_step_id == change.reduction_step_id,
+            RUN.sub_group_key == change.sub_group_key,
+            RUN.is_current,
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(change.reduction_step_id, change.sub_group_key)
+        .join(decision, decision.id == change.qa_decision_id)
+        .where(
+            change.reduction_step_id.in_(bindparam("step_ids", expanding=True)),
+            or_(current.is_(None), current < decision.created_at),
+        )
+        .distinct()
+    )
 
 
 @lru_cache(maxsize=1)

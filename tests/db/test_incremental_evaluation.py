@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, insert, select, update
+from sqlalchemy import Engine, create_engine, func, insert, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import migrate
@@ -26,6 +26,7 @@ from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.incremental import IncrementalResult, evaluate_incremental
 from ccat_wm.gaps.model import GapReason
 from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.quality.people import decide
 from tests.gapkit import PIPELINE, GapKit
 
 RUN = m.ExecutedReductionStep
@@ -157,17 +158,24 @@ class Survey:
             return f"invalidated {target}"
 
     def quality_decision(self) -> str:
-        """Reject a current run, or take a rejection back: its products leave or rejoin
-        the inputs downstream (as `ccat-wm qa` and a step's gate decide)."""
+        """A person rejects a current run, accepts it again, or takes a decision back
+        (`ccat-wm qa`): its products leave or rejoin the inputs downstream, whose gaps
+        then say `qa_changed`."""
         with Session(self.kit.engine) as session, session.begin():
             runs = session.execute(
-                select(RUN.id, RUN.qa_rejected).where(RUN.is_current).order_by(RUN.id)
+                select(RUN.id, RUN.qa_rejected)
+                .where(RUN.is_current, RUN.status == m.RunStatus.COMPLETED)
+                .order_by(RUN.id)
             ).all()
             if not runs:
                 return "no current run to decide on"
             run_id, rejected = self.rng.choice(runs)
-            session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=not rejected))
-        return f"run {run_id} {'accepted again' if rejected else 'rejected'}"
+            undo = rejected and self.rng.random() < 0.3
+            decide(
+                session, [run_id], rejected=not rejected, reason="looked", user="tester",
+                undo=undo,
+            )  # fmt: skip
+        return f"run {run_id} {'undone' if undo else 'accepted' if rejected else 'rejected'}"
 
     def step(self) -> str:
         change = self.rng.choices(

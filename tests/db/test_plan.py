@@ -44,8 +44,9 @@ def test_snapshot_query_count_does_not_grow_with_data(engine: Engine, tmp_path: 
     kit.wave()
     assert _statements_to_load(engine) == small
     # SET jit, 4 for settings, 1 for runs in flight and failures, 1 for the keys of
-    # invalidated runs, and 1 statement for every step's inputs and current runs
-    assert small == 9
+    # invalidated runs, 1 for the keys a person's quality decision changed, and 1
+    # statement for every step's inputs and current runs
+    assert small == 10
 
 
 def test_plan_is_side_effect_free_and_reports_blast_radius_and_cost(

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.quality.people import PersonDecision, QaDecisionError, current_run, decide
 from tests.gapkit import GapKit, reasons
 
 RUN = m.ExecutedReductionStep
@@ -30,7 +31,7 @@ def kit(engine: Engine, tmp_path: Path) -> GapKit:
     return GapKit(engine, tmp_path)
 
 
-def decide(kit: GapKit, key: str, *, rejected: bool) -> int:
+def set_rejected(kit: GapKit, key: str, *, rejected: bool) -> int:
     """Set the decision on the current calibrate run of sub-group `key`; return its id."""
     with Session(kit.engine) as session, session.begin():
         run_id = session.scalars(
@@ -61,7 +62,7 @@ def test_a_rejected_scan_is_left_out_of_the_map_and_comes_back_when_accepted(
     kit.simulate(3)
     kit.wave()
     assert kit.gaps() == []
-    rejected = decide(kit, S2, rejected=True)
+    rejected = set_rejected(kit, S2, rejected=True)
 
     gaps = kit.gaps()
     # calibrate[scan 2] keeps its current run: no gap of its own, nothing re-run
@@ -81,7 +82,7 @@ def test_a_rejected_scan_is_left_out_of_the_map_and_comes_back_when_accepted(
     kit.finish([run])
     kit.wave()
     assert kit.gaps() == []
-    decide(kit, S2, rejected=False)
+    set_rejected(kit, S2, rejected=False)
     gaps = kit.gaps()
     assert reasons(gaps) == {("grid", NGC_CO): "inputs_changed", ("summary", ""): "inputs_changed"}
     assert next(g for g in gaps if g.step == "grid").inputs == 3
@@ -95,7 +96,7 @@ def test_a_sub_group_whose_every_scan_is_rejected_gets_no_run(kit: GapKit) -> No
     kit.finish(calibrations)
     scans = {r.sub_group_key for r in calibrations}
     m83 = next(k for k in scans if _source_of(kit, k) == "M83")
-    decide(kit, m83, rejected=True)
+    set_rejected(kit, m83, rejected=True)
 
     gaps = kit.gaps()
     assert ("grid", M83_CO) not in reasons(gaps)
@@ -144,7 +145,7 @@ def test_the_database_keeps_every_decision(kit: GapKit) -> None:
     """A decision is provenance: UPDATE, DELETE and TRUNCATE of it are refused."""
     kit.simulate(1)
     kit.wave()
-    run_id = decide(kit, S1, rejected=True)
+    run_id = set_rejected(kit, S1, rejected=True)
     with Session(kit.engine) as session, session.begin():
         session.add(
             m.QaDecision(
@@ -155,9 +156,68 @@ def test_the_database_keeps_every_decision(kit: GapKit) -> None:
     for statement in (
         "UPDATE qa_decision SET rejected = false",
         "DELETE FROM qa_decision",
-        "TRUNCATE qa_decision",
+        "TRUNCATE qa_decision, qa_change",
     ):
         with pytest.raises(DBAPIError, match="is provenance"), kit.engine.begin() as conn:
             conn.execute(text(statement))
     with Session(kit.engine) as session:
         assert session.scalars(select(m.QaDecision.rejected)).all() == [True]
+
+
+def person(kit: GapKit, key: str, *, rejected: bool, undo: bool = False) -> PersonDecision:
+    """A person's decision on the current calibrate run of sub-group `key`."""
+    with Session(kit.engine) as session, session.begin():
+        run_id = current_run(session, None, "calibrate", key)
+        (done,) = decide(
+            session, [run_id], rejected=rejected, reason="looked at it", user="tester", undo=undo
+        )
+    return done
+
+
+def test_a_person_decides_last_and_the_map_says_qa_changed(kit: GapKit) -> None:
+    """A person's rejection overrides the gate's acceptance and the other way round; the
+    maps holding the scan get a gap with reason `qa_changed` (pruned, full and the
+    trigger's incremental evaluation agree); `--undo` gives the gate its say back."""
+    kit.simulate(3)
+    kit.wave()
+    rejected = person(kit, S2, rejected=True)
+    assert (rejected.rejected_before, rejected.rejected) == (False, True)
+    assert rejected.downstream == (("grid", NGC_CO),)
+    gaps = kit.gaps()
+    assert reasons(gaps) == {("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"}
+    assert next(g for g in gaps if g.step == "grid").inputs == 2
+    created = kit.create()
+    assert [(r.step, r.reason.value) for r in created] == [("grid", "qa_changed")]
+    kit.finish(created)
+    kit.wave()
+    assert kit.gaps() == []  # the map re-made after the decision: no longer qa_changed
+
+    undone = person(kit, S2, rejected=False, undo=True)  # no gate decision: accepted again
+    assert (undone.rejected_before, undone.rejected) == (True, False)
+    assert reasons(kit.gaps()) == {
+        ("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"
+    }  # fmt: skip
+    again = person(kit, S2, rejected=False)  # the same decision again changes nothing
+    assert again.downstream == () and again.rejected is False
+    with Session(kit.engine) as session:
+        decisions = session.execute(
+            select(m.QaDecision.source, m.QaDecision.rejected, m.QaDecision.undo).order_by(
+                m.QaDecision.id
+            )
+        ).all()
+    assert [tuple(d) for d in decisions] == [
+        (m.QaSource.PERSON, True, False), (m.QaSource.PERSON, False, True),
+        (m.QaSource.PERSON, False, False),
+    ]  # fmt: skip
+
+
+def test_a_decision_needs_a_reason_and_a_completed_run(kit: GapKit) -> None:
+    kit.simulate(1)
+    created = kit.create()
+    with Session(kit.engine) as session, session.begin():
+        with pytest.raises(QaDecisionError, match="--reason is required"):
+            decide(session, [created[0].id], rejected=True, reason=" ", user="tester")
+        with pytest.raises(QaDecisionError, match=r"is PENDING: only a COMPLETED run"):
+            decide(session, [created[0].id], rejected=True, reason="bad", user="tester")
+        with pytest.raises(QaDecisionError, match="no current run of step 'grid'"):
+            current_run(session, None, "grid", NGC_CO)

@@ -13,13 +13,14 @@ from ccat_ops_db import models as m
 from ccat_wm.cli.driver import run_pipeline
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import task_run_named
+from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
 RUN = m.ExecutedReductionStep
 
 
 def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     calibrate = tool_step(
         "calibrate",
@@ -73,3 +74,33 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
         f"run {bad.id} (calibrate[executed_obs_unit=scan-000002]) rejected: value = 9 "
         "(needs value < 5) by the step's QA gate; its products feed no downstream step"
     )
+
+    # A person decides last: accepted, the scan goes into the next map, which says why.
+    accepted = run_cli(
+        cli_env, "qa", "accept", "--sub-group", "executed_obs_unit=scan-000002",
+        "--step", "calibrate", "--reason", "the hot load was fine after all",
+    )  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.splitlines() == [
+        f"run {bad.id} calibrate[executed_obs_unit=scan-000002]: accepted (was rejected)",
+        "  grid[]: inputs changed, a gap with reason qa_changed",
+    ]
+    again = run_pipeline(engine, "t")
+    assert again.state == "Completed", again.message
+    (remade,) = [r for r in again.runs if r.step == "grid"]
+    assert remade.reason == "qa_changed"
+    with Session(engine) as session:
+        used_now = set(
+            session.scalars(
+                select(m.DataProduct.executed_reduction_step_id)
+                .join(
+                    m.ExecutedReductionStepInput,
+                    m.ExecutedReductionStepInput.data_product_id == m.DataProduct.id,
+                )
+                .where(m.ExecutedReductionStepInput.executed_reduction_step_id == remade.id)
+            )
+        )
+    assert used_now == {r.id for r in calibrations.values()}
+    refused = run_cli(cli_env, "qa", "reject", "--run", str(bad.id))
+    assert refused.returncode == 1
+    assert "--reason is required" in refused.stderr

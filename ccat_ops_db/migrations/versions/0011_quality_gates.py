@@ -12,9 +12,13 @@ its own step (it is not re-run for the same inputs).
 - `executed_reduction_step.qa_rejected`: the decision in force. Gap evaluation reads it,
   so the change log's trigger on runs watches it too (`ccat_evaluation_runs_updated`,
   migration 0009, with `qa_rejected` added to the columns it compares).
+- `qa_change`: the downstream sub-groups a person's decision changed the inputs of
+  (`qa_decision_id`, step, key), so that their gaps say `qa_changed`, a new value of
+  `run_reason`.
 
 Downgrade restores the trigger function of 0009 and drops the columns, the table and
-the enum.
+the enums' new type and value (a run or gap of reason `qa_changed` becomes
+`inputs_changed`).
 
 Revision ID: 0011
 Revises: 0010
@@ -39,6 +43,11 @@ RUN_COLUMNS_0009 = (
 )  # fmt: skip
 """The run columns the change log compared before this migration (0009)."""
 RUN_COLUMNS = (*RUN_COLUMNS_0009, "qa_rejected")
+REASONS_0010 = (
+    "new", "inputs_changed", "version_changed", "config_changed", "forced", "retry",
+    "invalidated", "failed",
+)  # fmt: skip
+"""The values of `run_reason` before this migration."""
 
 
 def _runs_updated(columns: tuple[str, ...]) -> str:
@@ -59,6 +68,7 @@ END $$;
 
 
 def upgrade() -> None:
+    op.execute("ALTER TYPE run_reason ADD VALUE IF NOT EXISTS 'qa_changed'")
     op.add_column(
         "reduction_step",
         sa.Column(
@@ -81,6 +91,7 @@ def upgrade() -> None:
         sa.Column("message", sa.String(), nullable=False),
         sa.Column("rules", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("metrics", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("undo", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("decided_by", sa.String(length=200), nullable=True),
         sa.Column(
             "created_at",
@@ -98,6 +109,29 @@ def upgrade() -> None:
         op.f("ix_qa_decision_executed_reduction_step_id"),
         "qa_decision",
         ["executed_reduction_step_id"],
+    )
+    op.create_table(
+        "qa_change",
+        sa.Column(
+            "qa_decision_id",
+            sa.BigInteger(),
+            sa.ForeignKey("qa_decision.id", name=op.f("fk_qa_change_qa_decision_id_qa_decision")),
+            primary_key=True,
+        ),
+        sa.Column(
+            "reduction_step_id",
+            sa.BigInteger(),
+            sa.ForeignKey(
+                "reduction_step.id",
+                ondelete="CASCADE",
+                name=op.f("fk_qa_change_reduction_step_id_reduction_step"),
+            ),
+            primary_key=True,
+        ),
+        sa.Column("sub_group_key", sa.String(), primary_key=True),
+    )
+    op.create_index(
+        op.f("ix_qa_change_reduction_step_id"), "qa_change", ["reduction_step_id", "sub_group_key"]
     )
     op.execute(_runs_updated(RUN_COLUMNS))
     op.execute(
@@ -124,8 +158,37 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER qa_decision_no_truncate ON qa_decision")
     op.execute("DROP TRIGGER qa_decision_is_kept ON qa_decision")
     op.execute("DROP FUNCTION ccat_qa_decision_is_kept()")
+    op.drop_table("qa_change")
     op.drop_index(op.f("ix_qa_decision_executed_reduction_step_id"), table_name="qa_decision")
     op.drop_table("qa_decision")
     postgresql.ENUM(name="qa_source").drop(op.get_bind())
     op.drop_column("executed_reduction_step", "qa_rejected")
     op.drop_column("reduction_step", "qa_gate")
+    _drop_qa_changed_reason()
+
+
+def _drop_qa_changed_reason() -> None:
+    """Recreate `run_reason` without `qa_changed` (PostgreSQL cannot drop an enum value)."""
+    op.execute("DELETE FROM evaluation_gap")  # derived data: the next evaluation rebuilds it
+    op.execute("DELETE FROM evaluation_state")
+    op.execute(
+        "ALTER TABLE executed_reduction_step "
+        "DROP CONSTRAINT ck_executed_reduction_step_reason_not_failed"
+    )
+    op.execute("ALTER TYPE run_reason RENAME TO run_reason_0011")
+    labels = ", ".join(f"'{v}'" for v in REASONS_0010)
+    op.execute(f"CREATE TYPE run_reason AS ENUM ({labels})")
+    op.execute(
+        "ALTER TABLE executed_reduction_step ALTER COLUMN reason TYPE run_reason USING "
+        "(CASE WHEN reason::text = 'qa_changed' THEN 'inputs_changed' "
+        "ELSE reason::text END)::run_reason"
+    )
+    op.execute(
+        "ALTER TABLE evaluation_gap ALTER COLUMN reason TYPE run_reason "
+        "USING reason::text::run_reason"
+    )
+    op.execute("DROP TYPE run_reason_0011")
+    op.execute(
+        "ALTER TABLE executed_reduction_step ADD CONSTRAINT "
+        "ck_executed_reduction_step_reason_not_failed CHECK (reason::text <> 'failed')"
+    )

@@ -1,0 +1,175 @@
+"""A person's quality decision on a run: recorded, in force over the gate, and undoable.
+
+`ccat-wm qa accept|reject` records who, when and why, never deleting anything: each
+decision is a new `qa_decision` row (source `person`). The newest decision of a person
+overrides the gate's; `--undo` records that the person takes their decision back, and the
+gate's latest decision (or, without a gate, acceptance) is in force again. When the
+decision in force changes, the sub-groups of the steps directly downstream that hold the
+run's sub-group are recorded (`qa_change`): their gaps say `qa_changed` until they are
+re-made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from ccat_ops_db import models as m
+from ccat_wm.errors import CcatWmError
+from ccat_wm.execution.waves import containment
+from ccat_wm.gaps.snapshot import load_snapshot
+
+RUN = m.ExecutedReductionStep
+Containment = dict[tuple[str, str, str], set[str]]
+"""(upstream step, downstream step, downstream key) -> upstream keys inside it."""
+
+
+class QaDecisionError(CcatWmError):
+    """A quality decision that cannot be taken (unknown or unfinished run, no reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PersonDecision:
+    """What a person's decision did to one run."""
+
+    run_id: int
+    step: str
+    sub_group_key: str
+    rejected_before: bool
+    rejected: bool
+    """The decision in force after this one."""
+    downstream: tuple[tuple[str, str], ...]
+    """(step, key) of the downstream sub-groups whose inputs changed (qa_changed)."""
+
+
+def current_run(session: Session, pipeline: str | None, step: str, key: str) -> int:
+    """Return the id of the current run of (`step`, `key`), of `pipeline` if given."""
+    query = (
+        select(RUN.id, m.Pipeline.name)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
+        .where(m.ReductionStep.name == step, RUN.sub_group_key == key, RUN.is_current)
+    )
+    if pipeline is not None:
+        query = query.where(m.Pipeline.name == pipeline)
+    found = session.execute(query).all()
+    if not found:
+        raise QaDecisionError(
+            f"no current run of step {step!r} for sub-group {key!r}; see `ccat-wm status`"
+        )
+    if len(found) > 1:
+        pipelines = ", ".join(sorted(p for _, p in found))
+        raise QaDecisionError(f"step {step!r} is in pipelines {pipelines}; give --pipeline")
+    return int(found[0][0])
+
+
+def decide(
+    session: Session,
+    run_ids: Sequence[int],
+    *,
+    rejected: bool,
+    reason: str,
+    user: str,
+    undo: bool = False,
+) -> list[PersonDecision]:
+    """Record a person's decision on each run (`undo`: take their decision back). No commit.
+
+    Every run must be COMPLETED; `reason` says why and is required.
+    """
+    if not reason.strip():
+        raise QaDecisionError("--reason is required: say why (it is kept with the decision)")
+    inside: dict[int, Containment] = {}  # per pipeline, read once (a full snapshot)
+    return [
+        _decide_one(session, run_id, inside, rejected=rejected, reason=reason, user=user, undo=undo)
+        for run_id in dict.fromkeys(run_ids)
+    ]
+
+
+def _decide_one(
+    session: Session,
+    run_id: int,
+    inside: dict[int, Containment],
+    *,
+    rejected: bool,
+    reason: str,
+    user: str,
+    undo: bool,
+) -> PersonDecision:
+    row = session.execute(
+        select(RUN.status, RUN.qa_rejected, RUN.sub_group_key, m.ReductionStep.name, m.Pipeline)
+        .join(RUN.reduction_step)
+        .join(m.ReductionStep.pipeline)
+        .where(RUN.id == run_id)
+        .with_for_update(of=RUN)
+    ).first()
+    if row is None:
+        raise QaDecisionError(f"no run with id {run_id}; see `ccat-wm status` for run ids")
+    status, before, key, step, pipeline = row
+    if status is not m.RunStatus.COMPLETED:
+        raise QaDecisionError(f"run {run_id} is {status.value}: only a COMPLETED run is judged")
+    now_rejected = _gate_decision(session, run_id) if undo else rejected
+    verb = "undo" if undo else ("reject" if rejected else "accept")
+    decision_id: int = session.execute(
+        insert(m.table_of(m.QaDecision))
+        .values(
+            executed_reduction_step_id=run_id, rejected=now_rejected, source=m.QaSource.PERSON,
+            message=f"{verb}: {reason}", rules=[], metrics={}, undo=undo, decided_by=user,
+        )
+        .returning(m.QaDecision.id)
+    ).scalar_one()  # fmt: skip
+    downstream: tuple[tuple[str, str], ...] = ()
+    if now_rejected != before:
+        session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=now_rejected))
+        if pipeline.id not in inside:
+            inside[pipeline.id] = containment(load_snapshot(session, pipeline, prune=False))
+        downstream = _downstream_of(inside[pipeline.id], step, key)
+        _record_changes(session, pipeline.id, decision_id, downstream)
+    return PersonDecision(run_id, step, key, before, now_rejected, downstream)
+
+
+def _record_changes(
+    session: Session, pipeline_id: int, decision_id: int, downstream: Sequence[tuple[str, str]]
+) -> None:
+    """Record the downstream sub-groups whose inputs the decision changed (`qa_changed`)."""
+    if not downstream:
+        return
+    step_ids = dict(
+        session.execute(
+            select(m.ReductionStep.name, m.ReductionStep.id).where(
+                m.ReductionStep.pipeline_id == pipeline_id
+            )
+        ).all()
+    )
+    session.execute(
+        insert(m.table_of(m.QaChange)),
+        [
+            {"qa_decision_id": decision_id, "reduction_step_id": step_ids[s], "sub_group_key": k}
+            for s, k in downstream
+        ],
+    )
+
+
+def _gate_decision(session: Session, run_id: int) -> bool:
+    """Return whether the gate's latest decision on the run rejects it (no gate: no)."""
+    decision = m.QaDecision
+    latest = session.scalar(
+        select(decision.rejected)
+        .where(decision.executed_reduction_step_id == run_id, decision.source == m.QaSource.GATE)
+        .order_by(decision.id.desc())
+        .limit(1)
+    )
+    return bool(latest)
+
+
+def _downstream_of(inside: Containment, step: str, key: str) -> tuple[tuple[str, str], ...]:
+    """Return the sub-groups of the steps directly downstream that hold (`step`, `key`)."""
+    return tuple(
+        sorted(
+            (down, down_key)
+            for (up, down, down_key), up_keys in inside.items()
+            if up == step and key in up_keys
+        )
+    )
