@@ -222,10 +222,16 @@ def render_runs_table(rows: Sequence[RunRow]) -> str:
         for r in rows
         if r.status == "FAILED" and r.failure_reason
     ]
+    rejected = [f"  run {r.id}: {r.qa_rejection}" for r in rows if r.qa_rejection]
     parts = [
         text,
         *(["failures (`ccat-wm logs RUN_ID` prints a run's log):", *failures] if failures else []),
-    ]
+        *(
+            ["rejected by a quality decision (their products feed no downstream step; "
+             "`ccat-wm qa accept` takes them back):", *rejected]
+            if rejected else []
+        ),
+    ]  # fmt: skip
     links = [f"  run {r.id}: {r.flow_run_url}" for r in rows if r.flow_run_url]
     if links:
         parts += ["flow runs in the Prefect UI:", *links[:20]]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
@@ -54,6 +54,9 @@ class RunRow:
     """What its latest attempt asked for (escalated after OUT_OF_MEMORY or TIMEOUT)."""
     failure_kind: str | None = None
     """The class of its latest failure (OUT_OF_MEMORY, TIMEOUT, EXIT_CODE, ...)."""
+    qa_rejection: str | None = None
+    """Why the quality decision in force rejects it (its products feed no downstream
+    step): the latest decision's message, and who took it."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (times as ISO 8601 in UTC)."""
@@ -86,6 +89,7 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
             m.DataLocation.path,
             RUN.requested_resources,
             RUN.failure_kind,
+            case((RUN.qa_rejected, _latest_decision()), else_=None),
         )
         .join(RUN.reduction_step)
         .join(m.ReductionStep.pipeline)
@@ -94,15 +98,28 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
     return query
 
 
+def _latest_decision() -> Any:
+    """Select the message of a run's latest quality decision, with who took it."""
+    decision = m.QaDecision
+    who = func.coalesce(decision.decided_by, literal("the step's QA gate"))
+    return (
+        select(decision.message + literal(" (") + who + literal(")"))
+        .where(decision.executed_reduction_step_id == RUN.id)
+        .order_by(decision.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
 def _row(values: Any, ui_url: str | None) -> RunRow:
     (rid, pipeline, step, key, status, reason, retries, job, wall, mem, cpu, why,
-     created, started, finished, flow_run, base, requested, kind) = values  # fmt: skip
+     created, started, finished, flow_run, base, requested, kind, rejection) = values  # fmt: skip
     url = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run}" if ui_url and flow_run else None
     run_dir = str(run_root(Path(base), pipeline, key, rid)) if base else None
     return RunRow(
         rid, pipeline, step, key, status.value, reason.value, retries, job, wall, mem, cpu, why,
         created, started, finished, flow_run, url, run_dir, requested,
-        kind.value if kind else None,
+        kind.value if kind else None, rejection,
     )  # fmt: skip
 
 
@@ -202,6 +219,7 @@ def run_table(rows: list[RunRow]) -> list[dict[str, Any]]:
             "status": r.status,
             "why": r.reason,
             "failure": r.failure_reason or "",
+            "qa": r.qa_rejection or "",
             "attempts": r.retry_count + 1,
             "job_id": r.hpc_job_id or "",
             "requested": describe(r.requested_resources) if r.requested_resources else "",

@@ -3,6 +3,7 @@ and its data is in no downstream product (real PostgreSQL, a real Prefect server
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.cli.driver import run_pipeline
+from ccat_wm.execution.report import artifact_rows, run_table
 from tests.flows.conftest import setup_pipeline, tool_step
 from tests.flows.test_pipeline_flow import task_run_named
 from tests.helpers import run_cli
@@ -74,6 +76,19 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
         f"run {bad.id} (calibrate[executed_obs_unit=scan-000002]) rejected: value = 9 "
         "(needs value < 5) by the step's QA gate; its products feed no downstream step"
     )
+
+    # `status` and the runs artifact say why the scan is left out.
+    status = run_cli(cli_env, "status", "t", "--history", "--json")
+    assert status.returncode == 0, status.stderr
+    shown = {r["id"]: r["qa_rejection"] for r in json.loads(status.stdout)}
+    assert shown[bad.id] == "rejected: value = 9 (needs value < 5) (the step's QA gate)"
+    assert [i for i, why in shown.items() if why] == [bad.id]
+    text = run_cli(cli_env, "status", "t", "--history").stdout
+    assert f"  run {bad.id}: rejected: value = 9 (needs value < 5)" in text
+    with Session(engine) as session:
+        rows, _ = artifact_rows(session, result.flow_run_id)
+    qa_column = {r["run"]: r["qa"] for r in run_table(rows)}
+    assert qa_column[bad.id].startswith("rejected: value = 9") and qa_column[grid_run.id] == ""
 
     # A person decides last: accepted, the scan goes into the next map, which says why.
     accepted = run_cli(
