@@ -21,6 +21,19 @@ pytestmark = [pytest.mark.db, pytest.mark.usefixtures("prefect_server")]
 RUN = m.ExecutedReductionStep
 
 
+def used_by(engine: Engine, run_id: int) -> set[int]:
+    """The runs whose products run `run_id` recorded as its inputs."""
+    inp = m.ExecutedReductionStepInput
+    with Session(engine) as session:
+        return set(
+            session.scalars(
+                select(m.DataProduct.executed_reduction_step_id)
+                .join(inp, inp.data_product_id == m.DataProduct.id)
+                .where(inp.executed_reduction_step_id == run_id)
+            )
+        )
+
+
 def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
     engine: Engine, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -59,17 +72,7 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
         ).all()
         assert accepted == [False, False]  # every gated run's decision is recorded
         (grid_run,) = [r for r in rows if r.name == "grid"]
-        used = set(
-            session.scalars(
-                select(m.DataProduct.executed_reduction_step_id)
-                .join(
-                    m.ExecutedReductionStepInput,
-                    m.ExecutedReductionStepInput.data_product_id == m.DataProduct.id,
-                )
-                .where(m.ExecutedReductionStepInput.executed_reduction_step_id == grid_run.id)
-            )
-        )
-    assert used == {r.id for r in calibrations.values()} - {bad.id}
+    assert used_by(engine, grid_run.id) == {r.id for r in calibrations.values()} - {bad.id}
     task_run = task_run_named(result.flow_run_id, "calibrate[executed_obs_unit=scan-000002]")
     assert task_run.state.type.value == "COMPLETED"
     assert task_run.state.message == (
@@ -104,18 +107,7 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
     assert again.state == "Completed", again.message
     (remade,) = [r for r in again.runs if r.step == "grid"]
     assert remade.reason == "qa_changed"
-    with Session(engine) as session:
-        used_now = set(
-            session.scalars(
-                select(m.DataProduct.executed_reduction_step_id)
-                .join(
-                    m.ExecutedReductionStepInput,
-                    m.ExecutedReductionStepInput.data_product_id == m.DataProduct.id,
-                )
-                .where(m.ExecutedReductionStepInput.executed_reduction_step_id == remade.id)
-            )
-        )
-    assert used_now == {r.id for r in calibrations.values()}
+    assert used_by(engine, remade.id) == {r.id for r in calibrations.values()}
     refused = run_cli(cli_env, "qa", "reject", "--run", str(bad.id))
     assert refused.returncode == 1
     assert "--reason is required" in refused.stderr
