@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 """Revision of the newest migration in `ccat_ops_db/migrations/versions/`."""
 
 

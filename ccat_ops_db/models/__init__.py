@@ -49,7 +49,7 @@ from ccat_ops_db.models.pipeline import (
     reduction_step_dependency,
 )
 from ccat_ops_db.models.products import DataProduct, data_product_lineage
-from ccat_ops_db.models.quality import QaChange, QaDecision, QaSource
+from ccat_ops_db.models.quality import QaChange, QaDecision, QaExclusion, QaSource
 from ccat_ops_db.models.runs import (
     ExecutedReductionStep,
     ExecutedReductionStepInput,
@@ -96,6 +96,7 @@ __all__ = [
     "Pipeline",
     "QaChange",
     "QaDecision",
+    "QaExclusion",
     "QaSource",
     "RawDataPackage",
     "RawDataPackageCopy",

@@ -70,3 +70,23 @@ class QaChange(Base):
         BigInteger, ForeignKey("reduction_step.id", ondelete="CASCADE"), primary_key=True
     )
     sub_group_key: Mapped[str] = mapped_column(String, primary_key=True)
+
+
+class QaExclusion(Base):
+    """A rejected upstream run inside a downstream run's sub-group, whose products it left out.
+
+    Written when the downstream run is created, so that `lineage` names the scans a map
+    did not take and the decision in force then.
+    """
+
+    __tablename__ = "qa_exclusion"
+
+    executed_reduction_step_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("executed_reduction_step.id", ondelete="CASCADE"), primary_key=True
+    )
+    excluded_run_id: Mapped[int] = mapped_column(
+        BigInteger,
+        ForeignKey("executed_reduction_step.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    )

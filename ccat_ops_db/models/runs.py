@@ -109,6 +109,9 @@ class ExecutedReductionStep(Base):
     qa_rejected: Mapped[bool] = mapped_column(server_default=false())
     """The quality decision in force rejects this run: its products are no inputs of
     downstream sub-groups; it stays COMPLETED and current for its step (migration 0011)."""
+    qa_metrics: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    """The metrics the run reported in its `qa/*.json` files (migration 0012): a changed
+    gate re-decides the run from them, without re-running it."""
     product_count: Mapped[int | None] = mapped_column(Integer)
     """Products downstream steps consume (all but LOG), counted by the trigger at COMPLETED."""
     product_hash_sum: Mapped[Decimal | None] = mapped_column(Numeric)

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ccat_wm.cli.render_quality import flip_lines, flips_json, rejected_json, rejected_lines
 from ccat_wm.selection.dimensions import display_key
 
 if TYPE_CHECKING:  # types only: a command imports what it runs, not every command's
@@ -130,6 +131,7 @@ def render_plan_table(plan: Plan) -> str:
             f"{hours(sum(c.cpu_hours for c in plan.retry_costs))} CPU-hours: "
             + "; ".join(f"ccat-wm retry {p}" for p in pipelines)
         )
+    parts += rejected_lines(plan.rejected)
     return "\n".join(parts)
 
 
@@ -177,6 +179,7 @@ def render_plan_json(plan: Plan) -> str:
             for c in plan.costs
         ],
         "total_cpu_hours": plan.total_cpu_hours,
+        "rejected": rejected_json(plan.rejected),
     }
     return json.dumps(payload, indent=2)
 
@@ -332,6 +335,7 @@ def render_what_if(what_if: WhatIf) -> str:
     """`plan --with` as text: the changes, the plan after them, and what they add."""
     lines = ["applying the files would make these changes (nothing was written):"]
     lines += [f"  {c.render()}" for c in what_if.changes] or ["  none"]
+    lines += flip_lines(what_if.qa_flips)
     lines += ["", "plan after the change:", render_plan_table(what_if.after), ""]
     new = what_if.new_gaps
     reasons = Counter(g.reason.value for g in new)
@@ -356,6 +360,7 @@ def render_what_if_json(what_if: WhatIf) -> str:
             g for g in after["gaps"]
             if (g["pipeline"], g["step"], g["sub_group_key"], g["reason"]) in new
         ],
+        "qa_flips": flips_json(what_if.qa_flips),
         "cpu_hours_before": what_if.before.total_cpu_hours,
         "cpu_hours_after": what_if.after.total_cpu_hours,
     }  # fmt: skip

@@ -43,8 +43,8 @@ from ccat_wm.execution.runtree import (
 )
 from ccat_wm.execution.sizing import DEFAULT_PENDING_GRACE_S, classify_failure, pending_grace_s
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
-from ccat_wm.quality.decide import Judgement, judge, record_judgement
-from ccat_wm.quality.metrics import QaMetricsError
+from ccat_wm.quality.decide import Judgement, judge, qa_columns, record_judgement
+from ccat_wm.quality.metrics import QaMetricsError, run_metrics
 from infra.backends import Backend, JobInfo, JobState
 
 S = RunStatus
@@ -186,13 +186,16 @@ class JobFollower:
             if log_problem:
                 raise ContractViolationError([log_problem])
             records = checksum_outputs([*scan_outputs(layout), *captured])
-            judgement = _judge(ctx, records)
+            metrics, judgement = _read_qa(ctx, records)
             with self.recorder.transaction(conn) as db:
                 register_products(db, ctx.run_id, records)
                 verify_unchanged(records)  # nothing may have changed since it was hashed
                 if judgement is not None:  # with the products, in the same transaction
                     record_judgement(db, ctx.run_id, judgement)
-                self.recorder.move(db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS)
+                self.recorder.move(
+                    db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS,
+                    **qa_columns(metrics, judgement),
+                )  # fmt: skip
         except ContractViolationError as exc:
             return self.recorder.fail(
                 ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id,
@@ -234,24 +237,34 @@ def _completed(
     return RunOutcome(ctx.run_id, S.COMPLETED, attempt)
 
 
-def _judge(ctx: RunContext, records: Sequence[ProductRecord]) -> Judgement | None:
-    """Hold the run's QA metrics to its step's gate (None: the step has none).
+def _read_qa(
+    ctx: RunContext, records: Sequence[ProductRecord]
+) -> tuple[dict[str, float] | None, Judgement | None]:
+    """Return the run's QA metrics (None: no QA file) and its gate's judgement (None: no gate).
 
     The QA files are the QA_METRIC products ending in `.json`, read from the run's tree
-    following no link; files that cannot give the metrics are a contract violation.
+    following no link. Of a gated step, files that cannot give the metrics are a
+    contract violation; of a step without a gate, they are logged and give no metrics.
     """
-    if not ctx.qa_gate:
-        return None
     output = ctx.layout.output
     files: dict[str, bytes] = {}
     for record in records:
         if record.data_product_type is DataProductType.QA_METRIC and record.path.suffix == ".json":
             with open_regular(record.root or ctx.layout.root, record.path) as handle:
                 files[str(record.path.relative_to(output))] = handle.read()
+    if not ctx.qa_gate:
+        if not files:
+            return None, None
+        try:
+            return run_metrics(files), None
+        except QaMetricsError as exc:
+            run_log().warning("run %s: its QA files give no metrics: %s", ctx.run_id, exc)
+            return None, None
     try:
-        return judge(ctx.qa_gate, files)
+        judgement = judge(ctx.qa_gate, files)
     except QaMetricsError as exc:
         raise ContractViolationError([str(exc)]) from None
+    return judgement.metrics, judgement
 
 
 def _stuck_reason(job_id: str, info: JobInfo, grace_s: float) -> str:

@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
 from ccat_wm.execution.layout import run_root
 from ccat_wm.execution.sizing import describe
+from ccat_wm.quality.standing import decision_line
 from ccat_wm.selection.dimensions import display_key
 
 RUN = m.ExecutedReductionStep
@@ -89,26 +90,13 @@ def _runs_query() -> Select[*tuple[Any, ...]]:
             m.DataLocation.path,
             RUN.requested_resources,
             RUN.failure_kind,
-            case((RUN.qa_rejected, _latest_decision()), else_=None),
+            case((RUN.qa_rejected, decision_line(RUN.id)), else_=None),
         )
         .join(RUN.reduction_step)
         .join(m.ReductionStep.pipeline)
         .join(m.Pipeline.processing_location)
     )
     return query
-
-
-def _latest_decision() -> Any:
-    """Select the message of a run's latest quality decision, with who took it."""
-    decision = m.QaDecision
-    who = func.coalesce(decision.decided_by, literal("the step's QA gate"))
-    return (
-        select(decision.message + literal(" (") + who + literal(")"))
-        .where(decision.executed_reduction_step_id == RUN.id)
-        .order_by(decision.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
 
 
 def _row(values: Any, ui_url: str | None) -> RunRow:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.dml import ReturningInsert
-from sqlalchemy.sql.selectable import Subquery
+from sqlalchemy.sql.selectable import CTE, Subquery
 
 from ccat_ops_db import models as m
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot, StepInfo
@@ -170,7 +170,8 @@ def _record_product_inputs(
 ) -> None:
     """Record the products of the current upstream runs inside each new run's sub-group.
 
-    A run a quality decision rejects gives none: its data is in no downstream product.
+    A run a quality decision rejects gives none: its data is in no downstream product,
+    and it is recorded as left out (`qa_exclusion`), for `lineage` to say so.
     """
     fine = fine_cte(grouping, steps)
     product = m.DataProduct
@@ -201,6 +202,25 @@ def _record_product_inputs(
                 ["executed_reduction_step_id", "data_product_id", "checksum"], source
             )
         )
+        _record_exclusions(session, pairs, runs, current)
+
+
+def _record_exclusions(session: Session, pairs: Subquery, runs: Subquery, current: CTE) -> None:
+    """Record the rejected upstream runs inside each new run's sub-group (`qa_exclusion`)."""
+    left_out = (
+        select(runs.c.id, current.c.id)
+        .select_from(
+            pairs.join(runs, runs.c.sub_group_key == pairs.c.dk).join(
+                current, current.c.sub_group_key == pairs.c.uk
+            )
+        )
+        .where(current.c.qa_rejected.is_(True))
+    )
+    session.execute(
+        insert(m.QaExclusion).from_select(
+            ["executed_reduction_step_id", "excluded_run_id"], left_out
+        )
+    )
 
 
 def _refresh_fingerprints(session: Session, run_ids: list[int]) -> None:

@@ -84,7 +84,8 @@ def _reason(
         return GapReason.QA_CHANGED if qa_changed else GapReason.NEW
     if not ready:
         return GapReason.INPUTS_CHANGED
-    reason = _stale(step, run, sub)
+    # every input rejected: nothing to re-make it from (docs/gaps.md)
+    reason = _stale(step, run, sub) if sub.count else None
     if reason is GapReason.INPUTS_CHANGED and qa_changed:  # a person's decision did it
         return GapReason.QA_CHANGED
     return reason

@@ -25,6 +25,7 @@ from ccat_wm.execution.waves import downstream_closure
 from ccat_wm.gaps.evaluate import evaluate
 from ccat_wm.gaps.model import Gap, GapReason, PipelineSnapshot
 from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.quality.standing import Rejection, rejected_sub_groups
 from ccat_wm.selection.dimensions import display_key
 
 
@@ -54,6 +55,8 @@ class Plan:
     """What retrying the failed sub-groups would run (downstream included), per step."""
     errors: dict[str, str] = field(default_factory=dict)
     """Pipelines whose evaluation failed, with why; the others are evaluated all the same."""
+    rejected: list[Rejection] = field(default_factory=list)
+    """Sub-groups whose current run a quality decision rejects: no input downstream."""
 
     @property
     def total_cpu_hours(self) -> float:
@@ -131,6 +134,7 @@ def make_plan(
     costs: list[StepCost] = []
     retry_costs: list[StepCost] = []
     errors: dict[str, str] = {}
+    evaluated: list[int] = []
     for pipeline in pipelines:
         if not pipeline.enabled:
             continue
@@ -146,7 +150,8 @@ def make_plan(
         gaps.extend(pipeline_gaps)
         costs.extend(pipeline_costs)
         retry_costs.extend(pipeline_retry)
-    return Plan(now, gaps, costs, retry_costs, errors)
+        evaluated.append(pipeline.id)
+    return Plan(now, gaps, costs, retry_costs, errors, rejected_sub_groups(session, evaluated))
 
 
 def describe_evaluation_error(exc: Exception) -> str:

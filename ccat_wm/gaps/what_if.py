@@ -3,8 +3,9 @@
 The files are applied inside a transaction, the plan is evaluated there before and
 after, and the transaction is rolled back: the ops DB is left exactly as it was. The
 difference is the work the change causes (a version bump's `version_changed` gaps, a
-config edit's `config_changed` gaps, and their downstream sub-groups), with its
-estimated CPU-hours, so an operator sees the cost before making the change.
+config edit's `config_changed` gaps, a changed quality gate's flipped sub-groups and
+their `qa_changed` downstream gaps), with its estimated CPU-hours, so an operator sees
+the cost before making the change.
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ from ccat_wm.spec.loader import LoadedSpec
 
 
 @dataclass(frozen=True, slots=True)
+class QaFlip:
+    """A sub-group whose quality decision in force the change would flip."""
+
+    pipeline: str
+    step: str
+    sub_group_key: str
+    rejected: bool
+    """True: rejected after the change (accepted before); False: the other way round."""
+    message: str
+    """The rejecting decision (after the change if now rejected, before it if accepted)."""
+
+
+@dataclass(frozen=True, slots=True)
 class WhatIf:
     """The plan with the specs applied, and what they change compared with the plan now."""
 
@@ -44,6 +58,17 @@ class WhatIf:
         ]
 
     @property
+    def qa_flips(self) -> list[QaFlip]:
+        """Sub-groups whose decision in force the change flips (a changed `qa_gate`)."""
+        before = {(r.pipeline, r.step, r.sub_group_key): r for r in self.before.rejected}
+        after = {(r.pipeline, r.step, r.sub_group_key): r for r in self.after.rejected}
+        flips = [QaFlip(*k, rejected=True, message=r.message) for k, r in after.items()
+                 if k not in before]  # fmt: skip
+        flips += [QaFlip(*k, rejected=False, message=r.message) for k, r in before.items()
+                  if k not in after]  # fmt: skip
+        return sorted(flips, key=lambda f: (f.pipeline, f.step, f.sub_group_key))
+
+    @property
     def added_cpu_hours(self) -> float:
         """Estimated CPU-hours of the wave after the change minus before it."""
         return self.after.total_cpu_hours - self.before.total_cpu_hours
@@ -58,6 +83,7 @@ def _only(plan: Plan, pipeline: str | None) -> Plan:
         [c for c in plan.costs if c.pipeline == pipeline],
         [c for c in plan.retry_costs if c.pipeline == pipeline],
         {k: v for k, v in plan.errors.items() if k == pipeline},
+        [r for r in plan.rejected if r.pipeline == pipeline],
     )
 
 

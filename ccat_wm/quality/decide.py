@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 
 from ccat_ops_db import models as m
 from ccat_wm.db import Db, connection_of
@@ -39,22 +39,41 @@ def judge(rules: Sequence[QaRule], files: Mapping[str, str | bytes]) -> Judgemen
 
 
 def record_judgement(db: Db, run_id: int, judgement: Judgement) -> None:
-    """Record the gate's decision on run `run_id` and put it in force. No commit."""
+    """Record the gate's decision on run `run_id` (a `qa_decision` row). No commit.
+
+    The decision is put in force by the run's move to COMPLETED, which sets
+    `qa_columns` in the same statement.
+    """
     decision = judgement.decision
-    rules = [
+    connection_of(db).execute(
+        _DECISION_INSERT,
+        {
+            "executed_reduction_step_id": run_id,
+            "rejected": not decision.accepted,
+            "source": m.QaSource.GATE,
+            "message": decision.message(),
+            "rules": rules_seen(decision),
+            "metrics": judgement.metrics,
+        },
+    )
+
+
+_DECISION_INSERT = insert(m.table_of(m.QaDecision))
+
+
+def rules_seen(decision: GateDecision) -> list[dict[str, object]]:
+    """Return each rule of a decision with the value seen and whether it passed (JSON)."""
+    return [
         {**o.rule.model_dump(mode="json"), "seen": o.value, "passed": o.passed}
         for o in decision.outcomes
     ]
-    conn = connection_of(db)
-    conn.execute(
-        insert(m.table_of(m.QaDecision)).values(
-            executed_reduction_step_id=run_id,
-            rejected=not decision.accepted,
-            source=m.QaSource.GATE,
-            message=decision.message(),
-            rules=rules,
-            metrics=judgement.metrics,
-        )
-    )
-    run = m.ExecutedReductionStep
-    conn.execute(update(run).where(run.id == run_id).values(qa_rejected=not decision.accepted))
+
+
+def qa_columns(metrics: dict[str, float] | None, judgement: Judgement | None) -> dict[str, object]:
+    """Return the run's columns a completed run's QA sets: its metrics, the gate's decision."""
+    columns: dict[str, object] = {}
+    if metrics is not None:
+        columns["qa_metrics"] = metrics
+    if judgement is not None:
+        columns["qa_rejected"] = not judgement.decision.accepted
+    return columns

@@ -19,12 +19,9 @@ from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
-from ccat_wm.execution.waves import containment
-from ccat_wm.gaps.snapshot import load_snapshot
+from ccat_wm.quality.downstream import DownstreamChanges
 
 RUN = m.ExecutedReductionStep
-Containment = dict[tuple[str, str, str], set[str]]
-"""(upstream step, downstream step, downstream key) -> upstream keys inside it."""
 
 
 class QaDecisionError(CcatWmError):
@@ -81,17 +78,18 @@ def decide(
     """
     if not reason.strip():
         raise QaDecisionError("--reason is required: say why (it is kept with the decision)")
-    inside: dict[int, Containment] = {}  # per pipeline, read once (a full snapshot)
+    changes = DownstreamChanges(session)  # holds each pipeline's containment, read once
     return [
-        _decide_one(session, run_id, inside, rejected=rejected, reason=reason, user=user, undo=undo)
+        _decide_one(session, run_id, changes, rejected=rejected, reason=reason, user=user,
+                    undo=undo)
         for run_id in dict.fromkeys(run_ids)
-    ]
+    ]  # fmt: skip
 
 
 def _decide_one(
     session: Session,
     run_id: int,
-    inside: dict[int, Containment],
+    changes: DownstreamChanges,
     *,
     rejected: bool,
     reason: str,
@@ -123,33 +121,8 @@ def _decide_one(
     downstream: tuple[tuple[str, str], ...] = ()
     if now_rejected != before:
         session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=now_rejected))
-        if pipeline.id not in inside:
-            inside[pipeline.id] = containment(load_snapshot(session, pipeline, prune=False))
-        downstream = _downstream_of(inside[pipeline.id], step, key)
-        _record_changes(session, pipeline.id, decision_id, downstream)
+        downstream = changes.record(pipeline, [(decision_id, step, key)])[decision_id]
     return PersonDecision(run_id, step, key, before, now_rejected, downstream)
-
-
-def _record_changes(
-    session: Session, pipeline_id: int, decision_id: int, downstream: Sequence[tuple[str, str]]
-) -> None:
-    """Record the downstream sub-groups whose inputs the decision changed (`qa_changed`)."""
-    if not downstream:
-        return
-    step_ids = dict(
-        session.execute(
-            select(m.ReductionStep.name, m.ReductionStep.id).where(
-                m.ReductionStep.pipeline_id == pipeline_id
-            )
-        ).all()
-    )
-    session.execute(
-        insert(m.table_of(m.QaChange)),
-        [
-            {"qa_decision_id": decision_id, "reduction_step_id": step_ids[s], "sub_group_key": k}
-            for s, k in downstream
-        ],
-    )
 
 
 def _gate_decision(session: Session, run_id: int) -> bool:
@@ -162,14 +135,3 @@ def _gate_decision(session: Session, run_id: int) -> bool:
         .limit(1)
     )
     return bool(latest)
-
-
-def _downstream_of(inside: Containment, step: str, key: str) -> tuple[tuple[str, str], ...]:
-    """Return the sub-groups of the steps directly downstream that hold (`step`, `key`)."""
-    return tuple(
-        sorted(
-            (down, down_key)
-            for (up, down, down_key), up_keys in inside.items()
-            if up == step and key in up_keys
-        )
-    )

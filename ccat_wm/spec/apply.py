@@ -15,25 +15,23 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    ARRAY,
-    String,
-    bindparam,
-    cast,
     delete,
-    func,
     insert,
     select,
     text,
-    update,
 )
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.quality.downstream import DownstreamChanges
+from ccat_wm.quality.redecide import redecide_step
+from ccat_wm.spec.apply_sites import write_sites
 from ccat_wm.spec.changes import Change, short_value
 from ccat_wm.spec.db_catalog import load_catalog
 from ccat_wm.spec.loader import LoadedSpec
 from ccat_wm.spec.location_models import LocationSpec
 from ccat_wm.spec.models import (
+    ConfigSpec,
     CronTrigger,
     DataGroupingSpec,
     InstrumentSpec,
@@ -56,6 +54,8 @@ class _Writer:
         self.session = session
         self.user = user
         self.changes: list[Change] = []
+        self.regated: list[tuple[m.Pipeline, m.ReductionStep, StepSpec]] = []
+        """Existing steps whose `qa_gate` changed: their current runs are re-decided."""
 
     def sync(
         self, model: type[ModelT], key: dict[str, Any], values: dict[str, Any], kind: str, name: str
@@ -81,60 +81,6 @@ class _Writer:
     def id_of(self, model: type[m.Base], **key: Any) -> int:
         found: int = self.session.scalars(select(model.id).filter_by(**key)).one()  # type: ignore[attr-defined]
         return found
-
-    def sites(self, loaded: Sequence[LoadedSpec]) -> None:
-        """Create and update sites set-based: a spec may declare 100,000 of them."""
-        # long: one set-based upsert: read, insert the new, update the changed
-        declared: dict[str, str | None] = {
-            s.name: s.description for f in loaded for s in f.spec.sites
-        }
-        for f in loaded:
-            for loc in f.spec.locations:
-                declared.setdefault(loc.site, None)  # an undeclared site keeps its description
-        names = list(declared)
-        table = m.table_of(m.Site)
-        existing = dict(
-            self.session.execute(
-                select(m.Site.name, m.Site.description).where(
-                    m.Site.name == func.any(cast(names, ARRAY(String)))
-                )
-            ).all()
-        )
-        created = [n for n in names if n not in existing]
-        changed = {
-            n: d
-            for n, d in declared.items()
-            if n in existing and d is not None and existing[n] != d
-        }
-        if created:
-            rows = (
-                func.unnest(
-                    cast(created, ARRAY(String)),
-                    cast([declared[n] or "" for n in created], ARRAY(String)),
-                )
-                .table_valued("name", "description")
-                .render_derived()
-            )
-            self.session.execute(
-                insert(table).from_select(
-                    ["name", "description"], select(rows.c.name, rows.c.description)
-                )
-            )
-        if changed:
-            self.session.execute(
-                update(table).where(table.c.name == bindparam("site_name")),
-                [{"site_name": n, "description": d} for n, d in changed.items()],
-            )
-        self.changes.extend(Change("create", "site", n) for n in created)
-        self.changes.extend(
-            Change(
-                "update",
-                "site",
-                n,
-                (f"description: {short_value(existing[n])} -> {short_value(d)}",),
-            )
-            for n, d in changed.items()
-        )
 
     def instrument(self, spec: InstrumentSpec) -> None:
         inst = self.sync(
@@ -262,9 +208,8 @@ class _Writer:
             self.changes.append(Change("create", "user", self.user))
         return user.id
 
-    def step(self, pipeline: m.Pipeline, spec: StepSpec, order: int) -> m.ReductionStep:
-        config = spec.config
-        config_row = self.sync(
+    def step_config(self, config: ConfigSpec) -> m.ReductionStepConfig:
+        return self.sync(
             m.ReductionStepConfig,
             {"name": config.name},
             {
@@ -277,6 +222,9 @@ class _Writer:
             "config",
             config.name,
         )
+
+    def step(self, pipeline: m.Pipeline, spec: StepSpec, order: int) -> m.ReductionStep:
+        config_row = self.step_config(spec.config)
         software_id = self.id_of(m.ReductionSoftware, name=spec.software)
         pinned = (
             self.id_of(
@@ -303,13 +251,19 @@ class _Writer:
             "retry_time_factor": spec.retry_time_factor,
             "qa_gate": [rule.model_dump(mode="json") for rule in spec.qa_gate],
         }
-        return self.sync(
+        gate_before = self.session.scalar(
+            select(m.ReductionStep.qa_gate).filter_by(pipeline_id=pipeline.id, name=spec.name)
+        )
+        row = self.sync(
             m.ReductionStep,
             {"pipeline_id": pipeline.id, "name": spec.name},
             values,
             "step",
             f"{pipeline.name}.{spec.name}",
         )
+        if gate_before is not None and gate_before != values["qa_gate"]:
+            self.regated.append((pipeline, row, spec))
+        return row
 
     def remove_steps(self, pipeline: m.Pipeline, keep: set[str]) -> None:
         gone = self.session.scalars(
@@ -381,7 +335,7 @@ def apply_specs(session: Session, loaded: Sequence[LoadedSpec], *, user: str) ->
     session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": APPLY_LOCK_ID})
     validate_bundle(loaded, load_catalog(session))
     writer = _Writer(session, user)
-    writer.sites(loaded)
+    writer.changes.extend(write_sites(session, loaded))
     # Order matters: each section refers only to sections written before it.
     sections: list[tuple[str, Callable[[Any], None]]] = [
         ("instruments", writer.instrument),
@@ -395,4 +349,9 @@ def apply_specs(session: Session, loaded: Sequence[LoadedSpec], *, user: str) ->
             for item in getattr(f.spec, section):
                 write(item)
     session.flush()
+    downstream = DownstreamChanges(session)
+    for pipeline, step, spec in writer.regated:  # after every step and dependency is written
+        redecision = redecide_step(session, pipeline, step, spec.qa_gate, downstream)
+        name = f"{pipeline.name}.{step.name}"
+        writer.changes.append(Change("update", "qa decisions", name, (redecision.describe(),)))
     return writer.changes

@@ -12,13 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
+from ccat_wm.gaps.plan import make_plan
+from ccat_wm.gaps.what_if import plan_with
 from ccat_wm.quality.people import PersonDecision, QaDecisionError, current_run, decide
+from ccat_wm.spec.loader import load_spec_files
 from tests.gapkit import GapKit, reasons
+from tests.helpers import write_yaml
 
 RUN = m.ExecutedReductionStep
 S1, S2, S3 = (f"executed_obs_unit=scan-00000{i}" for i in (1, 2, 3))
@@ -116,11 +120,37 @@ def _source_of(kit: GapKit, scan_key: str) -> str:
         ).one()
 
 
-def test_apply_stores_the_gate_and_a_new_threshold_re_runs_nothing(kit: GapKit) -> None:
-    """A gate is stored as validated (operators in the filter rules' names); it is no
-    part of the config's fingerprint, so changing a threshold makes no gap."""
-    kit.simulate(2)
+def set_metrics(kit: GapKit, tsys_by_key: dict[str, float]) -> None:
+    """Record the metrics of the current calibrate runs, as result collection does."""
+    with Session(kit.engine) as session, session.begin():
+        for key, tsys in tsys_by_key.items():
+            session.execute(
+                update(RUN)
+                .where(RUN.sub_group_key == key, RUN.is_current)
+                .values(qa_metrics={"tsys_k": tsys, "flagged_fraction": 0.5})
+            )
+
+
+def calibrate_run_ids(kit: GapKit) -> set[int]:
+    with Session(kit.engine) as session:
+        return set(
+            session.scalars(
+                select(RUN.id).join(RUN.reduction_step).where(m.ReductionStep.name == "calibrate")
+            )
+        )
+
+
+def test_apply_stores_the_gate_and_re_decides_current_runs_without_re_running(
+    kit: GapKit,
+) -> None:
+    """A gate is stored as validated (operators in the filter rules' names); a new or
+    changed gate re-decides the current runs from their recorded metrics: each gets a
+    gate decision, the flipped ones feed no map (reason `qa_changed` downstream), and
+    no calibration is re-run (no calibrate gap, the same run ids)."""
+    kit.simulate(3)
     kit.wave()
+    set_metrics(kit, {S1: 150.0, S2: 350.0, S3: 2000.0})
+    before = calibrate_run_ids(kit)
     spec = kit.edited()
     kit.step(spec, "calibrate")["qa_gate"] = [
         {"metric": "tsys_k", "operator": "le", "value": 400},
@@ -131,13 +161,89 @@ def test_apply_stores_the_gate_and_a_new_threshold_re_runs_nothing(kit: GapKit) 
         gate = session.scalars(
             select(m.ReductionStep.qa_gate).where(m.ReductionStep.name == "calibrate")
         ).one()
+        decided = session.execute(
+            select(RUN.sub_group_key, m.QaDecision.rejected, m.QaDecision.message)
+            .join(RUN, RUN.id == m.QaDecision.executed_reduction_step_id)
+            .where(m.QaDecision.source == m.QaSource.GATE)
+            .order_by(RUN.sub_group_key)
+        ).all()
     assert gate == [
         {"metric": "tsys_k", "operator": "lte", "value": 400.0},
         {"metric": "flagged_fraction", "operator": "in", "value": [0.0, 0.5]},
     ]
+    assert [tuple(d) for d in decided] == [
+        (S1, False, "accepted"), (S2, False, "accepted"),
+        (S3, True, "rejected: tsys_k = 2000 (needs tsys_k <= 400)"),
+    ]  # fmt: skip
+    assert reasons(kit.gaps()) == {
+        ("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"
+    }  # fmt: skip
+    kit.wave()
     assert kit.gaps() == []
-    kit.step(spec, "calibrate")["qa_gate"][0]["value"] = 300
+    assert calibrate_run_ids(kit) == before  # nothing was calibrated again
+
+    kit.step(spec, "calibrate")["qa_gate"][0]["value"] = 300  # stricter: scan 2 goes too
+    person(kit, S1, rejected=True)  # a person's decision stays in force under a new gate
     kit.apply(spec)
+    with Session(kit.engine) as session:
+        in_force = dict(
+            session.execute(
+                select(RUN.sub_group_key, RUN.qa_rejected).where(RUN.id.in_(before))
+            ).all()
+        )
+    assert in_force == {S1: True, S2: True, S3: True}
+    assert calibrate_run_ids(kit) == before
+
+
+def test_a_map_whose_every_scan_a_new_gate_rejects_is_not_re_made(kit: GapKit) -> None:
+    """Nothing is left to re-make it from: no gap (a run without inputs), and plan lists
+    the rejected scans."""
+    kit.simulate(1)
+    kit.wave()
+    set_metrics(kit, {S1: 2000.0})
+    spec = kit.edited()
+    kit.step(spec, "calibrate")["qa_gate"] = [{"metric": "tsys_k", "operator": "lt", "value": 400}]
+    kit.apply(spec)
+    assert kit.gaps() == []
+    with Session(kit.engine) as session, session.begin():
+        plan = make_plan(session, kit.db_now())
+    assert [(r.step, r.sub_group_key, r.source, r.message) for r in plan.rejected] == [
+        ("calibrate", S1, "gate", "rejected: tsys_k = 2000 (needs tsys_k < 400)")
+    ]
+
+
+def test_plan_with_shows_exactly_the_sub_groups_a_threshold_flips(kit: GapKit) -> None:
+    """`plan --with` applies the spec in a transaction it rolls back: the flips it shows
+    are the sub-groups whose decision in force the new threshold changes, each way,
+    and nothing is written."""
+    kit.simulate(3)
+    kit.wave()
+    set_metrics(kit, {S1: 150.0, S2: 350.0, S3: 2000.0})
+    spec = kit.edited()
+    kit.step(spec, "calibrate")["qa_gate"] = [{"metric": "tsys_k", "operator": "lt", "value": 400}]
+    kit.apply(spec)
+    kit.wave()
+    kit.step(spec, "calibrate")["qa_gate"][0]["value"] = 3000  # accept scan 3
+    path = write_yaml(kit.root / "what-if.yaml", spec)
+    with Session(kit.engine) as session:
+        decisions_before = session.scalar(select(func.count()).select_from(m.QaDecision))
+        what_if = plan_with(session, load_spec_files([path]), kit.db_now(), user="tester")
+    assert [(f.step, f.sub_group_key, f.rejected) for f in what_if.qa_flips] == [
+        ("calibrate", S3, False)
+    ]
+    assert reasons(what_if.new_gaps) == {
+        ("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"
+    }  # fmt: skip
+    kit.step(spec, "calibrate")["qa_gate"][0]["value"] = 200  # reject scan 2, keep 3 out
+    path = write_yaml(kit.root / "what-if.yaml", spec)
+    with Session(kit.engine) as session:
+        what_if = plan_with(session, load_spec_files([path]), kit.db_now(), user="tester")
+        decisions_after = session.scalar(select(func.count()).select_from(m.QaDecision))
+    assert [(f.step, f.sub_group_key, f.rejected) for f in what_if.qa_flips] == [
+        ("calibrate", S2, True)
+    ]
+    assert what_if.qa_flips[0].message == "rejected: tsys_k = 350 (needs tsys_k < 200)"
+    assert decisions_after == decisions_before  # rolled back
     assert kit.gaps() == []
 
 

@@ -1,0 +1,132 @@
+"""A changed gate re-decides its step's current runs, from their recorded metrics.
+
+When `apply` changes a step's `qa_gate` (thresholds, rules, or the gate added or
+removed), every current run of the step is held to the new rules with the metrics it
+recorded when it completed (`qa_metrics`): nothing is re-run. Each run gets a new gate
+decision (a `qa_decision` row, like every decision kept for good); where a person's
+decision is in force it stays in force (people decide last). Where the decision in
+force flips, the run's downstream sub-groups become gaps of reason `qa_changed`.
+
+A run that recorded no metrics (it wrote no QA file) fails every rule of a gate, each
+naming its metric as missing, as at completion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Integer, any_, cast, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import ScalarSelect
+
+from ccat_ops_db import models as m
+from ccat_wm.quality.decide import rules_seen
+from ccat_wm.quality.downstream import DownstreamChanges, SubGroup
+from ccat_wm.quality.gate import QaRule, evaluate_gate
+
+RUN = m.ExecutedReductionStep
+DECISION = m.QaDecision
+
+
+@dataclass(frozen=True, slots=True)
+class Redecision:
+    """What a changed gate decided about its step's current runs."""
+
+    pipeline: str
+    step: str
+    decided: int
+    """Current runs held to the new rules."""
+    rejected: tuple[str, ...]
+    """Sub-group keys the decision in force now rejects (accepted before)."""
+    accepted: tuple[str, ...]
+    """Sub-group keys the decision in force now accepts (rejected before)."""
+    kept_by_person: tuple[str, ...]
+    """Sub-group keys whose gate decision flipped under a person's decision in force."""
+    downstream: tuple[SubGroup, ...]
+    """Downstream sub-groups whose inputs changed (gaps of reason `qa_changed`)."""
+
+    def describe(self) -> str:
+        """Return one line: how many runs were re-decided and which flipped."""
+        parts = [f"re-decided {self.decided} current run(s) without re-running them"]
+        if self.rejected:
+            parts.append(f"now rejected: {', '.join(self.rejected)}")
+        if self.accepted:
+            parts.append(f"now accepted: {', '.join(self.accepted)}")
+        if self.kept_by_person:
+            parts.append(f"a person's decision stays in force: {', '.join(self.kept_by_person)}")
+        if not (self.rejected or self.accepted):
+            parts.append("no decision in force changed")
+        return "; ".join(parts)
+
+
+def _person_in_force() -> ScalarSelect[bool]:
+    """Whether a person's decision is in force on the run (their newest is not an undo)."""
+    return (
+        select(DECISION.undo.is_(False))
+        .where(DECISION.executed_reduction_step_id == RUN.id, DECISION.source == m.QaSource.PERSON)
+        .order_by(DECISION.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def redecide_step(
+    session: Session,
+    pipeline: m.Pipeline,
+    step: m.ReductionStep,
+    rules: Sequence[QaRule],
+    changes: DownstreamChanges,
+) -> Redecision:
+    """Hold the current runs of `step` to `rules`; record each decision. No commit."""
+    runs = session.execute(
+        select(RUN.id, RUN.sub_group_key, RUN.qa_rejected, RUN.qa_metrics, _person_in_force())
+        .where(RUN.reduction_step_id == step.id, RUN.is_current)
+        .order_by(RUN.sub_group_key)
+    ).all()
+    if not runs:
+        return Redecision(pipeline.name, step.name, 0, (), (), (), ())
+    decisions = [evaluate_gate(rules, metrics or {}) for _, _, _, metrics, _ in runs]
+    ids = session.execute(
+        insert(DECISION).returning(DECISION.id, sort_by_parameter_order=True),
+        [
+            {
+                "executed_reduction_step_id": run_id, "rejected": not d.accepted,
+                "source": m.QaSource.GATE, "message": d.message(), "rules": rules_seen(d),
+                "metrics": metrics or {},
+            }
+            for (run_id, _, _, metrics, _), d in zip(runs, decisions, strict=True)
+        ],
+    ).scalars().all()  # fmt: skip
+    flipped: list[tuple[int, int, str, bool]] = []  # decision id, run id, key, rejected now
+    kept: list[str] = []
+    for decision_id, (run_id, key, before, _, person), d in zip(ids, runs, decisions, strict=True):
+        if (not d.accepted) == before:
+            continue
+        if person:
+            kept.append(key)
+        else:
+            flipped.append((decision_id, run_id, key, not d.accepted))
+    for rejected in (True, False):
+        flipped_ids = [run_id for _, run_id, _, now in flipped if now is rejected]
+        _put_in_force(session, flipped_ids, rejected)
+    reached = changes.record(pipeline, [(d, step.name, key) for d, _, key, _ in flipped])
+    return Redecision(
+        pipeline.name, step.name, len(runs),
+        tuple(key for _, _, key, now in flipped if now),
+        tuple(key for _, _, key, now in flipped if not now),
+        tuple(kept),
+        tuple(sorted({sub for subs in reached.values() for sub in subs})),
+    )  # fmt: skip
+
+
+def _put_in_force(session: Session, run_ids: list[int], rejected: bool) -> None:
+    """Set the decision in force on runs whose gate decision flipped (no person's in force)."""
+    if run_ids:
+        session.execute(
+            update(RUN)
+            .where(RUN.id == any_(cast(run_ids, ARRAY(Integer))))
+            .values(qa_rejected=rejected)
+            .execution_options(synchronize_session=False)
+        )
