@@ -126,12 +126,29 @@ def render_lineage(lineage: Lineage, *, listed: int = 5) -> str:
             lines.append(
                 f"    ... {len(runs) - listed} more run(s) of the same kind (--json lists all)"
             )
+    lines += _left_out_lines(lineage.left_out, listed * 4)
     lines.append(f"raw data packages ({len(lineage.raw_data_packages)}):")
     packages = lineage.raw_data_packages
     lines += [f"  {p['name']}  sha256 {p['checksum']}" for p in packages[: listed * 4]]
     if len(packages) > listed * 4:
         lines.append(f"  ... {len(packages) - listed * 4} more (--json lists all)")
     return "\n".join(lines)
+
+
+def _left_out_lines(left_out: list[dict[str, Any]], listed: int) -> list[str]:
+    """Say which runs a quality decision kept out of the chain, and why."""
+    if not left_out:
+        return []
+    lines = [f"left out by a quality decision ({len(left_out)}; their data is not in it):"]
+    for r in left_out[:listed]:
+        who = r["decided_by"] or "the step's QA gate"
+        lines.append(
+            f"  {r['step']}[{display_key(r['sub_group_key'])}] run {r['run_id']}, "
+            f"out of run {r['left_out_of']}: {r['message']} ({who}, {r['decided_at']})"
+        )
+    if len(left_out) > listed:
+        lines.append(f"  ... {len(left_out) - listed} more (--json lists all)")
+    return lines
 
 
 def render_verify(report: VerifyReport, *, listed: int = 20) -> str:

@@ -16,6 +16,7 @@ from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.backends import location_backend
 from ccat_wm.execution.lifecycle import TransitionError, transition
 from ccat_wm.execution.secrets import split_secrets
+from ccat_wm.quality.standing import left_out
 
 RUN = m.ExecutedReductionStep
 
@@ -140,6 +141,9 @@ class Lineage:
     file_size: int
     runs: list[LineageRun] = field(default_factory=list)
     raw_data_packages: list[dict[str, Any]] = field(default_factory=list)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+    """Runs inside a chain run's sub-group that a quality decision kept out of it, with
+    the decision in force when the chain run was created (`left_out_of`: its id)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -247,10 +251,17 @@ def product_lineage(session: Session, product: str) -> Lineage:
         .where(lineage.c.data_product_id == product_id)
         .order_by(pkg.name)
     ).all()
+    chain = [_lineage_run(row) for row in runs]
+    excluded = left_out(session, [r.run_id for r in chain])
     return Lineage(
-        product_id, path, kind.value, checksum, size,
-        [_lineage_run(row) for row in runs],
+        product_id, path, kind.value, checksum, size, chain,
         [{"id": i, "name": n, "checksum": c, "size": s} for i, n, c, s in packages],
+        [
+            {"left_out_of": of, **{k: v.isoformat() if isinstance(v, dt.datetime) else v
+                                   for k, v in asdict(r).items()}}
+            for of, rejections in excluded.items()
+            for r in rejections
+        ],
     )  # fmt: skip
 
 

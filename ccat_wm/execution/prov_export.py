@@ -10,7 +10,13 @@ The mapping (docs/provenance.md):
   the person who applied the pipeline (`prov:Person`), on whose behalf the software acted;
 - relations: `used` (run -> input, with the checksum the run was given),
   `wasGeneratedBy` (product -> run, at the run's end), `wasDerivedFrom` (product ->
-  each input of its run), `wasAssociatedWith` (run -> software version and person).
+  each input of its run), `wasAssociatedWith` (run -> software version and person);
+- quality decisions: each decision in force on a run of the chain (as of the product
+  run's creation), and each that kept a run out of it, is an activity
+  (`ccat:QaDecision`: rejected, source, message, rules with the values seen) that
+  `wasInformedBy` the judged run and `wasAssociatedWith` who took it (a `prov:Person`,
+  or the step's gate as a `prov:SoftwareAgent`); a run that left a rejected run out
+  `wasInformedBy` that decision (the left-out run is an activity too, without inputs).
 
 The values come from each run's snapshot (what it really used), as `lineage` shows.
 """
@@ -26,7 +32,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.execution.control import LineageRun, product_lineage
+from ccat_wm.execution.control import Lineage, LineageRun, product_lineage
+from ccat_wm.quality.standing import decisions_in_force
 
 NAMESPACE = "https://ccat.cornell.edu/ops-db/"
 """URI of the `ccat:` identifiers (ids of the ops DB's rows)."""
@@ -103,6 +110,76 @@ class _Document:
             self.doc.wasAssociatedWith(activity, agent)
             self.doc.actedOnBehalfOf(software, agent, activity)
 
+    def decision(
+        self, ident: int, judged: str, *, pipeline: str, step: str, details: dict[str, Any]
+    ) -> str:
+        """Declare a quality decision on run `judged` as an activity, with who took it."""
+        activity = f"ccat:qa_decision/{ident}"
+        if activity in self.declared:
+            return activity
+        self.declared.add(activity)
+        when = details["decided_at"]
+        attributes = {
+            "prov:type": "ccat:QaDecision", "ccat:rejected": details["rejected"],
+            "ccat:source": details["source"], "ccat:message": details["message"],
+            "ccat:rules": json.dumps(details.get("rules", []), sort_keys=True),
+        }  # fmt: skip
+        self.doc.activity(activity, when, when, attributes)
+        self.doc.wasInformedBy(activity, judged)
+        who = details["decided_by"]
+        agent = (
+            self.agent(f"ccat:user/{who}", {"prov:type": "prov:Person", "ccat:username": who})
+            if who
+            else self.agent(
+                f"ccat:qa_gate/{pipeline}/{step}",
+                {"prov:type": "prov:SoftwareAgent", "ccat:pipeline": pipeline, "ccat:step": step},
+            )
+        )
+        self.doc.wasAssociatedWith(activity, agent)
+        return activity
+
+    def left_out(self, row: dict[str, Any]) -> None:
+        """Declare a run a quality decision kept out of a chain run, and that decision."""
+        excluded = f"ccat:run/{row['run_id']}"
+        if excluded not in self.declared:
+            self.declared.add(excluded)
+            self.doc.activity(
+                excluded, None, None,
+                {"prov:type": "ccat:Run", "ccat:pipeline": row["pipeline"],
+                 "ccat:step": row["step"], "ccat:sub_group_key": row["sub_group_key"],
+                 "ccat:qa_rejected": True},
+            )  # fmt: skip
+        if row["decision_id"] is None:
+            return
+        details = {**row, "rejected": True, "decided_at": _time(row["decided_at"])}
+        decision = self.decision(
+            row["decision_id"], excluded, pipeline=row["pipeline"], step=row["step"],
+            details=details,
+        )  # fmt: skip
+        self.doc.wasInformedBy(f"ccat:run/{row['left_out_of']}", decision)
+
+
+def _chain_decisions(session: Session, prov: _Document, lineage: Lineage) -> None:
+    """Declare the decisions in force on the chain's runs when its last run was created."""
+    top = lineage.runs[0].run_id
+    created = session.scalar(
+        select(m.ExecutedReductionStep.created_at).where(m.ExecutedReductionStep.id == top)
+    )
+    if created is None:
+        return
+    runs = {run.run_id: run for run in lineage.runs}
+    for run_id, d in decisions_in_force(session, list(runs), created).items():
+        details = {
+            "rejected": d.rejected, "source": d.source.value, "message": d.message,
+            "rules": d.rules, "decided_by": d.decided_by, "decided_at": d.created_at,
+        }  # fmt: skip
+        prov.decision(
+            d.id, f"ccat:run/{run_id}", pipeline=runs[run_id].pipeline, step=runs[run_id].step,
+            details=details,
+        )  # fmt: skip
+    for row in lineage.left_out:
+        prov.left_out(row)
+
 
 def _inputs(session: Session, run_ids: list[int]) -> list[Any]:
     """Every input of the runs: the checksum given, and the product or raw package used."""
@@ -135,6 +212,7 @@ def product_prov(session: Session, product: str) -> ProvDocument:
     )
     for run in lineage.runs:
         prov.run(run, people.get(run.pipeline))
+    _chain_decisions(session, prov, lineage)
     generated: dict[str, int] = {}  # product entity -> the run of the chain that made it
     used: dict[int, list[str]] = {}
     for (run_id, given, pid, path, size, sha, kind, made_by, raw_id, name, raw_size,

@@ -10,17 +10,18 @@ force when that run was created.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import SQLColumnExpression, and_, case, exists, func, literal, select
+from sqlalchemy import DateTime, SQLColumnExpression, and_, case, exists, func, literal, select
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from ccat_ops_db import models as m
 
 RUN = m.ExecutedReductionStep
+T = TypeVar("T")
 PERSON, GATE = m.QaSource.PERSON, m.QaSource.GATE
 
 
@@ -32,6 +33,7 @@ class Rejection:
     step: str
     sub_group_key: str
     run_id: int
+    decision_id: int | None
     source: str | None
     """`gate` or `person` (None: no decision recorded, which the writers never leave)."""
     message: str
@@ -44,10 +46,12 @@ class Rejection:
         return self.decided_by or "the step's QA gate"
 
 
-def decision_in_force(
-    run_id: SQLColumnExpression[int], at: SQLColumnExpression[dt.datetime] | None = None
-) -> ScalarSelect[int]:
-    """Select the id of the decision in force on run `run_id` (as of `at`, if given)."""
+def _in_force(
+    run_id: SQLColumnExpression[int],
+    at: SQLColumnExpression[dt.datetime] | None,
+    column: Callable[[type[m.QaDecision]], SQLColumnExpression[T]],
+) -> ScalarSelect[T]:
+    """Select `column` of the decision in force on run `run_id` (as of `at`, if given)."""
     d, later = aliased(m.QaDecision), aliased(m.QaDecision)
     newer_person = exists().where(
         later.executed_reduction_step_id == d.executed_reduction_step_id,
@@ -57,21 +61,30 @@ def decision_in_force(
     )
     person_in_force = and_(d.source == PERSON, ~d.undo, ~newer_person)
     rank = case((person_in_force, 0), (d.source == GATE, 1), else_=2)
-    query = select(d.id).where(d.executed_reduction_step_id == run_id)
+    query = select(column(d)).where(d.executed_reduction_step_id == run_id)
     if at is not None:
         query = query.where(d.created_at <= at)
     return query.order_by(rank, d.id.desc()).limit(1).scalar_subquery()
 
 
+def decision_in_force(
+    run_id: SQLColumnExpression[int], at: SQLColumnExpression[dt.datetime] | None = None
+) -> ScalarSelect[int]:
+    """Select the id of the decision in force on run `run_id` (as of `at`, if given).
+
+    Correlated to the query it is placed in directly (not to one further out).
+    """
+    return _in_force(run_id, at, lambda d: d.id)
+
+
 def decision_line(run_id: SQLColumnExpression[int]) -> ScalarSelect[str]:
     """Select the decision in force on a run as one line: `message (who)`."""
-    d = m.QaDecision
-    who = func.coalesce(d.decided_by, literal("the step's QA gate"))
-    return (
-        select(d.message + literal(" (") + who + literal(")"))
-        .where(d.id == decision_in_force(run_id))
-        .scalar_subquery()
-    )
+
+    def line(d: type[m.QaDecision]) -> SQLColumnExpression[str]:
+        who = func.coalesce(d.decided_by, literal("the step's QA gate"))
+        return d.message + literal(" (") + who + literal(")")
+
+    return _in_force(run_id, None, line)
 
 
 def rejected_sub_groups(session: Session, pipeline_ids: Sequence[int]) -> list[Rejection]:
@@ -82,7 +95,7 @@ def rejected_sub_groups(session: Session, pipeline_ids: Sequence[int]) -> list[R
     rows = session.execute(
         select(
             m.Pipeline.name, m.ReductionStep.name, RUN.sub_group_key, RUN.id,
-            d.source, d.message, d.decided_by, d.created_at,
+            d.id, d.source, d.message, d.decided_by, d.created_at,
         )
         .join(RUN.reduction_step)
         .join(m.ReductionStep.pipeline)
@@ -104,7 +117,7 @@ def left_out(session: Session, run_ids: Sequence[int]) -> dict[int, list[Rejecti
     rows = session.execute(
         select(
             excl.executed_reduction_step_id, m.Pipeline.name, m.ReductionStep.name,
-            up.sub_group_key, up.id, d.source, d.message, d.decided_by, d.created_at,
+            up.sub_group_key, up.id, d.id, d.source, d.message, d.decided_by, d.created_at,
         )
         .join(down, down.id == excl.executed_reduction_step_id)
         .join(up, up.id == excl.excluded_run_id)
@@ -121,9 +134,26 @@ def left_out(session: Session, run_ids: Sequence[int]) -> dict[int, list[Rejecti
 
 
 def _rejection(row: Sequence[Any]) -> Rejection:
-    """Build a rejection from (pipeline, step, key, run id, source, message, who, when)."""
-    pipeline, step, key, run_id, source, message, decided_by, decided_at = row
+    """Build a rejection from (pipeline, step, key, run, decision, source, message, who, when)."""
+    pipeline, step, key, run_id, decision_id, source, message, decided_by, decided_at = row
     return Rejection(
-        pipeline, step, key, run_id, source.value if source else None,
+        pipeline, step, key, run_id, decision_id, source.value if source else None,
         message or "rejected", decided_by, decided_at,
     )  # fmt: skip
+
+
+def decisions_in_force(
+    session: Session, run_ids: Sequence[int], at: dt.datetime
+) -> dict[int, m.QaDecision]:
+    """Return the decision in force on each run as of `at` (a run without one is left out)."""
+    if not run_ids:
+        return {}
+    d = m.QaDecision
+    when = literal(at, DateTime(timezone=True))
+    found = session.scalars(
+        select(d).where(
+            d.executed_reduction_step_id.in_(run_ids),
+            d.id == decision_in_force(d.executed_reduction_step_id, when),
+        )
+    ).all()
+    return {decision.executed_reduction_step_id: decision for decision in found}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -32,6 +33,28 @@ def used_by(engine: Engine, run_id: int) -> set[int]:
                 .where(inp.executed_reduction_step_id == run_id)
             )
         )
+
+
+def first_product(engine: Engine, run_id: int) -> int:
+    """The id of a product (not a log) of run `run_id`."""
+    with Session(engine) as session:
+        return session.scalars(
+            select(m.DataProduct.id)
+            .where(
+                m.DataProduct.executed_reduction_step_id == run_id,
+                m.DataProduct.data_product_type != m.DataProductType.LOG,
+            )
+            .order_by(m.DataProduct.id)
+            .limit(1)
+        ).one()
+
+
+def prov_records(cli_env: dict[str, str], product: int) -> dict[str, Any]:
+    """`lineage --prov` of a product, as PROV-JSON."""
+    shown = run_cli(cli_env, "lineage", str(product), "--prov")
+    assert shown.returncode == 0, shown.stderr
+    records: dict[str, Any] = json.loads(shown.stdout)
+    return records
 
 
 def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
@@ -93,6 +116,40 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
     qa_column = {r["run"]: r["qa"] for r in run_table(rows)}
     assert qa_column[bad.id].startswith("rejected: value = 9") and qa_column[grid_run.id] == ""
 
+    # `plan` lists the rejected scan; `lineage` of the map names it, PROV has the decision.
+    plan = run_cli(cli_env, "plan", "t", "--json")
+    assert [(r["sub_group_key"], r["run_id"], r["source"]) for r in json.loads(plan.stdout)[
+        "rejected"]] == [("executed_obs_unit=scan-000002", bad.id, "gate")]  # fmt: skip
+    assert f"calibrate[executed_obs_unit=scan-000002] run {bad.id}: rejected: value = 9" in (
+        run_cli(cli_env, "plan", "t").stdout
+    )
+    grid_product = first_product(engine, grid_run.id)
+    lineage = run_cli(cli_env, "lineage", str(grid_product), "--json")
+    assert lineage.returncode == 0, lineage.stderr
+    (left,) = json.loads(lineage.stdout)["left_out"]
+    assert (left["left_out_of"], left["run_id"], left["step"], left["decision_id"]) == (
+        grid_run.id,
+        bad.id,
+        "calibrate",
+        decision.id,
+    )
+    assert left["message"] == "rejected: value = 9 (needs value < 5)"
+    assert (
+        f"calibrate[executed_obs_unit=scan-000002] run {bad.id}, out of run {grid_run.id}: "
+        "rejected: value = 9 (needs value < 5) (the step's QA gate, "
+    ) in run_cli(cli_env, "lineage", str(grid_product)).stdout
+    prov = prov_records(cli_env, grid_product)
+    gate_decision = prov["activity"][f"ccat:qa_decision/{decision.id}"]
+    assert gate_decision["ccat:rejected"] is True
+    assert gate_decision["ccat:message"] == "rejected: value = 9 (needs value < 5)"
+    assert f"ccat:run/{bad.id}" in prov["activity"]  # the left-out scan's run
+    informed = {(r["prov:informed"], r["prov:informant"]) for r in prov["wasInformedBy"].values()}
+    assert (f"ccat:qa_decision/{decision.id}", f"ccat:run/{bad.id}") in informed
+    assert (f"ccat:run/{grid_run.id}", f"ccat:qa_decision/{decision.id}") in informed
+    gate_agent = {r["prov:agent"] for r in prov["wasAssociatedWith"].values()
+                  if r["prov:activity"] == f"ccat:qa_decision/{decision.id}"}  # fmt: skip
+    assert gate_agent == {"ccat:qa_gate/t/calibrate"}
+
     # A person decides last: accepted, the scan goes into the next map, which says why.
     accepted = run_cli(
         cli_env, "qa", "accept", "--sub-group", "executed_obs_unit=scan-000002",
@@ -108,6 +165,15 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
     (remade,) = [r for r in again.runs if r.step == "grid"]
     assert remade.reason == "qa_changed"
     assert used_by(engine, remade.id) == {r.id for r in calibrations.values()}
+    remade_product = first_product(engine, remade.id)
+    assert json.loads(run_cli(cli_env, "lineage", str(remade_product), "--json").stdout)[
+        "left_out"] == []  # fmt: skip
+    prov = prov_records(cli_env, remade_product)
+    person = [a for k, a in prov["activity"].items() if k.startswith("ccat:qa_decision/")
+              and a["ccat:source"] == "person"]  # fmt: skip
+    assert [(a["ccat:rejected"], a["ccat:message"]) for a in person] == [
+        (False, "accept: the hot load was fine after all")
+    ]
     refused = run_cli(cli_env, "qa", "reject", "--run", str(bad.id))
     assert refused.returncode == 1
     assert "--reason is required" in refused.stderr
