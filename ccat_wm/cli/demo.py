@@ -2,9 +2,10 @@
 
 Migrate the ops DB, declare a demo archive and a local processing location (host
 runtime) under CCAT_WM_HOME, apply the example CHAI pipeline, simulate scans into the
-archive (only the first time), run the pipeline's flow on Prefect (the ephemeral server
-unless PREFECT_API_URL is set) and print what it produced, with the path of the map.
-Running it again finds no gaps and runs nothing.
+archive (only the first time; the last scan in poor weather), run the pipeline's flow on
+Prefect (the ephemeral server unless PREFECT_API_URL is set) and print what it
+produced, with the paths of the maps and the scan the calibration's QA gate left out of
+them. Running it again finds no gaps and runs nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ccat_ops_db import models as m
 from ccat_wm.db import display_url, get_engine, resolve_db_url
 from ccat_wm.errors import CcatWmError
 from ccat_wm.gaps.plan import make_plan
+from ccat_wm.quality.standing import rejected_sub_groups
+from ccat_wm.selection.dimensions import display_key
 from ccat_wm.settings import Settings, load_settings
 from ccat_wm.simulate.register import SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
@@ -36,6 +39,8 @@ DEMO_SPEC = Path(__file__).resolve().parents[1] / "examples" / "chai-demo.yaml"
 """The demo pipeline's spec: package data, so the demo runs from a wheel as from a checkout
 (`examples/specs/chai-demo.yaml` in the repository links to it)."""
 DEMO_SCANS = 24
+DEMO_BAD_SCANS = 1
+"""The last scan is observed in poor weather: the calibration's QA gate rejects it."""
 DEMO_SEED = 253
 DEMO_PIPELINE = "chai-demo"
 
@@ -112,10 +117,13 @@ def run_demo(settings: Settings, echo: Callable[[str], object]) -> None:
         if existing:
             echo(f"[3/5] {existing} scans already registered; not simulating more")
         else:
-            request = SimulationRequest(scans=DEMO_SCANS, seed=DEMO_SEED)
+            request = SimulationRequest(scans=DEMO_SCANS, seed=DEMO_SEED, bad_scans=DEMO_BAD_SCANS)
             result = register_simulation(session, request, _progress(echo))
             scans, packages = len(result.scan_names), result.package_count
-            echo(f"[3/5] simulated {scans} scans, {packages} raw data packages")
+            echo(
+                f"[3/5] simulated {scans} scans, {packages} raw data packages "
+                f"({', '.join(result.bad_scan_names)} in poor weather)"
+            )
     with Session(engine) as session, session.begin():
         plan = make_plan(session, dt.datetime.now(dt.UTC), DEMO_PIPELINE, manual=True)
     due = [g for g in plan.gaps if g.eligible]
@@ -193,6 +201,12 @@ def _summary(session: Session, echo: Callable[[str], object]) -> None:
     ).all()
     for path in sorted(maps):
         echo(f"      map: {path}")
+    pipeline_id = session.scalar(select(m.Pipeline.id).where(m.Pipeline.name == DEMO_PIPELINE))
+    for r in rejected_sub_groups(session, [pipeline_id] if pipeline_id else []):
+        echo(
+            f"      left out of the maps: {r.step}[{display_key(r.sub_group_key)}] "
+            f"{r.message} ({r.who}); `ccat-wm qa accept` would take it in"
+        )
     echo(
         "      next: `ccat-wm status`, `ccat-wm logs RUN_ID`, "
         "`ccat-wm lineage <product id or path>`"

@@ -76,10 +76,19 @@ def apply(files: tuple[Path, ...], dry_run: bool, user: str | None, as_json: boo
 @click.option(
     "--start", type=Moment(), default=None, help="Start of the first scan (ISO 8601; naive = UTC)."
 )
+@click.option(
+    "--bad-scans",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Of the new scans, the last N are observed in poor weather (Tsys* of thousands of K), "
+    "for a quality gate to reject.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def simulate(
     *,
     scans: int,
+    bad_scans: int,
     sources: str,
     lines: str,
     seed: int | None,
@@ -97,6 +106,7 @@ def simulate(
         program=program,
         location=location,
         start=start,
+        bad_scans=bad_scans,
     )
     ops_db = engine()
 
@@ -118,3 +128,5 @@ def simulate(
         f"{result.package_count} raw data packages, {result.total_bytes} bytes in archive "
         f"{result.archive!r} (seed {request.seed})"
     )
+    if result.bad_scan_names:
+        click.echo(f"observed in poor weather: {', '.join(result.bad_scan_names)}")

@@ -56,6 +56,9 @@ LOAD_SECONDS = 1.0
 OFF_SECONDS = 4.0
 """The reference of a row integrates longer than an ON dump, so its noise stays small."""
 TURNAROUND_SECONDS = 2.0
+POOR_WEATHER_OPACITY = 3.0
+"""Zenith opacity a bad scan's atmosphere adds (`ccat-wm simulate --bad-scans`): at most
+5% of the sky's signal comes through, and Tsys* is several thousand kelvin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +197,13 @@ def raw_counts(
     module: ModuleInfo,
     line: LineInfo,
     model: SourceModel,
+    poor_weather: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Return the counts a CHAI module records during a scan of `model` in `line`."""
+    """Return the counts a CHAI module records during a scan of `model` in `line`.
+
+    `poor_weather`: the atmosphere is `POOR_WEATHER_OPACITY` more opaque (the same
+    random draws otherwise), so the scan's Tsys* is thousands of kelvin.
+    """
     frequency = band(module, line, model.info.v_lsr_kms)
     velocity = SPEED_OF_LIGHT_KM_S * (1 - frequency / line.rest_frequency_ghz)
     channels = np.arange(N_CHANNELS)
@@ -204,6 +212,8 @@ def raw_counts(
     t_receiver = rng.uniform(90.0, 130.0) * scale
     elevation = rng.uniform(35.0, 70.0)
     opacity = rng.uniform(0.3, 0.7) * scale / math.sin(math.radians(elevation))
+    if poor_weather:
+        opacity += POOR_WEATHER_OPACITY * scale / math.sin(math.radians(elevation))
     transmission = math.exp(-opacity)
     t_sky = T_ATM_K * (1 - transmission)
     n_rows = int(pattern.row.max()) + 1
@@ -281,8 +291,14 @@ def simulate_scan(
     sources: list[str],
     lines: list[str],
     positions: dict[str, tuple[float, float]],
+    poor_weather: bool = False,
 ) -> SimulatedScan:
-    """Generate scan `number` deterministically from (`seed`, `number`)."""
+    """Generate scan `number` deterministically from (`seed`, `number`).
+
+    `poor_weather`: observed through a far more opaque atmosphere (a bad scan, which a
+    quality gate on Tsys* rejects); its source, line and pattern are those of the same
+    scan in good weather.
+    """
     rng = np.random.default_rng([seed, number])
     source = sources[int(rng.integers(len(sources)))]
     line = lines[int(rng.integers(len(lines)))]
@@ -294,11 +310,15 @@ def simulate_scan(
     packages = []
     for module in MODULES:
         tuned = tuned_line(module, line)
-        arrays = raw_counts(rng, pattern, module=module, line=tuned, model=model)
+        arrays = raw_counts(
+            rng, pattern, module=module, line=tuned, model=model, poor_weather=poor_weather
+        )
         content = _npz_bytes(arrays)
         metadata = _package_metadata(
             name, source, line, tuned, module, model, pattern, (ra, dec), (start, end)
         )
+        if poor_weather:
+            metadata["observation"]["weather"] = "poor"
         packages.append(
             SimulatedPackage(
                 name=f"{name}-{INSTRUMENT}-{module.name}",

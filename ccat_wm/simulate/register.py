@@ -54,6 +54,8 @@ class SimulationRequest:
     """Archive location name; default the only LONG_TERM_ARCHIVE location."""
     start: dt.datetime | None = None
     """Start of the first new scan; default after the latest scan."""
+    bad_scans: int = 0
+    """How many of the new scans, the last ones, are observed in poor weather."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +70,18 @@ class SimulationResult:
     """Total size of their files."""
     archive: str
     """Archive location name."""
+    bad_scan_names: tuple[str, ...] = ()
+    """Names of the scans observed in poor weather (`bad_scans`)."""
 
 
 def validate_request(request: SimulationRequest) -> None:
     """Reject impossible requests before anything is touched."""
     if request.scans < 1:
         raise SimulationError(f"--scans must be at least 1, got {request.scans}")
+    if not 0 <= request.bad_scans <= request.scans:
+        raise SimulationError(
+            f"--bad-scans must be between 0 and --scans ({request.scans}), got {request.bad_scans}"
+        )
     unknown = [name for name in request.lines if name not in LINES]
     if unknown:
         raise SimulationError(
@@ -216,6 +224,7 @@ def register_simulation(
                 sources=list(request.sources),
                 lines=list(request.lines),
                 positions=positions,
+                poor_weather=offset >= request.scans - request.bad_scans,
             )
             start = scan.end_time + GAP_BETWEEN_SCANS
             for package in scan.packages:
@@ -233,7 +242,8 @@ def register_simulation(
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    return SimulationResult(tuple(s.name for s in scans), len(written), total, archive.name)
+    bad = tuple(s.name for s in scans[len(scans) - request.bad_scans :])
+    return SimulationResult(tuple(s.name for s in scans), len(written), total, archive.name, bad)
 
 
 def _insert_rows(
