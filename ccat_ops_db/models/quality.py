@@ -20,6 +20,9 @@ class QaSource(enum.StrEnum):
     """The step's `qa_gate` rules, held against the run's metrics when it completed."""
     PERSON = "person"
     """A person, who decides last (overrides the gate)."""
+    INPUTS = "inputs"
+    """Derived: every input of the run is rejected, so its products feed nothing either
+    (migration 0012); taken back when an input is accepted again."""
 
 
 class QaDecision(Base):

@@ -86,7 +86,9 @@ def _decide(
         rows = [
             {"run_id": d.run_id, "step": d.step, "sub_group_key": d.sub_group_key,
              "rejected_before": d.rejected_before, "rejected": d.rejected,
-             "qa_changed": [{"step": s, "sub_group_key": k} for s, k in d.downstream]}
+             "qa_changed": [{"step": s, "sub_group_key": k} for s, k in d.gaps()],
+             "followed": [{"step": f.step, "sub_group_key": f.sub_group_key, "run_id": f.run_id,
+                           "rejected": f.rejected, "message": f.message} for f in d.derived]}
             for d in done
         ]  # fmt: skip
         click.echo(json.dumps(rows, indent=2))
@@ -97,5 +99,7 @@ def _decide(
         line = f"run {d.run_id} {d.step}[{d.sub_group_key}]: {state}"
         line += f" (was {was})" if d.rejected != d.rejected_before else " (unchanged)"
         click.echo(line)
-        for s, k in d.downstream:
+        for f in d.derived:
+            click.echo(f"  {f.step}[{f.sub_group_key}]: run {f.run_id} {f.message}")
+        for s, k in d.gaps():
             click.echo(f"  {s}[{k}]: inputs changed, a gap with reason qa_changed")

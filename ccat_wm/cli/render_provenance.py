@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ccat_wm.cli.render import hours, table
+from ccat_wm.quality.standing import who_decided
 from ccat_wm.selection.dimensions import display_key
 
 if TYPE_CHECKING:  # types only
@@ -141,7 +142,7 @@ def _left_out_lines(left_out: list[dict[str, Any]], listed: int) -> list[str]:
         return []
     lines = [f"left out by a quality decision ({len(left_out)}; their data is not in it):"]
     for r in left_out[:listed]:
-        who = r["decided_by"] or "the step's QA gate"
+        who = who_decided(r["source"], r["decided_by"])
         lines.append(
             f"  {r['step']}[{display_key(r['sub_group_key'])}] run {r['run_id']}, "
             f"out of run {r['left_out_of']}: {r['message']} ({who}, {r['decided_at']})"

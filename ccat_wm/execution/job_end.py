@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import DataProductType, FailureKind, RunStatus
 from ccat_wm.execution.collect import (
@@ -45,6 +46,7 @@ from ccat_wm.execution.sizing import DEFAULT_PENDING_GRACE_S, classify_failure, 
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.quality.decide import Judgement, judge, qa_columns, record_judgement
 from ccat_wm.quality.metrics import QaMetricsError, run_metrics
+from ccat_wm.quality.propagate import follow_rejection
 from infra.backends import Backend, JobInfo, JobState
 
 S = RunStatus
@@ -203,6 +205,9 @@ class JobFollower:
             )  # fmt: skip
         except TransitionError as exc:  # cancelled while it was collected
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
+        if judgement is not None and not judgement.decision.accepted:
+            with Session(self.recorder.engine) as session, session.begin():
+                follow_rejection(session, ctx.run_id)  # a re-run's downstream runs follow
         for record in records:
             _make_read_only(ctx.run_id, record.root or layout.root, record.path)
         return _completed(ctx, attempt, info, job_id, products=len(records), judgement=judgement)

@@ -127,14 +127,17 @@ class _Document:
         self.doc.activity(activity, when, when, attributes)
         self.doc.wasInformedBy(activity, judged)
         who = details["decided_by"]
-        agent = (
-            self.agent(f"ccat:user/{who}", {"prov:type": "prov:Person", "ccat:username": who})
-            if who
-            else self.agent(
+        if who:
+            agent = self.agent(
+                f"ccat:user/{who}", {"prov:type": "prov:Person", "ccat:username": who}
+            )
+        elif details["source"] == "gate":
+            agent = self.agent(
                 f"ccat:qa_gate/{pipeline}/{step}",
                 {"prov:type": "prov:SoftwareAgent", "ccat:pipeline": pipeline, "ccat:step": step},
             )
-        )
+        else:  # derived from its inputs' decisions: informed by them, no agent of its own
+            return activity
         self.doc.wasAssociatedWith(activity, agent)
         return activity
 

@@ -170,20 +170,15 @@ def _record_product_inputs(
 ) -> None:
     """Record the products of the current upstream runs inside each new run's sub-group.
 
-    A run a quality decision rejects gives none: its data is in no downstream product,
-    and it is recorded as left out (`qa_exclusion`), for `lineage` to say so.
+    A run a quality decision rejects gives none: its data is in no downstream product.
+    Every rejected current run of a step upstream (transitively) inside the sub-group
+    is recorded as left out (`qa_exclusion`), for `lineage` to say so.
     """
     fine = fine_cte(grouping, steps)
     product = m.DataProduct
     names = [s.name for s in steps]
     for upstream in (names.index(u) for u in steps[position].upstream):
-        pairs = (
-            select(
-                fine.c[key_column(upstream)].label("uk"), fine.c[key_column(position)].label("dk")
-            )
-            .distinct()
-            .subquery()
-        )
+        pairs = _pairs(fine, upstream, position)
         current = current_runs_cte(steps[upstream])
         source = (
             select(runs.c.id, product.id, product.checksum)
@@ -202,11 +197,35 @@ def _record_product_inputs(
                 ["executed_reduction_step_id", "data_product_id", "checksum"], source
             )
         )
-        _record_exclusions(session, pairs, runs, current)
+    for ancestor in _ancestors(steps, position):
+        current = current_runs_cte(steps[ancestor])
+        _record_exclusions(session, _pairs(fine, ancestor, position), runs, current)
+
+
+def _pairs(fine: CTE, upstream: int, position: int) -> Subquery:
+    """(upstream key `uk`, key `dk` of the step at `position`) of every sub-group pair."""
+    return (
+        select(fine.c[key_column(upstream)].label("uk"), fine.c[key_column(position)].label("dk"))
+        .distinct()
+        .subquery()
+    )
+
+
+def _ancestors(steps: Sequence[StepInfo], position: int) -> list[int]:
+    """Return the positions of every step upstream of the one at `position`, transitively."""
+    names = [s.name for s in steps]
+    found: set[int] = set()
+    frontier = [names.index(u) for u in steps[position].upstream]
+    while frontier:
+        index = frontier.pop()
+        if index not in found:
+            found.add(index)
+            frontier += [names.index(u) for u in steps[index].upstream]
+    return sorted(found)
 
 
 def _record_exclusions(session: Session, pairs: Subquery, runs: Subquery, current: CTE) -> None:
-    """Record the rejected upstream runs inside each new run's sub-group (`qa_exclusion`)."""
+    """Record the rejected current runs of one upstream step inside each new run's sub-group."""
     left_out = (
         select(runs.c.id, current.c.id)
         .select_from(

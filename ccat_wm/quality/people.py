@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
 from ccat_wm.quality.downstream import DownstreamChanges
+from ccat_wm.quality.propagate import Derived, propagate
 
 RUN = m.ExecutedReductionStep
 
@@ -40,6 +41,14 @@ class PersonDecision:
     """The decision in force after this one."""
     downstream: tuple[tuple[str, str], ...]
     """(step, key) of the downstream sub-groups whose inputs changed (qa_changed)."""
+    derived: tuple[Derived, ...] = ()
+    """Downstream runs whose decision followed (every input rejected, or one again accepted)."""
+
+    def gaps(self) -> list[tuple[str, str]]:
+        """Return the sub-groups that become gaps of reason `qa_changed`, in order."""
+        followed = {(d.step, d.sub_group_key) for d in self.derived}
+        reached = [*self.downstream, *(sg for d in self.derived for sg in d.downstream)]
+        return [sg for sg in dict.fromkeys(reached) if sg not in followed]
 
 
 def current_run(session: Session, pipeline: str | None, step: str, key: str) -> int:
@@ -118,19 +127,20 @@ def _decide_one(
         )
         .returning(m.QaDecision.id)
     ).scalar_one()  # fmt: skip
-    downstream: tuple[tuple[str, str], ...] = ()
-    if now_rejected != before:
-        session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=now_rejected))
-        downstream = changes.record(pipeline, [(decision_id, step, key)])[decision_id]
-    return PersonDecision(run_id, step, key, before, now_rejected, downstream)
+    if now_rejected == before:
+        return PersonDecision(run_id, step, key, before, now_rejected, ())
+    session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=now_rejected))
+    downstream = changes.record(pipeline, [(decision_id, step, key)])[decision_id]
+    derived = propagate(session, pipeline, changes, [(step, key)])
+    return PersonDecision(run_id, step, key, before, now_rejected, downstream, tuple(derived))
 
 
 def _gate_decision(session: Session, run_id: int) -> bool:
-    """Return whether the gate's latest decision on the run rejects it (no gate: no)."""
+    """Return whether the latest decision not a person's (the gate's, or derived) rejects it."""
     decision = m.QaDecision
     latest = session.scalar(
         select(decision.rejected)
-        .where(decision.executed_reduction_step_id == run_id, decision.source == m.QaSource.GATE)
+        .where(decision.executed_reduction_step_id == run_id, decision.source != m.QaSource.PERSON)
         .order_by(decision.id.desc())
         .limit(1)
     )

@@ -25,6 +25,7 @@ from ccat_ops_db import models as m
 from ccat_wm.quality.decide import rules_seen
 from ccat_wm.quality.downstream import DownstreamChanges, SubGroup
 from ccat_wm.quality.gate import QaRule, evaluate_gate
+from ccat_wm.quality.propagate import Derived, propagate
 
 RUN = m.ExecutedReductionStep
 DECISION = m.QaDecision
@@ -46,6 +47,8 @@ class Redecision:
     """Sub-group keys whose gate decision flipped under a person's decision in force."""
     downstream: tuple[SubGroup, ...]
     """Downstream sub-groups whose inputs changed (gaps of reason `qa_changed`)."""
+    derived: tuple[Derived, ...] = ()
+    """Downstream runs whose decision followed (every input rejected, or one accepted again)."""
 
     def describe(self) -> str:
         """Return one line: how many runs were re-decided and which flipped."""
@@ -54,6 +57,12 @@ class Redecision:
             parts.append(f"now rejected: {', '.join(self.rejected)}")
         if self.accepted:
             parts.append(f"now accepted: {', '.join(self.accepted)}")
+        if self.derived:
+            followed = ", ".join(
+                f"{d.step}[{d.sub_group_key}] {'rejected' if d.rejected else 'accepted'}"
+                for d in self.derived
+            )
+            parts.append(f"followed by their downstream runs: {followed}")
         if self.kept_by_person:
             parts.append(f"a person's decision stays in force: {', '.join(self.kept_by_person)}")
         if not (self.rejected or self.accepted):
@@ -112,12 +121,14 @@ def redecide_step(
         flipped_ids = [run_id for _, run_id, _, now in flipped if now is rejected]
         _put_in_force(session, flipped_ids, rejected)
     reached = changes.record(pipeline, [(d, step.name, key) for d, _, key, _ in flipped])
+    derived = propagate(session, pipeline, changes, [(step.name, key) for _, _, key, _ in flipped])
     return Redecision(
         pipeline.name, step.name, len(runs),
         tuple(key for _, _, key, now in flipped if now),
         tuple(key for _, _, key, now in flipped if not now),
         tuple(kept),
         tuple(sorted({sub for subs in reached.values() for sub in subs})),
+        tuple(derived),
     )  # fmt: skip
 
 

@@ -1,10 +1,10 @@
 """Which quality decision is in force on a run, and the runs it keeps out of downstream steps.
 
 Every decision is kept (`qa_decision`); the one in force is a person's newest, unless
-that is an undo, else the gate's newest (a changed gate adds a newer gate decision,
-under a person's decision that stays in force). `plan` lists the rejected sub-groups
-with it; `lineage` names the scans a downstream run left out with the decision in
-force when that run was created.
+that is an undo, else the newest of the gate's and the derived ones (a changed gate
+adds a newer gate decision, under a person's decision that stays in force). `plan`
+lists the rejected sub-groups with it; `lineage` names the scans a downstream run left
+out with the decision in force when that run was created.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ccat_ops_db import models as m
 
 RUN = m.ExecutedReductionStep
 T = TypeVar("T")
-PERSON, GATE = m.QaSource.PERSON, m.QaSource.GATE
+PERSON = m.QaSource.PERSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +42,18 @@ class Rejection:
 
     @property
     def who(self) -> str:
-        """Who took the decision: a user name, or the step's QA gate."""
-        return self.decided_by or "the step's QA gate"
+        """Who took the decision: a user name, the step's QA gate, or its inputs'."""
+        return who_decided(self.source, self.decided_by)
+
+
+GATE_WHO, INPUTS_WHO = "the step's QA gate", "its inputs' decisions"
+
+
+def who_decided(source: str | None, decided_by: str | None) -> str:
+    """Say who took a decision: the person, the step's QA gate, or its inputs' decisions."""
+    if decided_by:
+        return decided_by
+    return INPUTS_WHO if source == m.QaSource.INPUTS.value else GATE_WHO
 
 
 def _in_force(
@@ -60,7 +70,7 @@ def _in_force(
         *([later.created_at <= at] if at is not None else []),
     )
     person_in_force = and_(d.source == PERSON, ~d.undo, ~newer_person)
-    rank = case((person_in_force, 0), (d.source == GATE, 1), else_=2)
+    rank = case((person_in_force, 0), (d.source != PERSON, 1), else_=2)
     query = select(column(d)).where(d.executed_reduction_step_id == run_id)
     if at is not None:
         query = query.where(d.created_at <= at)
@@ -77,11 +87,17 @@ def decision_in_force(
     return _in_force(run_id, at, lambda d: d.id)
 
 
+def source_in_force(run_id: SQLColumnExpression[int]) -> ScalarSelect[m.QaSource]:
+    """Select who took the decision in force on a run (None: no decision)."""
+    return _in_force(run_id, None, lambda d: d.source)
+
+
 def decision_line(run_id: SQLColumnExpression[int]) -> ScalarSelect[str]:
     """Select the decision in force on a run as one line: `message (who)`."""
 
     def line(d: type[m.QaDecision]) -> SQLColumnExpression[str]:
-        who = func.coalesce(d.decided_by, literal("the step's QA gate"))
+        system = case((d.source == m.QaSource.INPUTS, literal(INPUTS_WHO)), else_=literal(GATE_WHO))
+        who = func.coalesce(d.decided_by, system)
         return d.message + literal(" (") + who + literal(")")
 
     return _in_force(run_id, None, line)

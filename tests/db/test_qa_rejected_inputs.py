@@ -9,6 +9,7 @@ against full, and the trigger's incremental evaluation against both (`GapKit.gap
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from ccat_ops_db import models as m
 from ccat_wm.gaps.plan import make_plan
 from ccat_wm.gaps.what_if import plan_with
 from ccat_wm.quality.people import PersonDecision, QaDecisionError, current_run, decide
+from ccat_wm.quality.standing import left_out
 from ccat_wm.spec.loader import load_spec_files
 from tests.gapkit import GapKit, reasons
 from tests.helpers import write_yaml
@@ -195,9 +197,12 @@ def test_apply_stores_the_gate_and_re_decides_current_runs_without_re_running(
     assert calibrate_run_ids(kit) == before
 
 
-def test_a_map_whose_every_scan_a_new_gate_rejects_is_not_re_made(kit: GapKit) -> None:
-    """Nothing is left to re-make it from: no gap (a run without inputs), and plan lists
-    the rejected scans."""
+def test_a_map_whose_every_scan_a_new_gate_rejects_is_withdrawn_not_re_made(
+    kit: GapKit,
+) -> None:
+    """Nothing is left to re-make it from: no gap (a run without inputs); the map's run is
+    rejected too (derived from its inputs), and so is the summary made from it; plan
+    lists all three with why."""
     kit.simulate(1)
     kit.wave()
     set_metrics(kit, {S1: 2000.0})
@@ -208,7 +213,9 @@ def test_a_map_whose_every_scan_a_new_gate_rejects_is_not_re_made(kit: GapKit) -
     with Session(kit.engine) as session, session.begin():
         plan = make_plan(session, kit.db_now())
     assert [(r.step, r.sub_group_key, r.source, r.message) for r in plan.rejected] == [
-        ("calibrate", S1, "gate", "rejected: tsys_k = 2000 (needs tsys_k < 400)")
+        ("calibrate", S1, "gate", "rejected: tsys_k = 2000 (needs tsys_k < 400)"),
+        ("grid", NGC_CO, "inputs", f"rejected: every input is rejected (calibrate[{S1}])"),
+        ("summary", "", "inputs", f"rejected: every input is rejected (grid[{NGC_CO}])"),
     ]
 
 
@@ -327,3 +334,78 @@ def test_a_decision_needs_a_reason_and_a_completed_run(kit: GapKit) -> None:
             decide(session, [created[0].id], rejected=True, reason="bad", user="tester")
         with pytest.raises(QaDecisionError, match="no current run of step 'grid'"):
             current_run(session, None, "grid", NGC_CO)
+
+
+def with_baseline(kit: GapKit) -> None:
+    """Apply the pipeline with a per-scan step between calibrate and grid (as CHAI's)."""
+    spec = kit.edited()
+    steps = spec["pipelines"][0]["steps"]
+    baseline = {**copy.deepcopy(steps[0]), "name": "baseline", "depends_on": ["calibrate"]}
+    baseline["config"] = {**baseline["config"], "name": "baseline-config"}
+    steps.insert(1, baseline)
+    kit.step(spec, "grid")["depends_on"] = ["baseline"]
+    kit.apply(spec)
+
+
+def test_a_rejection_after_the_map_follows_through_a_per_scan_step(kit: GapKit) -> None:
+    """Rejected after the map was made, a scan's per-scan baseline run is left without an
+    accepted input: it keeps its run (nothing to re-make it from) but is rejected too
+    (derived, recorded), so the map is re-made without the scan; lineage names both.
+    Accepting the scan again takes the derived rejection back."""
+    with_baseline(kit)
+    kit.simulate(3)
+    kit.wave()
+    rejected = person(kit, S2, rejected=True)
+    assert rejected.downstream == (("baseline", S2),)
+    (followed,) = rejected.derived
+    assert (followed.step, followed.sub_group_key, followed.rejected) == ("baseline", S2, True)
+    assert followed.message == f"rejected: every input is rejected (calibrate[{S2}])"
+    assert rejected.gaps() == [("grid", NGC_CO)]
+    assert reasons(kit.gaps()) == {
+        ("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"
+    }  # fmt: skip
+    (grid,) = [r for r in kit.create() if r.step == "grid"]
+    with Session(kit.engine) as session:
+        left = left_out(session, [grid.id])[grid.id]
+        assert {(r.step, r.sub_group_key, r.source) for r in left} == {
+            ("calibrate", S2, "person"),
+            ("baseline", S2, "inputs"),
+        }
+        derived = session.scalars(
+            select(m.QaDecision.source).where(
+                m.QaDecision.executed_reduction_step_id == followed.run_id
+            )
+        ).all()
+    assert derived == [m.QaSource.INPUTS]
+    assert len(grid_inputs(kit, grid.id)) == 2  # two baselines: scan 2's is left out
+    kit.finish([grid])
+    kit.wave()
+    assert kit.gaps() == []
+
+    accepted = person(kit, S2, rejected=False)
+    assert [(d.step, d.rejected) for d in accepted.derived] == [("baseline", False)]
+    assert accepted.derived[0].message == f"accepted: an input is accepted again (calibrate[{S2}])"
+    assert reasons(kit.gaps()) == {
+        ("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"
+    }  # fmt: skip
+    with Session(kit.engine) as session, session.begin():
+        assert make_plan(session, kit.db_now()).rejected == []
+
+
+def test_a_new_gate_follows_through_a_per_scan_step(kit: GapKit) -> None:
+    """A threshold that rejects a scan already in a map: its baseline run follows, the map
+    gets `qa_changed`; nothing but the map is re-run."""
+    with_baseline(kit)
+    kit.simulate(3)
+    kit.wave()
+    set_metrics(kit, {S1: 150.0, S2: 350.0, S3: 2000.0})
+    spec = kit.edited()
+    kit.step(spec, "calibrate")["qa_gate"] = [{"metric": "tsys_k", "operator": "lt", "value": 400}]
+    kit.apply(spec)
+    with Session(kit.engine) as session, session.begin():
+        plan = make_plan(session, kit.db_now())
+    assert [(r.step, r.sub_group_key, r.source) for r in plan.rejected] == [
+        ("calibrate", S3, "gate"), ("baseline", S3, "inputs")
+    ]  # fmt: skip
+    assert plan.rejected[1].who == "its inputs' decisions"
+    assert reasons(plan.gaps) == {("grid", NGC_CO): "qa_changed", ("summary", ""): "inputs_changed"}

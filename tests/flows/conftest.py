@@ -128,4 +128,5 @@ def setup_pipeline(
     path = write_yaml(root / "spec.yaml", spec)
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([path]), user="tester")
-        register_simulation(session, SimulationRequest(scans=scans, seed=7))
+        if scans:  # 0: apply an edited spec to the same pipeline
+            register_simulation(session, SimulationRequest(scans=scans, seed=7))

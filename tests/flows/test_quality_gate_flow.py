@@ -177,3 +177,46 @@ def test_a_scan_the_gate_rejects_is_completed_recorded_and_in_no_map(
     refused = run_cli(cli_env, "qa", "reject", "--run", str(bad.id))
     assert refused.returncode == 1
     assert "--reason is required" in refused.stderr
+
+
+def test_a_re_run_the_gate_rejects_takes_its_scan_out_of_the_per_scan_step_after_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A scan accepted at first, re-calibrated (a config change) and rejected by the gate
+    at completion: its baseline run, made from the earlier calibration, is left without
+    an accepted input, so it is rejected too (derived) and its data reaches no map."""
+    calibrate = tool_step(
+        "calibrate",
+        parameters={"mode": "qa", "arg": "scan-000002=1"},
+        qa_gate=[{"metric": "value", "operator": "lt", "value": 5}],
+    )
+    baseline = tool_step("baseline", depends_on=["calibrate"])
+    setup_pipeline(engine, tmp_path, [calibrate, baseline], scans=3)
+    assert run_pipeline(engine, "t").state == "Completed"
+    calibrate["config"]["parameters"]["arg"] = "scan-000002=9"  # the new calibration is bad
+    setup_pipeline(engine, tmp_path, [calibrate, baseline], scans=0)
+
+    again = run_pipeline(engine, "t")
+
+    assert again.state == "Completed", again.message
+    assert sorted((r.step, r.sub_group_key) for r in again.runs) == [
+        ("baseline", "executed_obs_unit=scan-000001"), ("baseline", "executed_obs_unit=scan-000003"),
+        ("calibrate", "executed_obs_unit=scan-000001"), ("calibrate", "executed_obs_unit=scan-000002"),
+        ("calibrate", "executed_obs_unit=scan-000003"),
+    ]  # fmt: skip
+    with Session(engine) as session:
+        current = session.execute(
+            select(m.ReductionStep.name, RUN.sub_group_key, RUN.qa_rejected)
+            .join(RUN.reduction_step)
+            .where(RUN.is_current, RUN.qa_rejected)
+            .order_by(m.ReductionStep.name)
+        ).all()
+        derived = session.scalars(
+            select(m.QaDecision.message).where(m.QaDecision.source == m.QaSource.INPUTS)
+        ).all()
+    assert [(s, k) for s, k, _ in current] == [
+        ("baseline", "executed_obs_unit=scan-000002"), ("calibrate", "executed_obs_unit=scan-000002")
+    ]  # fmt: skip
+    assert derived == [
+        "rejected: every input is rejected (calibrate[executed_obs_unit=scan-000002])"
+    ]

@@ -12,7 +12,11 @@ products it did not take, with the decision that left each out.
   downstream run is created, one row per rejected upstream run inside its sub-group.
   Like inputs, it is part of the run's record: deleted only with the run.
 
-Downgrade drops both.
+- `qa_source` gains `inputs`: a derived decision on a run whose every input is
+  rejected (its products then feed nothing either), taken back when an input is
+  accepted again.
+
+Downgrade drops the column and the table, and maps `inputs` decisions to `gate`.
 
 Revision ID: 0012
 Revises: 0011
@@ -32,6 +36,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.execute("ALTER TYPE qa_source ADD VALUE IF NOT EXISTS 'inputs'")
     op.add_column(
         "executed_reduction_step",
         sa.Column("qa_metrics", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
@@ -66,3 +71,14 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_qa_exclusion_excluded_run_id"), table_name="qa_exclusion")
     op.drop_table("qa_exclusion")
     op.drop_column("executed_reduction_step", "qa_metrics")
+    # PostgreSQL cannot drop an enum value: recreate the type; decisions are kept, so
+    # the trigger that refuses their change is set aside while they are converted.
+    op.execute("ALTER TABLE qa_decision DISABLE TRIGGER qa_decision_is_kept")
+    op.execute("ALTER TYPE qa_source RENAME TO qa_source_0012")
+    op.execute("CREATE TYPE qa_source AS ENUM ('gate', 'person')")
+    op.execute(
+        "ALTER TABLE qa_decision ALTER COLUMN source TYPE qa_source USING "
+        "(CASE WHEN source::text = 'inputs' THEN 'gate' ELSE source::text END)::qa_source"
+    )
+    op.execute("DROP TYPE qa_source_0012")
+    op.execute("ALTER TABLE qa_decision ENABLE TRIGGER qa_decision_is_kept")
