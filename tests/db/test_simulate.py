@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from chai_software.calibrate import calibrate
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
@@ -18,7 +19,9 @@ from sqlalchemy.orm import Session
 from ccat_ops_db import migrate
 from ccat_ops_db import models as m
 from ccat_wm.errors import SimulationError
-from ccat_wm.simulate.register import SimulationRequest, register_simulation
+from ccat_wm.simulate.catalog import DEFAULT_LINES, DEFAULT_SOURCES
+from ccat_wm.simulate.generator import simulate_scan, source_position
+from ccat_wm.simulate.register import FIRST_EPOCH, SimulationRequest, register_simulation
 from ccat_wm.spec.apply import apply_specs
 from ccat_wm.spec.loader import load_spec_files
 from tests.helpers import locations_data, run_cli, snapshot, write_yaml
@@ -153,6 +156,7 @@ def test_repeated_calls_add_new_scans(engine: Engine, tmp_path: Path) -> None:
     ("request_kwargs", "message"),
     [
         ({"scans": 0, "seed": 1}, "--scans must be at least 1, got 0"),
+        ({"scans": 2, "seed": 1, "bad_scans": 3}, "--bad-scans must be between 0 and --scans (2)"),
         (
             {"scans": 1, "seed": 1, "lines": ("CO99",)},
             "unknown line(s) CO99; the simulator knows CO43",
@@ -237,3 +241,42 @@ def test_names_of_dots_never_write_outside_the_archive(engine: Engine, tmp_path:
         assert path.resolve().is_relative_to(root) and path.is_file(), path
     outside = [p for p in tmp_path.rglob("*.npz") if not p.resolve().is_relative_to(root)]
     assert outside == []
+
+
+def test_bad_scans_are_the_last_ones_observed_in_poor_weather(
+    engine: Engine, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--bad-scans 1`: the last scan is observed through a thick atmosphere (its sidecar
+    says so) and calibrates to a Tsys* of thousands of kelvin; the other scans are byte
+    for byte those of the same seed in good weather."""
+    _with_archive(engine, tmp_path)
+    result = run_cli(cli_env, "simulate", "--scans", "3", "--bad-scans", "1", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "observed in poor weather: scan-000003"
+    package, scan, copy = m.RawDataPackage, m.ExecutedObsUnit, m.RawDataPackageCopy
+    with Session(engine) as session:
+        rows = session.execute(
+            select(scan.name, package.name, package.checksum, package.metadata_, copy.path)
+            .join(scan, scan.id == package.executed_obs_unit_id)
+            .join(copy, copy.raw_data_package_id == package.id)
+            .order_by(package.name)
+        ).all()
+    tsys: dict[str, list[float]] = {}
+    for name, _, _, metadata, path in rows:
+        with np.load(path) as data:
+            calibrated = calibrate({k: data[k] for k in data.files})
+        tsys.setdefault(name, []).append(float(np.median(calibrated.tsys_k)))
+        assert metadata["observation"].get("weather") == ("poor" if name == "scan-000003" else None)
+    assert min(tsys["scan-000003"]) > 5000
+    assert max(t for name, ts in tsys.items() if name != "scan-000003" for t in ts) < 2000
+    sources, lines = list(DEFAULT_SOURCES), list(DEFAULT_LINES)
+    positions = {s: source_position(s) for s in sources}
+    good = {
+        p.name: p.checksum
+        for n in (1, 2, 3)
+        for p in simulate_scan(
+            5, n, start=FIRST_EPOCH, sources=sources, lines=lines, positions=positions
+        ).packages
+    }
+    same = {name: good[name] == checksum for _, name, checksum, _, _ in rows}
+    assert same == {name: not name.startswith("scan-000003") for name in same}

@@ -37,8 +37,13 @@ def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> No
     try:
         first = _first_demo(env, home)
         assert "Traceback" not in first and "ERROR" not in first, first[-3000:]
-        assert "[3/5] simulated 24 scans, 48 raw data packages" in first
-        assert "[5/5] runs: 52 COMPLETED" in first
+        assert "[3/5] simulated 24 scans, 48 raw data packages (scan-000024 in poor weather)" in (
+            first
+        )
+        assert "[5/5] runs: 51 COMPLETED" in first  # no baseline of the rejected scan
+        assert (
+            "left out of the maps: calibrate[executed_obs_unit=scan-000024] rejected: tsys_k = "
+        ) in first and "(needs tsys_k < 2000) (the step's QA gate)" in first
         maps = [line.split("map: ")[1] for line in first.splitlines() if "map: " in line]
         assert maps and all(Path(p).exists() for p in maps)
         assert any(p.endswith(".moment0.png") for p in maps)
@@ -60,7 +65,7 @@ def test_demo_runs_on_the_embedded_server_with_no_settings(tmp_path: Path) -> No
         assert "[2/5] applied chai-demo.yaml: 0 change(s)" in second.stdout
         assert "24 scans already registered; not simulating more" in second.stdout
         assert "[4/5] no gaps: everything is up to date, nothing to run" in second.stdout
-        assert "[5/5] runs: 52 COMPLETED" in second.stdout
+        assert "[5/5] runs: 51 COMPLETED" in second.stdout
 
         url = run_cli(env, "db", "url")
         assert url.stdout.startswith("postgresql+psycopg://") and str(home) in url.stdout.replace(
