@@ -5,7 +5,8 @@ removed), every current run of the step is held to the new rules with the metric
 recorded when it completed (`qa_metrics`): nothing is re-run. Each run gets a new gate
 decision (a `qa_decision` row, like every decision kept for good); where a person's
 decision is in force it stays in force (people decide last). Where the decision in
-force flips, the run's downstream sub-groups become gaps of reason `qa_changed`.
+force flips, the run's downstream sub-groups become gaps of reason `qa_changed`. A run
+rejected because it has no accepted input stays rejected whatever its own gate says.
 
 A run that recorded no metrics (it wrote no QA file) fails every rule of a gate, each
 naming its metric as missing, as at completion.
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from sqlalchemy import Integer, any_, cast, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.selectable import ScalarSelect
 
 from ccat_ops_db import models as m
 from ccat_wm.quality.decide import rules_seen
 from ccat_wm.quality.downstream import DownstreamChanges, SubGroup
 from ccat_wm.quality.gate import QaRule, evaluate_gate
 from ccat_wm.quality.propagate import Derived, propagate
+from ccat_wm.quality.standing import source_in_force
 
 RUN = m.ExecutedReductionStep
 DECISION = m.QaDecision
@@ -43,8 +44,9 @@ class Redecision:
     """Sub-group keys the decision in force now rejects (accepted before)."""
     accepted: tuple[str, ...]
     """Sub-group keys the decision in force now accepts (rejected before)."""
-    kept_by_person: tuple[str, ...]
-    """Sub-group keys whose gate decision flipped under a person's decision in force."""
+    kept: tuple[str, ...]
+    """Sub-group keys whose gate decision flipped under a decision that stays in force (a
+    person's, or the derived rejection of a run without an accepted input)."""
     downstream: tuple[SubGroup, ...]
     """Downstream sub-groups whose inputs changed (gaps of reason `qa_changed`)."""
     derived: tuple[Derived, ...] = ()
@@ -63,22 +65,11 @@ class Redecision:
                 for d in self.derived
             )
             parts.append(f"followed by their downstream runs: {followed}")
-        if self.kept_by_person:
-            parts.append(f"a person's decision stays in force: {', '.join(self.kept_by_person)}")
+        if self.kept:
+            parts.append(f"another decision stays in force: {', '.join(self.kept)}")
         if not (self.rejected or self.accepted):
             parts.append("no decision in force changed")
         return "; ".join(parts)
-
-
-def _person_in_force() -> ScalarSelect[bool]:
-    """Whether a person's decision is in force on the run (their newest is not an undo)."""
-    return (
-        select(DECISION.undo.is_(False))
-        .where(DECISION.executed_reduction_step_id == RUN.id, DECISION.source == m.QaSource.PERSON)
-        .order_by(DECISION.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
 
 
 def redecide_step(
@@ -90,7 +81,7 @@ def redecide_step(
 ) -> Redecision:
     """Hold the current runs of `step` to `rules`; record each decision. No commit."""
     runs = session.execute(
-        select(RUN.id, RUN.sub_group_key, RUN.qa_rejected, RUN.qa_metrics, _person_in_force())
+        select(RUN.id, RUN.sub_group_key, RUN.qa_rejected, RUN.qa_metrics, source_in_force(RUN.id))
         .where(RUN.reduction_step_id == step.id, RUN.is_current)
         .order_by(RUN.sub_group_key)
     ).all()
@@ -110,11 +101,11 @@ def redecide_step(
     ).scalars().all()  # fmt: skip
     flipped: list[tuple[int, int, str, bool]] = []  # decision id, run id, key, rejected now
     kept: list[str] = []
-    for decision_id, (run_id, key, before, _, person), d in zip(ids, runs, decisions, strict=True):
+    for decision_id, (run_id, key, before, _, source), d in zip(ids, runs, decisions, strict=True):
         if (not d.accepted) == before:
             continue
-        if person:
-            kept.append(key)
+        if source is m.QaSource.PERSON or (before and source is m.QaSource.INPUTS):
+            kept.append(key)  # a person's decision, or no accepted input, stays in force
         else:
             flipped.append((decision_id, run_id, key, not d.accepted))
     for rejected in (True, False):

@@ -182,10 +182,13 @@ def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
         PROV_ATTR_ACTIVITY,
         PROV_ATTR_AGENT,
         PROV_ATTR_GENERATED_ENTITY,
+        PROV_ATTR_INFORMANT,
+        PROV_ATTR_INFORMED,
         PROV_ATTR_USED_ENTITY,
         ProvActivity,
         ProvAgent,
         ProvAssociation,
+        ProvCommunication,
         ProvDerivation,
         ProvDocument,
         ProvGeneration,
@@ -212,9 +215,18 @@ def test_lineage_prov_is_w3c_prov_json_from_the_map_back_to_every_raw_package(
             todo.extend(derived.get(node, ()))
     raw = {f"ccat:raw/{p['id']}" for p in lineage["raw_data_packages"]}
     assert raw and raw <= reached  # the map derives from every raw package of its lineage
-    assert {str(a.identifier) for a in doc.get_records(ProvActivity)} == {
-        f"ccat:run/{r['run_id']}" for r in lineage["runs"]
-    }
+    activities = {str(a.identifier) for a in doc.get_records(ProvActivity)}
+    runs = {f"ccat:run/{r['run_id']}" for r in lineage["runs"]}
+    # The demo gates its calibration: each calibration's decision is an activity it informed.
+    calibrations = {f"ccat:run/{r['run_id']}" for r in lineage["runs"] if r["step"] == "calibrate"}
+    informed = {
+        (str(dict(r.formal_attributes)[PROV_ATTR_INFORMED]),
+         str(dict(r.formal_attributes)[PROV_ATTR_INFORMANT]))
+        for r in doc.get_records(ProvCommunication)
+    }  # fmt: skip
+    decisions = activities - runs
+    assert runs <= activities and all(d.startswith("ccat:qa_decision/") for d in decisions)
+    assert {informant for d, informant in informed if d in decisions} == calibrations
     agents = {str(a.identifier): a for a in doc.get_records(ProvAgent)}
     grid_agent = agents["ccat:software/chai-gridding/2.1.0"]
     digest = demo["software"][2]["versions"][0]["digest"]
