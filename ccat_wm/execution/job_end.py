@@ -198,6 +198,9 @@ class JobFollower:
                     db, ctx.run_id, S.COMPLETED, expected=S.COLLECTING_RESULTS,
                     **qa_columns(metrics, judgement),
                 )  # fmt: skip
+                if judgement is not None and not judgement.decision.accepted:
+                    with Session(bind=db) as session:  # in this transaction
+                        follow_rejection(session, ctx.run_id)  # a re-run's downstream runs
         except ContractViolationError as exc:
             return self.recorder.fail(
                 ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id,
@@ -205,9 +208,6 @@ class JobFollower:
             )  # fmt: skip
         except TransitionError as exc:  # cancelled while it was collected
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
-        if judgement is not None and not judgement.decision.accepted:
-            with Session(self.recorder.engine) as session, session.begin():
-                follow_rejection(session, ctx.run_id)  # a re-run's downstream runs follow
         for record in records:
             _make_read_only(ctx.run_id, record.root or layout.root, record.path)
         return _completed(ctx, attempt, info, job_id, products=len(records), judgement=judgement)

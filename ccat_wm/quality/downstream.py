@@ -28,7 +28,6 @@ class DownstreamChanges:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._holders: dict[int, dict[SubGroup, list[SubGroup]]] = {}
-        self._inside: dict[int, dict[SubGroup, list[SubGroup]]] = {}
         self._step_ids: dict[int, dict[str, int]] = {}
 
     def of(self, pipeline: m.Pipeline, step: str, key: str) -> tuple[SubGroup, ...]:
@@ -36,23 +35,16 @@ class DownstreamChanges:
         self._read(pipeline)
         return tuple(sorted(self._holders[pipeline.id].get((step, key), ())))
 
-    def inside(self, pipeline: m.Pipeline, step: str, key: str) -> tuple[SubGroup, ...]:
-        """Return the sub-groups of the steps directly upstream inside (`step`, `key`)."""
-        self._read(pipeline)
-        return tuple(sorted(self._inside[pipeline.id].get((step, key), ())))
-
     def _read(self, pipeline: m.Pipeline) -> None:
         """Read which sub-groups hold which, once per pipeline (a full snapshot)."""
         if pipeline.id in self._holders:
             return
         holders: dict[SubGroup, list[SubGroup]] = defaultdict(list)
-        inside: dict[SubGroup, list[SubGroup]] = defaultdict(list)
         snapshot = load_snapshot(self.session, pipeline, prune=False)
         for (up, down, down_key), up_keys in containment(snapshot).items():
             for up_key in up_keys:
                 holders[(up, up_key)].append((down, down_key))
-                inside[(down, down_key)].append((up, up_key))
-        self._holders[pipeline.id], self._inside[pipeline.id] = holders, inside
+        self._holders[pipeline.id] = holders
 
     def record(
         self, pipeline: m.Pipeline, decisions: list[tuple[int, str, str]]

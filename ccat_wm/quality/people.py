@@ -131,7 +131,7 @@ def _decide_one(
         return PersonDecision(run_id, step, key, before, now_rejected, ())
     session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=now_rejected))
     downstream = changes.record(pipeline, [(decision_id, step, key)])[decision_id]
-    derived = propagate(session, pipeline, changes, [(step, key)])
+    derived = propagate(session, [run_id])
     return PersonDecision(run_id, step, key, before, now_rejected, downstream, tuple(derived))
 
 

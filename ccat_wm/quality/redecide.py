@@ -112,7 +112,7 @@ def redecide_step(
         flipped_ids = [run_id for _, run_id, _, now in flipped if now is rejected]
         _put_in_force(session, flipped_ids, rejected)
     reached = changes.record(pipeline, [(d, step.name, key) for d, _, key, _ in flipped])
-    derived = propagate(session, pipeline, changes, [(step.name, key) for _, _, key, _ in flipped])
+    derived = propagate(session, [run_id for _, run_id, _, _ in flipped])
     return Redecision(
         pipeline.name, step.name, len(runs),
         tuple(key for _, _, key, now in flipped if now),
