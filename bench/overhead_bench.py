@@ -9,10 +9,13 @@ For each size N, in one run and with the same parallelism W (threads):
   pipeline flow: gap evaluation, PENDING runs, staging (hard links of the raw data),
   manifest, local backend, polling, result collection (the captured log), every
   transition committed to the ops DB, the step's global concurrency limit (W slots).
-Prints wall times and the per-run overhead above direct launch in ms (target: <= 25),
-for every run and the median of each size (each run in a fresh process and Prefect
-server), then the marginal overhead per run between the smallest and largest size, in
-which the fixed costs of a flow run cancel out.
+Prints wall times and the per-run overhead above direct launch in ms, and its ratio to
+the bare map's cost per run (`ratio`, (lifecycle - direct) / (map - direct), measured in
+the same process), for every run and the median of each size (each run in a fresh
+process and Prefect server), then the marginal overhead per run between the smallest
+and largest size, in which the fixed costs of a flow run cancel out; its last line is
+JSON: per size `map_ms_per_run`, `overhead_ms_per_run`, `ratio` and the CPU per run of
+the flow and of the server (medians), and `max_ratio`.
 Uses Prefect's ephemeral server (started once, before timing; in a fresh PREFECT_HOME
 unless one is set, on a throwaway PostgreSQL database unless
 PREFECT_API_DATABASE_CONNECTION_URL is set) or the server of PREFECT_API_URL, and a
@@ -176,6 +179,7 @@ COLUMNS = {
     "map CPU ms/run": ".1f",
     "flow CPU ms/run": ".1f",
     "server CPU ms/run": ".1f",
+    "ratio": ".2f",
 }
 """The printed columns and their number formats; each as wide as its name (at least 5)."""
 
@@ -252,6 +256,13 @@ def run_all(args: argparse.Namespace, root: str) -> None:
             f"marginal overhead per run, from {small} to {large} runs (medians): "
             f"{extra / (large - small) * 1000:.1f} ms"
         )
+    summary = [
+        {"runs": n, "map_ms_per_run": r["map ms/run"], "overhead_ms_per_run": r["overhead ms/run"],
+         "ratio": r["ratio"], "flow_cpu_ms_per_run": r["flow CPU ms/run"],
+         "server_cpu_ms_per_run": r["server CPU ms/run"]}
+        for n, r in medians.items()
+    ]  # fmt: skip
+    print(json.dumps({"medians": summary, "max_ratio": max(r["ratio"] for r in summary)}))
 
 
 def one(args: argparse.Namespace) -> None:
@@ -282,6 +293,7 @@ def one(args: argparse.Namespace) -> None:
         "map ms/run": (p - d) * per_run, "overhead ms/run": (life - d) * per_run,
         "map lag s": map_lag, "flow lag s": life_lag, "map CPU ms/run": map_cpu * per_run,
         "flow CPU ms/run": flow_cpu * per_run, "server CPU ms/run": server_cpu * per_run,
+        "ratio": (life - d) / (p - d) if p > d else float("inf"),
     }  # fmt: skip
     print(json.dumps(row), flush=True)
 
