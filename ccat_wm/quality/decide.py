@@ -9,10 +9,11 @@ rejected run's products feed no downstream sub-group).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import insert
+from sqlalchemy import Integer, any_, cast, insert, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from ccat_ops_db import models as m
 from ccat_wm.db import Db, connection_of
@@ -77,3 +78,21 @@ def qa_columns(metrics: dict[str, float] | None, judgement: Judgement | None) ->
     if judgement is not None:
         columns["qa_rejected"] = not judgement.decision.accepted
     return columns
+
+
+def put_in_force(db: Db, flips: Iterable[tuple[int, bool]]) -> None:
+    """Set `qa_rejected` of each (run id, rejected) whose decision in force flipped. No commit.
+
+    One UPDATE per direction, with the run ids as one array parameter.
+    """
+    ids: dict[bool, list[int]] = {True: [], False: []}
+    for run_id, rejected in flips:
+        ids[rejected].append(run_id)
+    run = m.table_of(m.ExecutedReductionStep)
+    for rejected, run_ids in ids.items():
+        if run_ids:
+            connection_of(db).execute(
+                update(run)
+                .where(run.c.id == any_(cast(run_ids, ARRAY(Integer))))
+                .values(qa_rejected=rejected)
+            )

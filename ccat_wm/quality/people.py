@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
 from ccat_wm.errors import CcatWmError
+from ccat_wm.quality.decide import put_in_force
 from ccat_wm.quality.downstream import DownstreamChanges
 from ccat_wm.quality.propagate import Derived, propagate
 
@@ -117,7 +118,7 @@ def _decide_one(
     status, before, key, step, pipeline = row
     if status is not m.RunStatus.COMPLETED:
         raise QaDecisionError(f"run {run_id} is {status.value}: only a COMPLETED run is judged")
-    now_rejected = _gate_decision(session, run_id) if undo else rejected
+    now_rejected = _system_decision(session, run_id) if undo else rejected
     verb = "undo" if undo else ("reject" if rejected else "accept")
     decision_id: int = session.execute(
         insert(m.table_of(m.QaDecision))
@@ -129,13 +130,13 @@ def _decide_one(
     ).scalar_one()  # fmt: skip
     if now_rejected == before:
         return PersonDecision(run_id, step, key, before, now_rejected, ())
-    session.execute(update(RUN).where(RUN.id == run_id).values(qa_rejected=now_rejected))
+    put_in_force(session, [(run_id, now_rejected)])
     downstream = changes.record(pipeline, [(decision_id, step, key)])[decision_id]
     derived = propagate(session, [run_id])
     return PersonDecision(run_id, step, key, before, now_rejected, downstream, tuple(derived))
 
 
-def _gate_decision(session: Session, run_id: int) -> bool:
+def _system_decision(session: Session, run_id: int) -> bool:
     """Return whether the latest decision not a person's (the gate's, or derived) rejects it."""
     decision = m.QaDecision
     latest = session.scalar(

@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, any_, cast, exists, insert, select, union, update
+from sqlalchemy import Integer, and_, any_, cast, exists, insert, select, union
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
 from ccat_ops_db import models as m
+from ccat_wm.quality.decide import put_in_force
 from ccat_wm.quality.standing import source_in_force
 from ccat_wm.selection.dimensions import display_key
 
@@ -172,15 +173,7 @@ def _record(session: Session, decided: list[Derived]) -> list[Derived]:
             for d in decided
         ],
     ).scalars().all()  # fmt: skip
-    for rejected in (True, False):
-        run_ids = [d.run_id for d in decided if d.rejected is rejected]
-        if run_ids:
-            session.execute(
-                update(RUN)
-                .where(RUN.id == _ids(run_ids))
-                .values(qa_rejected=rejected)
-                .execution_options(synchronize_session=False)
-            )
+    put_in_force(session, [(d.run_id, d.rejected) for d in decided])
     recorded = []
     for decision_id, d in zip(ids, decided, strict=True):
         consumers = session.execute(

@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, any_, cast, insert, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db import models as m
-from ccat_wm.quality.decide import rules_seen
+from ccat_wm.quality.decide import put_in_force, rules_seen
 from ccat_wm.quality.downstream import DownstreamChanges, SubGroup
 from ccat_wm.quality.gate import QaRule, evaluate_gate
 from ccat_wm.quality.propagate import Derived, propagate
@@ -108,9 +107,7 @@ def redecide_step(
             kept.append(key)  # a person's decision, or no accepted input, stays in force
         else:
             flipped.append((decision_id, run_id, key, not d.accepted))
-    for rejected in (True, False):
-        flipped_ids = [run_id for _, run_id, _, now in flipped if now is rejected]
-        _put_in_force(session, flipped_ids, rejected)
+    put_in_force(session, [(run_id, now) for _, run_id, _, now in flipped])
     reached = changes.record(pipeline, [(d, step.name, key) for d, _, key, _ in flipped])
     derived = propagate(session, [run_id for _, run_id, _, _ in flipped])
     return Redecision(
@@ -121,14 +118,3 @@ def redecide_step(
         tuple(sorted({sub for subs in reached.values() for sub in subs})),
         tuple(derived),
     )  # fmt: skip
-
-
-def _put_in_force(session: Session, run_ids: list[int], rejected: bool) -> None:
-    """Set the decision in force on runs whose gate decision flipped (no person's in force)."""
-    if run_ids:
-        session.execute(
-            update(RUN)
-            .where(RUN.id == any_(cast(run_ids, ARRAY(Integer))))
-            .values(qa_rejected=rejected)
-            .execution_options(synchronize_session=False)
-        )
