@@ -5,8 +5,9 @@ parameters are plain values, so the same flow serves CONTINUOUS, CRON and MANUAL
 Task runs are named `<step>[<sub_group_key>]`; a follow-up waits (with `allow_failure`)
 only for the upstream runs inside its sub-group. Parallelism is bounded by the thread
 pool (`CCAT_WM_FLOW_WORKERS`) and per step by global concurrency limits. A wave larger
-than `CCAT_WM_MAX_TASK_RUNS` (at most 1,000) runs as consecutive sub-flow runs of that
-size, because one Prefect server does not reliably record more task runs per flow run.
+than `CCAT_WM_MAX_TASK_RUNS` (at most 1,000) runs as sub-flow runs of that size, because
+one Prefect server does not reliably record more task runs per flow run; each starts
+while the last runs of the one before still run (`flows.parts`).
 A flow run in which any sub-group run failed ends Failed; the others still run.
 """
 
@@ -31,6 +32,7 @@ from prefect.utilities.annotations import allow_failure
 from ccat_wm.errors import CcatWmError
 from ccat_wm.execution.stopping import reinstall, stop_requested, stop_signal
 from ccat_wm.settings import load_settings
+from flows.parts import Part, PartProgress, lead_for, progress_of, run_parts, split_wave
 from tasks.artifacts import publish_artifacts
 from tasks.claim import cancel_claimed_runs, claimed_runs
 from tasks.not_run import NOT_DUE, NOT_READY, UPSTREAM_FAILED, end_not_ready
@@ -104,11 +106,14 @@ class WaveRun:
     """Submit the first runs together before their task runs follow them (SLURM)."""
 
 
-def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
+def _run_items(
+    wave: WaveRun, items: list[WaveItem], progress: PartProgress | None = None
+) -> dict[str, int]:
     """Submit the items in order (upstream first) and count how their task runs ended.
 
     On a location that submits in bulk, the first runs' jobs are submitted together
-    first; if that fails, their task runs start them one by one.
+    first; if that fails, their task runs start them one by one. `progress` (a part of a
+    larger wave) counts the task runs down as they end, for the next part to start.
     """
     first = first_runs(items) if wave.submit_ahead else {}
     if first:
@@ -135,6 +140,8 @@ def _run_items(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
                     wait_for=waits,
                 )
             )
+        if progress is not None:
+            _thread_future(futures[-1]).add_done_callback(lambda _: progress.one_ended())
     counts = _no_counts()
     for future in futures:
         if not _wait(future):  # the command is stopping: task runs not begun never will
@@ -182,36 +189,18 @@ def pipeline_chunk(  # noqa: PLR0917 - a flow's parameters, passed positionally 
     location: str = "",
     retries: dict[str, int] | None = None,
     submit_ahead: bool = False,
+    part: int = 0,
 ) -> State[Any] | dict[str, int]:
-    """Run one chunk of a large wave as its own flow run (items after earlier chunks)."""
+    """Run part `part` of a large wave as its own flow run (`flows.parts`)."""
     wave_items = [WaveItem(**i) for i in items]
     wave = WaveRun(
         pipeline, location, claim_as, manual, force, retries or {},
         load_settings().task_run_tags, submit_ahead,
     )  # fmt: skip
-    counts = _run_items(wave, wave_items)
+    counts = _run_items(wave, wave_items, progress_of(claim_as, part))
     if counts["failed"]:
         return Failed(message=f"{counts['failed']} sub-group run(s) failed", data=counts)
     return counts
-
-
-def _chunks(items: list[WaveItem], size: int) -> list[list[WaveItem]]:
-    """Split in order; upstream indices are remapped into the chunk (earlier chunks are done)."""
-    out = []
-    for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        out.append(
-            [
-                WaveItem(
-                    i.step,
-                    i.sub_group_key,
-                    i.run_id,
-                    tuple(u - start for u in i.upstream if u >= start),
-                )
-                for i in chunk
-            ]
-        )
-    return out
 
 
 def _thread_future(future: PrefectFuture[Any]) -> concurrent.futures.Future[Any]:
@@ -323,25 +312,32 @@ def pipeline_flow(
 
 
 def _run_wave(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
-    """Run the items in this flow run, or as consecutive sub-flow runs if too many.
+    """Run the items in this flow run, or as overlapping sub-flow runs if too many.
 
-    The sub-flow runs appear under the pipeline's flow too, named after this flow run.
+    The sub-flow runs (`<flow run name> part N`) appear under the pipeline's flow too;
+    `flows.parts` says when each starts.
     """
     size = load_settings().max_task_runs - BOOKKEEPING_TASKS
-    counts = _no_counts()
     if len(items) <= size:
-        counts = _run_items(wave, items)
-    else:
-        chunk_flow = pipeline_chunk.with_options(name=wave.pipeline, task_runner=_bounded_runner())
-        for number, chunk in enumerate(_chunks(items, size), start=1):
-            state = chunk_flow.with_options(flow_run_name=f"{flow_run.name} part {number}")(
-                wave.pipeline, [_as_dict(i) for i in chunk], wave.claim_as, wave.manual,
-                wave.force, wave.location, wave.retries, wave.submit_ahead, return_state=True,
-            )  # fmt: skip
-            part = state.result(raise_on_failure=False)
-            part = part if isinstance(part, dict) else {"failed": len(chunk)}
-            for name, value in part.items():
-                counts[name] = counts.get(name, 0) + value
+        return _run_items(wave, items)
+    chunk_flow = pipeline_chunk.with_options(name=wave.pipeline, task_runner=_bounded_runner())
+    name = flow_run.name
+
+    def run_part(part: Part) -> dict[str, int]:
+        state = chunk_flow.with_options(flow_run_name=f"{name} part {part.number}")(
+            wave.pipeline, [_as_dict(i) for i in part.items], wave.claim_as, wave.manual,
+            wave.force, wave.location, wave.retries, wave.submit_ahead, part.number,
+            return_state=True,
+        )  # fmt: skip
+        counts = state.result(raise_on_failure=False)
+        return counts if isinstance(counts, dict) else {"failed": len(part.items)}
+
+    counts = _no_counts()
+    for part_counts in run_parts(
+        wave.claim_as, split_wave(items, size), run_part, lead=lead_for(size)
+    ):
+        for key, value in part_counts.items():
+            counts[key] = counts.get(key, 0) + value
     return counts
 
 

@@ -11,6 +11,7 @@ attempt's logs are kept as LOG products with FAILED.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from ccat_wm.execution.collect import (
 from ccat_wm.execution.context import RunContext
 from ccat_wm.execution.layout import RunLayout
 from ccat_wm.execution.lifecycle import TransitionError, current_status
-from ccat_wm.execution.outcome import RunOutcome, Started, run_log
+from ccat_wm.execution.outcome import RunOutcome, Started, Unrecorded, run_log
 from ccat_wm.execution.recorder import RunRecorder
 from ccat_wm.execution.runtree import (
     UnsafeEntryError,
@@ -52,6 +53,13 @@ from infra.backends import Backend, JobInfo, JobState
 S = RunStatus
 CANCEL_CHECK_S = 0.25
 """How often a watched run looks in the ops DB for a person's cancel."""
+RECORD_RUNNING_AFTER_S = 1.0
+"""A job that started at once is recorded SUBMITTED and RUNNING once it has run this long
+(a shorter one: with its end, in one commit)."""
+QUICK_COLLECTION_BYTES = 64 << 20
+"""Outputs up to this size are collected in the commit that records the job's end; for
+larger ones COLLECTING_RESULTS is committed first, so that the run shows it while the
+files are hashed."""
 UNKNOWN_GRACE_S = 60.0
 """A job the backend does not know for this long is failed (it may lag behind at first)."""
 
@@ -78,34 +86,45 @@ class JobFollower:
         """Follow what a start gave (after its connection went back to the pool)."""
         if isinstance(started, RunOutcome):
             return started
-        return self.follow(ctx, attempt, started.backend, started.job_id, running=started.running)
+        return self.follow(
+            ctx, attempt, started.backend, started.job_id, running=started.running,
+            unrecorded=started.unrecorded,
+        )  # fmt: skip
 
     def follow(
-        self, ctx: RunContext, attempt: int, backend: Backend, job_id: str, *, running: bool
+        self,
+        ctx: RunContext,
+        attempt: int,
+        backend: Backend,
+        job_id: str,
+        *,
+        running: bool,
+        unrecorded: Unrecorded | None = None,
     ) -> RunOutcome:
-        """Watch the job to its end, record it (COLLECTING_RESULTS) and collect its results."""
+        """Watch the job to its end, note it (COLLECTING_RESULTS) and collect its results.
+
+        `unrecorded`: moves of the attempt not written yet (a job that started at once);
+        the end is written with them and the products in one commit (`collect`).
+        """
         grace = pending_grace_s(ctx.location.settings)
-        end = self.watch(ctx.run_id, backend, job_id, running=running, grace_s=grace)
+        end = self.watch(
+            ctx.run_id, backend, job_id, running=running, grace_s=grace, unrecorded=unrecorded
+        )
         if end.info is None:
             return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
-        info, move = end.info, self.recorder.move
+        info = end.info
+        if unrecorded is None:
+            unrecorded = Unrecorded(S.RUNNING if end.running_recorded else S.SUBMITTED)
+        if unrecorded.status is not S.RUNNING:
+            unrecorded.add(S.RUNNING)
+        unrecorded.add(
+            S.COLLECTING_RESULTS, exit_code=info.exit_code, processing_time_s=info.wall_time_s,
+            cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
+        )  # fmt: skip
         with self.recorder.engine.connect() as conn:
-            try:
-                with self.recorder.transaction(conn):  # one commit if never seen running
-                    if not end.running_recorded:
-                        move(conn, ctx.run_id, S.RUNNING, expected=S.SUBMITTED)
-                    move(
-                        conn, ctx.run_id, S.COLLECTING_RESULTS, expected=S.RUNNING,
-                        exit_code=info.exit_code, processing_time_s=info.wall_time_s,
-                        cpu_hours=info.cpu_hours, peak_memory_gb=info.peak_memory_gb,
-                    )  # fmt: skip
-            except TransitionError as exc:
-                if exc.current is S.CANCELLED:
-                    backend.cancel(job_id)
-                    return RunOutcome(ctx.run_id, S.CANCELLED, attempt, "cancelled")
-                raise
-            backend.forget(job_id)
-            return self.collect(ctx, attempt, info, conn, job_id=job_id)
+            outcome = self.collect(ctx, attempt, info, conn, job_id=job_id, unrecorded=unrecorded)
+        backend.forget(job_id)
+        return outcome
 
     def watch(
         self,
@@ -115,15 +134,19 @@ class JobFollower:
         *,
         running: bool = False,
         grace_s: float = DEFAULT_PENDING_GRACE_S,
+        unrecorded: Unrecorded | None = None,
     ) -> JobEnd:
         """Poll until the job ends, is cancelled by a person, or is stuck for `grace_s`.
 
         A job the backend reports stuck (held for a reason that cannot clear by itself)
         for longer than `grace_s` is cancelled and ends FAILED with reason STUCK_PENDING.
+        The `unrecorded` moves of a job that runs longer than `RECORD_RUNNING_AFTER_S`
+        are written then, so that a long job shows RUNNING.
         """
         # long: one polling loop; its branches are the ways a job ends, read best side by side
         interval, marked_running, unknown_since, stuck_since = 0.002, running, None, None
         next_check = time.monotonic() + CANCEL_CHECK_S
+        record_at = time.monotonic() + RECORD_RUNNING_AFTER_S
         try:
             while True:
                 if stop_requested():
@@ -142,6 +165,8 @@ class JobFollower:
                 if info.state is JobState.RUNNING and not marked_running:
                     self.recorder.move_now(run_id, S.RUNNING, expected=S.SUBMITTED)
                     marked_running = True
+                if unrecorded is not None and time.monotonic() >= record_at:
+                    self.recorder.write_unrecorded_now(run_id, unrecorded)
                 if info.state is JobState.UNKNOWN:
                     unknown_since = unknown_since or time.monotonic()
                     if time.monotonic() - unknown_since > UNKNOWN_GRACE_S:
@@ -171,10 +196,16 @@ class JobFollower:
         conn: Connection | None = None,
         *,
         job_id: str | None = None,
+        unrecorded: Unrecorded | None = None,
     ) -> RunOutcome:
-        """Register the finished job's products (COMPLETED) or keep its logs (FAILED)."""
+        """Register the finished job's products (COMPLETED) or keep its logs (FAILED).
+
+        `unrecorded`: the attempt's moves since its last commit (up to COLLECTING_RESULTS),
+        written in the same transaction; None: the run is COLLECTING_RESULTS already.
+        """
         job_id = job_id or ctx.hpc_job_id  # resumed: the job recorded before the process died
         layout = ctx.layout
+        unrecorded = unrecorded or Unrecorded(S.COLLECTING_RESULTS)
         captured, log_problem = _captured_log(layout, attempt)
         if info.state is not JobState.COMPLETED:
             reason = info.reason or f"exit code {info.exit_code}"
@@ -182,14 +213,18 @@ class JobFollower:
                 reason = f"{reason}; {log_problem}"
             return self.recorder.fail(
                 ctx, attempt, reason, captured=captured, conn=conn, job_id=job_id,
-                kind=classify_failure(reason, info.exit_code),
+                kind=classify_failure(reason, info.exit_code), unrecorded=unrecorded,
             )  # fmt: skip
         try:
             if log_problem:
                 raise ContractViolationError([log_problem])
-            records = checksum_outputs([*scan_outputs(layout), *captured])
+            outputs = [*scan_outputs(layout), *captured]
+            if unrecorded.moves and _bytes(outputs) > QUICK_COLLECTION_BYTES:
+                self.recorder.write_unrecorded_now(ctx.run_id, unrecorded)
+            records = checksum_outputs(outputs)
             metrics, judgement = _read_qa(ctx, records)
             with self.recorder.transaction(conn) as db:
+                self.recorder.write_unrecorded(db, ctx.run_id, unrecorded)
                 register_products(db, ctx.run_id, records)
                 verify_unchanged(records)  # nothing may have changed since it was hashed
                 if judgement is not None:  # with the products, in the same transaction
@@ -204,7 +239,7 @@ class JobFollower:
         except ContractViolationError as exc:
             return self.recorder.fail(
                 ctx, attempt, str(exc), captured=captured, conn=conn, job_id=job_id,
-                kind=FailureKind.CONTRACT,
+                kind=FailureKind.CONTRACT, unrecorded=unrecorded,
             )  # fmt: skip
         except TransitionError as exc:  # cancelled while it was collected
             return RunOutcome(ctx.run_id, exc.current or S.CANCELLED, attempt, str(exc))
@@ -270,6 +305,15 @@ def _read_qa(
     except QaMetricsError as exc:
         raise ContractViolationError([str(exc)]) from None
     return judgement.metrics, judgement
+
+
+def _bytes(outputs: Sequence[OutputFile]) -> int:
+    """Size of the outputs on disk (links not followed; a file gone counts nothing)."""
+    total = 0
+    for output in outputs:
+        with contextlib.suppress(OSError):
+            total += os.lstat(output.path).st_size
+    return total
 
 
 def _stuck_reason(job_id: str, info: JobInfo, grace_s: float) -> str:

@@ -31,6 +31,7 @@ from ccat_wm.execution.outcome import (
     StagedJob,
     Started,
     Submitted,
+    Unrecorded,
     announce,
     run_log,
     who,
@@ -44,7 +45,7 @@ from ccat_wm.execution.sizing import (
     combined_limits,
     resources_json,
 )
-from ccat_wm.execution.staging import stage_inputs
+from ccat_wm.execution.staging import CopyRecord, stage_inputs
 from ccat_wm.execution.stopping import StopRequestedError, stop_requested
 from ccat_wm.settings import Settings
 from infra.backends import Backend, BackendError, JobSpec, ResourceLimits, Resources
@@ -59,6 +60,22 @@ def backend_for(ctx: RunContext, settings: Settings | None = None) -> Backend:
     """Return the backend of the run's processing location (job state under its path)."""
     location = ctx.location
     return location_backend(location.backend, location.path, location.settings, settings)
+
+
+def submission(ctx: RunContext, job: StagedJob, job_id: str, *, running: bool) -> Unrecorded:
+    """Return the moves of a submitted job (and its staging's copies), from STAGING_DATA.
+
+    SUBMITTED sets the job id, what it asks for and the first attempt's command;
+    RUNNING follows for a job that runs already.
+    """
+    unrecorded = Unrecorded(S.STAGING_DATA, copies=job.copies)
+    unrecorded.add(
+        S.SUBMITTED, hpc_job_id=job_id, requested_resources=resources_json(job.request),
+        **first_command(ctx, job.spec),
+    )  # fmt: skip
+    if running:
+        unrecorded.add(S.RUNNING)
+    return unrecorded
 
 
 def first_command(ctx: RunContext, spec: JobSpec) -> dict[str, str]:
@@ -77,7 +94,13 @@ class JobStarter:
         self.settings = settings
 
     def submit(self, ctx: RunContext, attempt: int, conn: Connection) -> Started:
-        """Stage, submit, record SUBMITTED (and RUNNING if it runs already)."""
+        """Stage, submit, record SUBMITTED (and RUNNING if it runs already).
+
+        A job that starts at once is not recorded here: SUBMITTED and RUNNING go out
+        with the next commit of the run (`Unrecorded`), which for a short job is the
+        one that records its end. Until then the run shows STAGING_DATA; a process that
+        dies meanwhile leaves it so, and the run that adopts it finds the job by name.
+        """
         backend = backend_for(ctx, self.settings)
         job = self.stage_job(ctx, attempt, conn, backend)
         if isinstance(job, RunOutcome):
@@ -87,7 +110,9 @@ class JobStarter:
         try:
             job_id = backend.submit(job.spec)
         except NOT_STARTED_ERRORS as exc:
-            return self.not_started(ctx, attempt, conn, job.request, exc)
+            return self.not_started(ctx, attempt, conn, job.request, exc, copies=job.copies)
+        if backend.starts_at_once:
+            return Submitted(backend, job_id, True, submission(ctx, job, job_id, running=True))
         return self.record_submitted(ctx, attempt, conn, backend, job=job, job_id=job_id)
 
     def stage_job(
@@ -101,25 +126,27 @@ class JobStarter:
                 ctx, attempt, str(exc), expected=S.STAGING_DATA, conn=conn,
                 kind=FailureKind.OVER_LIMIT, requested=exc.request,
             )  # fmt: skip
+        copies: list[CopyRecord] = []
         try:
-            spec, staged = self._prepare(ctx, attempt, conn, request)
+            spec, staged = self._prepare(ctx, attempt, conn, request, copies)
         except UnsafeEntryError as exc:  # an earlier attempt's job planted it: no retry mends it
             return self.recorder.fail(
                 ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn,
                 kind=FailureKind.CONTRACT, requested=request,
             )  # fmt: skip
         except NOT_STARTED_ERRORS as exc:
-            return self.not_started(ctx, attempt, conn, request, exc)
-        return StagedJob(spec, staged, request)
+            return self.not_started(ctx, attempt, conn, request, exc, copies=copies)
+        return StagedJob(spec, staged, request, copies)
 
     def not_started(
         self, ctx: RunContext, attempt: int, conn: Connection | None, request: Resources,
-        exc: Exception,
+        exc: Exception, *, copies: list[CopyRecord] | None = None,
     ) -> RunOutcome:  # fmt: skip
         """FAILED (NOT_STARTED): the attempt's job could not be staged or submitted."""
         return self.recorder.fail(
             ctx, attempt, f"could not start: {exc}", expected=S.STAGING_DATA, conn=conn,
             kind=FailureKind.NOT_STARTED, requested=request,
+            unrecorded=Unrecorded(S.STAGING_DATA, copies=copies or []),
         )  # fmt: skip
 
     def record_submitted(
@@ -141,16 +168,10 @@ class JobStarter:
         run_id, running = ctx.run_id, backend.starts_at_once
         if announced and not running:  # a queued job: say which while it waits and runs
             announce(ctx, attempt, job, job_id)
-        move = self.recorder.move
         try:
             with self.recorder.transaction(conn) as db:
-                move(
-                    db, run_id, S.SUBMITTED, expected=S.STAGING_DATA, hpc_job_id=job_id,
-                    requested_resources=resources_json(job.request),
-                    **first_command(ctx, job.spec),
-                )  # fmt: skip
-                if running:
-                    move(db, run_id, S.RUNNING, expected=S.SUBMITTED)
+                unrecorded = submission(ctx, job, job_id, running=running)
+                self.recorder.write_unrecorded(db, run_id, unrecorded)
         except TransitionError as exc:
             backend.cancel(job_id)
             return RunOutcome(run_id, exc.current or S.CANCELLED, attempt, str(exc))
@@ -169,13 +190,21 @@ class JobStarter:
         return request
 
     def _prepare(
-        self, ctx: RunContext, attempt: int, conn: Connection, request: Resources
+        self,
+        ctx: RunContext,
+        attempt: int,
+        conn: Connection,
+        request: Resources,
+        copies: list[CopyRecord],
     ) -> tuple[JobSpec, int]:
-        """Stage the inputs, write the manifest, build the job; return it with the inputs' count."""
+        """Stage the inputs, write the manifest, build the job; return it with the inputs' count.
+
+        The staged packages' copies are added to `copies`, recorded with the next commit.
+        """
         layout = ctx.layout
         reset_output(layout)
         create_log(layout.root, layout.attempt_log(attempt))
-        staged = stage_inputs(lambda: self.recorder.transaction(conn), ctx)
+        staged = stage_inputs(lambda: self.recorder.transaction(conn), ctx, copies=copies)
         write_manifest(layout, build_manifest(ctx, staged))
         spec = build_job(ctx, self.settings, attempt, request)
         if ctx.location.runtime is Runtime.APPTAINER:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,37 @@ class StagedJob:
     spec: JobSpec
     staged: int
     request: Resources
+    copies: list[dict[str, Any]] = field(default_factory=list)
+    """Packages staged into the location's cache, recorded with the next commit."""
+
+
+@dataclass(slots=True)
+class Unrecorded:
+    """What an attempt did that the ops DB does not hold yet: written with the run's next commit.
+
+    A job that starts at once (a local process) is not recorded SUBMITTED and RUNNING in
+    a commit of its own: the moves wait here, with the staged packages' copies, and go
+    out with the commit that records its end, or once the job has run for
+    `RECORD_RUNNING_AFTER_S` (so a long job shows RUNNING). Likewise its end
+    (COLLECTING_RESULTS) goes out with its products unless they take long to collect.
+    Every status is still recorded, each by its own UPDATE (the status history and
+    the attempt record are kept by triggers), in fewer commits.
+    """
+
+    recorded: RunStatus
+    """The status the ops DB holds."""
+    moves: list[tuple[RunStatus, dict[str, Any]]] = field(default_factory=list)
+    """Moves made since, in order, each with the columns it sets."""
+    copies: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status once the moves are written."""
+        return self.moves[-1][0] if self.moves else self.recorded
+
+    def add(self, status: RunStatus, **values: Any) -> None:
+        """Note a move to `status` setting `values`."""
+        self.moves.append((status, values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +97,9 @@ class Submitted:
     backend: Backend
     job_id: str
     running: bool
-    """RUNNING is recorded already (a backend whose jobs start at once)."""
+    """RUNNING is recorded already, or in `unrecorded` (a backend whose jobs start at once)."""
+    unrecorded: Unrecorded | None = None
+    """SUBMITTED and RUNNING (and the staging's copies) not written yet."""
 
 
 Started = RunOutcome | Submitted

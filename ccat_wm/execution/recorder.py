@@ -22,8 +22,9 @@ from ccat_wm.execution.collect import (
 )
 from ccat_wm.execution.context import RunContext
 from ccat_wm.execution.lifecycle import TransitionError, transition
-from ccat_wm.execution.outcome import RunOutcome, run_log, who
+from ccat_wm.execution.outcome import RunOutcome, Unrecorded, run_log, who
 from ccat_wm.execution.sizing import resources_json
+from ccat_wm.execution.staging import record_copies
 from infra.backends import Resources
 
 S = RunStatus
@@ -60,6 +61,27 @@ class RunRecorder:
         with self.transaction() as conn:
             self.move(conn, run_id, target, expected=expected, **values)
 
+    @staticmethod
+    def write_unrecorded(db: Connection, run_id: int, unrecorded: Unrecorded) -> RunStatus:
+        """Write what an attempt did since its last commit, in the caller's transaction.
+
+        Each move is its own UPDATE (the status history and attempt record see each);
+        raises TransitionError if someone moved the run meanwhile (a person's cancel).
+        Returns the run's status now.
+        """
+        record_copies(db, unrecorded.copies)
+        for status, values in unrecorded.moves:
+            transition(db, run_id, status, expected=unrecorded.recorded, **values)
+            unrecorded.recorded = status
+        unrecorded.copies, unrecorded.moves = [], []
+        return unrecorded.recorded
+
+    def write_unrecorded_now(self, run_id: int, unrecorded: Unrecorded) -> None:
+        """Write what an attempt did since its last commit, in a transaction of its own."""
+        if unrecorded.moves or unrecorded.copies:
+            with self.transaction() as conn:
+                self.write_unrecorded(conn, run_id, unrecorded)
+
     def fail(
         self,
         ctx: RunContext,
@@ -72,12 +94,14 @@ class RunRecorder:
         job_id: str | None = None,
         kind: FailureKind,
         requested: Resources | None = None,
+        unrecorded: Unrecorded | None = None,
     ) -> RunOutcome:
         """Keep the attempt's logs as LOG products and mark the run FAILED with `reason`.
 
         `requested`: what an attempt that failed before its submission asked for (a
-        submitted one's request is recorded already). A failure of a kind no retry can
-        mend ends the run's retries.
+        submitted one's request is recorded already). `unrecorded`: what the attempt did
+        since its last commit, written first (the run moves to FAILED from its status
+        then). A failure of a kind no retry can mend ends the run's retries.
         """
         moved, unpreserved = preserve_failed_logs(ctx.layout, attempt)
         if unpreserved:
@@ -88,6 +112,8 @@ class RunRecorder:
             values["requested_resources"] = resources_json(requested)
         try:
             with self.transaction(conn) as db:
+                if unrecorded is not None:
+                    expected = self.write_unrecorded(db, ctx.run_id, unrecorded)
                 register_products(db, ctx.run_id, records)
                 self.move(db, ctx.run_id, S.FAILED, expected=expected, **values)
         except TransitionError as exc:

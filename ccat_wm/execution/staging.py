@@ -77,24 +77,38 @@ Transactions = Callable[[], AbstractContextManager[Connection]]
 record at once, so that an external transfer system sees its StagingJob."""
 
 
+CopyRecord = dict[str, Any]
+"""A staged package's copy at a location, as `record_copies` writes it."""
+
+
 def stage_inputs(
-    transaction: Transactions, ctx: RunContext, *, poll_s: float = 1.0
+    transaction: Transactions,
+    ctx: RunContext,
+    *,
+    poll_s: float = 1.0,
+    copies: list[CopyRecord] | None = None,
 ) -> list[StagedInput]:
-    """Stage every raw input and give the run its inputs (see the module docstring)."""
+    """Stage every raw input and give the run its inputs (see the module docstring).
+
+    `copies`: the packages staged into the location's cache are added to it, for the
+    caller to record with its next commit (`record_copies`), instead of one commit
+    each. Losing them costs nothing but staging again: the next attempt finds the
+    staged file, links it and checks its checksum.
+    """
     layout = ctx.layout
     private = ctx.location.runtime is m.Runtime.HOST
     staged = []
     for raw in ctx.raw_inputs:
         source = raw.location_copy
         if source is None or not source.exists():
-            source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
+            source = _stage_package(transaction, ctx, raw, poll_s=poll_s, copies=copies)
         try:
             target = _give_run(source, layout, raw, private=private)
         except (FileNotFoundError, StagingError):
             if source.exists():
                 raise
             # `ccat-wm gc` removed the staged copy since it was looked up: stage it again.
-            source = _stage_package(transaction, ctx, raw, poll_s=poll_s)
+            source = _stage_package(transaction, ctx, raw, poll_s=poll_s, copies=copies)
             target = _give_run(source, layout, raw, private=private)
         staged.append(StagedInput(target, "raw", raw.name, raw.checksum, metadata=raw.metadata))
     for product in ctx.product_inputs:
@@ -176,9 +190,17 @@ def _relative_to_run(product: ProductInput) -> Path:
 
 
 def _stage_package(
-    transaction: Transactions, ctx: RunContext, raw: RawInput, *, poll_s: float
+    transaction: Transactions,
+    ctx: RunContext,
+    raw: RawInput,
+    *,
+    poll_s: float,
+    copies: list[CopyRecord] | None,
 ) -> Path:
-    """Bring one package into the location's staging cache and record the copy."""
+    """Bring one package into the location's staging cache and record the copy.
+
+    With `copies`, the record is added to it for the caller's next commit instead.
+    """
     cache = ctx.location.path / STAGING_CACHE
     source = next((p for p in raw.disk_copies if p.exists()), None)
     if source is not None:
@@ -199,9 +221,18 @@ def _stage_package(
         "path": str(target),
         "verified_at": dt.datetime.now(dt.UTC),
     }
+    if copies is not None:
+        copies.append(values)
+        return target
     with transaction() as conn:
-        conn.execute(_record_copy(), values)
+        record_copies(conn, [values])
     return target
+
+
+def record_copies(conn: Connection, copies: list[CopyRecord]) -> None:
+    """Record staged packages' copies at their location (one statement for all)."""
+    if copies:
+        conn.execute(_record_copy(), copies)
 
 
 @lru_cache(maxsize=1)
