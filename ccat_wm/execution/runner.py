@@ -1,19 +1,18 @@
 """One run from PENDING to a final status (docs/concepts.md section 2), written to the ops DB.
 
-Each step commits its own short transaction: PENDING -> STAGING_DATA (stage inputs,
-write the manifest, build the command) -> SUBMITTED (job id and command stored with the
-status) -> RUNNING -> COLLECTING_RESULTS (exit code and metrics) -> COMPLETED (products
-and lineage in the same transaction) or FAILED (logs kept as LOG products), then
-FAILED -> PENDING while `retry_count < max_retries`. Every move goes through
-`transition()`, so a person's cancel (CANCELLED) wins over the next move and the job is
-stopped. The ops DB is read for a cancel at most every `CANCEL_CHECK_S` while polling;
-a cancel that lands after the job finished still wins, since the next move fails.
+PENDING -> STAGING_DATA (stage inputs, write the manifest, build the command) ->
+SUBMITTED (job id and command stored with the status) -> RUNNING -> COLLECTING_RESULTS
+(exit code and metrics) -> COMPLETED (products and lineage in the same transaction) or
+FAILED (logs kept as LOG products), then FAILED -> PENDING while `retry_count <
+max_retries`. Every move goes through `transition()`, so a person's cancel (CANCELLED)
+wins over the next move and the job is stopped. The ops DB is read for a cancel at most
+every `CANCEL_CHECK_S` while polling; a cancel that lands after the job finished still
+wins, since the next move fails.
 
-A run checks out one ops DB connection for its start (claim, context, staging record,
-SUBMITTED, and RUNNING in the same commit for a backend whose jobs start at once, as
-local processes do) and one for its end (RUNNING, COLLECTING_RESULTS, products, final
-status), and none while the job runs: each checkout pings the server, and for short jobs the
-database round trips are most of what a run costs the flow process.
+A run commits twice: its start (claim, context, snapshot) and its end; the moves in
+between wait in `Unrecorded` and go out, each its own UPDATE, with the end's commit,
+unless the job runs long or its outputs are large (docs/execution.md, "Two commits per
+run"). A run holds an ops DB connection only for those commits, none while its job runs.
 
 `start_many` starts the first attempts of many runs together (same moves, same
 transactions per run) and hands their jobs to the backend in one `submit_many` (SLURM:

@@ -11,7 +11,9 @@ memory is the larger of the sampled tree sum and the largest single process (`ti
 `%M`, and each sampled process's `VmHWM`). Without GNU `time`, only the samples count.
 The job's start and its outcome are also written to state files (`<pid>.json`,
 `<pid>.end.json`) under the location's job-state directory, so that another process
-(`ccat-wm cancel`, a restarted flow) can read them; job ids are process ids.
+(`ccat-wm cancel`, a restarted flow) can read them; job ids are process ids, and
+`<job name>.job` holds the id of the job started under a name (`find`: the flow run
+that adopts a run whose process died before it recorded the job finds it there).
 
 Nothing a job started outlives it: the job runs in its own PID namespace (`unshare
 --pid --fork --kill-child --mount-proc`, with `--user --map-current-user` when not
@@ -162,10 +164,19 @@ class LocalBackend(Backend):
             _LIVE[job_id] = record
             _ENDED[job_id] = threading.Event()
         self._write(record)
+        self._name_path(spec.name).write_text(job_id)  # for `find` after a crash
         threading.Thread(
             target=self._monitor, args=(process, record), name=f"local-job-{job_id}", daemon=True
         ).start()
         return job_id
+
+    def find(self, name: str) -> str | None:
+        """Return the job started under `name` by any process (its id was perhaps never recorded)."""
+        try:
+            job_id = self._name_path(name).read_text().strip()
+        except OSError:
+            return None
+        return job_id if job_id and self._read(job_id) is not None else None
 
     def status(self, job_id: str) -> JobInfo:
         """Return the job's state from this process's monitor or from its state file."""
@@ -299,6 +310,9 @@ class LocalBackend(Backend):
         # here and one read by another process from the files never disagree.
         self._write(replace(record, state=state, reason=reason))
         record.state, record.reason = state, reason
+
+    def _name_path(self, name: str) -> Path:
+        return self.state_dir / f"{name.replace('/', '_')}.job"
 
     def _path(self, job_id: str, *, ended: bool = False) -> Path:
         return self.state_dir / f"{job_id}{'.end' if ended else ''}.json"

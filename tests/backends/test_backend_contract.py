@@ -109,6 +109,17 @@ def test_cancel_stops_a_running_job(backend: Backend, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_local_a_job_is_found_by_its_name_from_another_process(tmp_path: Path) -> None:
+    """After a crash the adopting process knows the job's name only (`resume`)."""
+    submitter = get_backend("local", tmp_path / ".jobs", {})
+    job_id = submitter.submit(job(tmp_path, "ccat-run-7-a0-reduce", "sleep", "0.2"))
+    elsewhere = get_backend("local", tmp_path / ".jobs", {})  # reads the state files only
+
+    assert elsewhere.find("ccat-run-7-a0-reduce") == job_id
+    assert elsewhere.find("ccat-run-7-a1-reduce") is None
+    assert wait(elsewhere, job_id).state is JobState.COMPLETED
+
+
 def test_an_unknown_job_is_unknown(backend: Backend, tmp_path: Path) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # SLURM: squeue and sacct were both asked
