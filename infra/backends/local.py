@@ -171,7 +171,7 @@ class LocalBackend(Backend):
         return job_id
 
     def find(self, name: str) -> str | None:
-        """Return the job started under `name` by any process (its id was perhaps never recorded)."""
+        """Return the job started under `name` by any process (its id may not be recorded)."""
         try:
             job_id = self._name_path(name).read_text().strip()
         except OSError:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.db
 def ops_engine(migrated_url: URL) -> Iterator[Engine]:
     """A fresh engine made as the runner makes its own (not the process-wide cached one)."""
     url = db.normalize_db_url(migrated_url.render_as_string(hide_password=False))
-    engine = db._engine_for.__wrapped__(url.render_as_string(hide_password=False))  # noqa: SLF001
+    engine = db._engine_for.__wrapped__(url.render_as_string(hide_password=False))
     yield engine
     engine.dispose()
 
