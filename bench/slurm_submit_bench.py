@@ -11,9 +11,12 @@ through wrappers put first on PATH (each logs its name, then runs the real comma
 the counts are what SLURM really received. Prints the invocations of sbatch, squeue and
 sacct; the time from the first run's SUBMITTED to the last's (from the ops DB's status
 history) against the plain loop's wall time; when the attempts started (STAGING_DATA)
-and how long each took to SUBMITTED, so that staging is seen too; and how many runs
+and how long each took to SUBMITTED, so that staging is seen too; how many runs
 completed with SLURM's accounting (job id, elapsed time and CPU time from `sacct`) on
-their record. The last line is one JSON object with the figures.
+their record; and, from `sacct`'s Start and End of every job of the pipeline, each time
+the cluster ran none of them for a second or more between the first and the last (a
+wave above `CCAT_WM_MAX_TASK_RUNS` runs in parts: the seams between parts). The last
+line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -126,6 +129,41 @@ def _phases(session: Any) -> dict[str, Any]:
     }
 
 
+def idle_gaps(since: dt.datetime) -> dict[str, Any]:
+    """When the cluster ran none of the pipeline's jobs, between its first job and its last.
+
+    From SLURM's accounting (`sacct`: each job's Start and End, whole seconds): the jobs'
+    intervals are swept in order of start; a start after every earlier job has ended
+    leaves the cluster idle in between. Returns the idle gaps of at least 1 s (start
+    and length), the longest, and the number of jobs read.
+    """
+    listed = subprocess.run(
+        ["sacct", "--allocations", "--noheader", "--parsable2", "--allusers",
+         f"--starttime={since.astimezone().strftime('%Y-%m-%dT%H:%M:%S')}",
+         "--format=JobName,Start,End"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    spans = []
+    for line in listed.splitlines():
+        name, start, end = line.split("|")
+        if name == LOOP_JOB or "Unknown" in (start, end) or "None" in (start, end):
+            continue
+        spans.append((dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)))
+    spans.sort()
+    gaps: list[tuple[str, float]] = []
+    busy_until = spans[0][1] if spans else None
+    for start, end in spans[1:]:
+        assert busy_until is not None
+        if start > busy_until and (start - busy_until).total_seconds() >= 1:
+            gaps.append((busy_until.strftime("%H:%M:%S"), (start - busy_until).total_seconds()))
+        busy_until = max(busy_until, end)
+    return {
+        "jobs_accounted": len(spans),
+        "idle_gaps": gaps,
+        "max_idle_gap_s": max((g for _, g in gaps), default=0.0),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
@@ -187,6 +225,7 @@ def main() -> None:
             )
         completed = sum(1 for r in result.runs if r.status == "COMPLETED")
         engine.dispose()
+        idle = idle_gaps(started_at)
     submit_s = (last - first).total_seconds()
     print(f"runs: {n}, completed: {completed}, flow: {flow_s:.1f} s")
     print(f"plain loop of {n} sbatch: {loop_s:.2f} s ({loop_calls['sbatch']} sbatch calls)")
@@ -197,6 +236,10 @@ def main() -> None:
         f"pipeline: flow start to first attempt {(phases['first_start'] - started_at).total_seconds():.2f} s, "
         f"first attempt to last {(phases['last_start'] - phases['first_start']).total_seconds():.2f} s, "
         f"attempt start to SUBMITTED median {phases['median_start_to_submit_s']:.2f} s"
+    )
+    print(
+        f"cluster idle between the pipeline's jobs ({idle['jobs_accounted']} jobs accounted): "
+        + (", ".join(f"{g:.0f} s at {at}" for at, g in idle["idle_gaps"]) or "never 1 s or more")
     )
     print(
         "pipeline invocations: "
@@ -216,6 +259,8 @@ def main() -> None:
         ),
         "median_start_to_submit_s": round(phases["median_start_to_submit_s"], 2),
         **{f"{k}_calls": calls[k] for k in ("sbatch", "squeue", "sacct", "scancel")},
+        "max_idle_gap_s": idle["max_idle_gap_s"],
+        "idle_gaps": idle["idle_gaps"],
     }
     print(json.dumps(figures))
 

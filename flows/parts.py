@@ -5,8 +5,12 @@ runs as parts of that size, each a sub-flow run. Were each part to start only af
 the last run of the one before had ended, the cluster would run empty at every seam
 while the next part's flow run starts and stages and submits its first runs (3 to 17 s
 per seam on a SLURM test cluster). So the next part starts as soon as the one before
-has at most `lead` runs left unfinished (a tenth of a part): its first jobs are queued
-while the last of the previous part still run.
+has no run left waiting for a thread (all its unfinished runs are in flight: at most
+`CCAT_WM_FLOW_WORKERS`), or a tenth of its runs left, whichever comes first: its first
+jobs are staged and queued while the last of the previous part still run. On a
+scheduler whose flow workers cover a whole part (SLURM: every run of a part is
+submitted at once and followed by its own thread), that is at once: the next part's
+jobs wait in the queue behind the previous part's.
 
 Rules that keep this safe:
 
@@ -111,9 +115,9 @@ def split_wave(items: list[WaveItem], size: int) -> list[Part]:
     return parts
 
 
-def lead_for(size: int) -> int:
-    """Unfinished runs of a part at which the next part starts (`LEAD_FRACTION` of a part)."""
-    return max(1, math.ceil(size * LEAD_FRACTION))
+def lead_for(size: int, workers: int) -> int:
+    """Unfinished runs of a part at which the next part starts (see the module docstring)."""
+    return max(1, workers, math.ceil(size * LEAD_FRACTION))
 
 
 RunPart = Callable[[Part], dict[str, int]]

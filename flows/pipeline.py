@@ -334,7 +334,10 @@ def _run_wave(wave: WaveRun, items: list[WaveItem]) -> dict[str, int]:
 
     counts = _no_counts()
     for part_counts in run_parts(
-        wave.claim_as, split_wave(items, size), run_part, lead=lead_for(size)
+        wave.claim_as,
+        split_wave(items, size),
+        run_part,
+        lead=lead_for(size, load_settings().flow_workers),
     ):
         for key, value in part_counts.items():
             counts[key] = counts.get(key, 0) + value

@@ -39,7 +39,8 @@ def test_split_remaps_upstream_and_marks_parts_that_wait_for_the_part_before() -
     assert [p.waits_for_previous for p in split_wave(items(9), 4)] == [False, False, False]
     within = split_wave([WaveItem("a", "x", 1), WaveItem("b", "x", None, (0,))], 4)
     assert within[0].items[1].upstream == (0,)
-    assert lead_for(996) == 100 and lead_for(6) == 1
+    assert lead_for(996, 8) == 100 and lead_for(6, 1) == 1
+    assert lead_for(996, 1000) == 1000  # every run of a part in flight at once (SLURM)
 
 
 class Recorder:
