@@ -230,8 +230,14 @@ def _stage_package(
 
 
 def record_copies(conn: Connection, copies: list[CopyRecord]) -> None:
-    """Record staged packages' copies at their location (one statement for all)."""
-    if copies:
+    """Record staged packages' copies at their location (one statement for all).
+
+    One copy (a run of one package, the common case) is one plain execution: an
+    executemany of one row costs the driver several times more.
+    """
+    if len(copies) == 1:
+        conn.execute(_record_copy(), copies[0])
+    elif copies:
         conn.execute(_record_copy(), copies)
 
 
