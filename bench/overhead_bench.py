@@ -15,7 +15,8 @@ the same process), for every run and the median of each size (each run in a fres
 process and Prefect server), then the marginal overhead per run between the smallest
 and largest size, in which the fixed costs of a flow run cancel out; its last line is
 JSON: per size `map_ms_per_run`, `overhead_ms_per_run`, `ratio` and the CPU per run of
-the flow and of the server (medians), and `max_ratio`.
+the flow, of the server and of the whole machine while the flow ran (both databases
+and the jobs included; medians), and `max_ratio`.
 Uses Prefect's ephemeral server (started once, before timing; in a fresh PREFECT_HOME
 unless one is set, on a throwaway PostgreSQL database unless
 PREFECT_API_DATABASE_CONNECTION_URL is set) or the server of PREFECT_API_URL, and a
@@ -129,13 +130,20 @@ def cpu_seconds() -> tuple[float, float]:
     return own.user + own.system, server
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy so far (every process, every core)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def lifecycle(
     n: int, workers: int, url: str, root: Path
-) -> tuple[float, int, str, tuple[float, float]]:
+) -> tuple[float, int, str, tuple[float, float, float]]:
     """Time the pipeline flow over `n` no-op sub-groups (ops DB set up before timing).
 
-    Returns seconds, completed runs, the flow run id, and the CPU seconds of this process
-    and of the ephemeral Prefect server while the flow ran.
+    Returns seconds, completed runs, the flow run id, and the CPU seconds of this process,
+    of the ephemeral Prefect server and of the whole machine (both databases and the
+    jobs too) while the flow ran.
     """
     from sqlalchemy.orm import Session
 
@@ -156,14 +164,15 @@ def lifecycle(
     with Session(engine) as session, session.begin():
         apply_specs(session, load_spec_files([spec]), user="bench")
         register_simulation(session, SimulationRequest(scans=n, seed=1))
-    cpu_before = cpu_seconds()
+    cpu_before, busy_before = cpu_seconds(), machine_busy_seconds()
     start = time.perf_counter()
     result = run_pipeline(engine, "bench")
     elapsed = time.perf_counter() - start
+    busy = machine_busy_seconds() - busy_before
     cpu = tuple(after - before for before, after in zip(cpu_before, cpu_seconds(), strict=True))
     completed = sum(1 for r in result.runs if r.status == "COMPLETED")
     engine.dispose()
-    return elapsed, completed, result.flow_run_id, (cpu[0], cpu[1])
+    return elapsed, completed, result.flow_run_id, (cpu[0], cpu[1], busy)
 
 
 COLUMNS = {
@@ -179,6 +188,7 @@ COLUMNS = {
     "map CPU ms/run": ".1f",
     "flow CPU ms/run": ".1f",
     "server CPU ms/run": ".1f",
+    "machine CPU ms/run": ".1f",
     "ratio": ".2f",
 }
 """The printed columns and their number formats; each as wide as its name (at least 5)."""
@@ -259,7 +269,8 @@ def run_all(args: argparse.Namespace, root: str) -> None:
     summary = [
         {"runs": n, "map_ms_per_run": r["map ms/run"], "overhead_ms_per_run": r["overhead ms/run"],
          "ratio": r["ratio"], "flow_cpu_ms_per_run": r["flow CPU ms/run"],
-         "server_cpu_ms_per_run": r["server CPU ms/run"]}
+         "server_cpu_ms_per_run": r["server CPU ms/run"],
+         "machine_cpu_ms_per_run": r["machine CPU ms/run"]}
         for n, r in medians.items()
     ]  # fmt: skip
     print(json.dumps({"medians": summary, "max_ratio": max(r["ratio"] for r in summary)}))
@@ -282,7 +293,7 @@ def one(args: argparse.Namespace) -> None:
         p, map_run = prefect_map(n, args.workers)
         map_cpu = cpu_seconds()[0] - map_cpu_before
         map_lag = wait_until_recorded(map_run, n)
-        life, completed, life_run, (flow_cpu, server_cpu) = lifecycle(
+        life, completed, life_run, (flow_cpu, server_cpu, machine_cpu) = lifecycle(
             n, args.workers, url, Path(tmp)
         )
         # the flow's own tasks too: prepare-wave, ensure-concurrency-limits, artifacts
@@ -293,6 +304,7 @@ def one(args: argparse.Namespace) -> None:
         "map ms/run": (p - d) * per_run, "overhead ms/run": (life - d) * per_run,
         "map lag s": map_lag, "flow lag s": life_lag, "map CPU ms/run": map_cpu * per_run,
         "flow CPU ms/run": flow_cpu * per_run, "server CPU ms/run": server_cpu * per_run,
+        "machine CPU ms/run": machine_cpu * per_run,
         "ratio": (life - d) / (p - d) if p > d else float("inf"),
     }  # fmt: skip
     print(json.dumps(row), flush=True)
