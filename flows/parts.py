@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ccat_wm.execution.stopping import stop_requested
-from ccat_wm.execution.waves import WaveItem
+from tasks.runs import WaveItem
 
 LEAD_FRACTION = 0.1
 """The next part starts when the one before has at most this fraction of a part left."""

@@ -111,9 +111,8 @@ def _run_items(
 ) -> dict[str, int]:
     """Submit the items in order (upstream first) and count how their task runs ended.
 
-    On a location that submits in bulk, the first runs' jobs are submitted together
-    first; if that fails, their task runs start them one by one. `progress` (a part of a
-    larger wave) counts the task runs down as they end, for the next part to start.
+    A bulk-submitting location's first jobs go out together first (if that fails, each
+    task run starts its own). `progress` counts a part's task runs down as they end.
     """
     first = first_runs(items) if wave.submit_ahead else {}
     if first:

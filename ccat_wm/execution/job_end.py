@@ -203,6 +203,8 @@ class JobFollower:
         `unrecorded`: the attempt's moves since its last commit (up to COLLECTING_RESULTS),
         written in the same transaction; None: the run is COLLECTING_RESULTS already.
         """
+        # long: both ends of a job (its products, or its kept logs) write the attempt's
+        # unrecorded moves in their one transaction; read best together
         job_id = job_id or ctx.hpc_job_id  # resumed: the job recorded before the process died
         layout = ctx.layout
         unrecorded = unrecorded or Unrecorded(S.COLLECTING_RESULTS)

@@ -120,6 +120,7 @@ class LocalBackend(Backend):
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job in a new session, with its output in `spec.log_path`."""
+        # long: one launch: its command line, log, process, state files and monitor, in order
         self.state_dir.mkdir(parents=True, exist_ok=True)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         # GNU time writes here: in the backend's own directory, which no job can write,

@@ -142,10 +142,11 @@ def test_the_end_record_is_a_second_file_and_replaces_none(tmp_path: Path) -> No
     assert wait(backend, job_id) is JobState.COMPLETED
     assert start_record.stat().st_ino == inode
     # GNU time's record is in the backend's own directory too, not beside the job's log
-    # (which the job can write): `<job name>.rusage`.
+    # (which the job can write): `<job name>.rusage`; `<job name>.job` names the job's id.
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [
         f"{job_id}.end.json",
         f"{job_id}.json",
+        "job.job",
         "job.rusage",
     ]
     # Another process reads the end record, not the start record (which says RUNNING).
