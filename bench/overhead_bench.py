@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+from sqlalchemy import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -136,6 +137,26 @@ def machine_busy_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+def bench_ops_db(url: str, root: Path, n: int, workers: int) -> Engine:
+    """Migrate the ops DB at `url`, apply the no-op pipeline and simulate `n` scans."""
+    from sqlalchemy.orm import Session
+
+    from ccat_ops_db import migrate
+    from ccat_wm.db import get_engine, normalize_db_url
+    from ccat_wm.simulate.register import SimulationRequest, register_simulation
+    from ccat_wm.spec.apply import apply_specs
+    from ccat_wm.spec.loader import load_spec_files
+
+    engine = get_engine(normalize_db_url(url))
+    migrate.upgrade(engine)
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC.format(root=root, workers=workers))
+    with Session(engine) as session, session.begin():
+        apply_specs(session, load_spec_files([spec]), user="bench")
+        register_simulation(session, SimulationRequest(scans=n, seed=1))
+    return engine
+
+
 def lifecycle(
     n: int, workers: int, url: str, root: Path
 ) -> tuple[float, int, str, tuple[float, float, float]]:
@@ -145,25 +166,12 @@ def lifecycle(
     of the ephemeral Prefect server and of the whole machine (both databases and the
     jobs too) while the flow ran.
     """
-    from sqlalchemy.orm import Session
-
-    from ccat_ops_db import migrate
     from ccat_wm.cli.driver import run_pipeline
-    from ccat_wm.db import get_engine, normalize_db_url
-    from ccat_wm.simulate.register import SimulationRequest, register_simulation
-    from ccat_wm.spec.apply import apply_specs
-    from ccat_wm.spec.loader import load_spec_files
     from tasks.runs import executor
 
     os.environ["CCAT_OPS_DB_URL"] = url
     executor.cache_clear()
-    engine = get_engine(normalize_db_url(url))
-    migrate.upgrade(engine)
-    spec = root / "spec.yaml"
-    spec.write_text(SPEC.format(root=root, workers=workers))
-    with Session(engine) as session, session.begin():
-        apply_specs(session, load_spec_files([spec]), user="bench")
-        register_simulation(session, SimulationRequest(scans=n, seed=1))
+    engine = bench_ops_db(url, root, n, workers)
     cpu_before, busy_before = cpu_seconds(), machine_busy_seconds()
     start = time.perf_counter()
     result = run_pipeline(engine, "bench")

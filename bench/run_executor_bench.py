@@ -30,7 +30,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import scratch_database
-from bench.overhead_bench import SPEC, machine_busy_seconds
+from bench.overhead_bench import bench_ops_db, machine_busy_seconds
 
 
 def main() -> None:
@@ -45,22 +45,11 @@ def main() -> None:
         from sqlalchemy import event
         from sqlalchemy.orm import Session
 
-        from ccat_ops_db import migrate
-        from ccat_wm.db import get_engine, normalize_db_url
         from ccat_wm.execution.runner import RunExecutor
         from ccat_wm.execution.waves import prepare_wave
         from ccat_wm.settings import load_settings
-        from ccat_wm.simulate.register import SimulationRequest, register_simulation
-        from ccat_wm.spec.apply import apply_specs
-        from ccat_wm.spec.loader import load_spec_files
 
-        engine = get_engine(normalize_db_url(url))
-        migrate.upgrade(engine)
-        spec = root / "spec.yaml"
-        spec.write_text(SPEC.format(root=root, workers=workers))
-        with Session(engine) as session, session.begin():
-            apply_specs(session, load_spec_files([spec]), user="bench")
-            register_simulation(session, SimulationRequest(scans=n, seed=1))
+        engine = bench_ops_db(url, root, n, workers)
         with Session(engine) as session, session.begin():
             now = dt.datetime.now(dt.UTC)
             wave = prepare_wave(session, "bench", now, claim_as="bench", manual=True)
